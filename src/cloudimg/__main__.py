@@ -1,0 +1,5 @@
+"""Allow ``python -m cloudimg``."""
+
+from cloudimg.cli.main import main
+
+main()

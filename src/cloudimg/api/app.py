@@ -1,0 +1,50 @@
+"""Application factory: wires settings, blob store and catalog into a Litestar app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from cloudimg import __version__
+from cloudimg.api.controllers import HealthController, RegistryController
+from cloudimg.api.errors import exception_handlers
+from cloudimg.blobstore import FilesystemBlobStore
+from cloudimg.catalog import Catalog, create_engine
+from cloudimg.config import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the ASGI app for ``settings``. The schema must be migrated already."""
+    blobs = FilesystemBlobStore(settings.data_root)
+    engine = create_engine(settings.resolved_database_url)
+    catalog = Catalog(engine, blobs)
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        blobs.ensure_layout()
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    registry = Router(path=settings.api_base, route_handlers=[RegistryController])
+    return Litestar(
+        route_handlers=[registry, HealthController],
+        dependencies={"catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="cloudimg",
+            version=__version__,
+            path="/docs",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        request_max_body_size=None,
+    )

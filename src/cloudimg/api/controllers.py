@@ -1,0 +1,155 @@
+"""Route handlers of the registry API: parse, call the catalog, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post, route
+from litestar.datastructures import State
+from litestar.response.base import ASGIResponse
+
+from cloudimg.api.download import prepare_download
+from cloudimg.api.upload import receive_upload
+from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.digest import Digest, parse_digest
+from cloudimg.errors import InvalidArgumentError
+
+__all__ = ["HealthController", "RegistryController"]
+
+Envelope = dict[str, Any]
+
+
+def _ok(data: Any) -> Envelope:
+    return {"success": True, "data": data}
+
+
+def _parse_reference(reference: str) -> str:
+    """A path segment with a colon is a digest reference; anything else must be a tag name."""
+    if ":" in reference:
+        try:
+            parse_digest(reference)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc), {"reference": reference[:200]}) from None
+        return reference
+    return validate_tag_name(reference)
+
+
+def _expected_digest(text: str | None) -> Digest | None:
+    if text is None:
+        return None
+    try:
+        return parse_digest(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
+
+
+def _meta_view(info: TagInfo, image_path: str) -> Envelope:
+    return {
+        **_ok(info.meta),
+        "imagePath": image_path,
+        "digest": f"blake3:{info.digest}",
+        "sha256": f"sha256:{info.sha256}",
+        "size": info.size,
+        "created": info.created.isoformat(),
+        "updated": info.updated.isoformat(),
+    }
+
+
+class RegistryController(Controller):
+    """The ``/reg`` endpoints of the old server, as views over the catalog."""
+
+    @get("/", operation_id="GetRepos", summary="List repositories")
+    async def get_repos(self, catalog: Catalog) -> Envelope:
+        return _ok(await catalog.list_repositories())
+
+    @get("/{repo:str}", operation_id="GetImages", summary="List the images of a repository")
+    async def get_images(self, catalog: Catalog, repo: str) -> Envelope:
+        return _ok(await catalog.list_images(validate_repo_name(repo)))
+
+    @get(
+        "/{repo:str}/{image:str}", operation_id="GetImageTags", summary="List the tags of an image"
+    )
+    async def get_image_tags(self, catalog: Catalog, repo: str, image: str) -> Envelope:
+        names = validate_repo_name(repo), validate_image_name(image)
+        return _ok(await catalog.list_tags(*names))
+
+    @route(
+        "/{repo:str}/{image:str}/{tag:str}",
+        http_method=["GET", "HEAD"],
+        # GET keeps the old operationId; HEAD needs one of its own.
+        operation_id=lambda _handler, method, _path: "GetImage" if method == "GET" else "HeadImage",
+        summary="Download an image by tag or by digest (blake3:<hex> or sha256:<hex>)",
+        media_type="application/octet-stream",
+    )
+    async def get_image(
+        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
+    ) -> ASGIResponse:
+        validate_repo_name(repo)
+        validate_image_name(image)
+        reference = _parse_reference(tag)
+        ref = await catalog.resolve(repo, image, reference)
+        path = catalog.blobs.blob_path(ref.digest)
+        return await prepare_download(request, ref, path, immutable=":" in reference)
+
+    @get(
+        "/{repo:str}/{image:str}/{tag:str}/meta",
+        operation_id="GetImageMeta",
+        summary="Metadata of a tag, with its digests and size",
+    )
+    async def get_image_meta(
+        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
+    ) -> Envelope:
+        names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+        info = await catalog.get_tag(*names)
+        image_path = request.url.path.removesuffix("/meta")
+        return _meta_view(info, image_path)
+
+    @post(
+        "/{repo:str}/{image:str}/{tag:str}",
+        operation_id="PostImage",
+        summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
+        request_max_body_size=None,
+    )
+    async def post_image(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        repo: str,
+        image: str,
+        tag: str,
+        digest: str | None = None,
+    ) -> Envelope:
+        names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+        upload = await receive_upload(
+            request.stream(),
+            request.headers.get("content-type"),
+            catalog.blobs,
+            _expected_digest(digest),
+        )
+        try:
+            await catalog.commit_upload(*names, upload.staged, upload.meta)
+        finally:
+            await catalog.blobs.discard(upload.staged)
+        return _ok(None)
+
+    @delete(
+        "/{repo:str}/{image:str}/{tag:str}",
+        operation_id="DeleteTag",
+        summary="Delete a tag; its blob goes when no tag references it",
+        status_code=200,
+    )
+    async def delete_tag(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
+        names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+        await catalog.delete_tag(*names)
+        return _ok(None)
+
+
+class HealthController(Controller):
+    """Liveness, never behind a prefix."""
+
+    path = "/healthz"
+
+    @get("/", operation_id="ReadinessProbe", summary="Liveness probe")
+    async def healthz(self, state: State) -> Envelope:
+        return _ok(None)

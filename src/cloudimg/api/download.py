@@ -1,0 +1,261 @@
+"""Range-aware, conditional download of a blob (RFC 9110 ranges and preconditions).
+
+A whole-file GET is handed to the server with the ASGI ``http.response.pathsend``
+extension where the server offers it (Granian does), so the bytes never pass
+through Python; ranges and other servers get a streamed read from a worker thread.
+The blob file is opened before the response starts, so a delete that commits while
+a streamed download runs cannot take the bytes away from it. Pathsend gets the blob's
+path instead (the server opens it after our handler returns); a path always holds the
+same bytes, so a delete racing it can only turn the answer into a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+from dataclasses import dataclass
+from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
+
+from cloudimg.catalog import BlobRef
+from cloudimg.errors import NotFoundError, PreconditionFailedError
+
+__all__ = ["BlobResponse", "ByteRange", "parse_range", "prepare_download"]
+
+_READ_CHUNK = 1024 * 1024
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_PATHSEND = "http.response.pathsend"
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """An inclusive byte range ``first``..``last`` of a representation."""
+
+    first: int
+    last: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+class Unsatisfiable(Exception):
+    """The Range header is well formed but selects no byte of the representation."""
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range a ``Range`` header asks for, or None to send everything.
+
+    Multiple ranges and malformed headers are ignored (RFC 9110 allows it), so the
+    client gets the whole representation with 200.
+
+    Raises:
+        Unsatisfiable: when the range starts beyond the end, or asks for zero bytes.
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:
+        if not last_text:
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable
+        return ByteRange(max(0, size - suffix), size - 1)
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last_text and last < first:
+        return None  # invalid range-spec: ignore the header
+    if first >= size:
+        raise Unsatisfiable
+    return ByteRange(first, min(last, size - 1))
+
+
+def _etag_list(header: str) -> list[str]:
+    return [part.strip() for part in header.split(",") if part.strip()]
+
+
+def _strong_match(header: str, etag: str) -> bool:
+    return any(tag == "*" or tag == etag for tag in _etag_list(header))
+
+
+def _weak_match(header: str, etag: str) -> bool:
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in _etag_list(header))
+
+
+def _not_after(header: str | None, last_modified_secs: int) -> bool | None:
+    """Whether the representation is unmodified since ``header``; None if it is no date."""
+    if header is None:
+        return None
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return last_modified_secs <= int(since.timestamp())
+
+
+class BlobResponse(ASGIResponse):
+    """Sends a blob (or one range of it) from an open file descriptor."""
+
+    def __init__(
+        self,
+        *,
+        fd: int,
+        path: Path,
+        status_code: int,
+        headers: dict[str, str],
+        byte_range: ByteRange | None,
+        is_head_response: bool,
+    ) -> None:
+        super().__init__(
+            status_code=status_code,
+            headers=headers,
+            media_type="application/octet-stream",
+            is_head_response=is_head_response,
+            content_length=0,
+        )
+        self._fd = fd
+        self._path = path
+        self._range = byte_range
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self._fd)
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        if self._range is None and self.status_code == 200 and self._pathsend_offered:
+            await send({"type": _PATHSEND, "path": str(self._path)})  # type: ignore[arg-type]
+            return
+        await self._stream(send)
+
+    async def _stream(self, send: Send) -> None:
+        offset, remaining = (self._range.first, self._range.length) if self._range else (0, -1)
+        if remaining < 0:
+            remaining = os.fstat(self._fd).st_size
+        next_read = asyncio.ensure_future(
+            asyncio.to_thread(os.pread, self._fd, min(_READ_CHUNK, remaining), offset)
+        )
+        while True:
+            chunk = await next_read
+            offset += len(chunk)
+            remaining -= len(chunk)
+            more = remaining > 0 and bool(chunk)
+            if more:  # read ahead while this chunk goes out
+                next_read = asyncio.ensure_future(
+                    asyncio.to_thread(os.pread, self._fd, min(_READ_CHUNK, remaining), offset)
+                )
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                return
+
+    _pathsend_offered = False
+
+    def offer_pathsend(self, scope: Scope) -> None:
+        """Remember whether the ASGI server lets us hand it the file."""
+        self._pathsend_offered = _PATHSEND in (scope.get("extensions") or {})
+
+
+def _open_blob(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        # The reference was deleted between the catalog read and now.
+        raise NotFoundError("image not found") from None
+
+
+async def prepare_download(
+    request: Request[Any, Any, Any], ref: BlobRef, path: Path, immutable: bool
+) -> ASGIResponse:
+    """Evaluate preconditions and Range for ``ref`` and build the response."""
+    etag = f'"blake3:{ref.digest}"'
+    modified_secs = int(ref.last_modified.timestamp())
+    headers = {
+        "ETag": etag,
+        "Last-Modified": format_datetime(ref.last_modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(ref.sha256)).decode()}:",
+        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
+    }
+    status, byte_range = _evaluate(request, ref.size, etag, modified_secs)
+    if status == 412:
+        raise PreconditionFailedError("the image does not match the request's preconditions")
+    if status == 416:
+        headers["Content-Range"] = f"bytes */{ref.size}"
+        body = {
+            "status": "OUT_OF_RANGE",
+            "error": "range not satisfiable",
+            "context": {"size": ref.size},
+        }
+        return ASGIResponse(
+            body=msgspec.json.encode(body),
+            status_code=416,
+            headers=headers,
+            media_type="application/json",
+        )
+    if status == 304:
+        return ASGIResponse(status_code=304, headers=headers)
+    if byte_range is not None:
+        headers["Content-Range"] = f"bytes {byte_range.first}-{byte_range.last}/{ref.size}"
+    headers["Content-Length"] = str(byte_range.length if byte_range else ref.size)
+    fd = await asyncio.to_thread(_open_blob, path)
+    response = BlobResponse(
+        fd=fd,
+        path=path,
+        status_code=status,
+        headers=headers,
+        byte_range=byte_range,
+        is_head_response=request.method == "HEAD",
+    )
+    response.offer_pathsend(request.scope)
+    return response
+
+
+def _evaluate(
+    request: Request[Any, Any, Any], size: int, etag: str, modified_secs: int
+) -> tuple[int, ByteRange | None]:
+    """RFC 9110 section 13.2.2: preconditions first, then Range (and If-Range)."""
+    h = request.headers
+    if_match = h.get("if-match")
+    if if_match is not None and not _strong_match(if_match, etag):
+        return 412, None
+    if if_match is None and _not_after(h.get("if-unmodified-since"), modified_secs) is False:
+        return 412, None
+    if_none_match = h.get("if-none-match")
+    if if_none_match is not None:
+        if _weak_match(if_none_match, etag):
+            return 304, None
+    elif _not_after(h.get("if-modified-since"), modified_secs):
+        return 304, None
+    if request.method != "GET" and request.method != "HEAD":
+        return 200, None
+    if_range = h.get("if-range")
+    if if_range is not None and not _if_range_holds(if_range, etag, modified_secs):
+        return 200, None
+    try:
+        byte_range = parse_range(h.get("range"), size)
+    except Unsatisfiable:
+        return 416, None
+    return (206, byte_range) if byte_range else (200, None)
+
+
+def _if_range_holds(if_range: str, etag: str, modified_secs: int) -> bool:
+    if if_range.startswith('"') or if_range.startswith("W/"):
+        return if_range == etag  # strong comparison; a weak tag never matches
+    try:
+        return int(parsedate_to_datetime(if_range).timestamp()) == modified_secs
+    except (TypeError, ValueError):
+        return False

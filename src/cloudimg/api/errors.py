@@ -1,0 +1,91 @@
+"""The one place that maps errors to HTTP statuses and the JSON error shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
+
+from cloudimg.errors import (
+    AlreadyExistsError,
+    CloudimgError,
+    InsufficientStorageError,
+    InvalidArgumentError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PreconditionFailedError,
+    UnavailableError,
+)
+
+__all__ = ["error_response", "exception_handlers"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[CloudimgError], int]] = [
+    (InvalidArgumentError, 400),
+    (NotFoundError, 404),
+    (AlreadyExistsError, 409),
+    (PreconditionFailedError, 412),
+    (PayloadTooLargeError, 413),
+    (InsufficientStorageError, 507),
+    (UnavailableError, 503),
+]
+# Statuses Litestar raises itself (routing, method, body limits) and our codes for them.
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    431: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    context: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    """Render ``{"status": code, "error": message[, "context": {...}]}``."""
+    body: dict[str, Any] = {"status": code, "error": message}
+    if context:
+        body["context"] = context
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _domain_error(_request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    return error_response(status, exc.code, exc.message, exc.context)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status >= 500:
+        return _unexpected_error(request, exc)
+    code = _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+    message = exc.detail
+    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+    return error_response(status, code, message, headers=headers)
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # The message of an unexpected error may carry server paths: log it, never send it.
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "INTERNAL", "internal error")
+
+
+exception_handlers: ExceptionHandlersMap = {
+    CloudimgError: _domain_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}

@@ -1,0 +1,331 @@
+"""Catalog operations. Each change is one transaction; reads are plain queries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cloudimg.blobstore import BlobStore, StagedBlob
+from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
+from cloudimg.digest import parse_digest
+from cloudimg.errors import NotFoundError, UnavailableError
+
+__all__ = ["BlobRef", "Catalog", "TagInfo"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """What a download needs: which bytes, how many, their digests and age."""
+
+    digest: str
+    sha256: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A tag with its blob and metadata, as the meta endpoint shows it."""
+
+    repo: str
+    image: str
+    tag: str
+    digest: str
+    sha256: str
+    size: int
+    meta: dict[str, Any]
+    created: datetime
+    updated: datetime
+
+
+@dataclass
+class _FileEffects:
+    """File-system changes made inside a transaction: undone on rollback, finished on commit."""
+
+    trashed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class Catalog:
+    """The names-to-digests catalog over a blob store."""
+
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    # -- reads -----------------------------------------------------------------
+
+    async def list_repositories(self) -> list[str]:
+        """Names of every repository that holds an image, sorted."""
+        async with self._sessions() as session:
+            rows = await session.scalars(select(Repository.name).order_by(Repository.name))
+            return list(rows)
+
+    async def list_images(self, repo: str) -> list[str]:
+        """Names of the images in ``repo``, sorted; ``NotFoundError`` if there is no such repo."""
+        async with self._sessions() as session:
+            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+            if repo_id is None:
+                raise NotFoundError("repository not found", {"repo": repo})
+            rows = await session.scalars(
+                select(Image.name).where(Image.repository_id == repo_id).order_by(Image.name)
+            )
+            return list(rows)
+
+    async def list_tags(self, repo: str, image: str) -> list[str]:
+        """Tag names of ``repo/image``, sorted; ``NotFoundError`` if there is no such image."""
+        async with self._sessions() as session:
+            image_id = await self._image_id(session, repo, image)
+            if image_id is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+            rows = await session.scalars(
+                select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
+            )
+            return list(rows)
+
+    async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
+        """The tag with its blob; ``NotFoundError`` if it does not exist."""
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(Tag, Blob)
+                    .join(Blob, Blob.digest == Tag.digest)
+                    .join(Image, Image.id == Tag.image_id)
+                    .join(Repository, Repository.id == Image.repository_id)
+                    .where(Repository.name == repo, Image.name == image, Tag.name == tag)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+        tag_row, blob = row
+        return TagInfo(
+            repo=repo,
+            image=image,
+            tag=tag,
+            digest=blob.digest,
+            sha256=blob.sha256,
+            size=blob.size,
+            meta=dict(tag_row.meta),
+            created=tag_row.created_at,
+            updated=tag_row.updated_at,
+        )
+
+    async def resolve(self, repo: str, image: str, reference: str) -> BlobRef:
+        """The blob a tag or a digest reference (``blake3:…``/``sha256:…``) names in an image.
+
+        A digest reference is valid only while a tag of this image holds that blob.
+        The caller has validated the form of ``reference``.
+        """
+        if ":" not in reference:
+            info = await self.get_tag(repo, image, reference)
+            return BlobRef(info.digest, info.sha256, info.size, info.updated)
+        digest = parse_digest(reference)
+        column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
+        async with self._sessions() as session:
+            blob = await session.scalar(
+                select(Blob)
+                .join(Tag, Tag.digest == Blob.digest)
+                .join(Image, Image.id == Tag.image_id)
+                .join(Repository, Repository.id == Image.repository_id)
+                .where(Repository.name == repo, Image.name == image, column == digest.hex)
+                .limit(1)
+            )
+        if blob is None:
+            raise NotFoundError(
+                "no tag of this image references that digest",
+                {"repo": repo, "image": image, "digest": reference},
+            )
+        return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+
+    # -- changes ---------------------------------------------------------------
+
+    async def commit_upload(
+        self, repo: str, image: str, tag: str, staged: StagedBlob, meta: dict[str, str]
+    ) -> None:
+        """Make ``repo/image:tag`` name the staged bytes, in one transaction.
+
+        The blob file is put in place under the catalog lock (unless the digest is
+        stored already: deduplication); a tag that pointed elsewhere releases its
+        old blob, which is trashed if that was its last reference.
+        """
+
+        async def change(session: AsyncSession, effects: _FileEffects) -> None:
+            blob = await self._lock_or_create_blob(session, staged)
+            image_id = await self._get_or_create_image(session, repo, image)
+            current = await session.scalar(
+                select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
+            )
+            now = utcnow()
+            if current is None:
+                session.add(
+                    Tag(
+                        image_id=image_id,
+                        name=tag,
+                        digest=blob.digest,
+                        meta=meta,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                blob.refcount += 1
+            else:
+                if current.digest != blob.digest:
+                    await self._release(session, current.digest, effects)
+                    current.digest = blob.digest
+                    blob.refcount += 1
+                current.meta = meta
+                current.updated_at = now
+            await session.flush()
+            await self._ensure_blob_file(staged)
+
+        await self._write(change)
+
+    async def delete_tag(self, repo: str, image: str, tag: str) -> None:
+        """Drop the tag and its reference; empty images and repositories go with it."""
+
+        async def change(session: AsyncSession, effects: _FileEffects) -> None:
+            image_id = await self._image_id(session, repo, image)
+            current = None
+            if image_id is not None:
+                current = await session.scalar(
+                    select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
+                )
+            if image_id is None or current is None:
+                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+            digest = current.digest
+            await session.delete(current)
+            await session.flush()
+            await self._drop_if_empty(session, image_id)
+            await self._release(session, digest, effects)
+
+        await self._write(change)
+
+    # -- transaction plumbing --------------------------------------------------
+
+    async def _write(self, change: Callable[[AsyncSession, _FileEffects], Awaitable[None]]) -> None:
+        """Run ``change`` in a write transaction, retrying lost races between writers."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            effects = _FileEffects()
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.connection(execution_options=WRITE)
+                    await change(session, effects)
+            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                await self._undo(effects)
+                if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
+                    raise _as_unavailable(exc) from exc
+                log.info("catalog write lost a race (attempt %d), retrying: %s", attempt, exc)
+                await asyncio.sleep(0.01 * attempt)
+                continue
+            except BaseException:
+                await self._undo(effects)
+                raise
+            for trash_path, _digest in effects.trashed:
+                await self.blobs.purge(trash_path)
+            return
+
+    async def _undo(self, effects: _FileEffects) -> None:
+        for trash_path, digest in effects.trashed:
+            await self.blobs.restore_from_trash(trash_path, digest)
+
+    async def _lock_or_create_blob(self, session: AsyncSession, staged: StagedBlob) -> Blob:
+        blob = await session.scalar(
+            select(Blob).where(Blob.digest == staged.blake3).with_for_update()
+        )
+        if blob is None:
+            blob = Blob(
+                digest=staged.blake3,
+                size=staged.size,
+                sha256=staged.sha256,
+                refcount=0,
+                created_at=utcnow(),
+            )
+            session.add(blob)
+            await session.flush()  # a concurrent creator makes this an IntegrityError: retry
+        return blob
+
+    async def _ensure_blob_file(self, staged: StagedBlob) -> None:
+        """Put the staged bytes in place unless the blob file exists (the lock is held)."""
+        if staged.path.exists():
+            await self.blobs.place(staged)
+        elif await self.blobs.size_of(staged.blake3) != staged.size:
+            # A retry after the staging file was consumed, and the blob vanished meanwhile.
+            raise UnavailableError("the upload lost a race with a delete; upload again")
+
+    async def _release(self, session: AsyncSession, digest: str, effects: _FileEffects) -> None:
+        """Drop one reference to ``digest``; the last one trashes the file under the lock."""
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+        if blob is None:
+            return
+        blob.refcount -= 1
+        if blob.refcount > 0:
+            return
+        await session.delete(blob)
+        await session.flush()
+        trash_path = await self.blobs.move_to_trash(digest)
+        if trash_path is not None:
+            effects.trashed.append((trash_path, digest))
+
+    async def _image_id(self, session: AsyncSession, repo: str, image: str) -> int | None:
+        return await session.scalar(
+            select(Image.id)
+            .join(Repository, Repository.id == Image.repository_id)
+            .where(Repository.name == repo, Image.name == image)
+        )
+
+    async def _get_or_create_image(self, session: AsyncSession, repo: str, image: str) -> int:
+        repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+        if repo_id is None:
+            repository = Repository(name=repo, created_at=utcnow())
+            session.add(repository)
+            await session.flush()
+            repo_id = repository.id
+        image_id = await session.scalar(
+            select(Image.id).where(Image.repository_id == repo_id, Image.name == image)
+        )
+        if image_id is None:
+            image_row = Image(repository_id=repo_id, name=image, created_at=utcnow())
+            session.add(image_row)
+            await session.flush()
+            image_id = image_row.id
+        return image_id
+
+    async def _drop_if_empty(self, session: AsyncSession, image_id: int) -> None:
+        has_tags = await session.scalar(select(exists().where(Tag.image_id == image_id)))
+        if has_tags:
+            return
+        repo_id = await session.scalar(select(Image.repository_id).where(Image.id == image_id))
+        await session.execute(delete(Image).where(Image.id == image_id))
+        remaining = await session.scalar(
+            select(func.count()).select_from(Image).where(Image.repository_id == repo_id)
+        )
+        if not remaining:
+            await session.execute(delete(Repository).where(Repository.id == repo_id))
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Lost races: a unique or foreign key clash, a deadlock, a serialization failure."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in {"40001", "40P01"}
+
+
+def _as_unavailable(exc: DBAPIError) -> Exception:
+    if isinstance(exc, OperationalError):
+        return UnavailableError("the catalog database is busy or unreachable; try again")
+    return exc

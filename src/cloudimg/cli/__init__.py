@@ -1,0 +1,1 @@
+"""The ``cloudimg`` command line."""

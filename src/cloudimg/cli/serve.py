@@ -1,0 +1,60 @@
+"""``cloudimg serve``: migrate the catalog, then run the API in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+from granian.constants import Interfaces
+from granian.http import HTTP1Settings
+from granian.server.embed import Server
+
+from cloudimg.api import create_app
+from cloudimg.catalog import upgrade_database
+from cloudimg.cli.options import option, settings_from, storage_options
+from cloudimg.config import Settings, parse_listener_addr
+
+__all__ = ["serve"]
+
+_DEFAULTS = Settings()
+
+
+@click.command()
+@option("--listener-addr", default=_DEFAULTS.listener_addr, help="host:port to listen on")
+@storage_options
+@option(
+    "--read-header-timeout-secs",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.read_header_timeout_secs,
+    help="Disconnect a client that has not sent its request headers in this many seconds",
+)
+@option("--repo-prefix", default=_DEFAULTS.repo_prefix, help="Path segment of the registry API")
+@option("--www-prefix", default=_DEFAULTS.www_prefix, help="Path in front of the repo prefix")
+def serve(**values: object) -> None:
+    """Serve the registry API (migrates the catalog first)."""
+    settings = settings_from(**values)
+    try:
+        host, port = parse_listener_addr(settings.listener_addr)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listener-addr") from None
+    Path(settings.data_root).mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    asyncio.run(_serve(settings, host, port))
+
+
+async def _serve(settings: Settings, host: str, port: int) -> None:
+    server = Server(
+        create_app(settings),
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        http1_settings=HTTP1Settings(header_read_timeout=settings.read_header_timeout_secs * 1000),
+        websockets=False,
+        log_access=False,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)
+    await server.serve()

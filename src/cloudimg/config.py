@@ -1,0 +1,62 @@
+"""Settings: one explicit object built from flags and ``CLOUDIMG_*`` variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings", "normalize_prefix", "parse_listener_addr"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a server or maintenance command needs to know."""
+
+    data_root: Path = Path("./data")
+    """Directory holding the blob tree, staging files and (by default) the SQLite catalog."""
+
+    database_url: str | None = None
+    """SQLAlchemy async URL of the catalog; ``None`` means SQLite inside ``data_root``."""
+
+    listener_addr: str = "localhost:8080"
+    """``host:port`` the HTTP server listens on (``:8080`` means every interface)."""
+
+    read_header_timeout_secs: int = 2
+    """A client that has not sent its request headers by then is disconnected."""
+
+    repo_prefix: str = "reg"
+    """First path segment of the registry API."""
+
+    www_prefix: str = "/"
+    """Path in front of the repo prefix (for a reverse proxy that keeps its own prefix)."""
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The catalog URL, defaulting to ``catalog.sqlite3`` inside the data root."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_root / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def api_base(self) -> str:
+        """Path at which the registry API is mounted, e.g. ``/reg`` or ``/mirror/reg``."""
+        return normalize_prefix(self.www_prefix).rstrip("/") + "/" + self.repo_prefix.strip("/")
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Return ``prefix`` with exactly one leading slash and no trailing one (``/`` stays ``/``)."""
+    stripped = prefix.strip("/")
+    return "/" + stripped if stripped else "/"
+
+
+def parse_listener_addr(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` the way Go's ``net.Listen`` reads it (empty host: all interfaces).
+
+    Raises:
+        ValueError: when the port is missing or not a number in range.
+    """
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listener address {addr!r} is not host:port")
+    host = host.strip("[]")
+    return (host or "0.0.0.0", int(port_text))

@@ -1,0 +1,74 @@
+"""Domain errors. The API maps each one to an HTTP status in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AlreadyExistsError",
+    "CloudimgError",
+    "DigestMismatchError",
+    "InsufficientStorageError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PreconditionFailedError",
+    "UnavailableError",
+]
+
+
+class CloudimgError(Exception):
+    """Base of every error the registry reports to a client."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, context: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+class InvalidArgumentError(CloudimgError):
+    """The request is malformed: a bad name, bad JSON, a missing part."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class DigestMismatchError(InvalidArgumentError):
+    """The uploaded bytes do not have the digest the client announced."""
+
+
+class NotFoundError(CloudimgError):
+    """No such repository, image, tag or digest reference."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(CloudimgError):
+    """The thing to create exists already."""
+
+    code = "ALREADY_EXISTS"
+
+
+class PreconditionFailedError(CloudimgError):
+    """A conditional request's precondition (If-Match, If-Unmodified-Since) is false."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class PayloadTooLargeError(CloudimgError):
+    """A part of the request is larger than the server accepts."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class InsufficientStorageError(CloudimgError):
+    """The data volume has no room for the upload."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class UnavailableError(CloudimgError):
+    """A dependency (the catalog database) does not answer; retrying may help."""
+
+    code = "UNAVAILABLE"
