@@ -1,0 +1,149 @@
+"""Shared fixtures: real ``cloudimg serve`` processes on real sockets, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+_START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A ``cloudimg serve`` child process and where to reach it."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    data_root: Path
+    log_path: Path
+    port: int
+    extra_args: list[str] = field(default_factory=list)
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """kill -9: what a crash or an OOM kill does."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def staging_files(self) -> list[Path]:
+        staging = self.data_root / "staging"
+        return sorted(staging.iterdir()) if staging.exists() else []
+
+    def blob_files(self) -> list[Path]:
+        return sorted(p for p in (self.data_root / "blobs").rglob("*") if p.is_file())
+
+
+def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
+    """Start ``python -m cloudimg serve`` on a free port and wait until /healthz answers."""
+    data_root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = data_root.parent / f"server-{port}.log"
+    command = [
+        sys.executable, "-m", "cloudimg", "serve",
+        "--listener-addr", f"127.0.0.1:{port}",
+        "--data-root", str(data_root),
+        *args,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    server = RunningServer(process, f"http://127.0.0.1:{port}", data_root, log_path, port, list(args))
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"server did not answer in {_START_TIMEOUT}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server per test module, on its own data root and SQLite catalog."""
+    running = start_server(tmp_path_factory.mktemp("server") / "data")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with custom flags; all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def factory(*args: str, data_root: Path | None = None, env: dict[str, str] | None = None
+                ) -> RunningServer:
+        root = data_root or tmp_path / f"data-{len(started)}"
+        running = start_server(root, *args, env=env)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as http:
+        yield http
+
+
+@pytest.fixture
+def repo() -> str:
+    """A repository name no other test uses."""
+    return "r-" + secrets.token_hex(6)
+
+
+def upload(
+    http: httpx.Client,
+    path: str,
+    data: bytes,
+    meta: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """POST an image the way the old server's clients do (multipart ``meta`` + ``img``)."""
+    files = {
+        "meta": ("meta.json", json.dumps(meta or {}).encode(), "application/json"),
+        "img": ("image.bin", data, "application/octet-stream"),
+    }
+    return http.post(path, files=files, params=params)
