@@ -183,12 +183,14 @@ class Catalog:
                 )
                 blob.refcount += 1
             else:
-                if current.digest != blob.digest:
-                    await self._release(session, current.digest, effects)
-                    current.digest = blob.digest
-                    blob.refcount += 1
+                previous = current.digest
+                current.digest = blob.digest
                 current.meta = meta
                 current.updated_at = now
+                if previous != blob.digest:
+                    blob.refcount += 1
+                    await session.flush()  # the tag lets go of the old blob row first
+                    await self._release(session, previous, effects)
             await session.flush()
             await self._ensure_blob_file(staged)
 

@@ -1,0 +1,153 @@
+"""Catalog operations on a real SQLite file, migrated by Alembic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
+from cloudimg.catalog import Catalog, create_engine, upgrade_database
+from cloudimg.config import Settings
+from cloudimg.errors import NotFoundError
+
+
+@pytest.fixture
+async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
+    settings = Settings(data_root=tmp_path / "data")
+    settings.data_root.mkdir()
+    await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+    blobs = FilesystemBlobStore(settings.data_root)
+    blobs.ensure_layout()
+    engine = create_engine(settings.resolved_database_url)
+    yield Catalog(engine, blobs)
+    await engine.dispose()
+
+
+async def stage(catalog: Catalog, data: bytes) -> StagedBlob:
+    writer = await catalog.blobs.open_staging()
+    await writer.write(data)
+    return await writer.finish()
+
+
+async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
+    repo, image, tag = ref.split("/")
+    staged = await stage(catalog, data)
+    await catalog.commit_upload(repo, image, tag, staged, meta)
+    return staged
+
+
+def refcounts(catalog: Catalog) -> dict[str, int]:
+    path = catalog.blobs.root / "catalog.sqlite3"  # type: ignore[attr-defined]
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return dict(db.execute("SELECT digest, refcount FROM blobs").fetchall())
+
+
+async def test_upload_creates_names_and_lists_them_sorted(catalog: Catalog) -> None:
+    await put(catalog, "zeta/img/v1", b"a")
+    await put(catalog, "alpha/img-b/v1", b"b")
+    await put(catalog, "alpha/img-a/v2", b"c")
+    await put(catalog, "alpha/img-a/v1", b"d")
+    assert await catalog.list_repositories() == ["alpha", "zeta"]
+    assert await catalog.list_images("alpha") == ["img-a", "img-b"]
+    assert await catalog.list_tags("alpha", "img-a") == ["v1", "v2"]
+
+
+async def test_unknown_names_are_not_found(catalog: Catalog) -> None:
+    await put(catalog, "repo/img/v1", b"a")
+    with pytest.raises(NotFoundError):
+        await catalog.list_images("nope")
+    with pytest.raises(NotFoundError):
+        await catalog.list_tags("repo", "nope")
+    with pytest.raises(NotFoundError):
+        await catalog.get_tag("repo", "img", "v2")
+
+
+async def test_get_tag_carries_digests_size_and_meta(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"hello", os="debian")
+    info = await catalog.get_tag("repo", "img", "v1")
+    assert (info.digest, info.sha256, info.size) == (staged.blake3, staged.sha256, 5)
+    assert info.meta == {"os": "debian"}
+    assert info.created.tzinfo is not None
+    assert info.created == info.updated
+
+
+async def test_resolve_by_tag_and_by_either_digest(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"hello")
+    for reference in ("v1", f"blake3:{staged.blake3}", f"sha256:{staged.sha256}"):
+        ref = await catalog.resolve("repo", "img", reference)
+        assert ref.digest == staged.blake3
+
+
+async def test_digest_reference_needs_a_tag_of_that_image(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"hello")
+    await put(catalog, "repo/other/v1", b"other")
+    with pytest.raises(NotFoundError):
+        await catalog.resolve("repo", "other", f"blake3:{staged.blake3}")
+
+
+async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"same")
+    await put(catalog, "repo/img/v2", b"same")
+    await put(catalog, "repo/other/v1", b"same")
+    assert refcounts(catalog) == {staged.blake3: 3}
+    assert len([p for p in (catalog.blobs.root / "blobs").rglob("*") if p.is_file()]) == 1  # type: ignore[attr-defined]
+
+
+async def test_overwrite_moves_the_tag_and_frees_the_old_blob(catalog: Catalog) -> None:
+    old = await put(catalog, "repo/img/v1", b"old bytes")
+    new = await put(catalog, "repo/img/v1", b"new bytes", k="v")
+    assert (await catalog.get_tag("repo", "img", "v1")).digest == new.blake3
+    assert refcounts(catalog) == {new.blake3: 1}
+    assert await catalog.blobs.size_of(old.blake3) is None
+
+
+async def test_overwrite_with_same_bytes_updates_meta_only(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"bytes", k="1")
+    await put(catalog, "repo/img/v1", b"bytes", k="2")
+    info = await catalog.get_tag("repo", "img", "v1")
+    assert info.meta == {"k": "2"}
+    assert info.updated > info.created
+    assert refcounts(catalog) == {staged.blake3: 1}
+
+
+async def test_delete_keeps_shared_blob_until_last_reference(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"shared")
+    await put(catalog, "repo/img/v2", b"shared")
+    await catalog.delete_tag("repo", "img", "v1")
+    assert refcounts(catalog) == {staged.blake3: 1}
+    assert await catalog.blobs.size_of(staged.blake3) == 6
+    await catalog.delete_tag("repo", "img", "v2")
+    assert refcounts(catalog) == {}
+    assert await catalog.blobs.size_of(staged.blake3) is None
+    assert list((catalog.blobs.root / "trash").iterdir()) == []  # type: ignore[attr-defined]
+
+
+async def test_deleting_last_tag_removes_image_and_repo(catalog: Catalog) -> None:
+    await put(catalog, "repo/img/v1", b"a")
+    await put(catalog, "repo/keep/v1", b"b")
+    await catalog.delete_tag("repo", "img", "v1")
+    assert await catalog.list_images("repo") == ["keep"]
+    await catalog.delete_tag("repo", "keep", "v1")
+    assert await catalog.list_repositories() == []
+
+
+async def test_delete_unknown_tag_is_not_found_and_changes_nothing(catalog: Catalog) -> None:
+    staged = await put(catalog, "repo/img/v1", b"a")
+    with pytest.raises(NotFoundError):
+        await catalog.delete_tag("repo", "img", "v9")
+    with pytest.raises(NotFoundError):
+        await catalog.delete_tag("nope", "img", "v1")
+    assert refcounts(catalog) == {staged.blake3: 1}
+
+
+async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> None:
+    data = os.urandom(4096)
+    staged = await put(catalog, "repo/img/v1", data)
+    await catalog.delete_tag("repo", "img", "v1")
+    await put(catalog, "repo/img/v2", data)
+    assert catalog.blobs.blob_path(staged.blake3).read_bytes() == data
