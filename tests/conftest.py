@@ -73,16 +73,23 @@ def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None)
     port = free_port()
     log_path = data_root.parent / f"server-{port}.log"
     command = [
-        sys.executable, "-m", "cloudimg", "serve",
-        "--listener-addr", f"127.0.0.1:{port}",
-        "--data-root", str(data_root),
+        sys.executable,
+        "-m",
+        "cloudimg",
+        "serve",
+        "--listener-addr",
+        f"127.0.0.1:{port}",
+        "--data-root",
+        str(data_root),
         *args,
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", data_root, log_path, port, list(args))
+    server = RunningServer(
+        process, f"http://127.0.0.1:{port}", data_root, log_path, port, list(args)
+    )
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -110,8 +117,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start servers with custom flags; all are stopped at the end of the test."""
     started: list[RunningServer] = []
 
-    def factory(*args: str, data_root: Path | None = None, env: dict[str, str] | None = None
-                ) -> RunningServer:
+    def factory(
+        *args: str, data_root: Path | None = None, env: dict[str, str] | None = None
+    ) -> RunningServer:
         root = data_root or tmp_path / f"data-{len(started)}"
         running = start_server(root, *args, env=env)
         started.append(running)

@@ -18,7 +18,9 @@ def test_valid_repo_names(name: str) -> None:
     assert validate_image_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["ab", "a" * 64, "-ab", "ab-", "Abc", "a_b", "a.b", "a/b", "..", "ab\x00"])
+@pytest.mark.parametrize(
+    "name", ["ab", "a" * 64, "-ab", "ab-", "Abc", "a_b", "a.b", "a/b", "..", "ab\x00"]
+)
 def test_invalid_repo_names(name: str) -> None:
     with pytest.raises(InvalidArgumentError):
         validate_repo_name(name)
@@ -29,7 +31,9 @@ def test_valid_tags_include_dots(name: str) -> None:
     assert validate_tag_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["v", "x" * 129, ".v1", "v1.", "V1", "blake3:ab", "a b", "..", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["v", "x" * 129, ".v1", "v1.", "V1", "blake3:ab", "a b", "..", "a/b"]
+)
 def test_invalid_tags(name: str) -> None:
     with pytest.raises(InvalidArgumentError):
         validate_tag_name(name)
@@ -51,7 +55,11 @@ def test_parse_digest_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("addr", "expected"),
-    [("localhost:8080", ("localhost", 8080)), (":8080", ("0.0.0.0", 8080)), ("[::1]:80", ("::1", 80))],
+    [
+        ("localhost:8080", ("localhost", 8080)),
+        (":8080", ("0.0.0.0", 8080)),
+        ("[::1]:80", ("::1", 80)),
+    ],
 )
 def test_listener_addr_like_go(addr: str, expected: tuple[str, int]) -> None:
     assert parse_listener_addr(addr) == expected
@@ -74,4 +82,6 @@ def test_api_base(www: str, repo: str, base: str) -> None:
 def test_default_database_is_sqlite_in_data_root(tmp_path: Path) -> None:
     url = Settings(data_root=tmp_path).resolved_database_url
     assert url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/catalog.sqlite3"
-    assert Settings(database_url="postgresql+asyncpg://x/y").resolved_database_url.startswith("postgresql")
+    assert Settings(database_url="postgresql+asyncpg://x/y").resolved_database_url.startswith(
+        "postgresql"
+    )

@@ -1,0 +1,101 @@
+"""Server-level behaviour: flags and their environment variables, prefixes, errors, OpenAPI."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, upload
+
+OLD_OPERATION_IDS = {
+    "GetRepos",
+    "GetImages",
+    "GetImageTags",
+    "GetImage",
+    "PostImage",
+    "DeleteTag",
+    "GetImageMeta",
+    "ReadinessProbe",
+}
+
+
+def test_healthz(client: httpx.Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "data": None}
+
+
+def test_openapi_keeps_the_old_operation_ids(client: httpx.Client) -> None:
+    document = client.get("/docs/openapi.json").json()
+    ids = {op["operationId"] for path in document["paths"].values() for op in path.values()}
+    assert ids >= OLD_OPERATION_IDS
+
+
+def test_unknown_path_is_a_json_404(client: httpx.Client) -> None:
+    response = client.get("/nothing/here")
+    assert response.status_code == 404
+    assert response.json()["status"] == "NOT_FOUND"
+
+
+def test_wrong_method_is_a_json_error(client: httpx.Client) -> None:
+    response = client.put("/reg/abc/def/v1")
+    assert response.status_code == 405
+    assert response.json()["status"] == "INVALID_ARGUMENT"
+
+
+def test_prefixes_move_the_api_but_not_healthz(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running = server_factory("--www-prefix", "/mirror/", "--repo-prefix", "images")
+    with running.client() as http:
+        assert upload(http, "/mirror/images/repo/img/v1", b"bytes").status_code == 201
+        assert http.get("/mirror/images").json()["data"] == ["repo"]
+        assert http.get("/mirror/images/repo/img/v1").content == b"bytes"
+        meta = http.get("/mirror/images/repo/img/v1/meta").json()
+        assert meta["imagePath"] == "/mirror/images/repo/img/v1"
+        assert http.get("/reg").status_code == 404
+        assert http.get("/healthz").status_code == 200
+
+
+def test_flags_come_from_the_environment(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory(env={"CLOUDIMG_REPO_PREFIX": "fromenv"})
+    with running.client() as http:
+        assert http.get("/fromenv").json() == {"success": True, "data": []}
+        assert http.get("/reg").status_code == 404
+
+
+def test_slow_headers_are_cut_off(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory("--read-header-timeout-secs", "1")
+    with socket.create_connection(("127.0.0.1", running.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+        sock.settimeout(15)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # the server closed the connection
+        # Only a bound to tell "closed by the timeout" from "closed by the test's own limit".
+        assert time.monotonic() - started < 10
+
+
+def test_bad_listener_addr_is_refused_before_starting(server: RunningServer) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudimg", "serve", "--listener-addr", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "host:port" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/reg/AB", "/reg/ab", "/reg/abc/-x", "/reg/abc/def/v1/meta/x"])
+def test_bad_names_in_listings(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code in (400, 404)
+    assert response.json()["status"] in ("INVALID_ARGUMENT", "NOT_FOUND")

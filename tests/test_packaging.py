@@ -1,0 +1,33 @@
+"""A non-editable install must carry the migrations (serve applies them at start-up)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("cloudimg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected_migrations = {
+        f"cloudimg/migrations/versions/{p.name}"
+        for p in (ROOT / "migrations" / "versions").glob("*.py")
+    }
+    assert expected_migrations <= names
+    assert {
+        "cloudimg/migrations/env.py",
+        "cloudimg/migrations/script.py.mako",
+        "cloudimg/cli/main.py",
+        "cloudimg/py.typed",
+    } <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "cloudimg = cloudimg.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
