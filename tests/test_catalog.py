@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
+from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.errors import NotFoundError
+from tests.databases import BACKENDS, database_url
+
+
+@pytest.fixture(params=BACKENDS)
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from database_url(request.param, tmp_path)
 
 
 @pytest.fixture
-async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    settings = Settings(data_root=tmp_path / "data")
-    settings.data_root.mkdir()
+async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
+    settings = Settings(data_root=tmp_path / "data", database_url=catalog_url)
+    settings.data_root.mkdir(exist_ok=True)
     await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
     blobs = FilesystemBlobStore(settings.data_root)
     blobs.ensure_layout()
@@ -41,10 +48,10 @@ async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlo
     return staged
 
 
-def refcounts(catalog: Catalog) -> dict[str, int]:
-    path = catalog.blobs.root / "catalog.sqlite3"  # type: ignore[attr-defined]
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return dict(db.execute("SELECT digest, refcount FROM blobs").fetchall())
+async def refcounts(catalog: Catalog) -> dict[str, int]:
+    async with catalog.engine.connect() as connection:
+        rows = await connection.execute(select(Blob.digest, Blob.refcount))
+        return {digest: count for digest, count in rows}
 
 
 async def test_upload_creates_names_and_lists_them_sorted(catalog: Catalog) -> None:
@@ -94,7 +101,7 @@ async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"same")
     await put(catalog, "repo/img/v2", b"same")
     await put(catalog, "repo/other/v1", b"same")
-    assert refcounts(catalog) == {staged.blake3: 3}
+    assert await refcounts(catalog) == {staged.blake3: 3}
     assert len([p for p in (catalog.blobs.root / "blobs").rglob("*") if p.is_file()]) == 1  # type: ignore[attr-defined]
 
 
@@ -102,7 +109,7 @@ async def test_overwrite_moves_the_tag_and_frees_the_old_blob(catalog: Catalog) 
     old = await put(catalog, "repo/img/v1", b"old bytes")
     new = await put(catalog, "repo/img/v1", b"new bytes", k="v")
     assert (await catalog.get_tag("repo", "img", "v1")).digest == new.blake3
-    assert refcounts(catalog) == {new.blake3: 1}
+    assert await refcounts(catalog) == {new.blake3: 1}
     assert await catalog.blobs.size_of(old.blake3) is None
 
 
@@ -112,17 +119,17 @@ async def test_overwrite_with_same_bytes_updates_meta_only(catalog: Catalog) -> 
     info = await catalog.get_tag("repo", "img", "v1")
     assert info.meta == {"k": "2"}
     assert info.updated > info.created
-    assert refcounts(catalog) == {staged.blake3: 1}
+    assert await refcounts(catalog) == {staged.blake3: 1}
 
 
 async def test_delete_keeps_shared_blob_until_last_reference(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"shared")
     await put(catalog, "repo/img/v2", b"shared")
     await catalog.delete_tag("repo", "img", "v1")
-    assert refcounts(catalog) == {staged.blake3: 1}
+    assert await refcounts(catalog) == {staged.blake3: 1}
     assert await catalog.blobs.size_of(staged.blake3) == 6
     await catalog.delete_tag("repo", "img", "v2")
-    assert refcounts(catalog) == {}
+    assert await refcounts(catalog) == {}
     assert await catalog.blobs.size_of(staged.blake3) is None
     assert list((catalog.blobs.root / "trash").iterdir()) == []  # type: ignore[attr-defined]
 
@@ -142,7 +149,7 @@ async def test_delete_unknown_tag_is_not_found_and_changes_nothing(catalog: Cata
         await catalog.delete_tag("repo", "img", "v9")
     with pytest.raises(NotFoundError):
         await catalog.delete_tag("nope", "img", "v1")
-    assert refcounts(catalog) == {staged.blake3: 1}
+    assert await refcounts(catalog) == {staged.blake3: 1}
 
 
 async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> None:
