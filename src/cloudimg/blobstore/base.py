@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-__all__ = ["BlobStore", "StagedBlob", "StagingWriter"]
+__all__ = [
+    "BlobStore",
+    "StagedBlob",
+    "StagingLease",
+    "StagingRemoval",
+    "StagingWriter",
+    "StoredFile",
+]
+
+StagingRemoval = Literal["removed", "in-use", "young", "gone"]
+"""What ``remove_stale_staging`` did with a staging file."""
+
+
+class StagingLease(Protocol):
+    """Holds a staging file for its upload (a lock) until it is placed or discarded."""
+
+    def release(self) -> None:
+        """Give the staging file up; safe to call more than once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +35,21 @@ class StagedBlob:
     sha256: str
     size: int
     path: Path
+    lease: StagingLease | None = field(default=None, compare=False, repr=False)
+    """Released by ``place`` and ``discard``; while held, gc leaves the file alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file found in one of the store's areas (blob tree, staging, trash)."""
+
+    path: Path
+    size: int
+    mtime: float
+    """Modification time, seconds since the epoch."""
+    inode: int
+    digest: str | None
+    """The blake3 hex its name gives (blobs, trash); None when the name is not a blob's."""
 
 
 class StagingWriter(Protocol):
@@ -66,3 +99,32 @@ class BlobStore(Protocol):
 
     async def purge(self, trash_path: Path) -> None:
         """Delete a trashed file for good; missing files are fine."""
+
+    async def stage_link(self, source: Path) -> StagedBlob:
+        """Stage the bytes of ``source`` without copying them (a second name, then hashed).
+
+        Raises:
+            OSError: when no second name can be made (another file system, no permission).
+        """
+
+    async def list_blobs(self) -> list[StoredFile]:
+        """Every file in the blob tree; ``digest`` is None for what does not look like a blob."""
+
+    async def list_staging(self) -> list[StoredFile]:
+        """Every staging file (uploads in progress, or left by a crash)."""
+
+    async def list_trash(self) -> list[StoredFile]:
+        """Every trash file; ``digest`` is None for a name that is not ``<blake3>.<random>``."""
+
+    async def remove_stale_staging(
+        self, path: Path, cutoff: float, *, dry_run: bool = False
+    ) -> StagingRemoval:
+        """Remove a staging file last modified before ``cutoff`` unless an upload holds it."""
+
+    async def checksum(
+        self, blake3_hex: str, on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[str, int] | None:
+        """blake3 hex of the stored blob and the file's inode; None when it is missing."""
+
+    async def quarantine(self, blake3_hex: str, inode: int | None = None) -> Path | None:
+        """Move the blob file aside (only if it is still ``inode``); None when nothing moved."""

@@ -5,9 +5,14 @@ Layout under the data root::
     blobs/blake3/<first 2 hex>/<remaining 62 hex>   read-only blob files
     staging/<random>.part                           uploads in progress
     trash/<blake3 hex>.<random>                     blobs whose last reference went
+    quarantine/<blake3 hex>.<random>                blobs whose bytes failed a check
 
 Staging and trash sit on the same file system as the blobs, so moving a file
 between them is a rename: atomic, and no byte is copied twice.
+
+An upload holds an exclusive ``flock`` on its staging file from creation until the
+file is placed or discarded, so garbage collection (which only takes files it can
+lock) never removes the staging file of an upload that is still running.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
+import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 
-from cloudimg.blobstore.base import StagedBlob
+from cloudimg.blobstore.base import StagedBlob, StagingRemoval, StoredFile
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = ["STAGING_SUFFIX", "FilesystemBlobStore", "FilesystemStagingWriter"]
@@ -32,6 +40,10 @@ STAGING_SUFFIX = ".part"
 # never waits on the disk or the hash, and a thread hop is paid per MiB, not per packet.
 _WRITE_BATCH = 4 * 1024 * 1024
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_READ_BLOCK = 16 * 1024 * 1024
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_HEX62 = re.compile(r"[0-9a-f]{62}")
+_TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,12 +54,65 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+class _StagingLock:
+    """An open descriptor of a staging file holding the exclusive ``flock`` on it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _stored(path: Path, digest: str | None) -> StoredFile | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return StoredFile(path, st.st_size, st.st_mtime, st.st_ino, digest)
+
+
+def _hash_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[str, str, int]:
+    """blake3, sha256 and size of what ``fd`` reads, in large reads."""
+    b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    sha = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_READ_BLOCK)
+    view = memoryview(buffer)
+    while n := os.readv(fd, [buffer]):
+        b3.update(view[:n])
+        sha.update(view[:n])
+        size += n
+        if on_bytes is not None:
+            on_bytes(n)
+    return b3.hexdigest(), sha.hexdigest(), size
+
+
 class FilesystemStagingWriter:
-    """Streams an upload into a staging file while computing blake3 and sha256."""
+    """Streams an upload into a staging file while computing blake3 and sha256.
+
+    The file stays open (and locked) after ``finish``: the lock goes with the
+    ``StagedBlob`` and ends when the blob is placed or discarded.
+    """
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
+        self._lock = _StagingLock(fd)
         self._blake3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self._sha256 = hashlib.sha256()
         self._size = 0
@@ -67,20 +132,22 @@ class FilesystemStagingWriter:
     async def finish(self) -> StagedBlob:
         await self._flush_buffer()
         await self._wait_pending()
-        await asyncio.to_thread(self._sync_and_close)
+        await asyncio.to_thread(self._sync)
         return StagedBlob(
             blake3=self._blake3.hexdigest(),
             sha256=self._sha256.hexdigest(),
             size=self._size,
             path=self.path,
+            lease=self._lock,
         )
 
     async def abort(self) -> None:
         # The upload is failing anyway; a write error of the last batch changes nothing.
         with contextlib.suppress(Exception):
             await self._wait_pending()
+        if not self._closed:
+            self.path.unlink(missing_ok=True)
         self._close()
-        self.path.unlink(missing_ok=True)
 
     async def _flush_buffer(self) -> None:
         # One batch may be in the worker thread while the next one fills up.
@@ -108,20 +175,20 @@ class FilesystemStagingWriter:
         self._blake3.update(batch)
         self._sha256.update(batch)
 
-    def _sync_and_close(self) -> None:
+    def _sync(self) -> None:
         try:
             os.fsync(self._fd)
         except OSError as exc:
+            self.path.unlink(missing_ok=True)
+            self._close()
             if exc.errno in _FULL_DISK_ERRNOS:
                 raise InsufficientStorageError("the data volume is full") from None
             raise
-        finally:
-            self._close()
 
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            os.close(self._fd)
+            self._lock.release()
 
 
 class FilesystemBlobStore:
@@ -132,6 +199,7 @@ class FilesystemBlobStore:
         self.blobs_dir = data_root / "blobs" / "blake3"
         self.staging_dir = data_root / "staging"
         self.trash_dir = data_root / "trash"
+        self.quarantine_dir = data_root / "quarantine"
 
     def ensure_layout(self) -> None:
         """Create the directories (idempotent)."""
@@ -142,12 +210,51 @@ class FilesystemBlobStore:
         return self.blobs_dir / blake3_hex[:2] / blake3_hex[2:]
 
     async def open_staging(self) -> FilesystemStagingWriter:
-        path = self.staging_dir / f"{secrets.token_hex(16)}{STAGING_SUFFIX}"
-        fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        path, fd = await asyncio.to_thread(self._new_staging, None)
         return FilesystemStagingWriter(path, fd)
 
+    def _new_staging(self, source: Path | None) -> tuple[Path, int]:
+        """Create a staging file (a new one, or a second name of ``source``) and lock it.
+
+        gc may lock and remove a staging file between its creation and our lock; then
+        the name no longer names our file, and we start again with another name.
+        """
+        while True:
+            path = self.staging_dir / f"{secrets.token_hex(16)}{STAGING_SUFFIX}"
+            if source is None:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            else:
+                os.link(source, path)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while a gc looks at the new file
+            if _names_file(path, fd):
+                return path, fd
+            os.close(fd)
+
+    async def stage_link(self, source: Path) -> StagedBlob:
+        return await asyncio.to_thread(self._stage_link, source)
+
+    def _stage_link(self, source: Path) -> StagedBlob:
+        path, fd = self._new_staging(source)
+        lock = _StagingLock(fd)
+        try:
+            b3, sha, size = _hash_fd(fd)
+            os.fsync(fd)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            lock.release()
+            raise
+        return StagedBlob(blake3=b3, sha256=sha, size=size, path=path, lease=lock)
+
     async def place(self, staged: StagedBlob) -> bool:
-        return await asyncio.to_thread(self._place, staged)
+        try:
+            return await asyncio.to_thread(self._place, staged)
+        finally:
+            if staged.lease is not None and not staged.path.exists():
+                staged.lease.release()
 
     def _place(self, staged: StagedBlob) -> bool:
         os.chmod(staged.path, 0o444)
@@ -169,6 +276,8 @@ class FilesystemBlobStore:
 
     async def discard(self, staged: StagedBlob) -> None:
         await asyncio.to_thread(staged.path.unlink, True)
+        if staged.lease is not None:
+            staged.lease.release()
 
     async def size_of(self, blake3_hex: str) -> int | None:
         try:
@@ -185,7 +294,104 @@ class FilesystemBlobStore:
         return trash
 
     async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> None:
-        await asyncio.to_thread(self._link_into_tree, trash_path, blake3_hex)
+        # A missing trash file was restored (or purged) by someone else meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._link_into_tree, trash_path, blake3_hex)
 
     async def purge(self, trash_path: Path) -> None:
         await asyncio.to_thread(trash_path.unlink, True)
+
+    # -- maintenance -------------------------------------------------------------
+
+    async def list_blobs(self) -> list[StoredFile]:
+        return await asyncio.to_thread(self._list_blobs)
+
+    def _list_blobs(self) -> list[StoredFile]:
+        found: list[StoredFile] = []
+        if not self.blobs_dir.is_dir():
+            return found
+        for fan in sorted(self.blobs_dir.iterdir()):
+            if not fan.is_dir() or fan.is_symlink() or not _HEX2.fullmatch(fan.name):
+                entry = _stored(fan, None)
+                found += [entry] if entry else []
+                continue
+            for path in sorted(fan.iterdir()):
+                looks_like_blob = bool(_HEX62.fullmatch(path.name)) and path.is_file()
+                entry = _stored(path, fan.name + path.name if looks_like_blob else None)
+                found += [entry] if entry else []
+        return found
+
+    async def list_staging(self) -> list[StoredFile]:
+        return await asyncio.to_thread(self._list_area, self.staging_dir, None)
+
+    async def list_trash(self) -> list[StoredFile]:
+        return await asyncio.to_thread(self._list_area, self.trash_dir, _TRASH_NAME)
+
+    def _list_area(self, directory: Path, pattern: re.Pattern[str] | None) -> list[StoredFile]:
+        found: list[StoredFile] = []
+        if not directory.is_dir():
+            return found
+        for path in sorted(directory.iterdir()):
+            match = pattern.fullmatch(path.name) if pattern else None
+            entry = _stored(path, match.group(1) if match else None)
+            found += [entry] if entry else []
+        return found
+
+    async def remove_stale_staging(
+        self, path: Path, cutoff: float, *, dry_run: bool = False
+    ) -> StagingRemoval:
+        return await asyncio.to_thread(self._remove_stale_staging, path, cutoff, dry_run)
+
+    def _remove_stale_staging(self, path: Path, cutoff: float, dry_run: bool) -> StagingRemoval:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return "gone"
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "in-use"  # an upload (or another gc) holds it
+            if not _names_file(path, fd):
+                return "gone"
+            if os.fstat(fd).st_mtime > cutoff:
+                return "young"
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            return "removed"
+        finally:
+            os.close(fd)
+
+    async def checksum(
+        self, blake3_hex: str, on_bytes: Callable[[int], None] | None = None
+    ) -> tuple[str, int] | None:
+        return await asyncio.to_thread(self._checksum, blake3_hex, on_bytes)
+
+    def _checksum(
+        self, blake3_hex: str, on_bytes: Callable[[int], None] | None
+    ) -> tuple[str, int] | None:
+        try:
+            fd = os.open(self.blob_path(blake3_hex), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            digest, _sha256, _size = _hash_fd(fd, on_bytes)
+            return digest, os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+
+    async def quarantine(self, blake3_hex: str, inode: int | None = None) -> Path | None:
+        return await asyncio.to_thread(self._quarantine, blake3_hex, inode)
+
+    def _quarantine(self, blake3_hex: str, inode: int | None) -> Path | None:
+        source = self.blob_path(blake3_hex)
+        try:
+            if inode is not None and source.stat().st_ino != inode:
+                return None
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            target = self.quarantine_dir / f"{blake3_hex}.{secrets.token_hex(8)}"
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        _fsync_dir(source.parent)
+        return target
