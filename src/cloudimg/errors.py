@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "AlreadyExistsError",
+    "BlobCorruptError",
     "CloudimgError",
     "DigestMismatchError",
     "InsufficientStorageError",
@@ -72,3 +73,9 @@ class UnavailableError(CloudimgError):
     """A dependency (the catalog database) does not answer; retrying may help."""
 
     code = "UNAVAILABLE"
+
+
+class BlobCorruptError(CloudimgError):
+    """The stored bytes failed an integrity check and are quarantined until uploaded again."""
+
+    code = "DATA_LOSS"

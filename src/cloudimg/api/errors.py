@@ -11,6 +11,7 @@ from litestar.types import ExceptionHandlersMap
 
 from cloudimg.errors import (
     AlreadyExistsError,
+    BlobCorruptError,
     CloudimgError,
     InsufficientStorageError,
     InvalidArgumentError,
@@ -32,6 +33,7 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (PayloadTooLargeError, 413),
     (InsufficientStorageError, 507),
     (UnavailableError, 503),
+    (BlobCorruptError, 500),
 ]
 # Statuses Litestar raises itself (routing, method, body limits) and our codes for them.
 _HTTP_CODES = {

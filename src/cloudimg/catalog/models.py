@@ -73,6 +73,8 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     refcount: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    """When fsck found bytes that do not match the digest; set, the blob is not served."""
 
 
 class Repository(Base):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -18,9 +18,18 @@ from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
 from cloudimg.digest import parse_digest
-from cloudimg.errors import NotFoundError, UnavailableError
+from cloudimg.errors import BlobCorruptError, NotFoundError, UnavailableError
 
-__all__ = ["BlobRef", "Catalog", "TagInfo"]
+__all__ = [
+    "BlobRecord",
+    "BlobRef",
+    "BlobState",
+    "Catalog",
+    "CatalogSnapshot",
+    "RefcountRepair",
+    "TagInfo",
+    "TagRecord",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,11 +61,76 @@ class TagInfo:
     updated: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    """One tag of a catalog snapshot."""
+
+    repo: str
+    image: str
+    tag: str
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.repo}/{self.image}:{self.tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """One blob row of a catalog snapshot, with the tags that reference it."""
+
+    digest: str
+    size: int
+    sha256: str
+    refcount: int
+    quarantined: bool
+    tags: tuple[TagRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    """Every blob row and tag, read in one statement (one consistent view)."""
+
+    blobs: dict[str, BlobRecord]
+    tags: list[TagRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobState:
+    """A blob row as it is now, with the number of tags that reference it."""
+
+    digest: str
+    size: int
+    refcount: int
+    references: int
+    quarantined: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefcountRepair:
+    """A reference count set right by ``Catalog.repair_refcount``."""
+
+    digest: str
+    size: int
+    was: int
+    now: int
+    removed: bool
+    """No tag referenced the blob: its row and file went."""
+
+
 @dataclass
 class _FileEffects:
     """File-system changes made inside a transaction: undone on rollback, finished on commit."""
 
     trashed: list[tuple[Path, str]] = field(default_factory=list)
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _corrupt(digest: str) -> BlobCorruptError:
+    return BlobCorruptError(
+        f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
+        " upload the image again",
+        {"digest": f"blake3:{digest}"},
+    )
 
 
 class Catalog:
@@ -112,6 +186,8 @@ class Catalog:
         if row is None:
             raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
         tag_row, blob = row
+        if blob.quarantined_at is not None:
+            raise _corrupt(blob.digest)
         return TagInfo(
             repo=repo,
             image=image,
@@ -149,6 +225,8 @@ class Catalog:
                 "no tag of this image references that digest",
                 {"repo": repo, "image": image, "digest": reference},
             )
+        if blob.quarantined_at is not None:
+            raise _corrupt(blob.digest)
         return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
     # -- changes ---------------------------------------------------------------
@@ -191,6 +269,12 @@ class Catalog:
                     blob.refcount += 1
                     await session.flush()  # the tag lets go of the old blob row first
                     await self._release(session, previous, effects)
+            if blob.quarantined_at is not None:
+                # Re-uploading heals: whatever sits under the digest is suspect, the staged
+                # bytes have the digest. (A retry finds its own placed file: keep it.)
+                if staged.path.exists():
+                    await self.blobs.quarantine(blob.digest)
+                blob.quarantined_at = None
             await session.flush()
             await self._ensure_blob_file(staged)
 
@@ -215,6 +299,159 @@ class Catalog:
             await self._release(session, digest, effects)
 
         await self._write(change)
+
+    # -- maintenance -------------------------------------------------------------
+
+    async def snapshot(self) -> CatalogSnapshot:
+        """Every blob row with the tags naming it, from one statement: a consistent view."""
+        query = (
+            select(
+                Blob.digest,
+                Blob.size,
+                Blob.sha256,
+                Blob.refcount,
+                Blob.quarantined_at,
+                Repository.name,
+                Image.name,
+                Tag.name,
+            )
+            .outerjoin(Tag, Tag.digest == Blob.digest)
+            .outerjoin(Image, Image.id == Tag.image_id)
+            .outerjoin(Repository, Repository.id == Image.repository_id)
+            .order_by(Blob.digest, Repository.name, Image.name, Tag.name)
+        )
+        async with self._sessions() as session, session.begin():
+            rows = (await session.execute(query)).all()
+        rows_of: dict[str, tuple[int, str, int, bool]] = {}
+        tags_of: dict[str, list[TagRecord]] = {}
+        for digest, size, sha256, refcount, quarantined_at, repo, image, tag in rows:
+            rows_of[digest] = (size, sha256, refcount, quarantined_at is not None)
+            tags = tags_of.setdefault(digest, [])
+            if tag is not None:
+                tags.append(TagRecord(repo, image, tag, digest))
+        blobs = {
+            digest: BlobRecord(digest, *row, tuple(tags_of[digest]))
+            for digest, row in rows_of.items()
+        }
+        return CatalogSnapshot(blobs, [tag for tags in tags_of.values() for tag in tags])
+
+    async def blob_state(self, digest: str) -> BlobState | None:
+        """The blob row of ``digest`` now, with its number of referencing tags; None if absent."""
+        references = (
+            select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
+        ).scalar_subquery()
+        async with self._sessions() as session:
+            row = (
+                await session.execute(select(Blob, references).where(Blob.digest == digest))
+            ).one_or_none()
+        if row is None:
+            return None
+        blob, count = row
+        return BlobState(digest, blob.size, blob.refcount, count, blob.quarantined_at is not None)
+
+    async def repair_refcount(self, digest: str) -> RefcountRepair | None:
+        """Set the blob's refcount to its number of tags, under the lock uploads take.
+
+        A blob no tag references loses its row and (trashed, then purged) file.
+        Returns what changed, None when the count was right or the row is gone.
+        """
+        done: list[RefcountRepair] = []
+
+        async def change(session: AsyncSession, effects: _FileEffects) -> None:
+            done.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            if blob is None:
+                return
+            count = await session.scalar(
+                select(func.count()).select_from(Tag).where(Tag.digest == digest)
+            )
+            count = count or 0
+            if count == blob.refcount and count > 0:
+                return
+            done.append(RefcountRepair(digest, blob.size, blob.refcount, count, count == 0))
+            if count == 0:
+                await self._drop_blob(session, blob, effects)
+            else:
+                blob.refcount = count
+
+        await self._write(change)
+        return done[0] if done else None
+
+    async def reclaim_orphan_file(self, digest: str) -> int | None:
+        """Remove a blob file that no blob row names; its size, None when nothing went.
+
+        The check and the move to trash happen in one write transaction that holds
+        the digest's lock (a placeholder row, gone at commit), so an upload committing
+        the same digest at the same time waits for us and then places its own file.
+        """
+        freed: list[int] = []
+
+        async def change(session: AsyncSession, effects: _FileEffects) -> None:
+            freed.clear()
+            if await session.scalar(select(Blob.digest).where(Blob.digest == digest)):
+                return
+            placeholder = Blob(digest=digest, size=0, sha256="0" * 64, refcount=0)
+            placeholder.created_at = utcnow()
+            session.add(placeholder)
+            await session.flush()
+            size = await self.blobs.size_of(digest)
+            trash_path = await self.blobs.move_to_trash(digest)
+            await session.delete(placeholder)
+            await session.flush()
+            if trash_path is not None:
+                effects.trashed.append((trash_path, digest))
+                freed.append(size or 0)
+
+        await self._write(change)
+        return freed[0] if freed else None
+
+    async def settle_trash(self, trash_path: Path, digest: str) -> Literal["restored", "removed"]:
+        """Deal with a trash file left by a crash, under the digest's lock.
+
+        If the catalog still has the blob (the delete rolled back) and its file is
+        missing, the trash file goes back into the blob tree; otherwise it is removed.
+        """
+        outcome: list[Literal["restored", "removed"]] = []
+
+        async def change(session: AsyncSession, _effects: _FileEffects) -> None:
+            outcome.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            restore = (
+                blob is not None
+                and blob.quarantined_at is None
+                and await self.blobs.size_of(digest) is None
+            )
+            if restore:
+                await self.blobs.restore_from_trash(trash_path, digest)
+            outcome.append("restored" if restore else "removed")
+
+        await self._write(change)
+        if outcome[0] == "removed":
+            await self.blobs.purge(trash_path)
+        return outcome[0]
+
+    async def quarantine_blob(self, digest: str, inode: int | None) -> bool:
+        """Move the blob's file aside and mark the blob so that it is no longer served.
+
+        ``inode`` is the file found bad: a file placed since then is left alone.
+        True when the blob was quarantined.
+        """
+        done: list[bool] = []
+
+        async def change(session: AsyncSession, effects: _FileEffects) -> None:
+            done.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            if blob is None or blob.quarantined_at is not None:
+                return
+            moved = await self.blobs.quarantine(digest, inode)
+            if moved is None:
+                return
+            effects.quarantined.append((moved, digest))
+            blob.quarantined_at = utcnow()
+            done.append(True)
+
+        await self._write(change)
+        return bool(done)
 
     # -- transaction plumbing --------------------------------------------------
 
@@ -241,7 +478,7 @@ class Catalog:
             return
 
     async def _undo(self, effects: _FileEffects) -> None:
-        for trash_path, digest in effects.trashed:
+        for trash_path, digest in effects.trashed + effects.quarantined:
             await self.blobs.restore_from_trash(trash_path, digest)
 
     async def _lock_or_create_blob(self, session: AsyncSession, staged: StagedBlob) -> Blob:
@@ -276,11 +513,15 @@ class Catalog:
         blob.refcount -= 1
         if blob.refcount > 0:
             return
+        await self._drop_blob(session, blob, effects)
+
+    async def _drop_blob(self, session: AsyncSession, blob: Blob, effects: _FileEffects) -> None:
+        """Delete the (locked) blob row and trash its file under the lock."""
         await session.delete(blob)
         await session.flush()
-        trash_path = await self.blobs.move_to_trash(digest)
+        trash_path = await self.blobs.move_to_trash(blob.digest)
         if trash_path is not None:
-            effects.trashed.append((trash_path, digest))
+            effects.trashed.append((trash_path, blob.digest))
 
     async def _image_id(self, session: AsyncSession, repo: str, image: str) -> int | None:
         return await session.scalar(
