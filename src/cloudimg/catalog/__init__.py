@@ -1,6 +1,26 @@
 """The catalog: names to digests, metadata and reference counts, in a SQL database."""
 
 from cloudimg.catalog.database import create_engine, upgrade_database
-from cloudimg.catalog.operations import BlobRef, Catalog, TagInfo
+from cloudimg.catalog.operations import (
+    BlobRecord,
+    BlobRef,
+    BlobState,
+    Catalog,
+    CatalogSnapshot,
+    RefcountRepair,
+    TagInfo,
+    TagRecord,
+)
 
-__all__ = ["BlobRef", "Catalog", "TagInfo", "create_engine", "upgrade_database"]
+__all__ = [
+    "BlobRecord",
+    "BlobRef",
+    "BlobState",
+    "Catalog",
+    "CatalogSnapshot",
+    "RefcountRepair",
+    "TagInfo",
+    "TagRecord",
+    "create_engine",
+    "upgrade_database",
+]

@@ -8,6 +8,10 @@ import click
 
 from cloudimg import __version__
 from cloudimg.cli.db import db
+from cloudimg.cli.du import du
+from cloudimg.cli.fsck import fsck
+from cloudimg.cli.gc import gc
+from cloudimg.cli.import_legacy import import_legacy_command
 from cloudimg.cli.serve import serve
 
 __all__ = ["cli", "main"]
@@ -24,6 +28,10 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(db)
+cli.add_command(gc)
+cli.add_command(fsck)
+cli.add_command(import_legacy_command)
+cli.add_command(du)
 
 
 def main() -> None:

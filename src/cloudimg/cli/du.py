@@ -1,0 +1,43 @@
+"""``cloudimg du``: logical against physical bytes per repository."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.output import human_bytes, print_json, run
+from cloudimg.maintenance import DuReport, disk_usage
+
+__all__ = ["du"]
+
+
+@click.command()
+@storage_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+def du(as_json: bool, **values: object) -> None:
+    """Per repository: bytes its tags add up to, bytes of its distinct blobs, and the saving."""
+    report = run(settings_from(**values), disk_usage)
+    if as_json:
+        repos = [{**asdict(u), "saved_bytes": u.saved_bytes} for u in report.repositories]
+        print_json(report, repositories=repos, saved_bytes=report.saved_bytes)
+    else:
+        _print(report)
+
+
+def _print(report: DuReport) -> None:
+    header = f"{'repository':<32} {'tags':>6} {'logical':>12} {'physical':>12} {'saved':>12}"
+    click.echo(header)
+    for u in report.repositories:
+        click.echo(
+            f"{u.repo:<32} {u.tags:>6} {human_bytes(u.logical_bytes):>12} "
+            f"{human_bytes(u.physical_bytes):>12} {human_bytes(u.saved_bytes):>12}"
+        )
+    tags = sum(u.tags for u in report.repositories)
+    click.echo(
+        f"{'total (shared blobs once)':<32} {tags:>6} "
+        f"{human_bytes(report.logical_bytes):>12} {human_bytes(report.physical_bytes):>12} "
+        f"{human_bytes(report.saved_bytes):>12}"
+    )
+    click.echo(f"stored: {report.stored_blobs} blob(s), {human_bytes(report.stored_bytes)}")

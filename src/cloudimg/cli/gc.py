@@ -1,0 +1,104 @@
+"""``cloudimg gc``: reclaim crash debris and fix reference counts, while servers serve."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.maintenance import GcReport, collect_garbage, parse_duration
+
+__all__ = ["Duration", "gc"]
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]  # generic since click 8.2
+else:
+    _ParamType = click.ParamType
+
+
+class Duration(_ParamType):
+    """Seconds, or a number with ``s``, ``m``, ``h`` or ``d``."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command()
+@storage_options
+@click.option("--dry-run", is_flag=True, help="List what would be done; change nothing.")
+@click.option(
+    "--grace",
+    type=Duration(),
+    default="1h",
+    show_default=True,
+    help="Touch only staging, trash and unreferenced blob files older than this "
+    "(seconds, or 30s, 10m, 2h, 7d; 0 allowed).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+def gc(dry_run: bool, grace: float, as_json: bool, **values: object) -> None:
+    """Reclaim what crashes leave and fix reference counts (safe while servers serve).
+
+    Removes staging files of uploads that are no longer running, trash files, blob
+    files no catalog row names, and blob rows no tag names; puts back a trash file
+    whose delete rolled back. Exits 1 when something could not be done.
+    """
+    settings = settings_from(**values)
+    report = run(settings, lambda catalog: collect_garbage(catalog, grace=grace, dry_run=dry_run))
+    if as_json:
+        print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
+    else:
+        _print(report)
+    sys.exit(0 if report.ok else 1)
+
+
+_LABELS = {
+    "trash": "trash files removed",
+    "restored": "trash files restored into the blob tree",
+    "staging": "stale staging files removed",
+    "refcount": "reference counts repaired",
+    "unreferenced-row": "blobs no tag names removed",
+    "orphan-blob": "blob files no catalog row names removed",
+}
+
+
+def _print(report: GcReport) -> None:
+    would = "would be " if report.dry_run else ""
+    for kind, total in report.totals().items():
+        actions = [a for a in report.actions if a.kind == kind]
+        if not actions:
+            continue
+        label = (
+            _LABELS[kind]
+            .replace("removed", f"{would}removed")
+            .replace("repaired", f"{would}repaired")
+        )
+        click.echo(f"{label}: {total['count']} ({human_bytes(total['bytes'])})")
+        listed, more = shown(actions)
+        for action in listed:
+            click.echo(f"  {action.target}" + (f": {action.detail}" if action.detail else ""))
+        if more:
+            click.echo(f"  ... and {more} more")
+    if report.skipped_live_staging:
+        click.echo(f"staging files of running uploads left alone: {report.skipped_live_staging}")
+    if report.skipped_young:
+        click.echo(f"files younger than the grace period left alone: {report.skipped_young}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    verb = "would free" if report.dry_run else "freed"
+    click.echo(
+        f"gc {'(dry run) ' if report.dry_run else ''}done in {report.duration_seconds:.1f}s: "
+        f"{verb} {human_bytes(report.bytes_freed)}, {len(report.problems)} problem(s)"
+    )

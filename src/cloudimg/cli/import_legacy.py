@@ -1,0 +1,72 @@
+"""``cloudimg import-legacy``: import a data root written by the old Go server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
+from cloudimg.maintenance import ImportReport, import_legacy
+
+__all__ = ["import_legacy_command"]
+
+
+@click.command("import-legacy")
+@storage_options
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The old server's data root (<repo>/<image>/<tag>/image.bin and meta.json).",
+)
+@click.option(
+    "--move",
+    is_flag=True,
+    help="Take the bytes without a second copy when on the same file system, "
+    "and remove each entry from the old tree once it is imported.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+def import_legacy_command(source: Path, move: bool, as_json: bool, **values: object) -> None:
+    """Import the old server's tree: names, metadata and bytes as they were.
+
+    Identical images become one blob. Entries that are not valid are skipped with the
+    reason. Safe to run again, or after a crash. Exits 1 when an entry was skipped or failed.
+    """
+    settings = settings_from(**values)
+    progress = progress_printer("imported", enabled=not as_json)
+    report = run(
+        settings,
+        lambda catalog: import_legacy(
+            catalog, source, move=move, data_root=settings.data_root, progress=progress
+        ),
+    )
+    if as_json:
+        print_json(
+            report,
+            ok=report.ok,
+            counts={o: report.count(o) for o in ("imported", "unchanged", "skipped", "failed")},
+            bytes_imported=report.bytes_imported,
+        )
+    else:
+        _print(report)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print(report: ImportReport) -> None:
+    for outcome in ("skipped", "failed"):
+        listed, more = shown(e for e in report.entries if e.outcome == outcome)
+        for entry in listed:
+            click.echo(f"{outcome}: {entry.path}: {entry.reason}")
+        if more:
+            click.echo(f"... and {more} more {outcome}")
+    linked = sum(1 for e in report.entries if e.linked)
+    how = f" ({linked} without a copy)" if report.move else ""
+    click.echo(
+        f"import done in {report.duration_seconds:.1f}s: {report.count('imported')} imported"
+        f"{how} ({human_bytes(report.bytes_imported)}), {report.count('unchanged')} already "
+        f"there, {report.count('skipped')} skipped, {report.count('failed')} failed"
+    )

@@ -1,0 +1,79 @@
+"""Printing helpers shared by the maintenance commands."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cloudimg.catalog import Catalog
+from cloudimg.config import Settings
+from cloudimg.maintenance import open_catalog
+from cloudimg.maintenance.report import Progress
+
+__all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "progress_printer", "run", "shown"]
+
+T = TypeVar("T")
+SHOWN_PER_KIND = 10
+"""Problems of one kind printed in full; the rest are counted."""
+
+
+def run(settings: Settings, work: Callable[[Catalog], Awaitable[T]]) -> T:
+    """Open the catalog of ``settings`` and run ``work`` on it in an event loop."""
+
+    async def main() -> T:
+        async with open_catalog(settings) as catalog:
+            return await work(catalog)
+
+    return asyncio.run(main())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def print_json(report: Any, **extra: Any) -> None:
+    """The report dataclass as one JSON document on stdout, with ``extra`` keys."""
+    body = {**dataclasses.asdict(report), **extra}
+    click.echo(json.dumps(body, indent=2, sort_keys=True, default=_plain))
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def shown(items: Iterable[T]) -> tuple[list[T], int]:
+    """The first ``SHOWN_PER_KIND`` items and how many more there are."""
+    listed = list(items)
+    return listed[:SHOWN_PER_KIND], max(0, len(listed) - SHOWN_PER_KIND)
+
+
+def progress_printer(label: str, enabled: bool) -> Progress | None:
+    """A progress callback that rewrites one line of stderr, when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        percent = 100 * done / total if total else 100.0
+        rate = human_bytes(done / elapsed)
+        line = f"{label}: {human_bytes(done)} of {human_bytes(total)} ({percent:.0f}%, {rate}/s)"
+        end = "\n" if done >= total else ""
+        click.echo(f"\r{line}\033[K{end}", err=True, nl=False)
+
+    return show

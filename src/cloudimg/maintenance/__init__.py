@@ -1,0 +1,29 @@
+"""Maintenance: garbage collection, integrity checks, import of the old layout, usage.
+
+Plain functions over a :class:`~cloudimg.catalog.Catalog` that return report
+dataclasses; the CLI prints them. Every change goes through the catalog's
+transactions, so these run safely while servers serve.
+"""
+
+from cloudimg.maintenance.du import DuReport, RepoUsage, disk_usage
+from cloudimg.maintenance.fsck import FsckProblem, FsckReport, check
+from cloudimg.maintenance.gc import GcAction, GcReport, collect_garbage
+from cloudimg.maintenance.import_legacy import ImportReport, LegacyEntry, import_legacy
+from cloudimg.maintenance.report import open_catalog, parse_duration
+
+__all__ = [
+    "DuReport",
+    "FsckProblem",
+    "FsckReport",
+    "GcAction",
+    "GcReport",
+    "ImportReport",
+    "LegacyEntry",
+    "RepoUsage",
+    "check",
+    "collect_garbage",
+    "disk_usage",
+    "import_legacy",
+    "open_catalog",
+    "parse_duration",
+]

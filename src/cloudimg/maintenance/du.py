@@ -1,0 +1,71 @@
+"""``du``: logical bytes (what the tags add up to) against physical bytes (unique blobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cloudimg.catalog import Catalog
+
+__all__ = ["DuReport", "RepoUsage", "disk_usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class RepoUsage:
+    """Usage of one repository."""
+
+    repo: str
+    images: int
+    tags: int
+    logical_bytes: int
+    """Sum of the sizes of its tags: what a copy of every tag would take."""
+    physical_bytes: int
+    """Sum of the sizes of the distinct blobs its tags name."""
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.logical_bytes - self.physical_bytes
+
+
+@dataclass
+class DuReport:
+    """Usage per repository and in total."""
+
+    repositories: list[RepoUsage] = field(default_factory=list)
+    logical_bytes: int = 0
+    physical_bytes: int = 0
+    """Distinct blobs named by any tag (a blob shared by two repositories counts once)."""
+    stored_blobs: int = 0
+    stored_bytes: int = 0
+    """Every blob row, including any no tag names (gc removes those)."""
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.logical_bytes - self.physical_bytes
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+async def disk_usage(catalog: Catalog) -> DuReport:
+    """Usage from one consistent view of the catalog."""
+    snapshot = await catalog.snapshot()
+    size_of = {digest: record.size for digest, record in snapshot.blobs.items()}
+    per_repo: dict[str, list[tuple[str, str]]] = {}
+    for tag in snapshot.tags:
+        per_repo.setdefault(tag.repo, []).append((tag.image, tag.digest))
+    report = DuReport(stored_blobs=len(snapshot.blobs), stored_bytes=sum(size_of.values()))
+    for repo in sorted(per_repo):
+        entries = per_repo[repo]
+        report.repositories.append(
+            RepoUsage(
+                repo=repo,
+                images=len({image for image, _ in entries}),
+                tags=len(entries),
+                logical_bytes=sum(size_of[digest] for _, digest in entries),
+                physical_bytes=sum(size_of[d] for d in {digest for _, digest in entries}),
+            )
+        )
+    report.logical_bytes = sum(size_of[tag.digest] for tag in snapshot.tags)
+    report.physical_bytes = sum(size_of[d] for d in {tag.digest for tag in snapshot.tags})
+    return report

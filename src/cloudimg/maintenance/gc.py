@@ -1,0 +1,192 @@
+"""``gc``: reclaim what crashes and interrupted work leave behind, and fix reference counts.
+
+What it touches, in this order:
+
+1. trash files (``trash/<blake3>.<random>``) older than the grace period: put back
+   into the blob tree when the catalog still has the blob and its file is missing
+   (the delete that trashed it rolled back), removed otherwise;
+2. staging files older than the grace period that no upload holds (an upload keeps
+   an exclusive lock on its staging file until it is committed or dropped);
+3. reference counts that differ from the number of tags naming the blob: set right;
+   a blob no tag names loses its row and its file;
+4. blob files older than the grace period that no blob row names.
+
+Every change to the catalog or the blob tree happens in a catalog write transaction
+that takes the same lock as an upload of that digest, so gc may run while servers
+serve, and several gc runs may overlap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cloudimg.blobstore import StoredFile
+from cloudimg.catalog import Catalog
+from cloudimg.errors import CloudimgError
+
+__all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage"]
+
+KINDS = ("trash", "restored", "staging", "refcount", "unreferenced-row", "orphan-blob")
+"""Kinds of action: trash file removed, trash file restored, staging file removed,
+reference count repaired, blob row (and file) that no tag names removed, blob file
+that no row names removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class GcAction:
+    """One thing gc did (or, with ``dry_run``, would do)."""
+
+    kind: str
+    target: str
+    """A digest, or the name of a file in the staging or trash area."""
+    bytes: int
+    detail: str = ""
+
+
+@dataclass
+class GcReport:
+    """What a gc run did."""
+
+    dry_run: bool
+    grace_seconds: float
+    actions: list[GcAction] = field(default_factory=list)
+    skipped_live_staging: int = 0
+    """Staging files of uploads still running (locked): never touched."""
+    skipped_young: int = 0
+    """Staging, trash and orphan files younger than the grace period."""
+    problems: list[str] = field(default_factory=list)
+    """What gc could not do; a non-empty list means a non-zero exit."""
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Count and bytes per kind of action."""
+        result = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
+        for action in self.actions:
+            result[action.kind]["count"] += 1
+            result[action.kind]["bytes"] += action.bytes
+        return result
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(a.bytes for a in self.actions if a.kind not in ("restored", "refcount"))
+
+
+async def collect_garbage(
+    catalog: Catalog, *, grace: float = 3600.0, dry_run: bool = False
+) -> GcReport:
+    """Run one garbage collection; with ``dry_run``, report what it would do and change nothing.
+
+    Args:
+        catalog: the catalog over the blob store to clean.
+        grace: only files last modified at least this many seconds ago are touched.
+        dry_run: change nothing.
+    """
+    started = time.monotonic()
+    cutoff = time.time() - grace
+    report = GcReport(dry_run=dry_run, grace_seconds=grace)
+    for step in (_trash, _staging, _refcounts, _orphans):
+        await step(catalog, cutoff, report)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _old_enough(entry: StoredFile, cutoff: float, report: GcReport) -> bool:
+    if entry.mtime <= cutoff:
+        return True
+    report.skipped_young += 1
+    return False
+
+
+async def _trash(catalog: Catalog, cutoff: float, report: GcReport) -> None:
+    for entry in await catalog.blobs.list_trash():
+        if not _old_enough(entry, cutoff, report):
+            continue
+        try:
+            if entry.digest is None:  # not a name we give; only we write here
+                if not report.dry_run:
+                    await catalog.blobs.purge(entry.path)
+                outcome = "removed"
+            elif report.dry_run:
+                state = await catalog.blob_state(entry.digest)
+                missing = await catalog.blobs.size_of(entry.digest) is None
+                restore = state is not None and not state.quarantined and missing
+                outcome = "restored" if restore else "removed"
+            else:
+                outcome = await catalog.settle_trash(entry.path, entry.digest)
+        except (CloudimgError, OSError) as exc:
+            report.problems.append(f"trash file {entry.path.name}: {exc}")
+            continue
+        if outcome == "restored":
+            detail = "the catalog still has this blob and its file was missing"
+            report.actions.append(GcAction("restored", entry.digest or "", entry.size, detail))
+        else:
+            report.actions.append(GcAction("trash", entry.path.name, entry.size))
+
+
+async def _staging(catalog: Catalog, cutoff: float, report: GcReport) -> None:
+    for entry in await catalog.blobs.list_staging():
+        try:
+            outcome = await catalog.blobs.remove_stale_staging(
+                entry.path, cutoff, dry_run=report.dry_run
+            )
+        except OSError as exc:
+            report.problems.append(f"staging file {entry.path.name}: {exc}")
+            continue
+        if outcome == "removed":
+            report.actions.append(GcAction("staging", entry.path.name, entry.size))
+        elif outcome == "in-use":
+            report.skipped_live_staging += 1
+        elif outcome == "young":
+            report.skipped_young += 1
+
+
+async def _refcounts(catalog: Catalog, _cutoff: float, report: GcReport) -> None:
+    snapshot = await catalog.snapshot()
+    for record in snapshot.blobs.values():
+        references = len(record.tags)
+        if references == record.refcount and references > 0:
+            continue
+        if report.dry_run:
+            was, now, size, removed = record.refcount, references, record.size, references == 0
+        else:
+            try:
+                repair = await catalog.repair_refcount(record.digest)
+            except CloudimgError as exc:
+                report.problems.append(f"blob {record.digest}: refcount repair failed: {exc}")
+                continue
+            if repair is None:  # set right by someone else meanwhile
+                continue
+            was, now, size, removed = repair.was, repair.now, repair.size, repair.removed
+        if removed:
+            detail = f"refcount {was} and no tag names it: row and file removed"
+            report.actions.append(GcAction("unreferenced-row", record.digest, size, detail))
+        else:
+            detail = f"refcount was {was}, {now} tag(s) name it"
+            report.actions.append(GcAction("refcount", record.digest, 0, detail))
+
+
+async def _orphans(catalog: Catalog, cutoff: float, report: GcReport) -> None:
+    files = [f for f in await catalog.blobs.list_blobs() if f.digest is not None]
+    # Read the catalog after listing the files: a file committed before the listing has
+    # its row in this view; anything else is checked again under the lock.
+    known = (await catalog.snapshot()).blobs
+    for entry in files:
+        digest = entry.digest
+        if digest is None or digest in known or not _old_enough(entry, cutoff, report):
+            continue
+        if report.dry_run:
+            freed: int | None = entry.size
+        else:
+            try:
+                freed = await catalog.reclaim_orphan_file(digest)
+            except (CloudimgError, OSError) as exc:
+                report.problems.append(f"blob file {digest}: {exc}")
+                continue
+        if freed is not None:
+            detail = "no blob row names this file"
+            report.actions.append(GcAction("orphan-blob", digest, freed, detail))

@@ -1,0 +1,277 @@
+"""``import-legacy``: bring a data root written by the old Go server into the registry.
+
+The old layout is ``<repo>/<image>/<tag>/image.bin`` with the tag's metadata in
+``meta.json`` beside it. Each valid entry becomes the tag ``repo/image:tag`` with
+the same metadata and bytes, committed like an upload (identical images share one
+blob). What is not a valid entry is skipped with the reason.
+
+Idempotent and resumable: an entry whose tag already holds the same bytes and
+metadata is left as it is, so a second run, or a run after a crash, ends in the
+same state. With ``move``, the bytes are taken without a second copy when the
+source is on the blob store's file system (a second name for the file, hashed in
+place), and the entry is removed from the old tree once it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from cloudimg.blobstore import StagedBlob
+from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
+from cloudimg.maintenance.report import Progress, ProgressMeter
+
+__all__ = ["ImportReport", "LegacyEntry", "import_legacy"]
+
+IMAGE_FILE = "image.bin"
+META_FILE = "meta.json"
+_COPY_CHUNK = 4 * 1024 * 1024
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP}
+# When the old tree is the data root itself (an in-place migration), these are ours.
+_STORE_NAMES = {"blobs", "staging", "trash", "quarantine"}
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyEntry:
+    """What became of one entry of the old tree."""
+
+    path: str
+    """Relative to the old data root, e.g. ``repo/image/tag``."""
+    outcome: str
+    """``imported``, ``unchanged`` (the catalog has it already), ``skipped`` or ``failed``."""
+    reason: str = ""
+    digest: str | None = None
+    size: int = 0
+    linked: bool = False
+    """The bytes were taken without a copy (``move`` on the same file system)."""
+
+
+@dataclass
+class ImportReport:
+    """What an import run did."""
+
+    source: str
+    move: bool
+    entries: list[LegacyEntry] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for entry in self.entries if entry.outcome == outcome)
+
+    @property
+    def bytes_imported(self) -> int:
+        return sum(e.size for e in self.entries if e.outcome == "imported")
+
+    @property
+    def ok(self) -> bool:
+        """Every entry was imported or was there already."""
+        return all(e.outcome in ("imported", "unchanged") for e in self.entries)
+
+
+_Skip = Callable[[Path, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    rel: str
+    directory: Path
+    names: tuple[str, str, str]
+
+
+async def import_legacy(
+    catalog: Catalog,
+    source: Path,
+    *,
+    move: bool = False,
+    data_root: Path | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import the old server's tree at ``source``.
+
+    Args:
+        catalog: where the entries go.
+        source: the old server's ``--data-root``.
+        move: take the bytes without a copy where possible, and remove imported entries.
+        data_root: the blob store's data root, skipped if it sits inside ``source``.
+        progress: called every few seconds with (bytes done, bytes to do).
+    """
+    started = time.monotonic()
+    report = ImportReport(source=str(source), move=move)
+    candidates = await asyncio.to_thread(_walk, source, data_root, report)
+    sizes = await asyncio.to_thread(_sizes, candidates)
+    meter = ProgressMeter(progress, sum(sizes))
+    for candidate in candidates:
+        try:
+            entry = await _import_one(catalog, candidate, move, meter)
+        except (CloudimgError, OSError) as exc:
+            entry = LegacyEntry(candidate.rel, "failed", str(exc))
+        report.entries.append(entry)
+    meter.finish()
+    report.entries.sort(key=lambda e: e.path)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _sizes(candidates: list[_Candidate]) -> list[int]:
+    sizes = []
+    for candidate in candidates:
+        try:
+            sizes.append((candidate.directory / IMAGE_FILE).stat().st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes
+
+
+def _walk(source: Path, data_root: Path | None, report: ImportReport) -> list[_Candidate]:
+    """Entries that look like ``repo/image/tag`` directories; the rest is reported skipped."""
+    if not source.is_dir():
+        raise NotFoundError(f"{source} is not a directory")
+    in_place = data_root is not None and source.resolve() == data_root.resolve()
+    own = data_root.resolve() if data_root is not None else None
+    candidates: list[_Candidate] = []
+
+    def skip(path: Path, reason: str) -> None:
+        report.entries.append(LegacyEntry(str(path.relative_to(source)), "skipped", reason))
+
+    for repo_dir in sorted(source.iterdir()):
+        name = repo_dir.name
+        if repo_dir.resolve() == own or (
+            in_place and (name in _STORE_NAMES or name.startswith("catalog.sqlite3"))
+        ):
+            continue
+        if not _is_dir(repo_dir, skip) or not _valid(repo_dir, validate_repo_name, skip):
+            continue
+        for image_dir in sorted(repo_dir.iterdir()):
+            if not _is_dir(image_dir, skip) or not _valid(image_dir, validate_image_name, skip):
+                continue
+            for tag_dir in sorted(image_dir.iterdir()):
+                if not _is_dir(tag_dir, skip) or not _valid(tag_dir, validate_tag_name, skip):
+                    continue
+                names = (repo_dir.name, image_dir.name, tag_dir.name)
+                candidates.append(_Candidate(str(tag_dir.relative_to(source)), tag_dir, names))
+    return candidates
+
+
+def _is_dir(path: Path, skip: _Skip) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return True
+    skip(path, "not a directory (the old layout is <repo>/<image>/<tag>/image.bin)")
+    return False
+
+
+def _valid(path: Path, validate: Callable[[str], str], skip: _Skip) -> bool:
+    try:
+        validate(path.name)
+    except InvalidArgumentError as exc:
+        skip(path, exc.message)
+        return False
+    return True
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    try:
+        meta: Any = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"no {META_FILE}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"{META_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise InvalidArgumentError(f"{META_FILE} is not a JSON object of strings")
+    return meta
+
+
+async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | None:
+    try:
+        return await catalog.get_tag(*names)
+    except (NotFoundError, BlobCorruptError):  # a quarantined tag is imported again: healed
+        return None
+
+
+def _blake3_of(path: Path) -> str:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(path)
+    return hasher.hexdigest()
+
+
+def _remove_entry(directory: Path) -> None:
+    """Drop an imported entry from the old tree, and its parents once they are empty."""
+    (directory / IMAGE_FILE).unlink(missing_ok=True)
+    (directory / META_FILE).unlink(missing_ok=True)
+    for parent in (directory, directory.parent, directory.parent.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+async def _import_one(
+    catalog: Catalog, candidate: _Candidate, move: bool, meter: ProgressMeter
+) -> LegacyEntry:
+    rel, directory = candidate.rel, candidate.directory
+    image_path = directory / IMAGE_FILE
+    try:
+        meta = await asyncio.to_thread(_read_meta, directory / META_FILE)
+    except InvalidArgumentError as exc:
+        return LegacyEntry(rel, "skipped", exc.message)
+    existing = await _existing(catalog, candidate.names)
+    if not image_path.is_file() or image_path.is_symlink():
+        if existing is not None and existing.meta == meta and not image_path.exists():
+            # A --move run stopped between removing image.bin and meta.json.
+            if move:
+                await asyncio.to_thread(_remove_entry, directory)
+            return LegacyEntry(rel, "unchanged", "imported earlier", existing.digest)
+        return LegacyEntry(rel, "skipped", f"no {IMAGE_FILE} regular file")
+    size = image_path.stat().st_size
+    if existing is not None:
+        same = existing.meta == meta and existing.size == size
+        if same and await asyncio.to_thread(_blake3_of, image_path) == existing.digest:
+            meter.add(size)
+            if move:
+                await asyncio.to_thread(_remove_entry, directory)
+            return LegacyEntry(
+                rel, "unchanged", "the catalog has it already", existing.digest, size
+            )
+        reason = "the catalog has this tag with other bytes or metadata; left as it is"
+        return LegacyEntry(rel, "skipped", reason, existing.digest, size)
+
+    staged, linked = await _stage(catalog, image_path, move, meter)
+    try:
+        await catalog.commit_upload(*candidate.names, staged, meta)
+    finally:
+        await catalog.blobs.discard(staged)
+    if move:
+        await asyncio.to_thread(_remove_entry, directory)
+    return LegacyEntry(rel, "imported", "", staged.blake3, staged.size, linked)
+
+
+async def _stage(
+    catalog: Catalog, image_path: Path, move: bool, meter: ProgressMeter
+) -> tuple[StagedBlob, bool]:
+    if move:
+        try:
+            staged = await catalog.blobs.stage_link(image_path)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK_ERRNOS:
+                raise
+        else:
+            meter.add(staged.size)
+            return staged, True
+    writer = await catalog.blobs.open_staging()
+    try:
+        with await asyncio.to_thread(image_path.open, "rb") as source:
+            while chunk := await asyncio.to_thread(source.read, _COPY_CHUNK):
+                await writer.write(chunk)
+                meter.add(len(chunk))
+        return await writer.finish(), False
+    except BaseException:
+        await writer.abort()
+        raise
