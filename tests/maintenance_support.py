@@ -1,0 +1,91 @@
+"""Helpers for the maintenance tests: a catalog on a real SQLite file, uploads, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
+from cloudimg.catalog import Catalog, create_engine, upgrade_database
+from cloudimg.config import Settings
+
+OLD = time.time() - 10 * 24 * 3600
+"""A modification time older than any grace period the tests use."""
+
+
+@asynccontextmanager
+async def open_test_catalog(data_root: Path) -> AsyncIterator[Catalog]:
+    """The catalog and blob store of ``data_root`` (SQLite file inside it), migrated."""
+    settings = Settings(data_root=data_root)
+    await asyncio.to_thread(data_root.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+    blobs = FilesystemBlobStore(data_root)
+    blobs.ensure_layout()
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        yield Catalog(engine, blobs)
+    finally:
+        await engine.dispose()
+
+
+def store_of(catalog: Catalog) -> FilesystemBlobStore:
+    assert isinstance(catalog.blobs, FilesystemBlobStore)
+    return catalog.blobs
+
+
+async def stage(catalog: Catalog, data: bytes) -> StagedBlob:
+    writer = await catalog.blobs.open_staging()
+    await writer.write(data)
+    return await writer.finish()
+
+
+async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> str:
+    """Upload ``data`` as ``repo/image/tag`` the way the API does; returns the digest."""
+    repo, image, tag = ref.split("/")
+    staged = await stage(catalog, data)
+    try:
+        await catalog.commit_upload(repo, image, tag, staged, dict(meta))
+    finally:
+        await catalog.blobs.discard(staged)
+    return staged.blake3
+
+
+def digest_of(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on the catalog file from outside (to make faults for real)."""
+    with sqlite3.connect(data_root / "catalog.sqlite3", timeout=15) as db:
+        return db.execute(statement, params).fetchall()
+
+
+def age(path: Path, mtime: float = OLD) -> None:
+    os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cloudimg ARGS``; assert the exit code when ``check`` is given."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudimg", *args], capture_output=True, text=True, timeout=300
+    )
+    if check is not None:
+        assert done.returncode == check, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def cli_json(*args: str, check: int | None = None) -> dict[str, Any]:
+    done = cli(*args, "--json", check=check)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result

@@ -1,0 +1,158 @@
+"""import-legacy: the old server's tree, as it was, into the store; idempotent, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cloudimg.catalog import Catalog
+from cloudimg.maintenance import ImportReport, import_legacy
+from tests.maintenance_support import cli_json, digest_of, open_test_catalog, put, sql, store_of
+
+UBUNTU = os.urandom(300_000)
+DEBIAN = os.urandom(200_000)
+
+
+@pytest.fixture
+async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
+    async with open_test_catalog(tmp_path / "data") as opened:
+        yield opened
+
+
+def entry(root: Path, rel: str, data: bytes | None, meta: object = None) -> Path:
+    directory = root / rel
+    directory.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        (directory / "image.bin").write_bytes(data)
+    if meta is not None:
+        raw = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+        (directory / "meta.json").write_bytes(raw)
+    return directory
+
+
+def legacy_tree(root: Path) -> Path:
+    """Valid entries, two sharing their bytes, and the kinds of junk the walk must skip."""
+    entry(root, "crownlabs/ubuntu/2204", UBUNTU, {"os": "ubuntu", "arch": "amd64"})
+    entry(root, "crownlabs/ubuntu/latest", UBUNTU, {"os": "ubuntu"})
+    entry(root, "teaching/debian/v12", DEBIAN, {})
+    entry(root, "Bad_Repo/img/v1", b"x", {})
+    entry(root, "crownlabs/ab/v1", b"x", {})  # image name too short
+    entry(root, "crownlabs/ubuntu/x", b"x", {})  # tag too short
+    entry(root, "crownlabs/ubuntu/no-meta", b"x")
+    entry(root, "crownlabs/ubuntu/bad-meta", b"x", [1, 2])
+    entry(root, "crownlabs/ubuntu/no-image", None, {})
+    (root / "crownlabs" / "stray-file").write_text("not an image directory")
+    return root
+
+
+def by_path(report: ImportReport) -> dict[str, tuple[str, str]]:
+    return {e.path: (e.outcome, e.reason) for e in report.entries}
+
+
+async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Path) -> None:
+    source = legacy_tree(tmp_path / "old")
+    report = await import_legacy(catalog, source)
+    outcomes = by_path(report)
+    assert {p for p, (o, _) in outcomes.items() if o == "imported"} == {
+        "crownlabs/ubuntu/2204",
+        "crownlabs/ubuntu/latest",
+        "teaching/debian/v12",
+    }
+    skipped = {p: reason for p, (o, reason) in outcomes.items() if o == "skipped"}
+    assert "invalid repo name" in skipped["Bad_Repo"]
+    assert "invalid image name" in skipped["crownlabs/ab"]
+    assert "invalid tag name" in skipped["crownlabs/ubuntu/x"]
+    assert skipped["crownlabs/ubuntu/no-meta"] == "no meta.json"
+    assert "JSON object of strings" in skipped["crownlabs/ubuntu/bad-meta"]
+    assert "no image.bin" in skipped["crownlabs/ubuntu/no-image"]
+    assert "not a directory" in skipped["crownlabs/stray-file"]
+    assert not report.ok
+
+    info = await catalog.get_tag("crownlabs", "ubuntu", "2204")
+    assert info.meta == {"os": "ubuntu", "arch": "amd64"}
+    assert info.digest == digest_of(UBUNTU)
+    assert store_of(catalog).blob_path(info.digest).read_bytes() == UBUNTU
+    assert (await catalog.get_tag("crownlabs", "ubuntu", "latest")).meta == {"os": "ubuntu"}
+    assert (await catalog.get_tag("teaching", "debian", "v12")).digest == digest_of(DEBIAN)
+    # Identical images are one blob with two references.
+    root = store_of(catalog).root
+    assert sorted(sql(root, "SELECT refcount FROM blobs")) == [(1,), (2,)]
+    assert (source / "crownlabs/ubuntu/2204/image.bin").read_bytes() == UBUNTU  # copy: untouched
+
+
+async def test_import_twice_changes_nothing(catalog: Catalog, tmp_path: Path) -> None:
+    source = legacy_tree(tmp_path / "old")
+    await import_legacy(catalog, source)
+    root = store_of(catalog).root
+    tags_before = sql(root, "SELECT name, digest, meta, updated_at FROM tags ORDER BY name")
+    second = await import_legacy(catalog, source)
+    assert second.count("imported") == 0
+    assert second.count("unchanged") == 3
+    assert sql(root, "SELECT name, digest, meta, updated_at FROM tags ORDER BY name") == tags_before
+    assert list(store_of(catalog).staging_dir.iterdir()) == []
+
+
+async def test_move_takes_the_bytes_without_a_copy(catalog: Catalog, tmp_path: Path) -> None:
+    source = tmp_path / "old"
+    inode = entry(source, "crownlabs/ubuntu/2204", UBUNTU, {"os": "ubuntu"}) / "image.bin"
+    original_inode = inode.stat().st_ino
+    entry(source, "crownlabs/ubuntu/latest", UBUNTU, {})
+    report = await import_legacy(catalog, source, move=True)
+    assert report.ok
+    assert [e.linked for e in report.entries] == [True, True]
+    blob = store_of(catalog).blob_path(digest_of(UBUNTU))
+    assert blob.stat().st_ino == original_inode  # the same file, now under its digest
+    assert blob.stat().st_nlink == 1
+    assert list(source.iterdir()) == []  # imported entries leave the old tree
+    assert list(store_of(catalog).staging_dir.iterdir()) == []
+
+
+async def test_move_resumes_after_a_crash(catalog: Catalog, tmp_path: Path) -> None:
+    source = tmp_path / "old"
+    committed = entry(source, "crownlabs/ubuntu/2204", UBUNTU, {"os": "ubuntu"})
+    half_removed = entry(source, "crownlabs/ubuntu/latest", None, {"k": "v"})
+    entry(source, "teaching/debian/v12", DEBIAN, {})
+    # The crashed run had committed the first two and removed only part of the second.
+    await put(catalog, "crownlabs/ubuntu/2204", UBUNTU, os="ubuntu")
+    await put(catalog, "crownlabs/ubuntu/latest", UBUNTU, k="v")
+    report = await import_legacy(catalog, source, move=True)
+    assert by_path(report)["crownlabs/ubuntu/2204"][0] == "unchanged"
+    assert by_path(report)["crownlabs/ubuntu/latest"][0] == "unchanged"
+    assert by_path(report)["teaching/debian/v12"][0] == "imported"
+    assert report.ok
+    assert not committed.exists()
+    assert not half_removed.exists()
+    assert list(source.iterdir()) == []
+
+
+async def test_tag_changed_since_is_not_overwritten(catalog: Catalog, tmp_path: Path) -> None:
+    source = tmp_path / "old"
+    entry(source, "crownlabs/ubuntu/2204", UBUNTU, {})
+    newer = await put(catalog, "crownlabs/ubuntu/2204", b"uploaded through the new API")
+    report = await import_legacy(catalog, source)
+    assert by_path(report)["crownlabs/ubuntu/2204"][0] == "skipped"
+    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == newer
+
+
+async def test_in_place_migration_skips_the_store_itself(catalog: Catalog) -> None:
+    root = store_of(catalog).root  # the old tree is the data root itself
+    entry(root, "crownlabs/ubuntu/2204", UBUNTU, {})
+    report = await import_legacy(catalog, root, move=True, data_root=root)
+    assert report.ok, report.entries
+    assert [e.path for e in report.entries] == ["crownlabs/ubuntu/2204"]
+    assert not (root / "crownlabs").exists()
+    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == digest_of(UBUNTU)
+
+
+def test_cli_json(tmp_path: Path) -> None:
+    source = legacy_tree(tmp_path / "old")
+    data = tmp_path / "data"
+    report = cli_json("import-legacy", "--data-root", str(data), "--from", str(source), check=1)
+    assert report["counts"] == {"imported": 3, "unchanged": 0, "skipped": 7, "failed": 0}
+    assert report["bytes_imported"] == 2 * len(UBUNTU) + len(DEBIAN)
+    again = cli_json("import-legacy", "--data-root", str(data), "--from", str(source), check=1)
+    assert again["counts"]["unchanged"] == 3
