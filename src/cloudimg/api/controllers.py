@@ -9,11 +9,11 @@ from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import prepare_download
-from cloudimg.api.upload import receive_upload
+from cloudimg.api.upload import drain, receive_upload
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import InvalidArgumentError
+from cloudimg.errors import CloudimgError, InvalidArgumentError
 
 __all__ = ["HealthController", "RegistryController"]
 
@@ -120,12 +120,17 @@ class RegistryController(Controller):
         tag: str,
         digest: str | None = None,
     ) -> Envelope:
-        names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+        try:
+            names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+            # ``digest`` documents the parameter; it may be given once per algorithm,
+            # and every value given must match the bytes.
+            texts = request.query_params.getall("digest", [])
+            expected = [d for d in map(_expected_digest, texts) if d is not None]
+        except CloudimgError:
+            await drain(request.stream())  # keeps the connection usable for the client
+            raise
         upload = await receive_upload(
-            request.stream(),
-            request.headers.get("content-type"),
-            catalog.blobs,
-            _expected_digest(digest),
+            request.stream(), request.headers.get("content-type"), catalog.blobs, expected
         )
         try:
             await catalog.commit_upload(*names, upload.staged, upload.meta)

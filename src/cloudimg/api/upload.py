@@ -4,12 +4,18 @@ The body is parsed as it arrives with ``multipart``'s push parser (sans-IO, no
 spooling): image bytes are handed to the blob store's staging writer, which hashes
 and writes them; the ``meta`` part is kept in memory up to a small limit. Any
 failure (bad input, disconnect, full disk) drops the staging file.
+
+A refused request's body is read to its end (up to a limit) before the error goes
+out: Granian closes a connection whose body was not read without saying so in a
+``Connection: close`` header, so a client's next request on it would fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +24,16 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
 from cloudimg.digest import Digest
 from cloudimg.errors import (
+    CloudimgError,
     DigestMismatchError,
     InvalidArgumentError,
     PayloadTooLargeError,
 )
 
-__all__ = ["MAX_META_BYTES", "Upload", "receive_upload"]
+__all__ = ["MAX_META_BYTES", "Upload", "drain", "receive_upload"]
 
 MAX_META_BYTES = 64 * 1024
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
 _MAX_PARTS = 16
 _MAX_PART_HEADER_BYTES = 8 * 1024
 
@@ -82,20 +90,48 @@ def boundary_of(content_type: str | None) -> str:
     return boundary
 
 
+async def drain(body: AsyncIterator[bytes], limit: int = MAX_DRAIN_BYTES) -> None:
+    """Read and drop the rest of a refused request's body, up to ``limit`` bytes.
+
+    Past the limit, or when the client goes away, the connection is left to close.
+    """
+    received = 0
+    with contextlib.suppress(Exception):
+        async for chunk in body:
+            received += len(chunk)
+            if received > limit:
+                return
+
+
 async def receive_upload(
     body: AsyncIterator[bytes],
     content_type: str | None,
     blobs: BlobStore,
-    expected: Digest | None,
+    expected: Sequence[Digest] = (),
 ) -> Upload:
     """Read a ``meta`` + ``img`` multipart body into a staging file and check it.
 
-    The caller owns the returned staging file (commit it or abort it).
+    Every digest in ``expected`` must match the bytes. The caller owns the returned
+    staging file (commit it or abort it). On a refusal the staging file is gone and
+    the rest of ``body`` has been drained.
 
     Raises:
         InvalidArgumentError: a malformed body, a missing part, bad metadata, a digest
             mismatch; nothing is left behind.
     """
+    try:
+        return await _receive(body, content_type, blobs, expected)
+    except CloudimgError:
+        await drain(body)
+        raise
+
+
+async def _receive(
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    blobs: BlobStore,
+    expected: Sequence[Digest],
+) -> Upload:
     parser = PushMultipartParser(
         boundary_of(content_type),
         max_header_size=_MAX_PART_HEADER_BYTES,
@@ -111,7 +147,8 @@ async def receive_upload(
         if parts.writer is None:
             raise InvalidArgumentError("the 'img' part is missing")
         staged = await parts.writer.finish()
-        _check_digest(staged, expected)
+        for digest in expected:
+            _check_digest(staged, digest)
     except BaseException:
         if parts.writer is not None:
             await parts.writer.abort()
@@ -134,20 +171,45 @@ def _parse_meta(raw: bytearray | None) -> dict[str, str]:
     if raw is None:
         raise InvalidArgumentError("the 'meta' part is missing")
     try:
-        meta: Any = json.loads(raw)
+        meta: Any = json.loads(raw, object_pairs_hook=_object_without_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgumentError(f"the 'meta' part is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise InvalidArgumentError("the 'meta' part must be a JSON object")
+    # JSON escapes can spell lone surrogates, which no UTF-8 response can carry back
+    # (not even in an error's context): check the keys before naming any of them.
+    if not all(_is_unicode(key) for key in meta):
+        raise InvalidArgumentError("metadata keys and values must be valid Unicode text")
     bad = [key for key, value in meta.items() if not isinstance(value, str)]
     if bad:
         raise InvalidArgumentError("metadata values must be strings", {"keys": bad[:20]})
+    if not all(_is_unicode(value) for value in meta.values()):
+        raise InvalidArgumentError("metadata keys and values must be valid Unicode text")
     return meta
 
 
-def _check_digest(staged: StagedBlob, expected: Digest | None) -> None:
-    if expected is None:
-        return
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: parsers disagree on which duplicate wins, so refuse them."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        duplicates = sorted(key for key, count in counts.items() if count > 1)
+        raise InvalidArgumentError(
+            "the 'meta' part repeats a key",
+            {"keys": [key for key in duplicates[:20] if _is_unicode(key)]},
+        )
+    return result
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_digest(staged: StagedBlob, expected: Digest) -> None:
     actual = staged.blake3 if expected.algorithm == "blake3" else staged.sha256
     if actual != expected.hex:
         raise DigestMismatchError(

@@ -1,0 +1,137 @@
+"""Checks of DESIGN.md section 4 against a server's data root, read from outside the server.
+
+The catalog is opened read-only with the ``sqlite3`` module, so these checks see what a
+fresh reader sees and share no code with the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from tests.conftest import RunningServer
+
+__all__ = [
+    "CatalogSnapshot",
+    "assert_invariants",
+    "blob_path",
+    "read_catalog",
+    "wait_for_no_staging",
+]
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """The rows of the catalog that the invariants talk about."""
+
+    blobs: dict[str, tuple[int, str, int]]
+    """blake3 digest -> (size, sha256, refcount)."""
+    tag_digests: list[str]
+    """The digest of every row of ``tags`` (one entry per tag)."""
+    quarantined: frozenset[str] = frozenset()
+    """Blobs fsck found damaged: their file sits in ``quarantine/``, not in the blob tree."""
+
+    def references(self, digest: str) -> int:
+        """How many tags name ``digest``."""
+        return self.tag_digests.count(digest)
+
+    def refcount(self, digest: str) -> int | None:
+        """The stored reference count of ``digest``, None when there is no such blob row."""
+        row = self.blobs.get(digest)
+        return None if row is None else row[2]
+
+
+def read_catalog(server: RunningServer) -> CatalogSnapshot:
+    """A consistent read-only snapshot of the ``blobs`` and ``tags`` tables."""
+    uri = f"file:{server.data_root / 'catalog.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=15)) as db:
+        db.execute("BEGIN")  # one read transaction: both tables from the same snapshot
+        blobs = {
+            digest: (size, sha256, refcount)
+            for digest, size, sha256, refcount in db.execute(
+                "SELECT digest, size, sha256, refcount FROM blobs"
+            )
+        }
+        tag_digests = [digest for (digest,) in db.execute("SELECT digest FROM tags")]
+        columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+        quarantined = frozenset(
+            digest
+            for (digest,) in db.execute(
+                "SELECT digest FROM blobs WHERE quarantined_at IS NOT NULL"
+                if "quarantined_at" in columns
+                else "SELECT digest FROM blobs WHERE 0"
+            )
+        )
+        db.execute("COMMIT")
+    return CatalogSnapshot(blobs, tag_digests, quarantined)
+
+
+def blob_path(server: RunningServer, digest: str) -> Path:
+    """Where the blob store keeps the blob ``digest`` (blake3 hex)."""
+    return server.data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
+
+
+def _leftovers(server: RunningServer, name: str) -> list[Path]:
+    directory = server.data_root / name
+    return sorted(directory.iterdir()) if directory.exists() else []
+
+
+def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Path]:
+    """Poll until the staging directory is empty; return what is left at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = server.staging_files()
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def assert_invariants(server: RunningServer) -> None:
+    """Assert invariants 1, 2 and 5 of DESIGN.md for a server with no request in flight.
+
+    - every blob row's refcount equals the number of tags naming it, and is positive;
+    - every tag names a blob row;
+    - every blob row has a blob file with the catalog's size, blake3 and sha256 (except
+      quarantined blobs, whose file fsck moved away);
+    - there is no blob file without a blob row, and no trash or staging file.
+    """
+    snapshot = read_catalog(server)
+    problems: list[str] = []
+
+    for digest, (_size, _sha256, refcount) in snapshot.blobs.items():
+        references = snapshot.references(digest)
+        if refcount != references:
+            problems.append(f"blob {digest}: refcount {refcount}, {references} tag(s)")
+        if refcount <= 0:
+            problems.append(f"blob {digest}: refcount {refcount} but the row remains")
+    for digest in set(snapshot.tag_digests) - set(snapshot.blobs):
+        problems.append(f"tag digest {digest} has no blob row")
+
+    for digest, (size, sha256, _refcount) in snapshot.blobs.items():
+        if digest in snapshot.quarantined:
+            continue
+        path = blob_path(server, digest)
+        if not path.is_file():
+            problems.append(f"blob {digest}: no file")
+            continue
+        data = path.read_bytes()
+        if len(data) != size:
+            problems.append(f"blob {digest}: file has {len(data)} bytes, catalog says {size}")
+        if blake3.blake3(data).hexdigest() != digest:
+            problems.append(f"blob {digest}: file content has another blake3")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            problems.append(f"blob {digest}: file content has another sha256")
+
+    on_disk = {path.parent.name + path.name for path in server.blob_files()}
+    for digest in sorted(on_disk - set(snapshot.blobs)):
+        problems.append(f"blob file {digest} has no blob row")
+
+    problems += [f"trash file left: {path.name}" for path in _leftovers(server, "trash")]
+    problems += [f"staging file left: {path.name}" for path in _leftovers(server, "staging")]
+    assert not problems, "invariants broken:\n" + "\n".join(problems)

@@ -1,0 +1,987 @@
+"""Upload, overwrite and delete over HTTP against a real ``cloudimg serve`` (DESIGN.md 1 and 4).
+
+Every failing upload must change nothing: no blob file, no staging file, no catalog row,
+no listing entry, and an existing tag keeps its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, upload
+from tests.invariants import (
+    assert_invariants,
+    blob_path,
+    read_catalog,
+    wait_for_no_staging,
+)
+
+BOUNDARY = "cloudimg-test-boundary-7f3a"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a hand-made multipart body."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+
+
+def multipart_body(parts: Sequence[Part], *, close: bool = True) -> bytes:
+    """A ``multipart/form-data`` body with :data:`BOUNDARY`; ``close=False`` drops the end."""
+    out = bytearray()
+    for part in parts:
+        disposition = f'form-data; name="{part.name}"'
+        if part.filename is not None:
+            disposition += f'; filename="{part.filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if part.filename is not None:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + part.data + b"\r\n"
+    if close:
+        out += f"--{BOUNDARY}--\r\n".encode()
+    return bytes(out)
+
+
+def meta_part(meta: Any) -> Part:
+    return Part("meta", json.dumps(meta).encode(), "meta.json")
+
+
+def img_part(data: bytes) -> Part:
+    return Part("img", data, "image.bin")
+
+
+def post_raw(client: httpx.Client, path: str, body: bytes, content_type: str) -> httpx.Response:
+    return client.post(path, content=body, headers={"content-type": content_type})
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_request(
+    server: RunningServer,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str | None = None,
+) -> RawResponse:
+    """Send ``path`` exactly as given (httpx would resolve ``..`` segments away)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        headers = {"content-type": content_type} if content_type else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return RawResponse(response.status, response.read())
+    finally:
+        connection.close()
+
+
+def assert_error(status: int, body: Any, expected_status: int, code: str) -> None:
+    """The JSON error shape of DESIGN.md section 1."""
+    assert status == expected_status, body
+    assert isinstance(body, dict), body
+    assert body["status"] == code
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert set(body) <= {"status", "error", "context"}
+
+
+def assert_json_error(response: httpx.Response, expected_status: int, code: str) -> None:
+    assert response.headers["content-type"].startswith("application/json")
+    assert_error(response.status_code, response.json(), expected_status, code)
+
+
+def blake3_hex(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def listing(client: httpx.Client, path: str = "/reg") -> list[str]:
+    response = client.get(path)
+    if response.status_code == 404:
+        return []
+    assert response.status_code == 200, response.text
+    return list(response.json()["data"] or [])
+
+
+@dataclass(frozen=True)
+class State:
+    """What a failed upload must leave untouched."""
+
+    blob_files: list[Path]
+    repos: list[str]
+    blobs: dict[str, tuple[int, str, int]]
+    tag_digests: list[str]
+
+
+def state_of(server: RunningServer, client: httpx.Client) -> State:
+    catalog = read_catalog(server)
+    return State(server.blob_files(), listing(client), catalog.blobs, sorted(catalog.tag_digests))
+
+
+@pytest.fixture
+def before(server: RunningServer, client: httpx.Client) -> State:
+    """The state before the test's request; the server starts and ends each test idle."""
+    assert server.staging_files() == []
+    return state_of(server, client)
+
+
+def assert_unchanged(server: RunningServer, client: httpx.Client, before: State) -> None:
+    assert server.staging_files() == []
+    assert state_of(server, client) == before
+    assert_invariants(server)
+
+
+# -- contract ------------------------------------------------------------------
+
+
+def test_upload_answers_201_with_null_data(client: httpx.Client, repo: str) -> None:
+    response = upload(client, f"/reg/{repo}/img/t1", b"image bytes")
+    assert response.status_code == 201
+    assert response.json() == {"success": True, "data": None}
+
+
+def test_meta_as_file_part_round_trips(client: httpx.Client, repo: str) -> None:
+    meta = {"os": "ubuntu", "arch": "amd64", "note": "ünïcode ✓"}
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc", meta).status_code == 201
+    view = client.get(f"/reg/{repo}/img/t1/meta").json()
+    assert view["success"] is True
+    assert view["data"] == meta
+
+
+def test_meta_as_plain_form_field_round_trips(client: httpx.Client, repo: str) -> None:
+    meta = {"os": "debian"}
+    response = client.post(
+        f"/reg/{repo}/img/t1",
+        data={"meta": json.dumps(meta)},
+        files={"img": ("image.bin", b"abc", "application/octet-stream")},
+    )
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == meta
+
+
+def test_parts_may_come_in_either_order(client: httpx.Client, repo: str) -> None:
+    body = multipart_body([img_part(b"img first"), meta_part({"k": "v"})])
+    assert post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {"k": "v"}
+    assert client.get(f"/reg/{repo}/img/t1").content == b"img first"
+
+
+def test_empty_meta_object_is_accepted(client: httpx.Client, repo: str) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc", {}).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {}
+
+
+def test_meta_view_carries_path_digests_and_size(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(70_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    view = client.get(f"/reg/{repo}/img/t1/meta").json()
+    assert view["imagePath"] == f"/reg/{repo}/img/t1"
+    assert view["digest"] == f"blake3:{blake3_hex(data)}"
+    assert view["sha256"] == f"sha256:{sha256_hex(data)}"
+    assert view["size"] == len(data)
+
+
+def test_meta_view_times_are_timezone_aware(client: httpx.Client, repo: str) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc").status_code == 201
+    view = client.get(f"/reg/{repo}/img/t1/meta").json()
+    created = datetime.fromisoformat(view["created"])
+    updated = datetime.fromisoformat(view["updated"])
+    assert created.utcoffset() is not None
+    assert updated.utcoffset() is not None
+    assert created <= updated
+
+
+def test_overwrite_keeps_created_and_replaces_meta(client: httpx.Client, repo: str) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"one", {"v": "1"}).status_code == 201
+    first = client.get(f"/reg/{repo}/img/t1/meta").json()
+    assert upload(client, f"/reg/{repo}/img/t1", b"two", {"w": "2"}).status_code == 201
+    second = client.get(f"/reg/{repo}/img/t1/meta").json()
+    assert second["data"] == {"w": "2"}
+    assert second["created"] == first["created"]
+    assert datetime.fromisoformat(second["updated"]) >= datetime.fromisoformat(first["updated"])
+
+
+def test_tag_with_dots_is_accepted(client: httpx.Client, repo: str) -> None:
+    assert upload(client, f"/reg/{repo}/ubuntu/22.04", b"jammy").status_code == 201
+    assert listing(client, f"/reg/{repo}/ubuntu") == ["22.04"]
+    assert client.get(f"/reg/{repo}/ubuntu/22.04").content == b"jammy"
+
+
+def test_longest_valid_names_are_accepted(client: httpx.Client) -> None:
+    repo, image, tag = "r" * 63, "i" * 63, "t" * 128
+    try:
+        assert upload(client, f"/reg/{repo}/{image}/{tag}", b"long").status_code == 201
+        assert client.get(f"/reg/{repo}/{image}/{tag}").content == b"long"
+    finally:
+        client.delete(f"/reg/{repo}/{image}/{tag}")
+
+
+BAD_NAMES = [
+    # (which, repo, image, tag)
+    ("repo too short", "ab", "img", "t1"),
+    ("repo upper case", "Repo", "img", "t1"),
+    ("repo leading dash", "-repo", "img", "t1"),
+    ("repo trailing dash", "repo-", "img", "t1"),
+    ("repo too long", "r" * 64, "img", "t1"),
+    ("repo dot-dot", "..", "img", "t1"),
+    ("repo with dot", "re.po", "img", "t1"),
+    ("image too short", "repo", "im", "t1"),
+    ("image upper case", "repo", "Image", "t1"),
+    ("image leading dash", "repo", "-img", "t1"),
+    ("image too long", "repo", "i" * 64, "t1"),
+    ("image dot-dot", "repo", "..", "t1"),
+    ("tag too short", "repo", "img", "t"),
+    ("tag upper case", "repo", "img", "Latest"),
+    ("tag leading dash", "repo", "img", "-t1"),
+    ("tag leading dot", "repo", "img", ".t1"),
+    ("tag trailing dot", "repo", "img", "t1."),
+    ("tag too long", "repo", "img", "t" * 129),
+    ("tag dot-dot", "repo", "img", ".."),
+    ("tag with colon", "repo", "img", "a:b"),
+    ("tag non-ascii", "repo", "img", "%C3%A9t"),
+    ("tag invalid utf-8", "repo", "img", "%FF%FE"),
+    ("tag with nul", "repo", "img", "t%00x"),
+]
+
+
+@pytest.mark.parametrize(
+    ("repo_name", "image_name", "tag_name"),
+    [case[1:] for case in BAD_NAMES],
+    ids=[case[0] for case in BAD_NAMES],
+)
+def test_bad_name_is_refused_and_stores_nothing(
+    server: RunningServer,
+    client: httpx.Client,
+    before: State,
+    repo_name: str,
+    image_name: str,
+    tag_name: str,
+) -> None:
+    body = multipart_body([meta_part({}), img_part(os.urandom(1000))])
+    path = f"/reg/{repo_name}/{image_name}/{tag_name}"
+    response = raw_request(server, "POST", path, body, MULTIPART)
+    assert_error(response.status, response.json(), 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+# -- bad input changes nothing ---------------------------------------------------
+
+
+def test_invalid_json_meta_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([Part("meta", b"{not json"), img_part(os.urandom(5000))])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_non_utf8_meta_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([Part("meta", b'{"k": "\xff\xfe"}'), img_part(os.urandom(5000))])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.parametrize(
+    "meta", [["a", "b"], "text", 42, None], ids=["array", "string", "number", "null"]
+)
+def test_meta_that_is_not_an_object_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, meta: Any
+) -> None:
+    body = multipart_body([meta_part(meta), img_part(os.urandom(5000))])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1, 1.5, True, None, ["x"], {"nested": "x"}],
+    ids=["int", "float", "bool", "null", "list", "object"],
+)
+def test_meta_with_non_string_value_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, value: Any
+) -> None:
+    body = multipart_body([meta_part({"ok": "yes", "bad": value}), img_part(os.urandom(5000))])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.parametrize(
+    "raw_meta",
+    [
+        b'{"k": "\\ud800"}',
+        b'{"\\udfff": "v"}',
+        b'{"\\udfff": 1}',
+        b'{"\\udfff": "a", "\\udfff": "b"}',
+    ],
+    ids=["value", "key", "key-of-non-string", "duplicate-key"],
+)
+def test_meta_with_lone_surrogate_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, raw_meta: bytes
+) -> None:
+    """Valid JSON, but not text a JSON response can carry: GET .../meta could never answer."""
+    body = multipart_body([Part("meta", raw_meta), img_part(os.urandom(5000))])
+    response = post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART)
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.parametrize(
+    "raw_meta", [b'{"k": "a", "k": "b"}', b'{"k": 1, "k": "b"}'], ids=["strings", "last-string"]
+)
+def test_meta_with_duplicate_keys_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, raw_meta: bytes
+) -> None:
+    """Parsers disagree on which duplicate wins; the registry must not pick one silently."""
+    body = multipart_body([Part("meta", raw_meta), img_part(os.urandom(5000))])
+    response = post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART)
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_oversized_meta_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    meta = {"big": "x" * (128 * 1024)}
+    body = multipart_body([img_part(os.urandom(5000)), meta_part(meta)])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 413, "RESOURCE_EXHAUSTED"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_missing_img_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({"k": "v"})])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_img_under_another_name_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({}), Part("image", os.urandom(5000), "image.bin")])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_missing_meta_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([img_part(os.urandom(5000))])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_empty_multipart_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([])
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_empty_body_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", b"", MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_json_body_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    response = client.post(f"/reg/{repo}/img/t1", json={"meta": {}, "img": "AAAA"})
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_octet_stream_body_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    response = post_raw(
+        client, f"/reg/{repo}/img/t1", os.urandom(200_000), "application/octet-stream"
+    )
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_multipart_without_boundary_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({}), img_part(os.urandom(5000))])
+    response = post_raw(client, f"/reg/{repo}/img/t1", body, "multipart/form-data")
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_multipart_with_other_boundary_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({}), img_part(os.urandom(5000))])
+    response = post_raw(
+        client, f"/reg/{repo}/img/t1", body, "multipart/form-data; boundary=not-the-one-used"
+    )
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_truncated_multipart_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({}), img_part(os.urandom(300_000))], close=False)
+    assert_json_error(
+        post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT"
+    )
+    assert_unchanged(server, client, before)
+
+
+def test_multipart_cut_inside_img_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    body = multipart_body([meta_part({}), img_part(os.urandom(300_000))])
+    response = post_raw(client, f"/reg/{repo}/img/t1", body[: len(body) // 2], MULTIPART)
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_duplicate_img_part_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    parts = [meta_part({}), img_part(os.urandom(5000)), img_part(os.urandom(5000))]
+    response = post_raw(client, f"/reg/{repo}/img/t1", multipart_body(parts), MULTIPART)
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_duplicate_meta_part_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State
+) -> None:
+    parts = [meta_part({"a": "1"}), img_part(os.urandom(5000)), meta_part({"a": "2"})]
+    response = post_raw(client, f"/reg/{repo}/img/t1", multipart_body(parts), MULTIPART)
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_bad_meta_keeps_the_existing_tag(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    old = os.urandom(20_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old, {"v": "old"}).status_code == 201
+    body = multipart_body([meta_part({"v": 2}), img_part(os.urandom(20_000))])
+    assert post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART).status_code == 400
+    assert client.get(f"/reg/{repo}/img/t1").content == old
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {"v": "old"}
+    assert_invariants(server)
+
+
+# -- ?digest= ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_wrong_digest_is_refused_and_stores_nothing(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, algorithm: str
+) -> None:
+    data = os.urandom(50_000)
+    wrong = blake3_hex(b"other") if algorithm == "blake3" else sha256_hex(b"other")
+    response = upload(
+        client, f"/reg/{repo}/img/t1", data, params={"digest": f"{algorithm}:{wrong}"}
+    )
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert not blob_path(server, blake3_hex(data)).exists()
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_wrong_digest_keeps_the_existing_tag(
+    server: RunningServer, client: httpx.Client, repo: str, algorithm: str
+) -> None:
+    old, new = os.urandom(30_000), os.urandom(30_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old, {"v": "old"}).status_code == 201
+    wrong = blake3_hex(old) if algorithm == "blake3" else sha256_hex(old)
+    response = upload(
+        client, f"/reg/{repo}/img/t1", new, {"v": "new"}, params={"digest": f"{algorithm}:{wrong}"}
+    )
+    assert response.status_code == 400
+    assert client.get(f"/reg/{repo}/img/t1").content == old
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {"v": "old"}
+    assert not blob_path(server, blake3_hex(new)).exists()
+    assert_invariants(server)
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_right_digest_is_accepted(
+    server: RunningServer, client: httpx.Client, repo: str, algorithm: str
+) -> None:
+    data = os.urandom(40_000)
+    right = blake3_hex(data) if algorithm == "blake3" else sha256_hex(data)
+    response = upload(
+        client, f"/reg/{repo}/img/t1", data, params={"digest": f"{algorithm}:{right}"}
+    )
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/img/t1").content == data
+    assert_invariants(server)
+
+
+@pytest.mark.parametrize("wrong_first", [True, False], ids=["wrong-first", "wrong-last"])
+def test_every_digest_given_must_match(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, wrong_first: bool
+) -> None:
+    data = os.urandom(20_000)
+    right, wrong = f"blake3:{blake3_hex(data)}", f"sha256:{sha256_hex(b'other')}"
+    digests = [wrong, right] if wrong_first else [right, wrong]
+    response = client.post(
+        f"/reg/{repo}/img/t1",
+        files={"meta": (None, b"{}"), "img": ("image.bin", data)},
+        params=[("digest", digest) for digest in digests],
+    )
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+def test_right_digests_in_both_algorithms_are_accepted(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(20_000)
+    response = client.post(
+        f"/reg/{repo}/img/t1",
+        files={"meta": (None, b"{}"), "img": ("image.bin", data)},
+        params=[("digest", f"sha256:{sha256_hex(data)}"), ("digest", f"blake3:{blake3_hex(data)}")],
+    )
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/img/t1").content == data
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "",
+        "blake3",
+        "blake3:",
+        "md5:" + "0" * 32,
+        "sha512:" + "0" * 128,
+        "blake3:" + "0" * 63,
+        "sha256:" + "0" * 65,
+        "blake3:" + "A" * 64,
+        "sha256:" + "g" * 64,
+        "0" * 64,
+    ],
+    ids=[
+        "empty",
+        "no-colon",
+        "no-hex",
+        "md5",
+        "sha512",
+        "short",
+        "long",
+        "upper",
+        "non-hex",
+        "bare-hex",
+    ],
+)
+def test_malformed_digest_is_refused(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, digest: str
+) -> None:
+    response = upload(client, f"/reg/{repo}/img/t1", os.urandom(5000), params={"digest": digest})
+    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_unchanged(server, client, before)
+
+
+# -- deduplication and reference counting -------------------------------------------
+
+
+def test_two_tags_with_same_bytes_share_one_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(60_000)
+    files_before = set(server.blob_files())
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
+    assert set(server.blob_files()) - files_before == {blob_path(server, blake3_hex(data))}
+    assert read_catalog(server).refcount(blake3_hex(data)) == 2
+    assert_invariants(server)
+
+
+def test_same_bytes_in_two_repos_share_one_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(60_000)
+    other = repo + "-b"
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert upload(client, f"/reg/{other}/img2/t2", data).status_code == 201
+    assert read_catalog(server).refcount(blake3_hex(data)) == 2
+    assert_invariants(server)
+
+
+def test_overwrite_with_other_bytes_serves_the_new_bytes(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    old, new = os.urandom(40_000), os.urandom(50_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
+    response = upload(client, f"/reg/{repo}/img/t1", new)
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/img/t1").content == new
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["digest"] == f"blake3:{blake3_hex(new)}"
+    assert_invariants(server)
+
+
+def test_overwrite_frees_the_old_blob_with_its_last_reference(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    old, new = os.urandom(40_000), os.urandom(50_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
+    assert blob_path(server, blake3_hex(old)).exists()
+    assert upload(client, f"/reg/{repo}/img/t1", new).status_code == 201
+    assert not blob_path(server, blake3_hex(old)).exists()
+    assert read_catalog(server).refcount(blake3_hex(old)) is None
+    assert_invariants(server)
+
+
+def test_overwrite_keeps_the_old_blob_another_tag_holds(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    old, new = os.urandom(40_000), os.urandom(50_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
+    assert upload(client, f"/reg/{repo}/img/t2", old).status_code == 201
+    assert upload(client, f"/reg/{repo}/img/t1", new).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t2").content == old
+    assert read_catalog(server).refcount(blake3_hex(old)) == 1
+    assert_invariants(server)
+
+
+def test_overwrite_with_same_bytes_keeps_one_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(40_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data, {"v": "1"}).status_code == 201
+    files = server.blob_files()
+    assert upload(client, f"/reg/{repo}/img/t1", data, {"v": "2"}).status_code == 201
+    assert server.blob_files() == files
+    assert read_catalog(server).refcount(blake3_hex(data)) == 1
+    assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {"v": "2"}
+    assert_invariants(server)
+
+
+def test_overwrite_back_and_forth_keeps_counts(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    first, second = os.urandom(10_000), os.urandom(10_000)
+    for data in (first, second, first, second, first):
+        assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t1").content == first
+    assert not blob_path(server, blake3_hex(second)).exists()
+    assert_invariants(server)
+
+
+def test_delete_one_of_two_sharing_tags_keeps_the_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(40_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
+    response = client.delete(f"/reg/{repo}/img/t1")
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "data": None}
+    assert blob_path(server, blake3_hex(data)).exists()
+    assert read_catalog(server).refcount(blake3_hex(data)) == 1
+    assert client.get(f"/reg/{repo}/img/t2").content == data
+    assert_invariants(server)
+
+
+def test_delete_of_the_last_tag_frees_the_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(40_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
+    assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
+    assert client.delete(f"/reg/{repo}/img/t2").status_code == 200
+    assert not blob_path(server, blake3_hex(data)).exists()
+    assert read_catalog(server).refcount(blake3_hex(data)) is None
+    assert_invariants(server)
+
+
+def test_delete_of_the_last_tag_empties_the_listings(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc").status_code == 201
+    assert upload(client, f"/reg/{repo}/img2/t1", b"abc").status_code == 201
+    assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
+    assert listing(client, f"/reg/{repo}") == ["img2"]
+    assert client.delete(f"/reg/{repo}/img2/t1").status_code == 200
+    assert repo not in listing(client)
+    assert_invariants(server)
+
+
+@pytest.mark.parametrize("which", ["tag", "image", "repo"])
+def test_delete_of_an_unknown_tag_is_404(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, which: str
+) -> None:
+    if which != "repo":
+        assert upload(client, f"/reg/{repo}/img/t1", b"keep").status_code == 201
+        before = state_of(server, client)
+    path = {
+        "tag": f"/reg/{repo}/img/nope",
+        "image": f"/reg/{repo}/nope/t1",
+        "repo": f"/reg/{repo}/img/t1",
+    }[which]
+    assert_json_error(client.delete(path), 404, "NOT_FOUND")
+    assert_unchanged(server, client, before)
+
+
+def test_delete_twice_is_404_the_second_time(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc").status_code == 201
+    assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
+    assert_json_error(client.delete(f"/reg/{repo}/img/t1"), 404, "NOT_FOUND")
+    assert_invariants(server)
+
+
+@pytest.mark.parametrize("tag", ["T1", "-t1", "..", "t"])
+def test_delete_with_a_bad_tag_name_is_400(server: RunningServer, repo: str, tag: str) -> None:
+    response = raw_request(server, "DELETE", f"/reg/{repo}/img/{tag}")
+    assert_error(response.status, response.json(), 400, "INVALID_ARGUMENT")
+
+
+def test_upload_after_delete_of_same_bytes_restores_the_blob(
+    server: RunningServer, client: httpx.Client, repo: str
+) -> None:
+    data = os.urandom(30_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t1").content == data
+    assert_invariants(server)
+
+
+# -- disconnects ----------------------------------------------------------------------
+
+
+IMG_SIZE = 5 * 1024 * 1024
+
+
+def open_partial_upload(
+    server: RunningServer, path: str, sent: int, *, chunked: bool = False
+) -> socket.socket:
+    """Send the headers and the first ``sent`` bytes of the ``img`` data of a larger upload.
+
+    With ``chunked``, the body goes in 64 KiB chunks of ``Transfer-Encoding: chunked``.
+    """
+    head_parts = multipart_body([meta_part({"k": "v"})], close=False)
+    img_head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="img"; '
+        'filename="image.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    declared = len(head_parts) + len(img_head) + IMG_SIZE + len(tail)
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {declared}"
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: {MULTIPART}\r\n"
+        f"{length}\r\n\r\n"
+    ).encode()
+    body = head_parts + img_head + os.urandom(sent)
+    if chunked:
+        step = 64 * 1024
+        body = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step])
+            for i in range(0, len(body), step)
+        )
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(head + body)
+    return sock
+
+
+def wait_for_staging(server: RunningServer, timeout: float = 5.0) -> bool:
+    """Poll until the server has opened a staging file for the upload in flight."""
+    deadline = time.monotonic() + timeout
+    while not server.staging_files():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def close_abruptly(sock: socket.socket, how: str) -> None:
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.fixture(params=["close", "reset"])
+def close_how(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("sent", [1024 * 1024, IMG_SIZE - 512 * 1024], ids=["1MiB", "4.5MiB"])
+def test_disconnect_mid_upload_leaves_nothing(
+    server: RunningServer,
+    client: httpx.Client,
+    repo: str,
+    before: State,
+    close_how: str,
+    sent: int,
+) -> None:
+    sock = open_partial_upload(server, f"/reg/{repo}/img/t1", sent)
+    try:
+        assert wait_for_staging(server), "the server never started staging the upload"
+    finally:
+        close_abruptly(sock, close_how)
+    assert wait_for_no_staging(server) == []
+    assert repo not in listing(client)
+    assert_unchanged(server, client, before)
+
+
+def test_disconnect_mid_chunked_upload_leaves_nothing(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, close_how: str
+) -> None:
+    sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 2 * 1024 * 1024, chunked=True)
+    try:
+        assert wait_for_staging(server), "the server never started staging the upload"
+    finally:
+        close_abruptly(sock, close_how)
+    assert wait_for_no_staging(server) == []
+    assert_unchanged(server, client, before)
+
+
+def test_disconnect_keeps_the_existing_tag(
+    server: RunningServer, client: httpx.Client, repo: str, close_how: str
+) -> None:
+    old = os.urandom(20_000)
+    assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
+    sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 2 * 1024 * 1024)
+    try:
+        assert wait_for_staging(server), "the server never started staging the upload"
+    finally:
+        close_abruptly(sock, close_how)
+    assert wait_for_no_staging(server) == []
+    assert client.get(f"/reg/{repo}/img/t1").content == old
+    assert_invariants(server)
+
+
+def test_server_serves_after_a_disconnect(
+    server: RunningServer, client: httpx.Client, repo: str, close_how: str
+) -> None:
+    sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 1024 * 1024)
+    try:
+        assert wait_for_staging(server), "the server never started staging the upload"
+    finally:
+        close_abruptly(sock, close_how)
+    assert client.get("/healthz").status_code == 200
+    data = os.urandom(100_000)
+    assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
+    assert client.get(f"/reg/{repo}/img/t1").content == data
+    assert wait_for_no_staging(server) == []
+    assert_invariants(server)
+
+
+# -- a refused upload leaves the connection usable ------------------------------------
+
+REFUSED_UPLOADS: dict[str, tuple[str, bytes, str]] = {
+    # name: (path suffix after /reg/<repo>, body, content type)
+    "octet-stream body": ("/img/t1", os.urandom(300_000), "application/octet-stream"),
+    "duplicate img": (
+        "/img/t1",
+        multipart_body([meta_part({}), img_part(b"a"), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+    "non-string meta value": (
+        "/img/t1",
+        multipart_body([meta_part({"k": 1}), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+    "oversized meta": (
+        "/img/t1",
+        multipart_body([meta_part({"k": "x" * 100_000}), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+    "bad tag name": (
+        "/img/Bad",
+        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+    "malformed digest": (
+        "/img/t1?digest=md5:00",
+        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+    "wrong digest": (
+        "/img/t1?digest=blake3:" + "0" * 64,
+        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        MULTIPART,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_UPLOADS))
+def test_connection_serves_the_next_request_after_a_refused_upload(
+    server: RunningServer, repo: str, case: str
+) -> None:
+    """The whole request is sent, so keep-alive must hold (or the server must say close)."""
+    suffix, body, content_type = REFUSED_UPLOADS[case]
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request(
+            "POST", f"/reg/{repo}{suffix}", body=body, headers={"content-type": content_type}
+        )
+        refused = connection.getresponse()
+        refused.read()
+        assert 400 <= refused.status < 500
+        if (refused.getheader("connection") or "").lower() == "close":
+            return  # the server announced the close: a client opens a new connection
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
