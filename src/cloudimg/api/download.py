@@ -2,7 +2,8 @@
 
 A whole-file GET is handed to the server with the ASGI ``http.response.pathsend``
 extension where the server offers it (Granian does), so the bytes never pass
-through Python; ranges and other servers get a streamed read from a worker thread.
+through Python; ranges and other servers get a streamed read from a worker thread,
+which stops when the server reports that the client has gone.
 The blob file is opened before the response starts, so a delete that commits while
 a streamed download runs cannot take the bytes away from it. Pathsend gets the blob's
 path instead (the server opens it after our handler returns); a path always holds the
@@ -16,6 +17,7 @@ import base64
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,15 @@ from litestar.types import Receive, Scope, Send
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
-__all__ = ["BlobResponse", "ByteRange", "parse_range", "prepare_download"]
+__all__ = ["BlobResponse", "ByteRange", "Unsatisfiable", "parse_range", "prepare_download"]
 
 _READ_CHUNK = 1024 * 1024
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# The range unit is case-insensitive (RFC 9110 section 14.1); positions are ASCII digits.
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+# A position with more digits than this is past the end of any blob; int() refuses
+# strings over 4300 digits, and a client must not turn that into a 500.
+_MAX_POSITION_DIGITS = 20
+_PAST_ANY_END: int = 10**_MAX_POSITION_DIGITS
 _PATHSEND = "http.response.pathsend"
 
 
@@ -69,17 +76,27 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first_text:
         if not last_text:
             return None
-        suffix = int(last_text)
-        if suffix == 0 or size == 0:
+        suffix = _position(last_text)
+        if suffix == 0:
             raise Unsatisfiable
+        if size == 0:
+            # Satisfiable (RFC 9110 section 14.1.1), but no 206 can carry zero bytes.
+            return None
         return ByteRange(max(0, size - suffix), size - 1)
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last_text and last < first:
         return None  # invalid range-spec: ignore the header
     if first >= size:
         raise Unsatisfiable
     return ByteRange(first, min(last, size - 1))
+
+
+def _position(digits: str) -> int:
+    stripped = digits.lstrip("0")
+    if len(stripped) > _MAX_POSITION_DIGITS:
+        return _PAST_ANY_END
+    return int(stripped or "0")
 
 
 def _etag_list(header: str) -> list[str]:
@@ -94,15 +111,25 @@ def _weak_match(header: str, etag: str) -> bool:
     return any(tag == "*" or tag.removeprefix("W/") == etag for tag in _etag_list(header))
 
 
+def _http_date_secs(text: str) -> int | None:
+    """Seconds since the epoch of an HTTP-date, or None when ``text`` is no date."""
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:  # "-0000" or an unknown zone: HTTP dates are GMT
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _not_after(header: str | None, last_modified_secs: int) -> bool | None:
     """Whether the representation is unmodified since ``header``; None if it is no date."""
     if header is None:
         return None
-    try:
-        since = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+    since = _http_date_secs(header)
+    if since is None:
         return None
-    return last_modified_secs <= int(since.timestamp())
+    return last_modified_secs <= since
 
 
 class BlobResponse(ASGIResponse):
@@ -139,33 +166,61 @@ class BlobResponse(ASGIResponse):
         if self._range is None and self.status_code == 200 and self._pathsend_offered:
             await send({"type": _PATHSEND, "path": str(self._path)})  # type: ignore[arg-type]
             return
-        await self._stream(send)
+        await self._stream(send, receive)
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, receive: Receive) -> None:
+        """Send the bytes, reading the next chunk while one goes out; stop if the client goes.
+
+        A server may accept ``send`` after the client has gone (Granian does, and reports
+        the disconnect to ``receive``), so without the watch an aborted download of a
+        large range would still read all of it from the disk. The notice can take a few
+        milliseconds to reach the event loop; what is read meanwhile is the only waste.
+        """
         offset, remaining = (self._range.first, self._range.length) if self._range else (0, -1)
         if remaining < 0:
             remaining = os.fstat(self._fd).st_size
-        next_read = asyncio.ensure_future(
-            asyncio.to_thread(os.pread, self._fd, min(_READ_CHUNK, remaining), offset)
-        )
-        while True:
-            chunk = await next_read
-            offset += len(chunk)
-            remaining -= len(chunk)
-            more = remaining > 0 and bool(chunk)
-            if more:  # read ahead while this chunk goes out
-                next_read = asyncio.ensure_future(
-                    asyncio.to_thread(os.pread, self._fd, min(_READ_CHUNK, remaining), offset)
-                )
-            await send({"type": "http.response.body", "body": chunk, "more_body": more})
-            if not more:
-                return
+        disconnected = asyncio.Event()
+        watch = asyncio.ensure_future(_watch_disconnect(receive, disconnected))
+        next_read: asyncio.Future[bytes] | None = self._read(min(_READ_CHUNK, remaining), offset)
+        try:
+            while next_read is not None:
+                # Shielded: a cancelled wait must not orphan a thread that uses the fd.
+                chunk = await asyncio.shield(next_read)
+                next_read = None
+                offset += len(chunk)
+                remaining -= len(chunk)
+                more = remaining > 0 and bool(chunk)
+                if disconnected.is_set():
+                    return
+                if more:  # read ahead while this chunk goes out
+                    next_read = self._read(min(_READ_CHUNK, remaining), offset)
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        finally:
+            watch.cancel()
+            if next_read is not None:
+                # The worker thread still uses the descriptor; __call__ closes it after us.
+                await asyncio.wait([next_read])
+                if not next_read.cancelled():
+                    next_read.exception()  # retrieved: an error here is of no interest now
+
+    def _read(self, size: int, offset: int) -> asyncio.Future[bytes]:
+        return asyncio.ensure_future(asyncio.to_thread(os.pread, self._fd, size, offset))
 
     _pathsend_offered = False
 
     def offer_pathsend(self, scope: Scope) -> None:
         """Remember whether the ASGI server lets us hand it the file."""
         self._pathsend_offered = _PATHSEND in (scope.get("extensions") or {})
+
+
+async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
+    """Set ``disconnected`` once the server says the client has gone."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a server whose receive fails here gives no notice: stream on
+        return
+    disconnected.set()
 
 
 def _open_blob(path: Path) -> int:
@@ -194,18 +249,7 @@ async def prepare_download(
     if status == 412:
         raise PreconditionFailedError("the image does not match the request's preconditions")
     if status == 416:
-        headers["Content-Range"] = f"bytes */{ref.size}"
-        body = {
-            "status": "OUT_OF_RANGE",
-            "error": "range not satisfiable",
-            "context": {"size": ref.size},
-        }
-        return ASGIResponse(
-            body=msgspec.json.encode(body),
-            status_code=416,
-            headers=headers,
-            media_type="application/json",
-        )
+        return _unsatisfiable(headers, ref.size, is_head=request.method == "HEAD")
     if status == 304:
         return ASGIResponse(status_code=304, headers=headers)
     if byte_range is not None:
@@ -222,6 +266,26 @@ async def prepare_download(
     )
     response.offer_pathsend(request.scope)
     return response
+
+
+def _unsatisfiable(headers: dict[str, str], size: int, is_head: bool) -> ASGIResponse:
+    """416 with ``Content-Range: bytes */size`` and the JSON error shape."""
+    headers["Content-Range"] = f"bytes */{size}"
+    headers["Content-Type"] = "application/json"
+    # An error about one request's Range is no representation to keep for a year.
+    headers["Cache-Control"] = "no-cache"
+    body = {
+        "status": "OUT_OF_RANGE",
+        "error": "range not satisfiable",
+        "context": {"size": size},
+    }
+    return ASGIResponse(
+        body=b"" if is_head else msgspec.json.encode(body),
+        status_code=416,
+        headers=headers,
+        media_type="application/json",
+        is_head_response=is_head,
+    )
 
 
 def _evaluate(
@@ -255,7 +319,4 @@ def _evaluate(
 def _if_range_holds(if_range: str, etag: str, modified_secs: int) -> bool:
     if if_range.startswith('"') or if_range.startswith("W/"):
         return if_range == etag  # strong comparison; a weak tag never matches
-    try:
-        return int(parsedate_to_datetime(if_range).timestamp()) == modified_secs
-    except (TypeError, ValueError):
-        return False
+    return _http_date_secs(if_range) == modified_secs
