@@ -99,3 +99,11 @@ def test_bad_names_in_listings(client: httpx.Client, path: str) -> None:
     response = client.get(path)
     assert response.status_code in (400, 404)
     assert response.json()["status"] in ("INVALID_ARGUMENT", "NOT_FOUND")
+
+
+def test_openapi_describes_the_multipart_upload(client: httpx.Client) -> None:
+    document = client.get("/docs/openapi.json").json()
+    body = document["paths"]["/reg/{repo}/{image}/{tag}"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert set(schema["required"]) == {"meta", "img"}
+    assert schema["properties"]["img"]["format"] == "binary"

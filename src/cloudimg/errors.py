@@ -7,6 +7,7 @@ from typing import Any
 __all__ = [
     "AlreadyExistsError",
     "BlobCorruptError",
+    "ClientDisconnectedError",
     "CloudimgError",
     "DigestMismatchError",
     "InsufficientStorageError",
@@ -67,6 +68,12 @@ class InsufficientStorageError(CloudimgError):
     """The data volume has no room for the upload."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class ClientDisconnectedError(CloudimgError):
+    """The client went away before its request body was complete."""
+
+    code = "CANCELLED"
 
 
 class UnavailableError(CloudimgError):

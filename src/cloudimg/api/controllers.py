@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, delete, get, post, route
@@ -9,11 +10,12 @@ from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import prepare_download
+from cloudimg.api.openapi import UploadOperation
 from cloudimg.api.upload import drain, receive_upload
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import CloudimgError, InvalidArgumentError
+from cloudimg.errors import ClientDisconnectedError, CloudimgError, InvalidArgumentError
 
 __all__ = ["HealthController", "RegistryController"]
 
@@ -54,6 +56,18 @@ def _meta_view(info: TagInfo, image_path: str) -> Envelope:
         "created": info.created.isoformat(),
         "updated": info.updated.isoformat(),
     }
+
+
+async def body_of(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+    """The request body as the server hands it over; a client that leaves is no server error."""
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnectedError("the client disconnected before the body was complete")
+        if message["body"]:
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
 
 
 class RegistryController(Controller):
@@ -108,6 +122,7 @@ class RegistryController(Controller):
     @post(
         "/{repo:str}/{image:str}/{tag:str}",
         operation_id="PostImage",
+        operation_class=UploadOperation,
         summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
         request_max_body_size=None,
     )
@@ -127,10 +142,10 @@ class RegistryController(Controller):
             texts = request.query_params.getall("digest", [])
             expected = [d for d in map(_expected_digest, texts) if d is not None]
         except CloudimgError:
-            await drain(request.stream())  # keeps the connection usable for the client
+            await drain(body_of(request))  # keeps the connection usable for the client
             raise
         upload = await receive_upload(
-            request.stream(), request.headers.get("content-type"), catalog.blobs, expected
+            body_of(request), request.headers.get("content-type"), catalog.blobs, expected
         )
         try:
             await catalog.commit_upload(*names, upload.staged, upload.meta)

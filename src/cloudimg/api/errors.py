@@ -12,6 +12,7 @@ from litestar.types import ExceptionHandlersMap
 from cloudimg.errors import (
     AlreadyExistsError,
     BlobCorruptError,
+    ClientDisconnectedError,
     CloudimgError,
     InsufficientStorageError,
     InvalidArgumentError,
@@ -33,6 +34,7 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (PayloadTooLargeError, 413),
     (InsufficientStorageError, 507),
     (UnavailableError, 503),
+    (ClientDisconnectedError, 499),  # nginx's "client closed request": nobody reads it
     (BlobCorruptError, 500),
 ]
 # Statuses Litestar raises itself (routing, method, body limits) and our codes for them.
