@@ -427,8 +427,8 @@ def test_range_download_survives_a_delete_of_its_tag(
 def test_whole_download_survives_a_delete_of_its_tag(
     slow_client: httpx.Client, client: httpx.Client, server: RunningServer, big: Image
 ) -> None:
-    # Whole-file GETs go to Granian with ASGI pathsend; it has opened the blob by the
-    # time the first bytes arrive, so the delete cannot take them away.
+    # The blob was opened before the first byte went out, so the delete cannot take
+    # the bytes away.
     _download_while_deleting(slow_client, client, server, big, {}, big.data)
 
 

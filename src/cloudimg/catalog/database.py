@@ -35,9 +35,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Take transaction control away from the driver so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching to WAL waits for other connections' locks.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # FULL: a committed delete must survive power loss, since its blob file goes next.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
