@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from cloudimg.catalog.database import create_engine
+from cloudimg.catalog.database import create_engine, lock_migrations
 from cloudimg.catalog.models import Base
 
 config = context.config
@@ -22,6 +22,7 @@ def _configure(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        lock_migrations(connection)  # PostgreSQL: one migrating process at a time
         context.run_migrations()
 
 

@@ -7,7 +7,7 @@ from alembic import command
 from alembic.util.exc import CommandError
 
 from cloudimg.catalog import upgrade_database
-from cloudimg.catalog.database import alembic_config
+from cloudimg.catalog.database import SchemaVersionError, alembic_config
 from cloudimg.cli.options import settings_from, storage_options
 
 __all__ = ["db"]
@@ -24,7 +24,10 @@ def upgrade(**values: object) -> None:
     """Apply every pending migration."""
     settings = settings_from(**values)
     settings.data_root.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.resolved_database_url)
+    try:
+        upgrade_database(settings.resolved_database_url)
+    except SchemaVersionError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("catalog schema is up to date")
 
 
