@@ -1,0 +1,380 @@
+"""Authentication of the registry endpoints: bearer tokens for writes, optional Basic for reads.
+
+How it is wired: a Litestar *guard* (:class:`RegistryAuth`) on the router that mounts the
+registry API (``<www-prefix>/<repo-prefix>``). Litestar runs guards after routing and
+before it parses parameters or reads the body, so an unauthenticated request never reaches
+a handler, never touches the catalog and never writes a byte to the data volume. Paths
+outside that router (``/healthz``, ``/readyz``, ``/docs``) have no guard and stay open for
+probes and for qlkube, which builds its schema from ``/docs/openapi.json``. A guard, not an
+ASGI middleware, because it is the framework's own place for "may this connection use this
+route", it only sees routed requests (an unknown path is a 404 either way) and its
+exceptions go through the one error mapping in :mod:`cloudimg.api.errors`.
+
+The rules:
+
+- Writes (every method but GET and HEAD) need ``Authorization: Bearer <token>`` with a
+  token from ``--write-token-file`` when that flag is set. No or unusable credentials:
+  401 ``UNAUTHENTICATED`` with ``WWW-Authenticate: Bearer realm="cloudimg"``; a token that
+  is not in the file: 401 with ``error="invalid_token"`` in the challenge (RFC 6750, and
+  the gRPC meaning of ``UNAUTHENTICATED``); valid *read* credentials on a write: 403
+  ``PERMISSION_DENIED`` (authenticated, but not allowed to write).
+- Reads are open unless ``--read-auth basic``: then they need HTTP Basic credentials from
+  ``--read-credentials-file`` or a write token as a bearer token; without either, 401 with
+  ``WWW-Authenticate: Basic realm="cloudimg", charset="UTF-8"``.
+
+Credential files are read and re-read by :class:`SecretFile`, which stats the resolved
+file at most once per ``recheck_interval`` and reloads it when its identity (device,
+inode, size, mtime, ctime) changes: an in-place rewrite and a kubelet ``..data`` symlink
+swap both show. A file that turns unreadable, malformed or empty keeps the last good
+credentials and logs a warning; it never opens the door. Only SHA-256 digests of the
+secrets are kept, and a check compares the digest of what the client sent with every
+candidate through :func:`hmac.compare_digest`, without stopping at a match, so neither
+timing nor length tells which entry matched. Secrets never appear in logs, error
+messages or error context.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
+
+from cloudimg.config import Settings
+
+__all__ = [
+    "AuthConfigError",
+    "CredentialSet",
+    "RegistryAuth",
+    "SecretFile",
+    "load_registry_auth",
+    "parse_basic_credentials",
+    "parse_tokens",
+    "registry_guards",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REALM = "cloudimg"
+BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
+BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
+READ_METHODS = frozenset({"GET", "HEAD"})
+MAX_SECRET_FILE_BYTES = 1024 * 1024
+# A refused write's body is read and dropped up to this size so that the client sees the
+# answer and keeps its connection (as other refusals do); past it the connection closes.
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
+
+
+class AuthConfigError(Exception):
+    """The authentication flags or credential files cannot be used; the server must not start."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+        self.message = message
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSet:
+    """SHA-256 digests of the accepted secrets; :meth:`matches` is constant-time in the match."""
+
+    digests: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, secrets: Iterable[str]) -> CredentialSet:
+        """Digest every secret (duplicates are kept; they change nothing)."""
+        return cls(tuple(_digest(secret) for secret in secrets))
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def matches(self, presented: str) -> bool:
+        """Whether ``presented`` is one of the secrets, comparing against every candidate."""
+        wanted = _digest(presented)
+        found = False
+        for candidate in self.digests:
+            found |= hmac.compare_digest(candidate, wanted)
+        return found
+
+
+def _meaningful_lines(text: str) -> Iterable[tuple[int, str]]:
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def parse_tokens(text: str) -> CredentialSet:
+    """Bearer tokens, one a line; blank lines and ``#`` comments are skipped.
+
+    Raises:
+        ValueError: when no token is left, or a line holds whitespace inside a token.
+    """
+    tokens: list[str] = []
+    for number, line in _meaningful_lines(text):
+        if len(line.split()) != 1:
+            raise ValueError(f"line {number} holds more than one word")
+        tokens.append(line)
+    if not tokens:
+        raise ValueError("it holds no token")
+    return CredentialSet.of(tokens)
+
+
+def parse_basic_credentials(text: str) -> CredentialSet:
+    """``user:password`` a line (split at the first colon); blank lines and ``#`` comments skipped.
+
+    Raises:
+        ValueError: when a line has no colon or an empty user or password, or none is left.
+    """
+    pairs: list[str] = []
+    for number, line in _meaningful_lines(text):
+        user, colon, password = line.partition(":")
+        if not colon or not user or not password:
+            raise ValueError(f"line {number} is not user:password")
+        pairs.append(f"{user}:{password}")
+    if not pairs:
+        raise ValueError("it holds no user:password line")
+    return CredentialSet.of(pairs)
+
+
+_Identity = tuple[int, int, int, int, int]
+
+
+class SecretFile(Generic[T]):
+    """A credential file, parsed at start-up and re-read when it changes.
+
+    :meth:`get` stats the path (following symlinks, so a kubelet ``..data`` swap counts)
+    at most once per ``recheck_interval`` seconds and re-parses the file when its
+    identity changed. A failed reload keeps the last good value and logs a warning
+    once per distinct failure; the next check tries again.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        parse: Callable[[str], T],
+        *,
+        what: str,
+        recheck_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Read and parse ``path`` now.
+
+        Raises:
+            ValueError: when the file cannot be read or parsed (the message names no secret).
+        """
+        self.path = path
+        self.what = what
+        self._parse = parse
+        self._interval = recheck_interval
+        self._clock = clock
+        self._failure: str | None = None
+        identity, value = self._read()
+        self._identity: _Identity = identity
+        self._value: T = value
+        self._checked = clock()
+
+    def get(self) -> T:
+        """The current value, reloaded first when the file changed since the last check."""
+        now = self._clock()
+        if now - self._checked >= self._interval:
+            self._checked = now
+            self.refresh()
+        return self._value
+
+    def refresh(self) -> bool:
+        """Check the file now; return whether a new value was loaded."""
+        try:
+            if self._stat() == self._identity:
+                self._failure = None
+                return False
+            identity, value = self._read()
+        except ValueError as exc:
+            if str(exc) != self._failure:
+                self._failure = str(exc)
+                log.warning("%s %s: %s; keeping the previous ones", self.what, self.path, exc)
+            return False
+        self._identity, self._value, self._failure = identity, value, None
+        log.info("%s reloaded from %s", self.what, self.path)
+        return True
+
+    def _stat(self) -> _Identity:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ValueError(f"cannot stat: {exc.strerror}") from None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _read(self) -> tuple[_Identity, T]:
+        # Stat before reading: a change during the read shows at the next check.
+        identity = self._stat()
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ValueError(f"cannot read: {exc.strerror}") from None
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not UTF-8 text") from None  # the codec's message quotes a byte
+        return identity, self._parse(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Presented:
+    """What the ``Authorization`` header carried (the secret itself, never logged)."""
+
+    scheme: str  # "bearer", "basic", "" (no header) or "other" (unusable)
+    secret: str = ""
+
+
+def _presented(header: str | None) -> _Presented:
+    if not header:
+        return _Presented("")
+    scheme, _, value = header.strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer" and value:
+        return _Presented("bearer", value)
+    if scheme == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return _Presented("other")
+        if ":" in decoded:
+            return _Presented("basic", decoded)
+    return _Presented("other")
+
+
+async def _drain(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Read and drop a refused write's body, unless the client waits for ``100 Continue``."""
+    if "100-continue" in connection.headers.get("expect", "").lower():
+        return  # it has not sent the body; answering now spares it the upload
+    received = 0
+    while received <= MAX_DRAIN_BYTES:
+        message = await connection.receive()
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class RegistryAuth:
+    """The guard of the registry router (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        write_tokens: SecretFile[CredentialSet] | None,
+        read_credentials: SecretFile[CredentialSet] | None,
+    ) -> None:
+        self.write_tokens = write_tokens
+        self.read_credentials = read_credentials
+
+    def _is_writer(self, presented: _Presented) -> bool:
+        return (
+            self.write_tokens is not None
+            and presented.scheme == "bearer"
+            and self.write_tokens.get().matches(presented.secret)
+        )
+
+    def _is_reader(self, presented: _Presented) -> bool:
+        return (
+            self.read_credentials is not None
+            and presented.scheme == "basic"
+            and self.read_credentials.get().matches(presented.secret)
+        )
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        """Let the request through, or raise the 401/403 it gets."""
+        presented = _presented(connection.headers.get("authorization"))
+        if connection.scope.get("method", "GET") in READ_METHODS:
+            if self.read_credentials is None:
+                return
+            if self._is_reader(presented) or self._is_writer(presented):
+                return
+            raise NotAuthorizedException(
+                detail="reading needs credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE}
+            )
+        if self.write_tokens is None or self._is_writer(presented):
+            return
+        await _drain(connection)
+        if self._is_reader(presented):
+            raise PermissionDeniedException(detail="these credentials may only read")
+        if presented.scheme == "bearer":
+            raise NotAuthorizedException(
+                detail="the bearer token is not valid",
+                headers={"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="invalid_token"'},
+            )
+        raise NotAuthorizedException(
+            detail="writing needs a bearer token", headers={"WWW-Authenticate": BEARER_CHALLENGE}
+        )
+
+
+def _secret_file(
+    flag: str, path: Path, parse: Callable[[str], CredentialSet], what: str
+) -> SecretFile[CredentialSet]:
+    try:
+        return SecretFile(path, parse, what=what)
+    except ValueError as exc:
+        raise AuthConfigError(flag, f"{path}: {exc}") from None
+
+
+def load_registry_auth(settings: Settings) -> RegistryAuth | None:
+    """The guard the settings ask for (``None``: everything open), with its files loaded.
+
+    Raises:
+        AuthConfigError: a missing, unreadable, malformed or empty credential file, or flags
+            that do not go together.
+    """
+    if settings.read_auth not in ("none", "basic"):
+        raise AuthConfigError("--read-auth", f"unknown mode {settings.read_auth!r}")
+    basic = settings.read_auth == "basic"
+    if basic and settings.read_credentials_file is None:
+        raise AuthConfigError("--read-auth", "'basic' needs --read-credentials-file")
+    if not basic and settings.read_credentials_file is not None:
+        raise AuthConfigError("--read-credentials-file", "is only used with --read-auth basic")
+    if basic and settings.write_token_file is None:
+        raise AuthConfigError("--read-auth", "needs --write-token-file: writes would be open")
+    write = read = None
+    if settings.write_token_file is not None:
+        write = _secret_file(
+            "--write-token-file", settings.write_token_file, parse_tokens, "write tokens"
+        )
+    if settings.read_credentials_file is not None:
+        read = _secret_file(
+            "--read-credentials-file",
+            settings.read_credentials_file,
+            parse_basic_credentials,
+            "read credentials",
+        )
+    if write is None and read is None:
+        return None
+    return RegistryAuth(write, read)
+
+
+def registry_guards(settings: Settings) -> Sequence[Guard]:
+    """Guards for the registry router: none when no authentication is configured."""
+    auth = load_registry_auth(settings)
+    return [] if auth is None else [auth]
