@@ -13,6 +13,8 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from cloudimg import __version__
 from cloudimg.api.controllers import HealthController, RegistryController
 from cloudimg.api.errors import exception_handlers
+from cloudimg.api.logging import RequestObserver
+from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.config import Settings
@@ -35,8 +37,9 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     registry = Router(path=settings.api_base, route_handlers=[RegistryController])
-    return Litestar(
-        route_handlers=[registry, HealthController],
+    metrics = Metrics()
+    app = Litestar(
+        route_handlers=[registry, HealthController, metrics_route(metrics, catalog, blobs.root)],
         dependencies={"catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
@@ -48,3 +51,7 @@ def create_app(settings: Settings) -> Litestar:
         ),
         request_max_body_size=None,
     )
+    # Outside routing and exception handling, so the access log and the request
+    # metrics see every request, 404s and errors included.
+    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    return app

@@ -8,6 +8,7 @@ from cloudimg.catalog.operations import (
     Catalog,
     CatalogSnapshot,
     RefcountRepair,
+    StorageTotals,
     TagInfo,
     TagRecord,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Catalog",
     "CatalogSnapshot",
     "RefcountRepair",
+    "StorageTotals",
     "TagInfo",
     "TagRecord",
     "create_engine",

@@ -27,6 +27,7 @@ __all__ = [
     "Catalog",
     "CatalogSnapshot",
     "RefcountRepair",
+    "StorageTotals",
     "TagInfo",
     "TagRecord",
 ]
@@ -117,6 +118,26 @@ class RefcountRepair:
     """No tag referenced the blob: its row and file went."""
 
 
+@dataclass(frozen=True, slots=True)
+class StorageTotals:
+    """What the catalog holds, in a few numbers (``Catalog.storage_totals``)."""
+
+    blobs: int
+    """Blob rows: distinct contents stored."""
+    stored_bytes: int
+    """Sum of the sizes of every blob row."""
+    tags: int
+    logical_bytes: int
+    """Sum of the sizes of every tag's blob: what storing a copy per tag would take."""
+    referenced_bytes: int
+    """Sum of the sizes of the distinct blobs some tag names."""
+
+    @property
+    def deduplicated_bytes(self) -> int:
+        """Bytes not stored because identical images share one blob."""
+        return self.logical_bytes - self.referenced_bytes
+
+
 @dataclass
 class _FileEffects:
     """File-system changes made inside a transaction: undone on rollback, finished on commit."""
@@ -170,6 +191,23 @@ class Catalog:
                 select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
             )
             return list(rows)
+
+    async def storage_totals(self) -> StorageTotals:
+        """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""
+        blobs = select(func.count(), func.coalesce(func.sum(Blob.size), 0))
+        tags = select(func.count(), func.coalesce(func.sum(Blob.size), 0)).select_from(
+            Tag.__table__.join(Blob.__table__, Tag.digest == Blob.digest)
+        )
+        referenced = select(func.coalesce(func.sum(Blob.size), 0)).where(
+            exists().where(Tag.digest == Blob.digest)
+        )
+        async with self._sessions() as session, session.begin():
+            blob_count, stored = (await session.execute(blobs)).one()
+            tag_count, logical = (await session.execute(tags)).one()
+            referenced_bytes = await session.scalar(referenced)
+        return StorageTotals(
+            int(blob_count), int(stored), int(tag_count), int(logical), int(referenced_bytes or 0)
+        )
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
         """The tag with its blob; ``NotFoundError`` if it does not exist."""

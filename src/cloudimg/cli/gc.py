@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.gc_record import record_gc_run
 from cloudimg.maintenance import GcReport, collect_garbage, parse_duration
 
 __all__ = ["Duration", "gc"]
@@ -57,11 +59,26 @@ def gc(dry_run: bool, grace: float, as_json: bool, **values: object) -> None:
     """
     settings = settings_from(**values)
     report = run(settings, lambda catalog: collect_garbage(catalog, grace=grace, dry_run=dry_run))
+    if not dry_run:
+        _record(settings.data_root, report)
     if as_json:
         print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
     else:
         _print(report)
     sys.exit(0 if report.ok else 1)
+
+
+def _record(data_root: Path, report: GcReport) -> None:
+    """Leave the run's figures on the data root for the servers' /metrics."""
+    try:
+        record_gc_run(
+            data_root,
+            ok=report.ok,
+            bytes_freed=report.bytes_freed,
+            duration_seconds=report.duration_seconds,
+        )
+    except OSError as exc:  # the figures are a convenience; the run itself is done
+        click.echo(f"warning: could not record the run for /metrics: {exc}", err=True)
 
 
 _LABELS = {

@@ -12,9 +12,11 @@ from granian.http import HTTP1Settings
 from granian.server.embed import Server
 
 from cloudimg.api import create_app
+from cloudimg.api.metrics import reset_multiprocess_dir
 from cloudimg.catalog import upgrade_database
 from cloudimg.cli.options import option, settings_from, storage_options
 from cloudimg.config import Settings, parse_listener_addr
+from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
 __all__ = ["serve"]
 
@@ -32,8 +34,15 @@ _DEFAULTS = Settings()
 )
 @option("--repo-prefix", default=_DEFAULTS.repo_prefix, help="Path segment of the registry API")
 @option("--www-prefix", default=_DEFAULTS.www_prefix, help="Path in front of the repo prefix")
-def serve(**values: object) -> None:
+@option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    help="Access and error logs on stderr: one JSON object a line, or text",
+)
+def serve(log_format: LogFormat, **values: object) -> None:
     """Serve the registry API (migrates the catalog first)."""
+    configure_logging(log_format)
     settings = settings_from(**values)
     try:
         host, port = parse_listener_addr(settings.listener_addr)
@@ -41,10 +50,11 @@ def serve(**values: object) -> None:
         raise click.BadParameter(str(exc), param_hint="--listener-addr") from None
     Path(settings.data_root).mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
-    asyncio.run(_serve(settings, host, port))
+    reset_multiprocess_dir()
+    asyncio.run(_serve(settings, host, port, log_format))
 
 
-async def _serve(settings: Settings, host: str, port: int) -> None:
+async def _serve(settings: Settings, host: str, port: int, log_format: LogFormat) -> None:
     server = Server(
         create_app(settings),
         address=host,
@@ -53,6 +63,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=settings.read_header_timeout_secs * 1000),
         websockets=False,
         log_access=False,
+        log_dictconfig=granian_log_config(log_format),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -30,6 +30,7 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
+from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.maintenance.report import Progress, ProgressMeter
 
 __all__ = ["ImportReport", "LegacyEntry", "import_legacy"]
@@ -147,7 +148,8 @@ def _walk(source: Path, data_root: Path | None, report: ImportReport) -> list[_C
     for repo_dir in sorted(source.iterdir()):
         name = repo_dir.name
         if repo_dir.resolve() == own or (
-            in_place and (name in _STORE_NAMES or name.startswith("catalog.sqlite3"))
+            in_place
+            and (name in _STORE_NAMES or name.startswith(("catalog.sqlite3", GC_RECORD_NAME)))
         ):
             continue
         if not _is_dir(repo_dir, skip) or not _valid(repo_dir, validate_repo_name, skip):

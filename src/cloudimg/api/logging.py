@@ -1,0 +1,189 @@
+"""The access log and the live request metrics: one ASGI middleware sees every request.
+
+It wraps the whole Litestar handler (``Litestar.asgi_handler``), outside routing and
+exception handling, so 404s, 405s and errors are seen too. Per request it:
+
+- takes the ``X-Request-ID`` header when it is a sane id, or makes one, sets it in
+  ``cloudimg.logs.request_id_var`` (error logs of the request carry it) and sends it
+  back in the ``X-Request-ID`` response header;
+- counts body bytes in both directions as they pass (so a long transfer shows in the
+  byte counters while it runs), and the uploads and downloads in flight;
+- at the end, counts the request by method, route template and status, observes its
+  duration, and writes one access log record (logger ``cloudimg.access``) with
+  ``request_id``, ``method``, ``path``, ``route``, ``status``, ``bytes_received``,
+  ``bytes_sent``, ``duration_ms``, ``client`` and ``user_agent``.
+
+No other request header is ever logged, and the query string is not either: the
+``Authorization`` header (tokens) never reaches a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any, Final
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloudimg.api.metrics import UNMATCHED_ROUTE, Metrics
+from cloudimg.logs import request_id_var
+
+__all__ = ["REQUEST_ID_HEADER", "RequestObserver"]
+
+access_log = logging.getLogger("cloudimg.access")
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_CLIENT_CLOSED: Final = 499
+# Route handlers (by function name) whose requests are image transfers.
+_UPLOAD_HANDLERS: Final = frozenset({"post_image"})
+_DOWNLOAD_HANDLERS: Final = frozenset({"get_image"})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((v for k, v in scope.get("headers", ()) if k.lower() == name), None)
+
+
+def _request_id(scope: Scope) -> str:
+    given = _header(scope, REQUEST_ID_HEADER.encode())
+    if given is not None and _SANE_ID.fullmatch(given):
+        return given.decode()
+    return uuid.uuid4().hex
+
+
+def _handler_name(scope: Scope) -> str | None:
+    handler = scope.get("route_handler")
+    return getattr(handler, "handler_name", None) if handler is not None else None
+
+
+class RequestObserver:
+    """ASGI middleware writing the access log and the live metrics (``metrics`` optional)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        await _Exchange(scope, self.metrics).run(self.app, receive, send)
+
+
+class _Exchange:
+    """What is observed of one request while it runs."""
+
+    def __init__(self, scope: Scope, metrics: Metrics | None) -> None:
+        self.scope = scope
+        self.metrics = metrics
+        self.method = str(scope.get("method", ""))
+        self.path: str = scope.get("root_path", "") + scope.get("path", "")
+        self.request_id = _request_id(scope)
+        self.started = time.perf_counter()
+        self.status: int | None = None
+        self.received = 0
+        self.sent = 0
+        self.uploading = False
+        self.downloading = False
+
+    @property
+    def route(self) -> str:
+        # Routing fills in ``path_template`` on this same scope before the handler runs.
+        template = self.scope.get("path_template")
+        return str(template) if template else UNMATCHED_ROUTE
+
+    async def run(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+        token = request_id_var.set(self.request_id)
+        failed = False
+        try:
+            await app(self.scope, self._receiver(receive), self._sender(send))
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._finish(failed)
+            request_id_var.reset(token)
+
+    def _receiver(self, receive: Receive) -> Receive:
+        async def observed_receive() -> Any:
+            if not self.uploading and self.metrics is not None and self._is_upload():
+                self.uploading = True
+                self.metrics.uploads_in_flight.inc()
+            message = await receive()
+            if message["type"] == "http.request":
+                size = len(message.get("body", b""))
+                if size:
+                    self.received += size
+                    if self.metrics is not None:
+                        self.metrics.received.labels(self.route).inc(size)
+            return message
+
+        return observed_receive
+
+    def _sender(self, send: Send) -> Send:
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), self.request_id.encode()))
+                message = {**message, "headers": headers}
+                if self.metrics is not None and self._is_download():
+                    self.downloading = True
+                    self.metrics.downloads_in_flight.inc()
+            elif message["type"] == "http.response.body":
+                size = len(message.get("body", b""))
+                if size:
+                    self.sent += size
+                    if self.metrics is not None:
+                        self.metrics.sent.labels(self.route).inc(size)
+            await send(message)
+
+        return observed_send
+
+    def _is_upload(self) -> bool:
+        return self.method == "POST" and _handler_name(self.scope) in _UPLOAD_HANDLERS
+
+    def _is_download(self) -> bool:
+        return (
+            self.method == "GET"
+            and self.status in (200, 206)
+            and _handler_name(self.scope) in _DOWNLOAD_HANDLERS
+        )
+
+    def _finish(self, failed: bool) -> None:
+        duration = time.perf_counter() - self.started
+        # No response started: an error, or a client that left before the answer.
+        fallback = 500 if failed else _CLIENT_CLOSED
+        status = self.status if self.status is not None else fallback
+        route = self.route
+        if self.metrics is not None:
+            if self.uploading:
+                self.metrics.uploads_in_flight.dec()
+            if self.downloading:
+                self.metrics.downloads_in_flight.dec()
+            self.metrics.requests.labels(self.method, route, str(status)).inc()
+            self.metrics.latency.labels(self.method, route).observe(duration)
+        user_agent = _header(self.scope, b"user-agent")
+        client = self.scope.get("client")
+        access_log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s %d",
+            self.method,
+            self.path,
+            status,
+            extra={
+                "request_id": self.request_id,
+                "method": self.method,
+                "path": self.path,
+                "route": route,
+                "status": status,
+                "bytes_received": self.received,
+                "bytes_sent": self.sent,
+                "duration_ms": round(duration * 1000, 3),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+                "user_agent": user_agent.decode("latin-1")[:256] if user_agent else None,
+            },
+        )
