@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Settings", "normalize_prefix", "parse_listener_addr"]
+__all__ = [
+    "Settings",
+    "normalize_prefix",
+    "parse_listener_addr",
+    "settings_from_json",
+    "settings_to_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,9 @@ class Settings:
 
     www_prefix: str = "/"
     """Path in front of the repo prefix (for a reverse proxy that keeps its own prefix)."""
+
+    workers: int = 1
+    """HTTP worker processes on the one port (1: the server runs in the ``serve`` process)."""
 
     @property
     def resolved_database_url(self) -> str:
@@ -60,3 +73,37 @@ def parse_listener_addr(addr: str) -> tuple[str, int]:
         raise ValueError(f"listener address {addr!r} is not host:port")
     host = host.strip("[]")
     return (host or "0.0.0.0", int(port_text))
+
+
+def settings_to_json(settings: Settings) -> str:
+    """``settings`` as one JSON object, to hand them to worker processes explicitly."""
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    return json.dumps(values, default=_plain)
+
+
+def settings_from_json(text: str) -> Settings:
+    """The inverse of :func:`settings_to_json` (paths become ``Path`` again)."""
+    hints = typing.get_type_hints(Settings)
+    values = json.loads(text)
+    return Settings(**{name: _typed(hints[name], value) for name, value in values.items()})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot serialise a setting of type {type(value).__name__}")
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """Convert a JSON value back to the type ``hint`` of its field."""
+    if value is None:
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        candidates = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _typed(candidates[0], value) if len(candidates) == 1 else value
+    origin = typing.get_origin(hint) or hint
+    if origin in (Path, tuple, frozenset, set):
+        return origin(value)
+    return value

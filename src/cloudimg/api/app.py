@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,9 +18,12 @@ from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine
-from cloudimg.config import Settings
+from cloudimg.config import Settings, settings_from_json
 
-__all__ = ["create_app"]
+__all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
+
+SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
+"""Environment variable in which ``cloudimg serve --workers N`` hands its settings to workers."""
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -55,3 +59,14 @@ def create_app(settings: Settings) -> Litestar:
     # metrics see every request, 404s and errors included.
     app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
     return app
+
+
+def create_app_from_env() -> Litestar:
+    """Build the app in a worker process from the settings its parent serialised.
+
+    Granian's multi-process server imports this factory by name in each worker.
+    """
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `cloudimg serve`")
+    return create_app(settings_from_json(text))

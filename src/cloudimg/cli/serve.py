@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import click
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
 from granian.server.embed import Server
+from granian.server.mp import MPServer
 
 from cloudimg.api import create_app
+from cloudimg.api.app import SETTINGS_ENV
 from cloudimg.api.metrics import reset_multiprocess_dir
 from cloudimg.catalog import upgrade_database
+from cloudimg.catalog.database import SchemaVersionError
 from cloudimg.cli.options import option, settings_from, storage_options
-from cloudimg.config import Settings, parse_listener_addr
+from cloudimg.config import Settings, parse_listener_addr, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
 __all__ = ["serve"]
@@ -35,6 +39,12 @@ _DEFAULTS = Settings()
 @option("--repo-prefix", default=_DEFAULTS.repo_prefix, help="Path segment of the registry API")
 @option("--www-prefix", default=_DEFAULTS.www_prefix, help="Path in front of the repo prefix")
 @option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.workers,
+    help="HTTP worker processes sharing the port (1: serve in this process)",
+)
+@option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -49,9 +59,15 @@ def serve(log_format: LogFormat, **values: object) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listener-addr") from None
     Path(settings.data_root).mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.resolved_database_url)
+    try:
+        upgrade_database(settings.resolved_database_url)  # once, before any worker starts
+    except SchemaVersionError as exc:
+        raise click.ClickException(str(exc)) from None
     reset_multiprocess_dir()
-    asyncio.run(_serve(settings, host, port, log_format))
+    if settings.workers > 1:
+        _serve_workers(settings, host, port, log_format)
+    else:
+        asyncio.run(_serve(settings, host, port, log_format))
 
 
 async def _serve(settings: Settings, host: str, port: int, log_format: LogFormat) -> None:
@@ -69,3 +85,26 @@ async def _serve(settings: Settings, host: str, port: int, log_format: LogFormat
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stop)
     await server.serve()
+
+
+def _serve_workers(settings: Settings, host: str, port: int, log_format: LogFormat) -> None:
+    """Run ``settings.workers`` processes of Granian's multi-process server on one port.
+
+    Each worker builds the app with ``create_app_from_env`` from the settings this
+    process serialises into ``CLOUDIMG_WORKER_SETTINGS``; Granian handles the signals.
+    """
+    os.environ[SETTINGS_ENV] = settings_to_json(settings)
+    server = MPServer(
+        "cloudimg.api.app:create_app_from_env",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        factory=True,
+        http1_settings=HTTP1Settings(header_read_timeout=settings.read_header_timeout_secs * 1000),
+        websockets=False,
+        log_access=False,
+        log_dictconfig=granian_log_config(log_format),
+        respawn_failed_workers=True,
+    )
+    server.serve()
