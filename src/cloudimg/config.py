@@ -43,6 +43,15 @@ class Settings:
     workers: int = 1
     """HTTP worker processes on the one port (1: the server runs in the ``serve`` process)."""
 
+    write_token_file: Path | None = None
+    """Bearer tokens (one a line) that POST and DELETE need; ``None`` leaves writes open."""
+
+    read_auth: str = "none"
+    """``none`` (reads are open) or ``basic`` (reads need Basic credentials or a write token)."""
+
+    read_credentials_file: Path | None = None
+    """``user:password`` lines accepted for reads when ``read_auth`` is ``basic``."""
+
     @property
     def resolved_database_url(self) -> str:
         """The catalog URL, defaulting to ``catalog.sqlite3`` inside the data root."""

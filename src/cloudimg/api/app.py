@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from cloudimg import __version__
+from cloudimg.api.auth import registry_guards
 from cloudimg.api.controllers import HealthController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.logging import RequestObserver
@@ -40,7 +41,11 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await engine.dispose()
 
-    registry = Router(path=settings.api_base, route_handlers=[RegistryController])
+    registry = Router(
+        path=settings.api_base,
+        route_handlers=[RegistryController],
+        guards=list(registry_guards(settings)),
+    )
     metrics = Metrics()
     app = Litestar(
         route_handlers=[registry, HealthController, metrics_route(metrics, catalog, blobs.root)],

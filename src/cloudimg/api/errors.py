@@ -78,7 +78,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return _unexpected_error(request, exc)
     code = _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
     message = exc.detail
-    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+    passed = ("allow", "www-authenticate")
+    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() in passed}
     return error_response(status, code, message, headers=headers)
 
 

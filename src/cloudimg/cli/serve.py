@@ -15,6 +15,7 @@ from granian.server.mp import MPServer
 
 from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
+from cloudimg.api.auth import AuthConfigError, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
 from cloudimg.catalog import upgrade_database
 from cloudimg.catalog.database import SchemaVersionError
@@ -45,6 +46,24 @@ _DEFAULTS = Settings()
     help="HTTP worker processes sharing the port (1: serve in this process)",
 )
 @option(
+    "--write-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File of bearer tokens (one a line) that POST and DELETE need [default: writes open]",
+)
+@option(
+    "--read-auth",
+    type=click.Choice(["none", "basic"]),
+    default=_DEFAULTS.read_auth,
+    help="'basic': reads need HTTP Basic credentials (or a write token)",
+)
+@option(
+    "--read-credentials-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File of user:password lines for --read-auth basic",
+)
+@option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -58,6 +77,10 @@ def serve(log_format: LogFormat, **values: object) -> None:
         host, port = parse_listener_addr(settings.listener_addr)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listener-addr") from None
+    try:
+        load_registry_auth(settings)  # refuse bad credential files before migrating
+    except AuthConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.flag) from None
     Path(settings.data_root).mkdir(parents=True, exist_ok=True)
     try:
         upgrade_database(settings.resolved_database_url)  # once, before any worker starts
