@@ -158,3 +158,28 @@ async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> 
     await catalog.delete_tag("repo", "img", "v1")
     await put(catalog, "repo/img/v2", data)
     assert catalog.blobs.blob_path(staged.blake3).read_bytes() == data
+
+
+async def test_upload_into_an_image_racing_the_delete_of_its_last_tag(
+    catalog: Catalog, catalog_url: str
+) -> None:
+    """Two connections: the delete drops the image and repo rows the upload adds a tag to.
+
+    On PostgreSQL the delete's ``ON DELETE CASCADE`` took the tag committed meanwhile
+    (a 201 whose tag vanished, a refcount above its references) until the delete
+    locked the rows uploads share-lock.
+    """
+    other = Catalog(create_engine(catalog_url), catalog.blobs)
+    try:
+        for i in range(40):
+            await put(catalog, f"r{i}/img/old", os.urandom(64))
+            staged = await stage(other, os.urandom(64))
+            await asyncio.gather(
+                other.commit_upload(f"r{i}", "img", "new", staged, {}),
+                catalog.delete_tag(f"r{i}", "img", "old"),
+            )
+            assert await catalog.list_tags(f"r{i}", "img") == ["new"]
+            assert (await catalog.get_tag(f"r{i}", "img", "new")).digest == staged.blake3
+        assert set((await refcounts(catalog)).values()) == {1}
+    finally:
+        await other.engine.dispose()

@@ -280,8 +280,9 @@ class Catalog:
         """
 
         async def change(session: AsyncSession, effects: _FileEffects) -> None:
-            blob = await self._lock_or_create_blob(session, staged)
+            # Lock order, as in delete_tag: repository, image, tag, blob.
             image_id = await self._get_or_create_image(session, repo, image)
+            blob = await self._lock_or_create_blob(session, staged)
             current = await session.scalar(
                 select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
             )
@@ -322,7 +323,7 @@ class Catalog:
         """Drop the tag and its reference; empty images and repositories go with it."""
 
         async def change(session: AsyncSession, effects: _FileEffects) -> None:
-            image_id = await self._image_id(session, repo, image)
+            image_id = await self._lock_image_for_delete(session, repo, image)
             current = None
             if image_id is not None:
                 current = await session.scalar(
@@ -568,15 +569,44 @@ class Catalog:
             .where(Repository.name == repo, Image.name == image)
         )
 
+    async def _lock_image_for_delete(
+        self, session: AsyncSession, repo: str, image: str
+    ) -> int | None:
+        """Lock the repository and image rows (PostgreSQL: ``FOR UPDATE``) that a delete may drop.
+
+        Uploads key-share-lock both rows before they add a tag (``_get_or_create_image``),
+        so the delete's "is the image empty" check cannot miss a tag being added, and its
+        ``ON DELETE CASCADE`` never takes a tag committed meanwhile. (SQLite writers are
+        serialised by ``BEGIN IMMEDIATE`` already.)
+        """
+        repo_id = await session.scalar(
+            select(Repository.id).where(Repository.name == repo).with_for_update()
+        )
+        if repo_id is None:
+            return None
+        return await session.scalar(
+            select(Image.id)
+            .where(Image.repository_id == repo_id, Image.name == image)
+            .with_for_update()
+        )
+
     async def _get_or_create_image(self, session: AsyncSession, repo: str, image: str) -> int:
-        repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+        # FOR KEY SHARE: uploads into one image do not wait for each other, a delete that
+        # may drop the rows (FOR UPDATE) waits for them, and they for it.
+        repo_id = await session.scalar(
+            select(Repository.id)
+            .where(Repository.name == repo)
+            .with_for_update(read=True, key_share=True)
+        )
         if repo_id is None:
             repository = Repository(name=repo, created_at=utcnow())
             session.add(repository)
             await session.flush()
             repo_id = repository.id
         image_id = await session.scalar(
-            select(Image.id).where(Image.repository_id == repo_id, Image.name == image)
+            select(Image.id)
+            .where(Image.repository_id == repo_id, Image.name == image)
+            .with_for_update(read=True, key_share=True)
         )
         if image_id is None:
             image_row = Image(repository_id=repo_id, name=image, created_at=utcnow())
