@@ -1,4 +1,9 @@
-"""Shared fixtures: real ``cloudimg serve`` processes on real sockets, real files."""
+"""Shared fixtures: real ``cloudimg serve`` processes on real sockets, real files.
+
+The server fixtures run on each catalog backend (``backend``: SQLite, PostgreSQL), so a
+test that uses them runs twice with the same code; ``tests/databases.py`` creates the
+PostgreSQL databases, or skips with the reason when no server answers.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.databases import BACKENDS, catalog_database, catalog_url, registered_url
 
 _START_TIMEOUT = 30.0
 
@@ -37,6 +45,8 @@ class RunningServer:
     log_path: Path
     port: int
     extra_args: list[str] = field(default_factory=list)
+    database_url: str = ""
+    """The catalog the server uses (its data root's registered database or SQLite file)."""
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)  # type: ignore[arg-type]
@@ -68,8 +78,14 @@ class RunningServer:
 
 
 def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
-    """Start ``python -m cloudimg serve`` on a free port and wait until /healthz answers."""
+    """Start ``python -m cloudimg serve`` on a free port and wait until /healthz answers.
+
+    The server uses the catalog database registered for ``data_root``, if any.
+    """
     data_root.mkdir(parents=True, exist_ok=True)
+    registered = registered_url(data_root)
+    if registered is not None:
+        args = ("--database-url", registered, *args)
     port = free_port()
     log_path = data_root.parent / f"server-{port}.log"
     command = [
@@ -88,7 +104,13 @@ def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None)
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     server = RunningServer(
-        process, f"http://127.0.0.1:{port}", data_root, log_path, port, list(args)
+        process,
+        f"http://127.0.0.1:{port}",
+        data_root,
+        log_path,
+        port,
+        list(args),
+        catalog_url(data_root),
     )
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
@@ -104,30 +126,56 @@ def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None)
     raise RuntimeError(f"server did not answer in {_START_TIMEOUT}s:\n{server.log()}")
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The catalog backend of this run of the module's tests: ``sqlite`` or ``postgresql``."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server per test module, on its own data root and SQLite catalog."""
-    running = start_server(tmp_path_factory.mktemp("server") / "data")
-    yield running
-    running.stop()
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
+    """One server per test module and backend, on its own data root and catalog."""
+    root = tmp_path_factory.mktemp("server") / "data"
+    with catalog_database(backend, root):
+        running = start_server(root)
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers with custom flags; all are stopped at the end of the test."""
+def server_factory(tmp_path: Path, backend: str) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with custom flags; all are stopped at the end of the test.
+
+    Each new data root gets a new catalog of the backend; servers given the same
+    ``data_root`` share its catalog.
+    """
     started: list[RunningServer] = []
+    with ExitStack() as databases:
 
-    def factory(
-        *args: str, data_root: Path | None = None, env: dict[str, str] | None = None
-    ) -> RunningServer:
-        root = data_root or tmp_path / f"data-{len(started)}"
-        running = start_server(root, *args, env=env)
-        started.append(running)
-        return running
+        def factory(
+            *args: str, data_root: Path | None = None, env: dict[str, str] | None = None
+        ) -> RunningServer:
+            root = data_root or tmp_path / f"data-{len(started)}"
+            databases.enter_context(catalog_database(backend, root))
+            running = start_server(root, *args, env=env)
+            started.append(running)
+            return running
 
-    yield factory
-    for running in started:
-        running.stop()
+        try:
+            yield factory
+        finally:
+            for running in started:
+                running.stop()
+
+
+@pytest.fixture
+def catalog_root(tmp_path: Path, backend: str) -> Iterator[Path]:
+    """A data root whose catalog is a new database of the backend (found from the root)."""
+    root = tmp_path / "data"
+    with catalog_database(backend, root):
+        yield root
 
 
 @pytest.fixture

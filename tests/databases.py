@@ -1,60 +1,179 @@
-"""Catalog databases for tests: a SQLite file, and a fresh PostgreSQL database per test.
+"""Catalog databases for tests: a SQLite file, and a fresh PostgreSQL database per use.
 
 PostgreSQL is reached at ``CLOUDIMG_TEST_POSTGRES_URL`` (default: the local server with
 trust auth). Without a server the PostgreSQL cases skip and say why.
+
+A data root and its catalog go together, as in production. :func:`catalog_database`
+registers the database it creates for a data root, so that helpers given only a data
+root (servers started on it, ``sql``, the CLI, the invariant checks) find its catalog;
+a data root nobody registered has the default SQLite file inside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+__all__ = [
+    "ADMIN_URL",
+    "BACKENDS",
+    "catalog_database",
+    "catalog_url",
+    "database_url",
+    "postgres_unavailable",
+    "query",
+    "read_snapshot",
+    "registered_url",
+]
+
+T = TypeVar("T")
 ADMIN_URL = os.environ.get(
     "CLOUDIMG_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+_REGISTERED: dict[Path, str] = {}
+"""Resolved data root -> URL of its (non-default) catalog database."""
+
+
+def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(_dsn(ADMIN_URL), timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
+def _admin(statement: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(_dsn(ADMIN_URL), timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    _blocking(run)
 
 
 def postgres_unavailable() -> str | None:
     """Why PostgreSQL cannot be used here, or None when it can."""
     try:
-        asyncio.run(_admin("SELECT 1"))
+        _admin("SELECT 1")
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"no PostgreSQL server at {make_url(ADMIN_URL).render_as_string()}: {exc}"
     return None
 
 
-def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """Yield a URL of an empty catalog database of ``backend``; drop it afterwards."""
+def sqlite_url(data_root: Path) -> str:
+    """The default catalog of ``data_root`` (what ``Settings.resolved_database_url`` gives)."""
+    return f"sqlite+aiosqlite:///{(data_root / 'catalog.sqlite3').resolve()}"
+
+
+def registered_url(data_root: Path) -> str | None:
+    """The catalog database registered for ``data_root``; None for its default SQLite file."""
+    return _REGISTERED.get(data_root.resolve())
+
+
+def catalog_url(data_root: Path) -> str:
+    """The URL of ``data_root``'s catalog, registered or default."""
+    return registered_url(data_root) or sqlite_url(data_root)
+
+
+@contextlib.contextmanager
+def catalog_database(backend: str, data_root: Path) -> Iterator[str]:
+    """Yield the URL of an empty catalog of ``backend`` for ``data_root``; drop it afterwards.
+
+    SQLite is the file inside the data root. A PostgreSQL database is created and
+    registered for the data root (a data root that has one already keeps it: nested
+    use shares the catalog, as servers sharing a data root do).
+    """
+    data_root.mkdir(parents=True, exist_ok=True)
     if backend == "sqlite":
-        (tmp_path / "data").mkdir(exist_ok=True)
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'catalog.sqlite3'}"
+        yield sqlite_url(data_root)
+        return
+    existing = registered_url(data_root)
+    if existing is not None:
+        yield existing
         return
     reason = postgres_unavailable()
     if reason:
         pytest.skip(reason)
     name = "cloudimg_test_" + secrets.token_hex(6)
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    _admin(f'CREATE DATABASE "{name}"')
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    _REGISTERED[data_root.resolve()] = url
     try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        del _REGISTERED[data_root.resolve()]
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Yield a URL of an empty catalog database of ``backend``; drop it afterwards."""
+    with catalog_database(backend, tmp_path / "data") as url:
+        yield url
+
+
+def _numbered(statement: str) -> str:
+    """``?`` placeholders (sqlite3's) as ``$1, $2, ...`` (asyncpg's)."""
+    counter = iter(range(1, statement.count("?") + 1))
+    return re.sub(r"\?", lambda _match: f"${next(counter)}", statement)
+
+
+def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement (``?`` placeholders) on the catalog at ``url``, from outside."""
+    return read_snapshot(url, [(statement, params)], read_only=False)[0]
+
+
+def read_snapshot(
+    url: str, statements: list[tuple[str, tuple[Any, ...]]], *, read_only: bool = True
+) -> list[list[tuple[Any, ...]]]:
+    """Run ``statements`` in one transaction (one consistent view) and return their rows."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_snapshot(str(parsed.database), statements, read_only=read_only)
+
+    async def run() -> list[list[tuple[Any, ...]]]:
+        connection = await asyncpg.connect(_dsn(url), timeout=15)
+        try:
+            isolation = "repeatable_read" if read_only else "read_committed"
+            async with connection.transaction(isolation=isolation, readonly=read_only):
+                return [
+                    [tuple(row) for row in await connection.fetch(_numbered(sql), *params)]
+                    for sql, params in statements
+                ]
+        finally:
+            await connection.close()
+
+    return _blocking(run)
+
+
+def _sqlite_snapshot(
+    path: str, statements: list[tuple[str, tuple[Any, ...]]], *, read_only: bool
+) -> list[list[tuple[Any, ...]]]:
+    uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=15)) as db:
+        db.isolation_level = None
+        db.execute("BEGIN")  # one read transaction: every statement sees the same snapshot
+        try:
+            rows = [db.execute(sql, params).fetchall() for sql, params in statements]
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return rows

@@ -1,14 +1,13 @@
 """Checks of DESIGN.md section 4 against a server's data root, read from outside the server.
 
-The catalog is opened read-only with the ``sqlite3`` module, so these checks see what a
-fresh reader sees and share no code with the server.
+The catalog (a SQLite file or a PostgreSQL database) is read with the plain driver
+(``sqlite3``, ``asyncpg``) in one read-only transaction, so these checks see what a fresh
+reader sees and share no code with the server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import blake3
 
 from tests.conftest import RunningServer
+from tests.databases import read_snapshot
 
 __all__ = [
     "CatalogSnapshot",
@@ -49,26 +49,17 @@ class CatalogSnapshot:
 
 def read_catalog(server: RunningServer) -> CatalogSnapshot:
     """A consistent read-only snapshot of the ``blobs`` and ``tags`` tables."""
-    uri = f"file:{server.data_root / 'catalog.sqlite3'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=15)) as db:
-        db.execute("BEGIN")  # one read transaction: both tables from the same snapshot
-        blobs = {
-            digest: (size, sha256, refcount)
-            for digest, size, sha256, refcount in db.execute(
-                "SELECT digest, size, sha256, refcount FROM blobs"
-            )
-        }
-        tag_digests = [digest for (digest,) in db.execute("SELECT digest FROM tags")]
-        columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
-        quarantined = frozenset(
-            digest
-            for (digest,) in db.execute(
-                "SELECT digest FROM blobs WHERE quarantined_at IS NOT NULL"
-                if "quarantined_at" in columns
-                else "SELECT digest FROM blobs WHERE 0"
-            )
-        )
-        db.execute("COMMIT")
+    blob_rows, tag_rows, quarantined_rows = read_snapshot(
+        server.database_url,
+        [
+            ("SELECT digest, size, sha256, refcount FROM blobs", ()),
+            ("SELECT digest FROM tags", ()),
+            ("SELECT digest FROM blobs WHERE quarantined_at IS NOT NULL", ()),
+        ],
+    )
+    blobs = {digest: (size, sha256, refcount) for digest, size, sha256, refcount in blob_rows}
+    tag_digests = [digest for (digest,) in tag_rows]
+    quarantined = frozenset(digest for (digest,) in quarantined_rows)
     return CatalogSnapshot(blobs, tag_digests, quarantined)
 
 

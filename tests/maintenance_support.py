@@ -1,11 +1,14 @@
-"""Helpers for the maintenance tests: a catalog on a real SQLite file, uploads, the CLI."""
+"""Helpers for the maintenance tests: a catalog on a real database, uploads, the CLI.
+
+A data root's catalog is the database registered for it (see ``tests/databases.py``),
+else the SQLite file inside it; ``sql`` and ``cli`` find it from the data root.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,24 +22,29 @@ import blake3
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
 from cloudimg.config import Settings
+from tests.databases import catalog_database, catalog_url, query, registered_url
 
 OLD = time.time() - 10 * 24 * 3600
 """A modification time older than any grace period the tests use."""
 
 
 @asynccontextmanager
-async def open_test_catalog(data_root: Path) -> AsyncIterator[Catalog]:
-    """The catalog and blob store of ``data_root`` (SQLite file inside it), migrated."""
-    settings = Settings(data_root=data_root)
-    await asyncio.to_thread(data_root.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
-    blobs = FilesystemBlobStore(data_root)
-    blobs.ensure_layout()
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        yield Catalog(engine, blobs)
-    finally:
-        await engine.dispose()
+async def open_test_catalog(data_root: Path, backend: str = "sqlite") -> AsyncIterator[Catalog]:
+    """The catalog and blob store of ``data_root``, migrated.
+
+    The catalog is the one registered for ``data_root``, else a new one of ``backend``
+    (SQLite: the file inside the data root), dropped on exit.
+    """
+    with catalog_database(backend, data_root):
+        settings = Settings(data_root=data_root, database_url=catalog_url(data_root))
+        await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+        blobs = FilesystemBlobStore(data_root)
+        blobs.ensure_layout()
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            yield Catalog(engine, blobs)
+        finally:
+            await engine.dispose()
 
 
 def store_of(catalog: Catalog) -> FilesystemBlobStore:
@@ -66,9 +74,8 @@ def digest_of(data: bytes) -> str:
 
 
 def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on the catalog file from outside (to make faults for real)."""
-    with sqlite3.connect(data_root / "catalog.sqlite3", timeout=15) as db:
-        return db.execute(statement, params).fetchall()
+    """Run one statement on the data root's catalog from outside (to make faults for real)."""
+    return query(catalog_url(data_root), statement, *params)
 
 
 def age(path: Path, mtime: float = OLD) -> None:
@@ -76,9 +83,22 @@ def age(path: Path, mtime: float = OLD) -> None:
 
 
 def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cloudimg ARGS``; assert the exit code when ``check`` is given."""
+    """Run ``python -m cloudimg ARGS``; assert the exit code when ``check`` is given.
+
+    With ``--data-root D`` among the arguments, the command gets D's catalog database
+    (``CLOUDIMG_DATABASE_URL``) when one is registered.
+    """
+    env = dict(os.environ)
+    if "--data-root" in args:
+        url = registered_url(Path(args[args.index("--data-root") + 1]))
+        if url is not None:
+            env["CLOUDIMG_DATABASE_URL"] = url
     done = subprocess.run(
-        [sys.executable, "-m", "cloudimg", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cloudimg", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     if check is not None:
         assert done.returncode == check, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, start_server, upload
+from tests.databases import catalog_database
 from tests.invariants import assert_invariants, blob_path, read_catalog
 
 T = TypeVar("T")
@@ -191,18 +192,20 @@ def test_overwrite_racing_delete_of_the_old_bytes_holder(server: RunningServer, 
 
 @pytest.fixture(scope="module")
 def two_servers(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, backend: str
 ) -> Iterator[tuple[RunningServer, RunningServer]]:
-    """Two ``cloudimg serve`` processes sharing one data root and SQLite catalog."""
-    first = start_server(tmp_path_factory.mktemp("shared") / "data")
-    try:
-        second = start_server(first.data_root)
-    except BaseException:
+    """Two ``cloudimg serve`` processes sharing one data root and catalog."""
+    root = tmp_path_factory.mktemp("shared") / "data"
+    with catalog_database(backend, root):
+        first = start_server(root)
+        try:
+            second = start_server(first.data_root)
+        except BaseException:
+            first.stop()
+            raise
+        yield first, second
+        second.stop()
         first.stop()
-        raise
-    yield first, second
-    second.stop()
-    first.stop()
 
 
 def test_same_bytes_through_two_processes_share_one_blob(

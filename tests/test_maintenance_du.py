@@ -20,9 +20,9 @@ async def fill(root: Path) -> None:
         await put(catalog, "beta/img/v2", C)
 
 
-async def test_logical_physical_and_saving(tmp_path: Path) -> None:
-    await fill(tmp_path / "data")
-    async with open_test_catalog(tmp_path / "data") as catalog:
+async def test_logical_physical_and_saving(catalog_root: Path) -> None:
+    await fill(catalog_root)
+    async with open_test_catalog(catalog_root) as catalog:
         report = await disk_usage(catalog)
     alpha, beta = report.repositories
     assert (alpha.repo, alpha.images, alpha.tags) == ("alpha", 2, 3)
@@ -33,14 +33,14 @@ async def test_logical_physical_and_saving(tmp_path: Path) -> None:
     assert (report.stored_blobs, report.stored_bytes) == (3, 1350)
 
 
-def test_cli(tmp_path: Path) -> None:
-    asyncio.run(fill(tmp_path / "data"))
-    report = cli_json("du", "--data-root", str(tmp_path / "data"), check=0)
+def test_cli(catalog_root: Path) -> None:
+    asyncio.run(fill(catalog_root))
+    report = cli_json("du", "--data-root", str(catalog_root), check=0)
     assert [(r["repo"], r["saved_bytes"]) for r in report["repositories"]] == [
         ("alpha", 1000),
         ("beta", 0),
     ]
     assert report["saved_bytes"] == 2000
-    human = cli("du", "--data-root", str(tmp_path / "data"), check=0).stdout
+    human = cli("du", "--data-root", str(catalog_root), check=0).stdout
     assert "alpha" in human
     assert "beta" in human

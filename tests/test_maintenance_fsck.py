@@ -16,8 +16,8 @@ from tests.maintenance_support import cli, cli_json, open_test_catalog, put, sql
 
 
 @pytest.fixture
-async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    async with open_test_catalog(tmp_path / "data") as opened:
+async def catalog(tmp_path: Path, backend: str) -> AsyncIterator[Catalog]:
+    async with open_test_catalog(tmp_path / "data", backend) as opened:
         yield opened
 
 

@@ -26,8 +26,8 @@ from tests.maintenance_support import (
 
 
 @pytest.fixture
-async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    async with open_test_catalog(tmp_path / "data") as opened:
+async def catalog(tmp_path: Path, backend: str) -> AsyncIterator[Catalog]:
+    async with open_test_catalog(tmp_path / "data", backend) as opened:
         yield opened
 
 
@@ -155,11 +155,11 @@ async def test_blob_row_no_tag_names_goes_with_its_file(catalog: Catalog) -> Non
     root = data_root(catalog)
     sql(
         root,
-        "INSERT INTO blobs (digest, size, sha256, refcount, created_at) VALUES (?, ?, ?, 0, ?)",
+        "INSERT INTO blobs (digest, size, sha256, refcount, created_at)"
+        " VALUES (?, ?, ?, 0, CURRENT_TIMESTAMP)",
         staged.blake3,
         staged.size,
         staged.sha256,
-        "2020-01-01 00:00:00",
     )
     report = await collect_garbage(catalog, grace=3600)  # rows: no grace needed
     assert kinds(report) == {"unreferenced-row": 1}

@@ -18,8 +18,8 @@ DEBIAN = os.urandom(200_000)
 
 
 @pytest.fixture
-async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    async with open_test_catalog(tmp_path / "data") as opened:
+async def catalog(tmp_path: Path, backend: str) -> AsyncIterator[Catalog]:
+    async with open_test_catalog(tmp_path / "data", backend) as opened:
         yield opened
 
 
