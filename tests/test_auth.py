@@ -83,6 +83,12 @@ def serve_command(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
+def backend() -> str:
+    """Authentication happens before the catalog is touched: one backend is enough."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("secrets")
     (path / "tokens").write_text(f"# writers\n\n  {WRITE_TOKEN}  \n{OTHER_TOKEN}\n")
@@ -399,6 +405,7 @@ def test_delete_needs_a_token(write_server: RunningServer, repo: str) -> None:
 
 def test_probes_and_docs_stay_open(write_server: RunningServer) -> None:
     with write_server.client() as http:
+        assert http.options("/reg/abc/def/v1").status_code == 204
         assert http.get("/healthz").status_code == 200
         assert http.get("/docs/openapi.json").status_code == 200
 
@@ -438,6 +445,7 @@ def test_reads_without_credentials_get_a_basic_challenge(
             ("GET", stored_image),
             ("HEAD", stored_image),
             ("GET", f"{stored_image}/meta"),
+            ("OPTIONS", stored_image),
         ]:
             response = http.request(method, path)
             assert response.status_code == 401, (method, path)

@@ -12,14 +12,16 @@ exceptions go through the one error mapping in :mod:`cloudimg.api.errors`.
 
 The rules:
 
-- Writes (every method but GET and HEAD) need ``Authorization: Bearer <token>`` with a
-  token from ``--write-token-file`` when that flag is set. No or unusable credentials:
-  401 ``UNAUTHENTICATED`` with ``WWW-Authenticate: Bearer realm="cloudimg"``; a token that
-  is not in the file: 401 with ``error="invalid_token"`` in the challenge (RFC 6750, and
-  the gRPC meaning of ``UNAUTHENTICATED``); valid *read* credentials on a write: 403
-  ``PERMISSION_DENIED`` (authenticated, but not allowed to write).
-- Reads are open unless ``--read-auth basic``: then they need HTTP Basic credentials from
-  ``--read-credentials-file`` or a write token as a bearer token; without either, 401 with
+- Writes (every method but the safe GET, HEAD and OPTIONS) need
+  ``Authorization: Bearer <token>`` with a token from ``--write-token-file`` when that
+  flag is set. No or unusable credentials: 401 ``UNAUTHENTICATED`` with
+  ``WWW-Authenticate: Bearer realm="cloudimg"``; a token that is not in the file: 401
+  with ``error="invalid_token"`` in the challenge (RFC 6750, and the gRPC meaning of
+  ``UNAUTHENTICATED``); valid *read* credentials on a write: 403 ``PERMISSION_DENIED``
+  (authenticated, but not allowed to write).
+- Reads (GET, HEAD, OPTIONS) are open unless ``--read-auth basic``: then they need HTTP
+  Basic credentials from ``--read-credentials-file`` or a write token as a bearer token;
+  without either, 401 with
   ``WWW-Authenticate: Basic realm="cloudimg", charset="UTF-8"``.
 
 Credential files are read and re-read by :class:`SecretFile`, which stats the resolved
@@ -72,7 +74,7 @@ T = TypeVar("T")
 REALM = "cloudimg"
 BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
-READ_METHODS = frozenset({"GET", "HEAD"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # the safe methods that are routed
 MAX_SECRET_FILE_BYTES = 1024 * 1024
 # A refused write's body is read and dropped up to this size so that the client sees the
 # answer and keeps its connection (as other refusals do); past it the connection closes.
