@@ -13,6 +13,7 @@ __all__ = [
     "Settings",
     "normalize_prefix",
     "parse_listener_addr",
+    "parse_size",
     "settings_from_json",
     "settings_to_json",
 ]
@@ -51,6 +52,15 @@ class Settings:
 
     read_credentials_file: Path | None = None
     """``user:password`` lines accepted for reads when ``read_auth`` is ``basic``."""
+
+    max_image_size: int | None = None
+    """Largest ``img`` part an upload may carry, in bytes; ``None`` means no limit."""
+
+    read_body_timeout_secs: float = 60.0
+    """An upload whose body sends nothing for this long is aborted (408) and dropped."""
+
+    sqlite_busy_timeout_secs: float = 15.0
+    """How long a SQLite catalog write waits for another writer's lock before a 503."""
 
     @property
     def resolved_database_url(self) -> str:
@@ -116,3 +126,19 @@ def _typed(hint: Any, value: Any) -> Any:
     if origin in (Path, tuple, frozenset, set):
         return origin(value)
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``10G``, ``512M``, ``64K`` or ``1048576`` (binary units; ``Gi``/``GiB`` too).
+
+    Raises:
+        ValueError: when ``text`` is not a non-negative whole number with an optional unit.
+    """
+    stripped = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = stripped.rstrip("KMGT"), stripped[len(stripped.rstrip("KMGT")) :]
+    if not number.isdigit() or len(unit) > 1 or not number.isascii():
+        raise ValueError(f"size {text!r} is not a number of bytes like 1048576, 512M or 10G")
+    return int(number) * _SIZE_UNITS[unit]

@@ -15,6 +15,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PreconditionFailedError",
+    "RequestTimeoutError",
     "UnavailableError",
 ]
 
@@ -74,6 +75,12 @@ class ClientDisconnectedError(CloudimgError):
     """The client went away before its request body was complete."""
 
     code = "CANCELLED"
+
+
+class RequestTimeoutError(CloudimgError):
+    """The client stopped sending its request body for longer than the server waits."""
+
+    code = "DEADLINE_EXCEEDED"
 
 
 class UnavailableError(CloudimgError):

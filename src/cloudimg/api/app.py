@@ -13,7 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from cloudimg import __version__
 from cloudimg.api.auth import registry_guards
-from cloudimg.api.controllers import HealthController, RegistryController
+from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
@@ -30,7 +30,10 @@ SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
 def create_app(settings: Settings) -> Litestar:
     """Build the ASGI app for ``settings``. The schema must be migrated already."""
     blobs = FilesystemBlobStore(settings.data_root)
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(
+        settings.resolved_database_url,
+        sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000),
+    )
     catalog = Catalog(engine, blobs)
 
     @asynccontextmanager
@@ -48,8 +51,16 @@ def create_app(settings: Settings) -> Litestar:
     )
     metrics = Metrics()
     app = Litestar(
-        route_handlers=[registry, HealthController, metrics_route(metrics, catalog, blobs.root)],
-        dependencies={"catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False)},
+        route_handlers=[
+            registry,
+            HealthController,
+            ReadinessController,
+            metrics_route(metrics, catalog, blobs.root),
+        ],
+        dependencies={
+            "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        },
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Controller, Request, delete, get, post, route
+from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import prepare_download
-from cloudimg.api.openapi import UploadOperation
-from cloudimg.api.upload import drain, receive_upload
+from cloudimg.api.errors import error_response, unavailable_reason
+from cloudimg.api.openapi import BINARY_RESPONSES, UploadOperation, error_responses
+from cloudimg.api.upload import MAX_DRAIN_BYTES, drain, receive_upload, refuse_declared_length
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import ClientDisconnectedError, CloudimgError, InvalidArgumentError
+from cloudimg.errors import (
+    ClientDisconnectedError,
+    CloudimgError,
+    InvalidArgumentError,
+    RequestTimeoutError,
+)
 
-__all__ = ["HealthController", "RegistryController"]
+__all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
 Envelope = dict[str, Any]
 
@@ -58,10 +67,21 @@ def _meta_view(info: TagInfo, image_path: str) -> Envelope:
     }
 
 
-async def body_of(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
-    """The request body as the server hands it over; a client that leaves is no server error."""
+async def body_of(
+    request: Request[Any, Any, Any], idle_timeout: float | None = None
+) -> AsyncIterator[bytes]:
+    """The request body as the server hands it over; a client that leaves is no server error.
+
+    A client that sends nothing for ``idle_timeout`` seconds gets ``RequestTimeoutError``,
+    so a stalled upload does not hold its staging file and its task forever.
+    """
     while True:
-        message = await request.receive()
+        try:
+            message = await asyncio.wait_for(request.receive(), idle_timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body sent nothing for {idle_timeout:g} seconds"
+            ) from None
         if message["type"] != "http.request":
             raise ClientDisconnectedError("the client disconnected before the body was complete")
         if message["body"]:
@@ -70,19 +90,33 @@ async def body_of(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
             return
 
 
+def declared_size(request: Request[Any, Any, Any]) -> int:
+    """The request's Content-Length, 0 when it has none (or none that makes sense)."""
+    text = request.headers.get("content-length", "")
+    return int(text) if text.isdigit() and len(text) < 20 else 0
+
+
 class RegistryController(Controller):
     """The ``/reg`` endpoints of the old server, as views over the catalog."""
 
-    @get("/", operation_id="GetRepos", summary="List repositories")
+    @get("/", operation_id="GetRepos", summary="List repositories", responses=error_responses())
     async def get_repos(self, catalog: Catalog) -> Envelope:
         return _ok(await catalog.list_repositories())
 
-    @get("/{repo:str}", operation_id="GetImages", summary="List the images of a repository")
+    @get(
+        "/{repo:str}",
+        operation_id="GetImages",
+        summary="List the images of a repository",
+        responses=error_responses(400, 404),
+    )
     async def get_images(self, catalog: Catalog, repo: str) -> Envelope:
         return _ok(await catalog.list_images(validate_repo_name(repo)))
 
     @get(
-        "/{repo:str}/{image:str}", operation_id="GetImageTags", summary="List the tags of an image"
+        "/{repo:str}/{image:str}",
+        operation_id="GetImageTags",
+        summary="List the tags of an image",
+        responses=error_responses(400, 404),
     )
     async def get_image_tags(self, catalog: Catalog, repo: str, image: str) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image)
@@ -95,6 +129,7 @@ class RegistryController(Controller):
         operation_id=lambda _handler, method, _path: "GetImage" if method == "GET" else "HeadImage",
         summary="Download an image by tag or by digest (blake3:<hex> or sha256:<hex>)",
         media_type="application/octet-stream",
+        responses={**BINARY_RESPONSES, **error_responses(400, 404, 412, 416)},
     )
     async def get_image(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
@@ -110,6 +145,7 @@ class RegistryController(Controller):
         "/{repo:str}/{image:str}/{tag:str}/meta",
         operation_id="GetImageMeta",
         summary="Metadata of a tag, with its digests and size",
+        responses=error_responses(400, 404),
     )
     async def get_image_meta(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
@@ -125,11 +161,13 @@ class RegistryController(Controller):
         operation_class=UploadOperation,
         summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
         request_max_body_size=None,
+        responses=error_responses(400, 408, 413, 507),
     )
     async def post_image(
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        settings: Settings,
         repo: str,
         image: str,
         tag: str,
@@ -141,11 +179,21 @@ class RegistryController(Controller):
             # and every value given must match the bytes.
             texts = request.query_params.getall("digest", [])
             expected = [d for d in map(_expected_digest, texts) if d is not None]
+            await refuse_declared_length(
+                request.headers.get("content-length"), settings.max_image_size, catalog.blobs
+            )
         except CloudimgError:
-            await drain(body_of(request))  # keeps the connection usable for the client
+            # Drained, the connection stays usable for the client; a body announced too
+            # large to read is left unread and the server closes the connection.
+            if declared_size(request) <= MAX_DRAIN_BYTES:
+                await drain(body_of(request, settings.read_body_timeout_secs))
             raise
         upload = await receive_upload(
-            body_of(request), request.headers.get("content-type"), catalog.blobs, expected
+            body_of(request, settings.read_body_timeout_secs),
+            request.headers.get("content-type"),
+            catalog.blobs,
+            expected,
+            max_image_size=settings.max_image_size,
         )
         try:
             await catalog.commit_upload(*names, upload.staged, upload.meta)
@@ -158,6 +206,7 @@ class RegistryController(Controller):
         operation_id="DeleteTag",
         summary="Delete a tag; its blob goes when no tag references it",
         status_code=200,
+        responses=error_responses(400, 404, 507),
     )
     async def delete_tag(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
@@ -173,3 +222,31 @@ class HealthController(Controller):
     @get("/", operation_id="ReadinessProbe", summary="Liveness probe")
     async def healthz(self, state: State) -> Envelope:
         return _ok(None)
+
+
+class ReadinessController(Controller):
+    """Readiness, never behind a prefix: the catalog answers and the data root takes files."""
+
+    path = "/readyz"
+
+    @get(
+        "/",
+        operation_id="GetReadiness",
+        summary="Readiness probe: the catalog can begin a write and the data root is writable",
+        responses=error_responses(),
+    )
+    async def readyz(self, catalog: Catalog) -> Response[Any]:
+        problems: dict[str, str] = {}
+        try:
+            await catalog.check_writable()
+        except Exception as exc:
+            problems["catalog"] = unavailable_reason(exc) or type(exc).__name__
+        try:
+            await catalog.blobs.probe_writable()
+            free = await catalog.blobs.free_space()
+        except OSError as exc:
+            problems["data_root"] = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        if problems:
+            reasons = "; ".join(f"{what}: {why}" for what, why in problems.items())
+            return error_response(503, "UNAVAILABLE", f"not ready: {reasons}", problems)
+        return Response(_ok({"catalog": "ok", "data_root": "ok", "free_bytes": free}))

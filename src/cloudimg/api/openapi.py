@@ -1,13 +1,74 @@
-"""OpenAPI details the handlers' signatures cannot express (the upload reads the raw stream)."""
+"""OpenAPI details the handlers' signatures cannot express.
+
+The upload reads the raw stream (its multipart body is declared here), the download
+answers with bytes, and every error has the JSON error shape of ``ErrorBody``: each
+handler lists the error statuses it can answer with (``error_responses``), so a
+client generated from the document, or schemathesis, knows every response.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
 
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
-__all__ = ["UploadOperation"]
+__all__ = ["BINARY_RESPONSES", "ErrorBody", "UploadOperation", "error_responses"]
+
+
+class ErrorBody(TypedDict):
+    """The JSON error shape: ``{"status": "<CODE>", "error": "<message>"[, "context": {}]}``."""
+
+    status: str
+    """A gRPC-style code: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE..."""
+    error: str
+    """What went wrong, for a human; never a server path."""
+    context: NotRequired[dict[str, Any]]
+    """Details: the offending name, the limit, the size of the image..."""
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "INVALID_ARGUMENT: a bad name, body, metadata, digest or reference",
+    404: "NOT_FOUND: no such repository, image, tag or digest reference",
+    408: "DEADLINE_EXCEEDED: the request body stalled longer than the server waits",
+    412: "FAILED_PRECONDITION: If-Match or If-Unmodified-Since is false",
+    413: "RESOURCE_EXHAUSTED: the image or its metadata is larger than the server accepts",
+    416: "OUT_OF_RANGE: the range starts past the end (context.size is the image size)",
+    500: "INTERNAL (a bug, see the server log) or DATA_LOSS (stored bytes failed a check)",
+    503: "UNAVAILABLE: the catalog database is locked or unreachable; retry",
+    507: "RESOURCE_EXHAUSTED: the data volume is full; nothing was stored",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses with the JSON error shape for ``statuses`` (500 and 503 always)."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            description=_ERROR_DESCRIPTIONS[status],
+            generate_examples=False,
+        )
+        for status in sorted({*statuses, 500, 503})
+    }
+
+
+BINARY_RESPONSES: dict[int, ResponseSpec] = {
+    200: ResponseSpec(
+        data_container=bytes,
+        description="The image bytes (HEAD: the headers only)",
+        media_type="application/octet-stream",
+        generate_examples=False,
+    ),
+    206: ResponseSpec(
+        data_container=bytes,
+        description="The requested range of the image bytes, with Content-Range",
+        media_type="application/octet-stream",
+        generate_examples=False,
+    ),
+    304: ResponseSpec(data_container=None, description="Not modified (If-None-Match matched)"),
+}
 
 _UPLOAD_BODY = RequestBody(
     required=True,

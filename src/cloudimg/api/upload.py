@@ -26,14 +26,26 @@ from cloudimg.digest import Digest
 from cloudimg.errors import (
     CloudimgError,
     DigestMismatchError,
+    InsufficientStorageError,
     InvalidArgumentError,
     PayloadTooLargeError,
 )
 
-__all__ = ["MAX_META_BYTES", "Upload", "drain", "receive_upload"]
+__all__ = [
+    "ENVELOPE_ALLOWANCE",
+    "MAX_DRAIN_BYTES",
+    "MAX_META_BYTES",
+    "Upload",
+    "drain",
+    "receive_upload",
+    "refuse_declared_length",
+]
 
 MAX_META_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
+ENVELOPE_ALLOWANCE = 1024 * 1024
+"""Room for the ``meta`` part and the multipart framing around the image: a body whose
+Content-Length passes the image size limit by more than this is refused unread."""
 _MAX_PARTS = 16
 _MAX_PART_HEADER_BYTES = 8 * 1024
 
@@ -51,6 +63,7 @@ class _Parts:
     """State of the multipart stream while it arrives."""
 
     blobs: BlobStore
+    max_image_size: int | None = None
     writer: StagingWriter | None = None
     meta: bytearray | None = None
     current: str | None = None
@@ -70,6 +83,11 @@ class _Parts:
     async def data(self, chunk: bytes | bytearray) -> None:
         if self.current == "img":
             assert self.writer is not None
+            limit = self.max_image_size
+            if limit is not None and self.writer.size + len(chunk) > limit:
+                raise PayloadTooLargeError(
+                    f"the image is larger than the limit of {limit} bytes", {"limit": limit}
+                )
             await self.writer.write(chunk)
         elif self.current == "meta":
             assert self.meta is not None
@@ -103,11 +121,40 @@ async def drain(body: AsyncIterator[bytes], limit: int = MAX_DRAIN_BYTES) -> Non
                 return
 
 
+async def refuse_declared_length(
+    content_length: str | None, max_image_size: int | None, blobs: BlobStore
+) -> None:
+    """Refuse, before any byte of the body is read, a body announced larger than allowed.
+
+    Raises:
+        PayloadTooLargeError: the Content-Length passes the image size limit (plus
+            ``ENVELOPE_ALLOWANCE``), so the image must too.
+        InsufficientStorageError: the Content-Length is more than the data volume's
+            free space.
+    """
+    if content_length is None or not content_length.isdigit() or not content_length.isascii():
+        return  # chunked, or nonsense the server itself refuses
+    declared = int(content_length)
+    if max_image_size is not None and declared > max_image_size + ENVELOPE_ALLOWANCE:
+        raise PayloadTooLargeError(
+            f"the request body is larger than the image size limit of {max_image_size} bytes",
+            {"limit": max_image_size, "content_length": declared},
+        )
+    free = await blobs.free_space()
+    if free is not None and declared > free:
+        raise InsufficientStorageError(
+            "the data volume has no room for an upload of this size; nothing was stored",
+            {"content_length": declared, "free_bytes": free},
+        )
+
+
 async def receive_upload(
     body: AsyncIterator[bytes],
     content_type: str | None,
     blobs: BlobStore,
     expected: Sequence[Digest] = (),
+    *,
+    max_image_size: int | None = None,
 ) -> Upload:
     """Read a ``meta`` + ``img`` multipart body into a staging file and check it.
 
@@ -118,9 +165,12 @@ async def receive_upload(
     Raises:
         InvalidArgumentError: a malformed body, a missing part, bad metadata, a digest
             mismatch; nothing is left behind.
+        PayloadTooLargeError: the image passed ``max_image_size`` or the metadata 64 KiB.
+        InsufficientStorageError: the data volume filled up while the image streamed.
+        RequestTimeoutError: the body stalled (see ``body_of``).
     """
     try:
-        return await _receive(body, content_type, blobs, expected)
+        return await _receive(body, content_type, blobs, expected, max_image_size)
     except CloudimgError:
         await drain(body)
         raise
@@ -131,13 +181,14 @@ async def _receive(
     content_type: str | None,
     blobs: BlobStore,
     expected: Sequence[Digest],
+    max_image_size: int | None,
 ) -> Upload:
     parser = PushMultipartParser(
         boundary_of(content_type),
         max_header_size=_MAX_PART_HEADER_BYTES,
         max_segment_count=_MAX_PARTS,
     )
-    parts = _Parts(blobs)
+    parts = _Parts(blobs, max_image_size)
     try:
         async for chunk in body:
             if chunk:

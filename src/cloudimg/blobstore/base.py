@@ -91,6 +91,16 @@ class BlobStore(Protocol):
     async def size_of(self, blake3_hex: str) -> int | None:
         """Size of the stored blob, or None when no such blob exists."""
 
+    async def free_space(self) -> int | None:
+        """Bytes an upload can still write to the store now; None when it cannot tell."""
+
+    async def probe_writable(self) -> None:
+        """Create, sync and remove a small file where uploads are staged.
+
+        Raises:
+            OSError: when the store cannot take new files (read-only, gone, no permission).
+        """
+
     async def move_to_trash(self, blake3_hex: str) -> Path | None:
         """Rename the blob out of the blob tree; returns the trash path, None if absent."""
 

@@ -285,6 +285,23 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             return None
 
+    async def free_space(self) -> int | None:
+        st = await asyncio.to_thread(os.statvfs, self.staging_dir)
+        return st.f_bavail * st.f_frsize
+
+    async def probe_writable(self) -> None:
+        await asyncio.to_thread(self._probe_writable)
+
+    def _probe_writable(self) -> None:
+        # Not a ``.part`` name, so nobody takes it for an upload; a crash leaves debris gc removes.
+        path = self.staging_dir / f"probe-{secrets.token_hex(8)}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
     async def move_to_trash(self, blake3_hex: str) -> Path | None:
         trash = self.trash_dir / f"{blake3_hex}.{secrets.token_hex(8)}"
         try:

@@ -18,7 +18,12 @@ from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
 from cloudimg.digest import parse_digest
-from cloudimg.errors import BlobCorruptError, NotFoundError, UnavailableError
+from cloudimg.errors import (
+    BlobCorruptError,
+    InsufficientStorageError,
+    NotFoundError,
+    UnavailableError,
+)
 
 __all__ = [
     "BlobRecord",
@@ -266,6 +271,17 @@ class Catalog:
         if blob.quarantined_at is not None:
             raise _corrupt(blob.digest)
         return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+
+    async def check_writable(self) -> None:
+        """Begin a write transaction, read one row, roll back: what readiness needs to know.
+
+        On SQLite this takes the write lock for a moment, so a database another process
+        holds locked fails here (after the busy timeout) as uploads and deletes would.
+        """
+        async with self._sessions() as session:
+            await session.connection(execution_options=WRITE)
+            await session.scalar(select(Blob.digest).limit(1))
+        # Closing the session rolls the (empty) transaction back.
 
     # -- changes ---------------------------------------------------------------
 
@@ -637,6 +653,20 @@ def _is_retryable(exc: DBAPIError) -> bool:
 
 
 def _as_unavailable(exc: DBAPIError) -> Exception:
+    if _is_disk_full(exc):
+        return InsufficientStorageError("the catalog database has no room left; nothing changed")
     if isinstance(exc, OperationalError):
         return UnavailableError("the catalog database is busy or unreachable; try again")
     return exc
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def _is_disk_full(exc: DBAPIError) -> bool:
+    """SQLite's SQLITE_FULL or PostgreSQL's disk_full: the database's volume is full."""
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _PG_DISK_FULL

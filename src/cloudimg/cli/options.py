@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import click
 
-from cloudimg.config import Settings
+from cloudimg.config import Settings, parse_size
 
-__all__ = ["settings_from", "storage_options"]
+__all__ = ["limit_options", "settings_from", "storage_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
@@ -38,6 +38,42 @@ def storage_options(func: F) -> F:
         type=click.Path(file_okay=False, path_type=Path),
         default=_DEFAULTS.data_root,
         help="Directory of the blob store (and of the default SQLite catalog)",
+    )(func)
+
+
+class SizeParam(click.ParamType):  # type: ignore[type-arg]
+    """A byte count: ``1048576``, ``512M``, ``10G`` (binary units)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def limit_options(func: F) -> F:
+    """What a server accepts and how long it waits: image size, body stalls, catalog locks."""
+    func = option(
+        "--sqlite-busy-timeout-secs",
+        type=click.FloatRange(min=0),
+        default=_DEFAULTS.sqlite_busy_timeout_secs,
+        help="How long a write waits for a locked SQLite catalog before answering 503",
+    )(func)
+    func = option(
+        "--read-body-timeout-secs",
+        type=click.FloatRange(min=0, min_open=True),
+        default=_DEFAULTS.read_body_timeout_secs,
+        help="Abort an upload (408) whose body sends nothing for this many seconds",
+    )(func)
+    return option(
+        "--max-image-size",
+        type=SizeParam(),
+        default=None,
+        help="Largest image an upload may carry (bytes, or 512M, 10G) [default: unlimited]",
     )(func)
 
 

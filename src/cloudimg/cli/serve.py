@@ -19,7 +19,7 @@ from cloudimg.api.auth import AuthConfigError, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
 from cloudimg.catalog import upgrade_database
 from cloudimg.catalog.database import SchemaVersionError
-from cloudimg.cli.options import option, settings_from, storage_options
+from cloudimg.cli.options import limit_options, option, settings_from, storage_options
 from cloudimg.config import Settings, parse_listener_addr, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
@@ -37,6 +37,7 @@ _DEFAULTS = Settings()
     default=_DEFAULTS.read_header_timeout_secs,
     help="Disconnect a client that has not sent its request headers in this many seconds",
 )
+@limit_options
 @option("--repo-prefix", default=_DEFAULTS.repo_prefix, help="Path segment of the registry API")
 @option("--www-prefix", default=_DEFAULTS.www_prefix, help="Path in front of the repo prefix")
 @option(
