@@ -509,44 +509,76 @@ def test_probes_and_docs_stay_open_with_read_auth(read_server: RunningServer) ->
 
 
 QEMU_IMG = "/usr/bin/qemu-img"
+_QEMU_PATH = "/reg/qemu-auth/disk/v1"
 
 
-@pytest.mark.skipif(not os.access(QEMU_IMG, os.X_OK), reason=f"{QEMU_IMG} is not installed")
-def test_qemu_img_reads_with_credentials_in_the_url(
-    read_server: RunningServer, tmp_path: Path
-) -> None:
-    raw = tmp_path / "disk.raw"
-    raw.write_bytes(os.urandom(64 * 1024) + b"\0" * (1024 * 1024 - 64 * 1024))
-    qcow2 = tmp_path / "disk.qcow2"
-    subprocess.run(
-        [QEMU_IMG, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
-        check=True,
-        timeout=60,
+def run_qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [QEMU_IMG, *args], capture_output=True, text=True, timeout=120, check=False
     )
+    if "Unknown protocol" in result.stderr or "Unknown driver" in result.stderr:
+        pytest.skip("qemu-img has no http driver (Debian: qemu-block-extra)")
+    return result
+
+
+@pytest.fixture(scope="module")
+def qemu_disk(read_server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A qcow2 disk on the read-protected server; returns the raw bytes it holds."""
+    if not os.access(QEMU_IMG, os.X_OK):
+        pytest.skip(f"{QEMU_IMG} is not installed")
+    work = tmp_path_factory.mktemp("qemu-auth")
+    raw, qcow2 = work / "disk.raw", work / "disk.qcow2"
+    raw.write_bytes(os.urandom(64 * 1024) + b"\0" * (1024 * 1024 - 64 * 1024))
+    converted = run_qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2))
+    assert converted.returncode == 0, converted.stderr
     with read_server.client(headers=bearer(WRITE_TOKEN)) as http:
-        assert upload(http, "/reg/qemu-auth/disk/v1", qcow2.read_bytes()).status_code == 201
+        assert upload(http, _QEMU_PATH, qcow2.read_bytes()).status_code == 201
+    return raw.read_bytes()
+
+
+def test_qemu_img_reads_with_credentials_in_the_url(
+    read_server: RunningServer, qemu_disk: bytes, tmp_path: Path
+) -> None:
     host = read_server.base_url.removeprefix("http://")
     # READ_PASSWORD holds a colon, which a URL's userinfo carries percent-encoded.
     password = READ_PASSWORD.replace(":", "%3A")
-    url = f"http://{READ_USER}:{password}@{host}/reg/qemu-auth/disk/v1"
+    url = f"http://{READ_USER}:{password}@{host}{_QEMU_PATH}"
     out = tmp_path / "out.raw"
-    result = subprocess.run(
-        [QEMU_IMG, "convert", "-f", "qcow2", "-O", "raw", url, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if "Unknown protocol" in result.stderr:
-        pytest.skip("qemu-img has no http driver (Debian: qemu-block-extra)")
+    result = run_qemu_img("convert", "-f", "qcow2", "-O", "raw", url, str(out))
     assert result.returncode == 0, result.stderr
-    assert out.read_bytes() == raw.read_bytes()
-    anonymous = f"{read_server.base_url}/reg/qemu-auth/disk/v1"
-    refused = subprocess.run(
-        [QEMU_IMG, "info", anonymous], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode != 0
+    assert out.read_bytes() == qemu_disk
     assert_no_secret_in_log(read_server)
+
+
+def test_qemu_img_reads_with_a_password_secret(
+    read_server: RunningServer, qemu_disk: bytes, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(READ_PASSWORD)
+    options = ",".join(
+        [
+            "driver=qcow2",
+            "file.driver=http",
+            f"file.url={read_server.base_url}{_QEMU_PATH}",
+            f"file.username={READ_USER}",
+            "file.password-secret=sec0",
+        ]
+    )
+    out = tmp_path / "out.raw"
+    secret = f"secret,id=sec0,file={password_file}"
+    result = run_qemu_img(
+        "convert", "--object", secret, "--image-opts", options, "-O", "raw", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == qemu_disk
+
+
+def test_qemu_img_without_credentials_is_refused(
+    read_server: RunningServer, qemu_disk: bytes
+) -> None:
+    result = run_qemu_img("info", f"{read_server.base_url}{_QEMU_PATH}")
+    assert result.returncode != 0
+    assert "401" in result.stderr
 
 
 # -- rotation without restart ---------------------------------------------------------------
