@@ -71,6 +71,8 @@ class _Parts:
 
     async def start(self, segment: MultipartSegment) -> None:
         name = segment.name or ""
+        if not name:
+            raise InvalidArgumentError("a part of the multipart body has no name")
         if name in self.seen and name in ("img", "meta"):
             raise InvalidArgumentError(f"the '{name}' part appears twice")
         self.seen.add(name)

@@ -1,0 +1,273 @@
+"""Hostile input against a real ``cloudimg serve``: odd paths, bodies, headers, and a
+schemathesis run over the OpenAPI document (DESIGN.md section 1, issue 4).
+
+Paths are sent byte for byte over raw sockets (httpx and http.client would normalise
+``..`` or refuse control characters). The checks here do not depend on the catalog
+backend, so the module runs on SQLite only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningServer
+from tests.invariants import assert_invariants, wait_for_no_staging
+
+BOUNDARY = "cloudimg-hostile-boundary"
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """HTTP parsing and routing happen before any catalog: one backend is enough."""
+    return "sqlite"
+
+
+def exchange(server: RunningServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is on a new connection; status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received, "the server closed the connection without an answer"
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def request_bytes(
+    server: RunningServer, method: str, target: bytes, body: bytes = b"", **extra: str
+) -> bytes:
+    headers = {
+        "Host": f"127.0.0.1:{server.port}",
+        "Connection": "close",
+        "Content-Length": str(len(body)),
+        **extra,
+    }
+    lines = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+    return method.encode() + b" " + target + b" HTTP/1.1\r\n" + lines + b"\r\n" + body
+
+
+def assert_json_error(status: int, body: bytes, allowed: tuple[int, ...]) -> dict[str, Any]:
+    assert status in allowed, (status, body[:300])
+    error: dict[str, Any] = json.loads(body)
+    assert isinstance(error["status"], str)
+    assert isinstance(error["error"], str)
+    assert set(error) <= {"status", "error", "context"}
+    return error
+
+
+def multipart(*parts: tuple[str | None, bytes]) -> bytes:
+    """A multipart body; a part whose name is None has a Content-Disposition without one."""
+    out = b""
+    for name, data in parts:
+        disposition = "form-data" if name is None else f'form-data; name="{name}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def files_outside(server: RunningServer) -> set[Path]:
+    """Every file and directory beside the data root (where a traversal would land)."""
+    top = server.data_root.parent
+    return {
+        path
+        for path in top.rglob("*")
+        if not path.is_relative_to(server.data_root) and not path.name.startswith("server-")
+    }
+
+
+HOSTILE_SEGMENTS = {
+    "encoded slash": b"a%2Fb",
+    "encoded slashes up": b"..%2F..%2F..%2Fetc",
+    "encoded dots": b"%2e%2e",
+    "encoded dot-dot-slash": b"%2e%2e%2f%2e%2e%2fescape",
+    "dot-dot": b"..",
+    "dot": b".",
+    "nul": b"t%00x",
+    "raw-looking nul and newline": b"t%00%0d%0ax",
+    "non-ascii": b"%C3%A9t%C3%A9",
+    "invalid utf-8": b"%FF%FE%FD",
+    "backslash": b"..%5C..%5Cescape",
+    "overlong": b"a" * 10_000,
+    "overlong encoded": b"%61" * 4_000,
+}
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+@pytest.mark.parametrize("segment", sorted(HOSTILE_SEGMENTS))
+def test_hostile_path_segments_are_400_or_404_and_touch_nothing(
+    server: RunningServer, segment: str, position: int
+) -> None:
+    outside = files_outside(server)
+    names = [b"abc", b"def", b"v1"]
+    names[position] = HOSTILE_SEGMENTS[segment]
+    target = b"/reg/" + b"/".join(names)
+    body = multipart(("meta", b"{}"), ("img", os.urandom(2000)))
+    for method, payload, extra in [
+        ("POST", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}),
+        ("GET", b"", {}),
+        ("DELETE", b"", {}),
+    ]:
+        status, _headers, answer = exchange(
+            server, request_bytes(server, method, target, payload, **extra)
+        )
+        assert_json_error(status, answer, (400, 404))
+        status, _headers, answer = exchange(server, request_bytes(server, "GET", target + b"/meta"))
+        assert_json_error(status, answer, (400, 404))
+    assert files_outside(server) == outside
+    assert wait_for_no_staging(server) == []
+    assert_invariants(server)
+
+
+def test_traversal_in_the_raw_path_is_404(server: RunningServer) -> None:
+    outside = files_outside(server)
+    for target in [b"/reg/abc/def/v1/../../../../x", b"/reg/../../etc/passwd", b"/../reg"]:
+        status, _headers, answer = exchange(server, request_bytes(server, "GET", target))
+        assert_json_error(status, answer, (400, 404))
+    assert files_outside(server) == outside
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+
+def post_multipart(server: RunningServer, body: bytes) -> tuple[int, bytes]:
+    status, _headers, answer = exchange(
+        server,
+        request_bytes(
+            server,
+            "POST",
+            b"/reg/hostile/img/v1",
+            body,
+            **{"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        ),
+    )
+    return status, answer
+
+
+BAD_BODIES: dict[str, bytes] = {
+    "too many parts": multipart(
+        ("meta", b"{}"), *[(f"x{i}", b"junk") for i in range(40)], ("img", b"abc")
+    ),
+    "a part without a name": multipart((None, b"abc"), ("meta", b"{}"), ("img", b"abc")),
+    "a part without Content-Disposition": (
+        f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nabc\r\n--{BOUNDARY}--\r\n".encode()
+    ),
+    "part headers that never end": (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=img\r\nX: ".encode() + b"y" * 100_000
+    ),
+    "truncated after the img part": multipart(("meta", b"{}"), ("img", os.urandom(5000)))[:-30],
+    "no boundary at all": os.urandom(10_000),
+    "garbage before the first boundary only": b"preamble" * 100,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_malformed_multipart_is_400_and_leaves_nothing(server: RunningServer, case: str) -> None:
+    status, answer = post_multipart(server, BAD_BODIES[case])
+    assert assert_json_error(status, answer, (400,))["status"] == "INVALID_ARGUMENT"
+    assert wait_for_no_staging(server) == []
+    assert_invariants(server)
+
+
+def test_metadata_over_64_kib_is_413(server: RunningServer) -> None:
+    meta = json.dumps({"k": "v" * (64 * 1024)}).encode()
+    status, answer = post_multipart(server, multipart(("meta", meta), ("img", b"abc")))
+    assert assert_json_error(status, answer, (413,))["status"] == "RESOURCE_EXHAUSTED"
+    assert wait_for_no_staging(server) == []
+    assert_invariants(server)
+
+
+# -- headers -----------------------------------------------------------------------------
+
+
+def test_headers_within_granians_buffer_are_served(server: RunningServer) -> None:
+    request = request_bytes(server, "GET", b"/healthz", **{"X-Padding": "a" * 100_000})
+    status, _headers, _body = exchange(server, request)
+    assert status == 200
+
+
+def test_headers_over_granians_buffer_are_431_and_the_connection_closes(
+    server: RunningServer,
+) -> None:
+    """Granian answers 431 itself (an empty body, not our JSON) and closes the connection.
+
+    Its HTTP/1 read buffer (``HTTP1Settings.max_buffer_size``, about 408 KiB) bounds the
+    request head; the app never sees such a request.
+    """
+    padding = {f"X-Padding-{i}": "a" * 8000 for i in range(64)}
+    request = request_bytes(server, "GET", b"/healthz", **padding)
+    status, headers, body = exchange(server, request)  # exchange reads until the close
+    assert status == 431
+    assert headers.get("connection") == "close"
+    assert body == b""
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+
+
+# -- schemathesis -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("schemathesis") is None,
+    reason="schemathesis is not installed (pip install -e '.[test]')",
+)
+def test_schemathesis_finds_no_5xx_and_no_response_off_the_schema(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Every operation of /docs/openapi.json, a few examples each, with a fixed derivation.
+
+    Checks: no 5xx, every status documented, content types and bodies as documented.
+    """
+    running = server_factory()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+        "run",
+        f"{running.base_url}/docs/openapi.json",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance,response_headers_conformance",
+        "--max-examples",
+        "10",
+        "--generation-deterministic",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--mode",
+        "all",
+        "--workers",
+        "1",
+        "--report-dir",
+        str(tmp_path / "schemathesis"),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "passed" in done.stdout
+    assert running.process.poll() is None
+    assert wait_for_no_staging(running) == []
+    assert_invariants(running)
