@@ -17,6 +17,8 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "ADMIN_URL",
     "BACKENDS",
     "catalog_database",
+    "catalog_held",
     "catalog_url",
     "database_url",
     "postgres_unavailable",
@@ -177,3 +180,64 @@ def _sqlite_snapshot(
             raise
         db.execute("COMMIT")
     return rows
+
+
+@contextlib.contextmanager
+def catalog_held(url: str, waiters: int) -> Iterator[None]:
+    """Hold an exclusive lock on the catalog until the block ends.
+
+    Processes started inside the block queue behind it and then go all at once: on
+    SQLite the whole file is locked; on PostgreSQL the ``blobs`` table, which the
+    migration to 0002 alters. On PostgreSQL the exit waits until ``waiters`` sessions
+    wait for a lock; SQLite shows no waiters, so it gives them a few seconds.
+    """
+    ready, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def hold_sqlite() -> None:
+        with contextlib.closing(sqlite3.connect(str(make_url(url).database))) as db:
+            db.isolation_level = None
+            db.execute("BEGIN EXCLUSIVE")
+            ready.set()
+            release.wait(60)
+            db.execute("ROLLBACK")
+
+    async def hold_postgres() -> None:
+        connection = await asyncpg.connect(_dsn(url), timeout=15)
+        try:
+            async with connection.transaction():
+                await connection.execute("LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+                ready.set()
+                await asyncio.to_thread(release.wait, 60)
+        finally:
+            await connection.close()
+
+    def hold() -> None:
+        try:
+            if make_url(url).get_backend_name() == "sqlite":
+                hold_sqlite()
+            else:
+                asyncio.run(hold_postgres())
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    ready.wait(30)
+    try:
+        yield
+        if make_url(url).get_backend_name() == "sqlite":
+            time.sleep(3)
+        else:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                rows = query(url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if rows[0][0] >= waiters:
+                    break
+                time.sleep(0.1)
+    finally:
+        release.set()
+        holder.join()
+    if failure:
+        raise failure[0]
