@@ -1,0 +1,240 @@
+"""The deployment artefacts and the documentation that describes them.
+
+- the chart's ``values.yaml`` (and the example values in ``helm/cloudimg/ci/``)
+  validate against ``values.schema.json``, and values that cannot work do not;
+- the chart refuses the combinations that cannot work (``fail`` in the templates);
+- every YAML block the docs show parses;
+- every operation of a real server's ``/docs/openapi.json`` is in ``docs/api.md`` with
+  its method and path, so the API reference cannot drift from the code.
+
+Helm itself is not run here (no helm binary in CI): the templates are checked by
+reading them, the values by the schema Helm applies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import RunningServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "cloudimg"
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft7Validator:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def merged(*overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values.yaml`` with ``overrides`` merged in the way Helm merges ``-f`` files."""
+
+    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    values: dict[str, Any] = load_yaml(CHART / "values.yaml")
+    for override in overrides:
+        values = merge(values, override)
+    return values
+
+
+def errors(validator: jsonschema.Draft7Validator, values: dict[str, Any]) -> list[str]:
+    return [error.message for error in validator.iter_errors(values)]
+
+
+# -- chart values ---------------------------------------------------------------------
+
+
+def test_values_yaml_validates_against_the_schema(validator: jsonschema.Draft7Validator) -> None:
+    assert errors(validator, load_yaml(CHART / "values.yaml")) == []
+
+
+@pytest.mark.parametrize("path", sorted((CHART / "ci").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_values_validate(validator: jsonschema.Draft7Validator, path: Path) -> None:
+    assert errors(validator, merged(load_yaml(path))) == []
+
+
+def test_the_old_charts_values_keep_working(validator: jsonschema.Draft7Validator) -> None:
+    old = load_yaml(CHART / "ci" / "old-chart-values.yaml")
+    assert set(old["configurations"]) == {"dataRoot", "readHeaderTimeoutSeconds"}
+    assert set(old["volume"]) == {"size", "accessMode", "storageClass"}
+    assert errors(validator, merged(old)) == []
+    templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*") if p.is_file())
+    for key in ("configurations.dataRoot", "configurations.readHeaderTimeoutSeconds",
+                "volume.size", "volume.accessMode", "volume.storageClass"):  # fmt: skip
+        assert f".Values.{key}" in templates, key
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"replicaCount": 2},  # SQLite on a ReadWriteOnce volume
+        {"replicaCount": 3, "volume": {"accessMode": "ReadWriteMany"}},  # still SQLite
+        {"replicaCount": 2, "database": {"existingSecret": "pg"}},  # ReadWriteOnce
+        {"volume": {"accessMode": "ReadWriteLots"}},
+        {"volume": {"size": "lots"}},
+        {"configurations": {"logFormat": "xml"}},
+        {"configurations": {"dataRoot": "relative/path"}},
+        {"configurations": {"readHeaderTimeoutSeconds": 0}},
+        {"gc": {"grace": "an hour"}},
+        {"auth": {"readAuth": "basic"}},  # no credentials Secret
+        {"unknownKey": True},
+    ],
+    ids=str,
+)
+def test_values_that_cannot_work_are_refused(
+    validator: jsonschema.Draft7Validator, override: dict[str, Any]
+) -> None:
+    assert errors(validator, merged(override)) != []
+
+
+def test_scale_out_is_accepted_with_postgres_and_read_write_many(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    values = merged(
+        {
+            "replicaCount": 3,
+            "database": {"existingSecret": "pg"},
+            "volume": {"accessMode": "ReadWriteMany"},
+        }
+    )
+    assert errors(validator, values) == []
+
+
+def test_the_hardened_security_context_is_the_default() -> None:
+    values = load_yaml(CHART / "values.yaml")
+    pod, container = values["podSecurityContext"], values["securityContext"]
+    assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (2000, 2000, 2000)
+    assert pod["runAsNonRoot"] is True
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+# -- chart templates (read, not rendered) ----------------------------------------------
+
+
+def template(name: str) -> str:
+    return (CHART / "templates" / name).read_text()
+
+
+def test_the_chart_fails_on_replicas_without_postgres_and_read_write_many() -> None:
+    helpers = template("_helpers.tpl")
+    validate = helpers[helpers.index('define "cloudimg.validate"') :]
+    assert re.search(r"gt \(int \.Values\.replicaCount\) 1", validate)
+    assert 'fail "replicaCount > 1 needs PostgreSQL' in validate
+    assert 'fail "replicaCount > 1 needs volume.accessMode ReadWriteMany' in validate
+    for name in ("deployment.yaml", "cronjob-gc.yaml", "migrate-job.yaml"):
+        assert '{{- include "cloudimg.validate" . }}' in template(name), name
+
+
+def test_deployment_probes_strategy_and_migrations() -> None:
+    deployment = template("deployment.yaml")
+    assert "type: Recreate" in deployment
+    for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"),
+                        ("livenessProbe", "/healthz")):  # fmt: skip
+        assert re.search(rf"{probe}:\n\s+httpGet:\n\s+path: {path}\n", deployment), probe
+    assert 'args: ["db", "upgrade"]' in deployment  # the SQLite init container
+    job = template("migrate-job.yaml")
+    assert "helm.sh/hook: pre-install,pre-upgrade" in job
+    assert 'args: ["db", "upgrade"]' in job
+    gc = template("cronjob-gc.yaml")
+    assert "concurrencyPolicy: Forbid" in gc
+    assert 'args: ["gc"' in gc
+    assert "helm.sh/hook: test" in template("tests/test-connection.yaml")
+
+
+def test_non_template_yaml_of_the_chart_parses() -> None:
+    for path in [CHART / "Chart.yaml", CHART / "values.yaml", *(CHART / "ci").glob("*.yaml")]:
+        assert isinstance(load_yaml(path), dict), path
+    assert load_yaml(CHART / "Chart.yaml")["apiVersion"] == "v2"
+
+
+def test_containerfile() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
+    assert re.search(r"^USER 2000:2000$", text, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["cloudimg"\]$', text, re.MULTILINE)
+    assert re.search(r'^CMD \["serve"\]$', text, re.MULTILINE)
+    assert "CLOUDIMG_DATA_ROOT=/data" in text
+    assert "CLOUDIMG_LISTENER_ADDR=:8080" in text
+
+
+# -- documentation ----------------------------------------------------------------------
+
+
+def yaml_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for path in DOCS:
+        for number, match in enumerate(_FENCE.finditer(path.read_text())):
+            if match.group(1) in ("yaml", "yml"):
+                blocks.append((f"{path.name}#{number}", match.group(2)))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "text"), yaml_blocks(), ids=[w for w, _ in yaml_blocks()])
+def test_every_yaml_block_in_the_docs_parses(where: str, text: str) -> None:
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    assert documents, f"{where} holds no YAML document"
+    for document in documents:
+        if isinstance(document, dict) and "kind" in document:  # a Kubernetes manifest
+            assert document.get("apiVersion"), where
+            assert document.get("metadata", {}).get("name"), where
+
+
+def test_the_docs_show_manifests() -> None:
+    kinds = {
+        document.get("kind")
+        for _, text in yaml_blocks()
+        for document in yaml.safe_load_all(text)
+        if isinstance(document, dict)
+    }
+    assert {"DataVolume", "Secret"} <= kinds
+
+
+def test_every_operation_of_the_openapi_document_is_in_the_api_reference(
+    server: RunningServer,
+) -> None:
+    """``docs/api.md`` lists each path with its methods, and names each operationId."""
+    document = httpx.get(f"{server.base_url}/docs/openapi.json", timeout=30).json()
+    reference = (ROOT / "docs" / "api.md").read_text()
+    rows: dict[str, set[str]] = {}
+    for line in reference.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[1].startswith("`/"):
+            methods = {m.strip() for m in cells[0].split(",")}
+            for path in re.findall(r"`([^`]+)`", cells[1]):
+                rows.setdefault(path, set()).update(methods)
+    missing = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method.upper() not in {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}:
+                continue
+            if method.upper() not in rows.get(path, set()):
+                missing.append(f"{method.upper()} {path}")
+            if operation.get("operationId") and f"`{operation['operationId']}`" not in reference:
+                missing.append(f"operationId {operation['operationId']}")
+    assert missing == [], "docs/api.md lacks: " + ", ".join(missing)
