@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from cloudimg.catalog.database import create_engine, lock_migrations
+from cloudimg.catalog.database import WRITE, create_engine, lock_migrations
 from cloudimg.catalog.models import Base
 
 config = context.config
@@ -30,7 +30,11 @@ async def _run_online() -> None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_configure)
+            # SQLite: each migration transaction takes the write lock when it begins
+            # (BEGIN IMMEDIATE), so it waits for other writers instead of failing when
+            # it upgrades the read lock of its version check.
+            writing = await connection.execution_options(**WRITE)
+            await writing.run_sync(_configure)
     finally:
         await engine.dispose()
 
