@@ -383,3 +383,27 @@ def test_multiprocess_directory_is_emptied_at_start(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+
+
+def test_workers_sum_their_figures_through_the_multiprocess_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "prom"
+    server = start_server(
+        tmp_path / "data",
+        "--workers",
+        "2",
+        "--log-format",
+        "json",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
+    )
+    try:
+        with server.client() as http:
+            for _ in range(20):  # new connections: the kernel spreads them over the workers
+                assert httpx.get(f"{server.base_url}/healthz", timeout=30).status_code == 200
+            requests = "cloudimg_http_requests_total"
+            for _ in range(4):  # whichever worker answers, it reports every worker's count
+                figures = scrape(http)
+                assert sample(figures, requests, method="GET", route="/healthz", status="200") >= 20
+    finally:
+        server.stop()
+    assert len({p.name.rsplit("_", 1)[-1] for p in directory.glob("counter_*.db")}) >= 1
+    assert access_lines(server), "workers log as JSON too"

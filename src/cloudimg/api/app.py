@@ -70,6 +70,9 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[JsonRenderPlugin()],
         ),
         request_max_body_size=None,
+        # Logging is set up by `cloudimg serve` (cloudimg.logs), also in worker processes,
+        # which build the app after it: Litestar must not replace the root handlers.
+        logging_config=None,
     )
     # Outside routing and exception handling, so the access log and the request
     # metrics see every request, 404s and errors included.
