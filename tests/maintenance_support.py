@@ -6,7 +6,6 @@ else the SQLite file inside it; ``sql`` and ``cli`` find it from the data root.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -20,8 +19,9 @@ from typing import Any
 import blake3
 
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
-from cloudimg.catalog import Catalog, create_engine, upgrade_database
+from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
+from cloudimg.maintenance.report import open_catalog
 from tests.databases import catalog_database, catalog_url, query, registered_url
 
 OLD = time.time() - 10 * 24 * 3600
@@ -37,14 +37,8 @@ async def open_test_catalog(data_root: Path, backend: str = "sqlite") -> AsyncIt
     """
     with catalog_database(backend, data_root):
         settings = Settings(data_root=data_root, database_url=catalog_url(data_root))
-        await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
-        blobs = FilesystemBlobStore(data_root)
-        blobs.ensure_layout()
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            yield Catalog(engine, blobs)
-        finally:
-            await engine.dispose()
+        async with open_catalog(settings) as catalog:
+            yield catalog
 
 
 def store_of(catalog: Catalog) -> FilesystemBlobStore:

@@ -1,4 +1,4 @@
-"""Catalog operations on a real SQLite file, migrated by Alembic."""
+"""Catalog operations on a real SQLite file and a real PostgreSQL database, migrated by Alembic."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
-from cloudimg.catalog import Catalog, create_engine, upgrade_database
+from cloudimg.blobstore import StagedBlob
+from cloudimg.catalog import Catalog, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.errors import NotFoundError
+from cloudimg.maintenance.report import open_catalog
 from tests.databases import BACKENDS, database_url
+from tests.maintenance_support import stage
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,26 +27,17 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 @pytest.fixture
 async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
-    settings = Settings(data_root=tmp_path / "data", database_url=catalog_url)
-    settings.data_root.mkdir(exist_ok=True)
-    await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
-    blobs = FilesystemBlobStore(settings.data_root)
-    blobs.ensure_layout()
-    engine = create_engine(settings.resolved_database_url)
-    yield Catalog(engine, blobs)
-    await engine.dispose()
-
-
-async def stage(catalog: Catalog, data: bytes) -> StagedBlob:
-    writer = await catalog.blobs.open_staging()
-    await writer.write(data)
-    return await writer.finish()
+    async with open_catalog(Settings(data_root=tmp_path / "data", database_url=catalog_url)) as c:
+        yield c
 
 
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
-    await catalog.commit_upload(repo, image, tag, staged, meta)
+    try:
+        await catalog.commit_upload(repo, image, tag, staged, meta)
+    finally:
+        await catalog.blobs.discard(staged)
     return staged
 
 
