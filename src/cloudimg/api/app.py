@@ -15,6 +15,7 @@ from cloudimg import __version__
 from cloudimg.api.auth import registry_guards
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
+from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.blobstore import FilesystemBlobStore
@@ -76,7 +77,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     # Outside routing and exception handling, so the access log and the request
     # metrics see every request, 404s and errors included.
-    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    app.asgi_handler = RequestObserver(HeaderLimit(app.asgi_handler), metrics)
     return app
 
 
