@@ -6,9 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -17,6 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
+from cloudimg.catalog.records import (
+    BlobRecord,
+    BlobRef,
+    BlobState,
+    CatalogSnapshot,
+    RefcountRepair,
+    StorageTotals,
+    TagInfo,
+    TagRecord,
+)
 from cloudimg.digest import parse_digest
 from cloudimg.errors import (
     BlobCorruptError,
@@ -25,122 +34,11 @@ from cloudimg.errors import (
     UnavailableError,
 )
 
-__all__ = [
-    "BlobRecord",
-    "BlobRef",
-    "BlobState",
-    "Catalog",
-    "CatalogSnapshot",
-    "RefcountRepair",
-    "StorageTotals",
-    "TagInfo",
-    "TagRecord",
-]
+__all__ = ["Catalog"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """What a download needs: which bytes, how many, their digests and age."""
-
-    digest: str
-    sha256: str
-    size: int
-    last_modified: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class TagInfo:
-    """A tag with its blob and metadata, as the meta endpoint shows it."""
-
-    repo: str
-    image: str
-    tag: str
-    digest: str
-    sha256: str
-    size: int
-    meta: dict[str, Any]
-    created: datetime
-    updated: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class TagRecord:
-    """One tag of a catalog snapshot."""
-
-    repo: str
-    image: str
-    tag: str
-    digest: str
-
-    def __str__(self) -> str:
-        return f"{self.repo}/{self.image}:{self.tag}"
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRecord:
-    """One blob row of a catalog snapshot, with the tags that reference it."""
-
-    digest: str
-    size: int
-    sha256: str
-    refcount: int
-    quarantined: bool
-    tags: tuple[TagRecord, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogSnapshot:
-    """Every blob row and tag, read in one statement (one consistent view)."""
-
-    blobs: dict[str, BlobRecord]
-    tags: list[TagRecord]
-
-
-@dataclass(frozen=True, slots=True)
-class BlobState:
-    """A blob row as it is now, with the number of tags that reference it."""
-
-    digest: str
-    size: int
-    refcount: int
-    references: int
-    quarantined: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RefcountRepair:
-    """A reference count set right by ``Catalog.repair_refcount``."""
-
-    digest: str
-    size: int
-    was: int
-    now: int
-    removed: bool
-    """No tag referenced the blob: its row and file went."""
-
-
-@dataclass(frozen=True, slots=True)
-class StorageTotals:
-    """What the catalog holds, in a few numbers (``Catalog.storage_totals``)."""
-
-    blobs: int
-    """Blob rows: distinct contents stored."""
-    stored_bytes: int
-    """Sum of the sizes of every blob row."""
-    tags: int
-    logical_bytes: int
-    """Sum of the sizes of every tag's blob: what storing a copy per tag would take."""
-    referenced_bytes: int
-    """Sum of the sizes of the distinct blobs some tag names."""
-
-    @property
-    def deduplicated_bytes(self) -> int:
-        """Bytes not stored because identical images share one blob."""
-        return self.logical_bytes - self.referenced_bytes
 
 
 @dataclass
