@@ -111,6 +111,15 @@ def test_head_announces_size_and_validators_without_a_body(
     assert response.content == b""
 
 
+@pytest.mark.parametrize("range_header", ["bytes=0-9", "bytes=999999999-"])
+def test_head_ignores_range(client: httpx.Client, image: Image, range_header: str) -> None:
+    # RFC 9110 section 14.2: range handling is defined for GET only.
+    response = client.head(image.path, headers={"Range": range_header})
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(SIZE)
+    assert "content-range" not in response.headers
+
+
 def test_get_sends_the_uploaded_bytes(client: httpx.Client, image: Image) -> None:
     response = client.get(image.path)
     assert response.status_code == 200

@@ -286,7 +286,9 @@ def _evaluate(
             return 304, None
     elif _not_after(h.get("if-modified-since"), modified_secs):
         return 304, None
-    if request.method != "GET" and request.method != "HEAD":
+    if request.method != "GET":
+        # RFC 9110 section 14.2: GET is the only method with range handling; a HEAD
+        # with Range gets the headers of the whole representation.
         return 200, None
     if_range = h.get("if-range")
     if if_range is not None and not _if_range_holds(if_range, etag, modified_secs):
