@@ -13,8 +13,6 @@ import logging
 import os
 import re
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloudimg.logs import JsonFormatter, TextFormatter, redact, request_id_var
 from tests.conftest import RunningServer, start_server, upload
+from tests.maintenance_support import cli
 
 ROUTE = "/reg/{repo}/{image}/{tag}"
 SECRET = "secret-token-xyz"
@@ -235,14 +234,7 @@ def test_gc_runs_in_another_process_reach_metrics(
     debris = server.data_root / "staging" / "crashed-upload"
     debris.write_bytes(b"x" * 12_345)
     for _ in range(2):
-        gc = subprocess.run(
-            [sys.executable, "-m", "cloudimg", "gc", "--grace", "0", "--data-root",
-             str(server.data_root)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        assert gc.returncode == 0, gc.stdout + gc.stderr
+        cli("gc", "--grace", "0", "--data-root", str(server.data_root), check=0)
     figures = scrape(http)
     assert figures["cloudimg_gc_runs_total"] == 2
     assert figures["cloudimg_gc_failed_runs_total"] == 0
@@ -254,14 +246,7 @@ def test_gc_runs_in_another_process_reach_metrics(
 
 
 def test_gc_dry_run_is_not_counted(http: httpx.Client, server: RunningServer) -> None:
-    gc = subprocess.run(
-        [sys.executable, "-m", "cloudimg", "gc", "--dry-run", "--data-root",
-         str(server.data_root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    assert gc.returncode == 0, gc.stdout + gc.stderr
+    cli("gc", "--dry-run", "--data-root", str(server.data_root), check=0)
     assert scrape(http)["cloudimg_gc_runs_total"] == 0
 
 
