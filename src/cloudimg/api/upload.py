@@ -48,6 +48,7 @@ __all__ = [
     "declared_size",
     "drain",
     "drain_refused",
+    "parse_meta",
     "receive_upload",
     "refuse_declared_length",
 ]
@@ -252,7 +253,7 @@ async def _receive(
             if chunk:
                 await _feed(parser, parts, chunk)
         await _feed(parser, parts, b"")
-        meta = _parse_meta(parts.meta)
+        meta = parse_meta(parts.meta)
         if parts.writer is None:
             raise InvalidArgumentError("the 'img' part is missing")
         staged = await parts.writer.finish()
@@ -288,8 +289,13 @@ def _not_text(_literal: str) -> _NotText:
     return _NotText()
 
 
-def _parse_meta(raw: bytearray | None) -> dict[str, str]:
-    """The ``meta`` part as a flat JSON object of strings; any other input is a 400."""
+def parse_meta(raw: bytes | bytearray | None) -> dict[str, str]:
+    """The ``meta`` part as a flat JSON object of strings.
+
+    Raises:
+        InvalidArgumentError: for every other input (``None``: the part is missing);
+            its message and context are valid Unicode, so any answer can carry them.
+    """
     if raw is None:
         raise InvalidArgumentError("the 'meta' part is missing")
     try:
