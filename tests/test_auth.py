@@ -518,6 +518,7 @@ def test_reads_without_credentials_get_a_basic_challenge(
             ("GET", stored_image),
             ("HEAD", stored_image),
             ("GET", f"{stored_image}/meta"),
+            ("HEAD", f"{stored_image}/meta"),
             ("OPTIONS", stored_image),
         ]:
             response = http.request(method, path)
