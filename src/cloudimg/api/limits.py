@@ -5,9 +5,10 @@ enforce the same way: depending on how the bytes arrive, a larger head was somet
 served. The size limit here is the one clients can count on.
 
 Granian decodes the ``chunked`` transfer coding and no other, yet it hands a body sent
-with ``Transfer-Encoding: gzip, chunked`` to the app with only ``chunked`` removed: the
-app would store gzip bytes as the image. RFC 9112 section 6.1 has a server answer a
-transfer coding it does not understand with 501, so any coding but ``chunked`` is refused.
+with ``Transfer-Encoding: gzip, chunked`` to the app with only ``chunked`` removed, so
+the app would take still-encoded bytes for the body (a multipart body labelled so was
+stored as is). RFC 9112 section 6.1 has a server answer a transfer coding it does not
+understand with 501: any coding but one final ``chunked`` is refused.
 
 Both answers are JSON in the API's error shape and close the connection: the body was
 not read, and for a coding the server cannot decode it cannot be.
