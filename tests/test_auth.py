@@ -8,9 +8,11 @@ mounted Secret. The credential file class is also exercised directly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -431,6 +433,77 @@ def test_connection_serves_the_next_request_after_a_refused_upload(
         connection.close()
 
 
+@pytest.fixture(scope="module")
+def impatient_server(
+    tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path
+) -> Iterator[RunningServer]:
+    """Writes need a token; a request body may send nothing for one second."""
+    running = start_server(
+        tmp_path_factory.mktemp("impatient") / "data",
+        "--write-token-file",
+        str(secrets_dir / "tokens"),
+        "--read-body-timeout-secs",
+        "1",
+    )
+    yield running
+    running.stop()
+
+
+def stalled_upload(server: RunningServer, headers: dict[str, str]) -> bytes:
+    """POST announcing 100,000 bytes of body and sending a few; the whole answer.
+
+    The socket's own timeout only tells a server that never answers from one that does.
+    """
+    fields = {
+        "Host": f"127.0.0.1:{server.port}",
+        "Content-Type": "multipart/form-data; boundary=stall",
+        "Content-Length": "100000",
+        **headers,
+    }
+    head = "POST /reg/stalled/disk/v1 HTTP/1.1\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in fields.items()) + "\r\n"
+    first = b'--stall\r\nContent-Disposition: form-data; name="img"\r\n\r\nabc'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + first)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        (bearer(WRONG_TOKEN), 401),
+        (basic(READ_USER, READ_PASSWORD), 401),
+        (bearer(WRITE_TOKEN), 408),
+    ],
+    ids=["no-token", "wrong-token", "basic", "valid-token"],
+)
+def test_a_stalled_body_is_answered_after_the_body_timeout(
+    impatient_server: RunningServer, headers: dict[str, str], status: int
+) -> None:
+    """The guard drains a refused body with the same body timeout as an upload, so a
+    client that stops sending cannot hold the request (and its connection) forever."""
+    answer = stalled_upload(impatient_server, headers)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
+    assert b'"status":"' in answer
+    assert impatient_server.staging_files() == []
+    with impatient_server.client() as http:
+        assert http.get("/reg").json()["data"] == []
+
+
+def test_a_refused_write_waiting_for_100_continue_is_answered_at_once(
+    write_server: RunningServer,
+) -> None:
+    """The client has sent no body yet: the 401 comes without waiting for one."""
+    answer = stalled_upload(write_server, {"Expect": "100-continue"})
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert b"100 Continue" not in answer
+
+
 # -- reads need Basic credentials with --read-auth basic ------------------------------------
 
 
@@ -445,6 +518,7 @@ def test_reads_without_credentials_get_a_basic_challenge(
             ("GET", stored_image),
             ("HEAD", stored_image),
             ("GET", f"{stored_image}/meta"),
+            ("HEAD", f"{stored_image}/meta"),
             ("OPTIONS", stored_image),
         ]:
             response = http.request(method, path)

@@ -223,6 +223,111 @@ def test_headers_over_granians_buffer_are_refused(server: RunningServer) -> None
         assert http.get("/healthz").status_code == 200
 
 
+MAX_HEADER_FIELDS = 100
+"""Granian's HTTP/1 parser refuses a request with more header fields (docs/api.md)."""
+
+
+def fields_request(server: RunningServer, count: int) -> bytes:
+    """A GET of ``/healthz`` with exactly ``count`` header fields."""
+    request = request_bytes(server, "GET", b"/healthz")
+    fixed = request.count(b"\r\n") - 2  # the request line and the empty line end
+    padding = "".join(f"X-Field-{i}: {i}\r\n" for i in range(count - fixed)).encode()
+    return request.removesuffix(b"\r\n") + padding + b"\r\n"
+
+
+def test_header_fields_up_to_the_limit_are_served(server: RunningServer) -> None:
+    status, _headers, _body = exchange(server, fields_request(server, MAX_HEADER_FIELDS))
+    assert status == 200
+
+
+def test_more_header_fields_get_granians_empty_431(server: RunningServer) -> None:
+    """Refused before the app sees the request: no JSON, as docs/api.md says."""
+    status, headers, body = exchange(server, fields_request(server, MAX_HEADER_FIELDS + 1))
+    assert (status, body) == (431, b"")
+    assert headers.get("connection") == "close"
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+
+
+# -- transfer codings ----------------------------------------------------------------------
+
+
+def chunked_post(server: RunningServer, target: bytes, body: bytes, *codings: str) -> bytes:
+    """A POST whose body is sent in chunks, with one Transfer-Encoding line per coding."""
+    lines = [
+        f"Host: 127.0.0.1:{server.port}",
+        "Connection: close",
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}",
+        *(f"Transfer-Encoding: {coding}" for coding in codings),
+    ]
+    head = f"POST {target.decode()} HTTP/1.1\r\n" + "".join(f"{x}\r\n" for x in lines)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000])
+        for i in range(0, len(body), 1000)
+    )
+    return head.encode() + b"\r\n" + chunks + b"0\r\n\r\n"
+
+
+UNDECODED_CODINGS = {
+    "gzip, chunked": ("gzip, chunked",),
+    "gzip line, chunked line": ("gzip", "chunked"),
+    "deflate, chunked": ("deflate, chunked",),
+    "identity, chunked": ("identity, chunked",),
+    "unknown, chunked": ("x-cloudimg, chunked",),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNDECODED_CODINGS))
+def test_a_transfer_coding_the_server_does_not_decode_is_501(
+    server: RunningServer, case: str
+) -> None:
+    """Granian strips ``chunked`` and hands the rest on undecoded: storing it would store
+    bytes the client did not mean (RFC 9112 section 6.1: 501)."""
+    body = multipart(("meta", b'{"os":"plain"}'), ("img", os.urandom(3000)))
+    target = b"/reg/codings/img/" + case.replace(" ", "").replace(",", "-").encode()[:60]
+    request = chunked_post(server, target, body, *UNDECODED_CODINGS[case])
+    status, headers, answer = exchange(server, request)
+    error = assert_json_error(status, answer, (501,))
+    assert error["status"] == "UNIMPLEMENTED"
+    assert "chunked" not in error["context"]["transfer_codings"]
+    assert headers.get("connection") == "close"
+    with server.client() as http:
+        assert http.get("/reg/codings").status_code == 404
+    assert wait_for_no_staging(server) == []
+    assert_invariants(server)
+
+
+def test_a_transfer_coding_is_refused_on_any_request(server: RunningServer) -> None:
+    request = request_bytes(server, "GET", b"/healthz").replace(
+        b"Content-Length: 0", b"Transfer-Encoding: gzip, chunked"
+    )
+    status, _headers, answer = exchange(server, request + b"0\r\n\r\n")
+    assert assert_json_error(status, answer, (501,))["status"] == "UNIMPLEMENTED"
+
+
+def test_chunked_in_any_case_is_decoded_and_stored(server: RunningServer) -> None:
+    image = os.urandom(5000)
+    body = multipart(("meta", b'{"os":"chunked"}'), ("img", image))
+    status, _headers, answer = exchange(
+        server, chunked_post(server, b"/reg/codings/img/upper", body, "Chunked")
+    )
+    assert status == 201, answer
+    with server.client() as http:
+        assert http.get("/reg/codings/img/upper").content == image
+        assert http.delete("/reg/codings/img/upper").status_code == 200
+
+
+def test_a_final_coding_other_than_chunked_is_granians_400(server: RunningServer) -> None:
+    """Without a final ``chunked`` the body has no length: Granian refuses it itself."""
+    request = request_bytes(server, "POST", b"/reg/codings/img/v1", b"abc").replace(
+        b"Content-Length: 3", b"Transfer-Encoding: gzip"
+    )
+    status, _headers, _answer = exchange(server, request)
+    assert status == 400
+    with server.client() as http:
+        assert http.get("/reg/codings").status_code == 404
+
+
 # -- schemathesis -------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ no listing entry, and an existing tag keeps its bytes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -13,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -168,6 +169,78 @@ def test_upload_answers_201_with_null_data(client: httpx.Client, repo: str) -> N
     response = upload(client, f"/reg/{repo}/img/t1", b"image bytes")
     assert response.status_code == 201
     assert response.json() == {"success": True, "data": None}
+
+
+def test_upload_201_says_what_was_stored(client: httpx.Client, repo: str) -> None:
+    """Location (the digest-pinned URL), ETag and Repr-Digest: pinning needs no second call."""
+    data = os.urandom(70_000)
+    response = upload(client, f"/reg/{repo}/img/t1", data)
+    assert response.status_code == 201
+    assert response.json() == {"success": True, "data": None}
+    assert response.headers["location"] == f"/reg/{repo}/img/blake3:{blake3_hex(data)}"
+    pinned = client.get(response.headers["location"])
+    assert pinned.content == data
+    assert response.headers["etag"] == pinned.headers["etag"] == f'"blake3:{blake3_hex(data)}"'
+    sha256_b64 = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    assert response.headers["repr-digest"] == pinned.headers["repr-digest"]
+    assert response.headers["repr-digest"] == f"sha-256=:{sha256_b64}:"
+
+
+def test_each_upload_pins_its_own_bytes(client: httpx.Client, repo: str) -> None:
+    first, second = os.urandom(5000), os.urandom(6000)
+    assert upload(client, f"/reg/{repo}/img/keep", first).status_code == 201
+    first_location = upload(client, f"/reg/{repo}/img/t1", first).headers["location"]
+    second_location = upload(client, f"/reg/{repo}/img/t1", second).headers["location"]
+    assert first_location != second_location
+    assert client.get(first_location).content == first  # still held by the tag "keep"
+    assert client.get(second_location).content == second
+    assert client.get(f"/reg/{repo}/img/t1").content == second
+
+
+def test_location_carries_the_prefixes(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory("--www-prefix", "/mirror/", "--repo-prefix", "images")
+    with running.client() as http:
+        response = upload(http, "/mirror/images/pfx/img/t1", b"prefixed")
+        assert response.status_code == 201
+        assert response.headers["location"].startswith("/mirror/images/pfx/img/blake3:")
+        assert http.get(response.headers["location"]).content == b"prefixed"
+
+
+def test_head_meta_answers_like_get_without_a_body(server: RunningServer, repo: str) -> None:
+    """Sent on one connection: a body after the HEAD's headers would break the next answer."""
+    with server.client() as client:
+        assert upload(client, f"/reg/{repo}/img/t1", b"abc", {"os": "x"}).status_code == 201
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        answers = []
+        for method in ["HEAD", "GET", "HEAD"]:
+            connection.request(method, f"/reg/{repo}/img/t1/meta")
+            response = connection.getresponse()
+            answers.append((response.status, response.getheaders(), response.read()))
+    finally:
+        connection.close()
+    (head_status, head_headers, head_body), (get_status, get_headers, get_body), _ = answers
+    assert (head_status, get_status) == (200, 200)
+    assert head_body == b""
+    assert json.loads(get_body)["data"] == {"os": "x"}
+    kept = {"content-type", "content-length"}
+    assert {(k.lower(), v) for k, v in head_headers if k.lower() in kept} == {
+        (k.lower(), v) for k, v in get_headers if k.lower() in kept
+    }
+    assert dict(get_headers)["content-length"] == str(len(get_body))
+    assert answers[2][0] == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/img/nope/meta", 404), ("/img/NOPE/meta", 400)], ids=["unknown", "bad"]
+)
+def test_head_meta_errors_like_get(client: httpx.Client, repo: str, path: str, status: int) -> None:
+    assert upload(client, f"/reg/{repo}/img/t1", b"abc").status_code == 201
+    head = client.head(f"/reg/{repo}{path}")
+    get = client.get(f"/reg/{repo}{path}")
+    assert head.status_code == get.status_code == status
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
 
 
 def test_meta_as_file_part_round_trips(client: httpx.Client, repo: str) -> None:
@@ -985,3 +1058,23 @@ def test_connection_serves_the_next_request_after_a_refused_upload(
         assert connection.getresponse().status == 200
     finally:
         connection.close()
+
+
+def test_a_refusal_before_the_body_does_not_wait_for_an_expected_body(
+    server: RunningServer,
+) -> None:
+    """A client waiting for ``100 Continue`` (curl -F does) gets the 400 instead of the
+    invitation to send a body that would only be read and dropped."""
+    head = (
+        "POST /reg/BAD-NAME/img/t1 HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: {MULTIPART}\r\n"
+        "Content-Length: 300000\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]

@@ -54,6 +54,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
+from cloudimg.api.upload import drain_refused
 from cloudimg.config import Settings
 
 __all__ = [
@@ -76,9 +77,6 @@ BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # the safe methods that are routed
 MAX_SECRET_FILE_BYTES = 1024 * 1024
-# A refused write's body is read and dropped up to this size so that the client sees the
-# answer and keeps its connection (as other refusals do); past it the connection closes.
-MAX_DRAIN_BYTES = 64 * 1024 * 1024
 
 
 class AuthConfigError(Exception):
@@ -267,20 +265,6 @@ def _presented(header: str | None) -> _Presented:
     return _Presented("other")
 
 
-async def _drain(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
-    """Read and drop a refused write's body, unless the client waits for ``100 Continue``."""
-    if "100-continue" in connection.headers.get("expect", "").lower():
-        return  # it has not sent the body; answering now spares it the upload
-    received = 0
-    while received <= MAX_DRAIN_BYTES:
-        message = await connection.receive()
-        if message["type"] != "http.request":
-            return
-        received += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
 class RegistryAuth:
     """The guard of the registry router (see the module docstring for the rules)."""
 
@@ -288,9 +272,14 @@ class RegistryAuth:
         self,
         write_tokens: SecretFile[CredentialSet] | None,
         read_credentials: SecretFile[CredentialSet] | None,
+        *,
+        body_timeout: float | None,
     ) -> None:
+        """``body_timeout``: how long a refused write's body may send nothing while it is
+        drained (``--read-body-timeout-secs``, as for every body the server reads)."""
         self.write_tokens = write_tokens
         self.read_credentials = read_credentials
+        self.body_timeout = body_timeout
 
     def _is_writer(self, presented: _Presented) -> bool:
         return (
@@ -321,7 +310,9 @@ class RegistryAuth:
             )
         if self.write_tokens is None or self._is_writer(presented):
             return
-        await _drain(connection)
+        # Read and drop the body (as other refusals do) so the client sees the answer
+        # and keeps its connection.
+        await drain_refused(connection, self.body_timeout)
         if self._is_reader(presented):
             raise PermissionDeniedException(detail="these credentials may only read")
         if presented.scheme == "bearer":
@@ -373,7 +364,7 @@ def load_registry_auth(settings: Settings) -> RegistryAuth | None:
         )
     if write is None and read is None:
         return None
-    return RegistryAuth(write, read)
+    return RegistryAuth(write, read, body_timeout=settings.read_body_timeout_secs)
 
 
 def registry_guards(settings: Settings) -> Sequence[Guard]:

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
-from cloudimg.api.download import prepare_download
+from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
 from cloudimg.api.errors import error_response, unavailable_reason
-from cloudimg.api.openapi import BINARY_RESPONSES, UploadOperation, error_responses
-from cloudimg.api.upload import MAX_DRAIN_BYTES, drain, receive_upload, refuse_declared_length
+from cloudimg.api.openapi import (
+    BINARY_RESPONSES,
+    CREATED_HEADERS,
+    UploadOperation,
+    error_responses,
+)
+from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import (
-    ClientDisconnectedError,
     CloudimgError,
     InvalidArgumentError,
-    RequestTimeoutError,
 )
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
@@ -65,37 +66,6 @@ def _meta_view(info: TagInfo, image_path: str) -> Envelope:
         "created": info.created.isoformat(),
         "updated": info.updated.isoformat(),
     }
-
-
-async def body_of(
-    request: Request[Any, Any, Any], idle_timeout: float | None = None
-) -> AsyncIterator[bytes]:
-    """The request body as the server hands it over; a client that leaves is no server error.
-
-    A client that sends nothing for ``idle_timeout`` seconds gets ``RequestTimeoutError``,
-    so a stalled upload does not hold its staging file and its task forever.
-    """
-    while True:
-        try:
-            # asyncio.timeout, not wait_for: no task per chunk on the upload's hot path.
-            async with asyncio.timeout(idle_timeout):
-                message = await request.receive()
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body sent nothing for {idle_timeout:g} seconds"
-            ) from None
-        if message["type"] != "http.request":
-            raise ClientDisconnectedError("the client disconnected before the body was complete")
-        if message["body"]:
-            yield message["body"]
-        if not message.get("more_body", False):
-            return
-
-
-def declared_size(request: Request[Any, Any, Any]) -> int:
-    """The request's Content-Length, 0 when it has none (or none that makes sense)."""
-    text = request.headers.get("content-length", "")
-    return int(text) if text.isdigit() and len(text) < 20 else 0
 
 
 class RegistryController(Controller):
@@ -143,9 +113,14 @@ class RegistryController(Controller):
         path = catalog.blobs.blob_path(ref.digest)
         return await prepare_download(request, ref, path, immutable=":" in reference)
 
-    @get(
+    @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",
-        operation_id="GetImageMeta",
+        http_method=["GET", "HEAD"],
+        # GET keeps the old operationId; HEAD needs one of its own. A HEAD answer has
+        # the GET's headers and no body: the HTTP server drops the body of every HEAD.
+        operation_id=lambda _handler, method, _path: (
+            "GetImageMeta" if method == "GET" else "HeadImageMeta"
+        ),
         summary="Metadata of a tag, with its digests and size",
         responses=error_responses(400, 404),
     )
@@ -163,6 +138,8 @@ class RegistryController(Controller):
         operation_class=UploadOperation,
         summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
         request_max_body_size=None,
+        status_code=201,
+        response_headers=CREATED_HEADERS,
         responses=error_responses(400, 408, 413, 507),
     )
     async def post_image(
@@ -174,7 +151,7 @@ class RegistryController(Controller):
         image: str,
         tag: str,
         digest: str | None = None,
-    ) -> Envelope:
+    ) -> Response[Envelope]:
         try:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
             # ``digest`` documents the parameter; it may be given once per algorithm,
@@ -185,13 +162,10 @@ class RegistryController(Controller):
                 request.headers.get("content-length"), settings.max_image_size, catalog.blobs
             )
         except CloudimgError:
-            # Drained, the connection stays usable for the client; a body announced too
-            # large to read is left unread and the server closes the connection.
-            if declared_size(request) <= MAX_DRAIN_BYTES:
-                await drain(body_of(request, settings.read_body_timeout_secs))
+            await drain_refused(request, settings.read_body_timeout_secs)
             raise
         upload = await receive_upload(
-            body_of(request, settings.read_body_timeout_secs),
+            body_of(request.receive, settings.read_body_timeout_secs),
             request.headers.get("content-type"),
             catalog.blobs,
             expected,
@@ -201,7 +175,14 @@ class RegistryController(Controller):
             await catalog.commit_upload(*names, upload.staged, upload.meta)
         finally:
             await catalog.blobs.discard(upload.staged)
-        return _ok(None)
+        # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
+        # bytes, and their ETag and Repr-Digest as a download of them answers.
+        headers = {
+            "Location": f"{settings.api_base}/{repo}/{image}/blake3:{upload.staged.blake3}",
+            "ETag": etag_of(upload.staged.blake3),
+            "Repr-Digest": repr_digest_of(upload.staged.sha256),
+        }
+        return Response(_ok(None), status_code=201, headers=headers)
 
     @delete(
         "/{repo:str}/{image:str}/{tag:str}",

@@ -30,7 +30,15 @@ from litestar.types import Receive, Scope, Send
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
-__all__ = ["BlobResponse", "ByteRange", "Unsatisfiable", "parse_range", "prepare_download"]
+__all__ = [
+    "BlobResponse",
+    "ByteRange",
+    "Unsatisfiable",
+    "etag_of",
+    "parse_range",
+    "prepare_download",
+    "repr_digest_of",
+]
 
 _READ_CHUNK = 1024 * 1024
 # The range unit is case-insensitive (RFC 9110 section 14.1); positions are ASCII digits.
@@ -216,18 +224,28 @@ def _open_blob(path: Path) -> int:
         raise NotFoundError("image not found") from None
 
 
+def etag_of(blake3_hex: str) -> str:
+    """The strong ETag of a blob's bytes, the same under every tag and digest reference."""
+    return f'"blake3:{blake3_hex}"'
+
+
+def repr_digest_of(sha256_hex: str) -> str:
+    """The ``Repr-Digest`` field (RFC 9530) of a blob: its sha-256 as a byte sequence."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
+
+
 async def prepare_download(
     request: Request[Any, Any, Any], ref: BlobRef, path: Path, immutable: bool
 ) -> ASGIResponse:
     """Evaluate preconditions and Range for ``ref`` and build the response."""
-    etag = f'"blake3:{ref.digest}"'
+    etag = etag_of(ref.digest)
     modified_secs = int(ref.last_modified.timestamp())
     headers = {
         "ETag": etag,
         "Last-Modified": format_datetime(ref.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
-        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(ref.sha256)).decode()}:",
+        "Repr-Digest": repr_digest_of(ref.sha256),
         "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
     }
     status, byte_range = _evaluate(request, ref.size, etag, modified_secs)

@@ -1,52 +1,95 @@
-"""A bound on the request head, checked before routing (431 in the JSON error shape).
+"""Checks of the request head made before routing: its size (431) and its transfer coding (501).
 
 Granian's HTTP/1 read buffer (about 408 KiB) is an outer bound it does not always
 enforce the same way: depending on how the bytes arrive, a larger head was sometimes
-served. This limit is the one clients can count on.
+served. The size limit here is the one clients can count on.
+
+Granian decodes the ``chunked`` transfer coding and no other, yet it hands a body sent
+with ``Transfer-Encoding: gzip, chunked`` to the app with only ``chunked`` removed, so
+the app would take still-encoded bytes for the body (a multipart body labelled so was
+stored as is). RFC 9112 section 6.1 has a server answer a transfer coding it does not
+understand with 501: any coding but one final ``chunked`` is refused.
+
+Both answers are JSON in the API's error shape and close the connection: the body was
+not read, and for a coding the server cannot decode it cannot be.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["MAX_HEADER_BYTES", "HeaderLimit"]
+__all__ = ["MAX_HEADER_BYTES", "HeaderLimit", "unsupported_transfer_codings"]
 
 MAX_HEADER_BYTES = 64 * 1024
 """Request target plus every header name and value, in bytes."""
 
 
 class HeaderLimit:
-    """ASGI wrapper answering 431 to an HTTP request whose head is over the limit."""
+    """ASGI wrapper answering 431 to a head over the limit, 501 to an unknown transfer coding."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or _head_size(scope) <= self.limit:
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        body = msgspec.json.encode(
-            {
-                "status": "RESOURCE_EXHAUSTED",
-                "error": f"the request headers are larger than {self.limit} bytes",
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 431,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    # The body was not read: the connection cannot carry another request.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if _head_size(scope) > self.limit:
+            message = f"the request headers are larger than {self.limit} bytes"
+            await _refuse(send, 431, "RESOURCE_EXHAUSTED", message)
+            return
+        codings = unsupported_transfer_codings(scope)
+        if codings:
+            message = "the server decodes no transfer coding but chunked"
+            context = {"transfer_codings": codings}
+            await _refuse(send, 501, "UNIMPLEMENTED", message, context)
+            return
+        await self.app(scope, receive, send)
+
+
+def unsupported_transfer_codings(scope: Scope) -> list[str]:
+    """The transfer codings of the request other than one final ``chunked``, in order.
+
+    Empty for a request without ``Transfer-Encoding`` or with ``chunked`` alone (in any
+    case, as the coding names are case-insensitive).
+    """
+    codings = [
+        coding.strip().lower()[:100]
+        for name, value in scope["headers"]
+        if name.lower() == b"transfer-encoding"
+        for coding in value.decode("latin-1").split(",")
+        if coding.strip()
+    ]
+    if codings and codings[-1] == "chunked":
+        codings.pop()
+    return codings[:20]
+
+
+async def _refuse(
+    send: Send, status: int, code: str, message: str, context: dict[str, Any] | None = None
+) -> None:
+    error: dict[str, Any] = {"status": code, "error": message}
+    if context:
+        error["context"] = context
+    body = msgspec.json.encode(error)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The body was not read: the connection cannot carry another request.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _head_size(scope: Scope) -> int:

@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
+from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
-__all__ = ["BINARY_RESPONSES", "ErrorBody", "UploadOperation", "error_responses"]
+__all__ = [
+    "BINARY_RESPONSES",
+    "CREATED_HEADERS",
+    "ErrorBody",
+    "UploadOperation",
+    "error_responses",
+]
 
 
 class ErrorBody(TypedDict):
@@ -69,6 +76,28 @@ BINARY_RESPONSES: dict[int, ResponseSpec] = {
     ),
     304: ResponseSpec(data_container=None, description="Not modified (If-None-Match matched)"),
 }
+
+CREATED_HEADERS = [
+    ResponseHeader(
+        name="Location",
+        description="The digest-pinned URL of the stored bytes (…/{image}/blake3:<hex>)",
+        required=True,
+        documentation_only=True,
+    ),
+    ResponseHeader(
+        name="ETag",
+        description='The ETag a download of the bytes answers with: "blake3:<hex>"',
+        required=True,
+        documentation_only=True,
+    ),
+    ResponseHeader(
+        name="Repr-Digest",
+        description="The sha-256 of the bytes (RFC 9530): sha-256=:<base64>:",
+        required=True,
+        documentation_only=True,
+    ),
+]
+"""Headers of the upload's 201, declared for the OpenAPI document (the handler sets them)."""
 
 _UPLOAD_BODY = RequestBody(
     required=True,

@@ -8,10 +8,14 @@ failure (bad input, disconnect, full disk) drops the staging file.
 A refused request's body is read to its end (up to a limit) before the error goes
 out: Granian closes a connection whose body was not read without saying so in a
 ``Connection: close`` header, so a client's next request on it would fail.
+
+Every read of a request body, an upload's or a refused request's (the write-token
+guard's too), goes through :func:`body_of`, so each obeys ``--read-body-timeout-secs``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections import Counter
@@ -19,16 +23,20 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from litestar.connection import ASGIConnection
+from litestar.types import Receive
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
 from cloudimg.digest import Digest
 from cloudimg.errors import (
+    ClientDisconnectedError,
     CloudimgError,
     DigestMismatchError,
     InsufficientStorageError,
     InvalidArgumentError,
     PayloadTooLargeError,
+    RequestTimeoutError,
 )
 
 __all__ = [
@@ -36,7 +44,11 @@ __all__ = [
     "MAX_DRAIN_BYTES",
     "MAX_META_BYTES",
     "Upload",
+    "body_of",
+    "declared_size",
     "drain",
+    "drain_refused",
+    "parse_meta",
     "receive_upload",
     "refuse_declared_length",
 ]
@@ -110,10 +122,40 @@ def boundary_of(content_type: str | None) -> str:
     return boundary
 
 
+async def body_of(receive: Receive, idle_timeout: float | None) -> AsyncIterator[bytes]:
+    """A request body as the server hands it over; a client that leaves is no server error.
+
+    A client that sends nothing for ``idle_timeout`` seconds gets ``RequestTimeoutError``,
+    so a stalled body holds no staging file, task or connection forever.
+    """
+    while True:
+        try:
+            # asyncio.timeout, not wait_for: no task per chunk on the upload's hot path.
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body sent nothing for {idle_timeout:g} seconds"
+            ) from None
+        if message["type"] != "http.request":
+            raise ClientDisconnectedError("the client disconnected before the body was complete")
+        if message["body"]:
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+def declared_size(connection: ASGIConnection[Any, Any, Any, Any]) -> int:
+    """The request's Content-Length, 0 when it has none (or none that makes sense)."""
+    text = connection.headers.get("content-length", "")
+    return int(text) if text.isdigit() and len(text) < 20 else 0
+
+
 async def drain(body: AsyncIterator[bytes], limit: int = MAX_DRAIN_BYTES) -> None:
     """Read and drop the rest of a refused request's body, up to ``limit`` bytes.
 
-    Past the limit, or when the client goes away, the connection is left to close.
+    Past the limit, when the body stalls past its timeout or when the client goes away,
+    the connection is left to close.
     """
     received = 0
     with contextlib.suppress(Exception):
@@ -121,6 +163,21 @@ async def drain(body: AsyncIterator[bytes], limit: int = MAX_DRAIN_BYTES) -> Non
             received += len(chunk)
             if received > limit:
                 return
+
+
+async def drain_refused(
+    connection: ASGIConnection[Any, Any, Any, Any], idle_timeout: float | None
+) -> None:
+    """Before a refusal that comes ahead of the body: read and drop the body if it is worth it.
+
+    Not when the client waits for ``100 Continue`` (it has not sent the body; answering
+    now spares it the upload) and not when it announced more than ``MAX_DRAIN_BYTES``
+    (the server closes the connection instead of reading it).
+    """
+    if "100-continue" in connection.headers.get("expect", "").lower():
+        return
+    if declared_size(connection) <= MAX_DRAIN_BYTES:
+        await drain(body_of(connection.receive, idle_timeout))
 
 
 async def refuse_declared_length(
@@ -196,7 +253,7 @@ async def _receive(
             if chunk:
                 await _feed(parser, parts, chunk)
         await _feed(parser, parts, b"")
-        meta = _parse_meta(parts.meta)
+        meta = parse_meta(parts.meta)
         if parts.writer is None:
             raise InvalidArgumentError("the 'img' part is missing")
         staged = await parts.writer.finish()
@@ -220,13 +277,54 @@ async def _feed(parser: PushMultipartParser, parts: _Parts, chunk: bytes) -> Non
         raise InvalidArgumentError(f"malformed multipart body: {exc}") from None
 
 
-def _parse_meta(raw: bytearray | None) -> dict[str, str]:
+class _NotText:
+    """What a JSON number or constant parses to: never a valid metadata value.
+
+    Numbers are not converted, so a 5,000-digit one costs nothing and cannot hit
+    Python's int-digit limit; the value check below refuses it like any non-string.
+    """
+
+
+def _not_text(_literal: str) -> _NotText:
+    return _NotText()
+
+
+def parse_meta(raw: bytes | bytearray | None) -> dict[str, str]:
+    """The ``meta`` part as a flat JSON object of strings.
+
+    Raises:
+        InvalidArgumentError: for every other input (``None``: the part is missing);
+            its message and context are valid Unicode, so any answer can carry them.
+    """
     if raw is None:
         raise InvalidArgumentError("the 'meta' part is missing")
     try:
-        meta: Any = json.loads(raw, object_pairs_hook=_object_without_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # The codec's own message quotes the byte; the offset is enough.
+        raise InvalidArgumentError(
+            f"the 'meta' part is not UTF-8 (invalid byte at offset {exc.start})"
+        ) from None
+    if text.startswith("\ufeff"):
+        raise InvalidArgumentError(
+            "the 'meta' part starts with a byte order mark; send UTF-8 JSON without one"
+        )
+    try:
+        meta: Any = json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_int=_not_text,
+            parse_float=_not_text,
+            parse_constant=_not_text,
+        )
+    except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"the 'meta' part is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Deep nesting ([[[[... or {"a":{"a":...) exhausts the parser's stack; a flat
+        # object of strings never comes near it.
+        raise InvalidArgumentError(
+            "the 'meta' part nests too deeply; it must be a flat JSON object of strings"
+        ) from None
     if not isinstance(meta, dict):
         raise InvalidArgumentError("the 'meta' part must be a JSON object")
     # JSON escapes can spell lone surrogates, which no UTF-8 response can carry back
