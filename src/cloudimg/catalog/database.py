@@ -389,12 +389,26 @@ def _describe_sqlite(causes: list[BaseException], database: Path | None) -> str 
     if "readonly" in message:
         return f"{where} is read-only for uid {os.getuid()}: {message}; check its owner and mode"
     if "disk I/O" in message or "full" in message:
-        return f"{where} cannot be written: {message}; is the volume of {folder} full or failing?"
+        if _volume_full(folder):
+            return (
+                f"{where} cannot be written: {message}; the volume of {folder} is full and the"
+                " catalog's reserve is used up: remove files that are not the registry's, or"
+                " grow the volume"
+            )
+        return f"{where} cannot be written: {message}; is the volume of {folder} failing?"
     if "locked" in message or "busy" in message:
         return f"{where} stayed locked by another process: {message}; try again"
     if "not a database" in message or "malformed" in message:
         return f"{where} is damaged or not a SQLite database: {message}"
     return f"{where}: {message}" if isinstance(error, sqlite3.OperationalError) else None
+
+
+def _volume_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < RESERVE_BYTES // 2
 
 
 _AUTH_STATES = {"28P01", "28000"}  # invalid_password, invalid_authorization_specification
