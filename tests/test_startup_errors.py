@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import free_port, start_server
 from tests.databases import ADMIN_URL, catalog_database, postgres_unavailable
+from tests.volumes import tmpfs
 
 PASSWORD = "s3cret-Pa55word"
 NOBODY = 65534
@@ -309,3 +310,16 @@ def test_migrations_are_logged_only_when_one_runs(tmp_path: Path) -> None:
     running = start_server(root)
     running.stop()
     assert "alembic" not in running.log()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["gc"], ["fsck"]], ids=" ".join)
+def test_data_root_on_a_read_only_volume(tmp_path: Path, command: list[str]) -> None:
+    with tmpfs(tmp_path / "volume", "4m") as volume:
+        root = volume / "data"
+        assert run("db", "upgrade", "--data-root", str(root)).returncode == 0
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro", str(volume)], capture_output=True, check=False
+        )
+        assert remounted.returncode == 0, remounted.stderr
+        args = serve_args() if command == ["serve"] else command
+        refused(run(*args, "--data-root", str(root)), str(root), "read-only file system")
