@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, blob_path, read_catalog, wait_for_no_staging
 from tests.maintenance_support import cli, cli_json, digest_of
+from tests.volumes import fill, tmpfs
 
 MULTIPART_BOUNDARY = "cloudimg-fault-boundary"
 GC = [sys.executable, "-m", "cloudimg", "gc", "--grace", "0"]
@@ -228,34 +229,8 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 32 MiB tmpfs: a data volume that fills up for real."""
-    mount_point = tmp_path / "volume"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(volume: Path) -> Path:
-    """Write a file until the volume is full; returns it (delete it to free the space)."""
-    filler = volume / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (256 * 1024, 4096, 1):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
+    with tmpfs(tmp_path / "volume") as volume:
+        yield volume
 
 
 def test_full_disk_upload_is_507_leaves_nothing_and_serving_goes_on(

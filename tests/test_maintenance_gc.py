@@ -201,7 +201,7 @@ async def test_referenced_blobs_survive_gc(catalog: Catalog) -> None:
 
 def test_cli_reports_json_and_exit_code(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    (root / "staging").mkdir(parents=True)
+    cli("db", "upgrade", "--data-root", str(root), check=0)  # gc needs a registry there
     (root / "staging" / "dead.part").write_bytes(b"x" * 10)
     report = cli_json("gc", "--data-root", str(root), "--grace", "0", check=0)
     assert report["ok"] is True
@@ -217,7 +217,7 @@ def test_cli_reports_json_and_exit_code(tmp_path: Path) -> None:
 
 def test_cli_reads_the_environment(tmp_path: Path) -> None:
     root = tmp_path / "env-data"
-    (root / "staging").mkdir(parents=True)
+    cli("db", "upgrade", "--data-root", str(root), check=0)  # gc needs a registry there
     (root / "staging" / "dead.part").write_bytes(b"x")
     env = {**os.environ, "CLOUDIMG_DATA_ROOT": str(root)}
     done = subprocess.run(

@@ -33,9 +33,12 @@ import blake3
 from cloudimg.blobstore.base import StagedBlob, StagingRemoval, StoredFile
 from cloudimg.errors import InsufficientStorageError
 
-__all__ = ["STAGING_SUFFIX", "FilesystemBlobStore", "FilesystemStagingWriter"]
+__all__ = ["HEADROOM_BYTES", "STAGING_SUFFIX", "FilesystemBlobStore", "FilesystemStagingWriter"]
 
 STAGING_SUFFIX = ".part"
+HEADROOM_BYTES = 8 * 1024 * 1024
+"""Free space uploads leave on the data volume, so a SQLite catalog there can still
+commit the deletes that free space (see ``cloudimg.catalog.database.keep_room``)."""
 # Writes are batched to this size and handed to a worker thread, so the event loop
 # never waits on the disk or the hash, and a thread hop is paid per MiB, not per packet.
 _WRITE_BATCH = 4 * 1024 * 1024
@@ -44,6 +47,10 @@ _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _HEX62 = re.compile(r"[0-9a-f]{62}")
 _TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
+
+
+def _free_bytes(st: os.statvfs_result) -> int:
+    return st.f_bavail * st.f_frsize
 
 
 def _fsync_dir(path: Path) -> None:
@@ -165,6 +172,8 @@ class FilesystemStagingWriter:
     def _write_and_hash(self, batch: bytearray) -> None:
         view = memoryview(batch)
         try:
+            if _free_bytes(os.fstatvfs(self._fd)) < len(batch) + HEADROOM_BYTES:
+                raise OSError(errno.ENOSPC, "the headroom is reached")
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
@@ -287,7 +296,7 @@ class FilesystemBlobStore:
 
     async def free_space(self) -> int | None:
         st = await asyncio.to_thread(os.statvfs, self.staging_dir)
-        return st.f_bavail * st.f_frsize
+        return max(0, _free_bytes(st) - HEADROOM_BYTES)
 
     async def probe_writable(self) -> None:
         await asyncio.to_thread(self._probe_writable)

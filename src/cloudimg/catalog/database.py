@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import logging
+import os
+import socket
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -15,22 +20,32 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
+    "RESERVE_BYTES",
     "WRITE",
+    "CatalogUrlError",
     "SchemaVersionError",
     "alembic_config",
+    "async_url",
+    "check_models",
     "check_schema",
     "create_engine",
     "current_revision",
+    "describe_database_error",
     "head_revision",
+    "keep_room",
     "lock_migrations",
+    "sqlite_path",
     "upgrade_database",
 ]
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 WRITE = {"cloudimg_write": True}
@@ -39,23 +54,80 @@ lock when its transaction begins, so two writers queue on the busy timeout inste
 of failing when one of them upgrades a read lock."""
 MIGRATION_LOCK_KEY = 0x636C6F7564696D67
 """PostgreSQL advisory lock key ("cloudimg" in ASCII) held while the schema is migrated."""
+RESERVE_BYTES = 8 * 1024 * 1024
+"""Room kept in ``<catalog>.reserve`` beside a SQLite catalog for a full volume (``keep_room``)."""
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 
 class SchemaVersionError(RuntimeError):
     """The catalog's schema revision is not the one this code was written for."""
 
 
+class CatalogUrlError(ValueError):
+    """A database URL the catalog cannot use (the message never shows its password)."""
+
+
+def async_url(url: str) -> str:
+    """``url`` with the async driver the catalog runs on.
+
+    ``postgresql://`` (and ``postgres://``), as PostgreSQL's own tools and the Secrets of
+    PostgreSQL operators write it, means asyncpg, the one PostgreSQL driver cloudimg
+    installs; ``sqlite://`` means aiosqlite. A URL that names another driver is refused
+    rather than silently switched.
+
+    Raises:
+        CatalogUrlError: not a URL, another database, or a driver that is not async.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CatalogUrlError(
+            "the database URL is not a URL: write sqlite+aiosqlite:///PATH or "
+            "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    backend = "postgresql" if parsed.drivername in ("postgres", "postgresql") else None
+    backend = backend or parsed.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise CatalogUrlError(
+            f"the catalog runs on SQLite or PostgreSQL, not {parsed.drivername!r}: write "
+            "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    driver = _ASYNC_DRIVERS[backend]
+    if "+" in parsed.drivername and parsed.get_driver_name() != driver:
+        raise CatalogUrlError(
+            f"the catalog needs the async driver {backend}+{driver}, not {parsed.drivername}:"
+            f" write {backend}+{driver}://..."
+        )
+    return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite catalog URL; None for PostgreSQL and in-memory databases."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
 def create_engine(
     url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any
 ) -> AsyncEngine:
     """Create the async engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    url = async_url(url)
     engine = create_async_engine(url, **kwargs)
     if make_url(url).get_backend_name() == "sqlite":
-        _configure_sqlite(engine, sqlite_busy_timeout_ms)
+        _configure_sqlite(engine, sqlite_busy_timeout_ms, sqlite_path(url))
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, database: Path | None) -> None:
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        # Opening a WAL database no other connection holds creates its 32 KiB -shm file.
+        if database is not None:
+            keep_room(database)
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the driver so BEGIN is ours to emit.
@@ -72,7 +144,60 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         writing = connection.get_execution_options().get("cloudimg_write", False)
+        if writing and database is not None:
+            keep_room(database)  # a commit appends to the WAL, a delete's commit too
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+def keep_room(database: Path, size: int = RESERVE_BYTES) -> None:
+    """Hold ``size`` bytes beside a SQLite catalog while its volume has room; free them when full.
+
+    SQLite needs room on its volume to open a WAL database (the ``-shm`` file, whenever no
+    other connection has it open) and to commit anything, the delete that would free
+    space included. So while the volume has at least twice ``size`` free,
+    ``<catalog>.reserve`` holds ``size`` bytes (allocated, not sparse); once less than
+    half of ``size`` is free, the file is removed and SQLite gets its bytes. Called before
+    each connection and each write transaction; several processes may call it at once.
+    """
+    reserve = database.with_name(database.name + ".reserve")
+    try:
+        stat = os.statvfs(database.parent)
+        free = stat.f_bavail * stat.f_frsize
+        if free < size // 2:
+            _release(reserve, size)
+        elif free >= 2 * size:
+            _refill(reserve, size)
+    except OSError as exc:  # a missing or read-only directory: the open reports it
+        log.debug("could not adjust the catalog reserve %s: %s", reserve, exc)
+
+
+def _release(reserve: Path, size: int) -> None:
+    try:
+        reserve.unlink()
+    except FileNotFoundError:
+        return
+    log.warning(
+        "the catalog's volume is full: released the %d MiB kept in %s so the catalog can"
+        " open and commit; DELETE and `cloudimg gc` free space",
+        size // (1024 * 1024),
+        reserve,
+    )
+
+
+def _refill(reserve: Path, size: int) -> None:
+    try:
+        if reserve.stat().st_size >= size:
+            return
+    except FileNotFoundError:
+        pass
+    fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        reserve.unlink(missing_ok=True)  # a part of a reserve only takes room away
+        raise
+    finally:
+        os.close(fd)
 
 
 def alembic_config(url: str) -> Config:
@@ -80,35 +205,53 @@ def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("cloudimg.migrations")))
     # ConfigParser interpolation would eat a '%' in a password.
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
     return config
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``, once however many processes call it at a time.
 
-    Blocking: call it from a thread in async code. On PostgreSQL the migration
-    transaction holds an advisory lock (see ``migrations/env.py``); on SQLite a
-    ``flock`` on ``<database>.migrate.lock`` beside the file is held for the whole
-    upgrade, because Alembic commits SQLite migrations one at a time.
+    A catalog at this code's head is left alone: no lock file, no Alembic log lines, so
+    migrations are logged only when one runs. Blocking: call it from a thread in async
+    code. On PostgreSQL the migration transaction holds an advisory lock (see
+    ``migrations/env.py``); on SQLite a ``flock`` on ``<database>.migrate.lock`` beside
+    the file is held for the whole upgrade, because Alembic commits SQLite migrations
+    one at a time.
 
     Raises:
         SchemaVersionError: the database is at a revision this code does not know
             (a newer cloudimg migrated it), or, when ``revision`` is ``head``, it is not
             at this code's head afterwards.
     """
-    config = alembic_config(url)
+    url = async_url(url)
+    database = sqlite_path(url)
+    if database is not None:
+        keep_room(database)  # before the lock file and the -shm file are created
+    current = current_revision(url)
+    _refuse_unknown(current)
+    if revision == "head" and current == head_revision():
+        return
     with _sqlite_migration_lock(url):
-        current = current_revision(url)
-        if current is not None and _unknown(current):
-            raise SchemaVersionError(
-                f"the catalog schema is at revision {current}, which this cloudimg does not"
-                f" know (its newest is {head_revision()}): a newer cloudimg migrated it;"
-                " run that version, or restore the catalog from before the upgrade"
-            )
-        command.upgrade(config, revision)
+        _refuse_unknown(current_revision(url))
+        command.upgrade(alembic_config(url), revision)
     if revision == "head":
         check_schema(url)
+
+
+def _refuse_unknown(current: str | None) -> None:
+    if current is not None and _unknown(current):
+        raise SchemaVersionError(
+            f"the catalog schema is at revision {current}, which this cloudimg does not"
+            f" know (its newest is {head_revision()}): a newer cloudimg migrated it;"
+            " run that version, or restore the catalog from before the upgrade"
+        )
+
+
+def check_models(url: str) -> None:
+    """Raise Alembic's ``CommandError`` when the catalog's schema differs from the models."""
+    with _quiet_alembic():
+        command.check(alembic_config(url))
 
 
 def check_schema(url: str) -> None:
@@ -144,7 +287,20 @@ def current_revision(url: str) -> str | None:
         finally:
             await engine.dispose()
 
-    return asyncio.run(read())
+    with _quiet_alembic():
+        return asyncio.run(read())
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """No "Context impl" INFO lines for a mere look at the version table."""
+    logger = logging.getLogger("alembic")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def lock_migrations(connection: Connection) -> None:
@@ -171,12 +327,121 @@ def _unknown(revision: str) -> bool:
 @contextmanager
 def _sqlite_migration_lock(url: str) -> Iterator[None]:
     """An exclusive ``flock`` on a file beside a SQLite database (nothing for other URLs)."""
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+    database = sqlite_path(url)
+    if database is None:
         yield
         return
-    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    lock_path = database.with_name(database.name + ".migrate.lock")
     with lock_path.open("a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
         yield
+
+
+def describe_database_error(exc: BaseException, url: str) -> str | None:
+    """One line that says what is wrong with the catalog database at ``url`` and what to do.
+
+    None when ``exc`` is not about reaching or opening the database (a bug keeps its
+    traceback). The line never shows the URL's password.
+    """
+    parsed = make_url(async_url(url))
+    causes = _causes(exc)
+    if parsed.get_backend_name() == "sqlite":
+        line = _describe_sqlite(causes, sqlite_path(url))
+    else:
+        line = _describe_postgres(causes, parsed)
+    if line is None:
+        return None
+    if parsed.password:
+        line = line.replace(str(parsed.password), "***")
+    return line
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error it wraps, and what that was raised from."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 8:
+        current = todo.pop(0)
+        if current is None or current in seen:
+            continue
+        seen.append(current)
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        todo += [orig, current.__cause__, current.__context__]
+    return seen
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0][:300]
+
+
+def _describe_sqlite(causes: list[BaseException], database: Path | None) -> str | None:
+    error = next((c for c in causes if isinstance(c, sqlite3.Error)), None)
+    if error is None:
+        return None
+    message = str(error)
+    where = f"the SQLite catalog {database}"
+    folder = database.parent if database else Path()
+    if "unable to open" in message:
+        return (
+            f"cannot open {where}: {message}; check that {folder} exists and that"
+            f" uid {os.getuid()} may write it"
+        )
+    if "readonly" in message:
+        return f"{where} is read-only for uid {os.getuid()}: {message}; check its owner and mode"
+    if "disk I/O" in message or "full" in message:
+        if _volume_full(folder):
+            return (
+                f"{where} cannot be written: {message}; the volume of {folder} is full and the"
+                " catalog's reserve is used up: remove files that are not the registry's, or"
+                " grow the volume"
+            )
+        return f"{where} cannot be written: {message}; is the volume of {folder} failing?"
+    if "locked" in message or "busy" in message:
+        return f"{where} stayed locked by another process: {message}; try again"
+    if "not a database" in message or "malformed" in message:
+        return f"{where} is damaged or not a SQLite database: {message}"
+    return f"{where}: {message}" if isinstance(error, sqlite3.OperationalError) else None
+
+
+def _volume_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < RESERVE_BYTES // 2
+
+
+_AUTH_STATES = {"28P01", "28000"}  # invalid_password, invalid_authorization_specification
+
+
+def _describe_postgres(causes: list[BaseException], parsed: URL) -> str | None:
+    server = f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
+    for cause in causes:
+        state = str(getattr(cause, "sqlstate", "") or "")
+        if not type(cause).__module__.startswith("asyncpg"):
+            continue
+        if state == "3D000":
+            return (
+                f'{server} has no database "{parsed.database}": create it (createdb) or'
+                " correct the database name in --database-url (CLOUDIMG_DATABASE_URL)"
+            )
+        if state in _AUTH_STATES:
+            return (
+                f'{server} refused user "{parsed.username}": {_first_line(cause)}; check the user'
+                " and password in --database-url (CLOUDIMG_DATABASE_URL)"
+            )
+        if state.startswith(("08", "53", "57P")) or "Connection" in type(cause).__name__:
+            return f"{server} cannot serve the catalog: {_first_line(cause)}"
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return f'cannot resolve the PostgreSQL host "{parsed.host}": {cause.strerror}'
+        if isinstance(cause, ConnectionRefusedError):
+            return (
+                f"cannot connect to {server}: connection refused; is PostgreSQL running, and"
+                " are the host and port in --database-url (CLOUDIMG_DATABASE_URL) right?"
+            )
+        if isinstance(cause, TimeoutError):
+            return f"{server} did not answer in time: is the host right and reachable?"
+        if isinstance(cause, OSError) and cause.errno not in (None, errno.ENOENT):
+            return f"cannot connect to {server}: {cause.strerror or _first_line(cause)}"
+    return None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import click
-from alembic import command
 from alembic.util.exc import CommandError
 
-from cloudimg.catalog import upgrade_database
-from cloudimg.catalog.database import SchemaVersionError, alembic_config
+from cloudimg.catalog.database import check_models, current_revision, head_revision
 from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.storage import catalog_errors, prepare_storage
 
 __all__ = ["db"]
 
@@ -21,28 +20,28 @@ def db() -> None:
 @db.command()
 @storage_options
 def upgrade(**values: object) -> None:
-    """Apply every pending migration."""
-    settings = settings_from(**values)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
-    try:
-        upgrade_database(settings.resolved_database_url)
-    except SchemaVersionError as exc:
-        raise click.ClickException(str(exc)) from None
+    """Apply every pending migration (creates the data root and catalog when missing)."""
+    prepare_storage(settings_from(**values), create=True)
     click.echo("catalog schema is up to date")
 
 
 @db.command()
 @storage_options
 def current(**values: object) -> None:
-    """Print the schema revision of the catalog."""
-    command.current(alembic_config(settings_from(**values).resolved_database_url), verbose=False)
+    """Print the schema revision of the catalog (exit 1 when there is no catalog)."""
+    url = prepare_storage(settings_from(**values), create=False, writable=False, migrate=False)
+    with catalog_errors(url):
+        revision = current_revision(url)
+    click.echo(f"{revision} (head)" if revision == head_revision() else str(revision))
 
 
 @db.command()
 @storage_options
 def check(**values: object) -> None:
     """Exit non-zero when the schema does not match the code's models."""
+    url = prepare_storage(settings_from(**values), create=False, writable=False, migrate=False)
     try:
-        command.check(alembic_config(settings_from(**values).resolved_database_url))
+        with catalog_errors(url):
+            check_models(url)
     except CommandError as exc:
         raise click.ClickException(str(exc)) from None

@@ -43,6 +43,7 @@ def import_legacy_command(source: Path, move: bool, as_json: bool, **values: obj
         lambda catalog: import_legacy(
             catalog, source, move=move, data_root=settings.data_root, progress=progress
         ),
+        create=True,
     )
     if as_json:
         print_json(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from cloudimg.catalog import Catalog
+from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
 from cloudimg.maintenance import open_catalog
 from cloudimg.maintenance.report import Progress
@@ -25,14 +26,26 @@ SHOWN_PER_KIND = 10
 """Problems of one kind printed in full; the rest are counted."""
 
 
-def run(settings: Settings, work: Callable[[Catalog], Awaitable[T]]) -> T:
-    """Open the catalog of ``settings`` and run ``work`` on it in an event loop."""
+def run(
+    settings: Settings,
+    work: Callable[[Catalog], Awaitable[T]],
+    *,
+    create: bool = False,
+    writable: bool = True,
+) -> T:
+    """Open the catalog of ``settings`` and run ``work`` on it in an event loop.
+
+    The data root and the catalog are checked first (``prepare_storage``): only with
+    ``create`` may they be made; a database that fails meanwhile is one line too.
+    """
+    url = prepare_storage(settings, create=create, writable=writable)
 
     async def main() -> T:
         async with open_catalog(settings) as catalog:
             return await work(catalog)
 
-    return asyncio.run(main())
+    with catalog_errors(url):
+        return asyncio.run(main())
 
 
 def _plain(value: Any) -> Any:

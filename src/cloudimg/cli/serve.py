@@ -17,9 +17,8 @@ from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
 from cloudimg.api.auth import AuthConfigError, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
-from cloudimg.catalog import upgrade_database
-from cloudimg.catalog.database import SchemaVersionError
 from cloudimg.cli.options import limit_options, option, settings_from, storage_options
+from cloudimg.cli.storage import prepare_storage
 from cloudimg.config import Settings, parse_listener_addr, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
@@ -82,11 +81,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
         load_registry_auth(settings)  # refuse bad credential files before migrating
     except AuthConfigError as exc:
         raise click.BadParameter(exc.message, param_hint=exc.flag) from None
-    Path(settings.data_root).mkdir(parents=True, exist_ok=True)
-    try:
-        upgrade_database(settings.resolved_database_url)  # once, before any worker starts
-    except SchemaVersionError as exc:
-        raise click.ClickException(str(exc)) from None
+    prepare_storage(settings, create=True)  # once, before any worker starts
     reset_multiprocess_dir()
     if settings.workers > 1:
         _serve_workers(settings, host, port, log_format)

@@ -1,0 +1,161 @@
+"""Checks before a command touches the data root and the catalog: one line, never a traceback.
+
+Only ``serve``, ``db upgrade`` and ``import-legacy`` create a registry (the data root,
+the SQLite file, the schema); every other command refuses a data root or a catalog
+that is not there, so a typo in a CronJob fails instead of reporting a healthy, empty
+registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from sqlalchemy.engine import make_url
+
+from cloudimg.blobstore import FilesystemBlobStore
+from cloudimg.catalog import upgrade_database
+from cloudimg.catalog.database import (
+    CatalogUrlError,
+    SchemaVersionError,
+    async_url,
+    current_revision,
+    describe_database_error,
+    sqlite_path,
+)
+from cloudimg.config import Settings
+
+__all__ = ["catalog_errors", "prepare_storage"]
+
+_CREATORS = "`cloudimg serve`, `cloudimg db upgrade` and `cloudimg import-legacy` create one"
+
+
+def prepare_storage(
+    settings: Settings, *, create: bool, writable: bool = True, migrate: bool = True
+) -> str:
+    """Check (or, with ``create``, make) the data root and the catalog; returns the catalog URL.
+
+    ``writable``: the command writes, so this user must be able to write the data root
+    and its directories. ``migrate``: bring the schema to this code's head (logged only
+    when a migration runs).
+
+    Raises:
+        click.ClickException: one line saying what is wrong and what to do.
+    """
+    try:
+        url = async_url(settings.resolved_database_url)
+    except CatalogUrlError as exc:
+        raise click.ClickException(f"--database-url (CLOUDIMG_DATABASE_URL): {exc}") from None
+    root = settings.data_root
+    if create:
+        _create(root)
+    elif not root.is_dir():
+        raise click.ClickException(
+            f"the data root {root.absolute()} does not exist: check --data-root"
+            f" (CLOUDIMG_DATA_ROOT); {_CREATORS}"
+        )
+    if writable:
+        _check_writable(root)
+    if create:
+        _create_layout(root)
+    with catalog_errors(url):
+        if not create:
+            _require_catalog(url)
+        if migrate:
+            upgrade_database(url)
+    return url
+
+
+@contextmanager
+def catalog_errors(url: str) -> Iterator[None]:
+    """Turn a catalog database that cannot be reached or used into one line."""
+    try:
+        yield
+    except SchemaVersionError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        line = describe_database_error(exc, url)
+        if line is None:
+            raise
+        raise click.ClickException(line) from None
+
+
+def _create(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else root
+        raise click.ClickException(
+            f"cannot create the data root {root} ({where}: {exc.strerror}):"
+            " give --data-root (CLOUDIMG_DATA_ROOT) a directory on a writable volume"
+            + _owner_hint(where)
+        ) from None
+
+
+def _create_layout(root: Path) -> None:
+    try:
+        FilesystemBlobStore(root).ensure_layout()
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else root
+        raise click.ClickException(
+            f"cannot create {where}: {exc.strerror}" + _owner_hint(where)
+        ) from None
+
+
+def _check_writable(root: Path) -> None:
+    """Every directory the command writes into: the root (catalog file) and the blob store's."""
+    store = FilesystemBlobStore(root)
+    for directory in (root, store.blobs_dir, store.staging_dir, store.trash_dir):
+        if not directory.exists():
+            continue  # created later (serve) or by opening the catalog, in a writable root
+        if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+            raise click.ClickException(
+                f"cannot write to {directory}: {_why_not(directory)}" + _owner_hint(directory)
+            )
+
+
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _why_not(directory: Path) -> str:
+    try:
+        readonly = os.statvfs(directory).f_flag & os.ST_RDONLY
+    except OSError as exc:
+        return exc.strerror or "not accessible"
+    return "read-only file system" if readonly else "permission denied"
+
+
+def _owner_hint(path: Path) -> str:
+    """Who runs and who owns the directory, when another uid owns it."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return ""
+    uid = os.geteuid()
+    if owner == uid:
+        return ""
+    return (
+        f"; it belongs to uid {owner} and this runs as uid {uid}: run as its owner, or chown"
+        " it (Kubernetes: securityContext.fsGroup)"
+    )
+
+
+def _require_catalog(url: str) -> None:
+    """A catalog with a schema must be there already (opening SQLite would create one)."""
+    database = sqlite_path(url)
+    if database is not None and not database.exists():
+        raise click.ClickException(
+            f"no catalog at {database}: is --data-root (CLOUDIMG_DATA_ROOT) the registry's?"
+            f" {_CREATORS}"
+        )
+    if current_revision(url) is None:
+        shown = database or make_url(url).render_as_string(hide_password=True)
+        raise click.ClickException(
+            f"the catalog {shown} is empty (no cloudimg schema): is --database-url"
+            f" (CLOUDIMG_DATABASE_URL) the registry's? {_CREATORS.replace('one', 'it')}"
+        )
