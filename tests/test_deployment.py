@@ -5,7 +5,9 @@
 - the chart refuses the combinations that cannot work (``fail`` in the templates);
 - every YAML block the docs show parses;
 - every operation of a real server's ``/docs/openapi.json`` is in ``docs/api.md`` with
-  its method and path, so the API reference cannot drift from the code.
+  its method and path, so the API reference cannot drift from the code;
+- every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
+  passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it).
 
 Helm itself is not run here (no helm binary in CI): the templates are checked by
 reading them, the values by the schema Helm applies.
@@ -13,6 +15,7 @@ reading them, the values by the schema Helm applies.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -238,3 +241,52 @@ def test_every_operation_of_the_openapi_document_is_in_the_api_reference(
             if operation.get("operationId") and f"`{operation['operationId']}`" not in reference:
                 missing.append(f"operationId {operation['operationId']}")
     assert missing == [], "docs/api.md lacks: " + ", ".join(missing)
+
+
+# -- qemu-img convert over HTTP: -m 1 everywhere ------------------------------------------
+
+_HTTP_SOURCE = re.compile(r"https?://|image-opts|\burl\b", re.IGNORECASE)
+
+
+def commands(path: Path) -> list[str]:
+    """The command lines of a doc's code blocks, or of a chart file, continuations joined."""
+    text = path.read_text()
+    if path.suffix == ".md":
+        text = "\n".join(match.group(2) for match in _FENCE.finditer(text))
+    return text.replace("\\\n", " ").splitlines()
+
+
+def converts_over_http_in_text() -> list[tuple[str, str]]:
+    """``qemu-img convert`` command lines that read over HTTP, in the docs and the chart."""
+    texts = [*DOCS, *(p for p in CHART.rglob("*") if p.is_file() and p.suffix != ".json")]
+    found = []
+    for path in texts:
+        for line in commands(path):
+            if "qemu-img convert" in line and _HTTP_SOURCE.search(line):
+                found.append((str(path.relative_to(ROOT)), line.strip()))
+    return found
+
+
+def converts_over_http_in_tests() -> list[tuple[str, str]]:
+    """Calls in the tests whose arguments start with ``"convert"`` and read over HTTP."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and first.value == "convert":
+                call = ast.get_source_segment(source, node) or ""
+                if _HTTP_SOURCE.search(call):
+                    found.append((path.name, " ".join(call.split())))
+    return found
+
+
+def test_every_qemu_img_convert_over_http_runs_one_request_at_a_time() -> None:
+    in_text, in_tests = converts_over_http_in_text(), converts_over_http_in_tests()
+    assert any(where == "docs/cdi.md" for where, _ in in_text)  # the check sees the docs
+    assert len(in_tests) >= 4  # and the suite's own converts (test_qemu_img, test_auth)
+    missing = [f"{where}: {line}" for where, line in in_text if not re.search(r" -m 1\b", line)]
+    missing += [f"{where}: {call}" for where, call in in_tests if '"-m", "1"' not in call]
+    assert missing == [], "qemu-img convert over HTTP without -m 1:\n" + "\n".join(missing)
