@@ -6,6 +6,8 @@
 - every YAML block the docs show parses;
 - every operation of a real server's ``/docs/openapi.json`` is in ``docs/api.md`` with
   its method and path, so the API reference cannot drift from the code;
+- the PostgreSQL URL comes from a Secret as ``CLOUDIMG_DATABASE_URL`` (chart and
+  docs/scaling.md), and a server given it so shows no password in ``ps``;
 - every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
   passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,10 @@ import httpx
 import jsonschema
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
+from tests.databases import catalog_database, query
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "cloudimg"
@@ -290,3 +295,91 @@ def test_every_qemu_img_convert_over_http_runs_one_request_at_a_time() -> None:
     missing = [f"{where}: {line}" for where, line in in_text if not re.search(r" -m 1\b", line)]
     missing += [f"{where}: {call}" for where, call in in_tests if '"-m", "1"' not in call]
     assert missing == [], "qemu-img convert over HTTP without -m 1:\n" + "\n".join(missing)
+
+
+# -- the database URL: from a Secret, in the environment, never on the command line -------
+
+
+def doc_yaml(name: str) -> list[Any]:
+    text = (ROOT / "docs" / name).read_text()
+    blocks = [m.group(2) for m in _FENCE.finditer(text) if m.group(1) in ("yaml", "yml")]
+    return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc is not None]
+
+
+def test_the_database_url_comes_from_the_secret_in_the_chart_and_the_docs() -> None:
+    helpers = template("_helpers.tpl")
+    storage_env = helpers[helpers.index('define "cloudimg.storageEnv"') :]
+    storage_env = storage_env[: storage_env.index("{{- end }}\n{{- end }}")]
+    assert re.search(
+        r"- name: CLOUDIMG_DATABASE_URL\n\s+valueFrom:\n\s+secretKeyRef:\n"
+        r"\s+name: \{\{ \.Values\.database\.existingSecret \}\}\n"
+        r"\s+key: \{\{ \.Values\.database\.secretKey \}\}",
+        storage_env,
+    )
+    for name in ("deployment.yaml", "cronjob-gc.yaml"):
+        assert 'include "cloudimg.storageEnv"' in template(name), name
+    job = template("migrate-job.yaml")
+    assert "CLOUDIMG_DATABASE_URL" in job
+    assert ".Values.database.existingSecret" in job
+    templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*") if p.is_file())
+    assert "--database-url" not in templates
+
+    documents = doc_yaml("scaling.md")
+    secret = next(d for d in documents if isinstance(d, dict) and d.get("kind") == "Secret")
+    env = next(d["env"] for d in documents if isinstance(d, dict) and "env" in d)
+    url = next(e for e in env if e["name"] == "CLOUDIMG_DATABASE_URL")["valueFrom"]
+    assert url["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert url["secretKeyRef"]["key"] in secret["stringData"]
+    assert url["secretKeyRef"]["key"] == load_yaml(CHART / "values.yaml")["database"]["secretKey"]
+    scaling = (ROOT / "docs" / "scaling.md").read_text()
+    assert not re.search(r"--database-url[ =]\S*://", scaling), "a URL on a command line"
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def command_lines(server: RunningServer) -> list[str]:
+    return [
+        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        for pid in process_tree(server.process.pid)
+    ]
+
+
+@pytest.mark.postgres
+def test_a_database_url_in_the_environment_stays_out_of_ps(tmp_path: Path) -> None:
+    """What docs/scaling.md says: the flag shows the password for the parent and each
+    worker; ``CLOUDIMG_DATABASE_URL`` (as the chart sets it from the Secret) does not."""
+    password = "pw-" + secrets.token_hex(8)  # the local server trusts: any password works
+    with catalog_database("postgresql", tmp_path / "pg") as url:
+        with_password = make_url(url).set(password=password).render_as_string(hide_password=False)
+        by_env = start_server(
+            tmp_path / "env", "--workers", "2", env={"CLOUDIMG_DATABASE_URL": with_password}
+        )
+        try:
+            lines = command_lines(by_env)
+            assert len(lines) >= 3, lines  # the parent and its two workers
+            assert not [line for line in lines if password in line]
+            with by_env.client() as http:
+                assert http.get("/readyz").json()["data"]["catalog"] == "ok"
+        finally:
+            by_env.stop()
+        by_flag = start_server(tmp_path / "flag", "--workers", "2", "--database-url", with_password)
+        try:
+            assert len([line for line in command_lines(by_flag) if password in line]) >= 3
+        finally:
+            by_flag.stop()
+        assert query(url, "SELECT count(*) FROM alembic_version") == [(1,)]  # it used PG
