@@ -8,6 +8,8 @@
   its method and path, so the API reference cannot drift from the code;
 - the PostgreSQL URL comes from a Secret as ``CLOUDIMG_DATABASE_URL`` (chart and
   docs/scaling.md), and a server given it so shows no password in ``ps``;
+- docs/development.md's commands that make a numbered migration work (run in a scratch
+  copy of the package);
 - every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
   passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it).
 
@@ -19,8 +21,13 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,12 @@ from tests.databases import catalog_database, query
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "cloudimg"
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced code block, also those indented in a list item."""
+    return [(m.group(2), textwrap.dedent(m.group(3))) for m in _FENCE.finditer(text)]
 
 
 def load_yaml(path: Path) -> Any:
@@ -197,9 +209,9 @@ def test_containerfile() -> None:
 def yaml_blocks() -> list[tuple[str, str]]:
     blocks = []
     for path in DOCS:
-        for number, match in enumerate(_FENCE.finditer(path.read_text())):
-            if match.group(1) in ("yaml", "yml"):
-                blocks.append((f"{path.name}#{number}", match.group(2)))
+        for number, (language, body) in enumerate(fenced_blocks(path.read_text())):
+            if language in ("yaml", "yml"):
+                blocks.append((f"{path.name}#{number}", body))
     return blocks
 
 
@@ -257,7 +269,7 @@ def commands(path: Path) -> list[str]:
     """The command lines of a doc's code blocks, or of a chart file, continuations joined."""
     text = path.read_text()
     if path.suffix == ".md":
-        text = "\n".join(match.group(2) for match in _FENCE.finditer(text))
+        text = "\n".join(body for _, body in fenced_blocks(text))
     return text.replace("\\\n", " ").splitlines()
 
 
@@ -302,7 +314,7 @@ def test_every_qemu_img_convert_over_http_runs_one_request_at_a_time() -> None:
 
 def doc_yaml(name: str) -> list[Any]:
     text = (ROOT / "docs" / name).read_text()
-    blocks = [m.group(2) for m in _FENCE.finditer(text) if m.group(1) in ("yaml", "yml")]
+    blocks = [body for language, body in fenced_blocks(text) if language in ("yaml", "yml")]
     return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc is not None]
 
 
@@ -383,3 +395,69 @@ def test_a_database_url_in_the_environment_stays_out_of_ps(tmp_path: Path) -> No
         finally:
             by_flag.stop()
         assert query(url, "SELECT count(*) FROM alembic_version") == [(1,)]  # it used PG
+
+
+# -- docs/development.md: a numbered migration, made with the commands it shows -----------
+
+
+def section(doc: str, heading: str) -> str:
+    text = (ROOT / "docs" / doc).read_text()
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_migration_commands_of_the_development_docs_make_the_next_numbered_revision(
+    tmp_path: Path,
+) -> None:
+    blocks = [body for _, body in fenced_blocks(section("development.md", "A schema change"))]
+    script = next(block for block in blocks if "command.revision" in block)
+    assert "rev_id=" in script
+    # A scratch copy laid out like the repository: migrations/ is the package's
+    # cloudimg.migrations (what pyproject's package-dir maps), so the revision lands there.
+    scratch = tmp_path / "scratch"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "src" / "cloudimg", scratch / "src" / "cloudimg", ignore=ignore)
+    shutil.copytree(ROOT / "migrations", scratch / "migrations", ignore=ignore)
+    (scratch / "src" / "cloudimg" / "migrations").symlink_to(scratch / "migrations")
+    with (scratch / "src" / "cloudimg" / "catalog" / "models.py").open("a") as models:
+        models.write(
+            "\n\nclass ScratchNote(Base):\n"
+            '    __tablename__ = "scratch_notes"\n\n'
+            "    id: Mapped[int] = mapped_column(Integer, primary_key=True)\n"
+        )
+    ruff = Path(sys.executable).with_name("ruff")
+    prelude = (
+        "set -eu\n"
+        'cloudimg() { "$PY" -m cloudimg "$@"; }\n'
+        'python() { "$PY" "$@"; }\n'
+        f'ruff() {{ {ruff if ruff.exists() else ":"} "$@"; }}\n'
+    )
+    env = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(scratch / "src")}
+
+    def bash(commands: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", prelude + commands],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"{commands}\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    ours = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
+    head = max(int(name[:4]) for name in ours if name[:4].isdigit())
+    output = bash(script)
+    new = sorted(p.name for p in (scratch / "migrations" / "versions").glob("*.py"))
+    added = [name for name in new if name not in ours]
+    assert added == [f"{head + 1:04d}_what_it_changes.py"], output
+    revision = (scratch / "migrations" / "versions" / added[0]).read_text()
+    assert re.search(rf"^revision: str = [\"']{head + 1:04d}[\"']$", revision, re.MULTILINE)
+    assert re.search(rf"^down_revision: str \| None = [\"']{head:04d}[\"']$", revision, re.M)
+    assert "op.create_table(" in revision
+    assert "scratch_notes" in revision
+    assert sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py")) == ours
+    # What `nox -s migrations` then does: a fresh catalog migrates to it and matches the models.
+    bash("cloudimg db upgrade --data-root ./fresh && cloudimg db check --data-root ./fresh")
