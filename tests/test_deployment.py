@@ -8,6 +8,7 @@
   its method and path, so the API reference cannot drift from the code;
 - the PostgreSQL URL comes from a Secret as ``CLOUDIMG_DATABASE_URL`` (chart and
   docs/scaling.md), and a server given it so shows no password in ``ps``;
+- docs/upgrading.md's dry look and import, run as the doc shows them;
 - docs/development.md's commands that make a numbered migration work (run in a scratch
   copy of the package);
 - every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import RunningServer, start_server
 from tests.databases import catalog_database, query
+from tests.maintenance_support import catalog_state, tree_state
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "cloudimg"
@@ -461,3 +464,52 @@ def test_the_migration_commands_of_the_development_docs_make_the_next_numbered_r
     assert sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py")) == ours
     # What `nox -s migrations` then does: a fresh catalog migrates to it and matches the models.
     bash("cloudimg db upgrade --data-root ./fresh && cloudimg db check --data-root ./fresh")
+
+
+# -- docs/upgrading.md: the dry look, then the import ------------------------------------
+
+
+def test_the_upgrade_steps_dry_look_changes_nothing_and_the_import_does_what_it_said(
+    tmp_path: Path,
+) -> None:
+    """Step 4's commands, as the pod runs them (CLOUDIMG_DATA_ROOT=/data, the old tree in
+    place), on a data root the new server has migrated."""
+    step = section("upgrading.md", "Step by step (same volume, in place)")
+    step = step[step.index("4. **Dry look") : step.index("5. **Check")]
+    script = next(body for language, body in fenced_blocks(step) if language == "sh")
+    commands = [
+        shlex.split(line.partition(" -- ")[2].replace("/data", str(tmp_path / "data")))
+        for line in script.splitlines()
+        if " exec " in line
+    ]
+    assert [c[:2] for c in commands] == [["cloudimg", "import-legacy"]] * 2
+    assert "--dry-run" in commands[0]
+    assert "--dry-run" not in commands[1]
+    data = tmp_path / "data"
+    env = {**os.environ, "CLOUDIMG_DATA_ROOT": str(data)}
+    env.pop("CLOUDIMG_DATABASE_URL", None)
+
+    def run(command: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "cloudimg", *command[1:], *extra]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run(["cloudimg", "db", "upgrade"]).returncode == 0  # what the server's start did
+    for rel, body in (("crownlabs/ubuntu/2204", b"ubuntu"), ("teaching/debian/v12", b"debian")):
+        (data / rel).mkdir(parents=True)
+        (data / rel / "image.bin").write_bytes(body)
+        (data / rel / "meta.json").write_text('{"os": "linux"}')
+    (data / "Not_A_Repo").mkdir()
+    before, rows = tree_state(tmp_path), catalog_state(data)
+
+    dry = run(commands[0])
+    assert dry.returncode == 1, dry.stderr  # Not_A_Repo would be skipped
+    assert "would import: crownlabs/ubuntu/2204" in dry.stdout
+    assert "skipped: Not_A_Repo: invalid repo name" in dry.stdout
+    assert "2 would be imported" in dry.stdout
+    assert tree_state(tmp_path) == before
+    assert catalog_state(data) == rows
+
+    done = run(commands[1], "--json")
+    report = json.loads(done.stdout)
+    assert report["counts"] == {"imported": 2, "unchanged": 0, "skipped": 1, "failed": 0}
+    assert not (data / "crownlabs").exists()  # --move: the old entries left the tree
