@@ -13,6 +13,7 @@ from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, 
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from cloudimg.maintenance.report import Progress
 
 __all__ = ["import_legacy_command"]
 
@@ -48,10 +49,10 @@ def import_legacy_command(
     reason. Safe to run again, or after a crash. Exits 1 when an entry was skipped or failed.
     """
     settings = settings_from(**values)
+    progress = progress_printer("checked" if dry_run else "imported", enabled=not as_json)
     if dry_run:
-        report = asyncio.run(_preview(settings, source, move))
+        report = asyncio.run(_preview(settings, source, move, progress))
     else:
-        progress = progress_printer("imported", enabled=not as_json)
         report = run(
             settings,
             lambda catalog: import_legacy(
@@ -70,10 +71,14 @@ def import_legacy_command(
     sys.exit(0 if report.ok else 1)
 
 
-async def _preview(settings: Settings, source: Path, move: bool) -> ImportReport:
+async def _preview(
+    settings: Settings, source: Path, move: bool, progress: Progress | None
+) -> ImportReport:
     """The dry run: the catalog opened for reading only, or none before the first start."""
     async with open_catalog_read_only(settings) as catalog:
-        return await preview_import(catalog, source, move=move, data_root=settings.data_root)
+        return await preview_import(
+            catalog, source, move=move, data_root=settings.data_root, progress=progress
+        )
 
 
 def _print(report: ImportReport) -> None:
