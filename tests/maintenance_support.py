@@ -103,3 +103,34 @@ def cli_json(*args: str, check: int | None = None) -> dict[str, Any]:
     done = cli(*args, "--json", check=check)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+CATALOG_TABLES = ("alembic_version", "repositories", "images", "blobs", "tags")
+
+
+def tree_state(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a directory): to compare trees."""
+    state: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        state[rel] = None if path.is_dir() and not path.is_symlink() else path.read_bytes()
+    return state
+
+
+def catalog_state(data_root: Path) -> list[list[tuple[Any, ...]]]:
+    """Every row of every catalog table of ``data_root`` (nothing when it has no schema)."""
+    url = catalog_url(data_root)
+    sqlite = url.startswith("sqlite")
+    if sqlite and not (data_root / "catalog.sqlite3").exists():
+        return []  # (a connection would create the file)
+    tables = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if sqlite
+        else "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    present = {row[0] for row in query(url, tables)}
+    return [
+        query(url, f"SELECT * FROM {table} ORDER BY 1")
+        for table in CATALOG_TABLES
+        if table in present
+    ]

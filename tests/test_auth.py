@@ -618,7 +618,7 @@ def test_qemu_img_reads_with_credentials_in_the_url(
     password = READ_PASSWORD.replace(":", "%3A")
     url = f"http://{READ_USER}:{password}@{host}{_QEMU_PATH}"
     out = tmp_path / "out.raw"
-    result = run_qemu_img("convert", "-f", "qcow2", "-O", "raw", url, str(out))
+    result = run_qemu_img("convert", "-m", "1", "-f", "qcow2", "-O", "raw", url, str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == qemu_disk
     assert_no_secret_in_log(read_server)
@@ -641,7 +641,7 @@ def test_qemu_img_reads_with_a_password_secret(
     out = tmp_path / "out.raw"
     secret = f"secret,id=sec0,file={password_file}"
     result = run_qemu_img(
-        "convert", "--object", secret, "--image-opts", options, "-O", "raw", str(out)
+        "convert", "-m", "1", "--object", secret, "--image-opts", options, "-O", "raw", str(out)
     )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == qemu_disk

@@ -5,7 +5,14 @@
 - the chart refuses the combinations that cannot work (``fail`` in the templates);
 - every YAML block the docs show parses;
 - every operation of a real server's ``/docs/openapi.json`` is in ``docs/api.md`` with
-  its method and path, so the API reference cannot drift from the code.
+  its method and path, so the API reference cannot drift from the code;
+- the PostgreSQL URL comes from a Secret as ``CLOUDIMG_DATABASE_URL`` (chart and
+  docs/scaling.md), and a server given it so shows no password in ``ps``;
+- docs/upgrading.md's dry look and import, run as the doc shows them;
+- docs/development.md's commands that make a numbered migration work (run in a scratch
+  copy of the package);
+- every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
+  passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it).
 
 Helm itself is not run here (no helm binary in CI): the templates are checked by
 reading them, the values by the schema Helm applies.
@@ -13,8 +20,16 @@ reading them, the values by the schema Helm applies.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +37,21 @@ import httpx
 import jsonschema
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
+from tests.databases import catalog_database, query
+from tests.maintenance_support import catalog_state, tree_state
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "cloudimg"
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced code block, also those indented in a list item."""
+    return [(m.group(2), textwrap.dedent(m.group(3))) for m in _FENCE.finditer(text)]
 
 
 def load_yaml(path: Path) -> Any:
@@ -189,9 +212,9 @@ def test_containerfile() -> None:
 def yaml_blocks() -> list[tuple[str, str]]:
     blocks = []
     for path in DOCS:
-        for number, match in enumerate(_FENCE.finditer(path.read_text())):
-            if match.group(1) in ("yaml", "yml"):
-                blocks.append((f"{path.name}#{number}", match.group(2)))
+        for number, (language, body) in enumerate(fenced_blocks(path.read_text())):
+            if language in ("yaml", "yml"):
+                blocks.append((f"{path.name}#{number}", body))
     return blocks
 
 
@@ -238,3 +261,255 @@ def test_every_operation_of_the_openapi_document_is_in_the_api_reference(
             if operation.get("operationId") and f"`{operation['operationId']}`" not in reference:
                 missing.append(f"operationId {operation['operationId']}")
     assert missing == [], "docs/api.md lacks: " + ", ".join(missing)
+
+
+# -- qemu-img convert over HTTP: -m 1 everywhere ------------------------------------------
+
+_HTTP_SOURCE = re.compile(r"https?://|image-opts|\burl\b", re.IGNORECASE)
+
+
+def commands(path: Path) -> list[str]:
+    """The command lines of a doc's code blocks, or of a chart file, continuations joined."""
+    text = path.read_text()
+    if path.suffix == ".md":
+        text = "\n".join(body for _, body in fenced_blocks(text))
+    return text.replace("\\\n", " ").splitlines()
+
+
+def converts_over_http_in_text() -> list[tuple[str, str]]:
+    """``qemu-img convert`` command lines that read over HTTP, in the docs and the chart."""
+    texts = [*DOCS, *(p for p in CHART.rglob("*") if p.is_file() and p.suffix != ".json")]
+    found = []
+    for path in texts:
+        for line in commands(path):
+            if "qemu-img convert" in line and _HTTP_SOURCE.search(line):
+                found.append((str(path.relative_to(ROOT)), line.strip()))
+    return found
+
+
+def converts_over_http_in_tests() -> list[tuple[str, str]]:
+    """Calls in the tests whose arguments start with ``"convert"`` and read over HTTP."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and first.value == "convert":
+                call = ast.get_source_segment(source, node) or ""
+                if _HTTP_SOURCE.search(call):
+                    found.append((path.name, " ".join(call.split())))
+    return found
+
+
+def test_every_qemu_img_convert_over_http_runs_one_request_at_a_time() -> None:
+    in_text, in_tests = converts_over_http_in_text(), converts_over_http_in_tests()
+    assert any(where == "docs/cdi.md" for where, _ in in_text)  # the check sees the docs
+    assert len(in_tests) >= 4  # and the suite's own converts (test_qemu_img, test_auth)
+    missing = [f"{where}: {line}" for where, line in in_text if not re.search(r" -m 1\b", line)]
+    missing += [f"{where}: {call}" for where, call in in_tests if '"-m", "1"' not in call]
+    assert missing == [], "qemu-img convert over HTTP without -m 1:\n" + "\n".join(missing)
+
+
+# -- the database URL: from a Secret, in the environment, never on the command line -------
+
+
+def doc_yaml(name: str) -> list[Any]:
+    text = (ROOT / "docs" / name).read_text()
+    blocks = [body for language, body in fenced_blocks(text) if language in ("yaml", "yml")]
+    return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc is not None]
+
+
+def test_the_database_url_comes_from_the_secret_in_the_chart_and_the_docs() -> None:
+    helpers = template("_helpers.tpl")
+    storage_env = helpers[helpers.index('define "cloudimg.storageEnv"') :]
+    storage_env = storage_env[: storage_env.index("{{- end }}\n{{- end }}")]
+    assert re.search(
+        r"- name: CLOUDIMG_DATABASE_URL\n\s+valueFrom:\n\s+secretKeyRef:\n"
+        r"\s+name: \{\{ \.Values\.database\.existingSecret \}\}\n"
+        r"\s+key: \{\{ \.Values\.database\.secretKey \}\}",
+        storage_env,
+    )
+    for name in ("deployment.yaml", "cronjob-gc.yaml"):
+        assert 'include "cloudimg.storageEnv"' in template(name), name
+    job = template("migrate-job.yaml")
+    assert "CLOUDIMG_DATABASE_URL" in job
+    assert ".Values.database.existingSecret" in job
+    templates = "".join(p.read_text() for p in (CHART / "templates").rglob("*") if p.is_file())
+    assert "--database-url" not in templates
+
+    documents = doc_yaml("scaling.md")
+    secret = next(d for d in documents if isinstance(d, dict) and d.get("kind") == "Secret")
+    env = next(d["env"] for d in documents if isinstance(d, dict) and "env" in d)
+    url = next(e for e in env if e["name"] == "CLOUDIMG_DATABASE_URL")["valueFrom"]
+    assert url["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert url["secretKeyRef"]["key"] in secret["stringData"]
+    assert url["secretKeyRef"]["key"] == load_yaml(CHART / "values.yaml")["database"]["secretKey"]
+    scaling = (ROOT / "docs" / "scaling.md").read_text()
+    assert not re.search(r"--database-url[ =]\S*://", scaling), "a URL on a command line"
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def command_lines(server: RunningServer) -> list[str]:
+    return [
+        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        for pid in process_tree(server.process.pid)
+    ]
+
+
+@pytest.mark.postgres
+def test_a_database_url_in_the_environment_stays_out_of_ps(tmp_path: Path) -> None:
+    """What docs/scaling.md says: the flag shows the password for the parent and each
+    worker; ``CLOUDIMG_DATABASE_URL`` (as the chart sets it from the Secret) does not."""
+    password = "pw-" + secrets.token_hex(8)  # the local server trusts: any password works
+    with catalog_database("postgresql", tmp_path / "pg") as url:
+        with_password = make_url(url).set(password=password).render_as_string(hide_password=False)
+        by_env = start_server(
+            tmp_path / "env", "--workers", "2", env={"CLOUDIMG_DATABASE_URL": with_password}
+        )
+        try:
+            lines = command_lines(by_env)
+            assert len(lines) >= 3, lines  # the parent and its two workers
+            assert not [line for line in lines if password in line]
+            with by_env.client() as http:
+                assert http.get("/readyz").json()["data"]["catalog"] == "ok"
+        finally:
+            by_env.stop()
+        by_flag = start_server(tmp_path / "flag", "--workers", "2", "--database-url", with_password)
+        try:
+            assert len([line for line in command_lines(by_flag) if password in line]) >= 3
+        finally:
+            by_flag.stop()
+        assert query(url, "SELECT count(*) FROM alembic_version") == [(1,)]  # it used PG
+
+
+# -- docs/development.md: a numbered migration, made with the commands it shows -----------
+
+
+def section(doc: str, heading: str) -> str:
+    text = (ROOT / "docs" / doc).read_text()
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_migration_commands_of_the_development_docs_make_the_next_numbered_revision(
+    tmp_path: Path,
+) -> None:
+    blocks = [body for _, body in fenced_blocks(section("development.md", "A schema change"))]
+    script = next(block for block in blocks if "command.revision" in block)
+    assert "rev_id=" in script
+    # A scratch copy laid out like the repository: migrations/ is the package's
+    # cloudimg.migrations (what pyproject's package-dir maps), so the revision lands there.
+    scratch = tmp_path / "scratch"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "src" / "cloudimg", scratch / "src" / "cloudimg", ignore=ignore)
+    shutil.copytree(ROOT / "migrations", scratch / "migrations", ignore=ignore)
+    (scratch / "src" / "cloudimg" / "migrations").symlink_to(scratch / "migrations")
+    with (scratch / "src" / "cloudimg" / "catalog" / "models.py").open("a") as models:
+        models.write(
+            "\n\nclass ScratchNote(Base):\n"
+            '    __tablename__ = "scratch_notes"\n\n'
+            "    id: Mapped[int] = mapped_column(Integer, primary_key=True)\n"
+        )
+    ruff = Path(sys.executable).with_name("ruff")
+    prelude = (
+        "set -eu\n"
+        'cloudimg() { "$PY" -m cloudimg "$@"; }\n'
+        'python() { "$PY" "$@"; }\n'
+        f'ruff() {{ {ruff if ruff.exists() else ":"} "$@"; }}\n'
+    )
+    env = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(scratch / "src")}
+
+    def bash(commands: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", prelude + commands],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"{commands}\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    ours = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
+    head = max(int(name[:4]) for name in ours if name[:4].isdigit())
+    output = bash(script)
+    new = sorted(p.name for p in (scratch / "migrations" / "versions").glob("*.py"))
+    added = [name for name in new if name not in ours]
+    assert added == [f"{head + 1:04d}_what_it_changes.py"], output
+    revision = (scratch / "migrations" / "versions" / added[0]).read_text()
+    assert re.search(rf"^revision: str = [\"']{head + 1:04d}[\"']$", revision, re.MULTILINE)
+    assert re.search(rf"^down_revision: str \| None = [\"']{head:04d}[\"']$", revision, re.M)
+    assert "op.create_table(" in revision
+    assert "scratch_notes" in revision
+    assert sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py")) == ours
+    # What `nox -s migrations` then does: a fresh catalog migrates to it and matches the models.
+    bash("cloudimg db upgrade --data-root ./fresh && cloudimg db check --data-root ./fresh")
+
+
+# -- docs/upgrading.md: the dry look, then the import ------------------------------------
+
+
+def test_the_upgrade_steps_dry_look_changes_nothing_and_the_import_does_what_it_said(
+    tmp_path: Path,
+) -> None:
+    """Step 4's commands, as the pod runs them (CLOUDIMG_DATA_ROOT=/data, the old tree in
+    place), on a data root the new server has migrated."""
+    step = section("upgrading.md", "Step by step (same volume, in place)")
+    step = step[step.index("4. **Dry look") : step.index("5. **Check")]
+    script = next(body for language, body in fenced_blocks(step) if language == "sh")
+    commands = [
+        shlex.split(line.partition(" -- ")[2].replace("/data", str(tmp_path / "data")))
+        for line in script.splitlines()
+        if " exec " in line
+    ]
+    assert [c[:2] for c in commands] == [["cloudimg", "import-legacy"]] * 2
+    assert "--dry-run" in commands[0]
+    assert "--dry-run" not in commands[1]
+    data = tmp_path / "data"
+    env = {**os.environ, "CLOUDIMG_DATA_ROOT": str(data)}
+    env.pop("CLOUDIMG_DATABASE_URL", None)
+
+    def run(command: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "cloudimg", *command[1:], *extra]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run(["cloudimg", "db", "upgrade"]).returncode == 0  # what the server's start did
+    for rel, body in (("crownlabs/ubuntu/2204", b"ubuntu"), ("teaching/debian/v12", b"debian")):
+        (data / rel).mkdir(parents=True)
+        (data / rel / "image.bin").write_bytes(body)
+        (data / rel / "meta.json").write_text('{"os": "linux"}')
+    (data / "Not_A_Repo").mkdir()
+    before, rows = tree_state(tmp_path), catalog_state(data)
+
+    dry = run(commands[0])
+    assert dry.returncode == 1, dry.stderr  # Not_A_Repo would be skipped
+    assert "would import: crownlabs/ubuntu/2204" in dry.stdout
+    assert "skipped: Not_A_Repo: invalid repo name" in dry.stdout
+    assert "2 would be imported" in dry.stdout
+    assert tree_state(tmp_path) == before
+    assert catalog_state(data) == rows
+
+    done = run(commands[1], "--json")
+    report = json.loads(done.stdout)
+    assert report["counts"] == {"imported": 2, "unchanged": 0, "skipped": 1, "failed": 0}
+    assert not (data / "crownlabs").exists()  # --move: the old entries left the tree

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, upgrade_database
+from cloudimg.catalog.database import SchemaVersionError, current_revision
+from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
-from tests.maintenance_support import cli_json, digest_of, open_test_catalog, put, sql, store_of
+from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from tests.databases import catalog_database, catalog_url
+from tests.maintenance_support import (
+    catalog_state,
+    cli_json,
+    digest_of,
+    open_test_catalog,
+    put,
+    sql,
+    store_of,
+    tree_state,
+)
 
 UBUNTU = os.urandom(300_000)
 DEBIAN = os.urandom(200_000)
@@ -156,3 +174,110 @@ def test_cli_json(tmp_path: Path) -> None:
     assert report["bytes_imported"] == 2 * len(UBUNTU) + len(DEBIAN)
     again = cli_json("import-legacy", "--data-root", str(data), "--from", str(source), check=1)
     assert again["counts"]["unchanged"] == 3
+
+
+# -- --dry-run: says what the import would do, touches nothing -------------------------------
+
+
+def outcomes(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {e["path"]: (e["outcome"], e["reason"]) for e in report["entries"]}
+
+
+async def test_dry_run_predicts_the_import_and_changes_nothing(
+    tmp_path: Path, backend: str
+) -> None:
+    source = legacy_tree(tmp_path / "old")
+    data = tmp_path / "data"
+    with catalog_database(backend, data):
+        async with open_test_catalog(data, backend) as catalog:  # closed: no -wal left open
+            await put(catalog, "crownlabs/ubuntu/2204", UBUNTU, os="ubuntu", arch="amd64")
+            await put(catalog, "teaching/debian/v12", b"uploaded through the new API")
+        tree, rows = tree_state(tmp_path), catalog_state(data)
+        previews = [
+            cli_json("import-legacy", "--data-root", str(data), "--from", str(source),
+                     "--dry-run", *flags, check=1)
+            for flags in ([], ["--move"])
+        ]  # fmt: skip
+        assert tree_state(tmp_path) == tree  # byte for byte: old tree, blobs, SQLite files
+        assert catalog_state(data) == rows
+        preview = previews[0]
+        assert preview["dry_run"] is True
+        assert outcomes(previews[1]) == outcomes(preview)
+        expected = {
+            "crownlabs/ubuntu/latest": "imported",
+            "crownlabs/ubuntu/2204": "unchanged",
+            "teaching/debian/v12": "skipped",  # other bytes in the catalog: left alone
+            "Bad_Repo": "skipped",
+            "crownlabs/ab": "skipped",
+            "crownlabs/ubuntu/x": "skipped",
+            "crownlabs/ubuntu/no-meta": "skipped",
+            "crownlabs/ubuntu/bad-meta": "skipped",
+            "crownlabs/ubuntu/no-image": "skipped",
+            "crownlabs/stray-file": "skipped",
+        }
+        assert {path: outcome for path, (outcome, _) in outcomes(preview).items()} == expected
+        assert preview["bytes_imported"] == len(UBUNTU)
+
+        done = cli_json("import-legacy", "--data-root", str(data), "--from", str(source), check=1)
+        assert outcomes(done) == outcomes(preview)  # outcomes and reasons, entry by entry
+        assert done["counts"] == preview["counts"]
+        assert done["bytes_imported"] == preview["bytes_imported"]
+
+
+def test_dry_run_before_the_first_start_creates_nothing(tmp_path: Path, backend: str) -> None:
+    """No data root yet (and, on PostgreSQL, a database without the schema): all is new."""
+    source = legacy_tree(tmp_path / "old")
+    missing = tmp_path / "not-yet" / "data"
+    with ExitStack() as stack:
+        url = []
+        if backend == "postgresql":
+            url = [
+                "--database-url",
+                stack.enter_context(catalog_database(backend, tmp_path / "pg")),
+            ]
+        tree = tree_state(tmp_path)
+        preview = cli_json("import-legacy", "--data-root", str(missing), "--from", str(source),
+                           *url, "--dry-run", check=1)  # fmt: skip
+        assert tree_state(tmp_path) == tree
+        assert not (tmp_path / "not-yet").exists()
+        if url:
+            assert catalog_state(tmp_path / "pg") == []  # no schema was created
+    assert preview["counts"] == {"imported": 3, "unchanged": 0, "skipped": 7, "failed": 0}
+
+
+@pytest.mark.parametrize("while_open", [False, True], ids=["closed", "open-elsewhere"])
+async def test_the_read_only_catalog_refuses_writes(
+    catalog_root: Path, backend: str, while_open: bool
+) -> None:
+    """Read only for real: a SQLite file whether or not a server has it open (-wal), and
+    PostgreSQL transactions."""
+    settings = Settings(data_root=catalog_root, database_url=catalog_url(catalog_root))
+    async with open_test_catalog(catalog_root, backend) as writer:
+        await put(writer, "crownlabs/ubuntu/2204", UBUNTU)
+        if not while_open:
+            await writer.engine.dispose()  # the last connection closes: SQLite drops -wal
+        assert (catalog_root / "catalog.sqlite3-wal").exists() == (
+            while_open and backend == "sqlite"
+        )
+        async with open_catalog_read_only(settings) as catalog:
+            assert catalog is not None
+            assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
+            with pytest.raises(DBAPIError, match=r"read-?only"):
+                async with catalog.engine.begin() as connection:
+                    await connection.execute(text("DELETE FROM tags"))
+        assert (await writer.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
+
+
+def test_dry_run_does_not_migrate_an_old_catalog(catalog_root: Path, tmp_path: Path) -> None:
+    url = catalog_url(catalog_root)
+    upgrade_database(url, "0001")
+    settings = Settings(data_root=catalog_root, database_url=url)
+    source = legacy_tree(tmp_path / "old")
+
+    async def preview() -> None:
+        async with open_catalog_read_only(settings) as catalog:
+            await preview_import(catalog, source)
+
+    with pytest.raises(SchemaVersionError, match="cloudimg db upgrade"):
+        asyncio.run(preview())
+    assert current_revision(url) == "0001"

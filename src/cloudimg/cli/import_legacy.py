@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -9,7 +10,11 @@ import click
 
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
+from cloudimg.cli.storage import catalog_errors, catalog_url
+from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
+from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from cloudimg.maintenance.report import Progress
 
 __all__ = ["import_legacy_command"]
 
@@ -29,22 +34,34 @@ __all__ = ["import_legacy_command"]
     help="Take the bytes without a second copy when on the same file system, "
     "and remove each entry from the old tree once it is imported.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Report what would be imported and skipped, and why; change nothing "
+    "(not even create the data root or the catalog).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
-def import_legacy_command(source: Path, move: bool, as_json: bool, **values: object) -> None:
+def import_legacy_command(
+    source: Path, move: bool, dry_run: bool, as_json: bool, **values: object
+) -> None:
     """Import the old server's tree: names, metadata and bytes as they were.
 
     Identical images become one blob. Entries that are not valid are skipped with the
     reason. Safe to run again, or after a crash. Exits 1 when an entry was skipped or failed.
     """
     settings = settings_from(**values)
-    progress = progress_printer("imported", enabled=not as_json)
-    report = run(
-        settings,
-        lambda catalog: import_legacy(
-            catalog, source, move=move, data_root=settings.data_root, progress=progress
-        ),
-        create=True,
-    )
+    progress = progress_printer("checked" if dry_run else "imported", enabled=not as_json)
+    if dry_run:
+        with catalog_errors(catalog_url(settings)):
+            report = asyncio.run(_preview(settings, source, move, progress))
+    else:
+        report = run(
+            settings,
+            lambda catalog: import_legacy(
+                catalog, source, move=move, data_root=settings.data_root, progress=progress
+            ),
+            create=True,
+        )
     if as_json:
         print_json(
             report,
@@ -57,17 +74,49 @@ def import_legacy_command(source: Path, move: bool, as_json: bool, **values: obj
     sys.exit(0 if report.ok else 1)
 
 
+async def _preview(
+    settings: Settings, source: Path, move: bool, progress: Progress | None
+) -> ImportReport:
+    """The dry run: the catalog opened for reading only, or none before the first start."""
+    async with open_catalog_read_only(settings) as catalog:
+        return await preview_import(
+            catalog, source, move=move, data_root=settings.data_root, progress=progress
+        )
+
+
 def _print(report: ImportReport) -> None:
-    for outcome in ("skipped", "failed"):
-        listed, more = shown(e for e in report.entries if e.outcome == outcome)
-        for entry in listed:
-            click.echo(f"{outcome}: {entry.path}: {entry.reason}")
-        if more:
-            click.echo(f"... and {more} more {outcome}")
+    if report.dry_run:
+        _print_dry_run(report)
+        return
+    _print_problems(report)
     linked = sum(1 for e in report.entries if e.linked)
     how = f" ({linked} without a copy)" if report.move else ""
     click.echo(
         f"import done in {report.duration_seconds:.1f}s: {report.count('imported')} imported"
         f"{how} ({human_bytes(report.bytes_imported)}), {report.count('unchanged')} already "
         f"there, {report.count('skipped')} skipped, {report.count('failed')} failed"
+    )
+
+
+def _print_problems(report: ImportReport) -> None:
+    for outcome in ("skipped", "failed"):
+        listed, more = shown(e for e in report.entries if e.outcome == outcome)
+        for entry in listed:
+            click.echo(f"{outcome}: {entry.path}: {entry.reason}")
+        if more:
+            click.echo(f"... and {more} more {outcome}")
+
+
+def _print_dry_run(report: ImportReport) -> None:
+    listed, more = shown(e for e in report.entries if e.outcome == "imported")
+    for entry in listed:
+        click.echo(f"would import: {entry.path} ({human_bytes(entry.size)})")
+    if more:
+        click.echo(f"... and {more} more to import (--json lists every entry)")
+    _print_problems(report)
+    removed = ", each then removed from the old tree (--move)" if report.move else ""
+    click.echo(
+        f"dry run, nothing changed: {report.count('imported')} would be imported "
+        f"({human_bytes(report.bytes_imported)}){removed}, {report.count('unchanged')} "
+        f"already there, {report.count('skipped')} skipped, {report.count('failed')} failed"
     )

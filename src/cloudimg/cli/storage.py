@@ -28,7 +28,7 @@ from cloudimg.catalog.database import (
 )
 from cloudimg.config import Settings
 
-__all__ = ["catalog_errors", "prepare_storage"]
+__all__ = ["catalog_errors", "catalog_url", "prepare_storage"]
 
 _CREATORS = "`cloudimg serve`, `cloudimg db upgrade` and `cloudimg import-legacy` create one"
 
@@ -45,10 +45,7 @@ def prepare_storage(
     Raises:
         click.ClickException: one line saying what is wrong and what to do.
     """
-    try:
-        url = async_url(settings.resolved_database_url)
-    except CatalogUrlError as exc:
-        raise click.ClickException(f"--database-url (CLOUDIMG_DATABASE_URL): {exc}") from None
+    url = catalog_url(settings)
     root = settings.data_root
     if create:
         _create(root)
@@ -67,6 +64,14 @@ def prepare_storage(
         if migrate:
             upgrade_database(url)
     return url
+
+
+def catalog_url(settings: Settings) -> str:
+    """The catalog URL of ``settings`` with its async driver, or one line saying why not."""
+    try:
+        return async_url(settings.resolved_database_url)
+    except CatalogUrlError as exc:
+        raise click.ClickException(f"--database-url (CLOUDIMG_DATABASE_URL): {exc}") from None
 
 
 @contextmanager

@@ -10,6 +10,10 @@ metadata is left as it is, so a second run, or a run after a crash, ends in the
 same state. With ``move``, the bytes are taken without a second copy when the
 source is on the blob store's file system (a second name for the file, hashed in
 place), and the entry is removed from the old tree once it is committed.
+
+``preview_import`` decides the same way and does nothing: with the catalog from
+``open_catalog_read_only`` it creates, writes and removes nothing, so an operator can
+look before the first server has even created the data root.
 """
 
 from __future__ import annotations
@@ -19,21 +23,34 @@ import contextlib
 import errno
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import blake3
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 
-from cloudimg.blobstore import StagedBlob
-from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
+from cloudimg.catalog import Catalog, TagInfo, create_engine
+from cloudimg.catalog.database import check_schema, current_revision
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.config import Settings
 from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
 from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.maintenance.report import Progress, ProgressMeter
 
-__all__ = ["ImportReport", "LegacyEntry", "import_legacy"]
+__all__ = [
+    "ImportReport",
+    "LegacyEntry",
+    "import_legacy",
+    "open_catalog_read_only",
+    "preview_import",
+]
 
 IMAGE_FILE = "image.bin"
 META_FILE = "meta.json"
@@ -50,9 +67,12 @@ class LegacyEntry:
     path: str
     """Relative to the old data root, e.g. ``repo/image/tag``."""
     outcome: str
-    """``imported``, ``unchanged`` (the catalog has it already), ``skipped`` or ``failed``."""
+    """``imported``, ``unchanged`` (the catalog has it already), ``skipped`` or ``failed``.
+
+    In a dry run, what the import would do: ``imported`` means "would be imported"."""
     reason: str = ""
     digest: str | None = None
+    """The blake3 of the bytes; None for an entry a dry run would import (not hashed)."""
     size: int = 0
     linked: bool = False
     """The bytes were taken without a copy (``move`` on the same file system)."""
@@ -64,6 +84,8 @@ class ImportReport:
 
     source: str
     move: bool
+    dry_run: bool = False
+    """Nothing was done: the entries say what a real run would do."""
     entries: list[LegacyEntry] = field(default_factory=list)
     duration_seconds: float = 0.0
 
@@ -107,14 +129,46 @@ async def import_legacy(
         data_root: the blob store's data root, skipped if it sits inside ``source``.
         progress: called every few seconds with (bytes done, bytes to do).
     """
+    return await _run(catalog, source, move, False, data_root, progress)
+
+
+async def preview_import(
+    catalog: Catalog | None,
+    source: Path,
+    *,
+    move: bool = False,
+    data_root: Path | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """What ``import_legacy`` would do with ``source``, doing none of it.
+
+    Reads the old tree and the catalog only; hashes an image only where the catalog
+    already has its tag (to tell ``unchanged`` from a conflict), so it is quick.
+
+    Args:
+        catalog: the catalog to compare with (see ``open_catalog_read_only``); None when
+            there is none yet, so every valid entry would be imported.
+        source, move, data_root, progress: as for ``import_legacy``.
+    """
+    return await _run(catalog, source, move, True, data_root, progress)
+
+
+async def _run(
+    catalog: Catalog | None,
+    source: Path,
+    move: bool,
+    dry_run: bool,
+    data_root: Path | None,
+    progress: Progress | None,
+) -> ImportReport:
     started = time.monotonic()
-    report = ImportReport(source=str(source), move=move)
+    report = ImportReport(source=str(source), move=move, dry_run=dry_run)
     candidates = await asyncio.to_thread(_walk, source, data_root, report)
     sizes = await asyncio.to_thread(_sizes, candidates)
     meter = ProgressMeter(progress, sum(sizes))
     for candidate in candidates:
         try:
-            entry = await _import_one(catalog, candidate, move, meter)
+            entry = await _import_one(catalog, candidate, move, dry_run, meter)
         except (CloudimgError, OSError) as exc:
             entry = LegacyEntry(candidate.rel, "failed", str(exc))
         report.entries.append(entry)
@@ -122,6 +176,64 @@ async def import_legacy(
     report.entries.sort(key=lambda e: e.path)
     report.duration_seconds = time.monotonic() - started
     return report
+
+
+@asynccontextmanager
+async def open_catalog_read_only(settings: Settings) -> AsyncIterator[Catalog | None]:
+    """The catalog of ``settings`` for reading, or None when there is none yet.
+
+    Creates and migrates nothing (unlike ``open_catalog``): not the data root, not a
+    SQLite file or its ``-wal``/``-shm``, no migration lock file, no schema.
+
+    Raises:
+        SchemaVersionError: the catalog exists at another schema revision than this
+            code's (``cloudimg db upgrade`` first: a dry run must not migrate).
+    """
+    url = _read_only_url(settings.resolved_database_url)
+    if url is None or await asyncio.to_thread(current_revision, url) is None:
+        yield None  # no catalog file, or an empty database: nothing imported yet
+        return
+    await asyncio.to_thread(check_schema, url)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_query_only)
+    else:
+        engine = engine.execution_options(postgresql_readonly=True)  # READ ONLY transactions
+    try:
+        yield Catalog(engine, FilesystemBlobStore(settings.data_root))
+    finally:
+        await engine.dispose()
+
+
+def _read_only_url(url: str) -> str | None:
+    """``url`` opened so that reading leaves the files as they were; None: no SQLite file.
+
+    A SQLite catalog that has a ``-wal`` file (a server has it open, or crashed) is
+    opened ``mode=ro``. Without one, ``mode=ro`` would create ``-wal`` and ``-shm`` and
+    leave them behind (a read-only connection cannot remove them), so the file is
+    opened as usual with ``PRAGMA query_only`` and the last connection to close
+    removes what it created, as SQLite always does.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    path = Path(database)
+    if not path.is_file():
+        return None
+    if not path.with_name(path.name + "-wal").exists():
+        return url
+    readonly = parsed.set(database=f"file:{quote(str(path.resolve()))}")
+    readonly = readonly.update_query_dict({"mode": "ro", "uri": "true"})
+    return readonly.render_as_string(hide_password=False)
+
+
+def _sqlite_query_only(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
 
 
 def _sizes(candidates: list[_Candidate]) -> list[int]:
@@ -215,44 +327,62 @@ def _remove_entry(directory: Path) -> None:
             parent.rmdir()
 
 
-async def _import_one(
-    catalog: Catalog, candidate: _Candidate, move: bool, meter: ProgressMeter
-) -> LegacyEntry:
+async def _decide(
+    catalog: Catalog | None, candidate: _Candidate, meter: ProgressMeter
+) -> tuple[LegacyEntry, dict[str, str]]:
+    """What to do with ``candidate``, reading only, and its metadata.
+
+    ``imported`` means "to import" (no digest yet); the other outcomes are final.
+    """
     rel, directory = candidate.rel, candidate.directory
     image_path = directory / IMAGE_FILE
     try:
         meta = await asyncio.to_thread(_read_meta, directory / META_FILE)
     except InvalidArgumentError as exc:
-        return LegacyEntry(rel, "skipped", exc.message)
-    existing = await _existing(catalog, candidate.names)
+        return LegacyEntry(rel, "skipped", exc.message), {}
+    existing = None if catalog is None else await _existing(catalog, candidate.names)
     if not image_path.is_file() or image_path.is_symlink():
         if existing is not None and existing.meta == meta and not image_path.exists():
             # A --move run stopped between removing image.bin and meta.json.
-            if move:
-                await asyncio.to_thread(_remove_entry, directory)
-            return LegacyEntry(rel, "unchanged", "imported earlier", existing.digest)
-        return LegacyEntry(rel, "skipped", f"no {IMAGE_FILE} regular file")
+            return LegacyEntry(rel, "unchanged", "imported earlier", existing.digest), meta
+        return LegacyEntry(rel, "skipped", f"no {IMAGE_FILE} regular file"), meta
     size = image_path.stat().st_size
-    if existing is not None:
-        same = existing.meta == meta and existing.size == size
-        if same and await asyncio.to_thread(_blake3_of, image_path) == existing.digest:
-            meter.add(size)
-            if move:
-                await asyncio.to_thread(_remove_entry, directory)
-            return LegacyEntry(
-                rel, "unchanged", "the catalog has it already", existing.digest, size
-            )
-        reason = "the catalog has this tag with other bytes or metadata; left as it is"
-        return LegacyEntry(rel, "skipped", reason, existing.digest, size)
+    if existing is None:
+        return LegacyEntry(rel, "imported", "", None, size), meta
+    same = existing.meta == meta and existing.size == size
+    if same and await asyncio.to_thread(_blake3_of, image_path) == existing.digest:
+        meter.add(size)
+        reason = "the catalog has it already"
+        return LegacyEntry(rel, "unchanged", reason, existing.digest, size), meta
+    reason = "the catalog has this tag with other bytes or metadata; left as it is"
+    return LegacyEntry(rel, "skipped", reason, existing.digest, size), meta
 
-    staged, linked = await _stage(catalog, image_path, move, meter)
+
+async def _import_one(
+    catalog: Catalog | None,
+    candidate: _Candidate,
+    move: bool,
+    dry_run: bool,
+    meter: ProgressMeter,
+) -> LegacyEntry:
+    entry, meta = await _decide(catalog, candidate, meter)
+    if dry_run:
+        if entry.outcome == "imported":
+            meter.add(entry.size)
+        return entry
+    assert catalog is not None, "only a dry run goes without a catalog"
+    if entry.outcome == "unchanged" and move:
+        await asyncio.to_thread(_remove_entry, candidate.directory)
+    if entry.outcome != "imported":
+        return entry
+    staged, linked = await _stage(catalog, candidate.directory / IMAGE_FILE, move, meter)
     try:
         await catalog.commit_upload(*candidate.names, staged, meta)
     finally:
         await catalog.blobs.discard(staged)
     if move:
-        await asyncio.to_thread(_remove_entry, directory)
-    return LegacyEntry(rel, "imported", "", staged.blake3, staged.size, linked)
+        await asyncio.to_thread(_remove_entry, candidate.directory)
+    return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
 
 
 async def _stage(
