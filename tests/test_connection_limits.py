@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, upload
+from tests.conftest import RunningServer, start_server, upload
 
 IDLE = 1_000
 DOWNLOADS = 300
@@ -113,6 +113,20 @@ def _report(title: str, latencies: dict[str, list[float]]) -> None:
         )
 
 
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Servers on the default SQLite catalog, for limits the catalog has no part in."""
+    started: list[RunningServer] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> RunningServer:
+        started.append(start_server(tmp_path / f"data-{len(started)}", *args, env=env))
+        return started[-1]
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
 @contextmanager
 def _idle_crowd(port: int, count: int) -> Iterator[list[socket.socket]]:
     """``count`` connections that connect and never send a byte."""
@@ -172,10 +186,10 @@ def test_idle_crowd_and_slow_downloads_leave_probes_and_listings_fast(
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout(
-    server_factory: Callable[..., RunningServer],
+    sqlite_server: Callable[..., RunningServer],
 ) -> None:
     """A connection that never sends a byte, and an idle keep-alive one, are closed."""
-    running = server_factory("--read-header-timeout-secs", "1")
+    running = sqlite_server("--read-header-timeout-secs", "1")
     with _connect(running.port) as silent, _connect(running.port) as kept:
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         head, _ = _read_head(kept)
@@ -187,28 +201,33 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(
 
 
 def test_max_connections_bounds_what_one_worker_serves(
-    server_factory: Callable[..., RunningServer],
+    sqlite_server: Callable[..., RunningServer],
 ) -> None:
-    """With ``--max-connections 4``, a fifth client waits until one of four leaves."""
-    running = server_factory("--max-connections", "4", "--read-header-timeout-secs", "300")
-    with _idle_crowd(running.port, 3) as crowd, _connect(running.port) as waiting:
-        # The fifth connection is queued in the backlog, not served.
-        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        with _connect(running.port) as fifth:
-            fifth.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            head, _ = _read_head(waiting)
-            assert head.startswith(b"HTTP/1.1 200")
-            fifth.settimeout(1.0)
-            with pytest.raises(TimeoutError):
-                fifth.recv(1)
-            crowd[0].close()  # a slot frees: the queued client is served
-            fifth.settimeout(_PEEK_SECS * 3)
-            head, _ = _read_head(fifth)
-            assert head.startswith(b"HTTP/1.1 200")
+    """With ``--max-connections 4``, a fifth client waits in the backlog until one leaves."""
+    running = sqlite_server("--max-connections", "4", "--read-header-timeout-secs", "300")
+    request = b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    with _idle_crowd(running.port, 4) as crowd, _connect(running.port) as fifth:
+        fifth.sendall(request)
+        _wait_for(lambda: _listen_queue(running.port)[0] == 1)  # accepted: 4, queued: 1
+        fifth.settimeout(2.0)  # a server without the limit answers in milliseconds
+        with pytest.raises(TimeoutError):
+            fifth.recv(1)
+        assert _listen_queue(running.port)[0] == 1
+        crowd[0].close()  # a slot frees: the queued client is served
+        fifth.settimeout(_PEEK_SECS * 3)
+        head, _ = _read_head(fifth)
+        assert head.startswith(b"HTTP/1.1 200")
 
 
-def _listen_queue(port: int) -> int:
-    """The backlog of the socket listening on ``port``, as ``ss`` reports it (Send-Q)."""
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + _PEEK_SECS * 3
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _listen_queue(port: int) -> tuple[int, int]:
+    """Connections waiting to be accepted on ``port`` and its backlog, from ``ss``."""
     ss = shutil.which("ss")
     if ss is None:
         pytest.skip("ss (iproute2) is not installed")
@@ -216,19 +235,20 @@ def _listen_queue(port: int) -> int:
         [ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
     ).stdout
     (line,) = output.splitlines()
-    return int(line.split()[2])
+    fields = line.split()
+    return int(fields[1]), int(fields[2])
 
 
 def test_listen_backlog_is_the_flag_capped_by_somaxconn(
-    server_factory: Callable[..., RunningServer],
+    sqlite_server: Callable[..., RunningServer],
 ) -> None:
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-    default = server_factory()
-    assert _listen_queue(default.port) == min(4096, somaxconn)
-    small = server_factory("--listen-backlog", "200")
-    assert _listen_queue(small.port) == min(200, somaxconn)
-    env = server_factory(env={"CLOUDIMG_LISTEN_BACKLOG": "300"})
-    assert _listen_queue(env.port) == min(300, somaxconn)
+    default = sqlite_server()
+    assert _listen_queue(default.port)[1] == min(4096, somaxconn)
+    small = sqlite_server("--listen-backlog", "200")
+    assert _listen_queue(small.port)[1] == min(200, somaxconn)
+    env = sqlite_server(env={"CLOUDIMG_LISTEN_BACKLOG": "300"})
+    assert _listen_queue(env.port)[1] == min(300, somaxconn)
 
 
 def _limits_of(pid: int) -> tuple[int, int]:
@@ -239,7 +259,7 @@ def _limits_of(pid: int) -> tuple[int, int]:
 
 
 def test_soft_open_file_limit_is_raised_to_the_hard_limit(
-    server_factory: Callable[..., RunningServer],
+    sqlite_server: Callable[..., RunningServer],
 ) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = min(1024, soft)
@@ -249,7 +269,7 @@ def test_soft_open_file_limit_is_raised_to_the_hard_limit(
     previous = (soft, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # inherited by the server
     try:
-        running = server_factory()
+        running = sqlite_server()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, previous)
     server_soft, server_hard = _limits_of(running.process.pid)

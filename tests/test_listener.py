@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 60.0
@@ -196,8 +196,10 @@ def test_second_registry_on_the_same_address_is_refused(tmp_path: Path, workers:
     first.mkdir()
     command = _serve_command("--listener-addr", address, "--workers", workers)
     with _serving(command, f"http://{address}/healthz", first):
-        with httpx.Client() as http:
-            repo = http.get(f"http://{address}/reg").json()
+        with httpx.Client(base_url=f"http://{address}") as http:
+            assert upload(http, "/reg/first/disk/v1", b"first registry").status_code == 201
+            repo = http.get("/reg").json()
+            assert repo["data"] == ["first"]
         _assert_refused_in_use(address, tmp_path / "second")
         _assert_refused_in_use(address, tmp_path / "second", "--workers", "2")
         # Every client still reaches the first registry only.
