@@ -10,6 +10,7 @@ together), through the hand-off it uses on platforms without ``SO_REUSEPORT``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import socket
@@ -52,30 +53,47 @@ def open_listener(addr: str, backlog: int) -> socket.socket:
         host, port = parse_listener_addr(addr)
     except ValueError as exc:
         raise ListenerError(str(exc)) from None
-    family, sockaddr = _bind_address(addr, host, port)
+    if host:
+        return _bind(addr, *_resolve(addr, host, port), backlog, v6only=True)
+    if socket.has_dualstack_ipv6():
+        try:
+            return _bind(addr, socket.AF_INET6, ("::", port), backlog, v6only=False)
+        except _AddressUnavailable:
+            pass  # IPv6 is switched off on this host (or in this pod): IPv4 alone
+    return _bind(addr, socket.AF_INET, ("0.0.0.0", port), backlog, v6only=True)
+
+
+class _AddressUnavailable(ListenerError):
+    """The address is not one of this host's (for ``::``: IPv6 is off), not a port in use."""
+
+
+def _bind(
+    addr: str, family: socket.AddressFamily, sockaddr: Any, backlog: int, v6only: bool
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR only lets a restart bind over the old server's TIME_WAIT
         # connections; without SO_REUSEPORT a listening socket is never shared.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            # ":port" serves IPv4 too; an explicit IPv6 address only IPv6.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "" else 1)
+            # "::" serves IPv4 too (":port"); an explicit IPv6 address only IPv6.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
         where = addr if _format(sockaddr) == addr else f"{addr} ({_format(sockaddr)})"
-        raise ListenerError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        error = (
+            _AddressUnavailable
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            else ListenerError
+        )
+        raise error(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return sock
 
 
-def _bind_address(addr: str, host: str, port: int) -> tuple[socket.AddressFamily, Any]:
-    """The family and socket address to bind for ``host`` (empty: every interface)."""
-    if host == "":
-        if socket.has_dualstack_ipv6():
-            return socket.AF_INET6, ("::", port)
-        return socket.AF_INET, ("0.0.0.0", port)
+def _resolve(addr: str, host: str, port: int) -> tuple[socket.AddressFamily, Any]:
+    """The family and socket address of ``host``'s first address, IPv4 first."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
