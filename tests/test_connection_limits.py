@@ -147,7 +147,7 @@ def _slow_downloads(port: int, path: str, count: int) -> Iterator[list[socket.so
 
 
 def test_idle_crowd_and_slow_downloads_leave_probes_and_listings_fast(
-    server_factory: Callable[..., RunningServer], repo: str
+    server_factory: Callable[..., RunningServer], repo: str, backend: str
 ) -> None:
     """1,000 silent connections + 300 paused downloads; probes and a listing stay < 1 s."""
     _raise_own_fd_limit(IDLE + DOWNLOADS + 256)
@@ -159,7 +159,7 @@ def test_idle_crowd_and_slow_downloads_leave_probes_and_listings_fast(
     with running.client() as http:
         assert upload(http, path, image).status_code == 201
         probes = ["/healthz", "/readyz", f"/reg/{repo}", f"/reg/{repo}/disk"]
-        _report("no load", _probe(http, probes))
+        _report(f"{backend}, no load", _probe(http, probes))
         with (
             _idle_crowd(running.port, IDLE) as idle,
             _slow_downloads(running.port, path, DOWNLOADS) as downloads,
@@ -167,7 +167,7 @@ def test_idle_crowd_and_slow_downloads_leave_probes_and_listings_fast(
             heads = [_read_head(sock) for sock in downloads]
             assert all(head.startswith(b"HTTP/1.1 200") for head, _ in heads)
             latencies = _probe(http, probes)
-            _report(f"{IDLE} idle connections + {DOWNLOADS} paused downloads", latencies)
+            _report(f"{backend}, {IDLE} idle connections + {DOWNLOADS} paused downloads", latencies)
             assert all(_still_open(sock) for sock in idle)
             assert max(max(values) for values in latencies.values()) < _BOUND_SECS
             # Every paused download is still served: each one goes on where it paused.
