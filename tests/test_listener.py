@@ -270,3 +270,57 @@ def test_readme_quick_start_from_an_install(tmp_path: Path) -> None:
         assert httpx.get(f"http://localhost:{port}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"http://localhost:{port}/reg", timeout=10).status_code == 200
     assert (workdir / "data" / "catalog.sqlite3").is_file()  # ./data, the default data root
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid``."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            found.add(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_while_workers_start_stops_every_worker(tmp_path: Path) -> None:
+    """A worker still starting must not swallow the stop (it inherits the parent's handler)."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = _serve_command(
+        "--listener-addr", f"127.0.0.1:{port}", "--workers", "2", "--data-root", "data"
+    )
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while "Spawning worker-2" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.005)
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGTERM)  # worker 2 is starting now
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            workers |= _children(process.pid)  # worker 2 may fork only now
+            time.sleep(0.01)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        outlived = sorted(pid for pid in workers if _alive(pid))
+        for pid in outlived:
+            os.kill(pid, signal.SIGKILL)
+    assert not outlived, f"workers {outlived} outlived the server:\n{log.read_text()}"
+    assert workers, "no worker process was seen"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
+import signal
 import socket
 from typing import Any
 
@@ -136,6 +138,7 @@ class SocketMPServer(MPServer):
         host, port = bound_address(listener)
         super().__init__(target, address=host, port=port, **options)
         self._listener = listener
+        _stop_starting_workers_by_default()
 
     def _init_shared_socket(self) -> None:
         # The holder goes to each worker by descriptor number; the socket object beside
@@ -144,6 +147,28 @@ class SocketMPServer(MPServer):
         self._listener.set_inheritable(True)
         _hand_over(self, self._listener.fileno())
         self._sso = self._listener
+
+
+_fork_hook_registered = False
+
+
+def _stop_starting_workers_by_default() -> None:
+    """Let SIGTERM and SIGINT end a forked worker that is still starting.
+
+    A forked worker inherits the parent's Python handler, which only flags the parent's
+    (copied) state, until it installs its own after building the app; a stop in that
+    window was swallowed, the parent waited for the worker forever, and a kill of the
+    parent left the worker serving the socket. The default action ends it instead.
+    """
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_default_stop_signals)
+        _fork_hook_registered = True
+
+
+def _default_stop_signals() -> None:
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_DFL)
 
 
 def _hand_over(server: Any, fd: int) -> None:
