@@ -57,17 +57,21 @@ def test_parse_digest_rejects(text: str) -> None:
     ("addr", "expected"),
     [
         ("localhost:8080", ("localhost", 8080)),
-        (":8080", ("0.0.0.0", 8080)),
+        (":8080", ("", 8080)),
         ("[::1]:80", ("::1", 80)),
+        ("[::]:0", ("::", 0)),
+        ("10.0.0.1:65535", ("10.0.0.1", 65535)),
     ],
 )
 def test_listener_addr_like_go(addr: str, expected: tuple[str, int]) -> None:
     assert parse_listener_addr(addr) == expected
 
 
-@pytest.mark.parametrize("addr", ["localhost", "host:http", "h:70000"])
+@pytest.mark.parametrize(
+    "addr", ["localhost", "host:http", "h:70000", "::1:80", "[localhost]:80", "[]:80", "h:٣"]
+)
 def test_bad_listener_addr(addr: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
+    with pytest.raises(ValueError, match="listener address"):
         parse_listener_addr(addr)
 
 

@@ -33,7 +33,17 @@ class Settings:
     """``host:port`` the HTTP server listens on (``:8080`` means every interface)."""
 
     read_header_timeout_secs: int = 2
-    """A client that has not sent its request headers by then is disconnected."""
+    """A client that has not sent its request headers by then is disconnected.
+
+    It also bounds a connection that sends nothing at all, and an idle keep-alive
+    connection between two requests (the server speaks HTTP/1.1 only).
+    """
+
+    listen_backlog: int = 4096
+    """Connections the kernel queues before the server accepts them (capped by somaxconn)."""
+
+    max_connections: int = 4096
+    """Connections one worker process serves at once; more wait in the backlog."""
 
     repo_prefix: str = "reg"
     """First path segment of the registry API."""
@@ -82,16 +92,24 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def parse_listener_addr(addr: str) -> tuple[str, int]:
-    """Split ``host:port`` the way Go's ``net.Listen`` reads it (empty host: all interfaces).
+    """Split ``host:port`` the way Go's ``net.SplitHostPort`` does.
+
+    The host is a name, an IPv4 address, a bracketed IPv6 address (``[::1]:8080``,
+    returned without brackets) or empty (``:8080``: every interface, returned as ``""``).
 
     Raises:
-        ValueError: when the port is missing or not a number in range.
+        ValueError: when the port is missing or out of range, or an IPv6 address has no brackets.
     """
     host, sep, port_text = addr.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError(f"listener address {addr!r} is not host:port")
-    host = host.strip("[]")
-    return (host or "0.0.0.0", int(port_text))
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"listener address {addr!r}: brackets are for IPv6 addresses")
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"listener address {addr!r} is not host:port (write IPv6 as [::1]:8080)")
+    return (host, int(port_text))
 
 
 def settings_to_json(settings: Settings) -> str:

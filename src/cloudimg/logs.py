@@ -24,6 +24,7 @@ __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
     "LogFormat",
+    "QuietGranian",
     "TextFormatter",
     "configure_logging",
     "granian_log_config",
@@ -93,6 +94,19 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
+class QuietGranian(logging.Filter):
+    """Drop Granian's start-up notices that tell an operator nothing.
+
+    "Embedded server is experimental!" comes with every ``serve``: the embedded server
+    is the one cloudimg chose (docs/performance.md), so the warning is noise.
+    """
+
+    _NOISE: Final = frozenset({"Embedded server is experimental!"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self._NOISE
+
+
 def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     """Send every log record (ours, Litestar's, Granian's) to stderr in ``log_format``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -116,6 +130,7 @@ def granian_log_config(log_format: LogFormat = "text") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"cloudimg": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "filters": {"quiet": {"()": f"{QuietGranian.__module__}.{QuietGranian.__qualname__}"}},
         "handlers": {
             "cloudimg": {
                 "class": "logging.StreamHandler",
@@ -125,7 +140,7 @@ def granian_log_config(log_format: LogFormat = "text") -> dict[str, Any]:
         },
         "root": {"handlers": ["cloudimg"], "level": "INFO"},
         "loggers": {
-            "_granian": {"handlers": [], "level": "INFO", "propagate": True},
+            "_granian": {"handlers": [], "level": "INFO", "propagate": True, "filters": ["quiet"]},
             # Our middleware writes the access log; Granian's own stays off.
             "granian.access": {"handlers": [], "level": "WARNING", "propagate": True},
         },

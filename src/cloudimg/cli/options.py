@@ -10,7 +10,7 @@ import click
 
 from cloudimg.config import Settings, parse_size
 
-__all__ = ["limit_options", "settings_from", "storage_options"]
+__all__ = ["connection_options", "limit_options", "settings_from", "storage_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
@@ -74,6 +74,29 @@ def limit_options(func: F) -> F:
         type=SizeParam(),
         default=None,
         help="Largest image an upload may carry (bytes, or 512M, 10G) [default: unlimited]",
+    )(func)
+
+
+def connection_options(func: F) -> F:
+    """How many connections a server takes and how long it waits for a silent one."""
+    func = option(
+        "--max-connections",
+        type=click.IntRange(min=1),
+        default=_DEFAULTS.max_connections,
+        help="Connections each worker process serves at once; more wait in the backlog",
+    )(func)
+    func = option(
+        "--listen-backlog",
+        type=click.IntRange(min=1),
+        default=_DEFAULTS.listen_backlog,
+        help="Connections the kernel queues until they are accepted (capped by somaxconn)",
+    )(func)
+    return option(
+        "--read-header-timeout-secs",
+        type=click.IntRange(min=1),
+        default=_DEFAULTS.read_header_timeout_secs,
+        help="Close a connection that has not sent a request's headers in this many seconds "
+        "(also a silent new connection and an idle keep-alive one)",
     )(func)
 
 

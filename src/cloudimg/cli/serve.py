@@ -5,37 +5,52 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 import click
-from granian.constants import Interfaces
+from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
-from granian.server.embed import Server
-from granian.server.mp import MPServer
 
 from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
 from cloudimg.api.auth import AuthConfigError, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
-from cloudimg.cli.options import limit_options, option, settings_from, storage_options
+from cloudimg.cli.listener import (
+    ListenerError,
+    SocketMPServer,
+    SocketServer,
+    open_listener,
+    raise_fd_limit,
+)
+from cloudimg.cli.options import (
+    connection_options,
+    limit_options,
+    option,
+    settings_from,
+    storage_options,
+)
 from cloudimg.cli.storage import prepare_storage
-from cloudimg.config import Settings, parse_listener_addr, settings_to_json
+from cloudimg.config import Settings, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
 __all__ = ["serve"]
 
 _DEFAULTS = Settings()
+# Descriptors besides connections and open blobs: catalog, logs, metrics files, pipes.
+_SPARE_DESCRIPTORS = 256
 
 
 @click.command()
-@option("--listener-addr", default=_DEFAULTS.listener_addr, help="host:port to listen on")
-@storage_options
 @option(
-    "--read-header-timeout-secs",
-    type=click.IntRange(min=1),
-    default=_DEFAULTS.read_header_timeout_secs,
-    help="Disconnect a client that has not sent its request headers in this many seconds",
+    "--listener-addr",
+    default=_DEFAULTS.listener_addr,
+    help="host:port to listen on: a host name (its first address, IPv4 first), an IPv4 "
+    "address, [IPv6] or empty (:8080, every interface)",
 )
+@storage_options
+@connection_options
 @limit_options
 @option("--repo-prefix", default=_DEFAULTS.repo_prefix, help="Path segment of the registry API")
 @option("--www-prefix", default=_DEFAULTS.www_prefix, help="Path in front of the repo prefix")
@@ -74,31 +89,52 @@ def serve(log_format: LogFormat, **values: object) -> None:
     configure_logging(log_format)
     settings = settings_from(**values)
     try:
-        host, port = parse_listener_addr(settings.listener_addr)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listener-addr") from None
-    try:
         load_registry_auth(settings)  # refuse bad credential files before migrating
     except AuthConfigError as exc:
         raise click.BadParameter(exc.message, param_hint=exc.flag) from None
+    listener = _listen(settings)  # before the data root is touched: an address in use
     prepare_storage(settings, create=True)  # once, before any worker starts
     reset_multiprocess_dir()
     if settings.workers > 1:
-        _serve_workers(settings, host, port, log_format)
+        _serve_workers(settings, listener, log_format)
     else:
-        asyncio.run(_serve(settings, host, port, log_format))
+        asyncio.run(_serve(settings, listener, log_format))
 
 
-async def _serve(settings: Settings, host: str, port: int, log_format: LogFormat) -> None:
-    server = Server(
-        create_app(settings),
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        http1_settings=HTTP1Settings(header_read_timeout=settings.read_header_timeout_secs * 1000),
-        websockets=False,
-        log_access=False,
-        log_dictconfig=granian_log_config(log_format),
+def _listen(settings: Settings) -> socket.socket:
+    """Bind the address for this server alone, or exit with one line saying why not."""
+    raise_fd_limit(2 * settings.max_connections + _SPARE_DESCRIPTORS)
+    try:
+        return open_listener(settings.listener_addr, settings.listen_backlog)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _granian_options(settings: Settings, log_format: LogFormat) -> dict[str, Any]:
+    """What both Granian servers are given: HTTP/1.1 only, the connection limits, logging.
+
+    HTTP/1-only mode, because in ``auto`` mode Granian never closes a connection that
+    sends nothing; in HTTP/1 the header read timeout closes it, and an idle keep-alive
+    connection too. ``backpressure`` is the number of connections a worker serves at
+    once (Granian's default follows the backlog).
+    """
+    return {
+        "interface": Interfaces.ASGI,
+        "http": HTTPModes.http1,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=settings.read_header_timeout_secs * 1000
+        ),
+        "backlog": settings.listen_backlog,
+        "backpressure": settings.max_connections,
+        "websockets": False,
+        "log_access": False,
+        "log_dictconfig": granian_log_config(log_format),
+    }
+
+
+async def _serve(settings: Settings, listener: socket.socket, log_format: LogFormat) -> None:
+    server = SocketServer(
+        create_app(settings), listener=listener, **_granian_options(settings, log_format)
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,24 +142,19 @@ async def _serve(settings: Settings, host: str, port: int, log_format: LogFormat
     await server.serve()
 
 
-def _serve_workers(settings: Settings, host: str, port: int, log_format: LogFormat) -> None:
-    """Run ``settings.workers`` processes of Granian's multi-process server on one port.
+def _serve_workers(settings: Settings, listener: socket.socket, log_format: LogFormat) -> None:
+    """Run ``settings.workers`` processes of Granian's multi-process server on one socket.
 
     Each worker builds the app with ``create_app_from_env`` from the settings this
     process serialises into ``CLOUDIMG_WORKER_SETTINGS``; Granian handles the signals.
     """
     os.environ[SETTINGS_ENV] = settings_to_json(settings)
-    server = MPServer(
+    server = SocketMPServer(
         "cloudimg.api.app:create_app_from_env",
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
+        listener=listener,
         workers=settings.workers,
         factory=True,
-        http1_settings=HTTP1Settings(header_read_timeout=settings.read_header_timeout_secs * 1000),
-        websockets=False,
-        log_access=False,
-        log_dictconfig=granian_log_config(log_format),
         respawn_failed_workers=True,
+        **_granian_options(settings, log_format),
     )
     server.serve()
