@@ -49,6 +49,10 @@ class RunningServer:
     """The catalog the server uses (its data root's registered database or SQLite file)."""
 
     def client(self, **kwargs: object) -> httpx.Client:
+        # The server closes a keep-alive connection idle for --read-header-timeout-secs
+        # (2 s); a client that reuses one near that moment races the close, so the pool
+        # lets go of idle connections sooner, as a well-behaved client does.
+        kwargs.setdefault("limits", httpx.Limits(keepalive_expiry=1.0))
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
