@@ -1,0 +1,299 @@
+"""Crashes at exact points of the delete and overwrite protocols, made with strace.
+
+A server runs under ``strace -f`` with a fault injected into one file-system call of
+the protocol (docs/architecture.md, "How a commit and a delete stay safe"):
+
+- ``signal=KILL`` on a call: the kernel kills the server as it enters the call, which
+  therefore never runs (a crash right *before* that step);
+- ``delay_exit`` on a call: the call has run and the server is held after it; strace logs
+  the call, and the test kills the server with SIGKILL then (a crash right *after* it).
+
+Either way the server dies of a real SIGKILL with the request half done. The test then
+starts a plain server on the same data root and catalog and downloads every listed tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cloudimg.config import Settings
+from cloudimg.maintenance.report import open_catalog
+from tests.conftest import RunningServer, start_server, upload
+from tests.databases import catalog_url
+from tests.maintenance_support import digest_of, put
+
+__all__ = [
+    "DELETE_POINTS",
+    "OVERWRITE_POINTS",
+    "STRACE",
+    "Crash",
+    "FaultPoint",
+    "crash_at",
+    "download_every_tag",
+    "seed",
+    "trace",
+    "wait_for_log",
+]
+
+STRACE = "/usr/bin/strace"
+_FILE_CALLS = "rename,renameat,renameat2,link,linkat,unlink,unlinkat"
+_HOLD_US = 600_000_000
+"""How long ``delay_exit`` holds the server: far longer than any test waits for the kill."""
+_TIMEOUT = 60.0
+_RENAMES = "rename,renameat,renameat2"
+_LINKS = "link,linkat"
+_UNLINKS = "unlink,unlinkat"
+
+
+@dataclass(frozen=True)
+class FaultPoint:
+    """A moment in a protocol at which the server dies."""
+
+    name: str
+    protocol: str
+    """``delete`` (DELETE of a tag whose blob no other tag uses) or ``overwrite``
+    (upload of other bytes to that tag)."""
+    inject: str
+    """The value of strace's ``-e inject=``."""
+    held_after: str | None
+    """For ``delay_exit``: a regex of the logged call after which the server is killed."""
+    committed: bool
+    """Whether the catalog change is committed at that moment."""
+
+    def __str__(self) -> str:
+        return f"{self.protocol}:{self.name}"
+
+
+def _kill_before(calls: str, when: str = "") -> str:
+    return f"{calls}:signal=KILL" + (f":when={when}" if when else "")
+
+
+def _hold_after(calls: str) -> str:
+    return f"{calls}:delay_exit={_HOLD_US}"
+
+
+_TRASHED = r"rename(at2?)?\b.*= 0 \(DELAYED\)"
+
+DELETE_POINTS = [
+    # Tag row dropped and reference released in the open transaction; file untouched.
+    FaultPoint("before-trash-rename", "delete", _kill_before(_RENAMES), None, False),
+    # The blob file is in trash/, the transaction is not committed: the reported bug.
+    FaultPoint("after-trash-rename", "delete", _hold_after(_RENAMES), _TRASHED, False),
+    # Committed; the trash file is not yet removed (the first unlink of a delete).
+    FaultPoint("before-purge", "delete", _kill_before(_UNLINKS), None, True),
+    FaultPoint(
+        "after-purge",
+        "delete",
+        _hold_after(_UNLINKS),
+        r"unlink(at)?\(.*/trash/.*\) = 0 \(DELAYED\)",
+        True,
+    ),
+]
+OVERWRITE_POINTS = [
+    FaultPoint("before-trash-rename", "overwrite", _kill_before(_RENAMES), None, False),
+    FaultPoint("after-trash-rename", "overwrite", _hold_after(_RENAMES), _TRASHED, False),
+    # The old blob is in trash/, the new one is about to be linked into the blob tree.
+    FaultPoint("before-place", "overwrite", _kill_before(_LINKS), None, False),
+    FaultPoint(
+        "after-place",
+        "overwrite",
+        _hold_after(_LINKS),
+        r"link(at)?\(.*/staging/.*/blobs/blake3/.*\) = 0 \(DELAYED\)",
+        False,
+    ),
+    FaultPoint(
+        "after-staging-unlink",
+        "overwrite",
+        _hold_after(_UNLINKS),
+        r"unlink(at)?\(.*/staging/.*\) = 0 \(DELAYED\)",
+        False,
+    ),
+    # Committed; the second unlink (after the staging file's) removes the old blob's
+    # trash file. strace counts calls per thread: the crash checks say if it missed.
+    FaultPoint("before-purge", "overwrite", _kill_before(_UNLINKS, "2"), None, True),
+]
+
+
+@dataclass
+class Images:
+    """What the test stored: tag path -> bytes, and the bytes of the overwrite."""
+
+    tags: dict[str, bytes]
+    victim: str
+    """The tag the faulted request deletes or overwrites."""
+    replacement: bytes
+
+
+def seed(data_root: Path, prefix: str) -> Images:
+    """Store a victim tag (bytes no other tag has) and a bystander, as uploads do."""
+    victim = f"/reg/crash/{prefix}/victim"
+    tags = {
+        victim: os.urandom(200_000) + prefix.encode(),
+        f"/reg/crash/{prefix}/bystander": os.urandom(50_000),
+    }
+
+    async def store() -> None:
+        settings = Settings(data_root=data_root, database_url=catalog_url(data_root))
+        async with open_catalog(settings) as catalog:
+            for path, data in tags.items():
+                await put(catalog, path.removeprefix("/reg/"), data)
+
+    asyncio.run(store())
+    return Images(tags, victim, os.urandom(120_000) + b"new" + prefix.encode())
+
+
+@dataclass
+class Traced:
+    """A running server with strace attached to every thread of it."""
+
+    server: RunningServer
+    strace: subprocess.Popen[bytes]
+    log: Path
+    """strace's output: one line per traced call."""
+
+    def kill(self) -> None:
+        """kill -9 the server, then strace, and wait until the server is gone.
+
+        A thread that strace holds in a delay dies only when strace lets it go, so strace
+        is killed as well (the kernel then detaches the dying threads).
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.server.process.pid, signal.SIGKILL)
+        self.strace.kill()
+        self.strace.wait(timeout=_TIMEOUT)
+        self.server.process.wait(timeout=_TIMEOUT)
+
+
+def trace(server: RunningServer, inject: str) -> Traced:
+    """Attach ``strace -f`` with ``inject`` to a running server (so start-up is not traced)."""
+    log = server.data_root.parent / f"strace-{server.port}.log"
+    errors = server.data_root.parent / f"strace-{server.port}.err"
+    command = [
+        STRACE,
+        "-f",
+        "-s",
+        "4096",
+        "-o",
+        str(log),
+        "-e",
+        f"trace={_FILE_CALLS}",
+        "-e",
+        f"inject={inject}",
+        "-p",
+        str(server.process.pid),
+    ]
+    with errors.open("wb") as stderr:
+        strace = subprocess.Popen(command, stderr=stderr)
+    traced = Traced(server, strace, log)
+    # strace reports the attach once it holds every thread of the server.
+    deadline = time.monotonic() + _TIMEOUT
+    while " attached" not in errors.read_text():
+        if strace.poll() is not None or time.monotonic() > deadline:
+            traced.kill()
+            raise RuntimeError(f"strace did not attach: {errors.read_text()}")
+        time.sleep(0.05)
+    return traced
+
+
+def wait_for_log(path: Path, pattern: str, process: subprocess.Popen[bytes]) -> str:
+    """Wait until a line of strace's log matches ``pattern``; the line."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + _TIMEOUT
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            if regex.search(line):
+                return line
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"strace never logged {pattern!r}:\n{text[-3000:]}")
+
+
+@dataclass
+class Crash:
+    """What a crash at a fault point left on disk."""
+
+    point: FaultPoint
+    images: Images
+    trash: list[str]
+    """Names of the files in ``trash/`` right after the crash."""
+
+
+def crash_at(point: FaultPoint, data_root: Path, images: Images) -> Crash:
+    """Run the point's request against a traced server and crash it there."""
+    traced = trace(start_server(data_root), point.inject)
+    server = traced.server
+    answers: list[object] = []
+
+    def request() -> None:
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=_TIMEOUT * 2) as http:
+                if point.protocol == "delete":
+                    answers.append(http.delete(images.victim))
+                else:
+                    answers.append(upload(http, images.victim, images.replacement))
+        except httpx.TransportError as exc:  # the server died under it: expected
+            answers.append(exc)
+
+    sender = threading.Thread(target=request)
+    sender.start()
+    try:
+        if point.held_after is not None:
+            wait_for_log(traced.log, point.held_after, server.process)
+        else:
+            server.process.wait(timeout=_TIMEOUT)  # strace's SIGKILL ends the server
+    finally:
+        traced.kill()
+        sender.join(timeout=_TIMEOUT)
+    assert answers, f"{point}: the request neither ended nor failed"
+    assert isinstance(answers[0], httpx.TransportError), (
+        f"{point}: the request was answered, the crash came too late: {answers}\n{server.log()}"
+    )
+    trash = sorted(p.name for p in (data_root / "trash").iterdir())
+    return Crash(point, images, trash)
+
+
+def download_every_tag(server: RunningServer) -> dict[str, bytes | str]:
+    """GET and HEAD every tag the listings name: path -> bytes, or what went wrong."""
+    found: dict[str, bytes | str] = {}
+    with server.client() as http:
+        for repo in http.get("/reg/").json()["data"]:
+            for image in http.get(f"/reg/{repo}").json()["data"]:
+                for tag in http.get(f"/reg/{repo}/{image}").json()["data"]:
+                    path = f"/reg/{repo}/{image}/{tag}"
+                    head = http.head(path)
+                    got = http.get(path)
+                    if head.status_code != 200 or got.status_code != 200:
+                        found[path] = f"HEAD {head.status_code}, GET {got.status_code}: {got.text}"
+                    elif int(head.headers["content-length"]) != len(got.content):
+                        found[path] = "HEAD's Content-Length is not the body's length"
+                    else:
+                        found[path] = got.content
+    return found
+
+
+def expected_tags(crash: Crash) -> dict[str, bytes]:
+    """What every tag must download after the crash, given whether the change committed."""
+    tags = dict(crash.images.tags)
+    if crash.point.committed:
+        if crash.point.protocol == "delete":
+            del tags[crash.images.victim]
+        else:
+            tags[crash.images.victim] = crash.images.replacement
+    return tags
+
+
+def victim_digest(crash: Crash) -> str:
+    return digest_of(crash.images.tags[crash.images.victim])
