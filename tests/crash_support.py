@@ -39,10 +39,15 @@ __all__ = [
     "STRACE",
     "Crash",
     "FaultPoint",
+    "Images",
+    "Traced",
     "crash_at",
     "download_every_tag",
+    "expected_tags",
     "seed",
+    "send_in_background",
     "trace",
+    "victim_digest",
     "wait_for_log",
 ]
 
@@ -162,6 +167,11 @@ class Traced:
     log: Path
     """strace's output: one line per traced call."""
 
+    def release(self) -> None:
+        """Kill strace only: the kernel detaches the server, which goes on from where it was."""
+        self.strace.kill()
+        self.strace.wait(timeout=_TIMEOUT)
+
     def kill(self) -> None:
         """kill -9 the server, then strace, and wait until the server is gone.
 
@@ -175,8 +185,13 @@ class Traced:
         self.server.process.wait(timeout=_TIMEOUT)
 
 
-def trace(server: RunningServer, inject: str) -> Traced:
-    """Attach ``strace -f`` with ``inject`` to a running server (so start-up is not traced)."""
+def trace(
+    server: RunningServer, inject: str | None, calls: str = _FILE_CALLS, path: Path | None = None
+) -> Traced:
+    """Attach ``strace -f`` to a running server (so its start-up is not traced).
+
+    ``inject`` is the fault (none: only log ``calls``, those naming ``path`` if given).
+    """
     log = server.data_root.parent / f"strace-{server.port}.log"
     errors = server.data_root.parent / f"strace-{server.port}.err"
     command = [
@@ -187,9 +202,9 @@ def trace(server: RunningServer, inject: str) -> Traced:
         "-o",
         str(log),
         "-e",
-        f"trace={_FILE_CALLS}",
-        "-e",
-        f"inject={inject}",
+        f"trace={calls}",
+        *(["-e", f"inject={inject}"] if inject else []),
+        *(["-P", str(path)] if path else []),
         "-p",
         str(server.process.pid),
     ]
@@ -231,10 +246,13 @@ class Crash:
     """Names of the files in ``trash/`` right after the crash."""
 
 
-def crash_at(point: FaultPoint, data_root: Path, images: Images) -> Crash:
-    """Run the point's request against a traced server and crash it there."""
-    traced = trace(start_server(data_root), point.inject)
-    server = traced.server
+def send_in_background(
+    server: RunningServer, point: FaultPoint, images: Images
+) -> tuple[threading.Thread, list[object]]:
+    """Start the point's request (DELETE or overwriting upload) on a thread.
+
+    The list gets the response, or the transport error of a server that died under it.
+    """
     answers: list[object] = []
 
     def request() -> None:
@@ -244,11 +262,25 @@ def crash_at(point: FaultPoint, data_root: Path, images: Images) -> Crash:
                     answers.append(http.delete(images.victim))
                 else:
                     answers.append(upload(http, images.victim, images.replacement))
-        except httpx.TransportError as exc:  # the server died under it: expected
+        except httpx.TransportError as exc:
             answers.append(exc)
 
     sender = threading.Thread(target=request)
     sender.start()
+    return sender, answers
+
+
+def crash_at(
+    point: FaultPoint, data_root: Path, images: Images, traced: Traced | None = None
+) -> Crash:
+    """Run the point's request against a traced server and crash it there.
+
+    ``traced`` is a server already under strace with the point's injection; by default
+    one is started on ``data_root``.
+    """
+    traced = traced or trace(start_server(data_root), point.inject)
+    server = traced.server
+    sender, answers = send_in_background(server, point, images)
     try:
         if point.held_after is not None:
             wait_for_log(traced.log, point.held_after, server.process)

@@ -147,18 +147,18 @@ class Catalog:
         A digest reference is valid only while a tag of this image holds that blob.
         The caller has validated the form of ``reference``.
         """
-        if ":" not in reference:
-            info = await self.get_tag(repo, image, reference)
-            ref = BlobRef(info.digest, info.sha256, info.size, info.updated)
-        else:
-            ref = await self._resolve_digest(repo, image, reference)
-        if await self.blobs.size_of(ref.digest) is None:
-            # A crash between a delete's trash rename and its commit leaves the file in
-            # trash while the tag stays: put it back (a delete that commits wins instead).
-            await self.restore_blob(ref.digest)
+        ref = await self._lookup(repo, image, reference)
+        # A crash between a delete's trash rename and its commit leaves the file in trash
+        # while the tag stays: put it back. If a delete or an overwrite committed meanwhile
+        # instead, the reference may now name other bytes (or nothing): look again.
+        if await self.blobs.size_of(ref.digest) is None and not await self.restore_blob(ref.digest):
+            ref = await self._lookup(repo, image, reference)
         return ref
 
-    async def _resolve_digest(self, repo: str, image: str, reference: str) -> BlobRef:
+    async def _lookup(self, repo: str, image: str, reference: str) -> BlobRef:
+        if ":" not in reference:
+            info = await self.get_tag(repo, image, reference)
+            return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = parse_digest(reference)
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
         async with self._sessions() as session:
