@@ -63,7 +63,7 @@ _UNLINKS = "unlink,unlinkat"
 
 @dataclass(frozen=True)
 class FaultPoint:
-    """A moment in a protocol at which the server dies."""
+    """A moment in a protocol at which the server dies, and what it leaves on disk."""
 
     name: str
     protocol: str
@@ -75,6 +75,12 @@ class FaultPoint:
     """For ``delay_exit``: a regex of the logged call after which the server is killed."""
     committed: bool
     """Whether the catalog change is committed at that moment."""
+    trashed: bool
+    """The old blob's file is in ``trash/`` at the crash."""
+    placed: bool = False
+    """Overwrite: the new blob's file is in the blob tree at the crash."""
+    staged: bool = False
+    """Overwrite: the upload's staging file is still there at the crash."""
 
     def __str__(self) -> str:
         return f"{self.protocol}:{self.name}"
@@ -88,45 +94,39 @@ def _hold_after(calls: str) -> str:
     return f"{calls}:delay_exit={_HOLD_US}"
 
 
-_TRASHED = r"rename(at2?)?\b.*= 0 \(DELAYED\)"
+def _held(calls: str) -> str:
+    """strace's line for a delayed call; after another thread's event it says only
+    ``<... rename resumed>``, so the call's paths are checked on disk instead."""
+    return rf"\b({calls.replace(',', '|')})\b.*= 0 \(DELAYED\)"
 
+
+_R, _L, _U = _RENAMES, _LINKS, _UNLINKS
 DELETE_POINTS = [
     # Tag row dropped and reference released in the open transaction; file untouched.
-    FaultPoint("before-trash-rename", "delete", _kill_before(_RENAMES), None, False),
+    FaultPoint("before-trash-rename", "delete", _kill_before(_R), None, False, False),
     # The blob file is in trash/, the transaction is not committed: the reported bug.
-    FaultPoint("after-trash-rename", "delete", _hold_after(_RENAMES), _TRASHED, False),
+    FaultPoint("after-trash-rename", "delete", _hold_after(_R), _held(_R), False, True),
     # Committed; the trash file is not yet removed (the first unlink of a delete).
-    FaultPoint("before-purge", "delete", _kill_before(_UNLINKS), None, True),
-    FaultPoint(
-        "after-purge",
-        "delete",
-        _hold_after(_UNLINKS),
-        r"unlink(at)?\(.*/trash/.*\) = 0 \(DELAYED\)",
-        True,
-    ),
+    FaultPoint("before-purge", "delete", _kill_before(_U), None, True, True),
+    FaultPoint("after-purge", "delete", _hold_after(_U), _held(_U), True, False),
 ]
 OVERWRITE_POINTS = [
-    FaultPoint("before-trash-rename", "overwrite", _kill_before(_RENAMES), None, False),
-    FaultPoint("after-trash-rename", "overwrite", _hold_after(_RENAMES), _TRASHED, False),
+    FaultPoint(
+        "before-trash-rename", "overwrite", _kill_before(_R), None, False, False, staged=True
+    ),
+    FaultPoint(
+        "after-trash-rename", "overwrite", _hold_after(_R), _held(_R), False, True, staged=True
+    ),
     # The old blob is in trash/, the new one is about to be linked into the blob tree.
-    FaultPoint("before-place", "overwrite", _kill_before(_LINKS), None, False),
+    FaultPoint("before-place", "overwrite", _kill_before(_L), None, False, True, staged=True),
     FaultPoint(
-        "after-place",
-        "overwrite",
-        _hold_after(_LINKS),
-        r"link(at)?\(.*/staging/.*/blobs/blake3/.*\) = 0 \(DELAYED\)",
-        False,
+        "after-place", "overwrite", _hold_after(_L), _held(_L), False, True, True, staged=True
     ),
-    FaultPoint(
-        "after-staging-unlink",
-        "overwrite",
-        _hold_after(_UNLINKS),
-        r"unlink(at)?\(.*/staging/.*\) = 0 \(DELAYED\)",
-        False,
-    ),
-    # Committed; the second unlink (after the staging file's) removes the old blob's
-    # trash file. strace counts calls per thread: the crash checks say if it missed.
-    FaultPoint("before-purge", "overwrite", _kill_before(_UNLINKS, "2"), None, True),
+    # The first unlink of an overwrite drops the staging file's name.
+    FaultPoint("after-staging-unlink", "overwrite", _hold_after(_U), _held(_U), False, True, True),
+    # Committed; the second unlink removes the old blob's trash file. strace counts
+    # calls per thread: the checks of what the crash left say if it missed.
+    FaultPoint("before-purge", "overwrite", _kill_before(_U, "2"), None, True, True, True),
 ]
 
 
@@ -294,7 +294,23 @@ def crash_at(
         f"{point}: the request was answered, the crash came too late: {answers}\n{server.log()}"
     )
     trash = sorted(p.name for p in (data_root / "trash").iterdir())
-    return Crash(point, images, trash)
+    crash = Crash(point, images, trash)
+    _check_left(crash, data_root)
+    return crash
+
+
+def _check_left(crash: Crash, data_root: Path) -> None:
+    """The crash came where the point says: the files are as that step leaves them."""
+    point, images = crash.point, crash.images
+    old = digest_of(images.tags[images.victim])
+    new = digest_of(images.replacement)
+    left = {
+        "trashed": [name.split(".")[0] for name in crash.trash] == [old],
+        "placed": (data_root / "blobs" / "blake3" / new[:2] / new[2:]).exists(),
+        "staged": any((data_root / "staging").iterdir()),
+    }
+    wanted = {"trashed": point.trashed, "placed": point.placed, "staged": point.staged}
+    assert left == wanted, f"{point}: the crash left {left}, the step leaves {wanted}"
 
 
 def download_every_tag(server: RunningServer) -> dict[str, bytes | str]:
