@@ -6,7 +6,12 @@ the protocol (docs/architecture.md, "How a commit and a delete stay safe"):
 - ``signal=KILL`` on a call: the kernel kills the server as it enters the call, which
   therefore never runs (a crash right *before* that step);
 - ``delay_exit`` on a call: the call has run and the server is held after it; strace logs
-  the call, and the test kills the server with SIGKILL then (a crash right *after* it).
+  the call, and the test kills the server with SIGKILL then (a crash right *after* it);
+- ``delay_enter`` on a call: strace logs the call's arguments as it holds the server
+  before it, and the test kills the server when the arguments are the step's.
+
+After each crash the files must be as that step leaves them (``_check_left``), so a
+fault that hit elsewhere fails the test instead of testing something else.
 
 Either way the server dies of a real SIGKILL with the request half done. The test then
 starts a plain server on the same data root and catalog and downloads every listed tag.
@@ -55,6 +60,9 @@ STRACE = "/usr/bin/strace"
 _FILE_CALLS = "rename,renameat,renameat2,link,linkat,unlink,unlinkat"
 _HOLD_US = 600_000_000
 """How long ``delay_exit`` holds the server: far longer than any test waits for the kill."""
+_ENTRY_HOLD_US = 5_000_000
+"""How long ``delay_enter`` holds each call: the test's margin to kill the server there
+(it polls strace's log every 50 ms); a kill that comes late fails the crash checks."""
 _TIMEOUT = 60.0
 _RENAMES = "rename,renameat,renameat2"
 _LINKS = "link,linkat"
@@ -71,8 +79,9 @@ class FaultPoint:
     (upload of other bytes to that tag)."""
     inject: str
     """The value of strace's ``-e inject=``."""
-    held_after: str | None
-    """For ``delay_exit``: a regex of the logged call after which the server is killed."""
+    kill_on: str | None
+    """A regex of strace's log: the test kills the server when a line matches (None:
+    strace's ``signal=KILL`` does)."""
     committed: bool
     """Whether the catalog change is committed at that moment."""
     trashed: bool
@@ -86,8 +95,8 @@ class FaultPoint:
         return f"{self.protocol}:{self.name}"
 
 
-def _kill_before(calls: str, when: str = "") -> str:
-    return f"{calls}:signal=KILL" + (f":when={when}" if when else "")
+def _kill_before(calls: str) -> str:
+    return f"{calls}:signal=KILL"
 
 
 def _hold_after(calls: str) -> str:
@@ -124,9 +133,19 @@ OVERWRITE_POINTS = [
     ),
     # The first unlink of an overwrite drops the staging file's name.
     FaultPoint("after-staging-unlink", "overwrite", _hold_after(_U), _held(_U), False, True, True),
-    # Committed; the second unlink removes the old blob's trash file. strace counts
-    # calls per thread: the checks of what the crash left say if it missed.
-    FaultPoint("before-purge", "overwrite", _kill_before(_U, "2"), None, True, True, True),
+    # Committed; the next unlink removes the old blob's trash file. strace counts calls
+    # per thread, and the staging file's unlink may run on another worker thread than
+    # the purge, so every unlink is held a while as it starts (strace logs its path
+    # then) and the test kills the server at the one of a trash file.
+    FaultPoint(
+        "before-purge",
+        "overwrite",
+        f"{_U}:delay_enter={_ENTRY_HOLD_US}",
+        r"\bunlink(at)?\(.*/trash/",
+        True,
+        True,
+        True,
+    ),
 ]
 
 
@@ -243,7 +262,7 @@ class Crash:
     point: FaultPoint
     images: Images
     trash: list[str]
-    """Names of the files in ``trash/`` right after the crash."""
+    """Names of the files in ``trash/`` right after the crash (earlier crashes' too)."""
 
 
 def send_in_background(
@@ -280,10 +299,11 @@ def crash_at(
     """
     traced = traced or trace(start_server(data_root), point.inject)
     server = traced.server
+    staging_before = set((data_root / "staging").iterdir())
     sender, answers = send_in_background(server, point, images)
     try:
-        if point.held_after is not None:
-            wait_for_log(traced.log, point.held_after, server.process)
+        if point.kill_on is not None:
+            wait_for_log(traced.log, point.kill_on, server.process)
         else:
             server.process.wait(timeout=_TIMEOUT)  # strace's SIGKILL ends the server
     finally:
@@ -294,20 +314,21 @@ def crash_at(
         f"{point}: the request was answered, the crash came too late: {answers}\n{server.log()}"
     )
     trash = sorted(p.name for p in (data_root / "trash").iterdir())
+    staged = set((data_root / "staging").iterdir()) - staging_before
     crash = Crash(point, images, trash)
-    _check_left(crash, data_root)
+    _check_left(crash, data_root, bool(staged))
     return crash
 
 
-def _check_left(crash: Crash, data_root: Path) -> None:
+def _check_left(crash: Crash, data_root: Path, staged: bool) -> None:
     """The crash came where the point says: the files are as that step leaves them."""
     point, images = crash.point, crash.images
     old = digest_of(images.tags[images.victim])
     new = digest_of(images.replacement)
     left = {
-        "trashed": [name.split(".")[0] for name in crash.trash] == [old],
+        "trashed": any(name.split(".")[0] == old for name in crash.trash),
         "placed": (data_root / "blobs" / "blake3" / new[:2] / new[2:]).exists(),
-        "staged": any((data_root / "staging").iterdir()),
+        "staged": staged,
     }
     wanted = {"trashed": point.trashed, "placed": point.placed, "staged": point.staged}
     assert left == wanted, f"{point}: the crash left {left}, the step leaves {wanted}"

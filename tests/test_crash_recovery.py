@@ -108,7 +108,7 @@ def test_a_download_during_a_delete_does_not_bring_the_file_back(
     downloads: list[httpx.Response] = []
     try:
         sender, answers = send_in_background(traced.server, fault, images)
-        wait_for_log(traced.log, fault.held_after or "", traced.server.process)
+        wait_for_log(traced.log, fault.kill_on or "", traced.server.process)
         getter = threading.Thread(
             target=lambda: downloads.append(reader.client().get(images.victim))
         )
