@@ -1,7 +1,8 @@
 """Crashes at exact points of the delete and overwrite protocols, made with strace.
 
-A server runs under ``strace -f`` with a fault injected into one file-system call of
-the protocol (docs/architecture.md, "How a commit and a delete stay safe"):
+``strace -f`` is attached to a running server (after its start-up, whose SQLite WAL
+clean-up unlinks files too) with a fault injected into one file-system call of the
+protocol (docs/architecture.md, "How a commit and a delete stay safe"):
 
 - ``signal=KILL`` on a call: the kernel kills the server as it enters the call, which
   therefore never runs (a crash right *before* that step);
@@ -10,11 +11,10 @@ the protocol (docs/architecture.md, "How a commit and a delete stay safe"):
 - ``delay_enter`` on a call: strace logs the call's arguments as it holds the server
   before it, and the test kills the server when the arguments are the step's.
 
-After each crash the files must be as that step leaves them (``_check_left``), so a
-fault that hit elsewhere fails the test instead of testing something else.
-
-Either way the server dies of a real SIGKILL with the request half done. The test then
-starts a plain server on the same data root and catalog and downloads every listed tag.
+Either way the server dies of a real SIGKILL with the request half done. After each
+crash the files must be as that step leaves them (``_check_left``), so a fault that hit
+elsewhere fails the test instead of testing something else. The test then starts a
+plain server on the same data root and catalog and downloads every listed tag.
 """
 
 from __future__ import annotations

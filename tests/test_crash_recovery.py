@@ -20,6 +20,7 @@ from tests.conftest import start_server, upload
 from tests.crash_support import (
     DELETE_POINTS,
     OVERWRITE_POINTS,
+    STRACE,
     FaultPoint,
     crash_at,
     download_every_tag,
@@ -34,7 +35,7 @@ from tests.invariants import assert_invariants, blob_path
 from tests.maintenance_support import cli, cli_json, digest_of
 
 pytestmark = pytest.mark.skipif(
-    not Path("/usr/bin/strace").exists(), reason="needs strace for the fault injection"
+    not Path(STRACE).exists(), reason=f"needs {STRACE} for the fault injection"
 )
 
 
