@@ -92,8 +92,9 @@ async def test_trash_restore_and_purge(store: BlobStore) -> None:
     trash = await store.move_to_trash(staged.blake3)
     assert trash is not None
     assert await store.size_of(staged.blake3) is None
-    await store.restore_from_trash(trash, staged.blake3)
+    assert await store.restore_from_trash(trash, staged.blake3)
     assert store.blob_path(staged.blake3).read_bytes() == b"some bytes"
+    assert not await store.restore_from_trash(trash, staged.blake3)  # gone: restored already
     trash = await store.move_to_trash(staged.blake3)
     assert trash is not None
     await store.purge(trash)

@@ -122,6 +122,21 @@ async def test_trash_of_a_committed_delete_is_removed(catalog: Catalog) -> None:
     assert store.blob_path(kept_digest).read_bytes() == b"kept"
 
 
+async def test_trash_copy_of_a_quarantined_blob_is_kept(catalog: Catalog) -> None:
+    """The catalog still names the digest: gc never purges it, nor serves it again."""
+    digest = await put(catalog, "repo/img/v1", b"suspect")
+    store = store_of(catalog)
+    assert await catalog.quarantine_blob(digest, None)
+    copy = store.trash_dir / f"{digest}.03"
+    copy.write_bytes(b"suspect")
+    age(copy)
+    report = await collect_garbage(catalog, grace=0)
+    assert kinds(report) == {}
+    assert copy.exists()
+    assert await catalog.restore_trashed() == []
+    assert not store.blob_path(digest).exists()
+
+
 async def test_blob_file_without_a_row_is_reclaimed(catalog: Catalog) -> None:
     store = store_of(catalog)
     staged = await stage(catalog, b"orphan bytes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudimg import __version__
 from cloudimg.api.auth import registry_guards
@@ -21,8 +23,11 @@ from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.config import Settings, settings_from_json
+from cloudimg.errors import CloudimgError
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
+
+log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
 """Environment variable in which ``cloudimg serve --workers N`` hands its settings to workers."""
@@ -40,6 +45,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         blobs.ensure_layout()
+        await _restore_trashed(catalog)
         try:
             yield
         finally:
@@ -79,6 +85,18 @@ def create_app(settings: Settings) -> Litestar:
     # metrics see every request, 404s and errors included.
     app.asgi_handler = RequestObserver(HeaderLimit(app.asgi_handler), metrics)
     return app
+
+
+async def _restore_trashed(catalog: Catalog) -> None:
+    """Put back blob files a crash left in trash while their tags stayed (before serving).
+
+    Each file put back is logged. A failure here is logged, not fatal: downloads put
+    such a file back on demand too.
+    """
+    try:
+        await catalog.restore_trashed()
+    except (CloudimgError, OSError, SQLAlchemyError) as exc:
+        log.warning("could not check trash/ for blob files a crash left there: %s", exc)
 
 
 def create_app_from_env() -> Litestar:

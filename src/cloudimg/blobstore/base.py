@@ -104,8 +104,12 @@ class BlobStore(Protocol):
     async def move_to_trash(self, blake3_hex: str) -> Path | None:
         """Rename the blob out of the blob tree; returns the trash path, None if absent."""
 
-    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> None:
-        """Undo ``move_to_trash`` (when the transaction that trashed it rolled back)."""
+    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> bool:
+        """Undo ``move_to_trash`` (when the transaction that trashed it did not commit).
+
+        True when ``trash_path`` became the blob file; False when it was gone already
+        (restored or purged meanwhile) or the blob file existed (the trash copy is dropped).
+        """
 
     async def purge(self, trash_path: Path) -> None:
         """Delete a trashed file for good; missing files are fine."""

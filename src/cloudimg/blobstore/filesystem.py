@@ -319,10 +319,11 @@ class FilesystemBlobStore:
             return None
         return trash
 
-    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> None:
-        # A missing trash file was restored (or purged) by someone else meanwhile.
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self._link_into_tree, trash_path, blake3_hex)
+    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> bool:
+        try:
+            return await asyncio.to_thread(self._link_into_tree, trash_path, blake3_hex)
+        except FileNotFoundError:
+            return False  # restored (or purged) by someone else meanwhile
 
     async def purge(self, trash_path: Path) -> None:
         await asyncio.to_thread(trash_path.unlink, True)

@@ -147,6 +147,15 @@ class Catalog:
         A digest reference is valid only while a tag of this image holds that blob.
         The caller has validated the form of ``reference``.
         """
+        ref = await self._lookup(repo, image, reference)
+        # A crash between a delete's trash rename and its commit leaves the file in trash
+        # while the tag stays: put it back. If a delete or an overwrite committed meanwhile
+        # instead, the reference may now name other bytes (or nothing): look again.
+        if await self.blobs.size_of(ref.digest) is None and not await self.restore_blob(ref.digest):
+            ref = await self._lookup(repo, image, reference)
+        return ref
+
+    async def _lookup(self, repo: str, image: str, reference: str) -> BlobRef:
         if ":" not in reference:
             info = await self.get_tag(repo, image, reference)
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
@@ -358,28 +367,83 @@ class Catalog:
         await self._write(change)
         return freed[0] if freed else None
 
-    async def settle_trash(self, trash_path: Path, digest: str) -> Literal["restored", "removed"]:
+    async def restore_blob(self, digest: str) -> bool:
+        """Put a trashed file of ``digest`` back if the catalog still needs it.
+
+        A crash between a delete's (or an overwrite's) rename into ``trash/`` and its
+        commit leaves the blob row and its tags, with the file in trash. Under the
+        digest's lock, as the delete took it, the file goes back when the row is still
+        there (not quarantined) and its file is missing; a delete that is about to
+        commit holds the lock, so we wait for it and then find no row. True when a
+        file was put back.
+        """
+        copies = [entry.path for entry in await self.blobs.list_trash() if entry.digest == digest]
+        if not copies:
+            return False
+        restored: list[Path] = []
+
+        async def change(session: AsyncSession, _effects: _FileEffects) -> None:
+            restored.clear()
+            if await self._needs_file(session, digest):
+                for path in copies:
+                    if await self.blobs.restore_from_trash(path, digest):
+                        restored.append(path)
+                        break
+
+        await self._write(change)
+        if restored:
+            log.warning(
+                "put blob %s back from trash: its delete never committed (a crash?)", digest
+            )
+        return bool(restored)
+
+    async def restore_trashed(self) -> list[str]:
+        """Put back every trashed file the catalog still needs (``restore_blob``).
+
+        The servers run this at start-up. Digests whose row is gone (a committed delete
+        whose trash file was not yet removed) are left for gc. Returns the digests put back.
+        """
+        trashed = {entry.digest for entry in await self.blobs.list_trash() if entry.digest}
+        if not trashed:
+            return []
+        async with self._sessions() as session:
+            live = await session.scalars(
+                select(Blob.digest).where(
+                    Blob.digest.in_(sorted(trashed)), Blob.quarantined_at.is_(None)
+                )
+            )
+            candidates = sorted(live)
+        restored: list[str] = []
+        for digest in candidates:
+            if await self.blobs.size_of(digest) is None and await self.restore_blob(digest):
+                restored.append(digest)
+        return restored
+
+    async def settle_trash(
+        self, trash_path: Path, digest: str, *, remove: bool = True, dry_run: bool = False
+    ) -> Literal["restored", "removed", "kept"]:
         """Deal with a trash file left by a crash, under the digest's lock.
 
-        If the catalog still has the blob (the delete rolled back) and its file is
-        missing, the trash file goes back into the blob tree; otherwise it is removed.
+        If the catalog still has the blob (the delete never committed) and its file is
+        missing, the trash file goes back into the blob tree, whatever ``remove`` says.
+        A trash file the catalog still needs is never removed (a quarantined blob's:
+        kept). Any other trash file is removed when ``remove`` is set, else kept.
+        With ``dry_run``, says what it would do and changes nothing.
         """
-        outcome: list[Literal["restored", "removed"]] = []
+        outcome: list[Literal["restored", "removed", "kept"]] = []
 
         async def change(session: AsyncSession, _effects: _FileEffects) -> None:
             outcome.clear()
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
-            restore = (
-                blob is not None
-                and blob.quarantined_at is None
-                and await self.blobs.size_of(digest) is None
-            )
-            if restore:
-                await self.blobs.restore_from_trash(trash_path, digest)
-            outcome.append("restored" if restore else "removed")
+            missing = blob is not None and await self.blobs.size_of(digest) is None
+            if missing and blob is not None and blob.quarantined_at is None:
+                restored = dry_run or await self.blobs.restore_from_trash(trash_path, digest)
+                outcome.append("restored" if restored else "kept")
+            else:
+                outcome.append("removed" if remove and not missing else "kept")
 
         await self._write(change)
-        if outcome[0] == "removed":
+        if outcome[0] == "removed" and not dry_run:
             await self.blobs.purge(trash_path)
         return outcome[0]
 
@@ -449,6 +513,13 @@ class Catalog:
             session.add(blob)
             await session.flush()  # a concurrent creator makes this an IntegrityError: retry
         return blob
+
+    async def _needs_file(self, session: AsyncSession, digest: str) -> bool:
+        """Lock the blob row: is it there, served (not quarantined), and its file missing?"""
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+        if blob is None or blob.quarantined_at is not None:
+            return False
+        return await self.blobs.size_of(digest) is None
 
     async def _ensure_blob_file(self, staged: StagedBlob) -> None:
         """Put the staged bytes in place unless the blob file exists (the lock is held)."""

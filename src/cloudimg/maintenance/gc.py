@@ -2,9 +2,10 @@
 
 What it touches, in this order:
 
-1. trash files (``trash/<blake3>.<random>``) older than the grace period: put back
-   into the blob tree when the catalog still has the blob and its file is missing
-   (the delete that trashed it rolled back), removed otherwise;
+1. trash files (``trash/<blake3>.<random>``): put back into the blob tree, whatever
+   their age, when the catalog still has the blob and its file is missing (the
+   delete that trashed it never committed); otherwise removed once older than the
+   grace period (never while a quarantined blob's row still names the digest);
 2. staging files older than the grace period that no upload holds (an upload keeps
    an exclusive lock on its staging file until it is committed or dropped);
 3. reference counts that differ from the number of tags naming the blob: set right;
@@ -104,28 +105,28 @@ def _old_enough(entry: StoredFile, cutoff: float, report: GcReport) -> bool:
 
 async def _trash(catalog: Catalog, cutoff: float, report: GcReport) -> None:
     for entry in await catalog.blobs.list_trash():
-        if not _old_enough(entry, cutoff, report):
-            continue
+        # A trash file the catalog still needs goes back whatever its age (rename keeps
+        # the blob's mtime, so age says nothing about when the delete crashed).
+        old = entry.mtime <= cutoff
         try:
             if entry.digest is None:  # not a name we give; only we write here
-                if not report.dry_run:
+                if old and not report.dry_run:
                     await catalog.blobs.purge(entry.path)
-                outcome = "removed"
-            elif report.dry_run:
-                state = await catalog.blob_state(entry.digest)
-                missing = await catalog.blobs.size_of(entry.digest) is None
-                restore = state is not None and not state.quarantined and missing
-                outcome = "restored" if restore else "removed"
+                outcome = "removed" if old else "kept"
             else:
-                outcome = await catalog.settle_trash(entry.path, entry.digest)
+                outcome = await catalog.settle_trash(
+                    entry.path, entry.digest, remove=old, dry_run=report.dry_run
+                )
         except (CloudimgError, OSError) as exc:
             report.problems.append(f"trash file {entry.path.name}: {exc}")
             continue
         if outcome == "restored":
             detail = "the catalog still has this blob and its file was missing"
             report.actions.append(GcAction("restored", entry.digest or "", entry.size, detail))
-        else:
+        elif outcome == "removed":
             report.actions.append(GcAction("trash", entry.path.name, entry.size))
+        elif not old:
+            report.skipped_young += 1
 
 
 async def _staging(catalog: Catalog, cutoff: float, report: GcReport) -> None:
