@@ -11,7 +11,6 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloudimg import __version__
 from cloudimg.api.auth import registry_guards
@@ -95,7 +94,7 @@ async def _restore_trashed(catalog: Catalog) -> None:
     """
     try:
         await catalog.restore_trashed()
-    except (CloudimgError, OSError, SQLAlchemyError) as exc:
+    except (CloudimgError, OSError) as exc:
         log.warning("could not check trash/ for blob files a crash left there: %s", exc)
 
 

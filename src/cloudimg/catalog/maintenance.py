@@ -23,6 +23,9 @@ __all__ = ["CatalogMaintenance"]
 
 log = logging.getLogger(__name__)
 
+Settled = Literal["restored", "removed", "kept"]
+"""What ``settle_trash`` did with a trash file."""
+
 
 class CatalogMaintenance(CatalogBase):
     """Each repair runs under the lock the writers take on the digest's row."""
@@ -45,7 +48,7 @@ class CatalogMaintenance(CatalogBase):
             .outerjoin(Repository, Repository.id == Image.repository_id)
             .order_by(Blob.digest, Repository.name, Image.name, Tag.name)
         )
-        async with self._sessions() as session, session.begin():
+        async with self._read() as session, session.begin():
             rows = (await session.execute(query)).all()
         rows_of: dict[str, tuple[int, str, int, bool]] = {}
         tags_of: dict[str, list[TagRecord]] = {}
@@ -65,7 +68,7 @@ class CatalogMaintenance(CatalogBase):
         references = (
             select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
         ).scalar_subquery()
-        async with self._sessions() as session:
+        async with self._read() as session:
             row = (
                 await session.execute(select(Blob, references).where(Blob.digest == digest))
             ).one_or_none()
@@ -80,27 +83,25 @@ class CatalogMaintenance(CatalogBase):
         A blob no tag references loses its row and (trashed, then purged) file.
         Returns what changed, None when the count was right or the row is gone.
         """
-        done: list[RefcountRepair] = []
 
-        async def change(session: AsyncSession, effects: FileEffects) -> None:
-            done.clear()
+        async def change(session: AsyncSession, effects: FileEffects) -> RefcountRepair | None:
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None:
-                return
+                return None
             count = await session.scalar(
                 select(func.count()).select_from(Tag).where(Tag.digest == digest)
             )
             count = count or 0
             if count == blob.refcount and count > 0:
-                return
-            done.append(RefcountRepair(digest, blob.size, blob.refcount, count, count == 0))
+                return None
+            repair = RefcountRepair(digest, blob.size, blob.refcount, count, count == 0)
             if count == 0:
                 await self._drop_blob(session, blob, effects)
             else:
                 blob.refcount = count
+            return repair
 
-        await self._write(change)
-        return done[0] if done else None
+        return await self._write(change)
 
     async def reclaim_orphan_file(self, digest: str) -> int | None:
         """Remove a blob file that no blob row names; its size, None when nothing went.
@@ -109,12 +110,10 @@ class CatalogMaintenance(CatalogBase):
         the digest's lock (a placeholder row, gone at commit), so an upload committing
         the same digest at the same time waits for us and then places its own file.
         """
-        freed: list[int] = []
 
-        async def change(session: AsyncSession, effects: FileEffects) -> None:
-            freed.clear()
+        async def change(session: AsyncSession, effects: FileEffects) -> int | None:
             if await session.scalar(select(Blob.digest).where(Blob.digest == digest)):
-                return
+                return None
             placeholder = Blob(digest=digest, size=0, sha256="0" * 64, refcount=0)
             placeholder.created_at = utcnow()
             session.add(placeholder)
@@ -123,12 +122,12 @@ class CatalogMaintenance(CatalogBase):
             trash_path = await self.blobs.move_to_trash(digest)
             await session.delete(placeholder)
             await session.flush()
-            if trash_path is not None:
-                effects.trashed.append((trash_path, digest))
-                freed.append(size or 0)
+            if trash_path is None:
+                return None
+            effects.trashed.append((trash_path, digest))
+            return size or 0
 
-        await self._write(change)
-        return freed[0] if freed else None
+        return await self._write(change)
 
     async def restore_trashed(self) -> list[str]:
         """Put back every trashed file the catalog still needs (``restore_blob``).
@@ -139,7 +138,7 @@ class CatalogMaintenance(CatalogBase):
         trashed = {entry.digest for entry in await self.blobs.list_trash() if entry.digest}
         if not trashed:
             return []
-        async with self._sessions() as session:
+        async with self._read() as session:
             live = await session.scalars(
                 select(Blob.digest).where(
                     Blob.digest.in_(sorted(trashed)), Blob.quarantined_at.is_(None)
@@ -154,7 +153,7 @@ class CatalogMaintenance(CatalogBase):
 
     async def settle_trash(
         self, trash_path: Path, digest: str, *, remove: bool = True, dry_run: bool = False
-    ) -> Literal["restored", "removed", "kept"]:
+    ) -> Settled:
         """Deal with a trash file left by a crash, under the digest's lock.
 
         If the catalog still has the blob (the delete never committed) and its file is
@@ -163,22 +162,19 @@ class CatalogMaintenance(CatalogBase):
         kept). Any other trash file is removed when ``remove`` is set, else kept.
         With ``dry_run``, says what it would do and changes nothing.
         """
-        outcome: list[Literal["restored", "removed", "kept"]] = []
 
-        async def change(session: AsyncSession, _effects: FileEffects) -> None:
-            outcome.clear()
+        async def change(session: AsyncSession, _effects: FileEffects) -> Settled:
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             missing = blob is not None and await self.blobs.size_of(digest) is None
             if missing and blob is not None and blob.quarantined_at is None:
                 restored = dry_run or await self.blobs.restore_from_trash(trash_path, digest)
-                outcome.append("restored" if restored else "kept")
-            else:
-                outcome.append("removed" if remove and not missing else "kept")
+                return "restored" if restored else "kept"
+            return "removed" if remove and not missing else "kept"
 
-        await self._write(change)
-        if outcome[0] == "removed" and not dry_run:
+        outcome = await self._write(change)
+        if outcome == "removed" and not dry_run:
             await self.blobs.purge(trash_path)
-        return outcome[0]
+        return outcome
 
     async def quarantine_blob(self, digest: str, inode: int | None) -> bool:
         """Move the blob's file aside and mark the blob so that it is no longer served.
@@ -186,19 +182,16 @@ class CatalogMaintenance(CatalogBase):
         ``inode`` is the file found bad: a file placed since then is left alone.
         True when the blob was quarantined.
         """
-        done: list[bool] = []
 
-        async def change(session: AsyncSession, effects: FileEffects) -> None:
-            done.clear()
+        async def change(session: AsyncSession, effects: FileEffects) -> bool:
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None or blob.quarantined_at is not None:
-                return
+                return False
             moved = await self.blobs.quarantine(digest, inode)
             if moved is None:
-                return
+                return False
             effects.quarantined.append((moved, digest))
             blob.quarantined_at = utcnow()
-            done.append(True)
+            return True
 
-        await self._write(change)
-        return bool(done)
+        return await self._write(change)

@@ -28,13 +28,13 @@ class CatalogReads(CatalogBase):
 
     async def list_repositories(self) -> list[str]:
         """Names of every repository that holds an image, sorted."""
-        async with self._sessions() as session:
+        async with self._read() as session:
             rows = await session.scalars(select(Repository.name).order_by(Repository.name))
             return list(rows)
 
     async def list_images(self, repo: str) -> list[str]:
         """Names of the images in ``repo``, sorted; ``NotFoundError`` if there is no such repo."""
-        async with self._sessions() as session:
+        async with self._read() as session:
             repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
             if repo_id is None:
                 raise NotFoundError("repository not found", {"repo": repo})
@@ -45,7 +45,7 @@ class CatalogReads(CatalogBase):
 
     async def list_tags(self, repo: str, image: str) -> list[str]:
         """Tag names of ``repo/image``, sorted; ``NotFoundError`` if there is no such image."""
-        async with self._sessions() as session:
+        async with self._read() as session:
             image_id = await self._image_id(session, repo, image)
             if image_id is None:
                 raise NotFoundError("image not found", {"repo": repo, "image": image})
@@ -63,7 +63,7 @@ class CatalogReads(CatalogBase):
         referenced = select(func.coalesce(func.sum(Blob.size), 0)).where(
             exists().where(Tag.digest == Blob.digest)
         )
-        async with self._sessions() as session, session.begin():
+        async with self._read() as session, session.begin():
             blob_count, stored = (await session.execute(blobs)).one()
             tag_count, logical = (await session.execute(tags)).one()
             referenced_bytes = await session.scalar(referenced)
@@ -73,7 +73,7 @@ class CatalogReads(CatalogBase):
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
         """The tag with its blob; ``NotFoundError`` if it does not exist."""
-        async with self._sessions() as session:
+        async with self._read() as session:
             row = (
                 await session.execute(
                     select(Tag, Blob)
@@ -120,7 +120,7 @@ class CatalogReads(CatalogBase):
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = parse_digest(reference)
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
-        async with self._sessions() as session:
+        async with self._read() as session:
             blob = await session.scalar(
                 select(Blob)
                 .join(Tag, Tag.digest == Blob.digest)
@@ -144,7 +144,7 @@ class CatalogReads(CatalogBase):
         On SQLite this takes the write lock for a moment, so a database another process
         holds locked fails here (after the busy timeout) as uploads and deletes would.
         """
-        async with self._sessions() as session:
+        async with self._read() as session:
             await session.connection(execution_options=WRITE)
             await session.scalar(select(Blob.digest).limit(1))
         # Closing the session rolls the (empty) transaction back.

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.errors import is_retryable, translate
 from cloudimg.catalog.models import Blob
-from cloudimg.errors import InsufficientStorageError, UnavailableError
+from cloudimg.errors import CloudimgError
 
 __all__ = ["CatalogBase", "FileEffects"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _WRITE_ATTEMPTS = 5
 
 
@@ -43,18 +46,41 @@ class CatalogBase:
         self.blobs = blobs
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def _write(self, change: Callable[[AsyncSession, FileEffects], Awaitable[None]]) -> None:
-        """Run ``change`` in a write transaction, retrying lost races between writers."""
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        """A session for plain queries; driver errors leave it as domain errors."""
+        try:
+            async with self._sessions() as session:
+                yield session
+        except CloudimgError:
+            raise
+        except Exception as exc:
+            domain = translate(exc)
+            if domain is None:
+                raise
+            raise domain from exc
+
+    async def _write(self, change: Callable[[AsyncSession, FileEffects], Awaitable[T]]) -> T:
+        """Run ``change`` in a write transaction, retrying lost races between writers.
+
+        Returns what ``change`` returned in the attempt that committed.
+        """
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             effects = FileEffects()
             try:
                 async with self._sessions() as session, session.begin():
                     await session.connection(execution_options=WRITE)
-                    await change(session, effects)
-            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                    result = await change(session, effects)
+            except CloudimgError:
                 await self._undo(effects)
-                if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
-                    raise _as_unavailable(exc) from exc
+                raise
+            except Exception as exc:
+                await self._undo(effects)
+                if attempt == _WRITE_ATTEMPTS or not is_retryable(exc):
+                    domain = translate(exc)
+                    if domain is None:
+                        raise
+                    raise domain from exc
                 log.info("catalog write lost a race (attempt %d), retrying: %s", attempt, exc)
                 await asyncio.sleep(0.01 * attempt)
                 continue
@@ -63,7 +89,8 @@ class CatalogBase:
                 raise
             for trash_path, _digest in effects.trashed:
                 await self.blobs.purge(trash_path)
-            return
+            return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _undo(self, effects: FileEffects) -> None:
         for trash_path, digest in effects.trashed + effects.quarantined:
@@ -107,47 +134,17 @@ class CatalogBase:
         copies = [entry.path for entry in await self.blobs.list_trash() if entry.digest == digest]
         if not copies:
             return False
-        restored: list[Path] = []
 
-        async def change(session: AsyncSession, _effects: FileEffects) -> None:
-            restored.clear()
+        async def change(session: AsyncSession, _effects: FileEffects) -> bool:
             if await self._needs_file(session, digest):
                 for path in copies:
                     if await self.blobs.restore_from_trash(path, digest):
-                        restored.append(path)
-                        break
+                        return True
+            return False
 
-        await self._write(change)
+        restored = await self._write(change)
         if restored:
             log.warning(
                 "put blob %s back from trash: its delete never committed (a crash?)", digest
             )
-        return bool(restored)
-
-
-def _is_retryable(exc: DBAPIError) -> bool:
-    """Lost races: a unique or foreign key clash, a deadlock, a serialization failure."""
-    if isinstance(exc, IntegrityError):
-        return True
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code in {"40001", "40P01"}
-
-
-def _as_unavailable(exc: DBAPIError) -> Exception:
-    if _is_disk_full(exc):
-        return InsufficientStorageError("the catalog database has no room left; nothing changed")
-    if isinstance(exc, OperationalError):
-        return UnavailableError("the catalog database is busy or unreachable; try again")
-    return exc
-
-
-_SQLITE_FULL = 13
-_PG_DISK_FULL = "53100"
-
-
-def _is_disk_full(exc: DBAPIError) -> bool:
-    """SQLite's SQLITE_FULL or PostgreSQL's disk_full: the database's volume is full."""
-    orig = exc.orig
-    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
-        return True
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _PG_DISK_FULL
+        return restored
