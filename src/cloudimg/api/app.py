@@ -19,10 +19,10 @@ from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
-from cloudimg.blobstore import FilesystemBlobStore
-from cloudimg.catalog import Catalog, create_engine
+from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
+from cloudimg.registry import open_registry
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
 
@@ -34,12 +34,8 @@ SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
 
 def create_app(settings: Settings) -> Litestar:
     """Build the ASGI app for ``settings``. The schema must be migrated already."""
-    blobs = FilesystemBlobStore(settings.data_root)
-    engine = create_engine(
-        settings.resolved_database_url,
-        sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000),
-    )
-    catalog = Catalog(engine, blobs)
+    registry = open_registry(settings, migrate=None)
+    blobs, catalog = registry.blobs, registry.catalog
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -48,9 +44,9 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            await engine.dispose()
+            await registry.close()
 
-    registry = Router(
+    api = Router(
         path=settings.api_base,
         route_handlers=[RegistryController],
         guards=list(registry_guards(settings)),
@@ -58,7 +54,7 @@ def create_app(settings: Settings) -> Litestar:
     metrics = Metrics()
     app = Litestar(
         route_handlers=[
-            registry,
+            api,
             HealthController,
             ReadinessController,
             metrics_route(metrics, catalog, blobs.root),

@@ -19,13 +19,13 @@ from cloudimg.api.openapi import (
 )
 from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
 from cloudimg.catalog import Catalog, TagInfo
-from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import (
     CloudimgError,
     InvalidArgumentError,
 )
+from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
