@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 __all__ = [
     "Settings",
@@ -114,36 +113,24 @@ def parse_listener_addr(addr: str) -> tuple[str, int]:
 
 def settings_to_json(settings: Settings) -> str:
     """``settings`` as one JSON object, to hand them to worker processes explicitly."""
-    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    return json.dumps(values, default=_plain)
+    return msgspec.json.encode(settings, enc_hook=_encode_path).decode()
 
 
 def settings_from_json(text: str) -> Settings:
-    """The inverse of :func:`settings_to_json` (paths become ``Path`` again)."""
-    hints = typing.get_type_hints(Settings)
-    values = json.loads(text)
-    return Settings(**{name: _typed(hints[name], value) for name, value in values.items()})
+    """The inverse of :func:`settings_to_json`, checked against the fields' types."""
+    return msgspec.json.decode(text, type=Settings, dec_hook=_decode_path)
 
 
-def _plain(value: Any) -> Any:
+def _encode_path(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"cannot serialise a setting of type {type(value).__name__}")
+    raise NotImplementedError(f"cannot serialise a setting of type {type(value).__name__}")
 
 
-def _typed(hint: Any, value: Any) -> Any:
-    """Convert a JSON value back to the type ``hint`` of its field."""
-    if value is None:
-        return None
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        candidates = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return _typed(candidates[0], value) if len(candidates) == 1 else value
-    origin = typing.get_origin(hint) or hint
-    if origin in (Path, tuple, frozenset, set):
-        return origin(value)
-    return value
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path:
+        return Path(value)
+    raise NotImplementedError(f"cannot read a setting of type {kind.__name__}")
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

@@ -24,7 +24,7 @@ from cloudimg.errors import (
     UnavailableError,
 )
 
-__all__ = ["error_response", "exception_handlers"]
+__all__ = ["error_body", "error_response", "exception_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,17 @@ def error_response(
     context: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
-    """Render ``{"status": code, "error": message[, "context": {...}]}``."""
+    """Render the JSON error body (``error_body``) with ``status``."""
+    body = error_body(code, message, context)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def error_body(code: str, message: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON error shape: ``{"status": code, "error": message[, "context": {...}]}``."""
     body: dict[str, Any] = {"status": code, "error": message}
     if context:
         body["context"] = context
-    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+    return body
 
 
 def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
