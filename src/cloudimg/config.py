@@ -9,13 +9,27 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "READ_AUTH_MODES",
     "Settings",
+    "SettingsError",
     "normalize_prefix",
     "parse_listener_addr",
     "parse_size",
     "settings_from_json",
     "settings_to_json",
 ]
+
+
+READ_AUTH_MODES = ("none", "basic")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: ``setting`` names its field (the CLI maps it to a flag)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,22 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_root / 'catalog.sqlite3').resolve()}"
+
+    def check_auth(self) -> None:
+        """Refuse authentication settings that do not go together (files are read later).
+
+        Raises:
+            SettingsError: naming the setting at fault; its message names others by field.
+        """
+        if self.read_auth not in READ_AUTH_MODES:
+            raise SettingsError("read_auth", f"unknown mode {self.read_auth!r}")
+        basic = self.read_auth == "basic"
+        if basic and self.read_credentials_file is None:
+            raise SettingsError("read_auth", "'basic' needs read_credentials_file")
+        if not basic and self.read_credentials_file is not None:
+            raise SettingsError("read_credentials_file", "is only used with read_auth basic")
+        if basic and self.write_token_file is None:
+            raise SettingsError("read_auth", "needs write_token_file: writes would be open")
 
     @property
     def api_base(self) -> str:

@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from cloudimg import __version__
-from cloudimg.api.auth import registry_guards
+from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
@@ -32,8 +32,12 @@ SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
 """Environment variable in which ``cloudimg serve --workers N`` hands its settings to workers."""
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the ASGI app for ``settings``. The schema must be migrated already."""
+def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
+    """Build the ASGI app for ``settings``. The schema must be migrated already.
+
+    ``auth``: the guard of the registry API as ``load_registry_auth`` loaded it once for
+    this process (None: no authentication configured).
+    """
     registry = open_registry(settings, migrate=None)
     blobs, catalog = registry.blobs, registry.catalog
 
@@ -49,7 +53,7 @@ def create_app(settings: Settings) -> Litestar:
     api = Router(
         path=settings.api_base,
         route_handlers=[RegistryController],
-        guards=list(registry_guards(settings)),
+        guards=[] if auth is None else [auth],
     )
     metrics = Metrics()
     app = Litestar(
@@ -102,4 +106,5 @@ def create_app_from_env() -> Litestar:
     text = os.environ.get(SETTINGS_ENV)
     if not text:
         raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `cloudimg serve`")
-    return create_app(settings_from_json(text))
+    settings = settings_from_json(text)
+    return create_app(settings, load_registry_auth(settings))
