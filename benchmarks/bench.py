@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""cloudimg benchmark: the figures of DESIGN.md section 5, as ratios in one run.
+"""cloudimg benchmark: the figures of docs/performance.md, as ratios in one run.
 
 Absolute numbers drift from machine to machine and from minute to minute, so every
 figure is printed next to a reference measured in the same run, on the same file
@@ -1097,7 +1097,7 @@ def environment(options: Options, workdir: Path, load_before: str) -> dict[str, 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
-        description="Print cloudimg's performance figures (DESIGN.md section 5) as ratios "
+        description="Print cloudimg's performance figures (docs/performance.md) as ratios "
         "against references measured in the same run.",
     )
     parser.add_argument(

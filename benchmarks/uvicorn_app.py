@@ -19,6 +19,7 @@ from pathlib import Path
 from litestar import Litestar
 
 from cloudimg.api import create_app
+from cloudimg.api.auth import load_registry_auth
 from cloudimg.catalog import upgrade_database
 from cloudimg.config import Settings
 
@@ -34,4 +35,4 @@ def app_factory() -> Litestar:
     # runs a loop of its own: migrate from a thread, as cloudimg serve does before its loop.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(upgrade_database, settings.resolved_database_url).result()
-    return create_app(settings)
+    return create_app(settings, load_registry_auth(settings))

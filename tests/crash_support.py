@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from cloudimg.config import Settings
-from cloudimg.maintenance.report import open_catalog
+from cloudimg.registry import open_registry
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_url
 from tests.maintenance_support import digest_of, put
@@ -169,9 +169,9 @@ def seed(data_root: Path, prefix: str) -> Images:
 
     async def store() -> None:
         settings = Settings(data_root=data_root, database_url=catalog_url(data_root))
-        async with open_catalog(settings) as catalog:
+        async with open_registry(settings, migrate=True) as registry:
             for path, data in tags.items():
-                await put(catalog, path.removeprefix("/reg/"), data)
+                await put(registry.catalog, path.removeprefix("/reg/"), data)
 
     asyncio.run(store())
     return Images(tags, victim, os.urandom(120_000) + b"new" + prefix.encode())

@@ -1,4 +1,4 @@
-"""Checks of DESIGN.md section 4 against a server's data root, read from outside the server.
+"""The invariants of docs/architecture.md, checked from outside a server on its data root.
 
 The catalog (a SQLite file or a PostgreSQL database) is read with the plain driver
 (``sqlite3``, ``asyncpg``) in one read-only transaction, so these checks see what a fresh
@@ -84,7 +84,7 @@ def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Pat
 
 
 def assert_invariants(server: RunningServer) -> None:
-    """Assert invariants 1, 2 and 5 of DESIGN.md for a server with no request in flight.
+    """Assert invariants 1, 2 and 5 of docs/architecture.md for a server with no request in flight.
 
     - every blob row's refcount equals the number of tags naming it, and is positive;
     - every tag names a blob row;

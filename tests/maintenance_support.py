@@ -21,7 +21,7 @@ import blake3
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
-from cloudimg.maintenance.report import open_catalog
+from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url, query, registered_url
 
 OLD = time.time() - 10 * 24 * 3600
@@ -37,8 +37,8 @@ async def open_test_catalog(data_root: Path, backend: str = "sqlite") -> AsyncIt
     """
     with catalog_database(backend, data_root):
         settings = Settings(data_root=data_root, database_url=catalog_url(data_root))
-        async with open_catalog(settings) as catalog:
-            yield catalog
+        async with open_registry(settings, migrate=True) as registry:
+            yield registry.catalog
 
 
 def store_of(catalog: Catalog) -> FilesystemBlobStore:

@@ -15,7 +15,7 @@ from cloudimg.catalog import Catalog, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.errors import NotFoundError
-from cloudimg.maintenance.report import open_catalog
+from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import stage
 
@@ -27,8 +27,9 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 @pytest.fixture
 async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
-    async with open_catalog(Settings(data_root=tmp_path / "data", database_url=catalog_url)) as c:
-        yield c
+    settings = Settings(data_root=tmp_path / "data", database_url=catalog_url)
+    async with open_registry(settings, migrate=True) as registry:
+        yield registry.catalog
 
 
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:

@@ -1,5 +1,5 @@
 """Faults made for real against ``cloudimg serve``: kill -9, a full disk, a locked catalog,
-an image over the size limit, a client that stalls mid-body (DESIGN.md section 4).
+an image over the size limit, a client that stalls mid-body (docs/architecture.md).
 
 After each fault the invariants hold (``assert_invariants``), ``cloudimg gc --grace 0``
 clears what a crash left, and the server goes on serving. These faults are about the

@@ -1,5 +1,5 @@
 """Hostile input against a real ``cloudimg serve``: odd paths, bodies, headers, and a
-schemathesis run over the OpenAPI document (DESIGN.md section 1, issue 4).
+schemathesis run over the OpenAPI document (docs/api.md).
 
 Paths are sent byte for byte over raw sockets (httpx and http.client would normalise
 ``..`` or refuse control characters). The checks here do not depend on the catalog

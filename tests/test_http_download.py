@@ -1,4 +1,4 @@
-"""Downloads as VM clients make them (DESIGN.md section 2), on a real server and socket."""
+"""Downloads as VM clients make them (docs/api.md), on a real server and socket."""
 
 from __future__ import annotations
 

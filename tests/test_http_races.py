@@ -1,4 +1,4 @@
-"""Concurrent uploads, overwrites and deletes over HTTP must keep DESIGN.md section 4.
+"""Concurrent uploads, overwrites and deletes over HTTP keep docs/architecture.md's invariants.
 
 Each test starts its requests together (a barrier, one client per thread) against one
 real server, then checks the catalog and the blob tree from outside the server.
@@ -187,7 +187,7 @@ def test_overwrite_racing_delete_of_the_old_bytes_holder(server: RunningServer, 
     assert_invariants(server)
 
 
-# -- two server processes on one data root and catalog (DESIGN.md 4.3) ---------------
+# -- two server processes on one data root and catalog (docs/scaling.md) ---------------
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Upload, overwrite and delete over HTTP against a real ``cloudimg serve`` (DESIGN.md 1 and 4).
+"""Upload, overwrite and delete over HTTP against a real ``cloudimg serve`` (docs/api.md).
 
 Every failing upload must change nothing: no blob file, no staging file, no catalog row,
 no listing entry, and an existing tag keeps its bytes.

@@ -1,6 +1,6 @@
 """A state machine interleaving uploads, overwrites, deletes, gc, fsck and crash debris.
 
-After every step the invariants of DESIGN.md section 4 must hold: every tag names
+After every step the invariants of docs/architecture.md must hold: every tag names
 a blob file with the right bytes; every refcount equals the number of tags naming
 the blob; gc never takes a referenced blob nor the staging file of a live upload.
 """

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings, parse_listener_addr
 from cloudimg.digest import parse_digest
 from cloudimg.errors import InvalidArgumentError
+from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 
 @pytest.mark.parametrize("name", ["abc", "a-b", "r2d2", "a" * 63, "0ab"])

@@ -1,7 +1,7 @@
 """A real VM client: qemu-img reads images over HTTP with its curl block driver.
 
 qemu's curl driver sends HEAD for the size, then a Range request for every read, so
-this is the end-to-end check of DESIGN.md section 2 (HEAD, Content-Length,
+this is the end-to-end check of docs/api.md's "Downloading" (HEAD, Content-Length,
 Accept-Ranges, 206) with the client CDI uses to import images.
 
 Every ``qemu-img convert`` that reads over HTTP passes ``-m 1`` (one coroutine in

@@ -82,6 +82,21 @@ def test_processes_starting_at_once_upgrade_an_older_database_once(
     assert versions(url) == [(head_revision(),)]
 
 
+@pytest.mark.parametrize("command", [("gc",), ("fsck",), ("du",)])
+def test_maintenance_refuses_a_catalog_that_is_behind(
+    fresh_catalog: tuple[Path, str], command: tuple[str, ...]
+) -> None:
+    """Only serve, db upgrade and import-legacy migrate: a report must not change the schema."""
+    root, url = fresh_catalog
+    upgrade_database(url, "0001")
+    done = cli(*command, "--data-root", str(root), check=1)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "cloudimg db upgrade" in done.stderr
+    assert versions(url) == [("0001",)]
+    cli("db", "upgrade", "--data-root", str(root), check=0)
+    cli(*command, "--data-root", str(root), check=0)
+
+
 def test_servers_starting_at_once_on_a_fresh_database(
     fresh_catalog: tuple[Path, str], repo: str
 ) -> None:

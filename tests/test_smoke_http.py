@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md section 1, end to end on a real socket."""
+"""The contract of docs/api.md, end to end on a real socket."""
 
 from __future__ import annotations
 

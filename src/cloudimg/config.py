@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-import json
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 __all__ = [
+    "READ_AUTH_MODES",
     "Settings",
+    "SettingsError",
     "normalize_prefix",
     "parse_listener_addr",
     "parse_size",
     "settings_from_json",
     "settings_to_json",
 ]
+
+
+READ_AUTH_MODES = ("none", "basic")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: ``setting`` names its field (the CLI maps it to a flag)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,22 @@ class Settings:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_root / 'catalog.sqlite3').resolve()}"
 
+    def check_auth(self) -> None:
+        """Refuse authentication settings that do not go together (files are read later).
+
+        Raises:
+            SettingsError: naming the setting at fault; its message names others by field.
+        """
+        if self.read_auth not in READ_AUTH_MODES:
+            raise SettingsError("read_auth", f"unknown mode {self.read_auth!r}")
+        basic = self.read_auth == "basic"
+        if basic and self.read_credentials_file is None:
+            raise SettingsError("read_auth", "'basic' needs read_credentials_file")
+        if not basic and self.read_credentials_file is not None:
+            raise SettingsError("read_credentials_file", "is only used with read_auth basic")
+        if basic and self.write_token_file is None:
+            raise SettingsError("read_auth", "needs write_token_file: writes would be open")
+
     @property
     def api_base(self) -> str:
         """Path at which the registry API is mounted, e.g. ``/reg`` or ``/mirror/reg``."""
@@ -114,36 +143,24 @@ def parse_listener_addr(addr: str) -> tuple[str, int]:
 
 def settings_to_json(settings: Settings) -> str:
     """``settings`` as one JSON object, to hand them to worker processes explicitly."""
-    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    return json.dumps(values, default=_plain)
+    return msgspec.json.encode(settings, enc_hook=_encode_path).decode()
 
 
 def settings_from_json(text: str) -> Settings:
-    """The inverse of :func:`settings_to_json` (paths become ``Path`` again)."""
-    hints = typing.get_type_hints(Settings)
-    values = json.loads(text)
-    return Settings(**{name: _typed(hints[name], value) for name, value in values.items()})
+    """The inverse of :func:`settings_to_json`, checked against the fields' types."""
+    return msgspec.json.decode(text, type=Settings, dec_hook=_decode_path)
 
 
-def _plain(value: Any) -> Any:
+def _encode_path(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"cannot serialise a setting of type {type(value).__name__}")
+    raise NotImplementedError(f"cannot serialise a setting of type {type(value).__name__}")
 
 
-def _typed(hint: Any, value: Any) -> Any:
-    """Convert a JSON value back to the type ``hint`` of its field."""
-    if value is None:
-        return None
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        candidates = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return _typed(candidates[0], value) if len(candidates) == 1 else value
-    origin = typing.get_origin(hint) or hint
-    if origin in (Path, tuple, frozenset, set):
-        return origin(value)
-    return value
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path:
+        return Path(value)
+    raise NotImplementedError(f"cannot read a setting of type {kind.__name__}")
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

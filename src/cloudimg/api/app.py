@@ -11,19 +11,18 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloudimg import __version__
-from cloudimg.api.auth import registry_guards
+from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
-from cloudimg.blobstore import FilesystemBlobStore
-from cloudimg.catalog import Catalog, create_engine
+from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
+from cloudimg.registry import open_registry
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
 
@@ -33,14 +32,14 @@ SETTINGS_ENV = "CLOUDIMG_WORKER_SETTINGS"
 """Environment variable in which ``cloudimg serve --workers N`` hands its settings to workers."""
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the ASGI app for ``settings``. The schema must be migrated already."""
-    blobs = FilesystemBlobStore(settings.data_root)
-    engine = create_engine(
-        settings.resolved_database_url,
-        sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000),
-    )
-    catalog = Catalog(engine, blobs)
+def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
+    """Build the ASGI app for ``settings``. The schema must be migrated already.
+
+    ``auth``: the guard of the registry API as ``load_registry_auth`` loaded it once for
+    this process (None: no authentication configured).
+    """
+    registry = open_registry(settings, migrate=None)
+    blobs, catalog = registry.blobs, registry.catalog
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -49,17 +48,17 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            await engine.dispose()
+            await registry.close()
 
-    registry = Router(
+    api = Router(
         path=settings.api_base,
         route_handlers=[RegistryController],
-        guards=list(registry_guards(settings)),
+        guards=[] if auth is None else [auth],
     )
     metrics = Metrics()
     app = Litestar(
         route_handlers=[
-            registry,
+            api,
             HealthController,
             ReadinessController,
             metrics_route(metrics, catalog, blobs.root),
@@ -95,7 +94,7 @@ async def _restore_trashed(catalog: Catalog) -> None:
     """
     try:
         await catalog.restore_trashed()
-    except (CloudimgError, OSError, SQLAlchemyError) as exc:
+    except (CloudimgError, OSError) as exc:
         log.warning("could not check trash/ for blob files a crash left there: %s", exc)
 
 
@@ -107,4 +106,5 @@ def create_app_from_env() -> Litestar:
     text = os.environ.get(SETTINGS_ENV)
     if not text:
         raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `cloudimg serve`")
-    return create_app(settings_from_json(text))
+    settings = settings_from_json(text)
+    return create_app(settings, load_registry_auth(settings))

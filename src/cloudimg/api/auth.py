@@ -44,7 +44,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -52,20 +52,17 @@ from typing import Any, Generic, TypeVar
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.types import Guard
 
 from cloudimg.api.upload import drain_refused
-from cloudimg.config import Settings
+from cloudimg.config import Settings, SettingsError
 
 __all__ = [
-    "AuthConfigError",
     "CredentialSet",
     "RegistryAuth",
     "SecretFile",
     "load_registry_auth",
     "parse_basic_credentials",
     "parse_tokens",
-    "registry_guards",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,15 +74,6 @@ BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # the safe methods that are routed
 MAX_SECRET_FILE_BYTES = 1024 * 1024
-
-
-class AuthConfigError(Exception):
-    """The authentication flags or credential files cannot be used; the server must not start."""
-
-    def __init__(self, flag: str, message: str) -> None:
-        super().__init__(f"{flag}: {message}")
-        self.flag = flag
-        self.message = message
 
 
 def _digest(secret: str) -> bytes:
@@ -326,38 +314,32 @@ class RegistryAuth:
 
 
 def _secret_file(
-    flag: str, path: Path, parse: Callable[[str], CredentialSet], what: str
+    setting: str, path: Path, parse: Callable[[str], CredentialSet], what: str
 ) -> SecretFile[CredentialSet]:
     try:
         return SecretFile(path, parse, what=what)
     except ValueError as exc:
-        raise AuthConfigError(flag, f"{path}: {exc}") from None
+        raise SettingsError(setting, f"{path}: {exc}") from None
 
 
 def load_registry_auth(settings: Settings) -> RegistryAuth | None:
     """The guard the settings ask for (``None``: everything open), with its files loaded.
 
+    Call it once per process: the guard reloads its files when they change.
+
     Raises:
-        AuthConfigError: a missing, unreadable, malformed or empty credential file, or flags
-            that do not go together.
+        SettingsError: a missing, unreadable, malformed or empty credential file, or
+            settings that do not go together.
     """
-    if settings.read_auth not in ("none", "basic"):
-        raise AuthConfigError("--read-auth", f"unknown mode {settings.read_auth!r}")
-    basic = settings.read_auth == "basic"
-    if basic and settings.read_credentials_file is None:
-        raise AuthConfigError("--read-auth", "'basic' needs --read-credentials-file")
-    if not basic and settings.read_credentials_file is not None:
-        raise AuthConfigError("--read-credentials-file", "is only used with --read-auth basic")
-    if basic and settings.write_token_file is None:
-        raise AuthConfigError("--read-auth", "needs --write-token-file: writes would be open")
+    settings.check_auth()
     write = read = None
     if settings.write_token_file is not None:
         write = _secret_file(
-            "--write-token-file", settings.write_token_file, parse_tokens, "write tokens"
+            "write_token_file", settings.write_token_file, parse_tokens, "write tokens"
         )
     if settings.read_credentials_file is not None:
         read = _secret_file(
-            "--read-credentials-file",
+            "read_credentials_file",
             settings.read_credentials_file,
             parse_basic_credentials,
             "read credentials",
@@ -365,9 +347,3 @@ def load_registry_auth(settings: Settings) -> RegistryAuth | None:
     if write is None and read is None:
         return None
     return RegistryAuth(write, read, body_timeout=settings.read_body_timeout_secs)
-
-
-def registry_guards(settings: Settings) -> Sequence[Guard]:
-    """Guards for the registry router: none when no authentication is configured."""
-    auth = load_registry_auth(settings)
-    return [] if auth is None else [auth]

@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
-from cloudimg.api.errors import error_response, unavailable_reason
+from cloudimg.api.errors import error_response
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
@@ -19,13 +19,13 @@ from cloudimg.api.openapi import (
 )
 from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
 from cloudimg.catalog import Catalog, TagInfo
-from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import (
     CloudimgError,
     InvalidArgumentError,
 )
+from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
@@ -222,8 +222,13 @@ class ReadinessController(Controller):
         problems: dict[str, str] = {}
         try:
             await catalog.check_writable()
-        except Exception as exc:
-            problems["catalog"] = unavailable_reason(exc) or type(exc).__name__
+        except Exception as exc:  # readiness reports what is wrong, it never fails
+            reason = (
+                exc.context.get("reason")
+                if isinstance(exc, CloudimgError) and exc.context
+                else None
+            )
+            problems["catalog"] = str(reason or type(exc).__name__)
         try:
             await catalog.blobs.probe_writable()
             free = await catalog.blobs.free_space()

@@ -33,6 +33,7 @@ from litestar import Request
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
+from cloudimg.api.errors import error_body
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
@@ -349,11 +350,7 @@ def _unsatisfiable(headers: dict[str, str], size: int, is_head: bool) -> ASGIRes
     headers["Content-Type"] = "application/json"
     # An error about one request's Range is no representation to keep for a year.
     headers["Cache-Control"] = "no-cache"
-    body = {
-        "status": "OUT_OF_RANGE",
-        "error": "range not satisfiable",
-        "context": {"size": size},
-    }
+    body = error_body("OUT_OF_RANGE", "range not satisfiable", {"size": size})
     return ASGIResponse(
         body=b"" if is_head else msgspec.json.encode(body),
         status_code=416,

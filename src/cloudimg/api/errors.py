@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import (
-    DatabaseError,
-    DBAPIError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
 
 from cloudimg.errors import (
     AlreadyExistsError,
@@ -32,7 +24,7 @@ from cloudimg.errors import (
     UnavailableError,
 )
 
-__all__ = ["error_response", "exception_handlers"]
+__all__ = ["error_body", "error_response", "exception_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +40,8 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (ClientDisconnectedError, 499),  # nginx's "client closed request": nobody reads it
     (BlobCorruptError, 500),
 ]
-# Statuses Litestar raises itself (routing, method, body limits) and our codes for them.
+# Client-error statuses Litestar raises itself (routing, method, body limits) and our
+# codes for them; its 5xx are answered as unexpected errors.
 _HTTP_CODES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -61,7 +54,6 @@ _HTTP_CODES = {
     408: "DEADLINE_EXCEEDED",
     415: "INVALID_ARGUMENT",
     431: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
 }
 
 
@@ -72,15 +64,23 @@ def error_response(
     context: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
-    """Render ``{"status": code, "error": message[, "context": {...}]}``."""
-    body: dict[str, Any] = {"status": code, "error": message}
-    if context:
-        body["context"] = context
+    """Render the JSON error body (``error_body``) with ``status``."""
+    body = error_body(code, message, context)
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-def _domain_error(_request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
+def error_body(code: str, message: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON error shape: ``{"status": code, "error": message[, "context": {...}]}``."""
+    body: dict[str, Any] = {"status": code, "error": message}
+    if context:
+        body["context"] = context
+    return body
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    if isinstance(exc, UnavailableError) and exc.context:
+        log.warning("unavailable on %s %s: %s", request.method, request.url.path, exc.context)
     return error_response(status, exc.code, exc.message, exc.context)
 
 
@@ -88,7 +88,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     status = exc.status_code
     if status >= 500:
         return _unexpected_error(request, exc)
-    code = _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+    code = _HTTP_CODES.get(status, "INVALID_ARGUMENT")
     message = exc.detail
     passed = ("allow", "www-authenticate")
     headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() in passed}
@@ -104,56 +104,17 @@ def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-def unavailable_reason(exc: BaseException) -> str | None:
-    """Why ``exc`` means the catalog database cannot serve now; None for any other error.
-
-    Operational errors (locked, unreachable, disk I/O, no such table on a database that
-    went away) and connection failures are the database's state, not a bug: a retry
-    may succeed. Driver messages carry no file paths; socket errors are reduced to
-    their ``strerror`` so no address is shown either.
-    """
-    if isinstance(exc, DBAPIError):
-        operational = isinstance(exc, OperationalError | InterfaceError)
-        if operational or exc.connection_invalidated or type(exc) is DatabaseError:
-            return (_first_line(exc.orig) if exc.orig else "") or type(exc).__name__
-        return None
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return exc.strerror or type(exc).__name__
-    # asyncpg raises its own errors while connecting (a database that was dropped, a
-    # server shutting down); SQLAlchemy hands them through unwrapped.
-    if type(exc).__module__.startswith("asyncpg"):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if state.startswith(("08", "3D", "53", "57P")) or "Connection" in type(exc).__name__:
-            return _first_line(exc) or type(exc).__name__
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n", 1)[0][:200]
-
-
-def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    reason = unavailable_reason(exc)
-    if reason is None:
-        return _unexpected_error(request, exc)
-    log.warning("catalog unavailable on %s %s: %s", request.method, request.url.path, reason)
-    return error_response(
-        503, "UNAVAILABLE", "the catalog database is unavailable; try again", {"reason": reason}
-    )
-
-
 def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[Any]:
     if exc.errno in _FULL_DISK_ERRNOS:
         return error_response(507, "RESOURCE_EXHAUSTED", "the data volume is full")
     if exc.errno == errno.EROFS:
         return error_response(503, "UNAVAILABLE", "the data volume is read-only")
-    return _database_error(request, exc)
+    return _unexpected_error(request, exc)
 
 
 exception_handlers: ExceptionHandlersMap = {
     CloudimgError: _domain_error,
     HTTPException: _http_error,
-    SQLAlchemyError: _database_error,
     OSError: _os_error,
     Exception: _unexpected_error,
 }

@@ -22,6 +22,8 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from cloudimg.api.errors import error_body
+
 __all__ = ["MAX_HEADER_BYTES", "HeaderLimit", "unsupported_transfer_codings"]
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -73,10 +75,7 @@ def unsupported_transfer_codings(scope: Scope) -> list[str]:
 async def _refuse(
     send: Send, status: int, code: str, message: str, context: dict[str, Any] | None = None
 ) -> None:
-    error: dict[str, Any] = {"status": code, "error": message}
-    if context:
-        error["context"] = context
-    body = msgspec.json.encode(error)
+    body = msgspec.json.encode(error_body(code, message, context))
     await send(
         {
             "type": "http.response.start",

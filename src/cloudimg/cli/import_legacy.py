@@ -14,7 +14,7 @@ from cloudimg.cli.storage import catalog_errors, catalog_url
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
-from cloudimg.maintenance.report import Progress
+from cloudimg.maintenance.progress import Progress
 
 __all__ = ["import_legacy_command"]
 

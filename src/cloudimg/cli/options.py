@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from cloudimg.config import Settings, parse_size
+from cloudimg.config import Settings, SettingsError, parse_size
 
-__all__ = ["connection_options", "limit_options", "settings_from", "storage_options"]
+__all__ = [
+    "connection_options",
+    "flag_error",
+    "limit_options",
+    "settings_from",
+    "storage_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
@@ -104,3 +111,14 @@ def settings_from(**values: Any) -> Settings:
     """Settings from the parsed options (unknown keys are other commands' business)."""
     fields = {name: values[name] for name in Settings.__dataclass_fields__ if name in values}
     return Settings(**fields)
+
+
+def flag_error(exc: SettingsError) -> click.BadParameter:
+    """A settings error told in flags: ``read_auth`` is ``--read-auth``, in the message too."""
+    names = "|".join(Settings.__dataclass_fields__)
+    message = re.sub(rf"\b({names})\b", lambda match: _flag(match[1]), exc.message)
+    return click.BadParameter(message, param_hint=_flag(exc.setting))
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")

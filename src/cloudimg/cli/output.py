@@ -16,8 +16,8 @@ import click
 from cloudimg.catalog import Catalog
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
-from cloudimg.maintenance import open_catalog
-from cloudimg.maintenance.report import Progress
+from cloudimg.maintenance.progress import Progress
+from cloudimg.registry import open_registry
 
 __all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "progress_printer", "run", "shown"]
 
@@ -33,16 +33,20 @@ def run(
     create: bool = False,
     writable: bool = True,
 ) -> T:
-    """Open the catalog of ``settings`` and run ``work`` on it in an event loop.
+    """Open the registry of ``settings`` and run ``work`` on its catalog in an event loop.
 
     The data root and the catalog are checked first (``prepare_storage``): only with
-    ``create`` may they be made; a database that fails meanwhile is one line too.
+    ``create`` (``import-legacy``) may they be made and the schema migrated; otherwise a
+    schema that is behind is refused with one line naming ``cloudimg db upgrade``. A
+    database that fails meanwhile is one line too.
     """
-    url = prepare_storage(settings, create=create, writable=writable)
+    url = prepare_storage(settings, create=create, writable=writable, migrate=False)
 
     async def main() -> T:
-        async with open_catalog(settings) as catalog:
-            return await work(catalog)
+        async with open_registry(settings, migrate=create) as registry:
+            if writable:
+                registry.blobs.ensure_layout()
+            return await work(registry.catalog)
 
     with catalog_errors(url):
         return asyncio.run(main())

@@ -15,7 +15,7 @@ from granian.http import HTTP1Settings
 
 from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
-from cloudimg.api.auth import AuthConfigError, load_registry_auth
+from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
 from cloudimg.cli.listener import (
     ListenerError,
@@ -26,13 +26,14 @@ from cloudimg.cli.listener import (
 )
 from cloudimg.cli.options import (
     connection_options,
+    flag_error,
     limit_options,
     option,
     settings_from,
     storage_options,
 )
 from cloudimg.cli.storage import prepare_storage
-from cloudimg.config import Settings, settings_to_json
+from cloudimg.config import Settings, SettingsError, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 
 __all__ = ["serve"]
@@ -89,16 +90,16 @@ def serve(log_format: LogFormat, **values: object) -> None:
     configure_logging(log_format)
     settings = settings_from(**values)
     try:
-        load_registry_auth(settings)  # refuse bad credential files before migrating
-    except AuthConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint=exc.flag) from None
+        auth = load_registry_auth(settings)  # refuse bad credential files before migrating
+    except SettingsError as exc:
+        raise flag_error(exc) from None
     listener = _listen(settings)  # before the data root is touched: an address in use
     prepare_storage(settings, create=True)  # once, before any worker starts
     reset_multiprocess_dir()
     if settings.workers > 1:
         _serve_workers(settings, listener, log_format)
     else:
-        asyncio.run(_serve(settings, listener, log_format))
+        asyncio.run(_serve(settings, auth, listener, log_format))
 
 
 def _listen(settings: Settings) -> socket.socket:
@@ -132,9 +133,11 @@ def _granian_options(settings: Settings, log_format: LogFormat) -> dict[str, Any
     }
 
 
-async def _serve(settings: Settings, listener: socket.socket, log_format: LogFormat) -> None:
+async def _serve(
+    settings: Settings, auth: RegistryAuth | None, listener: socket.socket, log_format: LogFormat
+) -> None:
     server = SocketServer(
-        create_app(settings), listener=listener, **_granian_options(settings, log_format)
+        create_app(settings, auth), listener=listener, **_granian_options(settings, log_format)
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

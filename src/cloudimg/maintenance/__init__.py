@@ -7,9 +7,8 @@ transactions, so these run safely while servers serve.
 
 from cloudimg.maintenance.du import DuReport, RepoUsage, disk_usage
 from cloudimg.maintenance.fsck import FsckProblem, FsckReport, check
-from cloudimg.maintenance.gc import GcAction, GcReport, collect_garbage
+from cloudimg.maintenance.gc import GcAction, GcReport, collect_garbage, parse_duration
 from cloudimg.maintenance.import_legacy import ImportReport, LegacyEntry, import_legacy
-from cloudimg.maintenance.report import open_catalog, parse_duration
 
 __all__ = [
     "DuReport",
@@ -24,6 +23,5 @@ __all__ = [
     "collect_garbage",
     "disk_usage",
     "import_legacy",
-    "open_catalog",
     "parse_duration",
 ]

@@ -42,10 +42,6 @@ class DuReport:
     def saved_bytes(self) -> int:
         return self.logical_bytes - self.physical_bytes
 
-    @property
-    def ok(self) -> bool:
-        return True
-
 
 async def disk_usage(catalog: Catalog) -> DuReport:
     """Usage from one consistent view of the catalog."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from cloudimg.blobstore import StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError
-from cloudimg.maintenance.report import Progress, ProgressMeter
+from cloudimg.maintenance.progress import Progress, ProgressMeter
 
 __all__ = ["KINDS", "FsckProblem", "FsckReport", "check"]
 

@@ -19,6 +19,7 @@ serve, and several gc runs may overlap.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from cloudimg.blobstore import StoredFile
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
 
-__all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage"]
+__all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage", "parse_duration"]
 
 KINDS = ("trash", "restored", "staging", "refcount", "unreferenced-row", "orphan-blob")
 """Kinds of action: trash file removed, trash file restored, staging file removed,
@@ -191,3 +192,19 @@ async def _orphans(catalog: Catalog, cutoff: float, report: GcReport) -> None:
         if freed is not None:
             detail = "no blob row names this file"
             report.actions.append(GcAction("orphan-blob", digest, freed, detail))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """The grace period in ``text``, in seconds: a number, or one with ``s``, ``m``, ``h`` or ``d``.
+
+    Raises:
+        ValueError: when ``text`` is not such a duration.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (seconds, or e.g. 30s, 10m, 2h, 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

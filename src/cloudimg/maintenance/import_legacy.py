@@ -38,11 +38,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, TagInfo, create_engine
 from cloudimg.catalog.database import check_schema, current_revision
-from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
 from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
 from cloudimg.gc_record import GC_RECORD_NAME
-from cloudimg.maintenance.report import Progress, ProgressMeter
+from cloudimg.maintenance.progress import Progress, ProgressMeter
+from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = [
     "ImportReport",
@@ -182,7 +182,7 @@ async def _run(
 async def open_catalog_read_only(settings: Settings) -> AsyncIterator[Catalog | None]:
     """The catalog of ``settings`` for reading, or None when there is none yet.
 
-    Creates and migrates nothing (unlike ``open_catalog``): not the data root, not a
+    Creates and migrates nothing (unlike ``open_registry(migrate=True)``): not the data root, not a
     SQLite file or its ``-wal``/``-shm``, no migration lock file, no schema.
 
     Raises:
