@@ -17,15 +17,12 @@ from cloudimg.api.openapi import (
     UploadOperation,
     error_responses,
 )
-from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
+from cloudimg.api.upload import receiving
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
-from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import (
-    CloudimgError,
-    InvalidArgumentError,
-)
+from cloudimg.digest import parse_digest
+from cloudimg.errors import InvalidArgumentError
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
@@ -45,15 +42,6 @@ def _parse_reference(reference: str) -> str:
             raise InvalidArgumentError(str(exc), {"reference": reference[:200]}) from None
         return reference
     return validate_tag_name(reference)
-
-
-def _expected_digest(text: str | None) -> Digest | None:
-    if text is None:
-        return None
-    try:
-        return parse_digest(text)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
 
 
 def _meta_view(info: TagInfo, image_path: str) -> Envelope:
@@ -150,31 +138,12 @@ class RegistryController(Controller):
         repo: str,
         image: str,
         tag: str,
-        digest: str | None = None,
+        digest: str | None = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
-        try:
+        async with receiving(request, catalog.blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-            # ``digest`` documents the parameter; it may be given once per algorithm,
-            # and every value given must match the bytes.
-            texts = request.query_params.getall("digest", [])
-            expected = [d for d in map(_expected_digest, texts) if d is not None]
-            await refuse_declared_length(
-                request.headers.get("content-length"), settings.max_image_size, catalog.blobs
-            )
-        except CloudimgError:
-            await drain_refused(request, settings.read_body_timeout_secs)
-            raise
-        upload = await receive_upload(
-            body_of(request.receive, settings.read_body_timeout_secs),
-            request.headers.get("content-type"),
-            catalog.blobs,
-            expected,
-            max_image_size=settings.max_image_size,
-        )
-        try:
-            await catalog.commit_upload(*names, upload.staged, upload.meta)
-        finally:
-            await catalog.blobs.discard(upload.staged)
+            await receiver.receive()
+            upload = await receiver.commit(catalog, names)
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {
