@@ -18,8 +18,8 @@ from cloudimg.api.auth import registry_guards
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
-from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
+from cloudimg.api.observer import RequestObserver
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.config import Settings, settings_from_json

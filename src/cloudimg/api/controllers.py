@@ -11,6 +11,7 @@ from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
 from cloudimg.api.errors import error_response, unavailable_reason
+from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
@@ -90,6 +91,7 @@ class RegistryController(Controller):
         summary="Download an image by tag or by digest (blake3:<hex> or sha256:<hex>)",
         media_type="application/octet-stream",
         responses={**BINARY_RESPONSES, **error_responses(400, 404, 412, 416)},
+        opt={TRANSFER_OPT: "download"},
     )
     async def get_image(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
@@ -129,6 +131,7 @@ class RegistryController(Controller):
         status_code=201,
         response_headers=CREATED_HEADERS,
         responses=error_responses(400, 408, 413, 507),
+        opt={TRANSFER_OPT: "upload"},
     )
     async def post_image(
         self,
