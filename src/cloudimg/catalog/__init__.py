@@ -1,7 +1,7 @@
 """The catalog: names to digests, metadata and reference counts, in a SQL database."""
 
+from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
-from cloudimg.catalog.operations import Catalog
 from cloudimg.catalog.records import (
     BlobRecord,
     BlobRef,

@@ -1,0 +1,204 @@
+"""Primitives for gc, fsck and start-up: consistent views, repairs, trash, quarantine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
+from cloudimg.catalog.records import (
+    BlobRecord,
+    BlobState,
+    CatalogSnapshot,
+    RefcountRepair,
+    TagRecord,
+)
+from cloudimg.catalog.transaction import CatalogBase, FileEffects
+
+__all__ = ["CatalogMaintenance"]
+
+log = logging.getLogger(__name__)
+
+
+class CatalogMaintenance(CatalogBase):
+    """Each repair runs under the lock the writers take on the digest's row."""
+
+    async def snapshot(self) -> CatalogSnapshot:
+        """Every blob row with the tags naming it, from one statement: a consistent view."""
+        query = (
+            select(
+                Blob.digest,
+                Blob.size,
+                Blob.sha256,
+                Blob.refcount,
+                Blob.quarantined_at,
+                Repository.name,
+                Image.name,
+                Tag.name,
+            )
+            .outerjoin(Tag, Tag.digest == Blob.digest)
+            .outerjoin(Image, Image.id == Tag.image_id)
+            .outerjoin(Repository, Repository.id == Image.repository_id)
+            .order_by(Blob.digest, Repository.name, Image.name, Tag.name)
+        )
+        async with self._sessions() as session, session.begin():
+            rows = (await session.execute(query)).all()
+        rows_of: dict[str, tuple[int, str, int, bool]] = {}
+        tags_of: dict[str, list[TagRecord]] = {}
+        for digest, size, sha256, refcount, quarantined_at, repo, image, tag in rows:
+            rows_of[digest] = (size, sha256, refcount, quarantined_at is not None)
+            tags = tags_of.setdefault(digest, [])
+            if tag is not None:
+                tags.append(TagRecord(repo, image, tag, digest))
+        blobs = {
+            digest: BlobRecord(digest, *row, tuple(tags_of[digest]))
+            for digest, row in rows_of.items()
+        }
+        return CatalogSnapshot(blobs, [tag for tags in tags_of.values() for tag in tags])
+
+    async def blob_state(self, digest: str) -> BlobState | None:
+        """The blob row of ``digest`` now, with its number of referencing tags; None if absent."""
+        references = (
+            select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
+        ).scalar_subquery()
+        async with self._sessions() as session:
+            row = (
+                await session.execute(select(Blob, references).where(Blob.digest == digest))
+            ).one_or_none()
+        if row is None:
+            return None
+        blob, count = row
+        return BlobState(digest, blob.size, blob.refcount, count, blob.quarantined_at is not None)
+
+    async def repair_refcount(self, digest: str) -> RefcountRepair | None:
+        """Set the blob's refcount to its number of tags, under the lock uploads take.
+
+        A blob no tag references loses its row and (trashed, then purged) file.
+        Returns what changed, None when the count was right or the row is gone.
+        """
+        done: list[RefcountRepair] = []
+
+        async def change(session: AsyncSession, effects: FileEffects) -> None:
+            done.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            if blob is None:
+                return
+            count = await session.scalar(
+                select(func.count()).select_from(Tag).where(Tag.digest == digest)
+            )
+            count = count or 0
+            if count == blob.refcount and count > 0:
+                return
+            done.append(RefcountRepair(digest, blob.size, blob.refcount, count, count == 0))
+            if count == 0:
+                await self._drop_blob(session, blob, effects)
+            else:
+                blob.refcount = count
+
+        await self._write(change)
+        return done[0] if done else None
+
+    async def reclaim_orphan_file(self, digest: str) -> int | None:
+        """Remove a blob file that no blob row names; its size, None when nothing went.
+
+        The check and the move to trash happen in one write transaction that holds
+        the digest's lock (a placeholder row, gone at commit), so an upload committing
+        the same digest at the same time waits for us and then places its own file.
+        """
+        freed: list[int] = []
+
+        async def change(session: AsyncSession, effects: FileEffects) -> None:
+            freed.clear()
+            if await session.scalar(select(Blob.digest).where(Blob.digest == digest)):
+                return
+            placeholder = Blob(digest=digest, size=0, sha256="0" * 64, refcount=0)
+            placeholder.created_at = utcnow()
+            session.add(placeholder)
+            await session.flush()
+            size = await self.blobs.size_of(digest)
+            trash_path = await self.blobs.move_to_trash(digest)
+            await session.delete(placeholder)
+            await session.flush()
+            if trash_path is not None:
+                effects.trashed.append((trash_path, digest))
+                freed.append(size or 0)
+
+        await self._write(change)
+        return freed[0] if freed else None
+
+    async def restore_trashed(self) -> list[str]:
+        """Put back every trashed file the catalog still needs (``restore_blob``).
+
+        The servers run this at start-up. Digests whose row is gone (a committed delete
+        whose trash file was not yet removed) are left for gc. Returns the digests put back.
+        """
+        trashed = {entry.digest for entry in await self.blobs.list_trash() if entry.digest}
+        if not trashed:
+            return []
+        async with self._sessions() as session:
+            live = await session.scalars(
+                select(Blob.digest).where(
+                    Blob.digest.in_(sorted(trashed)), Blob.quarantined_at.is_(None)
+                )
+            )
+            candidates = sorted(live)
+        restored: list[str] = []
+        for digest in candidates:
+            if await self.blobs.size_of(digest) is None and await self.restore_blob(digest):
+                restored.append(digest)
+        return restored
+
+    async def settle_trash(
+        self, trash_path: Path, digest: str, *, remove: bool = True, dry_run: bool = False
+    ) -> Literal["restored", "removed", "kept"]:
+        """Deal with a trash file left by a crash, under the digest's lock.
+
+        If the catalog still has the blob (the delete never committed) and its file is
+        missing, the trash file goes back into the blob tree, whatever ``remove`` says.
+        A trash file the catalog still needs is never removed (a quarantined blob's:
+        kept). Any other trash file is removed when ``remove`` is set, else kept.
+        With ``dry_run``, says what it would do and changes nothing.
+        """
+        outcome: list[Literal["restored", "removed", "kept"]] = []
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> None:
+            outcome.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            missing = blob is not None and await self.blobs.size_of(digest) is None
+            if missing and blob is not None and blob.quarantined_at is None:
+                restored = dry_run or await self.blobs.restore_from_trash(trash_path, digest)
+                outcome.append("restored" if restored else "kept")
+            else:
+                outcome.append("removed" if remove and not missing else "kept")
+
+        await self._write(change)
+        if outcome[0] == "removed" and not dry_run:
+            await self.blobs.purge(trash_path)
+        return outcome[0]
+
+    async def quarantine_blob(self, digest: str, inode: int | None) -> bool:
+        """Move the blob's file aside and mark the blob so that it is no longer served.
+
+        ``inode`` is the file found bad: a file placed since then is left alone.
+        True when the blob was quarantined.
+        """
+        done: list[bool] = []
+
+        async def change(session: AsyncSession, effects: FileEffects) -> None:
+            done.clear()
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            if blob is None or blob.quarantined_at is not None:
+                return
+            moved = await self.blobs.quarantine(digest, inode)
+            if moved is None:
+                return
+            effects.quarantined.append((moved, digest))
+            blob.quarantined_at = utcnow()
+            done.append(True)
+
+        await self._write(change)
+        return bool(done)

@@ -1,0 +1,157 @@
+"""The catalog's reads for the API: listings, tags, references, totals, readiness."""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.models import Blob, Image, Repository, Tag
+from cloudimg.catalog.records import BlobRef, StorageTotals, TagInfo
+from cloudimg.catalog.transaction import CatalogBase
+from cloudimg.digest import parse_digest
+from cloudimg.errors import BlobCorruptError, NotFoundError
+
+__all__ = ["CatalogReads"]
+
+
+def _corrupt(digest: str) -> BlobCorruptError:
+    return BlobCorruptError(
+        f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
+        " upload the image again",
+        {"digest": f"blake3:{digest}"},
+    )
+
+
+class CatalogReads(CatalogBase):
+    """Plain queries; a reference whose file a crash left in trash is put back."""
+
+    async def list_repositories(self) -> list[str]:
+        """Names of every repository that holds an image, sorted."""
+        async with self._sessions() as session:
+            rows = await session.scalars(select(Repository.name).order_by(Repository.name))
+            return list(rows)
+
+    async def list_images(self, repo: str) -> list[str]:
+        """Names of the images in ``repo``, sorted; ``NotFoundError`` if there is no such repo."""
+        async with self._sessions() as session:
+            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+            if repo_id is None:
+                raise NotFoundError("repository not found", {"repo": repo})
+            rows = await session.scalars(
+                select(Image.name).where(Image.repository_id == repo_id).order_by(Image.name)
+            )
+            return list(rows)
+
+    async def list_tags(self, repo: str, image: str) -> list[str]:
+        """Tag names of ``repo/image``, sorted; ``NotFoundError`` if there is no such image."""
+        async with self._sessions() as session:
+            image_id = await self._image_id(session, repo, image)
+            if image_id is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+            rows = await session.scalars(
+                select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
+            )
+            return list(rows)
+
+    async def storage_totals(self) -> StorageTotals:
+        """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""
+        blobs = select(func.count(), func.coalesce(func.sum(Blob.size), 0))
+        tags = select(func.count(), func.coalesce(func.sum(Blob.size), 0)).select_from(
+            Tag.__table__.join(Blob.__table__, Tag.digest == Blob.digest)
+        )
+        referenced = select(func.coalesce(func.sum(Blob.size), 0)).where(
+            exists().where(Tag.digest == Blob.digest)
+        )
+        async with self._sessions() as session, session.begin():
+            blob_count, stored = (await session.execute(blobs)).one()
+            tag_count, logical = (await session.execute(tags)).one()
+            referenced_bytes = await session.scalar(referenced)
+        return StorageTotals(
+            int(blob_count), int(stored), int(tag_count), int(logical), int(referenced_bytes or 0)
+        )
+
+    async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
+        """The tag with its blob; ``NotFoundError`` if it does not exist."""
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(Tag, Blob)
+                    .join(Blob, Blob.digest == Tag.digest)
+                    .join(Image, Image.id == Tag.image_id)
+                    .join(Repository, Repository.id == Image.repository_id)
+                    .where(Repository.name == repo, Image.name == image, Tag.name == tag)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+        tag_row, blob = row
+        if blob.quarantined_at is not None:
+            raise _corrupt(blob.digest)
+        return TagInfo(
+            repo=repo,
+            image=image,
+            tag=tag,
+            digest=blob.digest,
+            sha256=blob.sha256,
+            size=blob.size,
+            meta=dict(tag_row.meta),
+            created=tag_row.created_at,
+            updated=tag_row.updated_at,
+        )
+
+    async def resolve(self, repo: str, image: str, reference: str) -> BlobRef:
+        """The blob a tag or a digest reference (``blake3:…``/``sha256:…``) names in an image.
+
+        A digest reference is valid only while a tag of this image holds that blob.
+        The caller has validated the form of ``reference``.
+        """
+        ref = await self._lookup(repo, image, reference)
+        # A crash between a delete's trash rename and its commit leaves the file in trash
+        # while the tag stays: put it back. If a delete or an overwrite committed meanwhile
+        # instead, the reference may now name other bytes (or nothing): look again.
+        if await self.blobs.size_of(ref.digest) is None and not await self.restore_blob(ref.digest):
+            ref = await self._lookup(repo, image, reference)
+        return ref
+
+    async def _lookup(self, repo: str, image: str, reference: str) -> BlobRef:
+        if ":" not in reference:
+            info = await self.get_tag(repo, image, reference)
+            return BlobRef(info.digest, info.sha256, info.size, info.updated)
+        digest = parse_digest(reference)
+        column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
+        async with self._sessions() as session:
+            blob = await session.scalar(
+                select(Blob)
+                .join(Tag, Tag.digest == Blob.digest)
+                .join(Image, Image.id == Tag.image_id)
+                .join(Repository, Repository.id == Image.repository_id)
+                .where(Repository.name == repo, Image.name == image, column == digest.hex)
+                .limit(1)
+            )
+        if blob is None:
+            raise NotFoundError(
+                "no tag of this image references that digest",
+                {"repo": repo, "image": image, "digest": reference},
+            )
+        if blob.quarantined_at is not None:
+            raise _corrupt(blob.digest)
+        return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+
+    async def check_writable(self) -> None:
+        """Begin a write transaction, read one row, roll back: what readiness needs to know.
+
+        On SQLite this takes the write lock for a moment, so a database another process
+        holds locked fails here (after the busy timeout) as uploads and deletes would.
+        """
+        async with self._sessions() as session:
+            await session.connection(execution_options=WRITE)
+            await session.scalar(select(Blob.digest).limit(1))
+        # Closing the session rolls the (empty) transaction back.
+
+    async def _image_id(self, session: AsyncSession, repo: str, image: str) -> int | None:
+        return await session.scalar(
+            select(Image.id)
+            .join(Repository, Repository.id == Image.repository_id)
+            .where(Repository.name == repo, Image.name == image)
+        )

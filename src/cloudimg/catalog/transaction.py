@@ -1,0 +1,153 @@
+"""Transaction, retry and undo plumbing shared by every catalog operation.
+
+Each change is one write transaction; file-system changes made inside it (trash,
+quarantine) are undone when it rolls back and finished when it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cloudimg.blobstore import BlobStore
+from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.models import Blob
+from cloudimg.errors import InsufficientStorageError, UnavailableError
+
+__all__ = ["CatalogBase", "FileEffects"]
+
+log = logging.getLogger(__name__)
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass
+class FileEffects:
+    """File-system changes made inside a transaction: undone on rollback, finished on commit."""
+
+    trashed: list[tuple[Path, str]] = field(default_factory=list)
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class CatalogBase:
+    """Sessions, the write-transaction helper and the row-level steps writers share."""
+
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def _write(self, change: Callable[[AsyncSession, FileEffects], Awaitable[None]]) -> None:
+        """Run ``change`` in a write transaction, retrying lost races between writers."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            effects = FileEffects()
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.connection(execution_options=WRITE)
+                    await change(session, effects)
+            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                await self._undo(effects)
+                if attempt == _WRITE_ATTEMPTS or not _is_retryable(exc):
+                    raise _as_unavailable(exc) from exc
+                log.info("catalog write lost a race (attempt %d), retrying: %s", attempt, exc)
+                await asyncio.sleep(0.01 * attempt)
+                continue
+            except BaseException:
+                await self._undo(effects)
+                raise
+            for trash_path, _digest in effects.trashed:
+                await self.blobs.purge(trash_path)
+            return
+
+    async def _undo(self, effects: FileEffects) -> None:
+        for trash_path, digest in effects.trashed + effects.quarantined:
+            await self.blobs.restore_from_trash(trash_path, digest)
+
+    async def _needs_file(self, session: AsyncSession, digest: str) -> bool:
+        """Lock the blob row: is it there, served (not quarantined), and its file missing?"""
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+        if blob is None or blob.quarantined_at is not None:
+            return False
+        return await self.blobs.size_of(digest) is None
+
+    async def _release(self, session: AsyncSession, digest: str, effects: FileEffects) -> None:
+        """Drop one reference to ``digest``; the last one trashes the file under the lock."""
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+        if blob is None:
+            return
+        blob.refcount -= 1
+        if blob.refcount > 0:
+            return
+        await self._drop_blob(session, blob, effects)
+
+    async def _drop_blob(self, session: AsyncSession, blob: Blob, effects: FileEffects) -> None:
+        """Delete the (locked) blob row and trash its file under the lock."""
+        await session.delete(blob)
+        await session.flush()
+        trash_path = await self.blobs.move_to_trash(blob.digest)
+        if trash_path is not None:
+            effects.trashed.append((trash_path, blob.digest))
+
+    async def restore_blob(self, digest: str) -> bool:
+        """Put a trashed file of ``digest`` back if the catalog still needs it.
+
+        A crash between a delete's (or an overwrite's) rename into ``trash/`` and its
+        commit leaves the blob row and its tags, with the file in trash. Under the
+        digest's lock, as the delete took it, the file goes back when the row is still
+        there (not quarantined) and its file is missing; a delete that is about to
+        commit holds the lock, so we wait for it and then find no row. True when a
+        file was put back.
+        """
+        copies = [entry.path for entry in await self.blobs.list_trash() if entry.digest == digest]
+        if not copies:
+            return False
+        restored: list[Path] = []
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> None:
+            restored.clear()
+            if await self._needs_file(session, digest):
+                for path in copies:
+                    if await self.blobs.restore_from_trash(path, digest):
+                        restored.append(path)
+                        break
+
+        await self._write(change)
+        if restored:
+            log.warning(
+                "put blob %s back from trash: its delete never committed (a crash?)", digest
+            )
+        return bool(restored)
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Lost races: a unique or foreign key clash, a deadlock, a serialization failure."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in {"40001", "40P01"}
+
+
+def _as_unavailable(exc: DBAPIError) -> Exception:
+    if _is_disk_full(exc):
+        return InsufficientStorageError("the catalog database has no room left; nothing changed")
+    if isinstance(exc, OperationalError):
+        return UnavailableError("the catalog database is busy or unreachable; try again")
+    return exc
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def _is_disk_full(exc: DBAPIError) -> bool:
+    """SQLite's SQLITE_FULL or PostgreSQL's disk_full: the database's volume is full."""
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _PG_DISK_FULL
