@@ -14,6 +14,7 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
+from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.maintenance.report import open_catalog
 from tests.databases import BACKENDS, database_url
@@ -78,7 +79,7 @@ async def test_get_tag_carries_digests_size_and_meta(catalog: Catalog) -> None:
 
 async def test_resolve_by_tag_and_by_either_digest(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"hello")
-    for reference in ("v1", f"blake3:{staged.blake3}", f"sha256:{staged.sha256}"):
+    for reference in ("v1", Digest("blake3", staged.blake3), Digest("sha256", staged.sha256)):
         ref = await catalog.resolve("repo", "img", reference)
         assert ref.digest == staged.blake3
 
@@ -87,7 +88,7 @@ async def test_digest_reference_needs_a_tag_of_that_image(catalog: Catalog) -> N
     staged = await put(catalog, "repo/img/v1", b"hello")
     await put(catalog, "repo/other/v1", b"other")
     with pytest.raises(NotFoundError):
-        await catalog.resolve("repo", "other", f"blake3:{staged.blake3}")
+        await catalog.resolve("repo", "other", Digest("blake3", staged.blake3))
 
 
 async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:

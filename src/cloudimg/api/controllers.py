@@ -22,7 +22,7 @@ from cloudimg.api.upload import receiving
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
-from cloudimg.digest import parse_digest
+from cloudimg.digest import Digest, Reference, parse_digest
 from cloudimg.errors import InvalidArgumentError
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
@@ -34,15 +34,14 @@ def _ok(data: Any) -> Envelope:
     return {"success": True, "data": data}
 
 
-def _parse_reference(reference: str) -> str:
-    """A path segment with a colon is a digest reference; anything else must be a tag name."""
-    if ":" in reference:
-        try:
-            parse_digest(reference)
-        except ValueError as exc:
-            raise InvalidArgumentError(str(exc), {"reference": reference[:200]}) from None
-        return reference
-    return validate_tag_name(reference)
+def _parse_reference(text: str) -> Reference:
+    """A path segment with a colon is a digest; anything else must be a tag name."""
+    if ":" not in text:
+        return validate_tag_name(text)
+    try:
+        return parse_digest(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc), {"reference": text[:200]}) from None
 
 
 def _meta_view(info: TagInfo, image_path: str) -> Envelope:
@@ -101,7 +100,7 @@ class RegistryController(Controller):
         reference = _parse_reference(tag)
         ref = await catalog.resolve(repo, image, reference)
         path = catalog.blobs.blob_path(ref.digest)
-        return await prepare_download(request, ref, path, immutable=":" in reference)
+        return await prepare_download(request, ref, path, immutable=isinstance(reference, Digest))
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",
