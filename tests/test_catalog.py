@@ -16,6 +16,7 @@ from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
+from cloudimg.ingest import commit_staged
 from cloudimg.maintenance.report import open_catalog
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import stage
@@ -35,10 +36,7 @@ async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
-    try:
-        await catalog.commit_upload(repo, image, tag, staged, meta)
-    finally:
-        await catalog.blobs.discard(staged)
+    await commit_staged(catalog, catalog.blobs, (repo, image, tag), staged, meta)
     return staged
 
 
