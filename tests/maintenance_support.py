@@ -21,6 +21,7 @@ import blake3
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
+from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url, query, registered_url
 
@@ -56,10 +57,7 @@ async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> str:
     """Upload ``data`` as ``repo/image/tag`` the way the API does; returns the digest."""
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
-    try:
-        await catalog.commit_upload(repo, image, tag, staged, dict(meta))
-    finally:
-        await catalog.blobs.discard(staged)
+    await commit_staged(catalog, catalog.blobs, (repo, image, tag), staged, dict(meta))
     return staged.blake3
 
 

@@ -22,12 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloudimg.api.auth import (
-    CredentialSet,
-    SecretFile,
-    parse_basic_credentials,
-    parse_tokens,
-)
+from cloudimg.api.auth import CredentialSet, parse_basic_credentials, parse_tokens
+from cloudimg.api.secret_file import SecretFile
 from tests.conftest import RunningServer, start_server, upload
 
 WRITE_TOKEN = "wt-0123456789abcdef-writer"
@@ -256,7 +252,7 @@ def test_secret_file_keeps_the_last_good_value_when_the_file_breaks(
         path.write_bytes(b"reader:\xff\xfeleaked-password\n")
     else:
         path.write_text("reader:new-password\nleaked-password\n")
-    with caplog.at_level(logging.WARNING, logger="cloudimg.api.auth"):
+    with caplog.at_level(logging.WARNING, logger="cloudimg.api.secret_file"):
         assert secret.get().matches("reader:good-password")
         assert secret.get().matches("reader:good-password")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

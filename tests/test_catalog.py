@@ -14,7 +14,9 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
+from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
+from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import stage
@@ -35,10 +37,7 @@ async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
-    try:
-        await catalog.commit_upload(repo, image, tag, staged, meta)
-    finally:
-        await catalog.blobs.discard(staged)
+    await commit_staged(catalog, catalog.blobs, (repo, image, tag), staged, meta)
     return staged
 
 
@@ -79,7 +78,7 @@ async def test_get_tag_carries_digests_size_and_meta(catalog: Catalog) -> None:
 
 async def test_resolve_by_tag_and_by_either_digest(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"hello")
-    for reference in ("v1", f"blake3:{staged.blake3}", f"sha256:{staged.sha256}"):
+    for reference in ("v1", Digest("blake3", staged.blake3), Digest("sha256", staged.sha256)):
         ref = await catalog.resolve("repo", "img", reference)
         assert ref.digest == staged.blake3
 
@@ -88,7 +87,7 @@ async def test_digest_reference_needs_a_tag_of_that_image(catalog: Catalog) -> N
     staged = await put(catalog, "repo/img/v1", b"hello")
     await put(catalog, "repo/other/v1", b"other")
     with pytest.raises(NotFoundError):
-        await catalog.resolve("repo", "other", f"blake3:{staged.blake3}")
+        await catalog.resolve("repo", "other", Digest("blake3", staged.blake3))
 
 
 async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloudimg.catalog import Catalog
+from cloudimg.digest import Digest
 from cloudimg.errors import BlobCorruptError
 from cloudimg.maintenance import check
 from tests.maintenance_support import cli, cli_json, open_test_catalog, put, sql, store_of
@@ -57,7 +58,7 @@ async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalo
     with pytest.raises(BlobCorruptError, match=digest):
         await catalog.resolve("repo", "img", "v1")
     with pytest.raises(BlobCorruptError, match=digest):
-        await catalog.resolve("repo", "img", f"blake3:{digest}")
+        await catalog.resolve("repo", "img", Digest("blake3", digest))
     with pytest.raises(BlobCorruptError):
         await catalog.get_tag("other", "img", "pinned")
 

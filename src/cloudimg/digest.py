@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ALGORITHMS", "Digest", "parse_digest"]
+__all__ = ["ALGORITHMS", "Digest", "Reference", "parse_digest"]
 
 Algorithm = Literal["blake3", "sha256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("blake3", "sha256")
@@ -22,6 +22,11 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
+
+
+Reference = Digest | str
+"""What names a blob in an image: a digest, or a tag name (a ``str``). The API parses a
+reference once into one of the two; nothing tests it for ``":"`` again."""
 
 
 def parse_digest(text: str) -> Digest:

@@ -17,8 +17,8 @@ from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
-from cloudimg.api.logging import RequestObserver
 from cloudimg.api.metrics import Metrics, metrics_route
+from cloudimg.api.observer import RequestObserver
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError

@@ -11,16 +11,17 @@ from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
 from cloudimg.api.errors import error_response
+from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
     UploadOperation,
     error_responses,
 )
-from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
+from cloudimg.api.upload import receiving
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.config import Settings
-from cloudimg.digest import Digest, parse_digest
+from cloudimg.digest import Digest, Reference, parse_digest
 from cloudimg.errors import (
     CloudimgError,
     InvalidArgumentError,
@@ -36,24 +37,14 @@ def _ok(data: Any) -> Envelope:
     return {"success": True, "data": data}
 
 
-def _parse_reference(reference: str) -> str:
-    """A path segment with a colon is a digest reference; anything else must be a tag name."""
-    if ":" in reference:
-        try:
-            parse_digest(reference)
-        except ValueError as exc:
-            raise InvalidArgumentError(str(exc), {"reference": reference[:200]}) from None
-        return reference
-    return validate_tag_name(reference)
-
-
-def _expected_digest(text: str | None) -> Digest | None:
-    if text is None:
-        return None
+def _parse_reference(text: str) -> Reference:
+    """A path segment with a colon is a digest; anything else must be a tag name."""
+    if ":" not in text:
+        return validate_tag_name(text)
     try:
         return parse_digest(text)
     except ValueError as exc:
-        raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
+        raise InvalidArgumentError(str(exc), {"reference": text[:200]}) from None
 
 
 def _meta_view(info: TagInfo, image_path: str) -> Envelope:
@@ -102,6 +93,7 @@ class RegistryController(Controller):
         summary="Download an image by tag or by digest (blake3:<hex> or sha256:<hex>)",
         media_type="application/octet-stream",
         responses={**BINARY_RESPONSES, **error_responses(400, 404, 412, 416)},
+        opt={TRANSFER_OPT: "download"},
     )
     async def get_image(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
@@ -111,7 +103,7 @@ class RegistryController(Controller):
         reference = _parse_reference(tag)
         ref = await catalog.resolve(repo, image, reference)
         path = catalog.blobs.blob_path(ref.digest)
-        return await prepare_download(request, ref, path, immutable=":" in reference)
+        return await prepare_download(request, ref, path, immutable=isinstance(reference, Digest))
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",
@@ -141,6 +133,7 @@ class RegistryController(Controller):
         status_code=201,
         response_headers=CREATED_HEADERS,
         responses=error_responses(400, 408, 413, 507),
+        opt={TRANSFER_OPT: "upload"},
     )
     async def post_image(
         self,
@@ -150,31 +143,12 @@ class RegistryController(Controller):
         repo: str,
         image: str,
         tag: str,
-        digest: str | None = None,
+        digest: str | None = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
-        try:
+        async with receiving(request, catalog.blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-            # ``digest`` documents the parameter; it may be given once per algorithm,
-            # and every value given must match the bytes.
-            texts = request.query_params.getall("digest", [])
-            expected = [d for d in map(_expected_digest, texts) if d is not None]
-            await refuse_declared_length(
-                request.headers.get("content-length"), settings.max_image_size, catalog.blobs
-            )
-        except CloudimgError:
-            await drain_refused(request, settings.read_body_timeout_secs)
-            raise
-        upload = await receive_upload(
-            body_of(request.receive, settings.read_body_timeout_secs),
-            request.headers.get("content-type"),
-            catalog.blobs,
-            expected,
-            max_image_size=settings.max_image_size,
-        )
-        try:
-            await catalog.commit_upload(*names, upload.staged, upload.meta)
-        finally:
-            await catalog.blobs.discard(upload.staged)
+            await receiver.receive()
+            upload = await receiver.commit(catalog, names)
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {

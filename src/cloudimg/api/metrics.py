@@ -2,7 +2,7 @@
 
 Two kinds of figures:
 
-- **live** ones, counted by the request middleware (``cloudimg.api.logging``) as
+- **live** ones, counted by the request middleware (``cloudimg.api.observer``) as
   requests run: requests by method, route template and status, their latency,
   bytes received and sent, uploads and downloads in flight;
 - **scrape-time** ones, read when ``/metrics`` is asked for, because another process

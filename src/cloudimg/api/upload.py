@@ -1,60 +1,59 @@
-"""Streaming multipart upload: the ``img`` part goes straight into a staging file.
+"""The upload use case: one way in for every write of image bytes.
 
-The body is parsed as it arrives with ``multipart``'s push parser (sans-IO, no
-spooling): image bytes are handed to the blob store's staging writer, which hashes
-and writes them; the ``meta`` part is kept in memory up to a small limit. Any
-failure (bad input, disconnect, full disk) drops the staging file.
+:func:`receiving` is an async context manager around one upload request. Inside it a
+handler validates its names, calls :meth:`Receiver.receive` and then
+:meth:`Receiver.commit`; the context manager does the rest:
 
-A refused request's body is read to its end (up to a limit) before the error goes
-out: Granian closes a connection whose body was not read without saying so in a
-``Connection: close`` header, so a client's next request on it would fail.
+- pre-checks before any byte is read: the ``digest`` query parameters, a Content-Length
+  over the image size limit (413) or over the free space (507);
+- parsing: the body is parsed as it arrives with ``multipart``'s push parser (sans-IO, no
+  spooling): image bytes are handed to the blob store's staging writer, which hashes
+  and writes them; the ``meta`` part is kept in memory up to a small limit;
+- a refusal's drain: a refusal ahead of the body (a bad name, a pre-check) drains it
+  with :func:`cloudimg.api.body.drain_refused`, one while it streams drains the rest;
+- staging cleanup on exit: a staging file not committed (bad input, disconnect, full
+  disk, a failed commit) is dropped.
 
-Every read of a request body, an upload's or a refused request's (the write-token
-guard's too), goes through :func:`body_of`, so each obeys ``--read-body-timeout-secs``.
+Bodies are read only through :mod:`cloudimg.api.body`, so each obeys
+``--read-body-timeout-secs``; the commit goes through :func:`cloudimg.ingest.commit_staged`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar.connection import ASGIConnection
-from litestar.types import Receive
+from litestar import Request
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
+from cloudimg.api.body import body_of, declared_length, drain, drain_refused
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
-from cloudimg.digest import Digest
+from cloudimg.catalog import Catalog
+from cloudimg.config import Settings
+from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import (
-    ClientDisconnectedError,
     CloudimgError,
     DigestMismatchError,
     InsufficientStorageError,
     InvalidArgumentError,
     PayloadTooLargeError,
-    RequestTimeoutError,
 )
+from cloudimg.ingest import TagNames, commit_staged
 
 __all__ = [
     "ENVELOPE_ALLOWANCE",
-    "MAX_DRAIN_BYTES",
     "MAX_META_BYTES",
+    "Receiver",
     "Upload",
-    "body_of",
-    "declared_size",
-    "drain",
-    "drain_refused",
     "parse_meta",
-    "receive_upload",
-    "refuse_declared_length",
+    "receiving",
 ]
 
 MAX_META_BYTES = 64 * 1024
-MAX_DRAIN_BYTES = 64 * 1024 * 1024
 ENVELOPE_ALLOWANCE = 1024 * 1024
 """Room for the ``meta`` part and the multipart framing around the image: a body whose
 Content-Length passes the image size limit by more than this is refused unread."""
@@ -122,117 +121,106 @@ def boundary_of(content_type: str | None) -> str:
     return boundary
 
 
-async def body_of(receive: Receive, idle_timeout: float | None) -> AsyncIterator[bytes]:
-    """A request body as the server hands it over; a client that leaves is no server error.
+class Receiver:
+    """One upload request while :func:`receiving` holds it: receive it, then commit it."""
 
-    A client that sends nothing for ``idle_timeout`` seconds gets ``RequestTimeoutError``,
-    so a stalled body holds no staging file, task or connection forever.
-    """
-    while True:
+    def __init__(self, request: Request[Any, Any, Any], blobs: BlobStore, settings: Settings):
+        self._request = request
+        self._blobs = blobs
+        self._max_image_size = settings.max_image_size
+        self._idle_timeout = settings.read_body_timeout_secs
+        self._body: AsyncIterator[bytes] | None = None
+        self._upload: Upload | None = None
+        self._committed = False
+
+    async def receive(self) -> Upload:
+        """Check the request, then read its ``meta`` + ``img`` body into a staging file.
+
+        Every ``digest`` query parameter (one per algorithm may be given) must match the
+        bytes.
+
+        Raises:
+            InvalidArgumentError: a bad ``digest`` parameter, a malformed body, a missing
+                part, bad metadata, a digest mismatch.
+            PayloadTooLargeError: the Content-Length or the image passed the image size
+                limit, or the metadata 64 KiB.
+            InsufficientStorageError: the Content-Length is over the free space, or the
+                data volume filled up while the image streamed.
+            RequestTimeoutError: the body stalled (see :func:`cloudimg.api.body.body_of`).
+        """
+        expected = _expected_digests(self._request.query_params.getall("digest", []))
+        await self._refuse_declared_length()
+        self._body = body_of(self._request.receive, self._idle_timeout)
         try:
-            # asyncio.timeout, not wait_for: no task per chunk on the upload's hot path.
-            async with asyncio.timeout(idle_timeout):
-                message = await receive()
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body sent nothing for {idle_timeout:g} seconds"
-            ) from None
-        if message["type"] != "http.request":
-            raise ClientDisconnectedError("the client disconnected before the body was complete")
-        if message["body"]:
-            yield message["body"]
-        if not message.get("more_body", False):
-            return
+            self._upload = await _receive(
+                self._body,
+                self._request.headers.get("content-type"),
+                self._blobs,
+                expected,
+                self._max_image_size,
+            )
+        except CloudimgError:
+            await drain(self._body)
+            raise
+        return self._upload
+
+    async def commit(self, catalog: Catalog, names: TagNames) -> Upload:
+        """Make ``names`` name the received bytes and metadata; the staging file goes."""
+        assert self._upload is not None, "receive() comes first"
+        self._committed = True  # commit_staged drops the staging file, whatever happens
+        await commit_staged(catalog, self._blobs, names, self._upload.staged, self._upload.meta)
+        return self._upload
+
+    async def refused(self) -> None:
+        """A refusal is on its way: read the body it comes ahead of, if any."""
+        if self._body is None:
+            await drain_refused(self._request, self._idle_timeout)
+
+    async def close(self) -> None:
+        """Drop a staging file that was received but not committed."""
+        if self._upload is not None and not self._committed:
+            await self._blobs.discard(self._upload.staged)
+
+    async def _refuse_declared_length(self) -> None:
+        """Refuse, before any byte of the body is read, a body announced larger than allowed."""
+        declared = declared_length(self._request)
+        if declared is None:
+            return  # chunked, or nonsense the server itself refuses
+        limit = self._max_image_size
+        if limit is not None and declared > limit + ENVELOPE_ALLOWANCE:
+            raise PayloadTooLargeError(
+                f"the request body is larger than the image size limit of {limit} bytes",
+                {"limit": limit, "content_length": declared},
+            )
+        free = await self._blobs.free_space()
+        if free is not None and declared > free:
+            raise InsufficientStorageError(
+                "the data volume has no room for an upload of this size; nothing was stored",
+                {"content_length": declared, "free_bytes": free},
+            )
 
 
-def declared_size(connection: ASGIConnection[Any, Any, Any, Any]) -> int:
-    """The request's Content-Length, 0 when it has none (or none that makes sense)."""
-    text = connection.headers.get("content-length", "")
-    return int(text) if text.isdigit() and len(text) < 20 else 0
-
-
-async def drain(body: AsyncIterator[bytes], limit: int = MAX_DRAIN_BYTES) -> None:
-    """Read and drop the rest of a refused request's body, up to ``limit`` bytes.
-
-    Past the limit, when the body stalls past its timeout or when the client goes away,
-    the connection is left to close.
-    """
-    received = 0
-    with contextlib.suppress(Exception):
-        async for chunk in body:
-            received += len(chunk)
-            if received > limit:
-                return
-
-
-async def drain_refused(
-    connection: ASGIConnection[Any, Any, Any, Any], idle_timeout: float | None
-) -> None:
-    """Before a refusal that comes ahead of the body: read and drop the body if it is worth it.
-
-    Not when the client waits for ``100 Continue`` (it has not sent the body; answering
-    now spares it the upload) and not when it announced more than ``MAX_DRAIN_BYTES``
-    (the server closes the connection instead of reading it).
-    """
-    if "100-continue" in connection.headers.get("expect", "").lower():
-        return
-    if declared_size(connection) <= MAX_DRAIN_BYTES:
-        await drain(body_of(connection.receive, idle_timeout))
-
-
-async def refuse_declared_length(
-    content_length: str | None, max_image_size: int | None, blobs: BlobStore
-) -> None:
-    """Refuse, before any byte of the body is read, a body announced larger than allowed.
-
-    Raises:
-        PayloadTooLargeError: the Content-Length passes the image size limit (plus
-            ``ENVELOPE_ALLOWANCE``), so the image must too.
-        InsufficientStorageError: the Content-Length is more than the data volume's
-            free space.
-    """
-    if content_length is None or not content_length.isdigit() or not content_length.isascii():
-        return  # chunked, or nonsense the server itself refuses
-    declared = int(content_length)
-    if max_image_size is not None and declared > max_image_size + ENVELOPE_ALLOWANCE:
-        raise PayloadTooLargeError(
-            f"the request body is larger than the image size limit of {max_image_size} bytes",
-            {"limit": max_image_size, "content_length": declared},
-        )
-    free = await blobs.free_space()
-    if free is not None and declared > free:
-        raise InsufficientStorageError(
-            "the data volume has no room for an upload of this size; nothing was stored",
-            {"content_length": declared, "free_bytes": free},
-        )
-
-
-async def receive_upload(
-    body: AsyncIterator[bytes],
-    content_type: str | None,
-    blobs: BlobStore,
-    expected: Sequence[Digest] = (),
-    *,
-    max_image_size: int | None = None,
-) -> Upload:
-    """Read a ``meta`` + ``img`` multipart body into a staging file and check it.
-
-    Every digest in ``expected`` must match the bytes. The caller owns the returned
-    staging file (commit it or abort it). On a refusal the staging file is gone and
-    the rest of ``body`` has been drained.
-
-    Raises:
-        InvalidArgumentError: a malformed body, a missing part, bad metadata, a digest
-            mismatch; nothing is left behind.
-        PayloadTooLargeError: the image passed ``max_image_size`` or the metadata 64 KiB.
-        InsufficientStorageError: the data volume filled up while the image streamed.
-        RequestTimeoutError: the body stalled (see ``body_of``).
-    """
+@asynccontextmanager
+async def receiving(
+    request: Request[Any, Any, Any], blobs: BlobStore, settings: Settings
+) -> AsyncIterator[Receiver]:
+    """Hold one upload request: a refusal raised inside drains the body it comes ahead of,
+    and a staging file left uncommitted on the way out is dropped."""
+    receiver = Receiver(request, blobs, settings)
     try:
-        return await _receive(body, content_type, blobs, expected, max_image_size)
+        yield receiver
     except CloudimgError:
-        await drain(body)
+        await receiver.refused()
         raise
+    finally:
+        await receiver.close()
+
+
+def _expected_digests(texts: Sequence[str]) -> list[Digest]:
+    try:
+        return [parse_digest(text) for text in texts]
+    except ValueError as exc:
+        raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
 
 
 async def _receive(

@@ -9,7 +9,7 @@ from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag
 from cloudimg.catalog.records import BlobRef, StorageTotals, TagInfo
 from cloudimg.catalog.transaction import CatalogBase
-from cloudimg.digest import parse_digest
+from cloudimg.digest import Reference
 from cloudimg.errors import BlobCorruptError, NotFoundError
 
 __all__ = ["CatalogReads"]
@@ -100,11 +100,11 @@ class CatalogReads(CatalogBase):
             updated=tag_row.updated_at,
         )
 
-    async def resolve(self, repo: str, image: str, reference: str) -> BlobRef:
-        """The blob a tag or a digest reference (``blake3:…``/``sha256:…``) names in an image.
+    async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
+        """The blob a tag name or a digest names in an image.
 
         A digest reference is valid only while a tag of this image holds that blob.
-        The caller has validated the form of ``reference``.
+        The caller has validated the tag name.
         """
         ref = await self._lookup(repo, image, reference)
         # A crash between a delete's trash rename and its commit leaves the file in trash
@@ -114,11 +114,11 @@ class CatalogReads(CatalogBase):
             ref = await self._lookup(repo, image, reference)
         return ref
 
-    async def _lookup(self, repo: str, image: str, reference: str) -> BlobRef:
-        if ":" not in reference:
+    async def _lookup(self, repo: str, image: str, reference: Reference) -> BlobRef:
+        if isinstance(reference, str):
             info = await self.get_tag(repo, image, reference)
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
-        digest = parse_digest(reference)
+        digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
         async with self._read() as session:
             blob = await session.scalar(
@@ -132,7 +132,7 @@ class CatalogReads(CatalogBase):
         if blob is None:
             raise NotFoundError(
                 "no tag of this image references that digest",
-                {"repo": repo, "image": image, "digest": reference},
+                {"repo": repo, "image": image, "digest": str(digest)},
             )
         if blob.quarantined_at is not None:
             raise _corrupt(blob.digest)

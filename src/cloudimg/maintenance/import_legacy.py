@@ -41,6 +41,7 @@ from cloudimg.catalog.database import check_schema, current_revision
 from cloudimg.config import Settings
 from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
 from cloudimg.gc_record import GC_RECORD_NAME
+from cloudimg.ingest import commit_staged
 from cloudimg.maintenance.progress import Progress, ProgressMeter
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
@@ -376,10 +377,7 @@ async def _import_one(
     if entry.outcome != "imported":
         return entry
     staged, linked = await _stage(catalog, candidate.directory / IMAGE_FILE, move, meter)
-    try:
-        await catalog.commit_upload(*candidate.names, staged, meta)
-    finally:
-        await catalog.blobs.discard(staged)
+    await commit_staged(catalog, catalog.blobs, candidate.names, staged, meta)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)

@@ -31,16 +31,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from cloudimg.api.metrics import UNMATCHED_ROUTE, Metrics
 from cloudimg.logs import request_id_var
 
-__all__ = ["REQUEST_ID_HEADER", "RequestObserver"]
+__all__ = ["REQUEST_ID_HEADER", "TRANSFER_OPT", "RequestObserver"]
 
 access_log = logging.getLogger("cloudimg.access")
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _CLIENT_CLOSED: Final = 499
-# Route handlers (by function name) whose requests are image transfers.
-_UPLOAD_HANDLERS: Final = frozenset({"post_image"})
-_DOWNLOAD_HANDLERS: Final = frozenset({"get_image"})
+TRANSFER_OPT: Final = "transfer"
+"""Key of a route handler's ``opt`` marking its requests as image transfers: the value
+is ``"upload"`` or ``"download"``, counted in the in-flight gauges."""
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -54,9 +54,11 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _handler_name(scope: Scope) -> str | None:
+def _transfer(scope: Scope) -> str | None:
+    """What the routed handler's ``opt`` says its requests transfer (routing sets it)."""
     handler = scope.get("route_handler")
-    return getattr(handler, "handler_name", None) if handler is not None else None
+    opt = getattr(handler, "opt", None) or {}
+    return opt.get(TRANSFER_OPT)
 
 
 class RequestObserver:
@@ -144,13 +146,14 @@ class _Exchange:
         return observed_send
 
     def _is_upload(self) -> bool:
-        return self.method == "POST" and _handler_name(self.scope) in _UPLOAD_HANDLERS
+        return _transfer(self.scope) == "upload"
 
     def _is_download(self) -> bool:
+        # HEAD shares the download's handler but sends no bytes.
         return (
             self.method == "GET"
             and self.status in (200, 206)
-            and _handler_name(self.scope) in _DOWNLOAD_HANDLERS
+            and _transfer(self.scope) == "download"
         )
 
     def _finish(self, failed: bool) -> None:

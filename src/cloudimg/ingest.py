@@ -1,0 +1,26 @@
+"""The end of every write path: staged bytes become a tag, and the staging file goes.
+
+An upload over HTTP (:mod:`cloudimg.api.upload`) and ``import-legacy`` both end here, so
+"commit, then discard in finally" is written once: whether the commit succeeds or
+fails, the staging file is dropped (after a commit the bytes live in the blob store).
+"""
+
+from __future__ import annotations
+
+from cloudimg.blobstore import BlobStore, StagedBlob
+from cloudimg.catalog import Catalog
+
+__all__ = ["TagNames", "commit_staged"]
+
+TagNames = tuple[str, str, str]
+"""``(repository, image, tag)``, each already validated."""
+
+
+async def commit_staged(
+    catalog: Catalog, blobs: BlobStore, names: TagNames, staged: StagedBlob, meta: dict[str, str]
+) -> None:
+    """Make ``names`` name the staged bytes with ``meta``, then drop the staging file."""
+    try:
+        await catalog.commit_upload(*names, staged, meta)
+    finally:
+        await blobs.discard(staged)
