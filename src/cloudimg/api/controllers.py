@@ -18,6 +18,7 @@ from cloudimg.api.openapi import (
     error_responses,
 )
 from cloudimg.api.upload import body_of, drain_refused, receive_upload, refuse_declared_length
+from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.catalog.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.config import Settings
@@ -104,14 +105,19 @@ class RegistryController(Controller):
         responses={**BINARY_RESPONSES, **error_responses(400, 404, 412, 416)},
     )
     async def get_image(
-        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        blobs: BlobStore,
+        repo: str,
+        image: str,
+        tag: str,
     ) -> ASGIResponse:
         validate_repo_name(repo)
         validate_image_name(image)
         reference = _parse_reference(tag)
         ref = await catalog.resolve(repo, image, reference)
-        path = catalog.blobs.blob_path(ref.digest)
-        return await prepare_download(request, ref, path, immutable=":" in reference)
+        return await prepare_download(request, ref, blobs, immutable=":" in reference)
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",
@@ -146,6 +152,7 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        blobs: BlobStore,
         settings: Settings,
         repo: str,
         image: str,
@@ -159,7 +166,7 @@ class RegistryController(Controller):
             texts = request.query_params.getall("digest", [])
             expected = [d for d in map(_expected_digest, texts) if d is not None]
             await refuse_declared_length(
-                request.headers.get("content-length"), settings.max_image_size, catalog.blobs
+                request.headers.get("content-length"), settings.max_image_size, blobs
             )
         except CloudimgError:
             await drain_refused(request, settings.read_body_timeout_secs)
@@ -167,14 +174,14 @@ class RegistryController(Controller):
         upload = await receive_upload(
             body_of(request.receive, settings.read_body_timeout_secs),
             request.headers.get("content-type"),
-            catalog.blobs,
+            blobs,
             expected,
             max_image_size=settings.max_image_size,
         )
         try:
             await catalog.commit_upload(*names, upload.staged, upload.meta)
         finally:
-            await catalog.blobs.discard(upload.staged)
+            await blobs.discard(upload.staged)
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {
@@ -218,15 +225,15 @@ class ReadinessController(Controller):
         summary="Readiness probe: the catalog can begin a write and the data root is writable",
         responses=error_responses(),
     )
-    async def readyz(self, catalog: Catalog) -> Response[Any]:
+    async def readyz(self, catalog: Catalog, blobs: BlobStore) -> Response[Any]:
         problems: dict[str, str] = {}
         try:
             await catalog.check_writable()
         except Exception as exc:
             problems["catalog"] = unavailable_reason(exc) or type(exc).__name__
         try:
-            await catalog.blobs.probe_writable()
-            free = await catalog.blobs.free_space()
+            await blobs.probe_writable()
+            free = await blobs.free_space()
         except OSError as exc:
             problems["data_root"] = os.strerror(exc.errno) if exc.errno else type(exc).__name__
         if problems:

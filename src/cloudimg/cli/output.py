@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
@@ -28,12 +29,12 @@ SHOWN_PER_KIND = 10
 
 def run(
     settings: Settings,
-    work: Callable[[Catalog], Awaitable[T]],
+    work: Callable[[Catalog, MaintenanceBlobStore], Awaitable[T]],
     *,
     create: bool = False,
     writable: bool = True,
 ) -> T:
-    """Open the catalog of ``settings`` and run ``work`` on it in an event loop.
+    """Open the catalog and blob store of ``settings`` and run ``work`` on them.
 
     The data root and the catalog are checked first (``prepare_storage``): only with
     ``create`` may they be made; a database that fails meanwhile is one line too.
@@ -42,7 +43,7 @@ def run(
 
     async def main() -> T:
         async with open_catalog(settings) as catalog:
-            return await work(catalog)
+            return await work(catalog, FilesystemBlobStore(settings.data_root))
 
     with catalog_errors(url):
         return asyncio.run(main())
