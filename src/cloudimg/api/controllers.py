@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
+from litestar.params import Dependency
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
@@ -31,6 +32,8 @@ from cloudimg.errors import (
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
 Envelope = dict[str, Any]
+Blobs = Annotated[BlobStore, Dependency(skip_validation=True)]
+"""The blob store handlers are given (a protocol: no isinstance check on each request)."""
 
 
 def _ok(data: Any) -> Envelope:
@@ -108,7 +111,7 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
-        blobs: BlobStore,
+        blobs: Blobs,
         repo: str,
         image: str,
         tag: str,
@@ -152,7 +155,7 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
-        blobs: BlobStore,
+        blobs: Blobs,
         settings: Settings,
         repo: str,
         image: str,
@@ -225,7 +228,7 @@ class ReadinessController(Controller):
         summary="Readiness probe: the catalog can begin a write and the data root is writable",
         responses=error_responses(),
     )
-    async def readyz(self, catalog: Catalog, blobs: BlobStore) -> Response[Any]:
+    async def readyz(self, catalog: Catalog, blobs: Blobs) -> Response[Any]:
         problems: dict[str, str] = {}
         try:
             await catalog.check_writable()
