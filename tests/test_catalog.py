@@ -19,7 +19,7 @@ from cloudimg.errors import NotFoundError
 from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
-from tests.maintenance_support import stage
+from tests.maintenance_support import stage, store_of
 
 
 @pytest.fixture(params=BACKENDS)
@@ -150,7 +150,7 @@ async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> 
     staged = await put(catalog, "repo/img/v1", data)
     await catalog.delete_tag("repo", "img", "v1")
     await put(catalog, "repo/img/v2", data)
-    assert catalog.blobs.blob_path(staged.blake3).read_bytes() == data
+    assert store_of(catalog).blob_path(staged.blake3).read_bytes() == data
 
 
 async def test_upload_into_an_image_racing_the_delete_of_its_last_tag(

@@ -35,7 +35,7 @@ def flip_a_byte(path: Path, offset: int = 0) -> None:
 async def test_clean_store(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v1", os.urandom(20_000))
     await put(catalog, "repo/img/v2", os.urandom(20_000))
-    report = await check(catalog, checksum=True)
+    report = await check(catalog, store_of(catalog), checksum=True)
     assert report.ok
     assert (report.blobs, report.tags, report.bytes_hashed) == (2, 2, 40_000)
 
@@ -46,9 +46,9 @@ async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalo
     await put(catalog, "other/img/pinned", data)
     store = store_of(catalog)
     flip_a_byte(store.blob_path(digest), 12_345)
-    assert (await check(catalog)).ok  # sizes only: the flip goes unseen
+    assert (await check(catalog, store_of(catalog))).ok  # sizes only: the flip goes unseen
 
-    report = await check(catalog, checksum=True)
+    report = await check(catalog, store_of(catalog), checksum=True)
     assert [(p.kind, p.digest, p.quarantined) for p in report.problems] == [
         ("checksum", digest, True)
     ]
@@ -62,13 +62,13 @@ async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalo
     with pytest.raises(BlobCorruptError):
         await catalog.get_tag("other", "img", "pinned")
 
-    again = await check(catalog, checksum=True)
+    again = await check(catalog, store_of(catalog), checksum=True)
     assert [p.kind for p in again.problems] == ["quarantined"]
 
     await put(catalog, "repo/img/v1", data)  # uploading the image again heals it
     assert store.blob_path(digest).read_bytes() == data
     assert (await catalog.resolve("other", "img", "pinned")).digest == digest
-    assert (await check(catalog, checksum=True)).ok
+    assert (await check(catalog, store_of(catalog), checksum=True)).ok
 
 
 async def test_truncated_blob_is_found_without_checksum(catalog: Catalog) -> None:
@@ -76,7 +76,7 @@ async def test_truncated_blob_is_found_without_checksum(catalog: Catalog) -> Non
     path = store_of(catalog).blob_path(digest)
     path.chmod(0o644)
     os.truncate(path, 4000)
-    report = await check(catalog)
+    report = await check(catalog, store_of(catalog))
     assert [(p.kind, p.quarantined) for p in report.problems] == [("size", True)]
     assert "4000 bytes, the catalog says 10000" in report.problems[0].detail
     with pytest.raises(BlobCorruptError):
@@ -86,7 +86,7 @@ async def test_truncated_blob_is_found_without_checksum(catalog: Catalog) -> Non
 async def test_missing_blob_file_is_a_problem(catalog: Catalog) -> None:
     digest = await put(catalog, "repo/img/v1", b"soon gone")
     store_of(catalog).blob_path(digest).unlink()
-    report = await check(catalog)
+    report = await check(catalog, store_of(catalog))
     assert [(p.kind, p.digest, p.tags) for p in report.problems] == [
         ("missing", digest, ("repo/img:v1",))
     ]
@@ -95,7 +95,7 @@ async def test_missing_blob_file_is_a_problem(catalog: Catalog) -> None:
 async def test_wrong_refcount_is_a_problem(catalog: Catalog) -> None:
     digest = await put(catalog, "repo/img/v1", b"counted")
     sql(store_of(catalog).root, "UPDATE blobs SET refcount = 4")
-    report = await check(catalog)
+    report = await check(catalog, store_of(catalog))
     assert [(p.kind, p.digest) for p in report.problems] == [("refcount", digest)]
     assert "refcount 4, 1 tag(s)" in report.problems[0].detail
 
@@ -109,7 +109,7 @@ async def test_stray_files_and_unreferenced_blobs(catalog: Catalog) -> None:
     orphan = store.blobs_dir / "cd" / ("e" * 62)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_text("no row")
-    report = await check(catalog)
+    report = await check(catalog, store_of(catalog))
     assert sorted(Path(p.path or "").name for p in report.problems if p.kind == "stray") == [
         "README",
         "short",

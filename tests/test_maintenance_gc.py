@@ -57,7 +57,7 @@ def test_bad_durations(text: str) -> None:
 async def test_dead_staging_file_is_removed(catalog: Catalog) -> None:
     debris = store_of(catalog).staging_dir / "deadbeef.part"
     debris.write_bytes(b"x" * 1000)  # what a killed upload leaves: no one holds it
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {"staging": 1}
     assert report.bytes_freed == 1000
     assert not debris.exists()
@@ -69,12 +69,12 @@ async def test_running_upload_keeps_its_staging_file_whatever_the_grace(catalog:
     staging = store_of(catalog).staging_dir
     for path in staging.iterdir():
         age(path)  # even when it looks ancient
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert report.skipped_live_staging == 1
     assert len(list(staging.iterdir())) == 1
     staged = await writer.finish()  # written, not committed yet: still held
-    age(staged.path)
-    assert (await collect_garbage(catalog, grace=0)).skipped_live_staging == 1
+    age(Path(staged.key))
+    assert (await collect_garbage(catalog, store_of(catalog), grace=0)).skipped_live_staging == 1
     await catalog.commit_upload("repo", "img", "v1", staged, {})
     await catalog.blobs.discard(staged)
     assert list(staging.iterdir()) == []
@@ -86,7 +86,7 @@ async def test_young_debris_waits_for_the_grace_period(catalog: Catalog) -> None
     store = store_of(catalog)
     (store.staging_dir / "young.part").write_bytes(b"x")
     (store.trash_dir / f"{'a' * 64}.0123").write_bytes(b"y")
-    report = await collect_garbage(catalog, grace=3600)
+    report = await collect_garbage(catalog, store_of(catalog), grace=3600)
     assert report.actions == []
     assert report.skipped_young == 2
     assert len(list(store.staging_dir.iterdir())) == 1
@@ -100,7 +100,7 @@ async def test_trash_of_a_rolled_back_delete_is_restored(catalog: Catalog) -> No
     trash = store.trash_dir / f"{digest}.00ff00ff"
     os.rename(store.blob_path(digest), trash)
     age(trash)
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {"restored": 1}
     assert store.blob_path(digest).read_bytes() == data
     assert not trash.exists()
@@ -116,7 +116,7 @@ async def test_trash_of_a_committed_delete_is_removed(catalog: Catalog) -> None:
     duplicate.write_bytes(b"kept")
     for path in (gone, duplicate):
         age(path)
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {"trash": 2}
     assert list(store.trash_dir.iterdir()) == []
     assert store.blob_path(kept_digest).read_bytes() == b"kept"
@@ -126,11 +126,11 @@ async def test_trash_copy_of_a_quarantined_blob_is_kept(catalog: Catalog) -> Non
     """The catalog still names the digest: gc never purges it, nor serves it again."""
     digest = await put(catalog, "repo/img/v1", b"suspect")
     store = store_of(catalog)
-    assert await catalog.quarantine_blob(digest, None)
+    assert await catalog.quarantine_blob(store_of(catalog), digest, None)
     copy = store.trash_dir / f"{digest}.03"
     copy.write_bytes(b"suspect")
     age(copy)
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {}
     assert copy.exists()
     assert await catalog.restore_trashed() == []
@@ -142,9 +142,9 @@ async def test_blob_file_without_a_row_is_reclaimed(catalog: Catalog) -> None:
     staged = await stage(catalog, b"orphan bytes")
     await store.place(staged)  # a crash after placing, before the commit
     path = store.blob_path(staged.blake3)
-    assert (await collect_garbage(catalog, grace=3600)).actions == []
+    assert (await collect_garbage(catalog, store_of(catalog), grace=3600)).actions == []
     age(path)
-    report = await collect_garbage(catalog, grace=3600)
+    report = await collect_garbage(catalog, store_of(catalog), grace=3600)
     assert kinds(report) == {"orphan-blob": 1}
     assert report.bytes_freed == len(b"orphan bytes")
     assert not path.exists()
@@ -156,11 +156,11 @@ async def test_wrong_refcounts_are_repaired(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v2", b"shared")
     root = data_root(catalog)
     sql(root, "UPDATE blobs SET refcount = 7 WHERE digest = ?", digest)
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {"refcount": 1}
     assert "refcount was 7, 2 tag(s)" in report.actions[0].detail
     assert sql(root, "SELECT refcount FROM blobs WHERE digest = ?", digest) == [(2,)]
-    assert (await collect_garbage(catalog, grace=0)).actions == []
+    assert (await collect_garbage(catalog, store_of(catalog), grace=0)).actions == []
 
 
 async def test_blob_row_no_tag_names_goes_with_its_file(catalog: Catalog) -> None:
@@ -176,7 +176,7 @@ async def test_blob_row_no_tag_names_goes_with_its_file(catalog: Catalog) -> Non
         staged.size,
         staged.sha256,
     )
-    report = await collect_garbage(catalog, grace=3600)  # rows: no grace needed
+    report = await collect_garbage(catalog, store_of(catalog), grace=3600)  # rows: no grace needed
     assert kinds(report) == {"unreferenced-row": 1}
     assert sql(root, "SELECT count(*) FROM blobs") == [(0,)]
     assert not store.blob_path(staged.blake3).exists()
@@ -194,7 +194,7 @@ async def test_dry_run_changes_nothing(catalog: Catalog) -> None:
     for path in [*store.staging_dir.iterdir(), trash]:
         age(path)
     before = sorted(p.relative_to(root) for p in root.rglob("*") if "catalog" not in p.name)
-    report = await collect_garbage(catalog, grace=0, dry_run=True)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0, dry_run=True)
     assert kinds(report) == {"staging": 1, "trash": 1, "refcount": 1}
     after = sorted(p.relative_to(root) for p in root.rglob("*") if "catalog" not in p.name)
     assert after == before
@@ -207,7 +207,7 @@ async def test_referenced_blobs_survive_gc(catalog: Catalog) -> None:
         await put(catalog, ref, payload)
     for path in store_of(catalog).blobs_dir.rglob("*"):
         age(path)
-    report = await collect_garbage(catalog, grace=0)
+    report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert report.actions == []
     for ref, payload in data.items():
         blob = await catalog.resolve(*ref.split("/"))

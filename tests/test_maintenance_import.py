@@ -73,7 +73,7 @@ def by_path(report: ImportReport) -> dict[str, tuple[str, str]]:
 
 async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Path) -> None:
     source = legacy_tree(tmp_path / "old")
-    report = await import_legacy(catalog, source)
+    report = await import_legacy(catalog, store_of(catalog), source)
     outcomes = by_path(report)
     assert {p for p, (o, _) in outcomes.items() if o == "imported"} == {
         "crownlabs/ubuntu/2204",
@@ -104,10 +104,10 @@ async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Pa
 
 async def test_import_twice_changes_nothing(catalog: Catalog, tmp_path: Path) -> None:
     source = legacy_tree(tmp_path / "old")
-    await import_legacy(catalog, source)
+    await import_legacy(catalog, store_of(catalog), source)
     root = store_of(catalog).root
     tags_before = sql(root, "SELECT name, digest, meta, updated_at FROM tags ORDER BY name")
-    second = await import_legacy(catalog, source)
+    second = await import_legacy(catalog, store_of(catalog), source)
     assert second.count("imported") == 0
     assert second.count("unchanged") == 3
     assert sql(root, "SELECT name, digest, meta, updated_at FROM tags ORDER BY name") == tags_before
@@ -119,7 +119,7 @@ async def test_move_takes_the_bytes_without_a_copy(catalog: Catalog, tmp_path: P
     inode = entry(source, "crownlabs/ubuntu/2204", UBUNTU, {"os": "ubuntu"}) / "image.bin"
     original_inode = inode.stat().st_ino
     entry(source, "crownlabs/ubuntu/latest", UBUNTU, {})
-    report = await import_legacy(catalog, source, move=True)
+    report = await import_legacy(catalog, store_of(catalog), source, move=True)
     assert report.ok
     assert [e.linked for e in report.entries] == [True, True]
     blob = store_of(catalog).blob_path(digest_of(UBUNTU))
@@ -137,7 +137,7 @@ async def test_move_resumes_after_a_crash(catalog: Catalog, tmp_path: Path) -> N
     # The crashed run had committed the first two and removed only part of the second.
     await put(catalog, "crownlabs/ubuntu/2204", UBUNTU, os="ubuntu")
     await put(catalog, "crownlabs/ubuntu/latest", UBUNTU, k="v")
-    report = await import_legacy(catalog, source, move=True)
+    report = await import_legacy(catalog, store_of(catalog), source, move=True)
     assert by_path(report)["crownlabs/ubuntu/2204"][0] == "unchanged"
     assert by_path(report)["crownlabs/ubuntu/latest"][0] == "unchanged"
     assert by_path(report)["teaching/debian/v12"][0] == "imported"
@@ -151,7 +151,7 @@ async def test_tag_changed_since_is_not_overwritten(catalog: Catalog, tmp_path: 
     source = tmp_path / "old"
     entry(source, "crownlabs/ubuntu/2204", UBUNTU, {})
     newer = await put(catalog, "crownlabs/ubuntu/2204", b"uploaded through the new API")
-    report = await import_legacy(catalog, source)
+    report = await import_legacy(catalog, store_of(catalog), source)
     assert by_path(report)["crownlabs/ubuntu/2204"][0] == "skipped"
     assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == newer
 
@@ -159,7 +159,7 @@ async def test_tag_changed_since_is_not_overwritten(catalog: Catalog, tmp_path: 
 async def test_in_place_migration_skips_the_store_itself(catalog: Catalog) -> None:
     root = store_of(catalog).root  # the old tree is the data root itself
     entry(root, "crownlabs/ubuntu/2204", UBUNTU, {})
-    report = await import_legacy(catalog, root, move=True, data_root=root)
+    report = await import_legacy(catalog, store_of(catalog), root, move=True, data_root=root)
     assert report.ok, report.entries
     assert [e.path for e in report.entries] == ["crownlabs/ubuntu/2204"]
     assert not (root / "crownlabs").exists()

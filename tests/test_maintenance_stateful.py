@@ -69,7 +69,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         return True
 
     async def _gc(self, uploads_running: int = 0) -> None:
-        report = await collect_garbage(self.catalog, grace=0)
+        report = await collect_garbage(self.catalog, store_of(self.catalog), grace=0)
         assert report.ok, report.problems
         # The store was consistent before: gc must find nothing to repair and no blob to drop.
         assert not [a for a in report.actions if a.kind in ("refcount", "unreferenced-row")]
@@ -92,7 +92,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
 
     @rule()
     def fsck(self) -> None:
-        report = self.run(check(self.catalog, checksum=True))
+        report = self.run(check(self.catalog, store_of(self.catalog), checksum=True))
         assert report.ok, report.problems
 
     @rule(upload_to=refs, delete_from=refs, data=payloads)
@@ -160,7 +160,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         trash = store.trash_dir / f"{digest}.{os.urandom(4).hex()}"
         os.rename(store.blob_path(digest), trash)  # the transaction then rolled back
         age(trash)
-        report = self.run(collect_garbage(self.catalog, grace=0))
+        report = self.run(collect_garbage(self.catalog, store_of(self.catalog), grace=0))
         assert [a.target for a in report.actions if a.kind == "restored"] == [digest]
 
     # -- invariants ----------------------------------------------------------------

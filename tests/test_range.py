@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudimg.api.download import ByteRange, Unsatisfiable, parse_range
+from cloudimg.api.rfc9110 import ByteRange, Unsatisfiable, parse_range
 
 SIZE = 1000
 

@@ -65,6 +65,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         ],
         dependencies={
             "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
+            "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,

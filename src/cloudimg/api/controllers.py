@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
+from litestar.params import Dependency
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
@@ -19,6 +20,7 @@ from cloudimg.api.openapi import (
     error_responses,
 )
 from cloudimg.api.upload import receiving
+from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, Reference, parse_digest
@@ -31,6 +33,8 @@ from cloudimg.names import validate_image_name, validate_repo_name, validate_tag
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
 Envelope = dict[str, Any]
+Blobs = Annotated[BlobStore, Dependency(skip_validation=True)]
+"""The blob store handlers are given (a protocol: no isinstance check on each request)."""
 
 
 def _ok(data: Any) -> Envelope:
@@ -96,14 +100,19 @@ class RegistryController(Controller):
         opt={TRANSFER_OPT: "download"},
     )
     async def get_image(
-        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        blobs: Blobs,
+        repo: str,
+        image: str,
+        tag: str,
     ) -> ASGIResponse:
         validate_repo_name(repo)
         validate_image_name(image)
         reference = _parse_reference(tag)
         ref = await catalog.resolve(repo, image, reference)
-        path = catalog.blobs.blob_path(ref.digest)
-        return await prepare_download(request, ref, path, immutable=isinstance(reference, Digest))
+        return await prepare_download(request, ref, blobs, immutable=isinstance(reference, Digest))
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",
@@ -139,13 +148,14 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        blobs: Blobs,
         settings: Settings,
         repo: str,
         image: str,
         tag: str,
         digest: str | None = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
-        async with receiving(request, catalog.blobs, settings) as receiver:
+        async with receiving(request, blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
             await receiver.receive()
             upload = await receiver.commit(catalog, names)
@@ -192,7 +202,7 @@ class ReadinessController(Controller):
         summary="Readiness probe: the catalog can begin a write and the data root is writable",
         responses=error_responses(),
     )
-    async def readyz(self, catalog: Catalog) -> Response[Any]:
+    async def readyz(self, catalog: Catalog, blobs: Blobs) -> Response[Any]:
         problems: dict[str, str] = {}
         try:
             await catalog.check_writable()
@@ -204,8 +214,8 @@ class ReadinessController(Controller):
             )
             problems["catalog"] = str(reason or type(exc).__name__)
         try:
-            await catalog.blobs.probe_writable()
-            free = await catalog.blobs.free_space()
+            await blobs.probe_writable()
+            free = await blobs.free_space()
         except OSError as exc:
             problems["data_root"] = os.strerror(exc.errno) if exc.errno else type(exc).__name__
         if problems:

@@ -1,31 +1,28 @@
-"""Range-aware, conditional download of a blob (RFC 9110 ranges and preconditions).
+"""The response of a blob download: RFC 9110's verdict (``cloudimg.api.rfc9110``) sent.
 
-Every body, whole file or range, is read in ``pread`` calls on a thread pool of its own
-(the next chunk is read while one goes out) and the stream stops when the server
-reports that the client has gone. Granian holds about seven sent chunks per download
-in its buffers when the client reads slower than the file is read, so the chunk size
-decides what a slow reader costs: ~8 MiB at 1 MiB chunks, ~0.5 MiB at 64 KiB. Chunks
-start at 64 KiB and double (up to the 1 MiB a fast client needs for full speed) each
-time 4 MiB have gone out without a send waiting for room; a send that waits halves
-them (:class:`_ChunkSizer`). The blob file is opened before the response starts,
-so a delete that commits while a download runs cannot take the bytes away from it.
+Every body, whole blob or range, is read from a :class:`~cloudimg.blobstore.BlobReader`
+in positional reads on a thread pool of its own (the next chunk is read while one goes
+out) and the stream stops when the server reports that the client has gone. Granian
+holds about seven sent chunks per download in its buffers when the client reads slower
+than the blob is read, so the chunk size decides what a slow reader costs: ~8 MiB at
+1 MiB chunks, ~0.5 MiB at 64 KiB. Chunks start at 64 KiB and double (up to the 1 MiB a
+fast client needs for full speed) each time 4 MiB have gone out without a send waiting
+for room; a send that waits halves them (:class:`_ChunkSizer`). The blob is opened
+before the response starts, so a delete that commits while a download runs cannot take
+the bytes away from it.
 
 Granian offers ASGI ``http.response.pathsend``, which keeps the bytes out of Python,
 but measured slower here: it reads 128 KiB pieces on its thread pool instead of using
-sendfile (0.77x nginx against 1.15x for this path; docs/performance.md).
+sendfile (0.77x nginx against 1.15x for this path; docs/performance.md). A reader that
+exposes ``fileno()`` keeps such a zero-copy send possible.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC
-from email.utils import format_datetime, parsedate_to_datetime
-from pathlib import Path
+from email.utils import format_datetime
 from typing import Any
 
 import msgspec
@@ -34,18 +31,12 @@ from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from cloudimg.api.errors import error_body
+from cloudimg.api.rfc9110 import ByteRange, evaluate
+from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
-__all__ = [
-    "BlobResponse",
-    "ByteRange",
-    "Unsatisfiable",
-    "etag_of",
-    "parse_range",
-    "prepare_download",
-    "repr_digest_of",
-]
+__all__ = ["BlobResponse", "etag_of", "prepare_download", "repr_digest_of"]
 
 _MAX_CHUNK = 1024 * 1024
 _MIN_CHUNK = 64 * 1024
@@ -62,115 +53,21 @@ _GROW_AFTER = 4 * 1024 * 1024
 # delay the probes, uploads and catalog work that use the default executor.
 _READ_THREADS = 16
 _readers: ThreadPoolExecutor | None = None
-_NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
-# Chunks up to this size are read on the event loop when the page cache has them; the
-# large chunks of a fast client are read on a thread, overlapping the send.
+# Chunks up to this size are read on the event loop when the page cache has them
+# (``BlobReader.read_nowait``); the large chunks of a fast client are read on a
+# thread, overlapping the send. Hundreds of slow clients booting from one image read
+# it from memory in small chunks: such a read on the event loop costs a copy, where a
+# hop to a thread and back costs several times that and delays every other request.
 _INLINE_READ = 256 * 1024
-# The range unit is case-insensitive (RFC 9110 section 14.1); positions are ASCII digits.
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
-# A position with more digits than this is past the end of any blob; int() refuses
-# strings over 4300 digits, and a client must not turn that into a 500.
-_MAX_POSITION_DIGITS = 20
-_PAST_ANY_END: int = 10**_MAX_POSITION_DIGITS
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """An inclusive byte range ``first``..``last`` of a representation."""
-
-    first: int
-    last: int
-
-    @property
-    def length(self) -> int:
-        return self.last - self.first + 1
-
-
-class Unsatisfiable(Exception):
-    """The Range header is well formed but selects no byte of the representation."""
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The single byte range a ``Range`` header asks for, or None to send everything.
-
-    Multiple ranges and malformed headers are ignored (RFC 9110 allows it), so the
-    client gets the whole representation with 200.
-
-    Raises:
-        Unsatisfiable: when the range starts beyond the end, or asks for zero bytes.
-    """
-    if header is None:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None
-    first_text, last_text = match.groups()
-    if not first_text:
-        if not last_text:
-            return None
-        suffix = _position(last_text)
-        if suffix == 0:
-            raise Unsatisfiable
-        if size == 0:
-            # Satisfiable (RFC 9110 section 14.1.1), but no 206 can carry zero bytes.
-            return None
-        return ByteRange(max(0, size - suffix), size - 1)
-    first = _position(first_text)
-    last = _position(last_text) if last_text else size - 1
-    if last_text and last < first:
-        return None  # invalid range-spec: ignore the header
-    if first >= size:
-        raise Unsatisfiable
-    return ByteRange(first, min(last, size - 1))
-
-
-def _position(digits: str) -> int:
-    stripped = digits.lstrip("0")
-    if len(stripped) > _MAX_POSITION_DIGITS:
-        return _PAST_ANY_END
-    return int(stripped or "0")
-
-
-def _etag_list(header: str) -> list[str]:
-    return [part.strip() for part in header.split(",") if part.strip()]
-
-
-def _strong_match(header: str, etag: str) -> bool:
-    return any(tag == "*" or tag == etag for tag in _etag_list(header))
-
-
-def _weak_match(header: str, etag: str) -> bool:
-    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in _etag_list(header))
-
-
-def _http_date_secs(text: str) -> int | None:
-    """Seconds since the epoch of an HTTP-date, or None when ``text`` is no date."""
-    try:
-        when = parsedate_to_datetime(text)
-        if when.tzinfo is None:  # "-0000" or an unknown zone: HTTP dates are GMT
-            when = when.replace(tzinfo=UTC)
-        return int(when.timestamp())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _not_after(header: str | None, last_modified_secs: int) -> bool | None:
-    """Whether the representation is unmodified since ``header``; None if it is no date."""
-    if header is None:
-        return None
-    since = _http_date_secs(header)
-    if since is None:
-        return None
-    return last_modified_secs <= since
 
 
 class BlobResponse(ASGIResponse):
-    """Sends a blob (or one range of it) from an open file descriptor."""
+    """Sends a blob (or one range of it) from an open reader, closing it at the end."""
 
     def __init__(
         self,
         *,
-        fd: int,
+        reader: BlobReader,
         status_code: int,
         headers: dict[str, str],
         byte_range: ByteRange | None,
@@ -183,14 +80,14 @@ class BlobResponse(ASGIResponse):
             is_head_response=is_head_response,
             content_length=0,
         )
-        self._fd = fd
+        self._reader = reader
         self._range = byte_range
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            os.close(self._fd)
+            self._reader.close()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         """Send the bytes, reading the next chunk while one goes out; stop if the client goes.
@@ -200,9 +97,8 @@ class BlobResponse(ASGIResponse):
         large range would still read all of it from the disk. The notice can take a few
         milliseconds to reach the event loop; what is read meanwhile is the only waste.
         """
-        offset, remaining = (self._range.first, self._range.length) if self._range else (0, -1)
-        if remaining < 0:
-            remaining = os.fstat(self._fd).st_size
+        byte_range = self._range or ByteRange(0, self._reader.size - 1)
+        offset, remaining = byte_range.first, byte_range.length
         disconnected = asyncio.Event()
         watch = asyncio.ensure_future(_watch_disconnect(receive, disconnected))
         loop = asyncio.get_running_loop()
@@ -226,36 +122,22 @@ class BlobResponse(ASGIResponse):
         finally:
             watch.cancel()
             if next_read is not None:
-                # The worker thread still uses the descriptor; __call__ closes it after us.
+                # The worker thread still uses the reader; __call__ closes it after us.
                 await asyncio.wait([next_read])
                 if not next_read.cancelled():
                     next_read.exception()  # retrieved: an error here is of no interest now
 
     def _read(self, size: int, offset: int) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()
-        cached = _read_cached(self._fd, size, offset) if size <= _INLINE_READ else None
+        reader = self._reader
+        cached = reader.read_nowait(size, offset) if size <= _INLINE_READ else None
         if cached is not None:
             done: asyncio.Future[bytes] = loop.create_future()
             done.set_result(cached)
             return done
         return asyncio.ensure_future(
-            loop.run_in_executor(_blob_readers(), os.pread, self._fd, size, offset)
+            loop.run_in_executor(_blob_readers(), reader.read, size, offset)
         )
-
-
-def _read_cached(fd: int, size: int, offset: int) -> bytes | None:
-    """The bytes at ``offset`` if the page cache has them (no disk wait), else None.
-
-    Hundreds of slow clients booting from one image read it from memory in small chunks;
-    such a read on the event loop costs a copy, where a hop to a thread and back costs
-    several times that and delays every other request on the loop.
-    """
-    buffer = bytearray(size)
-    try:
-        length = os.preadv(fd, [buffer], offset, _NO_WAIT)
-    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without RWF_NOWAIT
-        return None
-    return bytes(memoryview(buffer)[:length])
 
 
 class _ChunkSizer:
@@ -292,14 +174,6 @@ async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> No
     disconnected.set()
 
 
-def _open_blob(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        # The reference was deleted between the catalog read and now.
-        raise NotFoundError("image not found") from None
-
-
 def etag_of(blake3_hex: str) -> str:
     """The strong ETag of a blob's bytes, the same under every tag and digest reference."""
     return f'"blake3:{blake3_hex}"'
@@ -311,7 +185,7 @@ def repr_digest_of(sha256_hex: str) -> str:
 
 
 async def prepare_download(
-    request: Request[Any, Any, Any], ref: BlobRef, path: Path, immutable: bool
+    request: Request[Any, Any, Any], ref: BlobRef, blobs: BlobStore, immutable: bool
 ) -> ASGIResponse:
     """Evaluate preconditions and Range for ``ref`` and build the response."""
     etag = etag_of(ref.digest)
@@ -324,7 +198,7 @@ async def prepare_download(
         "Repr-Digest": repr_digest_of(ref.sha256),
         "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
     }
-    status, byte_range = _evaluate(request, ref.size, etag, modified_secs)
+    status, byte_range = evaluate(request.method, request.headers, ref.size, etag, modified_secs)
     if status == 412:
         raise PreconditionFailedError("the image does not match the request's preconditions")
     if status == 416:
@@ -334,9 +208,12 @@ async def prepare_download(
     if byte_range is not None:
         headers["Content-Range"] = f"bytes {byte_range.first}-{byte_range.last}/{ref.size}"
     headers["Content-Length"] = str(byte_range.length if byte_range else ref.size)
-    fd = await asyncio.to_thread(_open_blob, path)
+    reader = await blobs.open(ref.digest)
+    if reader is None:
+        # The reference was deleted between the catalog read and now.
+        raise NotFoundError("image not found")
     return BlobResponse(
-        fd=fd,
+        reader=reader,
         status_code=status,
         headers=headers,
         byte_range=byte_range,
@@ -358,39 +235,3 @@ def _unsatisfiable(headers: dict[str, str], size: int, is_head: bool) -> ASGIRes
         media_type="application/json",
         is_head_response=is_head,
     )
-
-
-def _evaluate(
-    request: Request[Any, Any, Any], size: int, etag: str, modified_secs: int
-) -> tuple[int, ByteRange | None]:
-    """RFC 9110 section 13.2.2: preconditions first, then Range (and If-Range)."""
-    h = request.headers
-    if_match = h.get("if-match")
-    if if_match is not None and not _strong_match(if_match, etag):
-        return 412, None
-    if if_match is None and _not_after(h.get("if-unmodified-since"), modified_secs) is False:
-        return 412, None
-    if_none_match = h.get("if-none-match")
-    if if_none_match is not None:
-        if _weak_match(if_none_match, etag):
-            return 304, None
-    elif _not_after(h.get("if-modified-since"), modified_secs):
-        return 304, None
-    if request.method != "GET":
-        # RFC 9110 section 14.2: GET is the only method with range handling; a HEAD
-        # with Range gets the headers of the whole representation.
-        return 200, None
-    if_range = h.get("if-range")
-    if if_range is not None and not _if_range_holds(if_range, etag, modified_secs):
-        return 200, None
-    try:
-        byte_range = parse_range(h.get("range"), size)
-    except Unsatisfiable:
-        return 416, None
-    return (206, byte_range) if byte_range else (200, None)
-
-
-def _if_range_holds(if_range: str, etag: str, modified_secs: int) -> bool:
-    if if_range.startswith('"') or if_range.startswith("W/"):
-        return if_range == etag  # strong comparison; a weak tag never matches
-    return _http_date_secs(if_range) == modified_secs

@@ -1,4 +1,9 @@
-"""The blob store interface every backend implements (one contract test suite checks it)."""
+"""The blob store interfaces every backend implements (one contract test suite checks them).
+
+Callers name blobs by digest and hold opaque handles (``StagedBlob``, ``StoredFile``
+keys); where a backend keeps the bytes is its own business. ``BlobStore`` is what
+serving needs; ``MaintenanceBlobStore`` adds what only ``cloudimg.maintenance`` uses.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 __all__ = [
+    "BlobReader",
     "BlobStore",
+    "MaintenanceBlobStore",
+    "PlaceOutcome",
     "StagedBlob",
     "StagingLease",
     "StagingRemoval",
@@ -18,6 +26,10 @@ __all__ = [
 
 StagingRemoval = Literal["removed", "in-use", "young", "gone"]
 """What ``remove_stale_staging`` did with a staging file."""
+
+PlaceOutcome = Literal["placed", "present", "gone"]
+"""What ``place`` did: moved the staged bytes in; found the digest stored already (the
+staged copy is dropped); or found the staged bytes gone (placed or discarded before)."""
 
 
 class StagingLease(Protocol):
@@ -29,27 +41,55 @@ class StagingLease(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StagedBlob:
-    """A fully written, fsynced staging file and the digests of its bytes."""
+    """Fully written, durable staged bytes and their digests."""
 
     blake3: str
     sha256: str
     size: int
-    path: Path
+    key: str = field(compare=False, repr=False)
+    """The backend's own handle of the staged bytes; opaque to callers."""
     lease: StagingLease | None = field(default=None, compare=False, repr=False)
-    """Released by ``place`` and ``discard``; while held, gc leaves the file alone."""
+    """Released by ``place`` and ``discard``; while held, gc leaves the bytes alone."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoredFile:
-    """A file found in one of the store's areas (blob tree, staging, trash)."""
+    """Something found in one of the store's areas (blobs, staging, trash)."""
 
-    path: Path
+    key: str
+    """The backend's handle of this entry, given back to ``purge``, ``restore_from_trash``
+    or ``remove_stale_staging``; also what reports show an operator to find it."""
+    name: str
+    """A short name, unique within its area."""
     size: int
     mtime: float
     """Modification time, seconds since the epoch."""
-    inode: int
+    version: int
+    """Tells this copy from one stored later under the same digest (``quarantine``)."""
     digest: str | None
     """The blake3 hex its name gives (blobs, trash); None when the name is not a blob's."""
+
+
+class BlobReader(Protocol):
+    """An open stored blob: its bytes stay readable until ``close``, even if it is deleted."""
+
+    @property
+    def size(self) -> int:
+        """Length of the blob in bytes."""
+
+    def fileno(self) -> int | None:
+        """An open file descriptor of the bytes (for zero-copy sending), or None."""
+
+    def read_nowait(self, size: int, offset: int) -> bytes | None:
+        """The bytes at ``offset`` when they can be had without waiting for a device
+        (e.g. from the page cache), else None. Safe to call on the event loop."""
+
+    def read(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at the end); blocks: call it on
+        a thread. Thread-safe: reads may overlap."""
+
+    def close(self) -> None:
+        """Release the blob; safe to call more than once."""
 
 
 class StagingWriter(Protocol):
@@ -63,30 +103,35 @@ class StagingWriter(Protocol):
         """Append ``data``. Raises ``InsufficientStorageError`` when the volume is full."""
 
     async def finish(self) -> StagedBlob:
-        """Flush, fsync and return the digests; the staging file stays until committed."""
+        """Flush, make durable and return the digests; the bytes stay staged until placed."""
 
     async def abort(self) -> None:
-        """Drop the staging file; safe to call more than once and after ``finish``."""
+        """Drop the staged bytes; safe to call more than once and after ``finish``."""
 
 
 class BlobStore(Protocol):
-    """Blobs written once under their blake3 digest; existing digests are never rewritten."""
+    """Blobs written once under their blake3 digest; existing digests are never rewritten.
 
-    def blob_path(self, blake3_hex: str) -> Path:
-        """Where the blob with this digest lives (it may not exist)."""
+    What serving needs: stage, place, discard, open, trash/restore/purge, free space, probe.
+    """
 
     async def open_staging(self) -> StagingWriter:
-        """Start a new upload in a staging file on the same file system as the blobs."""
+        """Start a new upload, staged where placing it moves no byte."""
 
-    async def place(self, staged: StagedBlob) -> bool:
-        """Move a staged blob into place unless the digest exists; True when it was placed.
+    async def place(self, staged: StagedBlob, *, displace: bool = False) -> PlaceOutcome:
+        """Store the staged bytes under their digest unless the digest exists.
 
-        The staging file is gone afterwards in both cases. Callers hold the catalog lock
-        for the digest, so a concurrent delete cannot remove the file in between.
+        With ``displace``, a blob stored under the digest is suspect (quarantined in the
+        catalog): it is moved aside as ``quarantine`` does and the staged bytes take its
+        place. The staged copy is gone afterwards in every case. Callers hold the catalog
+        lock for the digest, so a concurrent delete cannot remove the blob in between.
         """
 
     async def discard(self, staged: StagedBlob) -> None:
-        """Drop a staged blob that will not be committed; missing files are fine."""
+        """Drop staged bytes that will not be committed; already gone is fine."""
+
+    async def open(self, blake3_hex: str) -> BlobReader | None:
+        """A reader of the stored blob, or None when no such blob exists."""
 
     async def size_of(self, blake3_hex: str) -> int | None:
         """Size of the stored blob, or None when no such blob exists."""
@@ -95,50 +140,55 @@ class BlobStore(Protocol):
         """Bytes an upload can still write to the store now; None when it cannot tell."""
 
     async def probe_writable(self) -> None:
-        """Create, sync and remove a small file where uploads are staged.
+        """Create, sync and remove a small object where uploads are staged.
 
         Raises:
-            OSError: when the store cannot take new files (read-only, gone, no permission).
+            OSError: when the store cannot take new blobs (read-only, gone, no permission).
         """
 
-    async def move_to_trash(self, blake3_hex: str) -> Path | None:
-        """Rename the blob out of the blob tree; returns the trash path, None if absent."""
+    async def move_to_trash(self, blake3_hex: str) -> str | None:
+        """Take the blob out of service; returns the trash key, None if absent."""
 
-    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> bool:
-        """Undo ``move_to_trash`` (when the transaction that trashed it did not commit).
+    async def list_trash(self) -> list[StoredFile]:
+        """Everything in trash; ``digest`` is None for what is not a trashed blob."""
 
-        True when ``trash_path`` became the blob file; False when it was gone already
-        (restored or purged meanwhile) or the blob file existed (the trash copy is dropped).
+    async def restore_from_trash(self, key: str, blake3_hex: str) -> bool:
+        """Undo ``move_to_trash`` or ``quarantine`` (when its transaction did not commit).
+
+        True when the trashed copy became the blob again; False when it was gone already
+        (restored or purged meanwhile) or the blob existed (the trashed copy is dropped).
         """
 
-    async def purge(self, trash_path: Path) -> None:
-        """Delete a trashed file for good; missing files are fine."""
+    async def purge(self, key: str) -> None:
+        """Delete a trashed blob for good; already gone is fine."""
+
+
+class MaintenanceBlobStore(BlobStore, Protocol):
+    """What only maintenance (gc, fsck, import-legacy) needs on top of serving."""
 
     async def stage_link(self, source: Path) -> StagedBlob:
-        """Stage the bytes of ``source`` without copying them (a second name, then hashed).
+        """Stage the bytes of the legacy file ``source`` without copying them.
 
         Raises:
-            OSError: when no second name can be made (another file system, no permission).
+            OSError: when the store cannot take the file so (another file system, no
+                permission); the caller copies the bytes through ``open_staging`` instead.
         """
 
     async def list_blobs(self) -> list[StoredFile]:
-        """Every file in the blob tree; ``digest`` is None for what does not look like a blob."""
+        """Everything in the blob area; ``digest`` is None for what does not look like a blob."""
 
     async def list_staging(self) -> list[StoredFile]:
-        """Every staging file (uploads in progress, or left by a crash)."""
-
-    async def list_trash(self) -> list[StoredFile]:
-        """Every trash file; ``digest`` is None for a name that is not ``<blake3>.<random>``."""
+        """Every staged upload (in progress, or left by a crash)."""
 
     async def remove_stale_staging(
-        self, path: Path, cutoff: float, *, dry_run: bool = False
+        self, key: str, cutoff: float, *, dry_run: bool = False
     ) -> StagingRemoval:
-        """Remove a staging file last modified before ``cutoff`` unless an upload holds it."""
+        """Remove a staged upload last modified before ``cutoff`` unless an upload holds it."""
 
     async def checksum(
         self, blake3_hex: str, on_bytes: Callable[[int], None] | None = None
     ) -> tuple[str, int] | None:
-        """blake3 hex of the stored blob and the file's inode; None when it is missing."""
+        """blake3 hex of the stored blob and its ``version``; None when it is missing."""
 
-    async def quarantine(self, blake3_hex: str, inode: int | None = None) -> Path | None:
-        """Move the blob file aside (only if it is still ``inode``); None when nothing moved."""
+    async def quarantine(self, blake3_hex: str, version: int | None = None) -> str | None:
+        """Move the blob aside (only if it is still ``version``); its key, None if nothing moved."""

@@ -30,10 +30,16 @@ from pathlib import Path
 
 import blake3
 
-from cloudimg.blobstore.base import StagedBlob, StagingRemoval, StoredFile
+from cloudimg.blobstore.base import PlaceOutcome, StagedBlob, StagingRemoval, StoredFile
 from cloudimg.errors import InsufficientStorageError
 
-__all__ = ["HEADROOM_BYTES", "STAGING_SUFFIX", "FilesystemBlobStore", "FilesystemStagingWriter"]
+__all__ = [
+    "HEADROOM_BYTES",
+    "STAGING_SUFFIX",
+    "FilesystemBlobReader",
+    "FilesystemBlobStore",
+    "FilesystemStagingWriter",
+]
 
 STAGING_SUFFIX = ".part"
 HEADROOM_BYTES = 8 * 1024 * 1024
@@ -47,6 +53,7 @@ _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _HEX62 = re.compile(r"[0-9a-f]{62}")
 _TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
+_NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
 
 def _free_bytes(st: os.statvfs_result) -> int:
@@ -90,7 +97,36 @@ def _stored(path: Path, digest: str | None) -> StoredFile | None:
         st = path.lstat()
     except FileNotFoundError:
         return None
-    return StoredFile(path, st.st_size, st.st_mtime, st.st_ino, digest)
+    return StoredFile(str(path), path.name, st.st_size, st.st_mtime, st.st_ino, digest)
+
+
+class FilesystemBlobReader:
+    """A blob file open for reading; the descriptor keeps the bytes even if it is deleted."""
+
+    __slots__ = ("_fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    def fileno(self) -> int | None:
+        return self._fd if self._fd >= 0 else None
+
+    def read_nowait(self, size: int, offset: int) -> bytes | None:
+        buffer = bytearray(size)
+        try:
+            length = os.preadv(self._fd, [buffer], offset, _NO_WAIT)
+        except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without RWF_NOWAIT
+            return None
+        return bytes(memoryview(buffer)[:length])
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _hash_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[str, str, int]:
@@ -144,7 +180,7 @@ class FilesystemStagingWriter:
             blake3=self._blake3.hexdigest(),
             sha256=self._sha256.hexdigest(),
             size=self._size,
-            path=self.path,
+            key=str(self.path),
             lease=self._lock,
         )
 
@@ -210,9 +246,14 @@ class FilesystemBlobStore:
         self.trash_dir = data_root / "trash"
         self.quarantine_dir = data_root / "quarantine"
 
+    @property
+    def directories(self) -> tuple[Path, ...]:
+        """The directories the store writes into (quarantine/ is made when first needed)."""
+        return (self.blobs_dir, self.staging_dir, self.trash_dir)
+
     def ensure_layout(self) -> None:
         """Create the directories (idempotent)."""
-        for directory in (self.blobs_dir, self.staging_dir, self.trash_dir):
+        for directory in self.directories:
             directory.mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, blake3_hex: str) -> Path:
@@ -256,18 +297,31 @@ class FilesystemBlobStore:
             path.unlink(missing_ok=True)
             lock.release()
             raise
-        return StagedBlob(blake3=b3, sha256=sha, size=size, path=path, lease=lock)
+        return StagedBlob(blake3=b3, sha256=sha, size=size, key=str(path), lease=lock)
 
-    async def place(self, staged: StagedBlob) -> bool:
+    def _in_area(self, key: str, *areas: Path) -> Path:
+        """The file a key names, refusing keys outside ``areas`` (they are not ours)."""
+        path = Path(key)
+        if path.parent not in areas:
+            raise ValueError(f"not a key of this store's {'/'.join(a.name for a in areas)}")
+        return path
+
+    async def place(self, staged: StagedBlob, *, displace: bool = False) -> PlaceOutcome:
+        path = self._in_area(staged.key, self.staging_dir)
         try:
-            return await asyncio.to_thread(self._place, staged)
+            return await asyncio.to_thread(self._place, path, staged.blake3, displace)
         finally:
-            if staged.lease is not None and not staged.path.exists():
+            if staged.lease is not None and not path.exists():
                 staged.lease.release()
 
-    def _place(self, staged: StagedBlob) -> bool:
-        os.chmod(staged.path, 0o444)
-        return self._link_into_tree(staged.path, staged.blake3)
+    def _place(self, path: Path, blake3_hex: str, displace: bool) -> PlaceOutcome:
+        try:
+            os.chmod(path, 0o444)
+        except FileNotFoundError:
+            return "gone"  # placed by an earlier attempt (or discarded): keep what is there
+        if displace:
+            self._quarantine(blake3_hex, None)
+        return "placed" if self._link_into_tree(path, blake3_hex) else "present"
 
     def _link_into_tree(self, source: Path, blake3_hex: str) -> bool:
         """Give ``source`` its blob name and drop the old name; False if the blob existed."""
@@ -284,9 +338,24 @@ class FilesystemBlobStore:
         return True
 
     async def discard(self, staged: StagedBlob) -> None:
-        await asyncio.to_thread(staged.path.unlink, True)
+        path = self._in_area(staged.key, self.staging_dir)
+        await asyncio.to_thread(path.unlink, True)
         if staged.lease is not None:
             staged.lease.release()
+
+    async def open(self, blake3_hex: str) -> FilesystemBlobReader | None:
+        return await asyncio.to_thread(self._open, blake3_hex)
+
+    def _open(self, blake3_hex: str) -> FilesystemBlobReader | None:
+        try:
+            fd = os.open(self.blob_path(blake3_hex), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            return FilesystemBlobReader(fd, os.fstat(fd).st_size)
+        except BaseException:
+            os.close(fd)
+            raise
 
     async def size_of(self, blake3_hex: str) -> int | None:
         try:
@@ -311,22 +380,27 @@ class FilesystemBlobStore:
             os.close(fd)
             path.unlink(missing_ok=True)
 
-    async def move_to_trash(self, blake3_hex: str) -> Path | None:
+    async def move_to_trash(self, blake3_hex: str) -> str | None:
         trash = self.trash_dir / f"{blake3_hex}.{secrets.token_hex(8)}"
         try:
             await asyncio.to_thread(os.rename, self.blob_path(blake3_hex), trash)
         except FileNotFoundError:
             return None
-        return trash
+        return str(trash)
 
-    async def restore_from_trash(self, trash_path: Path, blake3_hex: str) -> bool:
+    async def list_trash(self) -> list[StoredFile]:
+        return await asyncio.to_thread(self._list_area, self.trash_dir, _TRASH_NAME)
+
+    async def restore_from_trash(self, key: str, blake3_hex: str) -> bool:
+        path = self._in_area(key, self.trash_dir, self.quarantine_dir)
         try:
-            return await asyncio.to_thread(self._link_into_tree, trash_path, blake3_hex)
+            return await asyncio.to_thread(self._link_into_tree, path, blake3_hex)
         except FileNotFoundError:
             return False  # restored (or purged) by someone else meanwhile
 
-    async def purge(self, trash_path: Path) -> None:
-        await asyncio.to_thread(trash_path.unlink, True)
+    async def purge(self, key: str) -> None:
+        path = self._in_area(key, self.trash_dir)
+        await asyncio.to_thread(path.unlink, True)
 
     # -- maintenance -------------------------------------------------------------
 
@@ -351,9 +425,6 @@ class FilesystemBlobStore:
     async def list_staging(self) -> list[StoredFile]:
         return await asyncio.to_thread(self._list_area, self.staging_dir, None)
 
-    async def list_trash(self) -> list[StoredFile]:
-        return await asyncio.to_thread(self._list_area, self.trash_dir, _TRASH_NAME)
-
     def _list_area(self, directory: Path, pattern: re.Pattern[str] | None) -> list[StoredFile]:
         found: list[StoredFile] = []
         if not directory.is_dir():
@@ -365,8 +436,9 @@ class FilesystemBlobStore:
         return found
 
     async def remove_stale_staging(
-        self, path: Path, cutoff: float, *, dry_run: bool = False
+        self, key: str, cutoff: float, *, dry_run: bool = False
     ) -> StagingRemoval:
+        path = self._in_area(key, self.staging_dir)
         return await asyncio.to_thread(self._remove_stale_staging, path, cutoff, dry_run)
 
     def _remove_stale_staging(self, path: Path, cutoff: float, dry_run: bool) -> StagingRemoval:
@@ -407,13 +479,14 @@ class FilesystemBlobStore:
         finally:
             os.close(fd)
 
-    async def quarantine(self, blake3_hex: str, inode: int | None = None) -> Path | None:
-        return await asyncio.to_thread(self._quarantine, blake3_hex, inode)
+    async def quarantine(self, blake3_hex: str, version: int | None = None) -> str | None:
+        return await asyncio.to_thread(self._quarantine, blake3_hex, version)
 
-    def _quarantine(self, blake3_hex: str, inode: int | None) -> Path | None:
+    def _quarantine(self, blake3_hex: str, version: int | None) -> str | None:
+        """``version`` is the inode the caller found bad; a file placed since is kept."""
         source = self.blob_path(blake3_hex)
         try:
-            if inode is not None and source.stat().st_ino != inode:
+            if version is not None and source.stat().st_ino != version:
                 return None
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
             target = self.quarantine_dir / f"{blake3_hex}.{secrets.token_hex(8)}"
@@ -421,4 +494,4 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             return None
         _fsync_dir(source.parent)
-        return target
+        return str(target)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
 from cloudimg.catalog.records import (
     BlobRecord,
@@ -119,12 +119,12 @@ class CatalogMaintenance(CatalogBase):
             session.add(placeholder)
             await session.flush()
             size = await self.blobs.size_of(digest)
-            trash_path = await self.blobs.move_to_trash(digest)
+            trash_key = await self.blobs.move_to_trash(digest)
             await session.delete(placeholder)
             await session.flush()
-            if trash_path is None:
+            if trash_key is None:
                 return None
-            effects.trashed.append((trash_path, digest))
+            effects.trashed.append((trash_key, digest))
             return size or 0
 
         return await self._write(change)
@@ -152,7 +152,7 @@ class CatalogMaintenance(CatalogBase):
         return restored
 
     async def settle_trash(
-        self, trash_path: Path, digest: str, *, remove: bool = True, dry_run: bool = False
+        self, trash_key: str, digest: str, *, remove: bool = True, dry_run: bool = False
     ) -> Settled:
         """Deal with a trash file left by a crash, under the digest's lock.
 
@@ -167,19 +167,21 @@ class CatalogMaintenance(CatalogBase):
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             missing = blob is not None and await self.blobs.size_of(digest) is None
             if missing and blob is not None and blob.quarantined_at is None:
-                restored = dry_run or await self.blobs.restore_from_trash(trash_path, digest)
+                restored = dry_run or await self.blobs.restore_from_trash(trash_key, digest)
                 return "restored" if restored else "kept"
             return "removed" if remove and not missing else "kept"
 
         outcome = await self._write(change)
         if outcome == "removed" and not dry_run:
-            await self.blobs.purge(trash_path)
+            await self.blobs.purge(trash_key)
         return outcome
 
-    async def quarantine_blob(self, digest: str, inode: int | None) -> bool:
-        """Move the blob's file aside and mark the blob so that it is no longer served.
+    async def quarantine_blob(
+        self, blobs: MaintenanceBlobStore, digest: str, version: int | None
+    ) -> bool:
+        """Move the blob aside in ``blobs`` and mark it so that it is no longer served.
 
-        ``inode`` is the file found bad: a file placed since then is left alone.
+        ``version`` is the copy found bad: a blob placed since then is left alone.
         True when the blob was quarantined.
         """
 
@@ -187,7 +189,7 @@ class CatalogMaintenance(CatalogBase):
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None or blob.quarantined_at is not None:
                 return False
-            moved = await self.blobs.quarantine(digest, inode)
+            moved = await blobs.quarantine(digest, version)
             if moved is None:
                 return False
             effects.quarantined.append((moved, digest))

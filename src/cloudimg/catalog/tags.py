@@ -55,14 +55,12 @@ class TagWrites(CatalogBase):
                     blob.refcount += 1
                     await session.flush()  # the tag lets go of the old blob row first
                     await self._release(session, previous, effects)
-            if blob.quarantined_at is not None:
-                # Re-uploading heals: whatever sits under the digest is suspect, the staged
-                # bytes have the digest. (A retry finds its own placed file: keep it.)
-                if staged.path.exists():
-                    await self.blobs.quarantine(blob.digest)
-                blob.quarantined_at = None
+            # Re-uploading heals: whatever sits under a quarantined digest is suspect, the
+            # staged bytes have the digest. (A retry finds its own placed file: kept.)
+            displace = blob.quarantined_at is not None
+            blob.quarantined_at = None
             await session.flush()
-            await self._ensure_blob_file(staged)
+            await self._ensure_blob_file(staged, displace=displace)
 
         await self._write(change)
 
@@ -102,11 +100,10 @@ class TagWrites(CatalogBase):
             await session.flush()  # a concurrent creator makes this an IntegrityError: retry
         return blob
 
-    async def _ensure_blob_file(self, staged: StagedBlob) -> None:
-        """Put the staged bytes in place unless the blob file exists (the lock is held)."""
-        if staged.path.exists():
-            await self.blobs.place(staged)
-        elif await self.blobs.size_of(staged.blake3) != staged.size:
+    async def _ensure_blob_file(self, staged: StagedBlob, *, displace: bool) -> None:
+        """Put the staged bytes in place unless the blob exists (the lock is held)."""
+        outcome = await self.blobs.place(staged, displace=displace)
+        if outcome == "gone" and await self.blobs.size_of(staged.blake3) != staged.size:
             # A retry after the staging file was consumed, and the blob vanished meanwhile.
             raise UnavailableError("the upload lost a race with a delete; upload again")
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -32,10 +31,13 @@ _WRITE_ATTEMPTS = 5
 
 @dataclass
 class FileEffects:
-    """File-system changes made inside a transaction: undone on rollback, finished on commit."""
+    """Blob store changes made inside a transaction: undone on rollback, finished on commit.
 
-    trashed: list[tuple[Path, str]] = field(default_factory=list)
-    quarantined: list[tuple[Path, str]] = field(default_factory=list)
+    Each is the store's key of the moved blob and its digest.
+    """
+
+    trashed: list[tuple[str, str]] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
 
 
 class CatalogBase:
@@ -87,14 +89,14 @@ class CatalogBase:
             except BaseException:
                 await self._undo(effects)
                 raise
-            for trash_path, _digest in effects.trashed:
-                await self.blobs.purge(trash_path)
+            for trash_key, _digest in effects.trashed:
+                await self.blobs.purge(trash_key)
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _undo(self, effects: FileEffects) -> None:
-        for trash_path, digest in effects.trashed + effects.quarantined:
-            await self.blobs.restore_from_trash(trash_path, digest)
+        for key, digest in effects.trashed + effects.quarantined:
+            await self.blobs.restore_from_trash(key, digest)
 
     async def _needs_file(self, session: AsyncSession, digest: str) -> bool:
         """Lock the blob row: is it there, served (not quarantined), and its file missing?"""
@@ -117,9 +119,9 @@ class CatalogBase:
         """Delete the (locked) blob row and trash its file under the lock."""
         await session.delete(blob)
         await session.flush()
-        trash_path = await self.blobs.move_to_trash(blob.digest)
-        if trash_path is not None:
-            effects.trashed.append((trash_path, blob.digest))
+        trash_key = await self.blobs.move_to_trash(blob.digest)
+        if trash_key is not None:
+            effects.trashed.append((trash_key, blob.digest))
 
     async def restore_blob(self, digest: str) -> bool:
         """Put a trashed file of ``digest`` back if the catalog still needs it.
@@ -131,14 +133,14 @@ class CatalogBase:
         commit holds the lock, so we wait for it and then find no row. True when a
         file was put back.
         """
-        copies = [entry.path for entry in await self.blobs.list_trash() if entry.digest == digest]
+        copies = [entry.key for entry in await self.blobs.list_trash() if entry.digest == digest]
         if not copies:
             return False
 
         async def change(session: AsyncSession, _effects: FileEffects) -> bool:
             if await self._needs_file(session, digest):
-                for path in copies:
-                    if await self.blobs.restore_from_trash(path, digest):
+                for key in copies:
+                    if await self.blobs.restore_from_trash(key, digest):
                         return True
             return False
 

@@ -18,7 +18,9 @@ __all__ = ["du"]
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 def du(as_json: bool, **values: object) -> None:
     """Per repository: bytes its tags add up to, bytes of its distinct blobs, and the saving."""
-    report = run(settings_from(**values), disk_usage, writable=False)
+    report = run(
+        settings_from(**values), lambda catalog, _blobs: disk_usage(catalog), writable=False
+    )
     if as_json:
         repos = [{**asdict(u), "saved_bytes": u.saved_bytes} for u in report.repositories]
         print_json(report, repositories=repos, saved_bytes=report.saved_bytes)

@@ -28,7 +28,10 @@ def fsck(checksum: bool, as_json: bool, **values: object) -> None:
     """
     settings = settings_from(**values)
     progress = progress_printer("hashed", enabled=checksum and not as_json)
-    report = run(settings, lambda catalog: check(catalog, checksum=checksum, progress=progress))
+    report = run(
+        settings,
+        lambda catalog, blobs: check(catalog, blobs, checksum=checksum, progress=progress),
+    )
     if as_json:
         print_json(report, ok=report.ok)
     else:

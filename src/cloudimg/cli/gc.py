@@ -58,7 +58,10 @@ def gc(dry_run: bool, grace: float, as_json: bool, **values: object) -> None:
     whose delete rolled back. Exits 1 when something could not be done.
     """
     settings = settings_from(**values)
-    report = run(settings, lambda catalog: collect_garbage(catalog, grace=grace, dry_run=dry_run))
+    report = run(
+        settings,
+        lambda catalog, blobs: collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run),
+    )
     if not dry_run:
         _record(settings.data_root, report)
     if as_json:

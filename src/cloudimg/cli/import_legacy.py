@@ -57,8 +57,8 @@ def import_legacy_command(
     else:
         report = run(
             settings,
-            lambda catalog: import_legacy(
-                catalog, source, move=move, data_root=settings.data_root, progress=progress
+            lambda catalog, blobs: import_legacy(
+                catalog, blobs, source, move=move, data_root=settings.data_root, progress=progress
             ),
             create=True,
         )

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
@@ -28,12 +29,12 @@ SHOWN_PER_KIND = 10
 
 def run(
     settings: Settings,
-    work: Callable[[Catalog], Awaitable[T]],
+    work: Callable[[Catalog, MaintenanceBlobStore], Awaitable[T]],
     *,
     create: bool = False,
     writable: bool = True,
 ) -> T:
-    """Open the registry of ``settings`` and run ``work`` on its catalog in an event loop.
+    """Open the registry of ``settings`` and run ``work`` on its catalog and blob store.
 
     The data root and the catalog are checked first (``prepare_storage``): only with
     ``create`` (``import-legacy``) may they be made and the schema migrated; otherwise a
@@ -46,7 +47,7 @@ def run(
         async with open_registry(settings, migrate=create) as registry:
             if writable:
                 registry.blobs.ensure_layout()
-            return await work(registry.catalog)
+            return await work(registry.catalog, registry.blobs)
 
     with catalog_errors(url):
         return asyncio.run(main())

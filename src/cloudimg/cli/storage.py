@@ -112,8 +112,7 @@ def _create_layout(root: Path) -> None:
 
 def _check_writable(root: Path) -> None:
     """Every directory the command writes into: the root (catalog file) and the blob store's."""
-    store = FilesystemBlobStore(root)
-    for directory in (root, store.blobs_dir, store.staging_dir, store.trash_dir):
+    for directory in (root, *FilesystemBlobStore(root).directories):
         if not directory.exists():
             continue  # created later (serve) or by opening the catalog, in a writable root
         if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):

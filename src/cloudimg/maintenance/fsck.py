@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from cloudimg.blobstore import StoredFile
+from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError
 from cloudimg.maintenance.progress import Progress, ProgressMeter
@@ -65,12 +65,17 @@ class FsckReport:
 
 
 async def check(
-    catalog: Catalog, *, checksum: bool = False, progress: Progress | None = None
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    *,
+    checksum: bool = False,
+    progress: Progress | None = None,
 ) -> FsckReport:
     """Check the store; quarantine blobs whose bytes are wrong.
 
     Args:
-        catalog: the catalog over the blob store to check.
+        catalog: the catalog over ``blobs``.
+        blobs: the blob store to check.
         checksum: hash every blob (reads every byte) instead of comparing sizes only.
         progress: called every few seconds with (bytes hashed, bytes to hash).
     """
@@ -79,17 +84,17 @@ async def check(
     snapshot = await catalog.snapshot()
     report.blobs, report.tags = len(snapshot.blobs), len(snapshot.tags)
     files: dict[str, StoredFile] = {}
-    for entry in await catalog.blobs.list_blobs():
+    for entry in await blobs.list_blobs():
         if entry.digest is None:
             detail = "a file in the blob tree that is not named like a blob"
-            report.problems.append(FsckProblem("stray", None, detail, path=str(entry.path)))
+            report.problems.append(FsckProblem("stray", None, detail, path=entry.key))
         else:
             files[entry.digest] = entry
 
     to_hash: list[BlobRecord] = []
     for record in snapshot.blobs.values():
         try:
-            await _check_record(catalog, record, files.get(record.digest), report)
+            await _check_record(catalog, blobs, record, files.get(record.digest), report)
         except CloudimgError as exc:
             report.problems.append(FsckProblem("error", record.digest, str(exc), _tags(record)))
             continue
@@ -98,14 +103,12 @@ async def check(
             to_hash.append(record)
 
     if to_hash:
-        await _hash_all(catalog, to_hash, report, progress)
+        await _hash_all(catalog, blobs, to_hash, report, progress)
 
     for digest, entry in files.items():
         if digest not in snapshot.blobs and await catalog.blob_state(digest) is None:
             detail = "no blob row names this file (gc reclaims it after the grace period)"
-            report.unreferenced.append(
-                FsckProblem("unreferenced", digest, detail, path=str(entry.path))
-            )
+            report.unreferenced.append(FsckProblem("unreferenced", digest, detail, path=entry.key))
     report.problems.sort(key=lambda p: (KINDS.index(p.kind), p.digest or "", p.path or ""))
     report.duration_seconds = time.monotonic() - started
     return report
@@ -116,7 +119,11 @@ def _tags(record: BlobRecord) -> tuple[str, ...]:
 
 
 async def _check_record(
-    catalog: Catalog, record: BlobRecord, entry: StoredFile | None, report: FsckReport
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    record: BlobRecord,
+    entry: StoredFile | None,
+    report: FsckReport,
 ) -> None:
     if record.quarantined:
         detail = "quarantined by an earlier fsck; upload the image again to heal it"
@@ -128,13 +135,11 @@ async def _check_record(
             detail = f"refcount {state.refcount}, {state.references} tag(s) name it (gc fixes it)"
             report.problems.append(FsckProblem("refcount", record.digest, detail, _tags(record)))
     if entry is None:
-        if await catalog.blobs.size_of(record.digest) is None and await catalog.blob_state(
-            record.digest
-        ):
+        if await blobs.size_of(record.digest) is None and await catalog.blob_state(record.digest):
             detail = "the blob file is missing (gc restores it from trash if a copy is there)"
             report.problems.append(FsckProblem("missing", record.digest, detail, _tags(record)))
     elif entry.size != record.size:
-        quarantined = await catalog.quarantine_blob(record.digest, entry.inode)
+        quarantined = await catalog.quarantine_blob(blobs, record.digest, entry.version)
         if quarantined:
             detail = f"the file has {entry.size} bytes, the catalog says {record.size}"
             report.problems.append(
@@ -143,7 +148,11 @@ async def _check_record(
 
 
 async def _hash_all(
-    catalog: Catalog, records: list[BlobRecord], report: FsckReport, progress: Progress | None
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    records: list[BlobRecord],
+    report: FsckReport,
+    progress: Progress | None,
 ) -> None:
     meter = ProgressMeter(progress, sum(r.size for r in records))
     workers = asyncio.Semaphore(_HASH_WORKERS)
@@ -151,7 +160,7 @@ async def _hash_all(
     async def one(record: BlobRecord) -> None:
         async with workers:
             try:
-                result = await catalog.blobs.checksum(record.digest, meter.add)
+                result = await blobs.checksum(record.digest, meter.add)
                 if result is None:  # deleted meanwhile, or lost
                     if await catalog.blob_state(record.digest) is not None:
                         detail = "the blob file is missing"
@@ -159,8 +168,10 @@ async def _hash_all(
                             FsckProblem("missing", record.digest, detail, _tags(record))
                         )
                     return
-                actual, inode = result
-                if actual != record.digest and await catalog.quarantine_blob(record.digest, inode):
+                actual, version = result
+                if actual != record.digest and await catalog.quarantine_blob(
+                    blobs, record.digest, version
+                ):
                     detail = f"the bytes hash to blake3:{actual}"
                     report.problems.append(
                         FsckProblem(

@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from cloudimg.blobstore import StoredFile
+from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
 
@@ -79,12 +79,17 @@ class GcReport:
 
 
 async def collect_garbage(
-    catalog: Catalog, *, grace: float = 3600.0, dry_run: bool = False
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    *,
+    grace: float = 3600.0,
+    dry_run: bool = False,
 ) -> GcReport:
     """Run one garbage collection; with ``dry_run``, report what it would do and change nothing.
 
     Args:
-        catalog: the catalog over the blob store to clean.
+        catalog: the catalog over ``blobs``.
+        blobs: the blob store to clean.
         grace: only files last modified at least this many seconds ago are touched.
         dry_run: change nothing.
     """
@@ -92,7 +97,7 @@ async def collect_garbage(
     cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
     for step in (_trash, _staging, _refcounts, _orphans):
-        await step(catalog, cutoff, report)
+        await step(catalog, blobs, cutoff, report)
     report.duration_seconds = time.monotonic() - started
     return report
 
@@ -104,50 +109,54 @@ def _old_enough(entry: StoredFile, cutoff: float, report: GcReport) -> bool:
     return False
 
 
-async def _trash(catalog: Catalog, cutoff: float, report: GcReport) -> None:
-    for entry in await catalog.blobs.list_trash():
+async def _trash(
+    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+) -> None:
+    for entry in await blobs.list_trash():
         # A trash file the catalog still needs goes back whatever its age (rename keeps
         # the blob's mtime, so age says nothing about when the delete crashed).
         old = entry.mtime <= cutoff
         try:
             if entry.digest is None:  # not a name we give; only we write here
                 if old and not report.dry_run:
-                    await catalog.blobs.purge(entry.path)
+                    await blobs.purge(entry.key)
                 outcome = "removed" if old else "kept"
             else:
                 outcome = await catalog.settle_trash(
-                    entry.path, entry.digest, remove=old, dry_run=report.dry_run
+                    entry.key, entry.digest, remove=old, dry_run=report.dry_run
                 )
         except (CloudimgError, OSError) as exc:
-            report.problems.append(f"trash file {entry.path.name}: {exc}")
+            report.problems.append(f"trash file {entry.name}: {exc}")
             continue
         if outcome == "restored":
             detail = "the catalog still has this blob and its file was missing"
             report.actions.append(GcAction("restored", entry.digest or "", entry.size, detail))
         elif outcome == "removed":
-            report.actions.append(GcAction("trash", entry.path.name, entry.size))
+            report.actions.append(GcAction("trash", entry.name, entry.size))
         elif not old:
             report.skipped_young += 1
 
 
-async def _staging(catalog: Catalog, cutoff: float, report: GcReport) -> None:
-    for entry in await catalog.blobs.list_staging():
+async def _staging(
+    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+) -> None:
+    for entry in await blobs.list_staging():
         try:
-            outcome = await catalog.blobs.remove_stale_staging(
-                entry.path, cutoff, dry_run=report.dry_run
-            )
+            outcome = await blobs.remove_stale_staging(entry.key, cutoff, dry_run=report.dry_run)
         except OSError as exc:
-            report.problems.append(f"staging file {entry.path.name}: {exc}")
+            report.problems.append(f"staging file {entry.name}: {exc}")
             continue
         if outcome == "removed":
-            report.actions.append(GcAction("staging", entry.path.name, entry.size))
+            report.actions.append(GcAction("staging", entry.name, entry.size))
         elif outcome == "in-use":
             report.skipped_live_staging += 1
         elif outcome == "young":
             report.skipped_young += 1
 
 
-async def _refcounts(catalog: Catalog, _cutoff: float, report: GcReport) -> None:
+async def _refcounts(
+    catalog: Catalog, _blobs: MaintenanceBlobStore, _cutoff: float, report: GcReport
+) -> None:
     snapshot = await catalog.snapshot()
     for record in snapshot.blobs.values():
         references = len(record.tags)
@@ -172,8 +181,10 @@ async def _refcounts(catalog: Catalog, _cutoff: float, report: GcReport) -> None
             report.actions.append(GcAction("refcount", record.digest, 0, detail))
 
 
-async def _orphans(catalog: Catalog, cutoff: float, report: GcReport) -> None:
-    files = [f for f in await catalog.blobs.list_blobs() if f.digest is not None]
+async def _orphans(
+    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+) -> None:
+    files = [f for f in await blobs.list_blobs() if f.digest is not None]
     # Read the catalog after listing the files: a file committed before the listing has
     # its row in this view; anything else is checked again under the lock.
     known = (await catalog.snapshot()).blobs

@@ -35,7 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
+from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, TagInfo, create_engine
 from cloudimg.catalog.database import check_schema, current_revision
 from cloudimg.config import Settings
@@ -115,6 +115,7 @@ class _Candidate:
 
 async def import_legacy(
     catalog: Catalog,
+    blobs: MaintenanceBlobStore,
     source: Path,
     *,
     move: bool = False,
@@ -125,12 +126,13 @@ async def import_legacy(
 
     Args:
         catalog: where the entries go.
+        blobs: where their bytes go (the store ``catalog`` is over).
         source: the old server's ``--data-root``.
         move: take the bytes without a copy where possible, and remove imported entries.
         data_root: the blob store's data root, skipped if it sits inside ``source``.
         progress: called every few seconds with (bytes done, bytes to do).
     """
-    return await _run(catalog, source, move, False, data_root, progress)
+    return await _run(catalog, blobs, source, move, False, data_root, progress)
 
 
 async def preview_import(
@@ -151,11 +153,12 @@ async def preview_import(
             there is none yet, so every valid entry would be imported.
         source, move, data_root, progress: as for ``import_legacy``.
     """
-    return await _run(catalog, source, move, True, data_root, progress)
+    return await _run(catalog, None, source, move, True, data_root, progress)
 
 
 async def _run(
     catalog: Catalog | None,
+    blobs: MaintenanceBlobStore | None,
     source: Path,
     move: bool,
     dry_run: bool,
@@ -169,7 +172,7 @@ async def _run(
     meter = ProgressMeter(progress, sum(sizes))
     for candidate in candidates:
         try:
-            entry = await _import_one(catalog, candidate, move, dry_run, meter)
+            entry = await _import_one(catalog, blobs, candidate, move, dry_run, meter)
         except (CloudimgError, OSError) as exc:
             entry = LegacyEntry(candidate.rel, "failed", str(exc))
         report.entries.append(entry)
@@ -361,6 +364,7 @@ async def _decide(
 
 async def _import_one(
     catalog: Catalog | None,
+    blobs: MaintenanceBlobStore | None,
     candidate: _Candidate,
     move: bool,
     dry_run: bool,
@@ -372,30 +376,31 @@ async def _import_one(
             meter.add(entry.size)
         return entry
     assert catalog is not None, "only a dry run goes without a catalog"
+    assert blobs is not None, "only a dry run goes without a blob store"
     if entry.outcome == "unchanged" and move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     if entry.outcome != "imported":
         return entry
-    staged, linked = await _stage(catalog, candidate.directory / IMAGE_FILE, move, meter)
-    await commit_staged(catalog, catalog.blobs, candidate.names, staged, meta)
+    staged, linked = await _stage(blobs, candidate.directory / IMAGE_FILE, move, meter)
+    await commit_staged(catalog, blobs, candidate.names, staged, meta)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
 
 
 async def _stage(
-    catalog: Catalog, image_path: Path, move: bool, meter: ProgressMeter
+    blobs: MaintenanceBlobStore, image_path: Path, move: bool, meter: ProgressMeter
 ) -> tuple[StagedBlob, bool]:
     if move:
         try:
-            staged = await catalog.blobs.stage_link(image_path)
+            staged = await blobs.stage_link(image_path)
         except OSError as exc:
             if exc.errno not in _NO_LINK_ERRNOS:
                 raise
         else:
             meter.add(staged.size)
             return staged, True
-    writer = await catalog.blobs.open_staging()
+    writer = await blobs.open_staging()
     try:
         with await asyncio.to_thread(image_path.open, "rb") as source:
             while chunk := await asyncio.to_thread(source.read, _COPY_CHUNK):
