@@ -1,0 +1,123 @@
+"""Helpers the test modules share: the error shape, hand-made upload bodies, digests,
+where a blob lies, and polling for a state the server reaches on its own.
+
+One copy of each, so that a change in the API's error body or the blob layout is made
+in one place; the fixtures that start servers live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import pytest
+
+BOUNDARY = "cloudimg-test-boundary-7f3a"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+POLL_SECS = 10.0
+"""How long a poll waits by default: far above what the awaited step takes, so a slow
+machine does not fail a test; it bounds a hang, it is not a latency assertion."""
+
+
+# -- the JSON error body ---------------------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """``response`` is the API's JSON error with ``status`` and ``code``; its body."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    return assert_error_body(response.status_code, response.json(), status, code)
+
+
+def assert_error_body(status: int, body: Any, expected_status: int, code: str) -> dict[str, Any]:
+    """The JSON error shape (``status``, ``error``, optional ``context``) of a raw answer."""
+    assert status == expected_status, body
+    assert isinstance(body, dict), body
+    assert body["status"] == code
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert set(body) <= {"status", "error", "context"}
+    return body
+
+
+# -- hand-made multipart bodies ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a hand-made multipart body."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+
+
+def multipart_body(parts: Sequence[Part], *, close: bool = True) -> bytes:
+    """A ``multipart/form-data`` body with :data:`BOUNDARY`; ``close=False`` drops the end."""
+    out = bytearray()
+    for part in parts:
+        disposition = f'form-data; name="{part.name}"'
+        if part.filename is not None:
+            disposition += f'; filename="{part.filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if part.filename is not None:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + part.data + b"\r\n"
+    if close:
+        out += f"--{BOUNDARY}--\r\n".encode()
+    return bytes(out)
+
+
+def meta_part(meta: Any) -> Part:
+    return Part("meta", json.dumps(meta).encode(), "meta.json")
+
+
+def img_part(data: bytes) -> Part:
+    return Part("img", data, "image.bin")
+
+
+def upload_body(data: bytes, meta: Any) -> tuple[bytes, str]:
+    """A whole ``meta`` + ``img`` upload body (its exact length known) and its content type."""
+    return multipart_body([meta_part(meta), img_part(data)]), MULTIPART
+
+
+# -- digests and blob files --------------------------------------------------------------
+
+
+def blake3_hex(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_path(data_root: Path, digest: str) -> Path:
+    """Where the file-system blob store keeps the blob ``digest`` (blake3 hex)."""
+    return data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
+
+
+# -- polling -----------------------------------------------------------------------------
+
+
+def poll(condition: Callable[[], object], timeout: float = POLL_SECS) -> bool:
+    """Call ``condition`` until it is true or ``timeout`` seconds pass; whether it became true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = POLL_SECS) -> None:
+    """Poll ``condition``; fail the test, naming ``what``, if it never becomes true."""
+    if not poll(condition, timeout):
+        pytest.fail(f"not within {timeout}s: {what}")
