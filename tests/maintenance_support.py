@@ -16,8 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import blake3
-
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
@@ -61,10 +59,6 @@ async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> str:
     finally:
         await catalog.blobs.discard(staged)
     return staged.blake3
-
-
-def digest_of(data: bytes) -> str:
-    return blake3.blake3(data).hexdigest()
 
 
 def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:

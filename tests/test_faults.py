@@ -25,8 +25,9 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
-from tests.invariants import assert_invariants, blob_path, read_catalog, wait_for_no_staging
-from tests.maintenance_support import cli, cli_json, digest_of
+from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
+from tests.maintenance_support import cli, cli_json
+from tests.support import blake3_hex, blob_path
 from tests.volumes import fill, tmpfs
 
 MULTIPART_BOUNDARY = "cloudimg-fault-boundary"
@@ -187,8 +188,8 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     orphans = []
     for _ in range(400):  # blob files no catalog row names: gc reclaims them one by one
         data = os.urandom(64)
-        digest = digest_of(data)
-        path = blob_path(running, digest)
+        digest = blake3_hex(data)
+        path = blob_path(running.data_root, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         orphans.append(path)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
+from tests.support import blob_path
 
 SIZE = 100_003
 BIG = 64 * 1024 * 1024
@@ -89,10 +90,6 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 def http_date(response: httpx.Response, shift: timedelta = timedelta()) -> str:
     when = parsedate_to_datetime(response.headers["last-modified"]) + shift
     return format_datetime(when, usegmt=True)
-
-
-def blob_file(server: RunningServer, digest: str) -> Path:
-    return server.data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
 
 
 # -- HEAD and whole GET ---------------------------------------------------------------
@@ -415,7 +412,7 @@ def _download_while_deleting(
         while len(received) < 1024 * 1024:
             received += next(chunks)
         assert client.delete(big.path).status_code == 200
-        assert not blob_file(server, big.blake3).exists()  # the bytes are gone from the store
+        assert not blob_path(server.data_root, big.blake3).exists()  # gone from the store
         assert client.get(big.path).status_code == 404
         assert len(received) < len(expected) // 2  # so the download really was in progress
         for chunk in chunks:
@@ -477,7 +474,7 @@ def test_aborted_range_download_stops_reading_the_blob(
     pid = server.process.pid
     if not Path(f"/proc/{pid}/io").exists():
         pytest.skip("needs Linux /proc/<pid>/io to count what the server reads")
-    path = blob_file(server, huge.blake3)
+    path = blob_path(server.data_root, huge.blake3)
     before = _read_chars(pid)
     with slow_client.stream("GET", huge.path, headers={"Range": "bytes=0-"}) as response:
         assert response.status_code == 206

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
-from tests.invariants import assert_invariants, blob_path
-from tests.maintenance_support import age, cli, cli_json, digest_of
+from tests.invariants import assert_invariants
+from tests.maintenance_support import age, cli, cli_json
+from tests.support import blake3_hex, blob_path
 
 
 def test_gc_in_a_loop_while_two_servers_take_uploads_and_deletes(
@@ -88,8 +89,8 @@ def test_corrupt_blob_is_quarantined_refused_and_healed(
 ) -> None:
     data = os.urandom(200_000)
     assert upload(client, f"/reg/{repo}/img/v1", data).status_code == 201
-    digest = digest_of(data)
-    path = blob_path(server, digest)
+    digest = blake3_hex(data)
+    path = blob_path(server.data_root, digest)
     path.chmod(0o644)
     with path.open("r+b") as f:
         f.seek(1000)
