@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,10 +26,16 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
 from tests.maintenance_support import cli, cli_json
-from tests.support import blake3_hex, blob_path
+from tests.support import (
+    MULTIPART,
+    assert_error,
+    blake3_hex,
+    blob_path,
+    multipart_head,
+    multipart_tail,
+)
 from tests.volumes import fill, tmpfs
 
-MULTIPART_BOUNDARY = "cloudimg-fault-boundary"
 GC = [sys.executable, "-m", "cloudimg", "gc", "--grace", "0"]
 
 
@@ -38,32 +43,6 @@ GC = [sys.executable, "-m", "cloudimg", "gc", "--grace", "0"]
 def backend() -> str:
     """Locks, tmpfs and the catalog file are SQLite's: one backend here."""
     return "sqlite"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The JSON error shape of DESIGN.md section 1, with ``status`` and ``code``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    assert set(body) <= {"status", "error", "context"}
-    return body
-
-
-def multipart_head(meta: str = "{}") -> bytes:
-    """The start of an upload body: the ``meta`` part and the ``img`` part's headers."""
-    b = MULTIPART_BOUNDARY
-    return (
-        f'--{b}\r\nContent-Disposition: form-data; name="meta"\r\n\r\n{meta}\r\n'
-        f'--{b}\r\nContent-Disposition: form-data; name="img"; filename="i"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-
-
-def multipart_tail() -> bytes:
-    return f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
 
 
 def chunked_upload(http: httpx.Client, path: str, size: int) -> httpx.Response:
@@ -81,7 +60,7 @@ def chunked_upload(http: httpx.Client, path: str, size: int) -> httpx.Response:
     return http.post(
         path,
         content=body(),
-        headers={"content-type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"},
+        headers={"content-type": MULTIPART},
     )
 
 
@@ -99,7 +78,7 @@ def raw_exchange(server: RunningServer, head: bytes, body: bytes = b"") -> bytes
 def post_head(server: RunningServer, path: str, content_length: int) -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={MULTIPART_BOUNDARY}\r\n"
+        f"Content-Type: {MULTIPART}\r\n"
         f"Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
     ).encode()
 

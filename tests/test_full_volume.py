@@ -18,8 +18,8 @@ from cloudimg.catalog.database import RESERVE_BYTES
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, wait_for_no_staging
 from tests.maintenance_support import age, cli, cli_json
-from tests.support import blake3_hex, blob_path
-from tests.test_faults import assert_error, chunked_upload
+from tests.support import assert_error, blake3_hex, blob_path
+from tests.test_faults import chunked_upload
 from tests.volumes import fill, free_bytes, tmpfs
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
-from tests.support import blob_path
+from tests.support import assert_error, blob_path
 
 SIZE = 100_003
 BIG = 64 * 1024 * 1024
@@ -74,17 +74,6 @@ def slow_client(server: RunningServer) -> Iterator[httpx.Client]:
     transport = httpx.HTTPTransport(socket_options=options)
     with httpx.Client(base_url=server.base_url, timeout=60, transport=transport) as http:
         yield http
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    """The JSON error shape of DESIGN.md section 1."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["status"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    assert set(body) <= {"status", "error", "context"}
 
 
 def http_date(response: httpx.Response, shift: timedelta = timedelta()) -> str:

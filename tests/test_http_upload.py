@@ -25,7 +25,6 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
 from tests.support import (
-    BOUNDARY,
     MULTIPART,
     Part,
     assert_error,
@@ -35,6 +34,8 @@ from tests.support import (
     img_part,
     meta_part,
     multipart_body,
+    multipart_head,
+    multipart_tail,
     sha256_hex,
     wait_until,
 )
@@ -820,13 +821,8 @@ def open_partial_upload(
 
     With ``chunked``, the body goes in 64 KiB chunks of ``Transfer-Encoding: chunked``.
     """
-    head_parts = multipart_body([meta_part({"k": "v"})], close=False)
-    img_head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="img"; '
-        'filename="image.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
-    ).encode()
-    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
-    declared = len(head_parts) + len(img_head) + IMG_SIZE + len(tail)
+    head_parts, tail = multipart_head({"k": "v"}), multipart_tail()
+    declared = len(head_parts) + IMG_SIZE + len(tail)
     length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {declared}"
     head = (
         f"POST {path} HTTP/1.1\r\n"
@@ -834,7 +830,7 @@ def open_partial_upload(
         f"Content-Type: {MULTIPART}\r\n"
         f"{length}\r\n\r\n"
     ).encode()
-    body = head_parts + img_head + os.urandom(sent)
+    body = head_parts + os.urandom(sent)
     if chunked:
         step = 64 * 1024
         body = b"".join(
