@@ -7,13 +7,12 @@ reader sees and share no code with the server.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import RunningServer
 from tests.databases import read_snapshot
-from tests.support import blake3_hex, blob_path, sha256_hex
+from tests.support import blake3_hex, blob_path, poll, sha256_hex
 
 __all__ = [
     "CatalogSnapshot",
@@ -67,12 +66,8 @@ def _leftovers(server: RunningServer, name: str) -> list[Path]:
 
 def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Path]:
     """Poll until the staging directory is empty; return what is left at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = server.staging_files()
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
+    poll(lambda: not server.staging_files(), timeout)
+    return server.staging_files()
 
 
 def assert_invariants(server: RunningServer) -> None:
