@@ -35,9 +35,10 @@ from tests.invariants import assert_invariants
 from tests.maintenance_support import cli, cli_json
 from tests.support import blake3_hex, blob_path
 
-pytestmark = pytest.mark.skipif(
-    not Path(STRACE).exists(), reason=f"needs {STRACE} for the fault injection"
-)
+pytestmark = [
+    pytest.mark.skipif(not Path(STRACE).exists(), reason=f"needs {STRACE} for the fault injection"),
+    pytest.mark.slow,  # each test kills a server with kill -9 at a traced step
+]
 
 
 @pytest.mark.parametrize("point", DELETE_POINTS + OVERWRITE_POINTS, ids=str)

@@ -117,6 +117,7 @@ def delete_until_killed(
     return answered, in_flight
 
 
+@pytest.mark.slow
 def test_kill_9_during_deletes_then_gc_restores_the_invariants(
     server_factory: Callable[..., RunningServer],
 ) -> None:
@@ -156,6 +157,7 @@ def test_kill_9_during_deletes_then_gc_restores_the_invariants(
         assert_invariants(running)
 
 
+@pytest.mark.slow
 def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     server_factory: Callable[..., RunningServer],
 ) -> None:

@@ -118,6 +118,7 @@ def test_deletes_of_one_tag_at_once_succeed_once(server: RunningServer, repo: st
     assert_invariants(server)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_racing_delete_of_a_tag_with_same_bytes(
     server: RunningServer, repo: str, round_: int
@@ -136,6 +137,7 @@ def test_upload_racing_delete_of_a_tag_with_same_bytes(
     assert read_catalog(server).refcount(blake3_hex(data)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_racing_delete_of_the_images_last_tag(
     server: RunningServer, repo: str, round_: int
@@ -235,6 +237,7 @@ def test_overwrites_through_two_processes_leave_one_winner(
     assert_invariants(first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_and_delete_of_same_bytes_in_two_processes(
     two_servers: tuple[RunningServer, RunningServer], repo: str, round_: int

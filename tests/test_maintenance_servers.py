@@ -19,6 +19,7 @@ from tests.maintenance_support import age, cli, cli_json
 from tests.support import blake3_hex, blob_path
 
 
+@pytest.mark.slow
 def test_gc_in_a_loop_while_two_servers_take_uploads_and_deletes(
     server_factory: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
@@ -134,6 +135,7 @@ class _SlowBody:
         yield f"\r\n--{b}--\r\n".encode()
 
 
+@pytest.mark.slow
 def test_staging_of_a_live_upload_survives_and_kill_9_debris_goes(
     server_factory: Callable[..., RunningServer],
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -216,4 +217,4 @@ MaintenanceMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestMaintenanceMachine = MaintenanceMachine.TestCase
+TestMaintenanceMachine = pytest.mark.slow(MaintenanceMachine.TestCase)

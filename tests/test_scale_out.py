@@ -179,6 +179,7 @@ def test_two_workers_serve_uploads_and_downloads_on_one_port(
 # -- two servers and gc in a third process ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_races_through_two_servers_while_gc_runs_in_a_third_process(
     server_factory: Callable[..., RunningServer], tmp_path: Path, repo: str
 ) -> None:
