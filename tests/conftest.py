@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -25,20 +24,19 @@ import httpx
 import pytest
 
 from tests.databases import BACKENDS, catalog_database, catalog_url, registered_url
+from tests.support import listening_port
 
 _START_TIMEOUT = 30.0
 
 
-_LISTENING = re.compile(r'Listening at: http://[^\s"]+:(\d+)')
-"""Granian's start-up line; with ``--listener-addr 127.0.0.1:0`` it names the port the
-kernel gave the server's socket."""
-
-
 def free_port() -> int:
-    """A TCP port nobody listens on right now, for a test that must name the port itself.
+    """A TCP port nobody listens on right now, for a program that must be told its port.
 
-    Another process may take it before the test binds it: servers that need just some
-    port bind port 0 (``start_server``) instead.
+    Only for one that cannot bind port 0 and say which port it got (a PostgreSQL server
+    started by a test): the port is released here, so another process could take it
+    before the program binds it. ``cloudimg serve`` binds port 0 (``start_server``,
+    ``support.listening_port``); a port that must refuse connections is
+    ``support.refusing_port``.
     """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -141,10 +139,9 @@ def _listening(
     process: subprocess.Popen[bytes], log_path: Path, data_root: Path, args: list[str]
 ) -> RunningServer | None:
     """The server, once its log names the port it listens on."""
-    found = _LISTENING.search(_text(log_path))
-    if found is None:
+    port = listening_port(_text(log_path))
+    if port is None:
         return None
-    port = int(found.group(1))
     base_url = f"http://127.0.0.1:{port}"
     return RunningServer(process, base_url, data_root, log_path, port, args, catalog_url(data_root))
 

@@ -7,10 +7,13 @@ in one place; the fixtures that start servers live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,33 @@ def sha256_hex(data: bytes) -> str:
 def blob_path(data_root: Path, digest: str) -> Path:
     """Where the file-system blob store keeps the blob ``digest`` (blake3 hex)."""
     return data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
+
+
+# -- servers ---------------------------------------------------------------------------
+
+_LISTENING = re.compile(r'Listening at: http://[^\s"]+:(\d+)')
+
+
+def listening_port(log: str) -> int | None:
+    """The port a ``cloudimg serve`` log says it listens on (Granian's start-up line).
+
+    With ``--listener-addr host:0`` the kernel picks a free port as the socket is bound:
+    no port picked in advance that a server started in parallel could take first.
+    """
+    found = _LISTENING.search(log)
+    return None if found is None else int(found.group(1))
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as the block runs.
+
+    The socket is bound but never listens: a connection is refused, and no other process
+    can take the port meanwhile (a port found free and released could be taken).
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 # -- polling -----------------------------------------------------------------------------
