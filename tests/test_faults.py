@@ -33,6 +33,7 @@ from tests.support import (
     blob_path,
     multipart_head,
     multipart_tail,
+    wait_until,
 )
 from tests.volumes import fill, tmpfs
 
@@ -400,10 +401,7 @@ def test_stalled_body_is_dropped_after_the_read_body_timeout(
     head = post_head(running, "/reg/slow/img/v1", 10 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
         sock.sendall(head + multipart_head() + os.urandom(300_000))  # ... and nothing more
-        deadline = time.monotonic() + 10
-        while not running.staging_files() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert running.staging_files(), "the upload never reached its staging file"
+        wait_until(running.staging_files, "the upload reaches its staging file", timeout=10)
         answer = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import os
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
-from tests.support import assert_error, blob_path
+from tests.support import assert_error, blob_path, wait_until
 
 SIZE = 100_003
 BIG = 64 * 1024 * 1024
@@ -471,9 +470,6 @@ def test_aborted_range_download_stops_reading_the_blob(
         next(chunks)
         assert _has_open(pid, path)
     # The client is gone. The server closes the blob when its download ends; wait for that.
-    deadline = time.monotonic() + _FD_WAIT_SECS
-    while _has_open(pid, path):
-        assert time.monotonic() < deadline, "the server never closed the blob"
-        time.sleep(0.05)
+    wait_until(lambda: not _has_open(pid, path), "the server closes the blob", _FD_WAIT_SECS)
     read = _read_chars(pid) - before
     assert read < HUGE * 3 // 4, f"the server read {read} bytes of an abandoned {HUGE}-byte range"

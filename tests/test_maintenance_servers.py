@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants
 from tests.maintenance_support import age, cli, cli_json
-from tests.support import blake3_hex, blob_path
+from tests.support import blake3_hex, blob_path, wait_until
 
 
 @pytest.mark.slow
@@ -159,14 +159,11 @@ def test_staging_of_a_live_upload_survives_and_kill_9_debris_goes(
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            staged = running.staging_files()
-            if staged and staged[0].stat().st_size >= 8 * 1024 * 1024:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the upload never reached its staging file")
+        wait_until(
+            lambda: any(p.stat().st_size >= 8 * 1024 * 1024 for p in running.staging_files()),
+            "the upload's staging file holds 8 MiB",
+        )
+        staged = running.staging_files()
         for path in staged:
             age(path)
         live = cli_json("gc", "--data-root", str(running.data_root), "--grace", "0", check=0)
