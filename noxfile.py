@@ -1,5 +1,4 @@
-"""Development sessions: ``nox -s tests``, ``tests-fast``, ``lint``, ``typecheck``, ``migrations``.
-"""
+"""Development sessions (``nox -s NAME``): tests, tests-fast, lint, typecheck, migrations."""
 
 from __future__ import annotations
 
