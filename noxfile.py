@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``migrations``."""
+"""Development sessions (``nox -s NAME``): tests, tests-fast, lint, typecheck, migrations."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ def tests(session: nox.Session) -> None:
     """Run the whole test suite (real servers on real sockets, real SQLite files)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(name="tests-fast")
+def tests_fast(session: nox.Session) -> None:
+    """The suite without the tests marked ``slow`` (long races, stateful runs, kill -9)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session

@@ -24,12 +24,20 @@ import httpx
 import pytest
 
 from tests.databases import BACKENDS, catalog_database, catalog_url, registered_url
+from tests.support import listening_port
 
 _START_TIMEOUT = 30.0
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, for a program that must be told its port.
+
+    Only for one that cannot bind port 0 and say which port it got (a PostgreSQL server
+    started by a test): the port is released here, so another process could take it
+    before the program binds it. ``cloudimg serve`` binds port 0 (``start_server``,
+    ``support.listening_port``); a port that must refuse connections is
+    ``support.refusing_port``.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -90,15 +98,16 @@ def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None)
     registered = registered_url(data_root)
     if registered is not None:
         args = ("--database-url", registered, *args)
-    port = free_port()
-    log_path = data_root.parent / f"server-{port}.log"
+    # The server binds port 0 and logs the port it got: no window in which a server
+    # started in parallel could take a port picked for this one.
+    log_path = data_root.parent / f"server-{secrets.token_hex(4)}.log"
     command = [
         sys.executable,
         "-m",
         "cloudimg",
         "serve",
         "--listener-addr",
-        f"127.0.0.1:{port}",
+        "127.0.0.1:0",
         "--data-root",
         str(data_root),
         *args,
@@ -107,27 +116,41 @@ def start_server(data_root: Path, *args: str, env: dict[str, str] | None = None)
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    server = RunningServer(
-        process,
-        f"http://127.0.0.1:{port}",
-        data_root,
-        log_path,
-        port,
-        list(args),
-        catalog_url(data_root),
-    )
     deadline = time.monotonic() + _START_TIMEOUT
+    server: RunningServer | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
+            raise RuntimeError(f"server exited with {process.returncode}:\n{_text(log_path)}")
+        if server is None:
+            server = _listening(process, log_path, data_root, list(args))
+        elif _healthy(server):
+            return server
         time.sleep(0.1)
-    server.kill()
-    raise RuntimeError(f"server did not answer in {_START_TIMEOUT}s:\n{server.log()}")
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"server did not answer in {_START_TIMEOUT}s:\n{_text(log_path)}")
+
+
+def _text(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")
+
+
+def _listening(
+    process: subprocess.Popen[bytes], log_path: Path, data_root: Path, args: list[str]
+) -> RunningServer | None:
+    """The server, once its log names the port it listens on."""
+    port = listening_port(_text(log_path))
+    if port is None:
+        return None
+    base_url = f"http://127.0.0.1:{port}"
+    return RunningServer(process, base_url, data_root, log_path, port, args, catalog_url(data_root))
+
+
+def _healthy(server: RunningServer) -> bool:
+    try:
+        return httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -36,7 +36,8 @@ from cloudimg.config import Settings
 from cloudimg.registry import open_registry
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_url
-from tests.maintenance_support import digest_of, put
+from tests.maintenance_support import put
+from tests.support import blake3_hex, blob_path
 
 __all__ = [
     "DELETE_POINTS",
@@ -323,11 +324,11 @@ def crash_at(
 def _check_left(crash: Crash, data_root: Path, staged: bool) -> None:
     """The crash came where the point says: the files are as that step leaves them."""
     point, images = crash.point, crash.images
-    old = digest_of(images.tags[images.victim])
-    new = digest_of(images.replacement)
+    old = blake3_hex(images.tags[images.victim])
+    new = blake3_hex(images.replacement)
     left = {
         "trashed": any(name.split(".")[0] == old for name in crash.trash),
-        "placed": (data_root / "blobs" / "blake3" / new[:2] / new[2:]).exists(),
+        "placed": blob_path(data_root, new).exists(),
         "staged": staged,
     }
     wanted = {"trashed": point.trashed, "placed": point.placed, "staged": point.staged}
@@ -365,4 +366,4 @@ def expected_tags(crash: Crash) -> dict[str, bytes]:
 
 
 def victim_digest(crash: Crash) -> str:
-    return digest_of(crash.images.tags[crash.images.victim])
+    return blake3_hex(crash.images.tags[crash.images.victim])

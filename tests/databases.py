@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.support import wait_until
 
 __all__ = [
     "ADMIN_URL",
@@ -184,23 +186,25 @@ def _sqlite_snapshot(
 
 @contextlib.contextmanager
 def catalog_held(url: str, waiters: int) -> Iterator[None]:
-    """Hold an exclusive lock on the catalog until the block ends.
+    """Hold the lock a migration takes until ``waiters`` processes wait for it.
 
-    Processes started inside the block queue behind it and then go all at once: on
-    SQLite the whole file is locked; on PostgreSQL the ``blobs`` table, which the
-    migration to 0002 alters. On PostgreSQL the exit waits until ``waiters`` sessions
-    wait for a lock; SQLite shows no waiters, so it gives them a few seconds.
+    Processes started inside the block queue behind it and then go all at once. The
+    exit waits until ``waiters`` of them are seen waiting for the lock, so the collision
+    really happened, and fails the test if they never are. On SQLite the lock is the
+    ``flock`` on ``<database>.migrate.lock`` that ``upgrade_database`` holds while it
+    migrates (waiters show in ``/proc/locks``); on PostgreSQL the ``blobs`` table, which
+    the migration to 0002 alters (waiters show in ``pg_locks``).
     """
     ready, release = threading.Event(), threading.Event()
     failure: list[BaseException] = []
+    sqlite_file = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+    lock_path = Path(f"{sqlite_file}.migrate.lock") if sqlite_file else None
 
-    def hold_sqlite() -> None:
-        with contextlib.closing(sqlite3.connect(str(make_url(url).database))) as db:
-            db.isolation_level = None
-            db.execute("BEGIN EXCLUSIVE")
+    def hold_sqlite(path: Path) -> None:
+        with path.open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
             ready.set()
             release.wait(60)
-            db.execute("ROLLBACK")
 
     async def hold_postgres() -> None:
         connection = await asyncpg.connect(_dsn(url), timeout=15)
@@ -214,30 +218,46 @@ def catalog_held(url: str, waiters: int) -> Iterator[None]:
 
     def hold() -> None:
         try:
-            if make_url(url).get_backend_name() == "sqlite":
-                hold_sqlite()
+            if lock_path is not None:
+                hold_sqlite(lock_path)
             else:
                 asyncio.run(hold_postgres())
         except BaseException as exc:
             failure.append(exc)
             ready.set()
 
+    def waiting() -> int:
+        if lock_path is not None:
+            return _flock_waiters(lock_path)
+        rows = query(
+            url,
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        return int(rows[0][0])
+
     holder = threading.Thread(target=hold)
     holder.start()
     ready.wait(30)
     try:
         yield
-        if make_url(url).get_backend_name() == "sqlite":
-            time.sleep(3)
-        else:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                rows = query(url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
-                if rows[0][0] >= waiters:
-                    break
-                time.sleep(0.1)
+        if not failure:
+            wait_until(lambda: waiting() >= waiters, f"{waiters} processes wait for the lock")
     finally:
         release.set()
         holder.join()
     if failure:
         raise failure[0]
+
+
+def _flock_waiters(path: Path) -> int:
+    """How many processes wait for a lock on ``path`` (``->`` lines of ``/proc/locks``)."""
+    inode = path.stat().st_ino
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" not in fields:
+            continue
+        device_inode = next(field for field in fields if field.count(":") == 2)
+        count += int(device_inode.rsplit(":", 1)[1]) == inode
+    return count

@@ -7,20 +7,16 @@ reader sees and share no code with the server.
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
 from tests.conftest import RunningServer
 from tests.databases import read_snapshot
+from tests.support import blake3_hex, blob_path, poll, sha256_hex
 
 __all__ = [
     "CatalogSnapshot",
     "assert_invariants",
-    "blob_path",
     "read_catalog",
     "wait_for_no_staging",
 ]
@@ -63,11 +59,6 @@ def read_catalog(server: RunningServer) -> CatalogSnapshot:
     return CatalogSnapshot(blobs, tag_digests, quarantined)
 
 
-def blob_path(server: RunningServer, digest: str) -> Path:
-    """Where the blob store keeps the blob ``digest`` (blake3 hex)."""
-    return server.data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
-
-
 def _leftovers(server: RunningServer, name: str) -> list[Path]:
     directory = server.data_root / name
     return sorted(directory.iterdir()) if directory.exists() else []
@@ -75,12 +66,8 @@ def _leftovers(server: RunningServer, name: str) -> list[Path]:
 
 def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Path]:
     """Poll until the staging directory is empty; return what is left at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = server.staging_files()
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
+    poll(lambda: not server.staging_files(), timeout)
+    return server.staging_files()
 
 
 def assert_invariants(server: RunningServer) -> None:
@@ -107,16 +94,16 @@ def assert_invariants(server: RunningServer) -> None:
     for digest, (size, sha256, _refcount) in snapshot.blobs.items():
         if digest in snapshot.quarantined:
             continue
-        path = blob_path(server, digest)
+        path = blob_path(server.data_root, digest)
         if not path.is_file():
             problems.append(f"blob {digest}: no file")
             continue
         data = path.read_bytes()
         if len(data) != size:
             problems.append(f"blob {digest}: file has {len(data)} bytes, catalog says {size}")
-        if blake3.blake3(data).hexdigest() != digest:
+        if blake3_hex(data) != digest:
             problems.append(f"blob {digest}: file content has another blake3")
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if sha256_hex(data) != sha256:
             problems.append(f"blob {digest}: file content has another sha256")
 
     on_disk = {path.parent.name + path.name for path in server.blob_files()}

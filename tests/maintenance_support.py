@@ -16,8 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import blake3
-
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
@@ -59,10 +57,6 @@ async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> str:
     staged = await stage(catalog, data)
     await commit_staged(catalog, catalog.blobs, (repo, image, tag), staged, dict(meta))
     return staged.blake3
-
-
-def digest_of(data: bytes) -> str:
-    return blake3.blake3(data).hexdigest()
 
 
 def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 from cloudimg.api.auth import CredentialSet, parse_basic_credentials, parse_tokens
 from cloudimg.api.secret_file import SecretFile
 from tests.conftest import RunningServer, start_server, upload
+from tests.support import wait_until
 
 WRITE_TOKEN = "wt-0123456789abcdef-writer"
 OTHER_TOKEN = "wt-fedcba9876543210-other"
@@ -32,7 +32,6 @@ WRONG_TOKEN = "wt-not-a-token-at-all-xyz"
 READ_USER, READ_PASSWORD = "cdi-importer", "pw:with-colon-4711"
 WRONG_PASSWORD = "pw-wrong-0815"
 SECRETS = [WRITE_TOKEN, OTHER_TOKEN, WRONG_TOKEN, READ_PASSWORD, WRONG_PASSWORD]
-_ROTATION_DEADLINE_SECS = 30.0
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -56,15 +55,6 @@ def assert_nothing_stored(
     assert http.get(f"/reg/{repo}", headers=bearer(WRITE_TOKEN)).status_code == 404
     assert server.blob_files() == blobs_before
     assert server.staging_files() == []
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (a reload takes effect within the recheck interval)."""
-    deadline = time.monotonic() + _ROTATION_DEADLINE_SECS
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {_ROTATION_DEADLINE_SECS}s: {what}")
-        time.sleep(0.2)
 
 
 def serve_command(*args: str) -> subprocess.CompletedProcess[str]:

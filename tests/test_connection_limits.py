@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, start_server, upload
+from tests.support import wait_until
 
 IDLE = 1_000
 DOWNLOADS = 300
@@ -208,7 +209,7 @@ def test_max_connections_bounds_what_one_worker_serves(
     request = b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
     with _idle_crowd(running.port, 4) as crowd, _connect(running.port) as fifth:
         fifth.sendall(request)
-        _wait_for(lambda: _listen_queue(running.port)[0] == 1)  # accepted: 4, queued: 1
+        wait_until(lambda: _listen_queue(running.port)[0] == 1, "4 accepted, 1 queued")
         fifth.settimeout(2.0)  # a server without the limit answers in milliseconds
         with pytest.raises(TimeoutError):
             fifth.recv(1)
@@ -217,13 +218,6 @@ def test_max_connections_bounds_what_one_worker_serves(
         fifth.settimeout(_PEEK_SECS * 3)
         head, _ = _read_head(fifth)
         assert head.startswith(b"HTTP/1.1 200")
-
-
-def _wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + _PEEK_SECS * 3
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def _listen_queue(port: int) -> tuple[int, int]:

@@ -31,12 +31,14 @@ from tests.crash_support import (
     victim_digest,
     wait_for_log,
 )
-from tests.invariants import assert_invariants, blob_path
-from tests.maintenance_support import cli, cli_json, digest_of
+from tests.invariants import assert_invariants
+from tests.maintenance_support import cli, cli_json
+from tests.support import blake3_hex, blob_path
 
-pytestmark = pytest.mark.skipif(
-    not Path(STRACE).exists(), reason=f"needs {STRACE} for the fault injection"
-)
+pytestmark = [
+    pytest.mark.skipif(not Path(STRACE).exists(), reason=f"needs {STRACE} for the fault injection"),
+    pytest.mark.slow,  # each test kills a server with kill -9 at a traced step
+]
 
 
 @pytest.mark.parametrize("point", DELETE_POINTS + OVERWRITE_POINTS, ids=str)
@@ -50,7 +52,7 @@ def test_crash_at_each_step_leaves_every_tag_downloadable(
     try:
         # Put back at start-up, before anyone asked for it: the tag is listed, so its
         # file is where downloads look.
-        assert blob_path(server, old).exists() == (not point.committed)
+        assert blob_path(server.data_root, old).exists() == (not point.committed)
         assert download_every_tag(server) == expected_tags(crash)
     finally:
         server.stop()
@@ -76,12 +78,12 @@ def test_a_running_server_puts_the_file_back_when_a_download_needs_it(
     try:
         crash = crash_at(fault, catalog_root, images)
         old = victim_digest(crash)
-        assert not blob_path(survivor, old).exists()
+        assert not blob_path(survivor.data_root, old).exists()
         with survivor.client() as http:
             head = http.head(images.victim)
             assert head.status_code == 200, head.text
             assert int(head.headers["content-length"]) == len(images.tags[images.victim])
-        assert blob_path(survivor, old).exists()
+        assert blob_path(survivor.data_root, old).exists()
         assert not any((catalog_root / "trash").iterdir())
         assert download_every_tag(survivor) == expected_tags(crash)
     finally:
@@ -125,8 +127,8 @@ def test_a_download_during_a_delete_does_not_bring_the_file_back(
     response = answers[0]
     assert isinstance(response, httpx.Response)
     assert response.status_code in (200, 201), response.text
-    old = digest_of(images.tags[images.victim])
-    assert not blob_path(reader, old).exists()
+    old = blake3_hex(images.tags[images.victim])
+    assert not blob_path(reader.data_root, old).exists()
     assert not any((catalog_root / "trash").iterdir())
     if protocol == "delete":
         assert downloads[0].status_code == 404, downloads[0].text
@@ -177,17 +179,13 @@ def test_gc_never_puts_back_the_trash_of_a_committed_delete(catalog_root: Path) 
     assert sorted(p.name for p in (catalog_root / "trash").iterdir()) == crash.trash
     report = cli_json("gc", "--grace", "0", *root, check=0)
     assert report["totals"]["trash"]["count"] == 1
-    assert not blob_path_of(catalog_root, victim_digest(crash)).exists()
+    assert not blob_path(catalog_root, victim_digest(crash)).exists()
     server = start_server(catalog_root)
     try:
         assert download_every_tag(server) == expected_tags(crash)
     finally:
         server.stop()
     assert_invariants(server)
-
-
-def blob_path_of(data_root: Path, digest: str) -> Path:
-    return data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
 
 
 @pytest.mark.slow

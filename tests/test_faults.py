@@ -19,17 +19,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
-from tests.invariants import assert_invariants, blob_path, read_catalog, wait_for_no_staging
-from tests.maintenance_support import cli, cli_json, digest_of
+from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
+from tests.maintenance_support import cli, cli_json
+from tests.support import (
+    MULTIPART,
+    assert_error,
+    blake3_hex,
+    blob_path,
+    multipart_head,
+    multipart_tail,
+    wait_until,
+)
 from tests.volumes import fill, tmpfs
 
-MULTIPART_BOUNDARY = "cloudimg-fault-boundary"
 GC = [sys.executable, "-m", "cloudimg", "gc", "--grace", "0"]
 
 
@@ -37,32 +44,6 @@ GC = [sys.executable, "-m", "cloudimg", "gc", "--grace", "0"]
 def backend() -> str:
     """Locks, tmpfs and the catalog file are SQLite's: one backend here."""
     return "sqlite"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The JSON error shape of DESIGN.md section 1, with ``status`` and ``code``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    assert set(body) <= {"status", "error", "context"}
-    return body
-
-
-def multipart_head(meta: str = "{}") -> bytes:
-    """The start of an upload body: the ``meta`` part and the ``img`` part's headers."""
-    b = MULTIPART_BOUNDARY
-    return (
-        f'--{b}\r\nContent-Disposition: form-data; name="meta"\r\n\r\n{meta}\r\n'
-        f'--{b}\r\nContent-Disposition: form-data; name="img"; filename="i"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-
-
-def multipart_tail() -> bytes:
-    return f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
 
 
 def chunked_upload(http: httpx.Client, path: str, size: int) -> httpx.Response:
@@ -80,7 +61,7 @@ def chunked_upload(http: httpx.Client, path: str, size: int) -> httpx.Response:
     return http.post(
         path,
         content=body(),
-        headers={"content-type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"},
+        headers={"content-type": MULTIPART},
     )
 
 
@@ -98,7 +79,7 @@ def raw_exchange(server: RunningServer, head: bytes, body: bytes = b"") -> bytes
 def post_head(server: RunningServer, path: str, content_length: int) -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={MULTIPART_BOUNDARY}\r\n"
+        f"Content-Type: {MULTIPART}\r\n"
         f"Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
     ).encode()
 
@@ -137,6 +118,7 @@ def delete_until_killed(
     return answered, in_flight
 
 
+@pytest.mark.slow
 def test_kill_9_during_deletes_then_gc_restores_the_invariants(
     server_factory: Callable[..., RunningServer],
 ) -> None:
@@ -176,6 +158,7 @@ def test_kill_9_during_deletes_then_gc_restores_the_invariants(
         assert_invariants(running)
 
 
+@pytest.mark.slow
 def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     server_factory: Callable[..., RunningServer],
 ) -> None:
@@ -187,8 +170,8 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     orphans = []
     for _ in range(400):  # blob files no catalog row names: gc reclaims them one by one
         data = os.urandom(64)
-        digest = digest_of(data)
-        path = blob_path(running, digest)
+        digest = blake3_hex(data)
+        path = blob_path(running.data_root, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         orphans.append(path)
@@ -418,10 +401,7 @@ def test_stalled_body_is_dropped_after_the_read_body_timeout(
     head = post_head(running, "/reg/slow/img/v1", 10 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
         sock.sendall(head + multipart_head() + os.urandom(300_000))  # ... and nothing more
-        deadline = time.monotonic() + 10
-        while not running.staging_files() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert running.staging_files(), "the upload never reached its staging file"
+        wait_until(running.staging_files, "the upload reaches its staging file", timeout=10)
         answer = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):

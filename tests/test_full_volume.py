@@ -16,9 +16,10 @@ import pytest
 
 from cloudimg.catalog.database import RESERVE_BYTES
 from tests.conftest import RunningServer, upload
-from tests.invariants import assert_invariants, blob_path, wait_for_no_staging
-from tests.maintenance_support import age, cli, cli_json, digest_of
-from tests.test_faults import assert_error, chunked_upload
+from tests.invariants import assert_invariants, wait_for_no_staging
+from tests.maintenance_support import age, cli, cli_json
+from tests.support import assert_error, blake3_hex, blob_path
+from tests.test_faults import chunked_upload
 from tests.volumes import fill, free_bytes, tmpfs
 
 
@@ -138,7 +139,7 @@ def test_gc_fsck_and_du_run_on_a_full_volume_and_gc_frees_space(
     first = server_factory(data_root=volume)
     images = populate(first)
     orphan = os.urandom(1_500_000)  # a blob file no catalog row names: gc's to reclaim
-    orphan_path = blob_path(first, digest_of(orphan))
+    orphan_path = blob_path(first.data_root, blake3_hex(orphan))
     orphan_path.parent.mkdir(parents=True, exist_ok=True)
     orphan_path.write_bytes(orphan)
     age(orphan_path)

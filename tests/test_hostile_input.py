@@ -17,14 +17,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import RunningServer
 from tests.invariants import assert_invariants, wait_for_no_staging
-
-BOUNDARY = "cloudimg-hostile-boundary"
+from tests.support import BOUNDARY, Part, assert_error_body, multipart_body
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +62,9 @@ def request_bytes(
     return method.encode() + b" " + target + b" HTTP/1.1\r\n" + lines + b"\r\n" + body
 
 
-def assert_json_error(status: int, body: bytes, allowed: tuple[int, ...]) -> dict[str, Any]:
-    assert status in allowed, (status, body[:300])
-    error: dict[str, Any] = json.loads(body)
-    assert isinstance(error["status"], str)
-    assert isinstance(error["error"], str)
-    assert set(error) <= {"status", "error", "context"}
-    return error
-
-
 def multipart(*parts: tuple[str | None, bytes]) -> bytes:
     """A multipart body; a part whose name is None has a Content-Disposition without one."""
-    out = b""
-    for name, data in parts:
-        disposition = "form-data" if name is None else f'form-data; name="{name}"'
-        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        out += data + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
+    return multipart_body([Part(name, data) for name, data in parts])
 
 
 def files_outside(server: RunningServer) -> set[Path]:
@@ -128,9 +112,9 @@ def test_hostile_path_segments_are_400_or_404_and_touch_nothing(
         status, _headers, answer = exchange(
             server, request_bytes(server, method, target, payload, **extra)
         )
-        assert_json_error(status, answer, (400, 404))
+        assert_error_body(status, answer, (400, 404))
         status, _headers, answer = exchange(server, request_bytes(server, "GET", target + b"/meta"))
-        assert_json_error(status, answer, (400, 404))
+        assert_error_body(status, answer, (400, 404))
     assert files_outside(server) == outside
     assert wait_for_no_staging(server) == []
     assert_invariants(server)
@@ -140,7 +124,7 @@ def test_traversal_in_the_raw_path_is_404(server: RunningServer) -> None:
     outside = files_outside(server)
     for target in [b"/reg/abc/def/v1/../../../../x", b"/reg/../../etc/passwd", b"/../reg"]:
         status, _headers, answer = exchange(server, request_bytes(server, "GET", target))
-        assert_json_error(status, answer, (400, 404))
+        assert_error_body(status, answer, (400, 404))
     assert files_outside(server) == outside
 
 
@@ -181,7 +165,7 @@ BAD_BODIES: dict[str, bytes] = {
 @pytest.mark.parametrize("case", sorted(BAD_BODIES))
 def test_malformed_multipart_is_400_and_leaves_nothing(server: RunningServer, case: str) -> None:
     status, answer = post_multipart(server, BAD_BODIES[case])
-    assert assert_json_error(status, answer, (400,))["status"] == "INVALID_ARGUMENT"
+    assert assert_error_body(status, answer, (400,))["status"] == "INVALID_ARGUMENT"
     assert wait_for_no_staging(server) == []
     assert_invariants(server)
 
@@ -189,7 +173,7 @@ def test_malformed_multipart_is_400_and_leaves_nothing(server: RunningServer, ca
 def test_metadata_over_64_kib_is_413(server: RunningServer) -> None:
     meta = json.dumps({"k": "v" * (64 * 1024)}).encode()
     status, answer = post_multipart(server, multipart(("meta", meta), ("img", b"abc")))
-    assert assert_json_error(status, answer, (413,))["status"] == "RESOURCE_EXHAUSTED"
+    assert assert_error_body(status, answer, (413,))["status"] == "RESOURCE_EXHAUSTED"
     assert wait_for_no_staging(server) == []
     assert_invariants(server)
 
@@ -207,7 +191,7 @@ def test_headers_within_the_limit_are_served(server: RunningServer) -> None:
 def test_headers_over_the_limit_are_a_json_431(server: RunningServer, size: int) -> None:
     padding = {f"X-Padding-{i}": "a" * 5000 for i in range(size // 5000)}
     status, headers, body = exchange(server, request_bytes(server, "GET", b"/healthz", **padding))
-    assert assert_json_error(status, body, (431,))["status"] == "RESOURCE_EXHAUSTED"
+    assert assert_error_body(status, body, (431,))["status"] == "RESOURCE_EXHAUSTED"
     assert headers.get("connection") == "close"
     with server.client() as http:
         assert http.get("/healthz").status_code == 200
@@ -287,7 +271,7 @@ def test_a_transfer_coding_the_server_does_not_decode_is_501(
     target = b"/reg/codings/img/" + case.replace(" ", "").replace(",", "-").encode()[:60]
     request = chunked_post(server, target, body, *UNDECODED_CODINGS[case])
     status, headers, answer = exchange(server, request)
-    error = assert_json_error(status, answer, (501,))
+    error = assert_error_body(status, answer, (501,))
     assert error["status"] == "UNIMPLEMENTED"
     assert "chunked" not in error["context"]["transfer_codings"]
     assert headers.get("connection") == "close"
@@ -302,7 +286,7 @@ def test_a_transfer_coding_is_refused_on_any_request(server: RunningServer) -> N
         b"Content-Length: 0", b"Transfer-Encoding: gzip, chunked"
     )
     status, _headers, answer = exchange(server, request + b"0\r\n\r\n")
-    assert assert_json_error(status, answer, (501,))["status"] == "UNIMPLEMENTED"
+    assert assert_error_body(status, answer, (501,))["status"] == "UNIMPLEMENTED"
 
 
 def test_chunked_in_any_case_is_decoded_and_stored(server: RunningServer) -> None:

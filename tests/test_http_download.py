@@ -6,7 +6,6 @@ import base64
 import hashlib
 import os
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
+from tests.support import assert_error, blob_path, wait_until
 
 SIZE = 100_003
 BIG = 64 * 1024 * 1024
@@ -75,24 +75,9 @@ def slow_client(server: RunningServer) -> Iterator[httpx.Client]:
         yield http
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    """The JSON error shape of DESIGN.md section 1."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["status"] == code
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    assert set(body) <= {"status", "error", "context"}
-
-
 def http_date(response: httpx.Response, shift: timedelta = timedelta()) -> str:
     when = parsedate_to_datetime(response.headers["last-modified"]) + shift
     return format_datetime(when, usegmt=True)
-
-
-def blob_file(server: RunningServer, digest: str) -> Path:
-    return server.data_root / "blobs" / "blake3" / digest[:2] / digest[2:]
 
 
 # -- HEAD and whole GET ---------------------------------------------------------------
@@ -415,7 +400,7 @@ def _download_while_deleting(
         while len(received) < 1024 * 1024:
             received += next(chunks)
         assert client.delete(big.path).status_code == 200
-        assert not blob_file(server, big.blake3).exists()  # the bytes are gone from the store
+        assert not blob_path(server.data_root, big.blake3).exists()  # gone from the store
         assert client.get(big.path).status_code == 404
         assert len(received) < len(expected) // 2  # so the download really was in progress
         for chunk in chunks:
@@ -477,7 +462,7 @@ def test_aborted_range_download_stops_reading_the_blob(
     pid = server.process.pid
     if not Path(f"/proc/{pid}/io").exists():
         pytest.skip("needs Linux /proc/<pid>/io to count what the server reads")
-    path = blob_file(server, huge.blake3)
+    path = blob_path(server.data_root, huge.blake3)
     before = _read_chars(pid)
     with slow_client.stream("GET", huge.path, headers={"Range": "bytes=0-"}) as response:
         assert response.status_code == 206
@@ -485,9 +470,6 @@ def test_aborted_range_download_stops_reading_the_blob(
         next(chunks)
         assert _has_open(pid, path)
     # The client is gone. The server closes the blob when its download ends; wait for that.
-    deadline = time.monotonic() + _FD_WAIT_SECS
-    while _has_open(pid, path):
-        assert time.monotonic() < deadline, "the server never closed the blob"
-        time.sleep(0.05)
+    wait_until(lambda: not _has_open(pid, path), "the server closes the blob", _FD_WAIT_SECS)
     read = _read_chars(pid) - before
     assert read < HUGE * 3 // 4, f"the server read {read} bytes of an abandoned {HUGE}-byte range"

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import blake3
 import httpx
 import pytest
 
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database
-from tests.invariants import assert_invariants, blob_path, read_catalog
+from tests.invariants import assert_invariants, read_catalog
+from tests.support import blake3_hex, blob_path
 
 T = TypeVar("T")
 N = 8
@@ -45,10 +45,6 @@ def across(calls: list[tuple[RunningServer, Callable[[httpx.Client], T]]]) -> li
         return list(pool.map(run, calls))
 
 
-def digest_of(data: bytes) -> str:
-    return blake3.blake3(data).hexdigest()
-
-
 def uploader(
     path: str, data: bytes, meta: dict[str, str] | None = None
 ) -> Callable[[httpx.Client], int]:
@@ -64,8 +60,8 @@ def test_same_bytes_to_many_tags_at_once_share_one_blob(server: RunningServer, r
     before = set(server.blob_files())
     statuses = in_parallel(server, [uploader(f"/reg/{repo}/img/t{i}", data) for i in range(N)])
     assert statuses == [201] * N
-    assert set(server.blob_files()) - before == {blob_path(server, digest_of(data))}
-    assert read_catalog(server).refcount(digest_of(data)) == N
+    assert set(server.blob_files()) - before == {blob_path(server.data_root, blake3_hex(data))}
+    assert read_catalog(server).refcount(blake3_hex(data)) == N
     assert_invariants(server)
 
 
@@ -97,8 +93,8 @@ def test_overwrites_of_one_tag_at_once_leave_one_winner(server: RunningServer, r
     with server.client() as http:
         served = http.get(path).content
     assert served in payloads
-    assert set(server.blob_files()) - before == {blob_path(server, digest_of(served))}
-    assert read_catalog(server).refcount(digest_of(served)) == 1
+    assert set(server.blob_files()) - before == {blob_path(server.data_root, blake3_hex(served))}
+    assert read_catalog(server).refcount(blake3_hex(served)) == 1
     assert_invariants(server)
 
 
@@ -110,7 +106,7 @@ def test_overwrites_of_one_tag_at_once_keep_winner_meta(server: RunningServer, r
     with server.client() as http:
         view = http.get(f"{path}/meta").json()
     winner = int(view["data"]["writer"])
-    assert view["digest"] == f"blake3:{digest_of(payloads[winner])}"
+    assert view["digest"] == f"blake3:{blake3_hex(payloads[winner])}"
 
 
 def test_deletes_of_one_tag_at_once_succeed_once(server: RunningServer, repo: str) -> None:
@@ -122,6 +118,7 @@ def test_deletes_of_one_tag_at_once_succeed_once(server: RunningServer, repo: st
     assert_invariants(server)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_racing_delete_of_a_tag_with_same_bytes(
     server: RunningServer, repo: str, round_: int
@@ -137,9 +134,10 @@ def test_upload_racing_delete_of_a_tag_with_same_bytes(
     with server.client() as http:
         assert http.get(a).content == data
         assert http.get(b).status_code == 404
-    assert read_catalog(server).refcount(digest_of(data)) == 1
+    assert read_catalog(server).refcount(blake3_hex(data)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_racing_delete_of_the_images_last_tag(
     server: RunningServer, repo: str, round_: int
@@ -169,7 +167,7 @@ def test_uploads_racing_deletes_of_same_bytes_many_at_once(
     calls += [uploader(f"/reg/{repo}/img/new{i}", data) for i in range(half)]
     assert in_parallel(server, calls) == [200] * half + [201] * half
     assert_invariants(server)
-    assert read_catalog(server).refcount(digest_of(data)) == half
+    assert read_catalog(server).refcount(blake3_hex(data)) == half
     with server.client() as http:
         for i in range(half):
             assert http.get(f"/reg/{repo}/img/new{i}").content == data
@@ -183,7 +181,7 @@ def test_overwrite_racing_delete_of_the_old_bytes_holder(server: RunningServer, 
         assert upload(http, a, x).status_code == 201
         assert upload(http, b, x).status_code == 201
     assert in_parallel(server, [uploader(a, y), deleter(b)]) == [201, 200]
-    assert not blob_path(server, digest_of(x)).exists()
+    assert not blob_path(server.data_root, blake3_hex(x)).exists()
     assert_invariants(server)
 
 
@@ -218,8 +216,8 @@ def test_same_bytes_through_two_processes_share_one_blob(
         [(two_servers[i % 2], uploader(f"/reg/{repo}/img/t{i}", data)) for i in range(N)]
     )
     assert statuses == [201] * N
-    assert set(first.blob_files()) - before == {blob_path(first, digest_of(data))}
-    assert read_catalog(first).refcount(digest_of(data)) == N
+    assert set(first.blob_files()) - before == {blob_path(first.data_root, blake3_hex(data))}
+    assert read_catalog(first).refcount(blake3_hex(data)) == N
     assert_invariants(first)
 
 
@@ -235,10 +233,11 @@ def test_overwrites_through_two_processes_leave_one_winner(
     with first.client() as http:
         served = http.get(path).content
     assert served in payloads
-    assert set(first.blob_files()) - before == {blob_path(first, digest_of(served))}
+    assert set(first.blob_files()) - before == {blob_path(first.data_root, blake3_hex(served))}
     assert_invariants(first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_upload_and_delete_of_same_bytes_in_two_processes(
     two_servers: tuple[RunningServer, RunningServer], repo: str, round_: int

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, upload
+from tests.conftest import upload
+from tests.support import listening_port
 
 ROOT = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 60.0
@@ -44,9 +45,12 @@ def _serve_command(*args: str, executable: str | None = None) -> list[str]:
 
 @contextmanager
 def _serving(
-    command: list[str], health_url: str, cwd: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
-    """Run ``command`` until ``health_url`` answers 200; stop it at the end."""
+    command: list[str], host: str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """Run ``command`` until ``/healthz`` answers 200 at ``host``; the port it listens on.
+
+    The command's listener address has port 0: the port is read from the log.
+    """
     log = cwd / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -59,18 +63,15 @@ def _serving(
         )
     try:
         deadline = time.monotonic() + _START_TIMEOUT
-        while True:
+        port = None
+        while port is None or not _healthy(f"http://{host}:{port}/healthz"):
             if process.poll() is not None:
                 pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(health_url, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer at {health_url}:\n{log.read_text()}")
+                pytest.fail(f"server did not answer at {host}:{port}:\n{log.read_text()}")
+            port = listening_port(log.read_text())
             time.sleep(0.1)
-        yield process
+        yield port
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -82,6 +83,13 @@ def _serving(
     output = log.read_text()
     assert "Traceback" not in output, output
     assert "experimental" not in output, output
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _refused(address: str, data_root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -104,15 +112,14 @@ def _connects(host: str, port: int) -> bool:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_host_name_binds_its_first_address_ipv4_first(tmp_path: Path, workers: str) -> None:
-    port = free_port()
     (first, *_rest) = sorted(
-        {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)},
+        {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)},
         key=lambda host: ":" in host,
     )
     command = _serve_command(
-        "--listener-addr", f"localhost:{port}", "--workers", workers, "--data-root", "data"
+        "--listener-addr", "localhost:0", "--workers", workers, "--data-root", "data"
     )
-    with _serving(command, f"http://localhost:{port}/healthz", tmp_path):
+    with _serving(command, "localhost", tmp_path) as port:
         assert _connects(first, port)
         if ":" not in first and _has_ipv6_loopback():
             assert not _connects("::1", port)  # one address, as Go's net.Listen
@@ -120,41 +127,35 @@ def test_host_name_binds_its_first_address_ipv4_first(tmp_path: Path, workers: s
 
 
 def test_ipv4_address(tmp_path: Path) -> None:
-    port = free_port()
-    command = _serve_command("--listener-addr", f"127.0.0.1:{port}", "--data-root", "data")
-    with _serving(command, f"http://127.0.0.1:{port}/healthz", tmp_path):
+    command = _serve_command("--listener-addr", "127.0.0.1:0", "--data-root", "data")
+    with _serving(command, "127.0.0.1", tmp_path):
         pass
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_bracketed_ipv6_address(tmp_path: Path, workers: str) -> None:
-    port = free_port()
     command = _serve_command(
-        "--listener-addr", f"[::1]:{port}", "--workers", workers, "--data-root", "data"
+        "--listener-addr", "[::1]:0", "--workers", workers, "--data-root", "data"
     )
-    with _serving(command, f"http://[::1]:{port}/healthz", tmp_path):
+    with _serving(command, "[::1]", tmp_path) as port:
         assert not _connects("127.0.0.1", port)  # an IPv6 address is IPv6 only
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_empty_host_listens_on_every_interface(tmp_path: Path, workers: str) -> None:
-    port = free_port()
-    command = _serve_command(
-        "--listener-addr", f":{port}", "--workers", workers, "--data-root", "data"
-    )
-    with _serving(command, f"http://127.0.0.1:{port}/healthz", tmp_path):
+    command = _serve_command("--listener-addr", ":0", "--workers", workers, "--data-root", "data")
+    with _serving(command, "127.0.0.1", tmp_path) as port:
         if _has_ipv6_loopback():
             assert httpx.get(f"http://[::1]:{port}/healthz", timeout=10).status_code == 200
 
 
 def test_listener_from_the_environment(tmp_path: Path) -> None:
-    port = free_port()
     with _serving(
         _serve_command("--data-root", "data"),
-        f"http://127.0.0.1:{port}/healthz",
+        "127.0.0.1",
         tmp_path,
-        env={"CLOUDIMG_LISTENER_ADDR": f"localhost:{port}"},
+        env={"CLOUDIMG_LISTENER_ADDR": "localhost:0"},
     ):
         pass
 
@@ -190,12 +191,11 @@ def _assert_refused_in_use(address: str, data_root: Path, *extra: str) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_second_registry_on_the_same_address_is_refused(tmp_path: Path, workers: str) -> None:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     first = tmp_path / "first"
     first.mkdir()
-    command = _serve_command("--listener-addr", address, "--workers", workers)
-    with _serving(command, f"http://{address}/healthz", first):
+    command = _serve_command("--listener-addr", "127.0.0.1:0", "--workers", workers)
+    with _serving(command, "127.0.0.1", first) as port:
+        address = f"127.0.0.1:{port}"
         with httpx.Client(base_url=f"http://{address}") as http:
             assert upload(http, "/reg/first/disk/v1", b"first registry").status_code == 201
             repo = http.get("/reg").json()
@@ -262,11 +262,10 @@ def test_readme_quick_start_from_an_install(tmp_path: Path) -> None:
     executable = str(venv / "bin" / "cloudimg")
     if _port_is_free(_README_PORT):
         # Exactly the README: no flags, localhost:8080.
-        command, port = _serve_command(executable=executable), _README_PORT
+        command = _serve_command(executable=executable)
     else:
-        port = free_port()
-        command = _serve_command("--listener-addr", f"localhost:{port}", executable=executable)
-    with _serving(command, f"http://localhost:{port}/healthz", workdir):
+        command = _serve_command("--listener-addr", "localhost:0", executable=executable)
+    with _serving(command, "localhost", workdir) as port:
         assert httpx.get(f"http://localhost:{port}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"http://localhost:{port}/reg", timeout=10).status_code == 200
     assert (workdir / "data" / "catalog.sqlite3").is_file()  # ./data, the default data root
@@ -295,10 +294,9 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_while_workers_start_stops_every_worker(tmp_path: Path) -> None:
     """A worker still starting must not swallow the stop (it inherits the parent's handler)."""
-    port = free_port()
     log = tmp_path / "serve.log"
     command = _serve_command(
-        "--listener-addr", f"127.0.0.1:{port}", "--workers", "2", "--data-root", "data"
+        "--listener-addr", "127.0.0.1:0", "--workers", "2", "--data-root", "data"
     )
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)

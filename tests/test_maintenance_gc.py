@@ -16,13 +16,13 @@ from tests.maintenance_support import (
     age,
     cli,
     cli_json,
-    digest_of,
     open_test_catalog,
     put,
     sql,
     stage,
     store_of,
 )
+from tests.support import blake3_hex
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ async def test_trash_of_a_rolled_back_delete_is_restored(catalog: Catalog) -> No
 
 async def test_trash_of_a_committed_delete_is_removed(catalog: Catalog) -> None:
     store = store_of(catalog)
-    gone = store.trash_dir / f"{digest_of(b'gone')}.01"
+    gone = store.trash_dir / f"{blake3_hex(b'gone')}.01"
     gone.write_bytes(b"gone")
     kept_digest = await put(catalog, "repo/img/v1", b"kept")
     duplicate = store.trash_dir / f"{kept_digest}.02"  # the blob file is there as well
@@ -189,7 +189,7 @@ async def test_dry_run_changes_nothing(catalog: Catalog) -> None:
     root = data_root(catalog)
     sql(root, "UPDATE blobs SET refcount = 3")
     (store.staging_dir / "dead.part").write_bytes(b"x")
-    trash = store.trash_dir / f"{digest_of(b'old')}.01"
+    trash = store.trash_dir / f"{blake3_hex(b'old')}.01"
     trash.write_bytes(b"old")
     for path in [*store.staging_dir.iterdir(), trash]:
         age(path)

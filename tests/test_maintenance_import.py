@@ -23,13 +23,13 @@ from tests.databases import catalog_database, catalog_url
 from tests.maintenance_support import (
     catalog_state,
     cli_json,
-    digest_of,
     open_test_catalog,
     put,
     sql,
     store_of,
     tree_state,
 )
+from tests.support import blake3_hex
 
 UBUNTU = os.urandom(300_000)
 DEBIAN = os.urandom(200_000)
@@ -92,10 +92,10 @@ async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Pa
 
     info = await catalog.get_tag("crownlabs", "ubuntu", "2204")
     assert info.meta == {"os": "ubuntu", "arch": "amd64"}
-    assert info.digest == digest_of(UBUNTU)
+    assert info.digest == blake3_hex(UBUNTU)
     assert store_of(catalog).blob_path(info.digest).read_bytes() == UBUNTU
     assert (await catalog.get_tag("crownlabs", "ubuntu", "latest")).meta == {"os": "ubuntu"}
-    assert (await catalog.get_tag("teaching", "debian", "v12")).digest == digest_of(DEBIAN)
+    assert (await catalog.get_tag("teaching", "debian", "v12")).digest == blake3_hex(DEBIAN)
     # Identical images are one blob with two references.
     root = store_of(catalog).root
     assert sorted(sql(root, "SELECT refcount FROM blobs")) == [(1,), (2,)]
@@ -122,7 +122,7 @@ async def test_move_takes_the_bytes_without_a_copy(catalog: Catalog, tmp_path: P
     report = await import_legacy(catalog, store_of(catalog), source, move=True)
     assert report.ok
     assert [e.linked for e in report.entries] == [True, True]
-    blob = store_of(catalog).blob_path(digest_of(UBUNTU))
+    blob = store_of(catalog).blob_path(blake3_hex(UBUNTU))
     assert blob.stat().st_ino == original_inode  # the same file, now under its digest
     assert blob.stat().st_nlink == 1
     assert list(source.iterdir()) == []  # imported entries leave the old tree
@@ -163,7 +163,7 @@ async def test_in_place_migration_skips_the_store_itself(catalog: Catalog) -> No
     assert report.ok, report.entries
     assert [e.path for e in report.entries] == ["crownlabs/ubuntu/2204"]
     assert not (root / "crownlabs").exists()
-    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == digest_of(UBUNTU)
+    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == blake3_hex(UBUNTU)
 
 
 def test_cli_json(tmp_path: Path) -> None:

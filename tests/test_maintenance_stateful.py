@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -23,7 +24,8 @@ from cloudimg.blobstore import StagingWriter
 from cloudimg.catalog import Catalog
 from cloudimg.errors import NotFoundError
 from cloudimg.maintenance import check, collect_garbage
-from tests.maintenance_support import age, digest_of, open_test_catalog, sql, stage, store_of
+from tests.maintenance_support import age, open_test_catalog, sql, stage, store_of
+from tests.support import blake3_hex
 
 Ref = tuple[str, str, str]
 REFS: list[Ref] = [
@@ -144,7 +146,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         store = store_of(self.catalog)
         dead = store.staging_dir / f"dead-{os.urandom(4).hex()}.part"
         dead.write_bytes(b"partial upload")
-        trash = store.trash_dir / f"{digest_of(os.urandom(8))}.{os.urandom(4).hex()}"
+        trash = store.trash_dir / f"{blake3_hex(os.urandom(8))}.{os.urandom(4).hex()}"
         trash.write_bytes(b"deleted")
         staged = self.run(stage(self.catalog, os.urandom(1000)))
         self.run(store.place(staged))
@@ -156,7 +158,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
     def crash_between_delete_rename_and_commit(self, data: st.DataObject) -> None:
         ref = data.draw(st.sampled_from(sorted(self.model)))
         store = store_of(self.catalog)
-        digest = digest_of(self.model[ref])
+        digest = blake3_hex(self.model[ref])
         trash = store.trash_dir / f"{digest}.{os.urandom(4).hex()}"
         os.rename(store.blob_path(digest), trash)  # the transaction then rolled back
         age(trash)
@@ -170,7 +172,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         store = store_of(self.catalog)
         for ref, data in self.model.items():
             blob = self.run(self.catalog.resolve(*ref))
-            assert blob.digest == digest_of(data)
+            assert blob.digest == blake3_hex(data)
             assert store.blob_path(blob.digest).read_bytes() == data
         names = {
             tuple(row)
@@ -191,7 +193,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         )
         for digest, refcount, references in rows:
             assert refcount == references > 0, digest
-        assert {digest for digest, _, _ in rows} == {digest_of(d) for d in self.model.values()}
+        assert {digest for digest, _, _ in rows} == {blake3_hex(d) for d in self.model.values()}
 
     @invariant()
     def live_uploads_keep_their_staging_files(self) -> None:
@@ -215,4 +217,4 @@ MaintenanceMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestMaintenanceMachine = MaintenanceMachine.TestCase
+TestMaintenanceMachine = pytest.mark.slow(MaintenanceMachine.TestCase)

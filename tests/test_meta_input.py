@@ -22,14 +22,8 @@ from cloudimg.api.upload import parse_meta
 from cloudimg.errors import InvalidArgumentError
 from tests.conftest import RunningServer
 from tests.invariants import assert_invariants, wait_for_no_staging
-from tests.test_http_upload import (
-    MULTIPART,
-    Part,
-    assert_json_error,
-    img_part,
-    multipart_body,
-    state_of,
-)
+from tests.support import MULTIPART, Part, assert_error, img_part, multipart_body
+from tests.test_http_upload import state_of
 
 # -- the parser itself --------------------------------------------------------------------
 
@@ -180,7 +174,7 @@ def test_meta_that_gave_500_or_was_misread_is_a_400(server: RunningServer, raw_m
     with server.client() as http:
         before = state_of(server, http)
     response = post_meta(server, f"/reg/m-{secrets.token_hex(4)}/img/v1", raw_meta)
-    assert_json_error(response, 400, "INVALID_ARGUMENT")
+    assert_error(response, 400, "INVALID_ARGUMENT")
     with server.client() as http:
         assert state_of(server, http) == before
     assert server.staging_files() == []
@@ -209,7 +203,7 @@ def test_no_meta_gives_a_5xx_from_a_real_server(server: RunningServer, raw_meta:
         with server.client() as http:
             assert http.get(f"{path}/meta").json()["data"] == json.loads(raw_meta)
     else:
-        assert_json_error(response, 400, "INVALID_ARGUMENT")
+        assert_error(response, 400, "INVALID_ARGUMENT")
 
 
 def test_the_store_holds_after_the_fuzzing(server: RunningServer) -> None:

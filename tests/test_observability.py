@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloudimg.logs import JsonFormatter, TextFormatter, redact, request_id_var
 from tests.conftest import RunningServer, start_server, upload
 from tests.maintenance_support import cli
+from tests.support import upload_body, wait_until
 
 ROUTE = "/reg/{repo}/{image}/{tag}"
 SECRET = "secret-token-xyz"
@@ -60,35 +60,6 @@ def sample(samples: Scrape, name: str, **labels: str) -> float:
     return samples.labelled.get((name, frozenset(labels.items())), 0.0)
 
 
-def multipart_body(data: bytes, meta: dict[str, str]) -> tuple[bytes, str]:
-    """A ``meta`` + ``img`` multipart body, built here so its exact length is known."""
-    boundary = "b-" + secrets.token_hex(8)
-    body = (
-        (
-            f"--{boundary}\r\n"
-            'Content-Disposition: form-data; name="meta"\r\n\r\n'
-            f"{json.dumps(meta)}\r\n"
-            f"--{boundary}\r\n"
-            'Content-Disposition: form-data; name="img"; filename="image.bin"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def wait_for(condition: str, check: object) -> None:
-    """Poll ``check()`` until it is true; fail (not a timing assertion) if it never is."""
-    assert callable(check)
-    deadline = time.monotonic() + _POLL_DEADLINE
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"never true: {condition}")
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     running = start_server(tmp_path / "data", "--log-format", "json")
@@ -120,7 +91,7 @@ def access_lines(server: RunningServer) -> list[dict[str, object]]:
 
 def test_upload_counts_the_exact_body_bytes_received(http: httpx.Client) -> None:
     data = secrets.token_bytes(300_000)
-    body, content_type = multipart_body(data, {"os": "test"})
+    body, content_type = upload_body(data, {"os": "test"})
     before = scrape(http)
     response = http.post("/reg/obs/img/v1", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 201
@@ -181,7 +152,7 @@ def test_storage_figures_show_deduplication(http: httpx.Client) -> None:
 
 def test_uploads_in_flight(http: httpx.Client, server: RunningServer) -> None:
     data = secrets.token_bytes(64 * 1024)
-    body, content_type = multipart_body(data, {})
+    body, content_type = upload_body(data, {})
     half = len(body) // 2
     release = threading.Event()
 
@@ -202,7 +173,7 @@ def test_uploads_in_flight(http: httpx.Client, server: RunningServer) -> None:
     uploader = threading.Thread(target=post)
     uploader.start()
     try:
-        wait_for("one upload in flight", lambda: scrape(http)["cloudimg_uploads_in_flight"] == 1)
+        wait_until(lambda: scrape(http)["cloudimg_uploads_in_flight"] == 1, "one upload in flight")
     finally:
         release.set()
         uploader.join()
@@ -217,11 +188,10 @@ def test_downloads_in_flight(http: httpx.Client, server: RunningServer) -> None:
         assert response.status_code == 200
         chunks = response.iter_bytes()  # kept: a dropped iterator closes the response
         assert next(chunks)
-        wait_for(
-            "one download in flight",
-            lambda: scrape(http)["cloudimg_downloads_in_flight"] == 1,
+        wait_until(
+            lambda: scrape(http)["cloudimg_downloads_in_flight"] == 1, "one download in flight"
         )
-    wait_for("no download in flight", lambda: scrape(http)["cloudimg_downloads_in_flight"] == 0)
+    wait_until(lambda: scrape(http)["cloudimg_downloads_in_flight"] == 0, "no download in flight")
 
 
 def test_gc_runs_in_another_process_reach_metrics(
@@ -261,7 +231,7 @@ def test_one_json_access_line_per_request_with_its_fields(
     http: httpx.Client, server: RunningServer
 ) -> None:
     data = secrets.token_bytes(10_000)
-    body, content_type = multipart_body(data, {"k": "v"})
+    body, content_type = upload_body(data, {"k": "v"})
     posted = http.post(
         "/reg/logs/img/v1",
         content=body,
@@ -278,9 +248,9 @@ def test_one_json_access_line_per_request_with_its_fields(
 
     # The access line is written after the response went out: wait for the last one (by
     # its id: the module's server has logged earlier tests' requests too).
-    wait_for(
-        "the 404's access line is written",
+    wait_until(
         lambda: any(line["request_id"] == generated for line in access_lines(server)),
+        "the 404's access line is written",
     )
     lines = access_lines(server)
     by_id = {line["request_id"]: line for line in lines}

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import free_port, start_server
 from tests.databases import ADMIN_URL, catalog_database, postgres_unavailable
+from tests.support import refusing_port
 from tests.volumes import tmpfs
 
 PASSWORD = "s3cret-Pa55word"
@@ -50,7 +51,7 @@ def run(
 
 
 def serve_args(*extra: str) -> list[str]:
-    return ["serve", "--listener-addr", f"127.0.0.1:{free_port()}", *extra]
+    return ["serve", "--listener-addr", "127.0.0.1:0", *extra]
 
 
 def refused(done: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -176,12 +177,12 @@ ALL_COMMANDS = [["serve"], ["db", "upgrade"], ["gc"], ["db", "current"]]
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=" ".join)
 def test_postgres_down(tmp_path: Path, command: list[str]) -> None:
-    url = postgres_url(host="127.0.0.1", port=free_port())
     args = serve_args() if command == ["serve"] else command
     tmp_path.joinpath("data").mkdir()
-    refused(
-        run(*args, "--data-root", str(tmp_path / "data"), env=db_env(url)), "connection refused"
-    )
+    with refusing_port() as port:
+        url = postgres_url(host="127.0.0.1", port=port)
+        done = run(*args, "--data-root", str(tmp_path / "data"), env=db_env(url))
+    refused(done, "connection refused")
 
 
 @pytest.mark.postgres
