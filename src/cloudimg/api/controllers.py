@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
-from litestar.params import Dependency
+from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
@@ -33,7 +33,7 @@ from cloudimg.names import validate_image_name, validate_repo_name, validate_tag
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
 Envelope = dict[str, Any]
-Blobs = Annotated[BlobStore, Dependency(skip_validation=True)]
+Blobs = SkipValidation[BlobStore]
 """The blob store handlers are given (a protocol: no isinstance check on each request)."""
 
 
