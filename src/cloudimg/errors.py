@@ -10,6 +10,8 @@ __all__ = [
     "ClientDisconnectedError",
     "CloudimgError",
     "DigestMismatchError",
+    "ImageBlockedError",
+    "ImageRefusedError",
     "InsufficientStorageError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -93,3 +95,15 @@ class BlobCorruptError(CloudimgError):
     """The stored bytes failed an integrity check and are quarantined until uploaded again."""
 
     code = "DATA_LOSS"
+
+
+class ImageRefusedError(InvalidArgumentError):
+    """The bytes are not an image the registry serves; ``context["rule"]`` names the rule."""
+
+    code = "IMAGE_REFUSED"
+
+
+class ImageBlockedError(CloudimgError):
+    """An operator blocked the stored bytes for an inspection rule; downloads are refused."""
+
+    code = "IMAGE_BLOCKED"

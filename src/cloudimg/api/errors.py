@@ -15,6 +15,8 @@ from cloudimg.errors import (
     BlobCorruptError,
     ClientDisconnectedError,
     CloudimgError,
+    ImageBlockedError,
+    ImageRefusedError,
     InsufficientStorageError,
     InvalidArgumentError,
     NotFoundError,
@@ -29,6 +31,8 @@ __all__ = ["error_body", "error_response", "exception_handlers"]
 log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[CloudimgError], int]] = [
+    (ImageRefusedError, 422),  # before its base class InvalidArgumentError
+    (ImageBlockedError, 403),
     (InvalidArgumentError, 400),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),

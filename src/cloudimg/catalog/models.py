@@ -75,6 +75,17 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     """When fsck found bytes that do not match the digest; set, the blob is not served."""
+    format: Mapped[str | None] = mapped_column(String(16), default=None)
+    """Detected image format (``raw``, ``qcow2``, ...); None until inspected."""
+    virtual_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """Size of the disk the image describes, in bytes; None until inspected."""
+    partition_table: Mapped[str | None] = mapped_column(String(8), default=None)
+    """``gpt`` or ``mbr`` when a raw image starts with one that passed its safety check."""
+    inspected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    """When the bytes were inspected; None for blobs stored before inspection existed."""
+    blocked_rule: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The inspection rule an operator blocked the blob for; set, downloads are refused."""
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Repository(Base):

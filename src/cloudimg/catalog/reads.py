@@ -98,6 +98,8 @@ class CatalogReads(CatalogBase):
             meta=dict(tag_row.meta),
             created=tag_row.created_at,
             updated=tag_row.updated_at,
+            format=blob.format,
+            virtual_size=blob.virtual_size,
         )
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:

@@ -41,6 +41,9 @@ class TagInfo:
     meta: dict[str, Any]
     created: datetime
     updated: datetime
+    format: str | None = None
+    """Detected image format; None for bytes stored before inspection existed."""
+    virtual_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
