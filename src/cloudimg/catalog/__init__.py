@@ -3,6 +3,7 @@
 from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
 from cloudimg.catalog.records import (
+    BlobBlock,
     BlobRecord,
     BlobRef,
     BlobState,
@@ -14,6 +15,7 @@ from cloudimg.catalog.records import (
 )
 
 __all__ = [
+    "BlobBlock",
     "BlobRecord",
     "BlobRef",
     "BlobState",

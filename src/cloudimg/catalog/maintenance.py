@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
 from cloudimg.catalog.records import (
+    BlobBlock,
     BlobRecord,
     BlobState,
     CatalogSnapshot,
     RefcountRepair,
     TagRecord,
+    blob_block,
 )
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
+from cloudimg.errors import NotFoundError
+from cloudimg.images import Inspection
 
 __all__ = ["CatalogMaintenance"]
 
@@ -39,9 +43,12 @@ class CatalogMaintenance(CatalogBase):
                 Blob.sha256,
                 Blob.refcount,
                 Blob.quarantined_at,
-                Repository.name,
-                Image.name,
-                Tag.name,
+                Blob.inspected_at,
+                Blob.blocked_rule,
+                Blob.blocked_at,
+                Repository.name.label("repo"),
+                Image.name.label("image"),
+                Tag.name.label("tag"),
             )
             .outerjoin(Tag, Tag.digest == Blob.digest)
             .outerjoin(Image, Image.id == Tag.image_id)
@@ -50,15 +57,24 @@ class CatalogMaintenance(CatalogBase):
         )
         async with self._read() as session, session.begin():
             rows = (await session.execute(query)).all()
-        rows_of: dict[str, tuple[int, str, int, bool]] = {}
+        rows_of: dict[str, Row[Any]] = {}
         tags_of: dict[str, list[TagRecord]] = {}
-        for digest, size, sha256, refcount, quarantined_at, repo, image, tag in rows:
-            rows_of[digest] = (size, sha256, refcount, quarantined_at is not None)
-            tags = tags_of.setdefault(digest, [])
-            if tag is not None:
-                tags.append(TagRecord(repo, image, tag, digest))
+        for row in rows:
+            rows_of[row.digest] = row
+            tags = tags_of.setdefault(row.digest, [])
+            if row.tag is not None:
+                tags.append(TagRecord(row.repo, row.image, row.tag, row.digest))
         blobs = {
-            digest: BlobRecord(digest, *row, tuple(tags_of[digest]))
+            digest: BlobRecord(
+                digest,
+                row.size,
+                row.sha256,
+                row.refcount,
+                row.quarantined_at is not None,
+                tuple(tags_of[digest]),
+                inspected=row.inspected_at is not None,
+                blocked=blob_block(row.blocked_rule, row.blocked_at),
+            )
             for digest, row in rows_of.items()
         }
         return CatalogSnapshot(blobs, [tag for tags in tags_of.values() for tag in tags])
@@ -197,3 +213,74 @@ class CatalogMaintenance(CatalogBase):
             return True
 
         return await self._write(change)
+
+    async def record_inspection(self, digest: str, inspection: Inspection) -> bool:
+        """Write what an inspection of the stored bytes found (``fsck --inspect``).
+
+        Replaces an earlier inspection's figures (a re-inspection under another
+        policy); leaves a block alone. False when the blob row is gone.
+        """
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> bool:
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+            if blob is None:
+                return False
+            blob.format = inspection.format
+            blob.virtual_size = inspection.virtual_size
+            blob.partition_table = inspection.partition_table
+            blob.inspected_at = utcnow()
+            return True
+
+        return await self._write(change)
+
+    async def block_blob(self, digest: str, rule: str) -> BlobBlock:
+        """Refuse every download of the blob, naming ``rule``; its tags stay listed.
+
+        Only ``unblock_blob`` lifts it: an upload of the same bytes does not. A blob
+        blocked already keeps its rule and time. Returns the block in force.
+
+        Raises:
+            NotFoundError: no blob row has ``digest``.
+        """
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> BlobBlock:
+            blob = await self._locked_blob(session, digest)
+            block = blob_block(blob.blocked_rule, blob.blocked_at)
+            if block is not None:
+                return block
+            blob.blocked_rule, blob.blocked_at = rule, utcnow()
+            return BlobBlock(rule, blob.blocked_at)
+
+        block = await self._write(change)
+        log.warning("blocked blob blake3:%s for the image safety rule %s", digest, block.rule)
+        return block
+
+    async def unblock_blob(self, digest: str) -> BlobBlock | None:
+        """Serve the blob again; the block that was lifted, None when it was not blocked.
+
+        Raises:
+            NotFoundError: no blob row has ``digest``.
+        """
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> BlobBlock | None:
+            blob = await self._locked_blob(session, digest)
+            block = blob_block(blob.blocked_rule, blob.blocked_at)
+            blob.blocked_rule = blob.blocked_at = None
+            return block
+
+        block = await self._write(change)
+        if block is not None:
+            log.warning(
+                "unblocked blob blake3:%s (blocked for the image safety rule %s since %s):"
+                " it is served again",
+                digest,
+                block.rule,
+                block.since.isoformat(),
+            )
+        return block
+
+    async def _locked_blob(self, session: AsyncSession, digest: str) -> Blob:
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
+        if blob is None:
+            raise NotFoundError("no blob has this digest", {"digest": f"blake3:{digest}"})
+        return blob

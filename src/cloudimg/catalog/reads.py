@@ -7,10 +7,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag
-from cloudimg.catalog.records import BlobRef, StorageTotals, TagInfo
+from cloudimg.catalog.records import BlobBlock, BlobRef, StorageTotals, TagInfo, blob_block
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
-from cloudimg.errors import BlobCorruptError, NotFoundError
+from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
 
 __all__ = ["CatalogReads"]
 
@@ -20,6 +20,16 @@ def _corrupt(digest: str) -> BlobCorruptError:
         f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
         " upload the image again",
         {"digest": f"blake3:{digest}"},
+    )
+
+
+def _blocked(digest: str, block: BlobBlock) -> ImageBlockedError:
+    # The message names the rule and says who can act: the bytes are fine as stored,
+    # so "upload again" (DATA_LOSS's advice) would not help.
+    return ImageBlockedError(
+        f"the image blake3:{digest} is blocked by the registry's operator: it breaks"
+        f" the image safety rule {block.rule!r}",
+        {"digest": f"blake3:{digest}", "rule": block.rule, "since": block.since.isoformat()},
     )
 
 
@@ -100,13 +110,15 @@ class CatalogReads(CatalogBase):
             updated=tag_row.updated_at,
             format=blob.format,
             virtual_size=blob.virtual_size,
+            blocked=blob_block(blob.blocked_rule, blob.blocked_at),
         )
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
-        """The blob a tag name or a digest names in an image.
+        """The blob a tag name or a digest names in an image, to download it.
 
         A digest reference is valid only while a tag of this image holds that blob.
-        The caller has validated the tag name.
+        The caller has validated the tag name. A blob an operator blocked raises
+        ``ImageBlockedError`` naming the rule (its ``/meta`` still answers: ``get_tag``).
         """
         ref = await self._lookup(repo, image, reference)
         # A crash between a delete's trash rename and its commit leaves the file in trash
@@ -119,6 +131,8 @@ class CatalogReads(CatalogBase):
     async def _lookup(self, repo: str, image: str, reference: Reference) -> BlobRef:
         if isinstance(reference, str):
             info = await self.get_tag(repo, image, reference)
+            if info.blocked is not None:
+                raise _blocked(info.digest, info.blocked)
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
@@ -138,6 +152,9 @@ class CatalogReads(CatalogBase):
             )
         if blob.quarantined_at is not None:
             raise _corrupt(blob.digest)
+        block = blob_block(blob.blocked_rule, blob.blocked_at)
+        if block is not None:
+            raise _blocked(blob.digest, block)
         return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
     async def check_writable(self) -> None:

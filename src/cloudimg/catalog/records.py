@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "BlobBlock",
     "BlobRecord",
     "BlobRef",
     "BlobState",
@@ -15,7 +16,22 @@ __all__ = [
     "StorageTotals",
     "TagInfo",
     "TagRecord",
+    "blob_block",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobBlock:
+    """Why and since when an operator blocked a blob (``Catalog.block_blob``)."""
+
+    rule: str
+    """The inspection rule the bytes break, e.g. ``qcow2-backing-file``."""
+    since: datetime
+
+
+def blob_block(rule: str | None, since: datetime | None) -> BlobBlock | None:
+    """The block a blob row's ``blocked_rule`` and ``blocked_at`` say; None: served."""
+    return None if rule is None or since is None else BlobBlock(rule, since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +60,8 @@ class TagInfo:
     format: str | None = None
     """Detected image format; None for bytes stored before inspection existed."""
     virtual_size: int | None = None
+    blocked: BlobBlock | None = None
+    """Set while an operator blocks the bytes: downloads are refused, ``/meta`` says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,10 @@ class BlobRecord:
     refcount: int
     quarantined: bool
     tags: tuple[TagRecord, ...]
+    inspected: bool = False
+    """The bytes were inspected (format and virtual size known); False for blobs stored
+    before inspection existed, and for unsafe ones nobody blocked yet."""
+    blocked: BlobBlock | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,13 @@ A blob whose bytes do not match is quarantined: its file is moved aside and the
 catalog marks it, so the server refuses to serve it; uploading the image again
 heals it. A problem found in the snapshot is confirmed against the catalog as it
 is now before it is reported, so work that commits while fsck runs is no problem.
+
+With ``inspect``, the images stored before inspection existed (or, ``every``, all of
+them) are read through the image inspector: a safe one gets its format and virtual
+size recorded, an unsafe one is a problem naming the rule it breaks, and is blocked
+(its downloads refused) when asked. Blobs an operator blocked are listed, never
+inspected again: ``cloudimg unblock`` lifts a block, and the next inspection judges
+the bytes again.
 """
 
 from __future__ import annotations
@@ -20,17 +27,19 @@ from dataclasses import dataclass, field
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
-from cloudimg.errors import CloudimgError
+from cloudimg.errors import CloudimgError, ImageRefusedError, NotFoundError
+from cloudimg.images import InspectionPolicy, inspect_reader
 from cloudimg.maintenance.progress import Progress, ProgressMeter
 
-__all__ = ["KINDS", "FsckProblem", "FsckReport", "check"]
+__all__ = ["KINDS", "FsckProblem", "FsckReport", "Inspect", "check"]
 
-KINDS = ("missing", "size", "checksum", "quarantined", "refcount", "stray", "error")
+KINDS = ("missing", "size", "checksum", "quarantined", "unsafe", "refcount", "stray", "error")
 """Kinds of problem: blob file missing, wrong size, wrong bytes, blob quarantined
-earlier and not uploaded again, wrong reference count, a file in the blob tree that
-is not a blob, a check that could not run."""
+earlier and not uploaded again, an image that breaks an inspection rule, wrong
+reference count, a file in the blob tree that is not a blob, a check that could not run."""
 
 _HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_NOT_INSPECTED = {"missing", "size", "checksum", "quarantined", "error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,23 @@ class FsckProblem:
     path: str | None = None
     quarantined: bool = False
     """fsck moved the bytes aside and marked the blob (the server no longer serves it)."""
+    rule: str | None = None
+    """The inspection rule an ``unsafe`` or ``blocked`` image breaks."""
+    blocked: bool = False
+    """The image is blocked: its downloads answer 403 ``IMAGE_BLOCKED``."""
+    since: str | None = None
+    """When a ``blocked`` image was blocked (ISO 8601)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inspect:
+    """What ``check`` inspects, under which policy, and whether it blocks what is unsafe."""
+
+    policy: InspectionPolicy
+    every: bool = False
+    """Inspect every image again, not only those never inspected (``--reinspect``)."""
+    block_unsafe: bool = False
+    """Block each unsafe image: its tags stay, its downloads are refused."""
 
 
 @dataclass
@@ -51,12 +77,21 @@ class FsckReport:
     """What fsck found."""
 
     checksum: bool
+    inspect: bool = False
     blobs: int = 0
     tags: int = 0
     bytes_hashed: int = 0
+    inspected: int = 0
+    """Images read through the inspector in this run (safe and unsafe)."""
+    bytes_inspected: int = 0
+    uninspected: int = 0
+    """Images never inspected that this run left so (stored before inspection, not
+    blocked; without ``inspect``, or unsafe): ``fsck --inspect`` reads them."""
     problems: list[FsckProblem] = field(default_factory=list)
     unreferenced: list[FsckProblem] = field(default_factory=list)
     """Blob files no row names: not a problem (gc reclaims them after the grace period)."""
+    blocked: list[FsckProblem] = field(default_factory=list)
+    """Images an operator blocked before this run: not served, not a problem."""
     duration_seconds: float = 0.0
 
     @property
@@ -69,7 +104,9 @@ async def check(
     blobs: MaintenanceBlobStore,
     *,
     checksum: bool = False,
+    inspect: Inspect | None = None,
     progress: Progress | None = None,
+    inspect_progress: Progress | None = None,
 ) -> FsckReport:
     """Check the store; quarantine blobs whose bytes are wrong.
 
@@ -77,10 +114,12 @@ async def check(
         catalog: the catalog over ``blobs``.
         blobs: the blob store to check.
         checksum: hash every blob (reads every byte) instead of comparing sizes only.
+        inspect: inspect images (see ``Inspect``); None: only count those never inspected.
         progress: called every few seconds with (bytes hashed, bytes to hash).
+        inspect_progress: the same for the bytes inspected.
     """
     started = time.monotonic()
-    report = FsckReport(checksum=checksum)
+    report = FsckReport(checksum=checksum, inspect=inspect is not None)
     snapshot = await catalog.snapshot()
     report.blobs, report.tags = len(snapshot.blobs), len(snapshot.tags)
     files: dict[str, StoredFile] = {}
@@ -105,6 +144,11 @@ async def check(
     if to_hash:
         await _hash_all(catalog, blobs, to_hash, report, progress)
 
+    report.blocked = [_blocked(record) for record in snapshot.blobs.values() if record.blocked]
+    await _inspection(
+        catalog, blobs, list(snapshot.blobs.values()), inspect, report, inspect_progress
+    )
+
     for digest, entry in files.items():
         if digest not in snapshot.blobs and await catalog.blob_state(digest) is None:
             detail = "no blob row names this file (gc reclaims it after the grace period)"
@@ -114,8 +158,46 @@ async def check(
     return report
 
 
+async def _inspection(
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    records: list[BlobRecord],
+    inspect: Inspect | None,
+    report: FsckReport,
+    progress: Progress | None,
+) -> None:
+    """Inspect what ``inspect`` asks for; count the images left never inspected."""
+    # Inspect only bytes that are there and right: not those this run found missing,
+    # wrong or quarantined, nor those an operator blocked (their verdict is theirs).
+    bad = {p.digest for p in report.problems if p.kind in _NOT_INSPECTED}
+    to_inspect = [
+        record
+        for record in records
+        if record.blocked is None
+        and not record.quarantined
+        and record.digest not in bad
+        and (not record.inspected or (inspect is not None and inspect.every))
+    ]
+    settled: set[str] = set()
+    if inspect is not None and to_inspect:
+        settled = await _inspect_all(catalog, blobs, to_inspect, inspect, report, progress)
+    report.uninspected = sum(
+        1 for record in to_inspect if not record.inspected and record.digest not in settled
+    )
+
+
 def _tags(record: BlobRecord) -> tuple[str, ...]:
     return tuple(str(tag) for tag in record.tags)
+
+
+def _blocked(record: BlobRecord) -> FsckProblem:
+    assert record.blocked is not None
+    detail = "blocked by an operator: downloads are refused (cloudimg unblock serves it again)"
+    since = record.blocked.since.isoformat()
+    rule = record.blocked.rule
+    return FsckProblem(
+        "blocked", record.digest, detail, _tags(record), rule=rule, blocked=True, since=since
+    )
 
 
 async def _check_record(
@@ -184,3 +266,72 @@ async def _hash_all(
     await asyncio.gather(*(one(record) for record in records))
     meter.finish()
     report.bytes_hashed = meter.done
+
+
+async def _inspect_all(
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    records: list[BlobRecord],
+    inspect: Inspect,
+    report: FsckReport,
+    progress: Progress | None,
+) -> set[str]:
+    """Read each image through the inspector, a few at a time, each on a worker thread.
+
+    Returns the digests now settled: inspection recorded, or blocked.
+    """
+    meter = ProgressMeter(progress, sum(r.size for r in records))
+    workers = asyncio.Semaphore(_HASH_WORKERS)
+    settled: set[str] = set()
+
+    async def one(record: BlobRecord) -> None:
+        async with workers:
+            try:
+                reader = await blobs.open(record.digest)
+                if reader is None:  # deleted meanwhile (or lost: the next fsck says missing)
+                    return
+                try:
+                    inspection = await asyncio.to_thread(
+                        inspect_reader, reader, inspect.policy, meter.add
+                    )
+                finally:
+                    reader.close()
+                report.inspected += 1
+                if await catalog.record_inspection(record.digest, inspection):
+                    settled.add(record.digest)
+            except ImageRefusedError as exc:
+                report.inspected += 1
+                if await _unsafe(catalog, record, exc, inspect, report):
+                    settled.add(record.digest)
+            except (CloudimgError, OSError) as exc:
+                report.problems.append(FsckProblem("error", record.digest, str(exc), _tags(record)))
+
+    await asyncio.gather(*(one(record) for record in records))
+    meter.finish()
+    report.bytes_inspected = meter.done
+    return settled
+
+
+async def _unsafe(
+    catalog: Catalog,
+    record: BlobRecord,
+    refusal: ImageRefusedError,
+    inspect: Inspect,
+    report: FsckReport,
+) -> bool:
+    """Report an image the inspector refused, and block it when asked; whether it was."""
+    rule = str((refusal.context or {}).get("rule", "unknown"))
+    blocked = False
+    try:
+        if inspect.block_unsafe:
+            await catalog.block_blob(record.digest, rule)
+            blocked = True
+        elif await catalog.blob_state(record.digest) is None:
+            return False  # its last tag went while we read it
+    except NotFoundError:
+        return False
+    problem = FsckProblem(
+        "unsafe", record.digest, refusal.message, _tags(record), rule=rule, blocked=blocked
+    )
+    report.problems.append(problem)
+    return blocked
