@@ -13,6 +13,7 @@ from cloudimg.cli.fsck import fsck
 from cloudimg.cli.gc import gc
 from cloudimg.cli.import_legacy import import_legacy_command
 from cloudimg.cli.serve import serve
+from cloudimg.cli.unblock import unblock
 
 __all__ = ["cli", "main"]
 
@@ -32,6 +33,7 @@ cli.add_command(gc)
 cli.add_command(fsck)
 cli.add_command(import_legacy_command)
 cli.add_command(du)
+cli.add_command(unblock)
 
 
 def main() -> None:

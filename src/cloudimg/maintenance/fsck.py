@@ -192,8 +192,8 @@ def _tags(record: BlobRecord) -> tuple[str, ...]:
 
 def _blocked(record: BlobRecord) -> FsckProblem:
     assert record.blocked is not None
-    detail = "blocked by an operator: downloads are refused (cloudimg unblock serves it again)"
     since = record.blocked.since.isoformat()
+    detail = f"blocked since {since}: downloads answer 403 IMAGE_BLOCKED"
     rule = record.blocked.rule
     return FsckProblem(
         "blocked", record.digest, detail, _tags(record), rule=rule, blocked=True, since=since
