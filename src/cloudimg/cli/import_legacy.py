@@ -47,7 +47,9 @@ def import_legacy_command(
     """Import the old server's tree: names, metadata and bytes as they were.
 
     Identical images become one blob. Entries that are not valid are skipped with the
-    reason. Safe to run again, or after a crash. Exits 1 when an entry was skipped or failed.
+    reason; so is an unsafe image, with the inspection rule it breaks (the dry run
+    inspects too). Safe to run again, or after a crash. Exits 1 when an entry was
+    skipped or failed.
     """
     settings = settings_from(**values)
     progress = progress_printer("checked" if dry_run else "imported", enabled=not as_json)
@@ -58,7 +60,13 @@ def import_legacy_command(
         report = run(
             settings,
             lambda catalog, blobs: import_legacy(
-                catalog, blobs, source, move=move, data_root=settings.data_root, progress=progress
+                catalog,
+                blobs,
+                source,
+                move=move,
+                data_root=settings.data_root,
+                progress=progress,
+                policy=settings.inspection_policy,
             ),
             create=True,
         )
@@ -80,7 +88,12 @@ async def _preview(
     """The dry run: the catalog opened for reading only, or none before the first start."""
     async with open_catalog_read_only(settings) as catalog:
         return await preview_import(
-            catalog, source, move=move, data_root=settings.data_root, progress=progress
+            catalog,
+            source,
+            move=move,
+            data_root=settings.data_root,
+            progress=progress,
+            policy=settings.inspection_policy,
         )
 
 

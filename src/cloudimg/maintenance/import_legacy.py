@@ -5,6 +5,9 @@ The old layout is ``<repo>/<image>/<tag>/image.bin`` with the tag's metadata in
 the same metadata and bytes, committed like an upload (identical images share one
 blob). What is not a valid entry is skipped with the reason.
 
+Each image to import is inspected first (``cloudimg.images``): one that breaks an
+inspection rule is skipped, with the rule in its entry, in a dry run too.
+
 Idempotent and resumable: an entry whose tag already holds the same bytes and
 metadata is left as it is, so a second run, or a run after a crash, ends in the
 same state. With ``move``, the bytes are taken without a second copy when the
@@ -27,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import blake3
@@ -39,8 +42,15 @@ from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, Staged
 from cloudimg.catalog import Catalog, TagInfo, create_engine
 from cloudimg.catalog.database import check_schema, current_revision
 from cloudimg.config import Settings
-from cloudimg.errors import BlobCorruptError, CloudimgError, InvalidArgumentError, NotFoundError
+from cloudimg.errors import (
+    BlobCorruptError,
+    CloudimgError,
+    ImageRefusedError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from cloudimg.gc_record import GC_RECORD_NAME
+from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
 from cloudimg.ingest import commit_staged
 from cloudimg.maintenance.progress import Progress, ProgressMeter
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
@@ -77,6 +87,8 @@ class LegacyEntry:
     size: int = 0
     linked: bool = False
     """The bytes were taken without a copy (``move`` on the same file system)."""
+    rule: str | None = None
+    """The inspection rule a ``skipped`` unsafe image breaks."""
 
 
 @dataclass
@@ -121,6 +133,7 @@ async def import_legacy(
     move: bool = False,
     data_root: Path | None = None,
     progress: Progress | None = None,
+    policy: InspectionPolicy | None = None,
 ) -> ImportReport:
     """Import the old server's tree at ``source``.
 
@@ -131,8 +144,10 @@ async def import_legacy(
         move: take the bytes without a copy where possible, and remove imported entries.
         data_root: the blob store's data root, skipped if it sits inside ``source``.
         progress: called every few seconds with (bytes done, bytes to do).
+        policy: what the inspection accepts (default: the registry's defaults).
     """
-    return await _run(catalog, blobs, source, move, False, data_root, progress)
+    policy = policy or InspectionPolicy()
+    return await _run(catalog, blobs, source, move, False, data_root, progress, policy)
 
 
 async def preview_import(
@@ -142,18 +157,21 @@ async def preview_import(
     move: bool = False,
     data_root: Path | None = None,
     progress: Progress | None = None,
+    policy: InspectionPolicy | None = None,
 ) -> ImportReport:
     """What ``import_legacy`` would do with ``source``, doing none of it.
 
-    Reads the old tree and the catalog only; hashes an image only where the catalog
-    already has its tag (to tell ``unchanged`` from a conflict), so it is quick.
+    Reads the old tree and the catalog only. Each image to import is read through
+    the inspector (an unsafe one would be skipped); an image is hashed only where the
+    catalog already has its tag (to tell ``unchanged`` from a conflict).
 
     Args:
         catalog: the catalog to compare with (see ``open_catalog_read_only``); None when
             there is none yet, so every valid entry would be imported.
-        source, move, data_root, progress: as for ``import_legacy``.
+        source, move, data_root, progress, policy: as for ``import_legacy``.
     """
-    return await _run(catalog, None, source, move, True, data_root, progress)
+    policy = policy or InspectionPolicy()
+    return await _run(catalog, None, source, move, True, data_root, progress, policy)
 
 
 async def _run(
@@ -164,6 +182,7 @@ async def _run(
     dry_run: bool,
     data_root: Path | None,
     progress: Progress | None,
+    policy: InspectionPolicy,
 ) -> ImportReport:
     started = time.monotonic()
     report = ImportReport(source=str(source), move=move, dry_run=dry_run)
@@ -172,7 +191,7 @@ async def _run(
     meter = ProgressMeter(progress, sum(sizes))
     for candidate in candidates:
         try:
-            entry = await _import_one(catalog, blobs, candidate, move, dry_run, meter)
+            entry = await _import_one(catalog, blobs, candidate, move, dry_run, meter, policy)
         except (CloudimgError, OSError) as exc:
             entry = LegacyEntry(candidate.rel, "failed", str(exc))
         report.entries.append(entry)
@@ -369,11 +388,16 @@ async def _import_one(
     move: bool,
     dry_run: bool,
     meter: ProgressMeter,
+    policy: InspectionPolicy,
 ) -> LegacyEntry:
     entry, meta = await _decide(catalog, candidate, meter)
+    image_path = candidate.directory / IMAGE_FILE
     if dry_run:
         if entry.outcome == "imported":
-            meter.add(entry.size)
+            try:
+                await asyncio.to_thread(_inspect_file, image_path, policy, meter.add)
+            except ImageRefusedError as exc:
+                return _unsafe(entry, exc)
         return entry
     assert catalog is not None, "only a dry run goes without a catalog"
     assert blobs is not None, "only a dry run goes without a blob store"
@@ -381,17 +405,51 @@ async def _import_one(
         await asyncio.to_thread(_remove_entry, candidate.directory)
     if entry.outcome != "imported":
         return entry
-    staged, linked = await _stage(blobs, candidate.directory / IMAGE_FILE, move, meter)
+    try:
+        staged, linked, _inspection = await _stage(blobs, image_path, move, meter, policy)
+    except ImageRefusedError as exc:
+        return _unsafe(entry, exc)
     await commit_staged(catalog, blobs, candidate.names, staged, meta)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
 
 
+def _unsafe(entry: LegacyEntry, refusal: ImageRefusedError) -> LegacyEntry:
+    """The entry skipped for the inspection rule its image breaks; it stays in the old tree."""
+    rule = str((refusal.context or {}).get("rule", "unknown"))
+    reason = f"unsafe image (rule {rule}): {refusal.message}"
+    return LegacyEntry(entry.path, "skipped", reason, size=entry.size, rule=rule)
+
+
+def _inspect_file(
+    path: Path, policy: InspectionPolicy, on_bytes: Callable[[int], None] | None
+) -> Inspection:
+    """Read ``path`` through the inspector (blocking: on a thread)."""
+    inspector = ImageInspector(policy)
+    size = 0
+    with path.open("rb") as source:
+        while chunk := source.read(_COPY_CHUNK):
+            inspector.feed(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return inspector.finish(size)
+
+
 async def _stage(
-    blobs: MaintenanceBlobStore, image_path: Path, move: bool, meter: ProgressMeter
-) -> tuple[StagedBlob, bool]:
+    blobs: MaintenanceBlobStore,
+    image_path: Path,
+    move: bool,
+    meter: ProgressMeter,
+    policy: InspectionPolicy,
+) -> tuple[StagedBlob, bool, Inspection]:
+    """Stage the image's bytes and inspect them; raises ``ImageRefusedError`` with nothing
+    left staged when the image is unsafe."""
     if move:
+        # A link hashes the file in place, so the inspector reads it on its own first
+        # (and, when the link falls back to a copy, once more: the copy feeds it too).
+        inspection = await asyncio.to_thread(_inspect_file, image_path, policy, None)
         try:
             staged = await blobs.stage_link(image_path)
         except OSError as exc:
@@ -399,14 +457,31 @@ async def _stage(
                 raise
         else:
             meter.add(staged.size)
-            return staged, True
+            return staged, True, inspection
+    staged, inspection = await _copy(blobs, image_path, meter, policy)
+    return staged, False, inspection
+
+
+async def _copy(
+    blobs: MaintenanceBlobStore, image_path: Path, meter: ProgressMeter, policy: InspectionPolicy
+) -> tuple[StagedBlob, Inspection]:
+    """Copy the image into staging, feeding the inspector each chunk as it is read."""
+    inspector = ImageInspector(policy)
+
+    def read(source: BinaryIO) -> bytes:
+        chunk = source.read(_COPY_CHUNK)
+        if chunk:
+            inspector.feed(chunk)
+        return chunk
+
     writer = await blobs.open_staging()
     try:
         with await asyncio.to_thread(image_path.open, "rb") as source:
-            while chunk := await asyncio.to_thread(source.read, _COPY_CHUNK):
+            while chunk := await asyncio.to_thread(read, source):
                 await writer.write(chunk)
                 meter.add(len(chunk))
-        return await writer.finish(), False
+        staged = await writer.finish()
+        return staged, inspector.finish(staged.size)
     except BaseException:
         await writer.abort()
         raise
