@@ -60,6 +60,10 @@ def _meta_view(info: TagInfo, image_path: str) -> Envelope:
         "size": info.size,
         "created": info.created.isoformat(),
         "updated": info.updated.isoformat(),
+        # Why downloads answer 403 IMAGE_BLOCKED, while an operator blocks the bytes.
+        "blocked": None
+        if info.blocked is None
+        else {"rule": info.blocked.rule, "since": info.blocked.since.isoformat()},
     }
 
 
@@ -96,7 +100,7 @@ class RegistryController(Controller):
         operation_id=lambda _handler, method, _path: "GetImage" if method == "GET" else "HeadImage",
         summary="Download an image by tag or by digest (blake3:<hex> or sha256:<hex>)",
         media_type="application/octet-stream",
-        responses={**BINARY_RESPONSES, **error_responses(400, 404, 412, 416)},
+        responses={**BINARY_RESPONSES, **error_responses(400, 403, 404, 412, 416)},
         opt={TRANSFER_OPT: "download"},
     )
     async def get_image(

@@ -38,6 +38,7 @@ class ErrorBody(TypedDict):
 
 _ERROR_DESCRIPTIONS = {
     400: "INVALID_ARGUMENT: a bad name, body, metadata, digest or reference",
+    403: "IMAGE_BLOCKED: an operator blocked the image for the safety rule context.rule",
     404: "NOT_FOUND: no such repository, image, tag or digest reference",
     408: "DEADLINE_EXCEEDED: the request body stalled longer than the server waits",
     412: "FAILED_PRECONDITION: If-Match or If-Unmodified-Since is false",
