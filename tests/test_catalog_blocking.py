@@ -3,6 +3,7 @@ an upload of the same bytes never unblocks, only ``unblock_blob`` does."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from cloudimg.catalog import Catalog
 from cloudimg.digest import Digest
 from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
 from cloudimg.maintenance import check
-from tests.maintenance_support import open_test_catalog, put, sql, store_of
+from tests.databases import catalog_database
+from tests.maintenance_support import cli, cli_json, open_test_catalog, put, sql, store_of
 from tests.support import sha256_hex
 
 RULE = "qcow2-backing-file"
@@ -56,7 +58,8 @@ async def test_a_blocked_blob_is_refused_by_tag_and_digest_and_meta_says_why(
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
         block = await catalog.block_blob(digest, RULE)
     assert block.rule == RULE
-    assert f"blocked blob blake3:{digest}" in caplog.text and RULE in caplog.text
+    assert f"blocked blob blake3:{digest}" in caplog.text
+    assert RULE in caplog.text
 
     await assert_blocked(catalog, digest, data, "repo/img/v1", "other/img/pinned")
     assert await catalog.list_tags("repo", "img") == ["v1", "v2"]  # the tags stay listed
@@ -106,7 +109,8 @@ async def test_unblock_serves_again_and_is_logged(
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
         lifted = await catalog.unblock_blob(digest)
     assert lifted == block
-    assert f"unblocked blob blake3:{digest}" in caplog.text and RULE in caplog.text
+    assert f"unblocked blob blake3:{digest}" in caplog.text
+    assert RULE in caplog.text
     assert (await catalog.resolve("repo", "img", "v1")).digest == digest
     assert (await catalog.resolve("repo", "img", Digest("blake3", digest))).digest == digest
     assert (await catalog.get_tag("repo", "img", "v1")).blocked is None
@@ -134,7 +138,61 @@ async def test_the_snapshot_tells_inspected_and_blocked_blobs(catalog: Catalog) 
     sql(root, "UPDATE blobs SET inspected_at = NULL")
     sql(root, "UPDATE blobs SET inspected_at = created_at WHERE digest = ?", blocked)
     snapshot = await catalog.snapshot()
-    assert snapshot.blobs[old].inspected is False and snapshot.blobs[old].blocked is None
+    assert snapshot.blobs[old].inspected is False
+    assert snapshot.blobs[old].blocked is None
     record = snapshot.blobs[blocked]
     assert record.inspected is True
-    assert record.blocked is not None and record.blocked.rule == RULE
+    assert record.blocked is not None
+    assert record.blocked.rule == RULE
+
+
+async def test_fsck_counts_uninspected_and_lists_blocked_blobs(catalog: Catalog) -> None:
+    old = await put(catalog, "repo/img/old", os.urandom(1000))
+    blocked = await put(catalog, "repo/img/bad", os.urandom(1000))
+    root = store_of(catalog).root
+    sql(root, "UPDATE blobs SET inspected_at = NULL")  # stored before inspection existed
+    await catalog.block_blob(blocked, RULE)
+    report = await check(catalog, store_of(catalog))
+    assert report.ok  # neither is a problem without --inspect
+    assert (report.inspect, report.inspected, report.uninspected) == (False, 0, 1)
+    assert [(p.kind, p.digest, p.rule, p.tags) for p in report.blocked] == [
+        ("blocked", blocked, RULE, ("repo/img:bad",))
+    ]
+    assert old not in {p.digest for p in report.blocked}
+
+
+@pytest.mark.slow  # five CLI runs
+def test_cli_unblock(tmp_path: Path, backend: str) -> None:
+    root = tmp_path / "data"
+    data = os.urandom(2000)
+
+    async def fill() -> str:
+        async with open_test_catalog(root, backend) as catalog:
+            digest = await put(catalog, "repo/img/v1", data)
+            await catalog.block_blob(digest, RULE)
+            return digest
+
+    with catalog_database(backend, root):
+        digest = asyncio.run(fill())
+        listed = cli("fsck", "--data-root", str(root), check=0)
+        assert "blocked images (not served; cloudimg unblock lifts it): 1" in listed.stdout
+        assert f"blake3:{digest}: [rule {RULE}]" in listed.stdout
+
+        done = cli("unblock", "--data-root", str(root), f"blake3:{digest}", check=0)
+        assert f"unblocked blake3:{digest}" in done.stdout
+        assert RULE in done.stdout
+        assert f"unblocked blob blake3:{digest}" in done.stderr  # the log line
+        assert sql(root, "SELECT blocked_rule FROM blobs") == [(None,)]
+
+        again = cli_json("unblock", "--data-root", str(root), f"blake3:{digest}", check=0)
+        assert again == {
+            "digest": f"blake3:{digest}",
+            "unblocked": False,
+            "rule": None,
+            "since": None,
+        }
+
+        unknown = cli("unblock", "--data-root", str(root), "blake3:" + "0" * 64, check=1)
+        assert "no blob has the digest" in unknown.stderr
+        bad = cli("unblock", "--data-root", str(root), f"sha256:{sha256_hex(data)}", check=2)
+        assert "blake3" in bad.stderr
