@@ -59,6 +59,20 @@ async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> str:
     return staged.blake3
 
 
+async def legacy_put(catalog: Catalog, ref: str, data: bytes) -> str:
+    """Store ``data`` as ``repo/image/tag`` as a version without inspection did: a blob
+    row without format, virtual size or inspection time. Bytes today's uploads refuse
+    (an unsafe image) get in this way too."""
+    digest = await put(catalog, ref, data)
+    sql(
+        store_of(catalog).root,
+        "UPDATE blobs SET format = NULL, virtual_size = NULL, partition_table = NULL,"
+        " inspected_at = NULL WHERE digest = ?",
+        digest,
+    )
+    return digest
+
+
 def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on the data root's catalog from outside (to make faults for real)."""
     return query(catalog_url(data_root), statement, *params)
