@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
@@ -57,13 +57,11 @@ class CatalogMaintenance(CatalogBase):
         )
         async with self._read() as session, session.begin():
             rows = (await session.execute(query)).all()
-        rows_of: dict[str, Row[Any]] = {}
-        tags_of: dict[str, list[TagRecord]] = {}
+        rows_of = {row.digest: row for row in rows}  # one per blob (the last of its tags)
+        tags_of: dict[str, list[TagRecord]] = {digest: [] for digest in rows_of}
         for row in rows:
-            rows_of[row.digest] = row
-            tags = tags_of.setdefault(row.digest, [])
             if row.tag is not None:
-                tags.append(TagRecord(row.repo, row.image, row.tag, row.digest))
+                tags_of[row.digest].append(TagRecord(row.repo, row.image, row.tag, row.digest))
         blobs = {
             digest: BlobRecord(
                 digest,
