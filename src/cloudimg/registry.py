@@ -3,7 +3,8 @@
 Used by the app (``api/app.py``) and by the maintenance commands (``cli/output.py``),
 so both honour the SQLite busy timeout and the same schema rule: only ``serve``,
 ``db upgrade`` and ``import-legacy`` (which may start a new data root) migrate;
-``gc``, ``fsck``, ``du`` and ``unblock`` refuse a catalog that is behind, naming ``cloudimg db upgrade``.
+``gc``, ``fsck``, ``du`` and ``unblock`` refuse a catalog that is behind, naming
+``cloudimg db upgrade``.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
 
     ``migrate``: True creates the data root and its layout and brings the catalog
     schema to this code's head (``serve``, ``db upgrade``, ``import-legacy``); False
-    requires the schema at head already (``gc``, ``fsck``, ``du``, ``unblock``); None leaves the
-    schema alone and touches no database: the app, which ``cloudimg serve`` builds
+    requires the schema at head already (``gc``, ``fsck``, ``du``, ``unblock``); None leaves
+    the schema alone and touches no database: the app, which ``cloudimg serve`` builds
     (in each worker) after it migrated once, and which must start even while the
     database is away (it answers 503 until it is back). Blocking (the schema step
     runs an event loop of its own): from inside a running loop it runs in a thread.
