@@ -67,6 +67,11 @@ class ImageInspector:
         self._head_bytes = b""
         self._length = 0
 
+    def declare(self, declared_format: str) -> None:
+        """The declared format when it is known only once the bytes have streamed (a form
+        field after the image). Raises ``ValueError`` for an unknown name."""
+        self._declared = normalize_format(declared_format)
+
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         """The next bytes of the image. Never raises for what the bytes contain."""
         self._length += len(chunk)
