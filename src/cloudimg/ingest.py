@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog import Catalog
+from cloudimg.images import Inspection
 
 __all__ = ["TagNames", "commit_staged"]
 
@@ -17,10 +18,16 @@ TagNames = tuple[str, str, str]
 
 
 async def commit_staged(
-    catalog: Catalog, blobs: BlobStore, names: TagNames, staged: StagedBlob, meta: dict[str, str]
+    catalog: Catalog,
+    blobs: BlobStore,
+    names: TagNames,
+    staged: StagedBlob,
+    meta: dict[str, str],
+    inspection: Inspection | None = None,
 ) -> None:
-    """Make ``names`` name the staged bytes with ``meta``, then drop the staging file."""
+    """Make ``names`` name the staged bytes with ``meta`` (and what inspection found), then
+    drop the staging file."""
     try:
-        await catalog.commit_upload(*names, staged, meta)
+        await catalog.commit_upload(*names, staged, meta, inspection)
     finally:
         await blobs.discard(staged)

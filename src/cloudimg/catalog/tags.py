@@ -9,6 +9,7 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError, UnavailableError
+from cloudimg.images import Inspection
 
 __all__ = ["TagWrites"]
 
@@ -17,19 +18,29 @@ class TagWrites(CatalogBase):
     """Name staged bytes with a tag, drop a tag; lock order repository, image, tag, blob."""
 
     async def commit_upload(
-        self, repo: str, image: str, tag: str, staged: StagedBlob, meta: dict[str, str]
+        self,
+        repo: str,
+        image: str,
+        tag: str,
+        staged: StagedBlob,
+        meta: dict[str, str],
+        inspection: Inspection | None = None,
     ) -> None:
         """Make ``repo/image:tag`` name the staged bytes, in one transaction.
 
         The blob file is put in place under the catalog lock (unless the digest is
         stored already: deduplication); a tag that pointed elsewhere releases its
-        old blob, which is trashed if that was its last reference.
+        old blob, which is trashed if that was its last reference. ``inspection`` (what
+        the bytes are, see ``cloudimg.images``) is recorded on a blob not inspected yet;
+        without one the blob stays uninspected (fsck inspects it later).
         """
 
         async def change(session: AsyncSession, effects: FileEffects) -> None:
             # Lock order, as in delete_tag: repository, image, tag, blob.
             image_id = await self._get_or_create_image(session, repo, image)
             blob = await self._lock_or_create_blob(session, staged)
+            if inspection is not None and blob.inspected_at is None:
+                _record(blob, inspection)
             current = await session.scalar(
                 select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
             )
@@ -164,3 +175,11 @@ class TagWrites(CatalogBase):
         )
         if not remaining:
             await session.execute(delete(Repository).where(Repository.id == repo_id))
+
+
+def _record(blob: Blob, inspection: Inspection) -> None:
+    """What inspection found, on the blob row (a block is an operator's, left alone)."""
+    blob.format = inspection.format
+    blob.virtual_size = inspection.virtual_size
+    blob.partition_table = inspection.partition_table
+    blob.inspected_at = utcnow()
