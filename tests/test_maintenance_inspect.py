@@ -24,7 +24,7 @@ from cloudimg.maintenance.fsck import Inspect
 from cloudimg.maintenance.import_legacy import import_legacy, preview_import
 from tests.databases import catalog_database
 from tests.images import MIB, needs_qemu_img, qcow2, qcow2_with_backing_file, qcow2_with_data_file
-from tests.maintenance_support import cli_json, legacy_put, open_test_catalog, put, store_of
+from tests.maintenance_support import cli_json, legacy_put, open_test_catalog, store_of
 
 pytestmark = needs_qemu_img
 
@@ -112,10 +112,11 @@ async def test_block_unsafe_refuses_downloads_and_lists_the_block(
 
 async def test_reinspect_applies_a_tighter_policy(catalog: Catalog, tmp_path: Path) -> None:
     data = qcow2(tmp_path).read_bytes()
-    digest = await put(catalog, "repo/img/v1", data)  # inspected on the way in
+    digest = await legacy_put(catalog, "repo/img/v1", data)
     store = store_of(catalog)
+    assert (await check(catalog, store, inspect=Inspect(POLICY))).ok  # safe, inspected
     tight = InspectionPolicy(max_virtual_size=8 * MIB)
-    assert (await check(catalog, store, inspect=Inspect(tight))).inspected == 0
+    assert (await check(catalog, store, inspect=Inspect(tight))).inspected == 0  # once only
     report = await check(catalog, store, inspect=Inspect(tight, every=True, block_unsafe=True))
     assert [(p.digest, p.rule) for p in report.problems] == [(digest, "virtual-size-too-large")]
     with pytest.raises(ImageBlockedError, match="virtual-size-too-large"):

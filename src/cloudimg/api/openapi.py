@@ -19,6 +19,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 __all__ = [
     "BINARY_RESPONSES",
     "CREATED_HEADERS",
+    "BlockedView",
     "ErrorBody",
     "MetaView",
     "UploadOperation",
@@ -35,6 +36,15 @@ class ErrorBody(TypedDict):
     """What went wrong, for a human; never a server path."""
     context: NotRequired[dict[str, Any]]
     """Details: the offending name, the limit, the size of the image..."""
+
+
+class BlockedView(TypedDict):
+    """Why an image's downloads are refused: the rule its bytes break, since when."""
+
+    rule: str
+    """The image safety rule, e.g. qcow2-backing-file."""
+    since: str
+    """When the operator blocked it (ISO 8601)."""
 
 
 class MetaView(TypedDict):
@@ -58,6 +68,9 @@ class MetaView(TypedDict):
     virtual_size: int | None
     """Bytes of the disk the image describes (for raw and iso: its length); null when
     not inspected."""
+    blocked: BlockedView | None
+    """Set while an operator blocks the image (its downloads answer 403 IMAGE_BLOCKED);
+    null when it is served."""
 
 
 _ERROR_DESCRIPTIONS = {

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.options import inspection_options, settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
 from cloudimg.maintenance import FsckReport, check
 from cloudimg.maintenance.fsck import KINDS, FsckProblem, Inspect
@@ -17,6 +17,7 @@ __all__ = ["fsck"]
 
 @click.command()
 @storage_options
+@inspection_options
 @click.option(
     "--checksum", is_flag=True, help="Hash every blob (reads every byte), not only its size."
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cloudimg.cli.options import settings_from, storage_options
+from cloudimg.cli.options import inspection_options, settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
 from cloudimg.cli.storage import catalog_errors, catalog_url
 from cloudimg.config import Settings
@@ -21,6 +21,7 @@ __all__ = ["import_legacy_command"]
 
 @click.command("import-legacy")
 @storage_options
+@inspection_options
 @click.option(
     "--from",
     "source",

@@ -15,6 +15,7 @@ from cloudimg.images import parse_allowed_formats
 __all__ = [
     "connection_options",
     "flag_error",
+    "inspection_options",
     "limit_options",
     "settings_from",
     "storage_options",
@@ -79,21 +80,32 @@ class FormatsParam(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
-def limit_options(func: F) -> F:
-    """What a server accepts and how long it waits: image size and kind, body stalls,
-    catalog locks."""
+def inspection_options(func: F) -> F:
+    """What inspection accepts besides its safety rules: formats and virtual size.
+
+    The server's uploads, and ``fsck --inspect`` and ``import-legacy``, which must judge
+    stored and imported images as the servers judge uploads.
+    """
     func = option(
         "--allowed-formats",
         type=FormatsParam(),
         default=",".join(_DEFAULTS.allowed_formats),
-        help="Image formats uploads may carry, comma-separated (qemu-img names; vhd is vpc)",
+        help="Image formats uploads (and fsck --inspect, import-legacy) accept, "
+        "comma-separated (qemu-img names; vhd is vpc)",
     )(func)
-    func = option(
+    return option(
         "--max-virtual-size",
         type=SizeParam(),
         default=str(_DEFAULTS.max_virtual_size // 1024**4) + "T",
-        help="Largest virtual size (the disk a VM sees) of an uploaded image (bytes, or 512G, 2T)",
+        help="Largest virtual size (the disk a VM sees) of an image uploads (and fsck "
+        "--inspect, import-legacy) accept (bytes, or 512G, 2T)",
     )(func)
+
+
+def limit_options(func: F) -> F:
+    """What a server accepts and how long it waits: image size and kind, body stalls,
+    catalog locks."""
+    func = inspection_options(func)
     func = option(
         "--sqlite-busy-timeout-secs",
         type=click.FloatRange(min=0),

@@ -406,10 +406,10 @@ async def _import_one(
     if entry.outcome != "imported":
         return entry
     try:
-        staged, linked, _inspection = await _stage(blobs, image_path, move, meter, policy)
+        staged, linked, inspection = await _stage(blobs, image_path, move, meter, policy)
     except ImageRefusedError as exc:
         return _unsafe(entry, exc)
-    await commit_staged(catalog, blobs, candidate.names, staged, meta)
+    await commit_staged(catalog, blobs, candidate.names, staged, meta, inspection)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
