@@ -24,7 +24,7 @@ from cloudimg.maintenance.fsck import Inspect
 from cloudimg.maintenance.import_legacy import import_legacy, preview_import
 from tests.databases import catalog_database
 from tests.images import MIB, needs_qemu_img, qcow2, qcow2_with_backing_file, qcow2_with_data_file
-from tests.maintenance_support import cli_json, legacy_put, open_test_catalog, store_of
+from tests.maintenance_support import cli, cli_json, legacy_put, open_test_catalog, store_of
 
 pytestmark = needs_qemu_img
 
@@ -189,3 +189,27 @@ async def test_import_legacy_skips_unsafe_images_with_the_rule(
     assert list(store.staging_dir.iterdir()) == []  # nothing of the unsafe ones stayed
     # The unsafe entries stay in the old tree (--move removes only what it imported).
     assert sorted(p.name for p in (source / "repo" / "img").iterdir()) == ["backing", "data"]
+
+
+@pytest.mark.slow  # CLI runs
+def test_cli_import_legacy_dry_run_names_the_rule_under_the_policy_flags(
+    tmp_path: Path, backend: str
+) -> None:
+    made = images(tmp_path)
+    source = tmp_path / "old"
+    legacy_entry(source, "repo/img/clean", made["clean"])
+    legacy_entry(source, "repo/img/backing", made["backing"])
+    root = tmp_path / "data"
+    with catalog_database(backend, root):
+        args = ("import-legacy", "--data-root", str(root), "--from", str(source), "--dry-run")
+        report = cli_json(*args, check=1)
+        rules = {e["path"]: (e["outcome"], e["rule"]) for e in report["entries"]}
+        assert rules == {
+            "repo/img/clean": ("imported", None),
+            "repo/img/backing": ("skipped", "qcow2-backing-file"),
+        }
+        tight = cli_json(*args, "--max-virtual-size", "8M", check=1)
+        rules = {e["path"]: (e["outcome"], e["rule"]) for e in tight["entries"]}
+        assert rules["repo/img/clean"] == ("skipped", "virtual-size-too-large")
+        text = cli(*args, "--allowed-formats", "raw", check=1).stdout
+        assert "skipped: repo/img/clean: unsafe image (rule format-not-allowed)" in text
