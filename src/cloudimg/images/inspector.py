@@ -229,6 +229,8 @@ def _inspect_match(inspector: fi.FileInspector, size: int) -> Inspection:
         _refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
     if isinstance(inspector, fi.LUKSInspector):
         payload = inspector.header_items["payload_offset"] * 512
+        if payload > size:
+            _refuse("malformed-header", "a luks header whose payload starts past the end")
         return Inspection("luks", size - payload, None)
     if isinstance(inspector, fi.VHDXInspector) and not inspector.has_region("vds"):
         _refuse("malformed-header", "a vhdx without a virtual disk size", format=name)
