@@ -125,8 +125,10 @@ def test_luks1_is_known_but_not_allowed_by_default(tmp_path: Path) -> None:
                     "-o", "key-secret=s0,iter-time=10", path, "4M")  # fmt: skip
     data = path.read_bytes()
     assert refused_rule(data) == "format-not-allowed"
-    found = inspect(data, InspectionPolicy(allowed_formats=frozenset({"luks"})))
-    assert found == Inspection("luks", 4 * MIB, None)
+    luks = InspectionPolicy(allowed_formats=frozenset({"luks"}))
+    assert inspect(data, luks) == Inspection("luks", 4 * MIB, None)
+    # A header whose payload would start past the end has no size: refused.
+    assert refused_rule(data[: 64 * 1024], luks) == "malformed-header"
 
 
 def test_partition_table_failing_its_check_is_refused() -> None:
