@@ -160,8 +160,9 @@ def legacy_entry(source: Path, rel: str, data: bytes) -> Path:
     return directory
 
 
+@pytest.mark.parametrize("move", [False, True], ids=["copy", "move"])
 async def test_import_legacy_skips_unsafe_images_with_the_rule(
-    catalog: Catalog, tmp_path: Path
+    catalog: Catalog, tmp_path: Path, move: bool
 ) -> None:
     made = images(tmp_path)
     source = tmp_path / "old"
@@ -181,14 +182,16 @@ async def test_import_legacy_skips_unsafe_images_with_the_rule(
     assert await catalog.list_repositories() == []  # the dry run changed nothing
 
     store = store_of(catalog)
-    report = await import_legacy(catalog, store, source, move=True, policy=POLICY)
+    report = await import_legacy(catalog, store, source, move=move, policy=POLICY)
     assert {e.path: (e.outcome, e.rule) for e in report.entries} == expected
     assert not report.ok
     assert await catalog.list_tags("repo", "img") == ["clean"]
     assert (await catalog.get_tag("repo", "img", "clean")).format == "qcow2"
     assert list(store.staging_dir.iterdir()) == []  # nothing of the unsafe ones stayed
     # The unsafe entries stay in the old tree (--move removes only what it imported).
-    assert sorted(p.name for p in (source / "repo" / "img").iterdir()) == ["backing", "data"]
+    left = ["backing", "data"] if move else ["backing", "clean", "data"]
+    assert sorted(p.name for p in (source / "repo" / "img").iterdir()) == left
+    assert [e.linked for e in report.entries if e.outcome == "imported"] == [move]
 
 
 @pytest.mark.slow  # CLI runs
