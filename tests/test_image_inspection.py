@@ -23,7 +23,7 @@ from cloudimg.images import (
     parse_allowed_formats,
 )
 from tests import images
-from tests.images import ACCEPTED, MIB, NEEDS_TOOL, REFUSED
+from tests.images import ACCEPTED, MAGICS, MIB, NEEDS_TOOL, REFUSED
 
 pytestmark = images.needs_qemu_img
 
@@ -193,21 +193,6 @@ def test_fed_size_must_match() -> None:
     inspector.feed(b"abc")
     with pytest.raises(ValueError, match="finish"):
         inspector.finish(4)
-
-
-# Where each format's magic number sits, and the magic itself.
-MAGICS = [
-    (0, b"QFI\xfb"),
-    (0, b"QED\x00"),
-    (0, b"conectix"),
-    (0, b"vhdxfile"),
-    (0, b"KDMV"),
-    (0, b'# Disk DescriptorFile\ncreateType="'),
-    (0x40, b"\x7f\x10\xda\xbe"),
-    (0, b"LUKS\xba\xbe"),
-    (32 * 1024 + 1, b"CD001"),
-    (510, b"\x55\xaa"),
-]
 
 
 def outcome(data: bytes, chunk: int) -> Inspection | str:
