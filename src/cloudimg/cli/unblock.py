@@ -33,8 +33,9 @@ def unblock(digest: str, as_json: bool, **values: object) -> None:
 
     The act is logged with the rule the image was blocked for. A blob that is not
     blocked is left as it is (exit 0); a digest no blob has exits 1. The next
-    `fsck --inspect` judges the bytes again under the policy in force (and
-    `--block-unsafe` blocks them again if they still break a rule).
+    `fsck --inspect` (`--reinspect` for an image inspected before) judges the bytes
+    again under the policy in force, and `--block-unsafe` blocks them again if they
+    still break a rule.
     """
     settings = settings_from(**values)
     try:
