@@ -223,10 +223,7 @@ class CatalogMaintenance(CatalogBase):
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None:
                 return False
-            blob.format = inspection.format
-            blob.virtual_size = inspection.virtual_size
-            blob.partition_table = inspection.partition_table
-            blob.inspected_at = utcnow()
+            self._record_inspection(blob, inspection)
             return True
 
         return await self._write(change)

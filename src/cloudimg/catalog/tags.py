@@ -40,7 +40,7 @@ class TagWrites(CatalogBase):
             image_id = await self._get_or_create_image(session, repo, image)
             blob = await self._lock_or_create_blob(session, staged)
             if inspection is not None and blob.inspected_at is None:
-                _record(blob, inspection)
+                self._record_inspection(blob, inspection)
             current = await session.scalar(
                 select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
             )
@@ -175,11 +175,3 @@ class TagWrites(CatalogBase):
         )
         if not remaining:
             await session.execute(delete(Repository).where(Repository.id == repo_id))
-
-
-def _record(blob: Blob, inspection: Inspection) -> None:
-    """What inspection found, on the blob row (a block is an operator's, left alone)."""
-    blob.format = inspection.format
-    blob.virtual_size = inspection.virtual_size
-    blob.partition_table = inspection.partition_table
-    blob.inspected_at = utcnow()

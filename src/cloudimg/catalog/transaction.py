@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.errors import is_retryable, translate
-from cloudimg.catalog.models import Blob
+from cloudimg.catalog.models import Blob, utcnow
 from cloudimg.errors import CloudimgError
+from cloudimg.images import Inspection
 
 __all__ = ["CatalogBase", "FileEffects"]
 
@@ -104,6 +105,15 @@ class CatalogBase:
         if blob is None or blob.quarantined_at is not None:
             return False
         return await self.blobs.size_of(digest) is None
+
+    @staticmethod
+    def _record_inspection(blob: Blob, inspection: Inspection) -> None:
+        """What inspection found, on the (locked) blob row; a block is an operator's, left
+        alone."""
+        blob.format = inspection.format
+        blob.virtual_size = inspection.virtual_size
+        blob.partition_table = inspection.partition_table
+        blob.inspected_at = utcnow()
 
     async def _release(self, session: AsyncSession, digest: str, effects: FileEffects) -> None:
         """Drop one reference to ``digest``; the last one trashes the file under the lock."""
