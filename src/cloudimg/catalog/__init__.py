@@ -2,6 +2,7 @@
 
 from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
+from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobRecord,
     BlobRef,
@@ -14,11 +15,13 @@ from cloudimg.catalog.records import (
 )
 
 __all__ = [
+    "ALL",
     "BlobRecord",
     "BlobRef",
     "BlobState",
     "Catalog",
     "CatalogSnapshot",
+    "Page",
     "RefcountRepair",
     "StorageTotals",
     "TagInfo",

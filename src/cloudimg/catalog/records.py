@@ -44,6 +44,8 @@ class TagInfo:
     format: str | None = None
     """Detected image format; None for bytes stored before inspection existed."""
     virtual_size: int | None = None
+    quarantined: bool = False
+    """fsck found the stored bytes bad (listings show such tags; ``get_tag`` refuses them)."""
 
 
 @dataclass(frozen=True, slots=True)
