@@ -118,7 +118,9 @@ class Settings:
             SettingsError: on ``repo_prefix``, when the pages are on and it is ``ui``.
         """
         if self.web and self.repo_prefix.strip("/") == "ui":
-            raise SettingsError("repo_prefix", "'ui' is where the web pages are; turn off web")
+            raise SettingsError(
+                "repo_prefix", "'ui' is taken by the pages; pick another or turn them off"
+            )
 
     @property
     def api_base(self) -> str:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from litestar import Request, Router, get
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.params import Parameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -47,7 +47,7 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 
-Filter = Annotated[str, Parameter(query="q", max_length=_MAX_QUERY, required=False)]
+Filter = Annotated[str, Parameter(max_length=_MAX_QUERY, required=False)]
 After = Annotated[str | None, Parameter(max_length=_MAX_QUERY, required=False)]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE, required=False)]
 
