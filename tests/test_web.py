@@ -30,6 +30,7 @@ from tests.conftest import RunningServer, upload
 from tests.maintenance_support import cli, sql
 from tests.support import assert_error, blake3_hex, sha256_hex
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
+from tests.test_observability import scrape
 
 GIB = 1024**3
 
@@ -402,6 +403,7 @@ def figures(document: Element) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow  # a server of its own and a gc run in another process
 def test_storage_chart_shows_the_metrics_figures(
     server_factory: Callable[..., RunningServer],
 ) -> None:
@@ -417,6 +419,12 @@ def test_storage_chart_shows_the_metrics_figures(
             "seg-dedup": 2 * len(shared),
             "seg-orphan": 0,
         }
+        metrics = scrape(client)  # the same figures, as /metrics exports them
+        assert figures(document)["seg-dedup"] == metrics["cloudimg_deduplicated_bytes_saved"]
+        assert (
+            sum(figures(document).values()) - figures(document)["seg-dedup"]
+            == (metrics["cloudimg_stored_bytes"])
+        )
         svg = document.one("svg", cls="bars")
         assert svg.attrs["role"] == "img"
         assert "deduplication saves" in svg.one("desc").text
