@@ -11,14 +11,15 @@ Security Policy that allows the page's own stylesheet and script and nothing els
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from litestar import Request, Router, get
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.params import Parameter
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
@@ -80,7 +81,7 @@ class _Listing:
     limit: int
 
 
-def _listing(rows: list[Any], page: Page, name_of: Any) -> _Listing:
+def _listing(rows: list[Any], page: Page, name_of: Callable[[Any], str]) -> _Listing:
     assert page.limit is not None
     shown = page.limit - 1  # one more row was asked for, to know whether a next page exists
     more = len(rows) > shown
@@ -175,9 +176,7 @@ async def tag_page(
     names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
     info = await catalog.get_tag(*names)
     panel = use_it(info, _api_url(request, settings), read_auth=settings.read_auth == "basic")
-    context = _context(
-        settings, info=info, use_it=panel, placeholder=FORMAT_PLACEHOLDER, history=None
-    )
+    context = _context(settings, info=info, use_it=panel, placeholder=FORMAT_PLACEHOLDER)
     return Template("tag.html", context=context)
 
 
