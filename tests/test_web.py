@@ -441,7 +441,7 @@ def test_storage_chart_shows_the_metrics_figures(
 
 
 def test_no_web_leaves_only_the_api(server_factory: Callable[..., RunningServer]) -> None:
-    running = server_factory("--no-web")
+    running = server_factory(env={"CLOUDIMG_WEB": "false"})  # what --no-web sets
     with running.client() as client:
         assert_error(client.get("/"), 404, "NOT_FOUND")
         assert_error(client.get("/ui/"), 404, "NOT_FOUND")
