@@ -306,6 +306,25 @@ def test_listings_are_paginated(http: httpx.Client, repo: str) -> None:
     assert all_pages(http, "/ui/", q=f"{repo}-", limit="2") == [repos[0:2], repos[2:4], repos[4:]]
 
 
+def test_a_quarantined_tag_is_marked_in_the_table_and_refused_alone(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    assert upload(http, f"/reg/{repo}/img/bad", b"bytes fsck found bad").status_code == 201
+    assert upload(http, f"/reg/{repo}/img/good", b"fine bytes").status_code == 201
+    # What fsck leaves when a blob fails its check.
+    sql(
+        server.data_root,
+        "UPDATE blobs SET quarantined_at = created_at WHERE digest = ?",
+        blake3_hex(b"bytes fsck found bad"),
+    )
+    table = page(http, f"/ui/{repo}/img").one("tbody")
+    marks = {row.children[0].find_all("a")[0].text: row.children[0].text for row in table.children}
+    assert "quarantined" in marks["bad"]
+    assert "quarantined" not in marks["good"]
+    assert_error(http.get(f"/ui/{repo}/img/bad"), 500, "DATA_LOSS")  # as /reg answers it
+    page(http, f"/ui/{repo}/img/good")
+
+
 def test_html_routes_stay_out_of_the_openapi_document(http: httpx.Client) -> None:
     paths = http.get("/docs/openapi.json").json()["paths"]
     assert paths, "the document lists the API"
