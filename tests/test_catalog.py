@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from cloudimg.blobstore import StagedBlob
-from cloudimg.catalog import Catalog, create_engine
+from cloudimg.catalog import Catalog, Page, TagInfo, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.digest import Digest
@@ -56,6 +56,55 @@ async def test_upload_creates_names_and_lists_them_sorted(catalog: Catalog) -> N
     assert await catalog.list_repositories() == ["alpha", "zeta"]
     assert await catalog.list_images("alpha") == ["img-a", "img-b"]
     assert await catalog.list_tags("alpha", "img-a") == ["v1", "v2"]
+
+
+async def test_pages_of_a_listing_follow_each_other_in_name_order(catalog: Catalog) -> None:
+    names = ["rep-a", "rep-b", "rep-c", "rep-d", "rep-e"]
+    for name in reversed(names):
+        await put(catalog, f"{name}/img/v1", name.encode())
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await catalog.list_repositories(Page(after=after, limit=2))
+        if not page:
+            break
+        assert len(page) <= 2
+        seen += page
+        after = page[-1]
+    assert seen == names
+    assert await catalog.list_images("rep-c", Page(after="img")) == []
+    assert await catalog.list_images("rep-c", Page(limit=5)) == ["img"]
+
+
+async def test_a_filter_matches_names_and_tag_metadata_literally(catalog: Catalog) -> None:
+    await put(catalog, "lab/ubuntu/v22", b"1", os="Ubuntu", note="50% off")
+    await put(catalog, "lab/ubuntu/v24", b"2", os="ubuntu-noble")
+    await put(catalog, "lab/ubuntu/v20", b"3", arch="x86_64")
+    await put(catalog, "lab-old/alpine/v3", b"4")
+
+    def tags(infos: list[TagInfo]) -> list[str]:
+        return [info.tag for info in infos]
+
+    assert await catalog.list_repositories(Page(contains="OLD")) == ["lab-old"]
+    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="UBUNTU"))) == [
+        "v22",
+        "v24",
+    ]
+    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="v2"))) == [
+        "v20",
+        "v22",
+        "v24",
+    ]
+    # LIKE's wildcards are matched as themselves.
+    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="%"))) == ["v22"]
+    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="_"))) == ["v20"]
+    infos = await catalog.list_tag_infos("lab", "ubuntu", Page(after="v20", limit=1))
+    assert [(i.tag, i.meta, i.size, i.quarantined) for i in infos] == [
+        ("v22", {"os": "Ubuntu", "note": "50% off"}, 1, False)
+    ]
+    assert infos[0] == await catalog.get_tag("lab", "ubuntu", "v22")
+    with pytest.raises(NotFoundError):
+        await catalog.list_tag_infos("lab", "debian")
 
 
 async def test_unknown_names_are_not_found(catalog: Catalog) -> None:

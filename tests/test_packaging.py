@@ -35,6 +35,10 @@ def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
         "cloudimg/migrations/script.py.mako",
         "cloudimg/cli/main.py",
         "cloudimg/py.typed",
+        "cloudimg/api/web/templates/base.html",
+        "cloudimg/api/web/templates/tag.html",
+        "cloudimg/api/web/static/style.css",
+        "cloudimg/api/web/static/app.js",
     } <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cloudimg = cloudimg.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -102,6 +102,9 @@ class Settings:
         """What inspection accepts besides its safety rules (see ``cloudimg.images``)."""
         return InspectionPolicy(self.max_virtual_size, frozenset(self.allowed_formats))
 
+    web: bool = True
+    """Serve the web pages under ``<www-prefix>ui/`` and redirect ``<www-prefix>`` to them."""
+
     @property
     def resolved_database_url(self) -> str:
         """The catalog URL, defaulting to ``catalog.sqlite3`` inside the data root."""
@@ -124,6 +127,17 @@ class Settings:
             raise SettingsError("read_credentials_file", "is only used with read_auth basic")
         if basic and self.write_token_file is None:
             raise SettingsError("read_auth", "needs write_token_file: writes would be open")
+
+    def check_web(self) -> None:
+        """Refuse a registry API mounted where the web pages are (``<www-prefix>ui``).
+
+        Raises:
+            SettingsError: on ``repo_prefix``, when the pages are on and it is ``ui``.
+        """
+        if self.web and self.repo_prefix.strip("/") == "ui":
+            raise SettingsError(
+                "repo_prefix", "'ui' is taken by the pages; pick another or turn them off"
+            )
 
     @property
     def api_base(self) -> str:

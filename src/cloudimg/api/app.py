@@ -11,6 +11,7 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.types import Guard
 
 from cloudimg import __version__
 from cloudimg.api.auth import RegistryAuth, load_registry_auth
@@ -19,6 +20,7 @@ from cloudimg.api.errors import exception_handlers
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.observer import RequestObserver
+from cloudimg.api.web import template_config, web_routes
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
@@ -50,11 +52,10 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         finally:
             await registry.close()
 
-    api = Router(
-        path=settings.api_base,
-        route_handlers=[RegistryController],
-        guards=[] if auth is None else [auth],
-    )
+    # The pages carry the same guard as the API: read auth applies to both alike.
+    guards: list[Guard] = [] if auth is None else [auth]
+    api = Router(path=settings.api_base, route_handlers=[RegistryController], guards=guards)
+    web = web_routes(settings, guards) if settings.web else []
     metrics = Metrics()
     app = Litestar(
         route_handlers=[
@@ -62,7 +63,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             HealthController,
             ReadinessController,
             metrics_route(metrics, catalog, blobs.root),
+            *web,
         ],
+        template_config=template_config() if settings.web else None,
         dependencies={
             "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),

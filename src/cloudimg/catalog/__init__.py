@@ -2,6 +2,7 @@
 
 from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
+from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,
@@ -15,12 +16,14 @@ from cloudimg.catalog.records import (
 )
 
 __all__ = [
+    "ALL",
     "BlobBlock",
     "BlobRecord",
     "BlobRef",
     "BlobState",
     "Catalog",
     "CatalogSnapshot",
+    "Page",
     "RefcountRepair",
     "StorageTotals",
     "TagInfo",

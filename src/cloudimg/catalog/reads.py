@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import String, cast, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag
+from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import BlobBlock, BlobRef, StorageTotals, TagInfo, blob_block
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
@@ -33,25 +34,41 @@ def _blocked(digest: str, block: BlobBlock) -> ImageBlockedError:
     )
 
 
+def _tag_info(repo: str, image: str, tag: Tag, blob: Blob) -> TagInfo:
+    return TagInfo(
+        repo=repo,
+        image=image,
+        tag=tag.name,
+        digest=blob.digest,
+        sha256=blob.sha256,
+        size=blob.size,
+        meta=dict(tag.meta),
+        created=tag.created_at,
+        updated=tag.updated_at,
+        format=blob.format,
+        virtual_size=blob.virtual_size,
+        quarantined=blob.quarantined_at is not None,
+        blocked=blob_block(blob.blocked_rule, blob.blocked_at),
+    )
+
+
 class CatalogReads(CatalogBase):
     """Plain queries; a reference whose file a crash left in trash is put back."""
 
-    async def list_repositories(self) -> list[str]:
-        """Names of every repository that holds an image, sorted."""
+    async def list_repositories(self, page: Page = ALL) -> list[str]:
+        """Names of the repositories that hold an image, sorted; ``page`` picks a slice."""
         async with self._read() as session:
-            rows = await session.scalars(select(Repository.name).order_by(Repository.name))
-            return list(rows)
+            query = page.apply(select(Repository.name), Repository.name)
+            return list(await session.scalars(query))
 
-    async def list_images(self, repo: str) -> list[str]:
+    async def list_images(self, repo: str, page: Page = ALL) -> list[str]:
         """Names of the images in ``repo``, sorted; ``NotFoundError`` if there is no such repo."""
         async with self._read() as session:
             repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
             if repo_id is None:
                 raise NotFoundError("repository not found", {"repo": repo})
-            rows = await session.scalars(
-                select(Image.name).where(Image.repository_id == repo_id).order_by(Image.name)
-            )
-            return list(rows)
+            query = select(Image.name).where(Image.repository_id == repo_id)
+            return list(await session.scalars(page.apply(query, Image.name)))
 
     async def list_tags(self, repo: str, image: str) -> list[str]:
         """Tag names of ``repo/image``, sorted; ``NotFoundError`` if there is no such image."""
@@ -63,6 +80,25 @@ class CatalogReads(CatalogBase):
                 select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
             )
             return list(rows)
+
+    async def list_tag_infos(self, repo: str, image: str, page: Page = ALL) -> list[TagInfo]:
+        """The tags of ``repo/image`` with their blobs, sorted by name (quarantined ones too).
+
+        ``page.contains`` matches the tag name or the metadata (its JSON text, keys and
+        values). ``NotFoundError`` if there is no such image.
+        """
+        async with self._read() as session:
+            image_id = await self._image_id(session, repo, image)
+            if image_id is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+            query = (
+                select(Tag, Blob)
+                .join(Blob, Blob.digest == Tag.digest)
+                .where(Tag.image_id == image_id)
+            )
+            query = page.apply(query, Tag.name, also=func.lower(cast(Tag.meta, String)))
+            rows = (await session.execute(query)).all()
+        return [_tag_info(repo, image, tag, blob) for tag, blob in rows]
 
     async def storage_totals(self) -> StorageTotals:
         """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""
@@ -98,20 +134,7 @@ class CatalogReads(CatalogBase):
         tag_row, blob = row
         if blob.quarantined_at is not None:
             raise _corrupt(blob.digest)
-        return TagInfo(
-            repo=repo,
-            image=image,
-            tag=tag,
-            digest=blob.digest,
-            sha256=blob.sha256,
-            size=blob.size,
-            meta=dict(tag_row.meta),
-            created=tag_row.created_at,
-            updated=tag_row.updated_at,
-            format=blob.format,
-            virtual_size=blob.virtual_size,
-            blocked=blob_block(blob.blocked_rule, blob.blocked_at),
-        )
+        return _tag_info(repo, image, tag_row, blob)
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
         """The blob a tag name or a digest names in an image, to download it.

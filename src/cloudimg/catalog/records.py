@@ -62,6 +62,8 @@ class TagInfo:
     virtual_size: int | None = None
     blocked: BlobBlock | None = None
     """Set while an operator blocks the bytes: downloads are refused, ``/meta`` says why."""
+    quarantined: bool = False
+    """fsck found the stored bytes bad (listings show such tags; ``get_tag`` refuses them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,9 @@ _DEFAULTS = Settings()
 
 
 def envvar(flag: str) -> str:
-    """``--data-root`` reads ``CLOUDIMG_DATA_ROOT``."""
-    return "CLOUDIMG_" + flag.removeprefix("--").replace("-", "_").upper()
+    """``--data-root`` reads ``CLOUDIMG_DATA_ROOT``; ``--web/--no-web`` reads ``CLOUDIMG_WEB``."""
+    name = flag.partition("/")[0]
+    return "CLOUDIMG_" + name.removeprefix("--").replace("-", "_").upper()
 
 
 def option(flag: str, **kwargs: Any) -> Callable[[F], F]:

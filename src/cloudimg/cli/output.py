@@ -19,6 +19,7 @@ from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
 from cloudimg.maintenance.progress import Progress
 from cloudimg.registry import open_registry
+from cloudimg.units import human_bytes
 
 __all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "progress_printer", "run", "shown"]
 
@@ -63,15 +64,6 @@ def print_json(report: Any, **extra: Any) -> None:
     """The report dataclass as one JSON document on stdout, with ``extra`` keys."""
     body = {**dataclasses.asdict(report), **extra}
     click.echo(json.dumps(body, indent=2, sort_keys=True, default=_plain))
-
-
-def human_bytes(count: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def shown(items: Iterable[T]) -> tuple[list[T], int]:

@@ -80,6 +80,11 @@ _SPARE_DESCRIPTORS = 256
     help="File of user:password lines for --read-auth basic",
 )
 @option(
+    "--web/--no-web",
+    default=_DEFAULTS.web,
+    help="Serve the web pages under <www-prefix>ui/ (and redirect <www-prefix> to them)",
+)
+@option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -91,6 +96,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
     settings = settings_from(**values)
     try:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
+        settings.check_web()
     except SettingsError as exc:
         raise flag_error(exc) from None
     listener = _listen(settings)  # before the data root is touched: an address in use

@@ -1,0 +1,98 @@
+"""The "use it" panel of a tag: copy-ready text that boots or converts exactly its bytes.
+
+Everything here is built from validated names, hex digests and the catalog's format,
+so no client-supplied text reaches the snippets except the host the page was asked
+for, which is quoted for YAML (a JSON string is a YAML double-quoted scalar) and for
+the shell (``shlex.quote``). The page escapes all of it again for HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass
+
+from cloudimg.catalog import TagInfo
+
+__all__ = ["UseIt", "datavolume_name", "use_it"]
+
+_GIB = 1024**3
+_DNS_LABEL = 63
+# qemu's block driver names (raw, qcow2, vmdk, vpc, vhdx, qed, ...): a format that
+# does not look like one is treated as unknown rather than put into a shell command.
+_FORMAT_NAME = re.compile(r"[a-z0-9]{1,16}")
+FORMAT_PLACEHOLDER = "FORMAT"
+"""What stands after ``-f`` when the catalog does not know the format yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class UseIt:
+    """The panel's texts."""
+
+    url: str
+    """The digest-pinned URL: serves exactly these bytes for as long as the image holds them."""
+    datavolume: str
+    """A KubeVirt CDI DataVolume (YAML) importing the pinned URL, checked against its sha256."""
+    qemu_img_info: str
+    qemu_img_convert: str
+    """``qemu-img convert`` to a raw file, with ``-f FORMAT`` when the format is unknown."""
+    format_known: bool
+
+
+def use_it(info: TagInfo, api_url: str, *, read_auth: bool = False) -> UseIt:
+    """The snippets of ``info`` for a registry whose API is at ``api_url`` (``http://h/reg``)."""
+    url = f"{api_url}/{info.repo}/{info.image}/sha256:{info.sha256}"
+    known = info.format is not None and _FORMAT_NAME.fullmatch(info.format) is not None
+    image_format = info.format if known and info.format else FORMAT_PLACEHOLDER
+    output = f"{info.image}-{info.tag}.raw"
+    convert = f"qemu-img convert -f {image_format} -m 1 -O raw {shlex.quote(url)} {output}"
+    return UseIt(
+        url=url,
+        datavolume=_datavolume(info, url, read_auth=read_auth),
+        qemu_img_info=f"qemu-img info {shlex.quote(url)}",
+        qemu_img_convert=convert,
+        format_known=known,
+    )
+
+
+def datavolume_name(image: str, tag: str) -> str:
+    """A DNS-1123 label from the image and tag names (``ubuntu`` + ``22.04``: ``ubuntu-22-04``)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"{image}-{tag}")
+    return re.sub(r"-{2,}", "-", name)[:_DNS_LABEL].strip("-")
+
+
+def _storage_request(info: TagInfo) -> tuple[str, str | None]:
+    """The PVC size (whole GiB) and, when the virtual size is unknown, a comment saying so.
+
+    CDI adds the file system's overhead itself for ``spec.storage``.
+    """
+    if info.virtual_size is not None:
+        return f"{max(1, math.ceil(info.virtual_size / _GIB))}Gi", None
+    guess = f"{max(1, math.ceil(info.size / _GIB))}Gi"
+    return guess, "not inspected: make this at least the image's virtual size (qemu-img info)"
+
+
+def _datavolume(info: TagInfo, url: str, *, read_auth: bool) -> str:
+    storage, note = _storage_request(info)
+    lines = [
+        "apiVersion: cdi.kubevirt.io/v1beta1",
+        "kind: DataVolume",
+        "metadata:",
+        f"  name: {datavolume_name(info.image, info.tag)}",
+        "spec:",
+        "  source:",
+        "    http:",
+        f"      url: {json.dumps(url)}",
+        f'      checksum: "sha256:{info.sha256}"',
+    ]
+    if read_auth:
+        lines.append(
+            "      # secretRef: a Secret with accessKeyId and secretKey (read credentials)"
+        )
+    lines += ["  storage:", "    resources:", "      requests:"]
+    if note is not None:
+        lines.append(f"        # {note}")
+    lines.append(f"        storage: {storage}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,534 @@
+"""The web pages under ``/ui/``, against real ``cloudimg serve`` processes on both backends.
+
+Pages are parsed with the standard library's HTML parser (what a browser builds from
+them, minus the rendering): the tests read the page's elements, not its source text,
+so an escaping mistake shows up as an element or attribute that should not be there.
+The snippets of the "use it" panel are taken from the page and used as they are: the
+DataVolume YAML is parsed and its URL downloaded, and the ``qemu-img convert``
+command is run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import shlex
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from tests import test_qemu_img as qemu
+from tests.conftest import RunningServer, upload
+from tests.maintenance_support import cli, sql
+from tests.support import assert_error, blake3_hex, sha256_hex
+from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
+from tests.test_observability import scrape
+
+GIB = 1024**3
+
+# -- reading pages ---------------------------------------------------------------------
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str | None]
+    text: str = ""
+    children: list[Element] = field(default_factory=list)
+
+    def find_all(self, tag: str | None = None, **attrs: str) -> list[Element]:
+        """Descendants with ``tag`` whose attributes include ``attrs`` (``cls`` is ``class``)."""
+        wanted = {("class" if k == "cls" else k): v for k, v in attrs.items()}
+        found = []
+        for child in self.children:
+            if (tag is None or child.tag == tag) and all(
+                v in (child.attrs.get(k) or "").split() if k == "class" else child.attrs.get(k) == v
+                for k, v in wanted.items()
+            ):
+                found.append(child)
+            found += child.find_all(tag, **attrs)
+        return found
+
+    def one(self, tag: str | None = None, **attrs: str) -> Element:
+        found = self.find_all(tag, **attrs)
+        assert len(found) == 1, (tag, attrs, found)
+        return found[0]
+
+    def walk(self) -> Iterator[Element]:
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Element("#document", {})
+        self.open = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, dict(attrs))
+        self.open[-1].children.append(element)
+        if tag not in _VOID:
+            self.open.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.open[-1].children.append(Element(tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert tag not in _VOID, tag
+        assert self.open[-1].tag == tag, f"</{tag}> closes <{self.open[-1].tag}>"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for element in self.open:
+            element.text += data
+
+
+def page(http: httpx.Client, path: str, **params: str) -> Element:
+    """GET ``path`` (an HTML page, 200) and its element tree."""
+    response = http.get(path, params=params)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'self'" in csp
+    builder = _TreeBuilder()
+    builder.feed(response.text)
+    builder.close()
+    assert builder.open == [builder.root], "an element is left open"
+    assert_only_own_scripts(builder.root)
+    return builder.root
+
+
+def assert_only_own_scripts(document: Element) -> None:
+    """One script, the registry's own file; no inline handlers, no other active content."""
+    scripts = document.find_all("script")
+    assert [s.attrs.get("src") for s in scripts] == [scripts[0].attrs.get("src")]
+    assert str(scripts[0].attrs["src"]).endswith("/_static/app.js")
+    assert scripts[0].text == ""
+    for element in document.walk():
+        assert element.tag not in {"iframe", "object", "embed", "img", "base", "form"} or (
+            element.tag == "form" and element.attrs.get("method") == "get"
+        ), element
+        for name, value in element.attrs.items():
+            assert not name.startswith("on"), (element.tag, name)
+            assert not (value or "").strip().lower().startswith("javascript:"), element
+
+
+def rows(document: Element) -> list[str]:
+    """The names the listing shows (its filterable rows)."""
+    return [
+        str(e.attrs["data-filter-text"]).split()[0]
+        for e in document.one(id="rows").walk()
+        if "data-filter-text" in e.attrs
+    ]
+
+
+def next_page(document: Element) -> dict[str, str] | None:
+    """The query of the "Next page" link, or None on the last page."""
+    links = document.find_all("a", rel="next")
+    if not links:
+        return None
+    query = parse_qs(urlsplit(str(links[0].attrs["href"])).query)
+    return {key: values[0] for key, values in query.items()}
+
+
+def all_pages(http: httpx.Client, path: str, **params: str) -> list[list[str]]:
+    """The rows of every page of a listing, following the "Next page" links."""
+    pages = []
+    query: dict[str, str] | None = params
+    while query is not None:
+        document = page(http, path, **query)
+        pages.append(rows(document) if document.find_all(id="rows") else [])
+        query = next_page(document)
+    return pages
+
+
+def snippet(document: Element, name: str) -> str:
+    return document.one("pre", id=f"use-{name}").text
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+# -- pages -----------------------------------------------------------------------------
+
+
+def test_www_prefix_redirects_to_the_pages(http: httpx.Client) -> None:
+    response = http.get("/")
+    assert response.status_code == 302
+    assert response.headers["location"] == "/ui/"
+    document = page(http, "/ui/")
+    assert document.one("h1").text == "Repositories"
+
+
+def test_every_page_shows_what_the_catalog_holds(http: httpx.Client, repo: str) -> None:
+    data = b"disk bytes " + secrets.token_bytes(64)
+    meta = {"os": "ubuntu", "arch": "amd64"}
+    assert upload(http, f"/reg/{repo}/jammy/22.04", data, meta).status_code == 201
+    assert upload(http, f"/reg/{repo}/noble/24.04", b"other").status_code == 201
+
+    assert repo in rows(page(http, "/ui/", q=repo))
+    images = page(http, f"/ui/{repo}")
+    assert rows(images) == ["jammy", "noble"]
+    assert images.one("a", href=f"/ui/{repo}/jammy").text == "jammy"
+
+    tags = page(http, f"/ui/{repo}/jammy")
+    row = tags.one("tbody").one("tr")
+    cells = [cell.text.strip() for cell in row.children]
+    assert cells[0] == "22.04"
+    assert row.find_all("data")[0].attrs["value"] == str(len(data))
+    assert cells[2:4] == ["not inspected", "not inspected"]
+    assert sha256_hex(data).startswith(cells[5].rstrip("…"))
+    assert "os: ubuntu" in cells[6]
+
+    tag = page(http, f"/ui/{repo}/jammy/22.04")
+    facts = dict(
+        zip(
+            [dt.text for dt in tag.find_all("dt")],
+            [dd.text for dd in tag.find_all("dd")],
+            strict=True,
+        )
+    )
+    assert facts["blake3"] == f"blake3:{blake3_hex(data)}"
+    assert facts["sha256"] == f"sha256:{sha256_hex(data)}"
+    assert facts["Format"] == "not inspected"
+    assert facts["os"] == "ubuntu"
+    assert facts["arch"] == "amd64"
+    meta_link = tag.one("a", href=f"/reg/{repo}/jammy/22.04/meta")
+    assert http.get(str(meta_link.attrs["href"])).json()["sha256"] == f"sha256:{sha256_hex(data)}"
+
+
+def test_stylesheet_and_script_are_served_by_the_registry(http: httpx.Client) -> None:
+    document = page(http, "/ui/")
+    for path, kind in [
+        (document.one("link", rel="stylesheet").attrs["href"], "text/css"),
+        (document.one("script").attrs["src"], "text/javascript"),
+    ]:
+        assert str(path).startswith("/ui/_static/")
+        response = http.get(str(path))
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(kind)
+        assert "http://" not in response.text
+        assert "https://" not in response.text  # nothing from a CDN or a font service
+
+
+def test_names_that_break_the_rules_or_do_not_exist_get_json_errors(
+    http: httpx.Client, repo: str
+) -> None:
+    assert_error(http.get("/ui/Not_A_Repo"), 400, "INVALID_ARGUMENT")
+    assert_error(http.get(f"/ui/{repo}"), 404, "NOT_FOUND")
+    assert_error(http.get(f"/ui/{repo}/img/v1"), 404, "NOT_FOUND")
+    assert_error(http.get("/ui/", params={"limit": "0"}), 400, "INVALID_ARGUMENT")
+    assert_error(http.get("/ui/", params={"limit": "501"}), 400, "INVALID_ARGUMENT")
+    assert_error(http.get("/ui/", params={"q": "x" * 201}), 400, "INVALID_ARGUMENT")
+
+
+HOSTILE = {
+    "<script>alert(1)</script>": '"><img src=x onerror=alert(2)>',
+    "os": "</pre></code><script>alert(3)</script>",
+    "template": "{{ 7 * 7 }}{% raw %}",
+    "link": "javascript:alert(4)",
+    "quote": 'it\'s "quoted" & <b>bold</b>',
+}
+
+
+def test_hostile_metadata_is_shown_as_text(http: httpx.Client, repo: str) -> None:
+    assert upload(http, f"/reg/{repo}/evil/v1", b"x", HOSTILE).status_code == 201
+    tag = page(http, f"/ui/{repo}/evil/v1")  # one script only, no handlers: checked there
+    shown = dict(
+        zip(
+            [dt.text for dt in tag.find_all("dt")],
+            [dd.text for dd in tag.find_all("dd")],
+            strict=True,
+        )
+    )
+    for key, value in HOSTILE.items():
+        assert shown[key] == value
+    table = page(http, f"/ui/{repo}/evil")
+    items = [li.text for li in table.one("ul", cls="meta").find_all("li")]
+    assert items == [f"{key}: {value}" for key, value in sorted(HOSTILE.items())]
+    assert not table.find_all("b")
+
+
+def test_a_hostile_filter_is_echoed_as_text(http: httpx.Client) -> None:
+    wanted = '"><script>alert(1)</script>'
+    document = page(http, "/ui/", q=wanted)
+    assert document.one("input", id="q").attrs["value"] == wanted
+    assert wanted in document.one("main").text
+
+
+def test_filter_matches_names_and_metadata(http: httpx.Client, repo: str) -> None:
+    for tag, meta in [("v1", {"os": "debian"}), ("v2", {"os": "Ubuntu"}), ("ubuntu-x", {})]:
+        assert upload(http, f"/reg/{repo}/img/{tag}", tag.encode(), meta).status_code == 201
+    assert rows(page(http, f"/ui/{repo}/img", q="ubuntu")) == ["ubuntu-x", "v2"]
+    assert rows(page(http, f"/ui/{repo}/img", q="DEBIAN")) == ["v1"]
+    assert rows(page(http, f"/ui/{repo}/img")) == ["ubuntu-x", "v1", "v2"]
+    none = page(http, f"/ui/{repo}/img", q="fedora")
+    assert not none.find_all(id="rows")
+    assert "No tag matches" in none.one("main").text
+
+
+def test_listings_are_paginated(http: httpx.Client, repo: str) -> None:
+    tags = [f"t{n:02d}" for n in range(7)]
+    for tag in reversed(tags):
+        assert upload(http, f"/reg/{repo}/img/{tag}", tag.encode()).status_code == 201
+    assert all_pages(http, f"/ui/{repo}/img", limit="3") == [tags[0:3], tags[3:6], tags[6:7]]
+    assert all_pages(http, f"/ui/{repo}/img", limit="7") == [tags]
+    # The filter stays on from page to page.
+    assert all_pages(http, f"/ui/{repo}/img", limit="1", q="t0") == [[t] for t in tags]
+    second = page(http, f"/ui/{repo}/img", limit="3", after="t02")
+    assert [a.text for a in second.one("nav", cls="pager").find_all("a")] == [
+        "First page",
+        "Next page",
+    ]
+    # Repositories and images page the same way.
+    repos = [f"{repo}-{n}" for n in range(5)]
+    for name in repos:
+        assert upload(http, f"/reg/{name}/img{name[-1]}x/v1", b"r").status_code == 201
+    assert all_pages(http, "/ui/", q=f"{repo}-", limit="2") == [repos[0:2], repos[2:4], repos[4:]]
+
+
+def test_a_quarantined_tag_is_marked_in_the_table_and_refused_alone(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    assert upload(http, f"/reg/{repo}/img/bad", b"bytes fsck found bad").status_code == 201
+    assert upload(http, f"/reg/{repo}/img/good", b"fine bytes").status_code == 201
+    # What fsck leaves when a blob fails its check.
+    sql(
+        server.data_root,
+        "UPDATE blobs SET quarantined_at = created_at WHERE digest = ?",
+        blake3_hex(b"bytes fsck found bad"),
+    )
+    table = page(http, f"/ui/{repo}/img").one("tbody")
+    marks = {row.children[0].find_all("a")[0].text: row.children[0].text for row in table.children}
+    assert "quarantined" in marks["bad"]
+    assert "quarantined" not in marks["good"]
+    assert_error(http.get(f"/ui/{repo}/img/bad"), 500, "DATA_LOSS")  # as /reg answers it
+    page(http, f"/ui/{repo}/img/good")
+
+
+def test_html_routes_stay_out_of_the_openapi_document(http: httpx.Client) -> None:
+    paths = http.get("/docs/openapi.json").json()["paths"]
+    assert paths, "the document lists the API"
+    assert not [path for path in paths if path == "/" or path.startswith("/ui")]
+
+
+# -- the "use it" panel ----------------------------------------------------------------
+
+
+def test_datavolume_names_the_pinned_url_and_checksum(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    data = secrets.token_bytes(3000)
+    assert upload(http, f"/reg/{repo}/cirros/0.6.2", data).status_code == 201
+    document = page(http, f"/ui/{repo}/cirros/0.6.2")
+    pinned = f"{server.base_url}/reg/{repo}/cirros/sha256:{sha256_hex(data)}"
+    assert snippet(document, "url") == pinned
+
+    volume = yaml.safe_load(snippet(document, "datavolume"))
+    assert volume["apiVersion"] == "cdi.kubevirt.io/v1beta1"
+    assert volume["kind"] == "DataVolume"
+    assert volume["metadata"]["name"] == "cirros-0-6-2"
+    source = volume["spec"]["source"]["http"]
+    assert source == {"url": pinned, "checksum": f"sha256:{sha256_hex(data)}"}
+    assert volume["spec"]["storage"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "not inspected" in snippet(document, "datavolume")
+    # What CDI would do with it: download the URL and check the checksum.
+    downloaded = httpx.get(source["url"], timeout=30)
+    assert downloaded.status_code == 200
+    assert "sha256:" + hashlib.sha256(downloaded.content).hexdigest() == source["checksum"]
+
+
+def test_an_uninspected_image_asks_for_its_format(http: httpx.Client, repo: str) -> None:
+    assert upload(http, f"/reg/{repo}/img/v1", b"unknown").status_code == 201
+    document = page(http, f"/ui/{repo}/img/v1")
+    assert "has not been inspected" in document.one("p", cls="note").text
+    convert = shlex.split(snippet(document, "qemu-convert"))
+    assert convert[:6] == ["qemu-img", "convert", "-f", "FORMAT", "-m", "1"]
+    assert shlex.split(snippet(document, "qemu-info"))[:2] == ["qemu-img", "info"]
+
+
+def needs_qemu_http(test: Callable[..., None]) -> Callable[..., None]:
+    """Skip, saying why, where qemu-img or its http driver is missing."""
+    for mark in qemu.pytestmark:
+        test = mark(test)
+    return test
+
+
+@needs_qemu_http
+def test_the_qemu_img_command_converts_the_image(
+    http: httpx.Client, server: RunningServer, repo: str, tmp_path: Path
+) -> None:
+    raw = qemu.known_raw_disk()
+    (tmp_path / "disk.raw").write_bytes(raw)
+    made = qemu.qemu_img(
+        "convert", "-f", "raw", "-O", "qcow2", str(tmp_path / "disk.raw"), str(tmp_path / "d.qcow2")
+    )
+    qemu.check_ok(made, server)
+    qcow2 = (tmp_path / "d.qcow2").read_bytes()
+    assert upload(http, f"/reg/{repo}/vm-disk/v1", qcow2).status_code == 201
+    # What inspection records for the blob (it runs elsewhere; its columns are on main).
+    sql(
+        server.data_root,
+        "UPDATE blobs SET format = ?, virtual_size = ? WHERE digest = ?",
+        "qcow2",
+        len(raw),
+        blake3_hex(qcow2),
+    )
+    document = page(http, f"/ui/{repo}/vm-disk/v1")
+    assert not document.find_all("p", cls="note")
+    command = shlex.split(snippet(document, "qemu-convert"))
+    assert command[:7] == ["qemu-img", "convert", "-f", "qcow2", "-m", "1", "-O"]
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(
+        command, cwd=tmp_path / "out", capture_output=True, text=True, timeout=120, check=False
+    )
+    qemu.check_ok(done, server)
+    assert (tmp_path / "out" / command[-1]).read_bytes() == raw
+    volume = yaml.safe_load(snippet(document, "datavolume"))
+    requested = volume["spec"]["storage"]["resources"]["requests"]["storage"]
+    assert requested == f"{math.ceil(len(raw) / GIB)}Gi"
+    table = page(http, f"/ui/{repo}/vm-disk").one("tbody").one("tr")
+    assert [cell.text.strip() for cell in table.children][2] == "qcow2"
+
+
+# -- storage ---------------------------------------------------------------------------
+
+
+def figures(document: Element) -> dict[str, int]:
+    """The chart's legend: segment class -> bytes."""
+    legend = document.one("ul", cls="legend")
+    return {
+        str(li.one("rect").attrs["class"]): int(str(li.one("data").attrs["value"]))
+        for li in legend.find_all("li")
+    }
+
+
+@pytest.mark.slow  # a server of its own and a gc run in another process
+def test_storage_chart_shows_the_metrics_figures(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running = server_factory()
+    with running.client() as client:
+        shared, alone = secrets.token_bytes(5000), secrets.token_bytes(700)
+        for path in ["aaa/img/v1", "bbb/img/v1", "bbb/img/v2"]:
+            assert upload(client, f"/reg/{path}", shared).status_code == 201
+        assert upload(client, "/reg/ccc/img/v1", alone).status_code == 201
+        document = page(client, "/ui/_storage")
+        assert figures(document) == {
+            "seg-stored": len(shared) + len(alone),
+            "seg-dedup": 2 * len(shared),
+            "seg-orphan": 0,
+        }
+        metrics = scrape(client)  # the same figures, as /metrics exports them
+        assert figures(document)["seg-dedup"] == metrics["cloudimg_deduplicated_bytes_saved"]
+        assert (
+            sum(figures(document).values()) - figures(document)["seg-dedup"]
+            == (metrics["cloudimg_stored_bytes"])
+        )
+        svg = document.one("svg", cls="bars")
+        assert svg.attrs["role"] == "img"
+        assert "deduplication saves" in svg.one("desc").text
+        bars = [float(str(r.attrs["width"])) for r in svg.find_all("rect")]
+        assert max(bars) <= 600
+        assert "No" in document.one("section").text  # no gc run yet
+        cli("gc", "--grace", "0", "--data-root", str(running.data_root), check=0)
+        after_gc = page(client, "/ui/_storage").one("section").text
+        assert "Last run:" in after_gc
+        assert "1 runs recorded" in after_gc
+
+
+# -- flags and auth --------------------------------------------------------------------
+
+
+def test_no_web_leaves_only_the_api(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory(env={"CLOUDIMG_WEB": "false"})  # what --no-web sets
+    with running.client() as client:
+        assert_error(client.get("/"), 404, "NOT_FOUND")
+        assert_error(client.get("/ui/"), 404, "NOT_FOUND")
+        assert_error(client.get("/ui/_static/style.css"), 404, "NOT_FOUND")
+        assert client.get("/reg").status_code == 200
+
+
+def test_pages_follow_the_www_prefix(server_factory: Callable[..., RunningServer]) -> None:
+    running = server_factory("--www-prefix", "/mirror")
+    with running.client() as client:
+        assert upload(client, "/mirror/reg/lab/img/v1", b"bytes").status_code == 201
+        response = client.get("/mirror")
+        assert (response.status_code, response.headers["location"]) == (302, "/mirror/ui/")
+        assert_error(client.get("/ui/"), 404, "NOT_FOUND")
+        home = page(client, "/mirror/ui/")
+        assert home.one("a", href="/mirror/ui/lab").text == "lab"
+        tag = page(client, "/mirror/ui/lab/img/v1")
+        assert snippet(tag, "url").startswith(f"{running.base_url}/mirror/reg/lab/img/sha256:")
+
+
+def test_a_registry_api_at_ui_is_refused_while_the_pages_are_on(tmp_path: Path) -> None:
+    done = cli(
+        "serve",
+        "--listener-addr",
+        "127.0.0.1:0",
+        "--data-root",
+        str(tmp_path / "d"),
+        "--repo-prefix",
+        "ui",
+    )
+    assert done.returncode == 2
+    assert "--repo-prefix" in done.stderr
+    assert "pages" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_read_auth_applies_to_the_pages(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    (tmp_path / "tokens").write_text(f"{WRITE_TOKEN}\n")
+    (tmp_path / "credentials").write_text(f"{READ_USER}:{READ_PASSWORD}\n")
+    running = server_factory(
+        "--write-token-file",
+        str(tmp_path / "tokens"),
+        "--read-auth",
+        "basic",
+        "--read-credentials-file",
+        str(tmp_path / "credentials"),
+    )
+    with running.client(headers=bearer(WRITE_TOKEN)) as writer:
+        assert upload(writer, "/reg/lab/img/v1", b"x").status_code == 201
+    with running.client() as client:
+        for path in [
+            "/",
+            "/ui/",
+            "/ui/lab",
+            "/ui/lab/img",
+            "/ui/lab/img/v1",
+            "/ui/_storage",
+            "/ui/_static/app.js",
+        ]:
+            refused = client.get(path)
+            assert_error(refused, 401, "UNAUTHENTICATED")
+            assert refused.headers["www-authenticate"].startswith("Basic ")
+            wrong = client.get(path, headers=basic(READ_USER, "wrong"))
+            assert_error(wrong, 401, "UNAUTHENTICATED")
+            for credentials in (basic(READ_USER, READ_PASSWORD), bearer(WRITE_TOKEN)):
+                assert client.get(path, headers=credentials).status_code in (200, 302)
+    with running.client(headers=basic(READ_USER, READ_PASSWORD)) as reader:
+        # CDI needs the read credentials too: the DataVolume says where they go.
+        assert "secretRef" in snippet(page(reader, "/ui/lab/img/v1"), "datavolume")
