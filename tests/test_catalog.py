@@ -34,6 +34,14 @@ async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
         yield registry.catalog
 
 
+@pytest.fixture
+async def catalog_without_history(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
+    """A catalog run with ``--keep-history 0``: a tag's old bytes go at once."""
+    settings = Settings(data_root=tmp_path / "data", database_url=catalog_url, keep_history=0)
+    async with open_registry(settings, migrate=True) as registry:
+        yield registry.catalog
+
+
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
@@ -98,7 +106,10 @@ async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:
     assert len([p for p in (catalog.blobs.root / "blobs").rglob("*") if p.is_file()]) == 1  # type: ignore[attr-defined]
 
 
-async def test_overwrite_moves_the_tag_and_frees_the_old_blob(catalog: Catalog) -> None:
+async def test_overwrite_moves_the_tag_and_frees_the_old_blob(
+    catalog_without_history: Catalog,
+) -> None:
+    catalog = catalog_without_history
     old = await put(catalog, "repo/img/v1", b"old bytes")
     new = await put(catalog, "repo/img/v1", b"new bytes", k="v")
     assert (await catalog.get_tag("repo", "img", "v1")).digest == new.blake3
@@ -115,7 +126,10 @@ async def test_overwrite_with_same_bytes_updates_meta_only(catalog: Catalog) -> 
     assert await refcounts(catalog) == {staged.blake3: 1}
 
 
-async def test_delete_keeps_shared_blob_until_last_reference(catalog: Catalog) -> None:
+async def test_delete_keeps_shared_blob_until_last_reference(
+    catalog_without_history: Catalog,
+) -> None:
+    catalog = catalog_without_history
     staged = await put(catalog, "repo/img/v1", b"shared")
     await put(catalog, "repo/img/v2", b"shared")
     await catalog.delete_tag("repo", "img", "v1")

@@ -85,6 +85,13 @@ class Settings:
     sqlite_busy_timeout_secs: float = 15.0
     """How long a SQLite catalog write waits for another writer's lock before a 503."""
 
+    keep_history: int = 3
+    """Previous digests each tag keeps downloadable (0: a tag's old bytes go at once)."""
+
+    immutable_tags: tuple[str, ...] = ()
+    """Glob patterns over ``repo/image/tag``: existing tags that match cannot be
+    overwritten, retagged or deleted."""
+
     @property
     def resolved_database_url(self) -> str:
         """The catalog URL, defaulting to ``catalog.sqlite3`` inside the data root."""

@@ -8,7 +8,7 @@ fails, the staging file is dropped (after a commit the bytes live in the blob st
 from __future__ import annotations
 
 from cloudimg.blobstore import BlobStore, StagedBlob
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, WriteOptions
 
 __all__ = ["TagNames", "commit_staged"]
 
@@ -17,10 +17,18 @@ TagNames = tuple[str, str, str]
 
 
 async def commit_staged(
-    catalog: Catalog, blobs: BlobStore, names: TagNames, staged: StagedBlob, meta: dict[str, str]
+    catalog: Catalog,
+    blobs: BlobStore,
+    names: TagNames,
+    staged: StagedBlob,
+    meta: dict[str, str],
+    options: WriteOptions = WriteOptions(),
 ) -> None:
-    """Make ``names`` name the staged bytes with ``meta``, then drop the staging file."""
+    """Make ``names`` name the staged bytes with ``meta``, then drop the staging file.
+
+    ``options``: who writes (recorded in the tag's history) and the request's precondition.
+    """
     try:
-        await catalog.commit_upload(*names, staged, meta)
+        await catalog.commit_upload(*names, staged, meta, options)
     finally:
         await blobs.discard(staged)

@@ -23,6 +23,7 @@ from cloudimg.errors import (
     PayloadTooLargeError,
     PreconditionFailedError,
     RequestTimeoutError,
+    TagImmutableError,
     UnavailableError,
 )
 
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (InvalidArgumentError, 400),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),
+    (TagImmutableError, 409),
     (PreconditionFailedError, 412),
     (PayloadTooLargeError, 413),
     (InsufficientStorageError, 507),

@@ -2,6 +2,12 @@
 
 from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
+from cloudimg.catalog.history import (
+    DEFAULT_KEEP_HISTORY,
+    HistoryEntry,
+    Precondition,
+    WriteOptions,
+)
 from cloudimg.catalog.records import (
     BlobRecord,
     BlobRef,
@@ -14,15 +20,19 @@ from cloudimg.catalog.records import (
 )
 
 __all__ = [
+    "DEFAULT_KEEP_HISTORY",
     "BlobRecord",
     "BlobRef",
     "BlobState",
     "Catalog",
     "CatalogSnapshot",
+    "HistoryEntry",
+    "Precondition",
     "RefcountRepair",
     "StorageTotals",
     "TagInfo",
     "TagRecord",
+    "WriteOptions",
     "create_engine",
     "upgrade_database",
 ]

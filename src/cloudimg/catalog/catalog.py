@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloudimg.blobstore import BlobStore
+from cloudimg.catalog.history import DEFAULT_KEEP_HISTORY
 from cloudimg.catalog.maintenance import CatalogMaintenance
 from cloudimg.catalog.reads import CatalogReads
 from cloudimg.catalog.tags import TagWrites
@@ -13,5 +19,17 @@ class Catalog(CatalogReads, TagWrites, CatalogMaintenance):
     """The names-to-digests catalog over a blob store.
 
     API reads (``reads``), tag writes (``tags``), maintenance primitives
-    (``maintenance``) over the transaction plumbing (``transaction``).
+    (``maintenance``) over the transaction plumbing (``transaction``); tag history
+    and retention (``history``) under the tag writes.
     """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        blobs: BlobStore,
+        *,
+        keep_history: int = DEFAULT_KEEP_HISTORY,
+        immutable_rules: Sequence[str] = (),
+    ) -> None:
+        super().__init__(engine, blobs)
+        self.configure_history(keep_history, immutable_rules)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
 from cloudimg.catalog.records import (
     BlobRecord,
     BlobState,
@@ -27,6 +27,16 @@ Settled = Literal["restored", "removed", "kept"]
 """What ``settle_trash`` did with a trash file."""
 
 
+def _retained_entries() -> Any:
+    """The number of retained history entries holding the outer query's blob."""
+    return (
+        select(func.count())
+        .select_from(TagHistory)
+        .where(TagHistory.digest == Blob.digest, TagHistory.retained)
+        .scalar_subquery()
+    )
+
+
 class CatalogMaintenance(CatalogBase):
     """Each repair runs under the lock the writers take on the digest's row."""
 
@@ -39,6 +49,7 @@ class CatalogMaintenance(CatalogBase):
                 Blob.sha256,
                 Blob.refcount,
                 Blob.quarantined_at,
+                _retained_entries(),
                 Repository.name,
                 Image.name,
                 Tag.name,
@@ -51,23 +62,25 @@ class CatalogMaintenance(CatalogBase):
         async with self._read() as session, session.begin():
             rows = (await session.execute(query)).all()
         rows_of: dict[str, tuple[int, str, int, bool]] = {}
+        history_of: dict[str, int] = {}
         tags_of: dict[str, list[TagRecord]] = {}
-        for digest, size, sha256, refcount, quarantined_at, repo, image, tag in rows:
+        for digest, size, sha256, refcount, quarantined_at, held, repo, image, tag in rows:
             rows_of[digest] = (size, sha256, refcount, quarantined_at is not None)
+            history_of[digest] = int(held or 0)
             tags = tags_of.setdefault(digest, [])
             if tag is not None:
                 tags.append(TagRecord(repo, image, tag, digest))
         blobs = {
-            digest: BlobRecord(digest, *row, tuple(tags_of[digest]))
+            digest: BlobRecord(digest, *row, tuple(tags_of[digest]), history_of[digest])
             for digest, row in rows_of.items()
         }
         return CatalogSnapshot(blobs, [tag for tags in tags_of.values() for tag in tags])
 
     async def blob_state(self, digest: str) -> BlobState | None:
-        """The blob row of ``digest`` now, with its number of referencing tags; None if absent."""
+        """The blob row of ``digest`` now, with its tags plus retained history entries."""
         references = (
             select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
-        ).scalar_subquery()
+        ).scalar_subquery() + _retained_entries()
         async with self._read() as session:
             row = (
                 await session.execute(select(Blob, references).where(Blob.digest == digest))
@@ -78,9 +91,10 @@ class CatalogMaintenance(CatalogBase):
         return BlobState(digest, blob.size, blob.refcount, count, blob.quarantined_at is not None)
 
     async def repair_refcount(self, digest: str) -> RefcountRepair | None:
-        """Set the blob's refcount to its number of tags, under the lock uploads take.
+        """Set the blob's refcount to its tags plus retained history entries, under the
+        lock uploads take.
 
-        A blob no tag references loses its row and (trashed, then purged) file.
+        A blob nothing references loses its row and (trashed, then purged) file.
         Returns what changed, None when the count was right or the row is gone.
         """
 
@@ -88,10 +102,15 @@ class CatalogMaintenance(CatalogBase):
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None:
                 return None
-            count = await session.scalar(
+            tags = await session.scalar(
                 select(func.count()).select_from(Tag).where(Tag.digest == digest)
             )
-            count = count or 0
+            held = await session.scalar(
+                select(func.count())
+                .select_from(TagHistory)
+                .where(TagHistory.digest == digest, TagHistory.retained)
+            )
+            count = (tags or 0) + (held or 0)
             if count == blob.refcount and count > 0:
                 return None
             repair = RefcountRepair(digest, blob.size, blob.refcount, count, count == 0)

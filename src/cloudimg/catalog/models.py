@@ -8,8 +8,10 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -19,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Blob", "Image", "Repository", "Tag", "utcnow"]
+__all__ = ["Base", "Blob", "Image", "Repository", "Tag", "TagHistory", "utcnow"]
 
 # Alembic's recommended naming convention: constraints get stable names, which
 # SQLite batch-mode migrations need to find them again.
@@ -129,5 +131,34 @@ class Tag(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    immutable: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set through the API: the tag cannot be overwritten, retagged or deleted."""
 
     blob: Mapped[Blob] = relationship()
+
+
+class TagHistory(Base):
+    """One change of a tag, kept after the tag (and its image) are gone.
+
+    Keyed by names, not by the tag row, so a deleted tag's history stays readable. A
+    ``retained`` entry holds one reference on its blob (counted in ``Blob.refcount``);
+    the digest of an entry that is not retained may name bytes that are gone.
+    """
+
+    __tablename__ = "tag_history"
+    __table_args__ = (Index("ix_tag_history_name", "repository", "image", "tag", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    tag: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    """created, moved, retagged, deleted, immutable or released."""
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    """The bytes the tag named after the change (``deleted``: until it)."""
+    size: Mapped[int] = mapped_column(BigInteger)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The name of the write token used, when it has one."""
+    retained: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
-from cloudimg.catalog.models import Blob, Image, Repository, Tag
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
 from cloudimg.catalog.records import BlobRef, StorageTotals, TagInfo
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
@@ -105,7 +105,8 @@ class CatalogReads(CatalogBase):
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
         """The blob a tag name or a digest names in an image.
 
-        A digest reference is valid only while a tag of this image holds that blob.
+        A digest reference is valid while a tag of this image, or a retained history
+        entry of one of its tags (also of a deleted tag), holds that blob.
         The caller has validated the tag name.
         """
         ref = await self._lookup(repo, image, reference)
@@ -122,18 +123,27 @@ class CatalogReads(CatalogBase):
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
+        by_tag = (
+            select(Tag.digest)
+            .join(Image, Image.id == Tag.image_id)
+            .join(Repository, Repository.id == Image.repository_id)
+            .where(Repository.name == repo, Image.name == image)
+        )
+        # A retained history entry holds its bytes like a tag, also after the image's
+        # last tag is gone.
+        by_history = select(TagHistory.digest).where(
+            TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
+        )
         async with self._read() as session:
             blob = await session.scalar(
                 select(Blob)
-                .join(Tag, Tag.digest == Blob.digest)
-                .join(Image, Image.id == Tag.image_id)
-                .join(Repository, Repository.id == Image.repository_id)
-                .where(Repository.name == repo, Image.name == image, column == digest.hex)
+                .where(column == digest.hex)
+                .where(or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history)))
                 .limit(1)
             )
         if blob is None:
             raise NotFoundError(
-                "no tag of this image references that digest",
+                "no tag or retained history entry of this image references that digest",
                 {"repo": repo, "image": image, "digest": str(digest)},
             )
         if blob.quarantined_at is not None:

@@ -69,6 +69,13 @@ class BlobRecord:
     refcount: int
     quarantined: bool
     tags: tuple[TagRecord, ...]
+    history: int = 0
+    """Retained history entries holding the blob (they count in ``refcount``)."""
+
+    @property
+    def references(self) -> int:
+        """What the reference count should be: tags plus retained history entries."""
+        return len(self.tags) + self.history
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,8 @@ class CatalogSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class BlobState:
-    """A blob row as it is now, with the number of tags that reference it."""
+    """A blob row as it is now, with the number of tags and retained history entries
+    that reference it (``references``)."""
 
     digest: str
     size: int

@@ -8,8 +8,9 @@ What it touches, in this order:
    grace period (never while a quarantined blob's row still names the digest);
 2. staging files older than the grace period that no upload holds (an upload keeps
    an exclusive lock on its staging file until it is committed or dropped);
-3. reference counts that differ from the number of tags naming the blob: set right;
-   a blob no tag names loses its row and its file;
+3. reference counts that differ from the number of tags plus retained history entries
+   naming the blob: set right; a blob nothing names loses its row and its file (a
+   retained digest is never freed);
 4. blob files older than the grace period that no blob row names.
 
 Every change to the catalog or the blob tree happens in a catalog write transaction
@@ -159,7 +160,7 @@ async def _refcounts(
 ) -> None:
     snapshot = await catalog.snapshot()
     for record in snapshot.blobs.values():
-        references = len(record.tags)
+        references = record.references  # tags plus retained history entries
         if references == record.refcount and references > 0:
             continue
         if report.dry_run:
@@ -174,10 +175,10 @@ async def _refcounts(
                 continue
             was, now, size, removed = repair.was, repair.now, repair.size, repair.removed
         if removed:
-            detail = f"refcount {was} and no tag names it: row and file removed"
+            detail = f"refcount {was} and no tag or history entry holds it: row and file removed"
             report.actions.append(GcAction("unreferenced-row", record.digest, size, detail))
         else:
-            detail = f"refcount was {was}, {now} tag(s) name it"
+            detail = f"refcount was {was}, {now} tag(s) or retained history entries name it"
             report.actions.append(GcAction("refcount", record.digest, 0, detail))
 
 
