@@ -16,6 +16,7 @@ from cloudimg import __version__
 from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
+from cloudimg.api.history import TagHistoryController
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.observer import RequestObserver
@@ -52,7 +53,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
 
     api = Router(
         path=settings.api_base,
-        route_handlers=[RegistryController],
+        route_handlers=[RegistryController, TagHistoryController],
         guards=[] if auth is None else [auth],
     )
     metrics = Metrics()

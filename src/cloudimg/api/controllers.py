@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
+from cloudimg.api.conditional import meta_etag_of, write_options
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
 from cloudimg.api.errors import error_response
 from cloudimg.api.observer import TRANSFER_OPT
@@ -127,21 +128,23 @@ class RegistryController(Controller):
     )
     async def get_image_meta(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
-    ) -> Envelope:
+    ) -> Response[Envelope]:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
         info = await catalog.get_tag(*names)
         image_path = request.url.path.removesuffix("/meta")
-        return _meta_view(info, image_path)
+        # The ETag a conditional write (If-Match) may send to catch any change of the tag.
+        return Response(_meta_view(info, image_path), headers={"ETag": meta_etag_of(info)})
 
     @post(
         "/{repo:str}/{image:str}/{tag:str}",
         operation_id="PostImage",
         operation_class=UploadOperation,
-        summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
+        summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag "
+        "(If-Match, If-None-Match: * make it conditional)",
         request_max_body_size=None,
         status_code=201,
         response_headers=CREATED_HEADERS,
-        responses=error_responses(400, 408, 413, 507),
+        responses=error_responses(400, 408, 409, 412, 413, 507),
         opt={TRANSFER_OPT: "upload"},
     )
     async def post_image(
@@ -157,8 +160,9 @@ class RegistryController(Controller):
     ) -> Response[Envelope]:
         async with receiving(request, blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+            options = await write_options(request, catalog, names)
             await receiver.receive()
-            upload = await receiver.commit(catalog, names)
+            upload = await receiver.commit(catalog, names, options)
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {
@@ -171,13 +175,25 @@ class RegistryController(Controller):
     @delete(
         "/{repo:str}/{image:str}/{tag:str}",
         operation_id="DeleteTag",
-        summary="Delete a tag; its blob goes when no tag references it",
+        summary="Delete a tag (its history stays unless purge=history); its blob goes when "
+        "no tag or retained history entry references it",
         status_code=200,
-        responses=error_responses(400, 404, 507),
+        responses=error_responses(400, 404, 409, 412, 507),
     )
-    async def delete_tag(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
+    async def delete_tag(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        repo: str,
+        image: str,
+        tag: str,
+        purge: str | None = None,
+    ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-        await catalog.delete_tag(*names)
+        if purge not in (None, "history"):
+            raise InvalidArgumentError("query parameter 'purge' takes only 'history'")
+        options = await write_options(request, catalog, names, early=False)
+        await catalog.delete_tag(*names, options, purge_history=purge == "history")
         return _ok(None)
 
 

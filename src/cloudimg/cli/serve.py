@@ -25,6 +25,7 @@ from cloudimg.cli.listener import (
     raise_fd_limit,
 )
 from cloudimg.cli.options import (
+    GlobList,
     connection_options,
     flag_error,
     limit_options,
@@ -78,6 +79,19 @@ _SPARE_DESCRIPTORS = 256
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="File of user:password lines for --read-auth basic",
+)
+@option(
+    "--keep-history",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.keep_history,
+    help="Previous digests each tag keeps downloadable by digest (0: freed at once)",
+)
+@option(
+    "--immutable-tags",
+    type=GlobList(),
+    default="",
+    help="Comma-separated globs over repo/image/tag (release/*/v*): existing tags that "
+    "match cannot be overwritten, retagged or deleted",
 )
 @option(
     "--log-format",
