@@ -91,11 +91,16 @@ def test_a_deleted_tag_keeps_history_and_bytes_until_purged(
     assert client.get(pinned).content == data
     assert [e["action"] for e in history(client, path)] == ["deleted", "created"]
     assert_error(client.delete(path, params={"purge": "everything"}), 400, "INVALID_ARGUMENT")
-    # A deleted tag's history is purged with the tag only: recreate it, delete with purge.
-    assert upload(client, path, os.urandom(10)).status_code == 201
+    assert_error(client.delete(path), 404, "NOT_FOUND")  # the tag is gone, its history not
+    # Purged with a tag being deleted, and on its own once the tag is gone.
+    other = f"/reg/{repo}/img/v2"
+    assert upload(client, other, os.urandom(10)).status_code == 201
+    assert client.delete(other, params={"purge": "history"}).status_code == 200
+    assert_error(client.get(f"{other}/history"), 404, "NOT_FOUND")
     assert client.delete(path, params={"purge": "history"}).status_code == 200
     assert_error(client.get(pinned), 404, "NOT_FOUND")
     assert_error(client.get(f"{path}/history"), 404, "NOT_FOUND")
+    assert_error(client.delete(path, params={"purge": "history"}), 404, "NOT_FOUND")
     assert read_catalog(server).refcount(blake3_hex(data)) is None
     assert_invariants(server)
 
