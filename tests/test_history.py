@@ -4,8 +4,9 @@ a real SQLite file and a real PostgreSQL database (the HTTP side: test_http_hist
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from cloudimg.config import Settings
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError, PreconditionFailedError, TagImmutableError
 from cloudimg.maintenance import check, collect_garbage
-from cloudimg.registry import open_registry
+from cloudimg.registry import Registry, open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import put, sql, store_of
 
@@ -26,15 +27,18 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     yield from database_url(request.param, tmp_path)
 
 
-@pytest.fixture
-def open_catalog(
-    tmp_path: Path, catalog_url: str
-) -> Iterator[object]:  # an async context manager factory
-    def opened(**settings: object) -> object:
-        values = {"data_root": tmp_path / "data", "database_url": catalog_url, **settings}
-        return open_registry(Settings(**values), migrate=True)  # type: ignore[arg-type]
+OpenRegistry = Callable[..., Registry]
 
-    yield opened
+
+@pytest.fixture
+def open_catalog(tmp_path: Path, catalog_url: str) -> OpenRegistry:
+    """Open the test's catalog with settings of its own (``async with`` the result)."""
+
+    def opened(**settings: Any) -> Registry:
+        values = {"data_root": tmp_path / "data", "database_url": catalog_url, **settings}
+        return open_registry(Settings(**values), migrate=True)
+
+    return opened
 
 
 @pytest.fixture
@@ -112,8 +116,8 @@ async def test_a_digest_held_twice_counts_once_for_retention(catalog: Catalog) -
     assert await refcounts(catalog) == {a: 1, b: 1}
 
 
-async def test_keep_history_zero_frees_at_once_but_still_logs(open_catalog: object) -> None:
-    async with open_catalog(keep_history=0) as registry:  # type: ignore[operator]
+async def test_keep_history_zero_frees_at_once_but_still_logs(open_catalog: OpenRegistry) -> None:
+    async with open_catalog(keep_history=0) as registry:
         catalog = registry.catalog
         old = await put(catalog, "repo/img/v1", b"old")
         new = await put(catalog, "repo/img/v1", b"new")
@@ -125,10 +129,10 @@ async def test_keep_history_zero_frees_at_once_but_still_logs(open_catalog: obje
         assert actions == ["deleted", "moved", "created"]
 
 
-async def test_lowering_keep_history_releases_on_the_next_write(open_catalog: object) -> None:
-    async with open_catalog() as registry:  # type: ignore[operator]
+async def test_lowering_keep_history_releases_on_the_next_write(open_catalog: OpenRegistry) -> None:
+    async with open_catalog() as registry:
         digests = await push_versions(registry.catalog, 4)
-    async with open_catalog(keep_history=1) as registry:  # type: ignore[operator]
+    async with open_catalog(keep_history=1) as registry:
         catalog = registry.catalog
         assert len(await refcounts(catalog)) == 4  # nothing changes until the tag is written
         current = await put(catalog, "repo/img/v1", b"fifth")
@@ -196,8 +200,8 @@ async def test_immutable_tag_refuses_overwrite_retag_and_delete(catalog: Catalog
     await catalog.delete_tag("repo", "img", "v1")
 
 
-async def test_immutable_by_rule_allows_creation_only(open_catalog: object) -> None:
-    async with open_catalog(immutable_tags=("release/*/v*",)) as registry:  # type: ignore[operator]
+async def test_immutable_by_rule_allows_creation_only(open_catalog: OpenRegistry) -> None:
+    async with open_catalog(immutable_tags=("release/*/v*",)) as registry:
         catalog = registry.catalog
         await put(catalog, "release/img/v1", b"one")
         with pytest.raises(TagImmutableError) as refused:
@@ -228,7 +232,8 @@ async def test_precondition_sees_the_locked_tag_and_can_refuse(catalog: Catalog)
         await catalog.retag(
             "repo", "img", "new", Digest("blake3", digest), None, WriteOptions(precondition=refuse)
         )
-    assert seen[0] is not None and (seen[0].digest, seen[0].meta) == (digest, {"k": "v"})
+    assert seen[0] is not None
+    assert (seen[0].digest, seen[0].meta) == (digest, {"k": "v"})
     assert seen[1] is None
     assert await catalog.list_tags("repo", "img") == ["v1"]
     assert len(await catalog.tag_history("repo", "img", "v1")) == 1

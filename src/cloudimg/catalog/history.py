@@ -218,8 +218,11 @@ class TagHistoryLog(CatalogBase):
 
     async def _purge_history(
         self, session: AsyncSession, names: Names, effects: FileEffects
-    ) -> None:
-        """Drop every entry of the tag, releasing the bytes the retained ones held."""
+    ) -> bool:
+        """Drop every entry of the tag, releasing the bytes the retained ones held.
+
+        False when the tag had no entry.
+        """
         entries = (
             await session.scalars(
                 select(TagHistory).where(*_of(names)).order_by(TagHistory.id).with_for_update()
@@ -230,6 +233,7 @@ class TagHistoryLog(CatalogBase):
         await session.flush()
         for digest in held:
             await self._release(session, digest, effects)
+        return bool(entries)
 
     async def tag_history(self, repo: str, image: str, tag: str) -> list[HistoryEntry]:
         """The tag's entries, newest first; ``NotFoundError`` when it has none."""

@@ -176,7 +176,8 @@ class TagWrites(TagHistoryLog):
         """Drop the tag and its reference; empty images and repositories go with it.
 
         The tag's history stays (its retained entries keep their bytes) unless
-        ``purge_history``, which drops every entry and the references they held.
+        ``purge_history``, which drops every entry and the references they held; a
+        tag deleted earlier whose history remains has only its history purged.
         """
         names = (repo, image, tag)
 
@@ -189,7 +190,10 @@ class TagWrites(TagHistoryLog):
                 )
             await self._check(session, names, current, options)
             if image_id is None or current is None:
-                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                # A deleted tag's history can still be purged.
+                if not (purge_history and await self._purge_history(session, names, effects)):
+                    raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                return
             self._refuse_immutable(names, current, "deleted")
             await self._ensure_origin(session, names, current)
             digest = current.digest
