@@ -24,6 +24,7 @@ from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.observer import RequestObserver
 from cloudimg.api.oci import OciController
 from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
+from cloudimg.api.oci_push import OciPushController
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
@@ -72,7 +73,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     # --www-prefix says, with the spec's error shape and Basic challenges.
     oci = Router(
         path="/",
-        route_handlers=[OciController],
+        route_handlers=[OciController, OciPushController],
         guards=[]
         if auth is None
         else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],

@@ -159,9 +159,17 @@ class OciController(Controller):
         try:
             if by_digest:
                 hex_digest = parse_oci_digest(reference)
+                pushed = await catalog.pushed_manifest(*names, digest=hex_digest)
+                if pushed is not None:
+                    ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+                    return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
                 ref = await catalog.resolve_oci(*names, "manifest", hex_digest)
             else:
                 ref = await catalog.resolve(*names, oci_tag(reference))
+                # What was pushed for these bytes is served as it was pushed.
+                pushed = await catalog.pushed_manifest(*names, blob=ref.digest)
+                if pushed is not None:
+                    return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
             disk = await disks.of(ref)
         except NotFoundError as exc:
             raise OciError(
@@ -198,6 +206,13 @@ class OciController(Controller):
             pass
         else:
             return await _send_bytes(request, ref, disk.config, "application/octet-stream", True)
+        pushed = await catalog.pushed_manifest(*names, config=hex_digest)
+        if pushed is not None:
+            ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+            return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
+        finished = await _finished_upload(request, catalog, blobs, hex_digest)
+        if finished is not None:
+            return finished
         try:
             # A disk pushed as an artifact layer is the stored blob itself.
             ref = await catalog.resolve(*names, Digest("sha256", hex_digest))
@@ -230,6 +245,31 @@ def _opener(blobs: BlobStore, digest: str) -> Any:
         return await blobs.open(digest)
 
     return open_blob
+
+
+async def _finished_upload(
+    request: Request[Any, Any, Any], catalog: Catalog, blobs: BlobStore, hex_digest: str
+) -> ASGIResponse | None:
+    """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
+    found = await catalog.finished_upload(hex_digest)
+    if found is None or found.blake3 is None:
+        return None
+    staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)
+    if staged is None:
+        return None
+    try:
+        reader = await blobs.open_staged(staged)
+    finally:
+        if staged.lease is not None:
+            staged.lease.release()  # the reader's descriptor keeps the bytes
+    ref = BlobRef(found.blake3, hex_digest, found.size, found.updated)
+
+    async def open_reader() -> BlobReader | None:
+        return reader
+
+    return await prepare_representation(
+        request, _representation(ref, hex_digest, found.size), open_reader
+    )
 
 
 async def _send_layer(

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -21,7 +22,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Blob", "Image", "OciUpload", "Repository", "Tag", "TagHistory", "utcnow"]
+__all__ = [
+    "Base",
+    "Blob",
+    "Image",
+    "OciManifest",
+    "OciUpload",
+    "Repository",
+    "Tag",
+    "TagHistory",
+    "utcnow",
+]
 
 # Alembic's recommended naming convention: constraints get stable names, which
 # SQLite batch-mode migrations need to find them again.
@@ -186,5 +197,32 @@ class OciUpload(Base):
     image: Mapped[str] = mapped_column(String(63))
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     """Bytes received and made durable: the offset the next chunk starts at."""
+    blake3: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Set when the upload finished (its digest verified): it takes no more bytes."""
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OciManifest(Base):
+    """A manifest pushed over ``/v2`` for a disk, kept so pulls return exactly it.
+
+    Served while ``blob`` (the disk it describes) is held by a tag or retained history
+    entry of the image; the generated containerDisk is served otherwise.
+    """
+
+    __tablename__ = "oci_manifests"
+    __table_args__ = (Index("ix_oci_manifests_name", "repository", "image", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    digest: Mapped[str] = mapped_column(String(64))
+    """sha256 of ``body``."""
+    media_type: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[str] = mapped_column(String(64), index=True)
+    """blake3 of the disk."""
+    config_digest: Mapped[str] = mapped_column(String(64))
+    config: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
