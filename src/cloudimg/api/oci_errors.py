@@ -79,7 +79,7 @@ def _code_of(exc: CloudimgError) -> str:
     if isinstance(exc, DigestMismatchError):
         return "DIGEST_INVALID"
     if isinstance(exc, ImageRefusedError):
-        return "DENIED"
+        return "MANIFEST_INVALID"  # a pushed disk failed inspection: not a VM disk we serve
     if isinstance(exc, InvalidArgumentError):
         return "UNSUPPORTED"
     if isinstance(exc, NotFoundError):

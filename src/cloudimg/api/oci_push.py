@@ -363,14 +363,21 @@ class OciPushController(Controller):
                     )
                 finally:
                     await blobs.discard(staged)
+                await catalog.drop_finished_uploads(layer.sha256)
         except ManifestRefused as exc:
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
         digest = hashlib.sha256(body).hexdigest()
         media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
-        await catalog.add_pushed_manifest(
-            *names,
-            PushedManifest(digest, str(media_type), body, disk_blake3, layer.config_sha256, config),
-        )
+        if layer.packing == "disk":
+            # The artifact's one layer is the stored disk: what was pushed pulls back as it
+            # was. A containerDisk's pushed tar is not kept (the disk was unpacked from it):
+            # its tag pulls as the generated containerDisk of the disk.
+            await catalog.add_pushed_manifest(
+                *names,
+                PushedManifest(
+                    digest, str(media_type), body, disk_blake3, layer.config_sha256, config
+                ),
+            )
         disks.wake()
         headers = {
             "Location": f"/v2/{repo}/{image}/manifests/sha256:{digest}",
