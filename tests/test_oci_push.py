@@ -129,6 +129,7 @@ def test_a_chunked_disk_artifact_push_is_the_reg_image(
     client: httpx.Client, server: RunningServer, repo: str, qcow2: bytes
 ) -> None:
     name = f"{repo}/artifact"
+    qcow2 += os.urandom(4096)  # bytes no other test stored: one new blob expected
     _push_blob(client, name, EMPTY)
     blobs_before = len(server.blob_files())
     _push_blob(client, name, qcow2, chunk=50_000)
@@ -388,6 +389,7 @@ def test_oras_pushes_chunked_and_pulls_by_digest(
     server: RunningServer, tmp_path: Path, repo: str, qcow2: bytes
 ) -> None:
     oras_client = pytest.importorskip("oras.client", reason="oras-py is a test extra")
+    qcow2 += os.urandom(64 * 1024)  # bytes no other test stored: one new blob expected
     disk = tmp_path / "disk.qcow2"
     disk.write_bytes(qcow2)
     blobs_before = len(server.blob_files())
