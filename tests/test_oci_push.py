@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import tarfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -410,3 +412,53 @@ def test_oras_pushes_chunked_and_pulls_by_digest(
     assert [Path(f).read_bytes() for f in files] == [qcow2]
     with server.client() as http:
         assert http.get(f"/reg/{repo}/oras/v1").content == qcow2
+
+
+@pytest.mark.slow
+def test_gc_looping_while_sessions_upload_takes_only_idle_ones(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """gc with a 2 s grace runs again and again while two sessions receive chunks: the
+    sessions that keep moving finish with the right bytes; one left idle is reclaimed."""
+    server = server_factory()
+    stop = threading.Event()
+    runs: list[dict[str, object]] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            runs.append(
+                cli_json("gc", "--data-root", str(server.data_root), "--grace", "2s", check=0)
+            )
+
+    def push(name: str, data: bytes) -> None:
+        with server.client() as http:
+            _push_blob(http, name, data, chunk=32 * 1024)
+
+    looping = threading.Thread(target=gc_loop)
+    looping.start()
+    try:
+        with server.client() as http:
+            idle = _start(http, "vms/idle")
+            assert http.patch(idle, content=b"i" * 100).status_code == 202
+        datas = [os.urandom(600 * 1024), os.urandom(700 * 1024)]
+        pushers = [
+            threading.Thread(target=push, args=(f"vms/busy{i}", data))
+            for i, data in enumerate(datas)
+        ]
+        for thread in pushers:
+            thread.start()
+        for thread in pushers:
+            thread.join(timeout=300)
+        with server.client() as http:
+            for i, data in enumerate(datas):
+                head = http.head(f"/v2/vms/busy{i}/blobs/{sha256_digest(data)}")
+                assert head.status_code == 200
+                assert http.get(f"/v2/vms/busy{i}/blobs/{sha256_digest(data)}").content == data
+            deadline = time.monotonic() + 60
+            while http.get(idle).status_code != 404 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert_oci_error(http.get(idle), 404, "BLOB_UPLOAD_UNKNOWN")
+    finally:
+        stop.set()
+        looping.join(timeout=300)
+    assert runs, "gc never ran"
