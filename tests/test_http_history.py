@@ -403,3 +403,39 @@ def test_history_retag_immutability_and_conditions_with_gc_looping(
                     pinned = http.get(f"/reg/shared/img/{entry['digest']}")
                     assert pinned.content == by_digest[entry["digest"]]
     assert_invariants(servers[0])
+
+
+def test_listings_with_details_are_paged(client: httpx.Client, repo: str) -> None:
+    sizes = {"ta": 10, "tb": 20, "tc": 30}
+    for tag, size in sizes.items():
+        assert upload(client, f"/reg/{repo}/img/{tag}", os.urandom(size)).status_code == 201
+    assert upload(client, f"/reg/{repo}/other/tx", os.urandom(5)).status_code == 201
+    assert client.put(f"/reg/{repo}/img/tb/immutable").status_code == 200
+    assert client.get(f"/reg/{repo}/img").json()["data"] == ["ta", "tb", "tc"]  # plain: as before
+    first = client.get(f"/reg/{repo}/img", params={"details": "true", "limit": 2}).json()
+    assert [(t["tag"], t["size"], t["immutable"]) for t in first["data"]] == [
+        ("ta", 10, False),
+        ("tb", 20, True),
+    ]
+    assert first["next"] == "tb"
+    meta = client.get(f"/reg/{repo}/img/ta/meta").json()
+    assert first["data"][0]["digest"] == meta["digest"]
+    assert first["data"][0]["sha256"] == meta["sha256"]
+    assert first["data"][0]["updated"] == meta["updated"]
+    rest = client.get(
+        f"/reg/{repo}/img", params={"details": "true", "limit": 2, "after": "tb"}
+    ).json()
+    assert [t["tag"] for t in rest["data"]] == ["tc"]
+    assert rest["next"] is None
+    images = client.get(f"/reg/{repo}", params={"details": "true"}).json()
+    assert [(i["image"], i["tags"], i["size"]) for i in images["data"]] == [
+        ("img", 3, 60),
+        ("other", 1, 5),
+    ]
+    assert images["data"][0]["updated"].endswith("+00:00")
+    assert_error(
+        client.get(f"/reg/{repo}/img", params={"details": "true", "limit": 0}),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    assert_error(client.get(f"/reg/{repo}/nope", params={"details": "true"}), 404, "NOT_FOUND")
