@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,38 @@ async def test_staging_hashes_what_streams(store: MaintenanceBlobStore) -> None:
     assert staged.blake3 == blake3.blake3(data).hexdigest()
     assert staged.sha256 == hashlib.sha256(data).hexdigest()
     await store.discard(staged)
+
+
+async def test_tap_sees_every_byte_in_order_on_another_thread(
+    store: MaintenanceBlobStore,
+) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 7)
+    seen = bytearray()
+    threads: set[int] = set()
+
+    def tap(piece: memoryview) -> None:
+        seen.extend(piece)
+        threads.add(threading.get_ident())
+
+    writer = await store.open_staging(tap)
+    for start in range(0, len(data), 100_000):
+        await writer.write(data[start : start + 100_000])
+    staged = await writer.finish()
+    assert bytes(seen) == data
+    assert threading.get_ident() not in threads  # the event loop never runs it
+    await store.discard(staged)
+
+
+async def test_a_failing_tap_fails_the_write(store: MaintenanceBlobStore) -> None:
+    def tap(piece: memoryview) -> None:
+        raise ValueError("the tap refuses")
+
+    writer = await store.open_staging(tap)
+    await writer.write(os.urandom(5 * 1024 * 1024))  # a batch: written on a thread
+    with pytest.raises(ValueError, match="the tap refuses"):
+        await writer.finish()
+    await writer.abort()
+    assert await store.list_staging() == []
 
 
 async def test_empty_blob_has_the_empty_digests(store: MaintenanceBlobStore) -> None:
