@@ -123,6 +123,7 @@ class _Sessions:
         offset = writer.size
         try:
             if start is not None and start != offset:
+                await self.blobs.pause_staging(found.id, writer, _unchanged)
                 raise OciError(
                     416,
                     "BLOB_UPLOAD_INVALID",
@@ -139,6 +140,10 @@ class _Sessions:
                         413, "SIZE_INVALID", f"the blob is larger than the limit of {limit} bytes"
                     )
                 await writer.write(chunk)
+        except OciError as exc:
+            if exc.status != 416:  # a 416 let the file go already, unchanged
+                await self.blobs.pause_staging(found.id, writer, _no_record)
+            raise
         except BaseException:
             # Bytes past the recorded offset are cut off by the next resume.
             await self.blobs.pause_staging(found.id, writer, _no_record)
@@ -185,7 +190,13 @@ class _Sessions:
 
 
 async def _no_record(_size: int) -> bool:
+    """A chunk that failed half-way: its bytes are not recorded (nor the hash state kept)."""
     return False
+
+
+async def _unchanged(_size: int) -> bool:
+    """Nothing was written: the recorded length stands and the hash state may be kept."""
+    return True
 
 
 class OciPushController(Controller):
