@@ -124,6 +124,8 @@ class _Sessions:
         try:
             if start is not None and start != offset:
                 await self.blobs.pause_staging(found.id, writer, _unchanged)
+                # Read (and drop) the refused chunk so the client sees the answer.
+                await drain(body_of(request.receive, self.settings.read_body_timeout_secs))
                 raise OciError(
                     416,
                     "BLOB_UPLOAD_INVALID",
