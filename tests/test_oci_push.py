@@ -462,3 +462,31 @@ def test_gc_looping_while_sessions_upload_takes_only_idle_ones(
         stop.set()
         looping.join(timeout=300)
     assert runs, "gc never ran"
+
+
+def test_racing_chunks_at_one_offset_append_once(client: httpx.Client, repo: str) -> None:
+    """Two clients send a chunk for the same offset at once: the session's lock lets one
+    in; the other finds the offset moved (416) and changes nothing."""
+    name = f"{repo}/racing"
+    location = _start(client, name)
+    chunks = [os.urandom(2 * 1024 * 1024), os.urandom(2 * 1024 * 1024)]
+    answers: list[tuple[int, bytes]] = []
+
+    def send(chunk: bytes) -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as http:
+            response = http.patch(
+                location, content=chunk, headers={"Content-Range": f"0-{len(chunk) - 1}"}
+            )
+            answers.append((response.status_code, chunk))
+
+    threads = [threading.Thread(target=send, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(status for status, _ in answers) == [202, 416]
+    (winner,) = [chunk for status, chunk in answers if status == 202]
+    assert client.get(location).headers["range"] == f"0-{len(winner) - 1}"
+    done = client.put(location, params={"digest": sha256_digest(winner)})
+    assert done.status_code == 201, done.text
+    assert client.get(f"/v2/{name}/blobs/{sha256_digest(winner)}").content == winner
