@@ -243,7 +243,7 @@ def test_a_containerdisk_push_unpacks_the_disk(
         ("no-disk-in-tar", 400, "MANIFEST_INVALID"),
         ("missing-layer", 400, "MANIFEST_BLOB_UNKNOWN"),
         ("not-json", 400, "MANIFEST_INVALID"),
-        ("index", 400, "UNSUPPORTED"),
+        ("index-without-children", 400, "MANIFEST_BLOB_UNKNOWN"),
         ("not-a-disk", 422, "MANIFEST_INVALID"),
     ],
 )
@@ -269,14 +269,8 @@ def test_what_is_not_a_vm_disk_is_refused(
         body = _artifact_manifest(b"never uploaded")
     elif case == "not-json":
         body = b"{not json"
-    elif case == "index":
-        body = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": [],
-            }
-        ).encode()
+    elif case == "index-without-children":
+        body = _index({"sha256:" + "7" * 64: ("linux", "amd64")})
     else:  # a qcow2 whose backing file names a host path: inspection refuses it
         hostile = qcow2_with_backing(qcow2)
         _push_blob(client, name, EMPTY)
@@ -300,7 +294,7 @@ def qcow2_with_backing(qcow2: bytes) -> bytes:
 def test_manifests_by_digest_or_of_bad_names_are_refused(client: httpx.Client, repo: str) -> None:
     body = _artifact_manifest(b"x")
     assert_oci_error(
-        _put_manifest(client, f"{repo}/xx1", "sha256:" + "a" * 64, body), 400, "UNSUPPORTED"
+        _put_manifest(client, f"{repo}/xx1", "sha256:" + "a" * 64, body), 400, "DIGEST_INVALID"
     )
     assert_oci_error(_put_manifest(client, "ab/cde", "v1", body), 400, "NAME_INVALID")
     assert_oci_error(_put_manifest(client, f"{repo}/xyz", "-bad", body), 400, "TAG_INVALID")
@@ -490,3 +484,54 @@ def test_racing_chunks_at_one_offset_append_once(client: httpx.Client, repo: str
     done = client.put(location, params={"digest": sha256_digest(winner)})
     assert done.status_code == 201, done.text
     assert client.get(f"/v2/{name}/blobs/{sha256_digest(winner)}").content == winner
+
+
+def _index(children: dict[str, tuple[str, str]]) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": 100,
+                    "platform": {"os": os_name, "architecture": arch},
+                }
+                for digest, (os_name, arch) in children.items()
+            ],
+        }
+    ).encode()
+
+
+def test_an_index_tag_names_the_disk_of_its_linux_amd64_child(
+    client: httpx.Client, repo: str, qcow2: bytes
+) -> None:
+    name = f"{repo}/multiarch"
+    disks = {"amd64": qcow2 + os.urandom(4096), "arm64": qcow2 + os.urandom(4096)}
+    _push_blob(client, name, EMPTY)
+    children: dict[str, tuple[str, str]] = {}
+    for arch, disk in disks.items():
+        _push_blob(client, name, disk)
+        child = _artifact_manifest(disk)
+        pushed = _put_manifest(client, name, sha256_digest(child), child)
+        assert pushed.status_code == 201, pushed.text
+        children[sha256_digest(child)] = ("linux", arch)
+    # Children alone are not visible anywhere.
+    assert client.get(f"/reg/{repo}/multiarch").status_code == 404
+    index = _index(children)
+    response = client.put(
+        f"/v2/{name}/manifests/v1",
+        content=index,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["docker-content-digest"] == sha256_digest(index)
+    assert client.get(f"/reg/{repo}/multiarch/v1").content == disks["amd64"]
+    two_arm = _index({digest: ("linux", "arm64") for digest in children})
+    refused = client.put(
+        f"/v2/{name}/manifests/v2",
+        content=two_arm,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert_oci_error(refused, 400, "MANIFEST_INVALID")
