@@ -157,6 +157,12 @@ def test_tags_and_catalog_paginate(client: httpx.Client, repo: str) -> None:
     ]
     after = client.get("/v2/_catalog", params={"n": 1, "last": f"{repo}/paged"})
     assert after.json()["repositories"][:1] == [f"{repo}/second"]
+    # Following the links one entry at a time from the repository's start.
+    first = client.get("/v2/_catalog", params={"n": 1, "last": f"{repo}/"})
+    assert first.json()["repositories"] == [f"{repo}/paged"]
+    link = re.fullmatch(r'<([^>]+)>; rel="next"', first.headers["link"])
+    assert link is not None
+    assert client.get(link.group(1)).json()["repositories"] == [f"{repo}/second"]
 
 
 def test_a_deleted_tag_is_gone_from_v2(client: httpx.Client, repo: str) -> None:

@@ -85,12 +85,9 @@ def parse_oci_digest(text: str, code: str = "DIGEST_INVALID") -> str:
     raise OciError(400, code, "not a digest: sha256:<64 lower-case hex>", {"digest": text[:200]})
 
 
-def _page(
-    request: Request[Any, Any, Any], items: list[str], key: str
-) -> tuple[list[str], str | None]:
-    """Items after ``last``, at most ``n`` of them, and the ``Link`` of the next page."""
+def _page_size(request: Request[Any, Any, Any]) -> tuple[int, str | None]:
+    """The ``n`` and ``last`` query parameters."""
     params = request.query_params
-    last = params.get("last")
     n_text = params.get("n")
     try:
         n = _MAX_PAGE if n_text is None else int(n_text)
@@ -98,13 +95,17 @@ def _page(
         n = -1
     if not 0 <= n <= _MAX_PAGE:
         raise OciError(400, "UNSUPPORTED", f"query parameter 'n' takes 0 to {_MAX_PAGE}")
-    after = [item for item in items if last is None or item > last]
-    page = after[:n]
-    link = None
-    if len(after) > n and page:
-        query = urlencode({"n": n, "last": page[-1]})
-        link = f'<{request.url.path}?{query}>; rel="next"'
-    return page, link
+    return n, params.get("last")
+
+
+def _next_link(
+    request: Request[Any, Any, Any], n: int, page: list[str], more: bool
+) -> dict[str, str]:
+    """The ``Link`` header of the next page, when there is one."""
+    if not more or not page:
+        return {}
+    query = urlencode({"n": n, "last": page[-1]})
+    return {"Link": f'<{request.url.path}?{query}>; rel="next"'}
 
 
 class OciController(Controller):
@@ -121,9 +122,12 @@ class OciController(Controller):
         self, request: Request[Any, Any, Any], catalog: Catalog
     ) -> Response[dict[str, Any]]:
         # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
-        paths = await catalog.list_image_paths(_MAX_PAGE + 1, None)
-        page, link = _page(request, paths, "repositories")
-        return Response({"repositories": page}, headers={"Link": link} if link else {})
+        n, last = _page_size(request)
+        paths = await catalog.list_image_paths(n + 1, last)
+        page = paths[:n]
+        return Response(
+            {"repositories": page}, headers=_next_link(request, n, page, len(paths) > n)
+        )
 
     @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)
     async def list_tags(
@@ -136,9 +140,11 @@ class OciController(Controller):
             raise OciError(
                 404, "NAME_UNKNOWN", "no such repository", {"name": f"{repo}/{image}"}
             ) from None
-        page, link = _page(request, tags, "tags")
+        n, last = _page_size(request)
+        after = [tag for tag in tags if last is None or tag > last]
+        page = after[:n]
         body = {"name": f"{repo}/{image}", "tags": page}
-        return Response(body, headers={"Link": link} if link else {})
+        return Response(body, headers=_next_link(request, n, page, len(after) > n))
 
     @route(
         "/{repo:str}/{image:str}/manifests/{reference:str}",

@@ -94,7 +94,8 @@ class OciReads(CatalogBase):
             return [(str(d), int(s)) for d, s in rows]
 
     async def list_image_paths(self, limit: int, after: str | None) -> list[str]:
-        """``repo/image`` of every image, sorted, those after ``after`` only, at most ``limit``."""
+        """``repo/image`` of every image in the database's order of names, those after
+        ``after`` only (in that order, so pages never skip or repeat), at most ``limit``."""
         query = (
             select(Repository.name, Image.name)
             .join(Image, Image.repository_id == Repository.id)
