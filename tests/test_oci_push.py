@@ -278,6 +278,9 @@ def test_what_is_not_a_vm_disk_is_refused(
         body = _artifact_manifest(hostile)
     assert_oci_error(_put_manifest(client, name, "v1", body), status, code)
     assert client.get(f"/reg/{repo}/refused/v1").status_code == 404
+    if case == "not-a-disk":  # the refused disk's upload is used up, and says so
+        hostile_digest = json.loads(body)["layers"][0]["digest"]
+        assert client.head(f"/v2/{name}/blobs/{hostile_digest}").status_code == 404
 
 
 def qcow2_with_backing(qcow2: bytes) -> bytes:

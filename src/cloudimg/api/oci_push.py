@@ -390,8 +390,10 @@ class OciPushController(Controller):
                         catalog, blobs, (*names, tag), staged, {}, options, inspection
                     )
                 finally:
+                    # Committed or refused, the upload is used up (commit_staged drops
+                    # the staging file either way): a client pushes the blob again.
                     await blobs.discard(staged)
-                await catalog.drop_finished_uploads(layer.sha256)
+                    await catalog.drop_finished_uploads(layer.sha256)
         except ManifestRefused as exc:
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
         digest = hashlib.sha256(body).hexdigest()
