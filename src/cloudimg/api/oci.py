@@ -11,7 +11,10 @@ as ``/reg`` answers them.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -246,7 +249,7 @@ def _representation(
     )
 
 
-def _opener(blobs: BlobStore, digest: str) -> Any:
+def _opener(blobs: BlobStore, digest: str) -> Callable[[], Awaitable[BlobReader | None]]:
     async def open_blob() -> BlobReader | None:
         return await blobs.open(digest)
 
@@ -298,14 +301,9 @@ async def _send_layer(
 async def _send_bytes(
     request: Request[Any, Any, Any], ref: BlobRef, data: bytes, content_type: str, immutable: bool
 ) -> ASGIResponse:
-    import hashlib
-
     sha = hashlib.sha256(data).hexdigest()
-    rep = _representation(ref, sha, len(data), content_type)
-    if not immutable:
-        rep = Representation(
-            rep.size, rep.etag, rep.last_modified, rep.sha256, False, rep.content_type, rep.headers
-        )
+    # By tag, the bytes behind the name may change: not cacheable for a year.
+    rep = replace(_representation(ref, sha, len(data), content_type), immutable=immutable)
 
     async def open_memory() -> BlobReader | None:
         return MemoryReader(data)
