@@ -538,3 +538,28 @@ def test_an_index_tag_names_the_disk_of_its_linux_amd64_child(
         headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
     )
     assert_oci_error(refused, 400, "MANIFEST_INVALID")
+
+
+@pytest.mark.slow
+def test_a_push_moves_between_replicas_chunk_by_chunk(
+    server_factory: Callable[..., RunningServer], qcow2: bytes
+) -> None:
+    """Two servers on one data volume and catalog (two replicas): each chunk goes to the
+    other one; each resumes the session where the other recorded it."""
+    data = qcow2 + os.urandom(1024 * 1024)
+    first = server_factory()
+    second = server_factory(data_root=first.data_root)
+    with first.client() as one, second.client() as two:
+        location = _start(one, "vms/replicas")
+        chunk = 200 * 1024
+        for number, start in enumerate(range(0, len(data), chunk)):
+            http = (one, two)[number % 2]
+            piece = data[start : start + chunk]
+            headers = {"Content-Range": f"{start}-{start + len(piece) - 1}"}
+            assert http.patch(location, content=piece, headers=headers).status_code == 202
+        assert two.get(location).headers["range"] == f"0-{len(data) - 1}"
+        assert one.put(location, params={"digest": sha256_digest(data)}).status_code == 201
+        _push_blob(two, "vms/replicas", EMPTY)
+        manifest = _artifact_manifest(data, "application/octet-stream")
+        assert _put_manifest(two, "vms/replicas", "v1", manifest).status_code == 201
+        assert one.get("/reg/vms/replicas/v1").content == data
