@@ -159,16 +159,27 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
-    """One server per test module and backend, on its own data root and catalog."""
+def serve_module(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, *args: str
+) -> Iterator[RunningServer]:
+    """A server for a module's tests on its own data root and catalog, started with ``args``.
+
+    Modules whose tests are about the old server's freeing of a tag's old bytes at once
+    override ``server`` with ``serve_module(..., "--keep-history", "0")``.
+    """
     root = tmp_path_factory.mktemp("server") / "data"
     with catalog_database(backend, root):
-        running = start_server(root)
+        running = start_server(root, *args)
         try:
             yield running
         finally:
             running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
+    """One server per test module and backend, on its own data root and catalog."""
+    yield from serve_module(tmp_path_factory, backend)
 
 
 @pytest.fixture

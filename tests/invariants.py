@@ -7,7 +7,7 @@ reader sees and share no code with the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import RunningServer
@@ -32,10 +32,12 @@ class CatalogSnapshot:
     """The digest of every row of ``tags`` (one entry per tag)."""
     quarantined: frozenset[str] = frozenset()
     """Blobs fsck found damaged: their file sits in ``quarantine/``, not in the blob tree."""
+    retained_digests: list[str] = field(default_factory=list)
+    """The digest of every retained ``tag_history`` entry (each holds one reference)."""
 
     def references(self, digest: str) -> int:
-        """How many tags name ``digest``."""
-        return self.tag_digests.count(digest)
+        """How many tags and retained history entries name ``digest``."""
+        return self.tag_digests.count(digest) + self.retained_digests.count(digest)
 
     def refcount(self, digest: str) -> int | None:
         """The stored reference count of ``digest``, None when there is no such blob row."""
@@ -44,19 +46,21 @@ class CatalogSnapshot:
 
 
 def read_catalog(server: RunningServer) -> CatalogSnapshot:
-    """A consistent read-only snapshot of the ``blobs`` and ``tags`` tables."""
-    blob_rows, tag_rows, quarantined_rows = read_snapshot(
+    """A consistent read-only snapshot of the ``blobs``, ``tags`` and ``tag_history`` tables."""
+    blob_rows, tag_rows, quarantined_rows, retained_rows = read_snapshot(
         server.database_url,
         [
             ("SELECT digest, size, sha256, refcount FROM blobs", ()),
             ("SELECT digest FROM tags", ()),
             ("SELECT digest FROM blobs WHERE quarantined_at IS NOT NULL", ()),
+            ("SELECT digest FROM tag_history WHERE retained", ()),
         ],
     )
     blobs = {digest: (size, sha256, refcount) for digest, size, sha256, refcount in blob_rows}
     tag_digests = [digest for (digest,) in tag_rows]
     quarantined = frozenset(digest for (digest,) in quarantined_rows)
-    return CatalogSnapshot(blobs, tag_digests, quarantined)
+    retained = [digest for (digest,) in retained_rows]
+    return CatalogSnapshot(blobs, tag_digests, quarantined, retained)
 
 
 def _leftovers(server: RunningServer, name: str) -> list[Path]:
@@ -73,8 +77,10 @@ def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Pat
 def assert_invariants(server: RunningServer) -> None:
     """Assert invariants 1, 2 and 5 of docs/architecture.md for a server with no request in flight.
 
-    - every blob row's refcount equals the number of tags naming it, and is positive;
-    - every tag names a blob row;
+    - every blob row's refcount equals the number of tags plus retained history entries
+      naming it, and is positive;
+    - every tag and every retained history entry names a blob row (so every retained
+      digest downloads its bytes: the file checks below cover every row);
     - every blob row has a blob file with the catalog's size, blake3 and sha256 (except
       quarantined blobs, whose file fsck moved away);
     - there is no blob file without a blob row, and no trash or staging file.
@@ -85,11 +91,13 @@ def assert_invariants(server: RunningServer) -> None:
     for digest, (_size, _sha256, refcount) in snapshot.blobs.items():
         references = snapshot.references(digest)
         if refcount != references:
-            problems.append(f"blob {digest}: refcount {refcount}, {references} tag(s)")
+            problems.append(f"blob {digest}: refcount {refcount}, {references} reference(s)")
         if refcount <= 0:
             problems.append(f"blob {digest}: refcount {refcount} but the row remains")
     for digest in set(snapshot.tag_digests) - set(snapshot.blobs):
         problems.append(f"tag digest {digest} has no blob row")
+    for digest in set(snapshot.retained_digests) - set(snapshot.blobs):
+        problems.append(f"retained history digest {digest} has no blob row")
 
     for digest, (size, sha256, _refcount) in snapshot.blobs.items():
         if digest in snapshot.quarantined:

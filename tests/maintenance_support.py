@@ -111,7 +111,7 @@ def cli_json(*args: str, check: int | None = None) -> dict[str, Any]:
     return result
 
 
-CATALOG_TABLES = ("alembic_version", "repositories", "images", "blobs", "tags")
+CATALOG_TABLES = ("alembic_version", "repositories", "images", "blobs", "tags", "tag_history")
 
 
 def tree_state(root: Path) -> dict[str, bytes | None]:

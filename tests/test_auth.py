@@ -143,9 +143,22 @@ def test_a_token_file_without_tokens_is_refused(text: str) -> None:
         parse_tokens(text)
 
 
-def test_a_token_line_with_two_words_is_refused_without_showing_it() -> None:
+def test_a_token_line_with_three_words_is_refused_without_showing_it() -> None:
     with pytest.raises(ValueError, match="line 2") as caught:
-        parse_tokens("good\nsecret-a secret-b\n")
+        parse_tokens("good\nname secret-a secret-b\n")
+    assert "secret-a" not in str(caught.value)
+
+
+def test_a_token_line_may_name_its_token() -> None:
+    tokens = parse_tokens("# ci\nci-pipeline secret-a\nsecret-b\n")
+    assert tokens.match("secret-a") == (True, "ci-pipeline")
+    assert tokens.match("secret-b") == (True, None)
+    assert tokens.match("ci-pipeline") == (False, None)  # a name is not a token
+
+
+def test_a_bad_token_name_is_refused_without_showing_the_token() -> None:
+    with pytest.raises(ValueError, match="line 1") as caught:
+        parse_tokens("na{me} secret-a\n")
     assert "secret-a" not in str(caught.value)
 
 

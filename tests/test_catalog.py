@@ -35,6 +35,14 @@ async def catalog(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
         yield registry.catalog
 
 
+@pytest.fixture
+async def catalog_without_history(tmp_path: Path, catalog_url: str) -> AsyncIterator[Catalog]:
+    """A catalog run with ``--keep-history 0``: a tag's old bytes go at once."""
+    settings = Settings(data_root=tmp_path / "data", database_url=catalog_url, keep_history=0)
+    async with open_registry(settings, migrate=True) as registry:
+        yield registry.catalog
+
+
 async def put(catalog: Catalog, ref: str, data: bytes, **meta: str) -> StagedBlob:
     repo, image, tag = ref.split("/")
     staged = await stage(catalog, data)
@@ -148,7 +156,10 @@ async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:
     assert len([p for p in (catalog.blobs.root / "blobs").rglob("*") if p.is_file()]) == 1  # type: ignore[attr-defined]
 
 
-async def test_overwrite_moves_the_tag_and_frees_the_old_blob(catalog: Catalog) -> None:
+async def test_overwrite_moves_the_tag_and_frees_the_old_blob(
+    catalog_without_history: Catalog,
+) -> None:
+    catalog = catalog_without_history
     old = await put(catalog, "repo/img/v1", b"old bytes")
     new = await put(catalog, "repo/img/v1", b"new bytes", k="v")
     assert (await catalog.get_tag("repo", "img", "v1")).digest == new.blake3
@@ -165,7 +176,10 @@ async def test_overwrite_with_same_bytes_updates_meta_only(catalog: Catalog) -> 
     assert await refcounts(catalog) == {staged.blake3: 1}
 
 
-async def test_delete_keeps_shared_blob_until_last_reference(catalog: Catalog) -> None:
+async def test_delete_keeps_shared_blob_until_last_reference(
+    catalog_without_history: Catalog,
+) -> None:
+    catalog = catalog_without_history
     staged = await put(catalog, "repo/img/v1", b"shared")
     await put(catalog, "repo/img/v2", b"shared")
     await catalog.delete_tag("repo", "img", "v1")
@@ -246,14 +260,14 @@ async def test_upload_records_inspection_on_a_blob_not_inspected_yet(catalog: Ca
     assert await inspection_of(catalog, staged.blake3) == (None, None, None, None)
     first = Inspection("raw", 3000, "gpt")
     again = await stage(catalog, data)
-    await commit_staged(catalog, catalog.blobs, ("r", "img", "v2"), again, {}, first)
+    await commit_staged(catalog, catalog.blobs, ("r", "img", "v2"), again, {}, inspection=first)
     fmt, size, table, inspected_at = await inspection_of(catalog, staged.blake3)
     assert (fmt, size, table) == ("raw", 3000, "gpt")
     assert inspected_at is not None
     # An inspected blob keeps what was recorded (the same bytes inspect the same).
     third = await stage(catalog, data)
     other = Inspection("iso", 1, None)
-    await commit_staged(catalog, catalog.blobs, ("r", "img", "v3"), third, {}, other)
+    await commit_staged(catalog, catalog.blobs, ("r", "img", "v3"), third, {}, inspection=other)
     assert await inspection_of(catalog, staged.blake3) == (fmt, size, table, inspected_at)
     info = await catalog.get_tag("r", "img", "v1")
     assert (info.format, info.virtual_size) == ("raw", 3000)

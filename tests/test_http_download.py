@@ -17,7 +17,7 @@ import blake3
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, upload
+from tests.conftest import RunningServer, serve_module, upload
 from tests.support import assert_error, blob_path, wait_until
 
 SIZE = 100_003
@@ -28,6 +28,13 @@ HUGE = 128 * 1024 * 1024
 # buffers allow (about 11 MiB).
 _SMALL_RCVBUF = 64 * 1024
 _FD_WAIT_SECS = 60.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
+    """This module's server runs with ``--keep-history 0``: a tag's old bytes go as soon as
+    no tag names them, as with the old server (retention: tests/test_http_history.py)."""
+    yield from serve_module(tmp_path_factory, backend, "--keep-history", "0")
 
 
 @dataclass(frozen=True)

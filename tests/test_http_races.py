@@ -15,7 +15,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server, upload
+from tests.conftest import RunningServer, serve_module, start_server, upload
 from tests.databases import catalog_database
 from tests.invariants import assert_invariants, read_catalog
 from tests.support import blake3_hex, blob_path
@@ -23,6 +23,13 @@ from tests.support import blake3_hex, blob_path
 T = TypeVar("T")
 N = 8
 ROUNDS = 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
+    """This module's server runs with ``--keep-history 0``: a tag's old bytes go as soon as
+    no tag names them, as with the old server (retention: tests/test_http_history.py)."""
+    yield from serve_module(tmp_path_factory, backend, "--keep-history", "0")
 
 
 def in_parallel(server: RunningServer, calls: list[Callable[[httpx.Client], T]]) -> list[T]:
@@ -195,9 +202,9 @@ def two_servers(
     """Two ``cloudimg serve`` processes sharing one data root and catalog."""
     root = tmp_path_factory.mktemp("shared") / "data"
     with catalog_database(backend, root):
-        first = start_server(root)
+        first = start_server(root, "--keep-history", "0")
         try:
-            second = start_server(first.data_root)
+            second = start_server(first.data_root, "--keep-history", "0")
         except BaseException:
             first.stop()
             raise

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, upload
+from tests.conftest import RunningServer, serve_module, upload
 from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
 from tests.support import (
     MULTIPART,
@@ -41,6 +41,13 @@ from tests.support import (
 )
 
 # -- helpers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[RunningServer]:
+    """This module's server runs with ``--keep-history 0``: a tag's old bytes go as soon as
+    no tag names them, as with the old server (retention: tests/test_http_history.py)."""
+    yield from serve_module(tmp_path_factory, backend, "--keep-history", "0")
 
 
 def post_raw(client: httpx.Client, path: str, body: bytes, content_type: str) -> httpx.Response:

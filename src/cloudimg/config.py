@@ -91,6 +91,13 @@ class Settings:
     sqlite_busy_timeout_secs: float = 15.0
     """How long a SQLite catalog write waits for another writer's lock before a 503."""
 
+    keep_history: int = 3
+    """Previous digests each tag keeps downloadable (0: a tag's old bytes go at once)."""
+
+    immutable_tags: tuple[str, ...] = ()
+    """Glob patterns over ``repo/image/tag``: existing tags that match cannot be
+    overwritten, retagged or deleted."""
+
     max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
     """Largest virtual size (the disk a VM sees) of an image the server stores, in bytes."""
 

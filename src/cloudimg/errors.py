@@ -107,3 +107,9 @@ class ImageBlockedError(CloudimgError):
     """An operator blocked the stored bytes for an inspection rule; downloads are refused."""
 
     code = "IMAGE_BLOCKED"
+
+
+class TagImmutableError(CloudimgError):
+    """The tag is immutable (set through the API or by a rule): no overwrite, retag or delete."""
+
+    code = "TAG_IMMUTABLE"

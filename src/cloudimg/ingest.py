@@ -8,7 +8,7 @@ fails, the staging file is dropped (after a commit the bytes live in the blob st
 from __future__ import annotations
 
 from cloudimg.blobstore import BlobStore, StagedBlob
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.images import Inspection
 
 __all__ = ["TagNames", "commit_staged"]
@@ -23,11 +23,16 @@ async def commit_staged(
     names: TagNames,
     staged: StagedBlob,
     meta: dict[str, str],
+    *,
+    options: WriteOptions = WriteOptions(),
     inspection: Inspection | None = None,
 ) -> None:
     """Make ``names`` name the staged bytes with ``meta`` (and what inspection found), then
-    drop the staging file."""
+    drop the staging file.
+
+    ``options``: who writes (recorded in the tag's history) and the request's precondition.
+    """
     try:
-        await catalog.commit_upload(*names, staged, meta, inspection)
+        await catalog.commit_upload(*names, staged, meta, options=options, inspection=inspection)
     finally:
         await blobs.discard(staged)

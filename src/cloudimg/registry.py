@@ -75,7 +75,13 @@ def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
     engine = create_engine(
         url, sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000)
     )
-    return Registry(blobs, engine, Catalog(engine, blobs))
+    catalog = Catalog(
+        engine,
+        blobs,
+        keep_history=settings.keep_history,
+        immutable_rules=settings.immutable_tags,
+    )
+    return Registry(blobs, engine, catalog)
 
 
 def _blocking(step: Callable[[str], None], url: str) -> None:

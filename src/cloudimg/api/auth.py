@@ -14,7 +14,9 @@ The rules:
 
 - Writes (every method but the safe GET, HEAD and OPTIONS) need
   ``Authorization: Bearer <token>`` with a token from ``--write-token-file`` when that
-  flag is set. No or unusable credentials: 401 ``UNAUTHENTICATED`` with
+  flag is set. A token line may name its token (``ci-pipeline <token>``): the guard
+  puts that name in the request's scope state (:func:`actor_of`) and the tag history
+  records it as the writer. No or unusable credentials: 401 ``UNAUTHENTICATED`` with
   ``WWW-Authenticate: Bearer realm="cloudimg"``; a token that is not in the file: 401
   with ``error="invalid_token"`` in the challenge (RFC 6750, and the gRPC meaning of
   ``UNAUTHENTICATED``); valid *read* credentials on a write: 403 ``PERMISSION_DENIED``
@@ -39,6 +41,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,9 @@ from cloudimg.config import Settings, SettingsError
 
 __all__ = [
     "CredentialSet",
+    "OciAuth",
     "RegistryAuth",
+    "actor_of",
     "load_registry_auth",
     "parse_basic_credentials",
     "parse_tokens",
@@ -64,6 +69,8 @@ REALM = "cloudimg"
 BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # the safe methods that are routed
+_ACTOR = "cloudimg.actor"
+"""Key in the request's scope state: the name of the write token the guard accepted."""
 
 
 def _digest(secret: str) -> bytes:
@@ -72,25 +79,39 @@ def _digest(secret: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class CredentialSet:
-    """SHA-256 digests of the accepted secrets; :meth:`matches` is constant-time in the match."""
+    """SHA-256 digests of the accepted secrets; :meth:`matches` is constant-time in the match.
+
+    ``names``: the name given to each secret (None: unnamed), parallel to ``digests``.
+    """
 
     digests: tuple[bytes, ...]
+    names: tuple[str | None, ...] = ()
 
     @classmethod
-    def of(cls, secrets: Iterable[str]) -> CredentialSet:
+    def of(cls, secrets: Iterable[str], names: Iterable[str | None] | None = None) -> CredentialSet:
         """Digest every secret (duplicates are kept; they change nothing)."""
-        return cls(tuple(_digest(secret) for secret in secrets))
+        digests = tuple(_digest(secret) for secret in secrets)
+        return cls(digests, tuple(names) if names is not None else (None,) * len(digests))
 
     def __len__(self) -> int:
         return len(self.digests)
 
     def matches(self, presented: str) -> bool:
         """Whether ``presented`` is one of the secrets, comparing against every candidate."""
+        return self.match(presented)[0]
+
+    def match(self, presented: str) -> tuple[bool, str | None]:
+        """Whether ``presented`` is one of the secrets, and the name of the one it is.
+
+        Every candidate is compared; only the (non-secret) name of a match is kept.
+        """
         wanted = _digest(presented)
-        found = False
-        for candidate in self.digests:
-            found |= hmac.compare_digest(candidate, wanted)
-        return found
+        found, name = False, None
+        for candidate, candidate_name in zip(self.digests, self.names, strict=True):
+            hit = hmac.compare_digest(candidate, wanted)
+            found |= hit
+            name = candidate_name if hit else name
+        return found, name
 
 
 def _meaningful_lines(text: str) -> Iterable[tuple[int, str]]:
@@ -100,20 +121,34 @@ def _meaningful_lines(text: str) -> Iterable[tuple[int, str]]:
             yield number, line
 
 
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
 def parse_tokens(text: str) -> CredentialSet:
-    """Bearer tokens, one a line; blank lines and ``#`` comments are skipped.
+    """Bearer tokens, one a line, each optionally after a name (``ci-pipeline <token>``).
+
+    The name is what the tag history records as the writer; blank lines and ``#``
+    comments are skipped.
 
     Raises:
-        ValueError: when no token is left, or a line holds whitespace inside a token.
+        ValueError: when no token is left, a line holds more than a name and a token,
+            or a name is not letters, digits and ``._@+-`` (up to 128).
     """
     tokens: list[str] = []
+    names: list[str | None] = []
     for number, line in _meaningful_lines(text):
-        if len(line.split()) != 1:
-            raise ValueError(f"line {number} holds more than one word")
-        tokens.append(line)
+        words = line.split()
+        if len(words) > 2:
+            raise ValueError(f"line {number} holds more than a name and a token")
+        if len(words) == 2 and not _TOKEN_NAME.fullmatch(words[0]):
+            raise ValueError(
+                f"line {number}: a token's name is letters, digits and ._@+- (up to 128)"
+            )
+        names.append(words[0] if len(words) == 2 else None)
+        tokens.append(words[-1])
     if not tokens:
         raise ValueError("it holds no token")
-    return CredentialSet.of(tokens)
+    return CredentialSet.of(tokens, names)
 
 
 def parse_basic_credentials(text: str) -> CredentialSet:
@@ -175,11 +210,13 @@ class RegistryAuth:
         self.body_timeout = body_timeout
 
     def _is_writer(self, presented: _Presented) -> bool:
-        return (
-            self.write_tokens is not None
-            and presented.scheme == "bearer"
-            and self.write_tokens.get().matches(presented.secret)
-        )
+        return self._writer(presented)[0]
+
+    def _writer(self, presented: _Presented) -> tuple[bool, str | None]:
+        """Whether a write token was presented, and that token's name."""
+        if self.write_tokens is None or presented.scheme != "bearer":
+            return False, None
+        return self.write_tokens.get().match(presented.secret)
 
     def _is_reader(self, presented: _Presented) -> bool:
         return (
@@ -201,7 +238,11 @@ class RegistryAuth:
             raise NotAuthorizedException(
                 detail="reading needs credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE}
             )
-        if self.write_tokens is None or self._is_writer(presented):
+        if self.write_tokens is None:
+            return
+        writer, name = self._writer(presented)
+        if writer:
+            connection.scope.setdefault("state", {})[_ACTOR] = name
             return
         # Read and drop the body (as other refusals do) so the client sees the answer
         # and keeps its connection.
@@ -216,6 +257,58 @@ class RegistryAuth:
         raise NotAuthorizedException(
             detail="writing needs a bearer token", headers={"WWW-Authenticate": BEARER_CHALLENGE}
         )
+
+
+class OciAuth(RegistryAuth):
+    """The guard of ``/v2``: registry clients speak HTTP Basic only.
+
+    A write token is accepted as the Basic password (any user name) and, as on
+    ``/reg``, as a bearer token; read credentials (or a write token) let reads through
+    when ``--read-auth basic`` is set. ``GET /v2/`` challenges a client that presents
+    no valid credentials whenever any are configured: clients (containers/image, oras)
+    learn from that first answer to send credentials at all. Every challenge is
+    ``Basic``, the scheme they answer.
+    """
+
+    def _oci_writer(self, presented: _Presented) -> tuple[bool, str | None]:
+        if presented.scheme == "basic" and self.write_tokens is not None:
+            _user, _, password = presented.secret.partition(":")
+            return self.write_tokens.get().match(password)
+        return self._writer(presented)
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        presented = _presented(connection.headers.get("authorization"))
+        writer, name = self._oci_writer(presented)
+        challenge = {"WWW-Authenticate": BASIC_CHALLENGE}
+        if connection.scope.get("method", "GET") in READ_METHODS:
+            if writer or self._is_reader(presented):
+                return
+            version_check = connection.scope["path"].rstrip("/") == "/v2"
+            if self.read_credentials is not None or version_check:
+                raise NotAuthorizedException(
+                    detail="this registry needs credentials", headers=challenge
+                )
+            return
+        if self.write_tokens is None:
+            return
+        if writer:
+            connection.scope.setdefault("state", {})[_ACTOR] = name
+            return
+        await drain_refused(connection, self.body_timeout)
+        if self._is_reader(presented):
+            raise PermissionDeniedException(detail="these credentials may only read")
+        raise NotAuthorizedException(
+            detail="pushing needs a write token as the password", headers=challenge
+        )
+
+
+def actor_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The name of the write token a write was authenticated with (None: unnamed or open)."""
+    state = connection.scope.get("state") or {}
+    actor = state.get(_ACTOR)
+    return actor if isinstance(actor, str) else None
 
 
 def _secret_file(

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter, SkipValidation
 from litestar.response.base import ASGIResponse
 
+from cloudimg.api.conditional import meta_etag_of, write_options
 from cloudimg.api.download import etag_of, prepare_download, repr_digest_of
 from cloudimg.api.errors import error_response
 from cloudimg.api.observer import TRANSFER_OPT
@@ -22,7 +23,7 @@ from cloudimg.api.openapi import (
 )
 from cloudimg.api.upload import receiving
 from cloudimg.blobstore import BlobStore
-from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.catalog import Catalog, ImageDetails, TagDetails, TagInfo
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, Reference, parse_digest
 from cloudimg.errors import (
@@ -30,6 +31,7 @@ from cloudimg.errors import (
     InvalidArgumentError,
 )
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.oci.digests import ContainerDisks
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
@@ -71,6 +73,44 @@ def _meta_view(info: TagInfo, image_path: str) -> MetaView:
     }
 
 
+MAX_PAGE = 1000
+"""Entries a detailed listing answers at most in one page (also its default)."""
+
+
+def _page_size(limit: int | None) -> int:
+    if limit is None:
+        return MAX_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgumentError(f"query parameter 'limit' is 1 to {MAX_PAGE}", {"limit": limit})
+    return limit
+
+
+def _page(entries: list[Envelope], page: int, last: str | None) -> Envelope:
+    """A detailed listing: ``next`` is the ``after`` of the next page (null: the last page)."""
+    return {**_ok(entries), "next": last if len(entries) == page else None}
+
+
+def _tag_details(row: TagDetails) -> Envelope:
+    return {
+        "tag": row.tag,
+        "digest": f"blake3:{row.digest}",
+        "sha256": f"sha256:{row.sha256}",
+        "size": row.size,
+        "created": row.created.isoformat(),
+        "updated": row.updated.isoformat(),
+        "immutable": row.immutable,
+    }
+
+
+def _image_details(row: ImageDetails) -> Envelope:
+    return {
+        "image": row.image,
+        "tags": row.tags,
+        "size": row.size,
+        "updated": row.updated.isoformat(),
+    }
+
+
 class RegistryController(Controller):
     """The ``/reg`` endpoints of the old server, as views over the catalog."""
 
@@ -81,21 +121,49 @@ class RegistryController(Controller):
     @get(
         "/{repo:str}",
         operation_id="GetImages",
-        summary="List the images of a repository",
+        summary="List the images of a repository (details=true: with tag counts, sizes and "
+        "times, paged by limit and after)",
         responses=error_responses(400, 404),
     )
-    async def get_images(self, catalog: Catalog, repo: str) -> Envelope:
-        return _ok(await catalog.list_images(validate_repo_name(repo)))
+    async def get_images(
+        self,
+        catalog: Catalog,
+        repo: str,
+        details: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Envelope:
+        repo = validate_repo_name(repo)
+        if not details:
+            return _ok(await catalog.list_images(repo))
+        page = _page_size(limit)
+        rows = await catalog.list_image_details(repo, page, after)
+        last = rows[-1].image if rows else None
+        return _page([_image_details(row) for row in rows], page, last)
 
     @get(
         "/{repo:str}/{image:str}",
         operation_id="GetImageTags",
-        summary="List the tags of an image",
+        summary="List the tags of an image (details=true: with digests, sizes and times, "
+        "paged by limit and after)",
         responses=error_responses(400, 404),
     )
-    async def get_image_tags(self, catalog: Catalog, repo: str, image: str) -> Envelope:
+    async def get_image_tags(
+        self,
+        catalog: Catalog,
+        repo: str,
+        image: str,
+        details: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image)
-        return _ok(await catalog.list_tags(*names))
+        if not details:
+            return _ok(await catalog.list_tags(*names))
+        page = _page_size(limit)
+        rows = await catalog.list_tag_details(*names, page, after)
+        last = rows[-1].tag if rows else None
+        return _page([_tag_details(row) for row in rows], page, last)
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}",
@@ -135,21 +203,23 @@ class RegistryController(Controller):
     )
     async def get_image_meta(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
-    ) -> MetaView:
+    ) -> Response[MetaView]:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
         info = await catalog.get_tag(*names)
         image_path = request.url.path.removesuffix("/meta")
-        return _meta_view(info, image_path)
+        # The ETag a conditional write (If-Match) may send to catch any change of the tag.
+        return Response(_meta_view(info, image_path), headers={"ETag": meta_etag_of(info)})
 
     @post(
         "/{repo:str}/{image:str}/{tag:str}",
         operation_id="PostImage",
         operation_class=UploadOperation,
-        summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag",
+        summary="Upload an image (multipart parts 'meta' and 'img'); overwrites the tag "
+        "(If-Match, If-None-Match: * make it conditional)",
         request_max_body_size=None,
         status_code=201,
         response_headers=CREATED_HEADERS,
-        responses=error_responses(400, 408, 413, 422, 507),
+        responses=error_responses(400, 408, 409, 412, 413, 422, 507),
         opt={TRANSFER_OPT: "upload"},
     )
     async def post_image(
@@ -158,6 +228,7 @@ class RegistryController(Controller):
         catalog: Catalog,
         blobs: Blobs,
         settings: Settings,
+        disks: SkipValidation[ContainerDisks],
         repo: str,
         image: str,
         tag: str,
@@ -173,8 +244,10 @@ class RegistryController(Controller):
     ) -> Response[Envelope]:
         async with receiving(request, blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+            options = await write_options(request, catalog, names)
             await receiver.receive()
-            upload = await receiver.commit(catalog, names)
+            upload = await receiver.commit(catalog, names, options)
+        disks.wake()  # hash the containerDisk layer of the new bytes now, not at a pull
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {
@@ -187,13 +260,25 @@ class RegistryController(Controller):
     @delete(
         "/{repo:str}/{image:str}/{tag:str}",
         operation_id="DeleteTag",
-        summary="Delete a tag; its blob goes when no tag references it",
+        summary="Delete a tag (its history stays unless purge=history); its blob goes when "
+        "no tag or retained history entry references it",
         status_code=200,
-        responses=error_responses(400, 404, 507),
+        responses=error_responses(400, 404, 409, 412, 507),
     )
-    async def delete_tag(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
+    async def delete_tag(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        repo: str,
+        image: str,
+        tag: str,
+        purge: str | None = None,
+    ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-        await catalog.delete_tag(*names)
+        if purge not in (None, "history"):
+            raise InvalidArgumentError("query parameter 'purge' takes only 'history'")
+        options = await write_options(request, catalog, names, early=False)
+        await catalog.delete_tag(*names, options, purge_history=purge == "history")
         return _ok(None)
 
 

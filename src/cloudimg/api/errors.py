@@ -23,10 +23,11 @@ from cloudimg.errors import (
     PayloadTooLargeError,
     PreconditionFailedError,
     RequestTimeoutError,
+    TagImmutableError,
     UnavailableError,
 )
 
-__all__ = ["error_body", "error_response", "exception_handlers"]
+__all__ = ["error_body", "error_response", "exception_handlers", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (InvalidArgumentError, 400),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),
+    (TagImmutableError, 409),
     (PreconditionFailedError, 412),
     (PayloadTooLargeError, 413),
     (InsufficientStorageError, 507),
@@ -81,8 +83,13 @@ def error_body(code: str, message: str, context: dict[str, Any] | None = None) -
     return body
 
 
+def status_of(exc: CloudimgError) -> int:
+    """The HTTP status of a domain error."""
+    return next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+
+
 def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
-    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    status = status_of(exc)
     if isinstance(exc, UnavailableError) and exc.context:
         log.warning("unavailable on %s %s: %s", request.method, request.url.path, exc.context)
     return error_response(status, exc.code, exc.message, exc.context)

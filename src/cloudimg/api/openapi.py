@@ -23,6 +23,7 @@ __all__ = [
     "BlockedView",
     "ErrorBody",
     "MetaView",
+    "RetagOperation",
     "UploadOperation",
     "error_responses",
 ]
@@ -89,7 +90,8 @@ _ERROR_DESCRIPTIONS = {
     403: "IMAGE_BLOCKED: an operator blocked the image for the safety rule context.rule",
     404: "NOT_FOUND: no such repository, image, tag or digest reference",
     408: "DEADLINE_EXCEEDED: the request body stalled longer than the server waits",
-    412: "FAILED_PRECONDITION: If-Match or If-Unmodified-Since is false",
+    409: "TAG_IMMUTABLE: the tag is immutable (API or rule): no overwrite, retag or delete",
+    412: "FAILED_PRECONDITION: If-Match, If-None-Match: * or If-Unmodified-Since is false",
     413: "RESOURCE_EXHAUSTED: the image or its metadata is larger than the server accepts",
     416: "OUT_OF_RANGE: the range starts past the end (context.size is the image size)",
     422: "IMAGE_REFUSED: the image breaks an inspection rule (context.rule names it; "
@@ -183,3 +185,36 @@ class UploadOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _UPLOAD_BODY
+
+
+_RETAG_BODY = RequestBody(
+    required=True,
+    description="The stored bytes to point the tag at, and optionally its metadata.",
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["digest"],
+                properties={
+                    "digest": Schema(
+                        type=OpenAPIType.STRING,
+                        description="blake3:<64 hex> or sha256:<64 hex> of stored bytes",
+                    ),
+                    "meta": Schema(
+                        type=OpenAPIType.OBJECT,
+                        description="String values; absent: what the tag last had with those bytes",
+                        additional_properties=Schema(type=OpenAPIType.STRING),
+                    ),
+                },
+            )
+        )
+    },
+)
+
+
+@dataclass
+class RetagOperation(Operation):
+    """The RetagImage operation, with its JSON request body (read by the handler itself)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _RETAG_BODY

@@ -7,12 +7,12 @@ ETag and modification time; ``cloudimg.api.download`` turns their verdict into a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-__all__ = ["ByteRange", "Unsatisfiable", "evaluate", "parse_range"]
+__all__ = ["ByteRange", "Unsatisfiable", "evaluate", "parse_range", "strong_match_any"]
 
 # The range unit is case-insensitive (RFC 9110 section 14.1); positions are ASCII digits.
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
@@ -85,6 +85,11 @@ def _etag_list(header: str) -> list[str]:
 
 def _strong_match(header: str, etag: str) -> bool:
     return any(tag == "*" or tag == etag for tag in _etag_list(header))
+
+
+def strong_match_any(header: str, etags: Collection[str]) -> bool:
+    """Whether an ``If-Match`` list names ``*`` or one of ``etags`` (strong comparison)."""
+    return any(_strong_match(header, etag) for etag in etags)
 
 
 def _weak_match(header: str, etag: str) -> bool:

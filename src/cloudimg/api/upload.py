@@ -37,7 +37,7 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 
 from cloudimg.api.body import body_of, declared_length, drain, drain_refused
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import (
@@ -188,13 +188,25 @@ class Receiver:
             raise
         return self._upload
 
-    async def commit(self, catalog: Catalog, names: TagNames) -> Upload:
-        """Make ``names`` name the received bytes and metadata; the staging file goes."""
+    async def commit(
+        self, catalog: Catalog, names: TagNames, options: WriteOptions = WriteOptions()
+    ) -> Upload:
+        """Make ``names`` name the received bytes and metadata; the staging file goes.
+
+        ``options``: the writer's name and the request's precondition (checked under
+        the catalog's lock).
+        """
         assert self._upload is not None, "receive() comes first"
         self._committed = True  # commit_staged drops the staging file, whatever happens
         upload = self._upload
         await commit_staged(
-            catalog, self._blobs, names, upload.staged, upload.meta, upload.inspection
+            catalog,
+            self._blobs,
+            names,
+            upload.staged,
+            upload.meta,
+            options=options,
+            inspection=upload.inspection,
         )
         return self._upload
 

@@ -2,6 +2,13 @@
 
 from cloudimg.catalog.catalog import Catalog
 from cloudimg.catalog.database import create_engine, upgrade_database
+from cloudimg.catalog.history import (
+    DEFAULT_KEEP_HISTORY,
+    HistoryEntry,
+    Precondition,
+    WriteOptions,
+)
+from cloudimg.catalog.oci import PushedManifest, UploadSession
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobBlock,
@@ -9,25 +16,35 @@ from cloudimg.catalog.records import (
     BlobRef,
     BlobState,
     CatalogSnapshot,
+    ImageDetails,
     RefcountRepair,
     StorageTotals,
+    TagDetails,
     TagInfo,
     TagRecord,
 )
 
 __all__ = [
     "ALL",
+    "DEFAULT_KEEP_HISTORY",
     "BlobBlock",
     "BlobRecord",
     "BlobRef",
     "BlobState",
     "Catalog",
     "CatalogSnapshot",
+    "HistoryEntry",
+    "ImageDetails",
     "Page",
+    "Precondition",
+    "PushedManifest",
     "RefcountRepair",
     "StorageTotals",
+    "TagDetails",
     "TagInfo",
     "TagRecord",
+    "UploadSession",
+    "WriteOptions",
     "create_engine",
     "upgrade_database",
 ]

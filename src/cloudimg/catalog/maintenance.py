@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,
@@ -31,6 +31,16 @@ Settled = Literal["restored", "removed", "kept"]
 """What ``settle_trash`` did with a trash file."""
 
 
+def _retained_entries() -> Any:
+    """The number of retained history entries holding the outer query's blob."""
+    return (
+        select(func.count())
+        .select_from(TagHistory)
+        .where(TagHistory.digest == Blob.digest, TagHistory.retained)
+        .scalar_subquery()
+    )
+
+
 class CatalogMaintenance(CatalogBase):
     """Each repair runs under the lock the writers take on the digest's row."""
 
@@ -43,6 +53,7 @@ class CatalogMaintenance(CatalogBase):
                 Blob.sha256,
                 Blob.refcount,
                 Blob.quarantined_at,
+                _retained_entries().label("held"),
                 Blob.inspected_at,
                 Blob.blocked_rule,
                 Blob.blocked_at,
@@ -70,6 +81,7 @@ class CatalogMaintenance(CatalogBase):
                 row.refcount,
                 row.quarantined_at is not None,
                 tuple(tags_of[digest]),
+                history=int(row.held or 0),
                 inspected=row.inspected_at is not None,
                 blocked=blob_block(row.blocked_rule, row.blocked_at),
             )
@@ -78,10 +90,10 @@ class CatalogMaintenance(CatalogBase):
         return CatalogSnapshot(blobs, [tag for tags in tags_of.values() for tag in tags])
 
     async def blob_state(self, digest: str) -> BlobState | None:
-        """The blob row of ``digest`` now, with its number of referencing tags; None if absent."""
+        """The blob row of ``digest`` now, with its tags plus retained history entries."""
         references = (
             select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
-        ).scalar_subquery()
+        ).scalar_subquery() + _retained_entries()
         async with self._read() as session:
             row = (
                 await session.execute(select(Blob, references).where(Blob.digest == digest))
@@ -92,9 +104,10 @@ class CatalogMaintenance(CatalogBase):
         return BlobState(digest, blob.size, blob.refcount, count, blob.quarantined_at is not None)
 
     async def repair_refcount(self, digest: str) -> RefcountRepair | None:
-        """Set the blob's refcount to its number of tags, under the lock uploads take.
+        """Set the blob's refcount to its tags plus retained history entries, under the
+        lock uploads take.
 
-        A blob no tag references loses its row and (trashed, then purged) file.
+        A blob nothing references loses its row and (trashed, then purged) file.
         Returns what changed, None when the count was right or the row is gone.
         """
 
@@ -102,10 +115,15 @@ class CatalogMaintenance(CatalogBase):
             blob = await session.scalar(select(Blob).where(Blob.digest == digest).with_for_update())
             if blob is None:
                 return None
-            count = await session.scalar(
+            tags = await session.scalar(
                 select(func.count()).select_from(Tag).where(Tag.digest == digest)
             )
-            count = count or 0
+            held = await session.scalar(
+                select(func.count())
+                .select_from(TagHistory)
+                .where(TagHistory.digest == digest, TagHistory.retained)
+            )
+            count = (tags or 0) + (held or 0)
             if count == blob.refcount and count > 0:
                 return None
             repair = RefcountRepair(digest, blob.size, blob.refcount, count, count == 0)

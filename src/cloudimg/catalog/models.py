@@ -8,9 +8,12 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -19,7 +22,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Blob", "Image", "Repository", "Tag", "utcnow"]
+__all__ = [
+    "Base",
+    "Blob",
+    "Image",
+    "OciManifest",
+    "OciUpload",
+    "Repository",
+    "Tag",
+    "TagHistory",
+    "utcnow",
+]
 
 # Alembic's recommended naming convention: constraints get stable names, which
 # SQLite batch-mode migrations need to find them again.
@@ -86,6 +99,13 @@ class Blob(Base):
     blocked_rule: Mapped[str | None] = mapped_column(String(64), default=None)
     """The inspection rule an operator blocked the blob for; set, downloads are refused."""
     blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    oci_layer: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of the generated containerDisk layer (``cloudimg.oci.containerdisk``) around
+    these bytes; None until computed (once per blob, after its upload)."""
+    oci_config: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of that containerDisk's config; set with ``oci_layer``."""
+    oci_manifest: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of that containerDisk's manifest; set with ``oci_layer``."""
 
 
 class Repository(Base):
@@ -129,5 +149,81 @@ class Tag(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    immutable: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set through the API: the tag cannot be overwritten, retagged or deleted."""
 
     blob: Mapped[Blob] = relationship()
+
+
+class TagHistory(Base):
+    """One change of a tag, kept after the tag (and its image) are gone.
+
+    Keyed by names, not by the tag row, so a deleted tag's history stays readable. A
+    ``retained`` entry holds one reference on its blob (counted in ``Blob.refcount``);
+    the digest of an entry that is not retained may name bytes that are gone.
+    """
+
+    __tablename__ = "tag_history"
+    __table_args__ = (Index("ix_tag_history_name", "repository", "image", "tag", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    tag: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    """created, moved, retagged, deleted, immutable or released."""
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    """The bytes the tag named after the change (``deleted``: until it)."""
+    size: Mapped[int] = mapped_column(BigInteger)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The name of the write token used, when it has one."""
+    retained: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OciUpload(Base):
+    """An OCI blob upload session; its bytes so far are a staging file on the data volume.
+
+    Kept in the catalog so that a push resumes on any replica and after a restart;
+    ``cloudimg gc`` drops sessions idle for longer than its grace.
+    """
+
+    __tablename__ = "oci_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The session's id, also the name of its staging file."""
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes received and made durable: the offset the next chunk starts at."""
+    blake3: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Set when the upload finished (its digest verified): it takes no more bytes."""
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OciManifest(Base):
+    """A manifest pushed over ``/v2`` for a disk, kept so pulls return exactly it.
+
+    Served while ``blob`` (the disk it describes) is held by a tag or retained history
+    entry of the image; the generated containerDisk is served otherwise.
+    """
+
+    __tablename__ = "oci_manifests"
+    __table_args__ = (Index("ix_oci_manifests_name", "repository", "image", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    digest: Mapped[str] = mapped_column(String(64))
+    """sha256 of ``body``."""
+    media_type: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[str] = mapped_column(String(64), index=True)
+    """blake3 of the disk; empty for a manifest pushed by digest (an image index's
+    child) that no tag has taken yet, which is never served."""
+    config_digest: Mapped[str] = mapped_column(String(64))
+    config: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

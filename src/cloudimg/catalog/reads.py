@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, cast, exists, func, select
+from sqlalchemy import ColumnElement, String, cast, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
-from cloudimg.catalog.models import Blob, Image, Repository, Tag
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
 from cloudimg.catalog.paging import ALL, Page
-from cloudimg.catalog.records import BlobBlock, BlobRef, StorageTotals, TagInfo, blob_block
+from cloudimg.catalog.records import (
+    BlobBlock,
+    BlobRef,
+    ImageDetails,
+    StorageTotals,
+    TagDetails,
+    TagInfo,
+    blob_block,
+)
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
 from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
 
-__all__ = ["CatalogReads"]
+__all__ = ["CatalogReads", "corrupt_blob", "held_by_image", "servable"]
 
 
-def _corrupt(digest: str) -> BlobCorruptError:
+def held_by_image(repo: str, image: str) -> ColumnElement[bool]:
+    """The blobs a tag of ``repo/image``, or a retained history entry of one, references.
+
+    A retained history entry holds its bytes like a tag, also after the image's last
+    tag is gone.
+    """
+    by_tag = (
+        select(Tag.digest)
+        .join(Image, Image.id == Tag.image_id)
+        .join(Repository, Repository.id == Image.repository_id)
+        .where(Repository.name == repo, Image.name == image)
+    )
+    by_history = select(TagHistory.digest).where(
+        TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
+    )
+    return or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history))
+
+
+def corrupt_blob(digest: str) -> BlobCorruptError:
     return BlobCorruptError(
         f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
         " upload the image again",
@@ -32,6 +58,17 @@ def _blocked(digest: str, block: BlobBlock) -> ImageBlockedError:
         f" the image safety rule {block.rule!r}",
         {"digest": f"blake3:{digest}", "rule": block.rule, "since": block.since.isoformat()},
     )
+
+
+def servable(blob: Blob) -> BlobRef:
+    """What a download of ``blob`` needs, unless fsck quarantined it or an operator
+    blocked it (every face that serves bytes, ``/reg`` and ``/v2``, asks here)."""
+    if blob.quarantined_at is not None:
+        raise corrupt_blob(blob.digest)
+    block = blob_block(blob.blocked_rule, blob.blocked_at)
+    if block is not None:
+        raise _blocked(blob.digest, block)
+    return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
 
 def _tag_info(repo: str, image: str, tag: Tag, blob: Blob) -> TagInfo:
@@ -100,6 +137,55 @@ class CatalogReads(CatalogBase):
             rows = (await session.execute(query)).all()
         return [_tag_info(repo, image, tag, blob) for tag, blob in rows]
 
+    async def list_tag_details(
+        self, repo: str, image: str, limit: int, after: str | None = None
+    ) -> list[TagDetails]:
+        """Up to ``limit`` tags of ``repo/image`` after the name ``after``, sorted, with
+        their bytes and times; ``NotFoundError`` if there is no such image."""
+        async with self._read() as session:
+            image_id = await self._image_id(session, repo, image)
+            if image_id is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+            query = (
+                select(Tag.name, Blob.digest, Blob.sha256, Blob.size)
+                .add_columns(Tag.created_at, Tag.updated_at, Tag.immutable)
+                .join(Blob, Blob.digest == Tag.digest)
+                .where(Tag.image_id == image_id)
+                .order_by(Tag.name)
+                .limit(limit)
+            )
+            if after is not None:
+                query = query.where(Tag.name > after)
+            rows = (await session.execute(query)).all()
+        return [TagDetails(*row) for row in rows]
+
+    async def list_image_details(
+        self, repo: str, limit: int, after: str | None = None
+    ) -> list[ImageDetails]:
+        """Up to ``limit`` images of ``repo`` after the name ``after``, sorted, with their
+        number of tags, the bytes those add up to and the last change; ``NotFoundError``
+        if there is no such repository."""
+        async with self._read() as session:
+            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+            if repo_id is None:
+                raise NotFoundError("repository not found", {"repo": repo})
+            query = (
+                select(Image.name, func.count(Tag.id), func.coalesce(func.sum(Blob.size), 0))
+                .add_columns(func.max(Tag.updated_at))
+                .join(Tag, Tag.image_id == Image.id)
+                .join(Blob, Blob.digest == Tag.digest)
+                .where(Image.repository_id == repo_id)
+                .group_by(Image.name)
+                .order_by(Image.name)
+                .limit(limit)
+            )
+            if after is not None:
+                query = query.where(Image.name > after)
+            rows = (await session.execute(query)).all()
+        return [
+            ImageDetails(name, int(tags), int(size), updated) for name, tags, size, updated in rows
+        ]
+
     async def storage_totals(self) -> StorageTotals:
         """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""
         blobs = select(func.count(), func.coalesce(func.sum(Blob.size), 0))
@@ -133,13 +219,14 @@ class CatalogReads(CatalogBase):
             raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
         tag_row, blob = row
         if blob.quarantined_at is not None:
-            raise _corrupt(blob.digest)
+            raise corrupt_blob(blob.digest)
         return _tag_info(repo, image, tag_row, blob)
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
         """The blob a tag name or a digest names in an image, to download it.
 
-        A digest reference is valid only while a tag of this image holds that blob.
+        A digest reference is valid while a tag of this image, or a retained history
+        entry of one of its tags (also of a deleted tag), holds that blob.
         The caller has validated the tag name. A blob an operator blocked raises
         ``ImageBlockedError`` naming the rule (its ``/meta`` still answers: ``get_tag``).
         """
@@ -161,24 +248,14 @@ class CatalogReads(CatalogBase):
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
         async with self._read() as session:
             blob = await session.scalar(
-                select(Blob)
-                .join(Tag, Tag.digest == Blob.digest)
-                .join(Image, Image.id == Tag.image_id)
-                .join(Repository, Repository.id == Image.repository_id)
-                .where(Repository.name == repo, Image.name == image, column == digest.hex)
-                .limit(1)
+                select(Blob).where(column == digest.hex).where(held_by_image(repo, image)).limit(1)
             )
         if blob is None:
             raise NotFoundError(
-                "no tag of this image references that digest",
+                "no tag or retained history entry of this image references that digest",
                 {"repo": repo, "image": image, "digest": str(digest)},
             )
-        if blob.quarantined_at is not None:
-            raise _corrupt(blob.digest)
-        block = blob_block(blob.blocked_rule, blob.blocked_at)
-        if block is not None:
-            raise _blocked(blob.digest, block)
-        return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+        return servable(blob)
 
     async def check_writable(self) -> None:
         """Begin a write transaction, read one row, roll back: what readiness needs to know.

@@ -12,8 +12,10 @@ __all__ = [
     "BlobRef",
     "BlobState",
     "CatalogSnapshot",
+    "ImageDetails",
     "RefcountRepair",
     "StorageTotals",
+    "TagDetails",
     "TagInfo",
     "TagRecord",
     "blob_block",
@@ -67,6 +69,31 @@ class TagInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TagDetails:
+    """A tag as a detailed listing shows it."""
+
+    tag: str
+    digest: str
+    sha256: str
+    size: int
+    created: datetime
+    updated: datetime
+    immutable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetails:
+    """An image as a detailed listing shows it."""
+
+    image: str
+    tags: int
+    size: int
+    """Sum of its tags' sizes."""
+    updated: datetime
+    """The last change of any of its tags."""
+
+
+@dataclass(frozen=True, slots=True)
 class TagRecord:
     """One tag of a catalog snapshot."""
 
@@ -89,10 +116,17 @@ class BlobRecord:
     refcount: int
     quarantined: bool
     tags: tuple[TagRecord, ...]
+    history: int = 0
+    """Retained history entries holding the blob (they count in ``refcount``)."""
     inspected: bool = False
     """The bytes were inspected (format and virtual size known); False for blobs stored
     before inspection existed, and for unsafe ones nobody blocked yet."""
     blocked: BlobBlock | None = None
+
+    @property
+    def references(self) -> int:
+        """What the reference count should be: tags plus retained history entries."""
+        return len(self.tags) + self.history
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +139,8 @@ class CatalogSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class BlobState:
-    """A blob row as it is now, with the number of tags that reference it."""
+    """A blob row as it is now, with the number of tags and retained history entries
+    that reference it (``references``)."""
 
     digest: str
     size: int

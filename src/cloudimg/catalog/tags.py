@@ -1,4 +1,4 @@
-"""Tag writes: an upload's commit and a tag's delete, each one transaction."""
+"""Tag writes: an upload's commit, a retag, a tag's delete, immutability; each one transaction."""
 
 from __future__ import annotations
 
@@ -6,16 +6,23 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, utcnow
-from cloudimg.catalog.transaction import CatalogBase, FileEffects
-from cloudimg.errors import NotFoundError, UnavailableError
+from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
+from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
+from cloudimg.catalog.records import BlobRef
+from cloudimg.catalog.transaction import FileEffects
+from cloudimg.digest import Digest
+from cloudimg.errors import NotFoundError, TagImmutableError, UnavailableError
 from cloudimg.images import Inspection
 
 __all__ = ["TagWrites"]
 
 
-class TagWrites(CatalogBase):
-    """Name staged bytes with a tag, drop a tag; lock order repository, image, tag, blob."""
+class TagWrites(TagHistoryLog):
+    """Name bytes with a tag, drop a tag; lock order repository, image, tag, blob.
+
+    Every write records the change in the tag's history and sets which history entries
+    hold their bytes (``cloudimg.catalog.history``), in the same transaction.
+    """
 
     async def commit_upload(
         self,
@@ -24,15 +31,18 @@ class TagWrites(CatalogBase):
         tag: str,
         staged: StagedBlob,
         meta: dict[str, str],
+        *,
+        options: WriteOptions = WriteOptions(),
         inspection: Inspection | None = None,
     ) -> None:
         """Make ``repo/image:tag`` name the staged bytes, in one transaction.
 
         The blob file is put in place under the catalog lock (unless the digest is
         stored already: deduplication); a tag that pointed elsewhere releases its
-        old blob, which is trashed if that was its last reference. ``inspection`` (what
-        the bytes are, see ``cloudimg.images``) is recorded on a blob not inspected yet;
-        without one the blob stays uninspected (fsck inspects it later).
+        old blob, which is trashed if that was its last reference (tag or retained
+        history entry).
+        ``inspection`` (what the bytes are, see ``cloudimg.images``) is recorded on a blob
+        not inspected yet; without one the blob stays uninspected (fsck inspects it later).
         """
 
         async def change(session: AsyncSession, effects: FileEffects) -> None:
@@ -41,31 +51,9 @@ class TagWrites(CatalogBase):
             blob = await self._lock_or_create_blob(session, staged)
             if inspection is not None and blob.inspected_at is None:
                 self._record_inspection(blob, inspection)
-            current = await session.scalar(
-                select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
+            await self._point_tag(
+                session, effects, (repo, image, tag), image_id, blob, meta, "moved", options
             )
-            now = utcnow()
-            if current is None:
-                session.add(
-                    Tag(
-                        image_id=image_id,
-                        name=tag,
-                        digest=blob.digest,
-                        meta=meta,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                blob.refcount += 1
-            else:
-                previous = current.digest
-                current.digest = blob.digest
-                current.meta = meta
-                current.updated_at = now
-                if previous != blob.digest:
-                    blob.refcount += 1
-                    await session.flush()  # the tag lets go of the old blob row first
-                    await self._release(session, previous, effects)
             # Re-uploading heals: whatever sits under a quarantined digest is suspect, the
             # staged bytes have the digest. (A retry finds its own placed file: kept.)
             displace = blob.quarantined_at is not None
@@ -75,8 +63,130 @@ class TagWrites(CatalogBase):
 
         await self._write(change)
 
-    async def delete_tag(self, repo: str, image: str, tag: str) -> None:
-        """Drop the tag and its reference; empty images and repositories go with it."""
+    async def retag(
+        self,
+        repo: str,
+        image: str,
+        tag: str,
+        digest: Digest,
+        meta: dict[str, str] | None,
+        options: WriteOptions = WriteOptions(),
+    ) -> BlobRef:
+        """Point ``repo/image:tag`` at bytes the registry holds, without sending them.
+
+        ``digest`` must name a blob some tag or retained history entry references (every
+        writer may read every image). ``meta`` None takes the metadata the tag last had
+        with those bytes (from its history), else none. Returns the bytes named.
+        """
+        names = (repo, image, tag)
+
+        async def change(session: AsyncSession, effects: FileEffects) -> BlobRef:
+            image_id = await self._get_or_create_image(session, repo, image)
+            column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
+            blob = await session.scalar(
+                select(Blob)
+                .where(column == digest.hex, Blob.refcount > 0)
+                .limit(1)
+                .with_for_update()
+            )
+            if blob is None or blob.quarantined_at is not None:
+                raise NotFoundError(
+                    "the registry holds no bytes with that digest", {"digest": str(digest)}
+                )
+            if await self.blobs.size_of(blob.digest) != blob.size:
+                raise UnavailableError(
+                    "the bytes of that digest are missing on disk; run cloudimg fsck",
+                    {"digest": str(digest)},
+                )
+            chosen = meta if meta is not None else await self._last_meta(session, names, blob)
+            await self._point_tag(
+                session, effects, names, image_id, blob, chosen, "retagged", options
+            )
+            return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+
+        return await self._write(change)
+
+    async def _last_meta(self, session: AsyncSession, names: Names, blob: Blob) -> dict[str, str]:
+        repo, image, tag = names
+        meta = await session.scalar(
+            select(TagHistory.meta)
+            .where(
+                TagHistory.repository == repo,
+                TagHistory.image == image,
+                TagHistory.tag == tag,
+                TagHistory.digest == blob.digest,
+            )
+            .order_by(TagHistory.id.desc())
+            .limit(1)
+        )
+        return dict(meta or {})
+
+    async def _point_tag(
+        self,
+        session: AsyncSession,
+        effects: FileEffects,
+        names: Names,
+        image_id: int,
+        blob: Blob,
+        meta: dict[str, str],
+        action: Action,
+        options: WriteOptions,
+    ) -> None:
+        """Create or move the tag to the (locked) blob, record it, retain its history."""
+        current = await session.scalar(
+            select(Tag).where(Tag.image_id == image_id, Tag.name == names[2]).with_for_update()
+        )
+        await self._check(session, names, current, options)
+        self._refuse_immutable(names, current, "overwritten")
+        now = utcnow()
+        if current is None:
+            session.add(
+                Tag(
+                    image_id=image_id,
+                    name=names[2],
+                    digest=blob.digest,
+                    meta=meta,
+                    created_at=now,
+                    updated_at=now,
+                    immutable=False,
+                )
+            )
+            blob.refcount += 1
+            await session.flush()  # a concurrent creator makes this an IntegrityError: retry
+            created: Action = "created" if action == "moved" else action
+            await self._record(session, names, created, blob, meta, options.actor, now)
+            await self._retain(session, names, blob.digest, effects)
+            return
+        await self._ensure_origin(session, names, current)
+        previous = current.digest
+        current.digest = blob.digest
+        current.meta = meta
+        current.updated_at = now
+        if previous != blob.digest:
+            blob.refcount += 1
+        await session.flush()  # the tag lets go of the old blob row first
+        await self._record(session, names, action, blob, meta, options.actor, now)
+        # Retention takes its reference on the old bytes before the tag drops its own.
+        await self._retain(session, names, blob.digest, effects)
+        if previous != blob.digest:
+            await self._release(session, previous, effects)
+
+    async def delete_tag(
+        self,
+        repo: str,
+        image: str,
+        tag: str,
+        options: WriteOptions = WriteOptions(),
+        *,
+        purge_history: bool = False,
+    ) -> None:
+        """Drop the tag and its reference; empty images and repositories go with it.
+
+        The tag's history stays (its retained entries keep their bytes) unless
+        ``purge_history``, which drops every entry and the references they held; a
+        tag deleted earlier whose history remains has only its history purged.
+        """
+        names = (repo, image, tag)
 
         async def change(session: AsyncSession, effects: FileEffects) -> None:
             image_id = await self._lock_image_for_delete(session, repo, image)
@@ -85,15 +195,68 @@ class TagWrites(CatalogBase):
                 current = await session.scalar(
                     select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
                 )
+            await self._check(session, names, current, options)
             if image_id is None or current is None:
-                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                # A deleted tag's history can still be purged.
+                if not (purge_history and await self._purge_history(session, names, effects)):
+                    raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                return
+            self._refuse_immutable(names, current, "deleted")
+            await self._ensure_origin(session, names, current)
             digest = current.digest
+            blob = await session.scalar(select(Blob).where(Blob.digest == digest))
+            assert blob is not None, "a tag names a blob row (foreign key)"
+            await self._record(session, names, "deleted", blob, dict(current.meta), options.actor)
             await session.delete(current)
             await session.flush()
             await self._drop_if_empty(session, image_id)
+            if purge_history:
+                await self._purge_history(session, names, effects)
+            else:
+                await self._retain(session, names, None, effects)
             await self._release(session, digest, effects)
 
         await self._write(change)
+
+    async def set_immutable(
+        self,
+        repo: str,
+        image: str,
+        tag: str,
+        immutable: bool,
+        options: WriteOptions = WriteOptions(),
+    ) -> bool:
+        """Mark the tag immutable or release it, recording the act; False if it already was.
+
+        Releasing a tag an operator's rule protects is refused: the rule still holds.
+        """
+        names = (repo, image, tag)
+
+        async def change(session: AsyncSession, _effects: FileEffects) -> bool:
+            image_id = await self._get_or_create_image(session, repo, image)
+            current = await session.scalar(
+                select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
+            )
+            await self._check(session, names, current, options)
+            if current is None:
+                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+            rule = self.immutable_by_rule(names)
+            if not immutable and rule is not None:
+                raise TagImmutableError(
+                    "an operator's rule makes the tag immutable; it cannot be released",
+                    {"repo": repo, "image": image, "tag": tag, "rule": rule},
+                )
+            if current.immutable == immutable:
+                return False
+            await self._ensure_origin(session, names, current)
+            current.immutable = immutable
+            blob = await session.scalar(select(Blob).where(Blob.digest == current.digest))
+            assert blob is not None, "a tag names a blob row (foreign key)"
+            action: Action = "immutable" if immutable else "released"
+            await self._record(session, names, action, blob, dict(current.meta), options.actor)
+            return True
+
+        return await self._write(change)
 
     async def _lock_or_create_blob(self, session: AsyncSession, staged: StagedBlob) -> Blob:
         blob = await session.scalar(

@@ -43,3 +43,7 @@ def _print(report: DuReport) -> None:
         f"{human_bytes(report.saved_bytes):>12}"
     )
     click.echo(f"stored: {report.stored_blobs} blob(s), {human_bytes(report.stored_bytes)}")
+    click.echo(
+        f"held only by tag history: {report.history_only_blobs} blob(s),"
+        f" {human_bytes(report.history_only_bytes)}"
+    )

@@ -13,6 +13,7 @@ from cloudimg.config import Settings, SettingsError, parse_size
 from cloudimg.images import parse_allowed_formats
 
 __all__ = [
+    "GlobList",
     "connection_options",
     "flag_error",
     "inspection_options",
@@ -63,6 +64,23 @@ class SizeParam(click.ParamType):  # type: ignore[type-arg]
             return parse_size(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class GlobList(click.ParamType):  # type: ignore[type-arg]
+    """Comma-separated glob patterns (``release/*/v*,base/*/stable``), as a tuple."""
+
+    name = "globs"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        patterns = tuple(part.strip() for part in str(value).split(",") if part.strip())
+        for pattern in patterns:
+            if pattern.count("/") != 2:
+                self.fail(f"{pattern!r} is not a glob over repo/image/tag", param, ctx)
+        return patterns
 
 
 class FormatsParam(click.ParamType):  # type: ignore[type-arg]

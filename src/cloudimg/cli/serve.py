@@ -25,6 +25,7 @@ from cloudimg.cli.listener import (
     raise_fd_limit,
 )
 from cloudimg.cli.options import (
+    GlobList,
     connection_options,
     flag_error,
     limit_options,
@@ -83,6 +84,19 @@ _SPARE_DESCRIPTORS = 256
     "--web/--no-web",
     default=_DEFAULTS.web,
     help="Serve the web pages under <www-prefix>ui/ (and redirect <www-prefix> to them)",
+)
+@option(
+    "--keep-history",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.keep_history,
+    help="Previous digests each tag keeps downloadable by digest (0: freed at once)",
+)
+@option(
+    "--immutable-tags",
+    type=GlobList(),
+    default="",
+    help="Comma-separated globs over repo/image/tag (release/*/v*): existing tags that "
+    "match cannot be overwritten, retagged or deleted",
 )
 @option(
     "--log-format",

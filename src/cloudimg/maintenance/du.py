@@ -36,7 +36,10 @@ class DuReport:
     """Distinct blobs named by any tag (a blob shared by two repositories counts once)."""
     stored_blobs: int = 0
     stored_bytes: int = 0
-    """Every blob row, including any no tag names (gc removes those)."""
+    """Every blob row, including any no tag names (retained history, or gc removes them)."""
+    history_only_blobs: int = 0
+    history_only_bytes: int = 0
+    """Blobs no tag names that retained history entries hold (``--keep-history``)."""
 
     @property
     def saved_bytes(self) -> int:
@@ -64,4 +67,7 @@ async def disk_usage(catalog: Catalog) -> DuReport:
         )
     report.logical_bytes = sum(size_of[tag.digest] for tag in snapshot.tags)
     report.physical_bytes = sum(size_of[d] for d in {tag.digest for tag in snapshot.tags})
+    held = [r for r in snapshot.blobs.values() if r.history and not r.tags]
+    report.history_only_blobs = len(held)
+    report.history_only_bytes = sum(record.size for record in held)
     return report

@@ -211,10 +211,13 @@ async def _check_record(
         detail = "quarantined by an earlier fsck; upload the image again to heal it"
         report.problems.append(FsckProblem("quarantined", record.digest, detail, _tags(record)))
         return
-    if record.refcount != len(record.tags):
+    if record.refcount != record.references:
         state = await catalog.blob_state(record.digest)  # confirm against the catalog now
         if state is not None and state.refcount != state.references:
-            detail = f"refcount {state.refcount}, {state.references} tag(s) name it (gc fixes it)"
+            detail = (
+                f"refcount {state.refcount}, {state.references} tag(s) or retained history"
+                " entries name it (gc fixes it)"
+            )
             report.problems.append(FsckProblem("refcount", record.digest, detail, _tags(record)))
     if entry is None:
         if await blobs.size_of(record.digest) is None and await catalog.blob_state(record.digest):

@@ -7,9 +7,12 @@ What it touches, in this order:
    delete that trashed it never committed); otherwise removed once older than the
    grace period (never while a quarantined blob's row still names the digest);
 2. staging files older than the grace period that no upload holds (an upload keeps
-   an exclusive lock on its staging file until it is committed or dropped);
-3. reference counts that differ from the number of tags naming the blob: set right;
-   a blob no tag names loses its row and its file;
+   an exclusive lock on its staging file until it is committed or dropped), OCI upload
+   sessions among them; then the catalog rows of sessions idle past the grace whose
+   file is gone;
+3. reference counts that differ from the number of tags plus retained history entries
+   naming the blob: set right; a blob nothing names loses its row and its file (a
+   retained digest is never freed);
 4. blob files older than the grace period that no blob row names.
 
 Every change to the catalog or the blob tree happens in a catalog write transaction
@@ -22,17 +25,27 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
+from cloudimg.blobstore.filesystem import STAGING_SUFFIX
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
 
 __all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage", "parse_duration"]
 
-KINDS = ("trash", "restored", "staging", "refcount", "unreferenced-row", "orphan-blob")
-"""Kinds of action: trash file removed, trash file restored, staging file removed,
-reference count repaired, blob row (and file) that no tag names removed, blob file
-that no row names removed."""
+KINDS = (
+    "trash",
+    "restored",
+    "staging",
+    "upload-session",
+    "refcount",
+    "unreferenced-row",
+    "orphan-blob",
+)
+"""Kinds of action: trash file removed, trash file restored, staging file removed, OCI
+upload session whose file is gone dropped, reference count repaired, blob row (and
+file) that no tag names removed, blob file that no row names removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +109,7 @@ async def collect_garbage(
     started = time.monotonic()
     cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
-    for step in (_trash, _staging, _refcounts, _orphans):
+    for step in (_trash, _staging, _upload_sessions, _refcounts, _orphans):
         await step(catalog, blobs, cutoff, report)
     report.duration_seconds = time.monotonic() - started
     return report
@@ -154,12 +167,26 @@ async def _staging(
             report.skipped_young += 1
 
 
+async def _upload_sessions(
+    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+) -> None:
+    """OCI upload sessions idle past the grace whose file the staging step removed (or
+    that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
+    present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
+    for session in await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC)):
+        if session in present:
+            continue
+        if not report.dry_run:
+            await catalog.drop_upload(session)
+        report.actions.append(GcAction("upload-session", session, 0))
+
+
 async def _refcounts(
     catalog: Catalog, _blobs: MaintenanceBlobStore, _cutoff: float, report: GcReport
 ) -> None:
     snapshot = await catalog.snapshot()
     for record in snapshot.blobs.values():
-        references = len(record.tags)
+        references = record.references  # tags plus retained history entries
         if references == record.refcount and references > 0:
             continue
         if report.dry_run:
@@ -174,10 +201,10 @@ async def _refcounts(
                 continue
             was, now, size, removed = repair.was, repair.now, repair.size, repair.removed
         if removed:
-            detail = f"refcount {was} and no tag names it: row and file removed"
+            detail = f"refcount {was} and no tag or history entry holds it: row and file removed"
             report.actions.append(GcAction("unreferenced-row", record.digest, size, detail))
         else:
-            detail = f"refcount was {was}, {now} tag(s) name it"
+            detail = f"refcount was {was}, {now} tag(s) or retained history entries name it"
             report.actions.append(GcAction("refcount", record.digest, 0, detail))
 
 

@@ -409,7 +409,7 @@ async def _import_one(
         staged, linked, inspection = await _stage(blobs, image_path, move, meter, policy)
     except ImageRefusedError as exc:
         return _unsafe(entry, exc)
-    await commit_staged(catalog, blobs, candidate.names, staged, meta, inspection)
+    await commit_staged(catalog, blobs, candidate.names, staged, meta, inspection=inspection)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
