@@ -64,13 +64,18 @@ async def legacy_put(catalog: Catalog, ref: str, data: bytes) -> str:
     row without format, virtual size or inspection time. Bytes today's uploads refuse
     (an unsafe image) get in this way too."""
     digest = await put(catalog, ref, data)
+    forget_inspection(store_of(catalog).root, digest)
+    return digest
+
+
+def forget_inspection(data_root: Path, digest: str) -> None:
+    """Make the blob row of ``digest`` what a version without inspection stored."""
     sql(
-        store_of(catalog).root,
+        data_root,
         "UPDATE blobs SET format = NULL, virtual_size = NULL, partition_table = NULL,"
         " inspected_at = NULL WHERE digest = ?",
         digest,
     )
-    return digest
 
 
 def sql(data_root: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:

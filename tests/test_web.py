@@ -10,6 +10,7 @@ command is run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -17,6 +18,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +29,8 @@ import yaml
 
 from tests import test_qemu_img as qemu
 from tests.conftest import RunningServer, upload
-from tests.maintenance_support import cli, sql
+from tests.images import needs_qemu_img, qcow2, qcow2_with_backing_file, qemu_virtual_size
+from tests.maintenance_support import cli, forget_inspection, legacy_put, open_test_catalog, sql
 from tests.support import assert_error, blake3_hex, sha256_hex
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
 from tests.test_observability import scrape
@@ -159,6 +162,30 @@ def snippet(document: Element, name: str) -> str:
     return document.one("pre", id=f"use-{name}").text
 
 
+def facts(document: Element) -> dict[str, str]:
+    """A tag page's details and metadata: each ``<dt>`` with its ``<dd>``."""
+    return dict(
+        zip(
+            [dt.text for dt in document.find_all("dt")],
+            [dd.text for dd in document.find_all("dd")],
+            strict=True,
+        )
+    )
+
+
+def table_cells(document: Element) -> dict[str, list[Element]]:
+    """A tag table's cells by tag name."""
+    return {
+        row.children[0].find_all("a")[0].text: row.children
+        for row in document.one("tbody").children
+    }
+
+
+def forget(server: RunningServer, data: bytes) -> None:
+    """Make the blob of ``data`` what a version without inspection stored."""
+    forget_inspection(server.data_root, blake3_hex(data))
+
+
 # -- fixtures --------------------------------------------------------------------------
 
 
@@ -179,41 +206,47 @@ def test_www_prefix_redirects_to_the_pages(http: httpx.Client) -> None:
     assert document.one("h1").text == "Repositories"
 
 
-def test_every_page_shows_what_the_catalog_holds(http: httpx.Client, repo: str) -> None:
-    data = b"disk bytes " + secrets.token_bytes(64)
+def test_every_page_shows_what_the_catalog_holds(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    data = b"disk bytes " + secrets.token_bytes(64)  # no other format claims it: raw
     meta = {"os": "ubuntu", "arch": "amd64"}
     assert upload(http, f"/reg/{repo}/jammy/22.04", data, meta).status_code == 201
     assert upload(http, f"/reg/{repo}/noble/24.04", b"other").status_code == 201
+    old = b"stored before inspection " + secrets.token_bytes(16)
+    assert upload(http, f"/reg/{repo}/jammy/old", old).status_code == 201
+    forget(server, old)
+    inspected = http.get(f"/reg/{repo}/jammy/22.04/meta").json()
+    assert (inspected["format"], inspected["virtual_size"]) == ("raw", len(data))
 
     assert repo in rows(page(http, "/ui/", q=repo))
     images = page(http, f"/ui/{repo}")
     assert rows(images) == ["jammy", "noble"]
     assert images.one("a", href=f"/ui/{repo}/jammy").text == "jammy"
 
-    tags = page(http, f"/ui/{repo}/jammy")
-    row = tags.one("tbody").one("tr")
-    cells = [cell.text.strip() for cell in row.children]
-    assert cells[0] == "22.04"
-    assert row.find_all("data")[0].attrs["value"] == str(len(data))
-    assert cells[2:4] == ["not inspected", "not inspected"]
+    tags = table_cells(page(http, f"/ui/{repo}/jammy"))
+    assert list(tags) == ["22.04", "old"]
+    cells = [cell.text.strip() for cell in tags["22.04"]]
+    assert [d.attrs["value"] for d in tags["22.04"][1].find_all("data")] == [str(len(data))]
+    assert cells[2] == "raw"
+    assert [d.attrs["value"] for d in tags["22.04"][3].find_all("data")] == [str(len(data))]
     assert sha256_hex(data).startswith(cells[5].rstrip("…"))
     assert "os: ubuntu" in cells[6]
+    uninspected = [cell.text.strip() for cell in tags["old"]]
+    assert uninspected[2:4] == ["not inspected", "not inspected"]
 
     tag = page(http, f"/ui/{repo}/jammy/22.04")
-    facts = dict(
-        zip(
-            [dt.text for dt in tag.find_all("dt")],
-            [dd.text for dd in tag.find_all("dd")],
-            strict=True,
-        )
-    )
-    assert facts["blake3"] == f"blake3:{blake3_hex(data)}"
-    assert facts["sha256"] == f"sha256:{sha256_hex(data)}"
-    assert facts["Format"] == "not inspected"
-    assert facts["os"] == "ubuntu"
-    assert facts["arch"] == "amd64"
+    shown = facts(tag)
+    assert shown["blake3"] == f"blake3:{blake3_hex(data)}"
+    assert shown["sha256"] == f"sha256:{sha256_hex(data)}"
+    assert shown["Format"] == "raw"
+    assert f"({len(data)} bytes)" in shown["Virtual size"]
+    assert shown["os"] == "ubuntu"
+    assert shown["arch"] == "amd64"
     meta_link = tag.one("a", href=f"/reg/{repo}/jammy/22.04/meta")
     assert http.get(str(meta_link.attrs["href"])).json()["sha256"] == f"sha256:{sha256_hex(data)}"
+    shown = facts(page(http, f"/ui/{repo}/jammy/old"))
+    assert (shown["Format"], shown["Virtual size"]) == ("not inspected", "not inspected")
 
 
 def test_stylesheet_and_script_are_served_by_the_registry(http: httpx.Client) -> None:
@@ -253,13 +286,7 @@ HOSTILE = {
 def test_hostile_metadata_is_shown_as_text(http: httpx.Client, repo: str) -> None:
     assert upload(http, f"/reg/{repo}/evil/v1", b"x", HOSTILE).status_code == 201
     tag = page(http, f"/ui/{repo}/evil/v1")  # one script only, no handlers: checked there
-    shown = dict(
-        zip(
-            [dt.text for dt in tag.find_all("dt")],
-            [dd.text for dd in tag.find_all("dd")],
-            strict=True,
-        )
-    )
+    shown = facts(tag)
     for key, value in HOSTILE.items():
         assert shown[key] == value
     table = page(http, f"/ui/{repo}/evil")
@@ -317,12 +344,61 @@ def test_a_quarantined_tag_is_marked_in_the_table_and_refused_alone(
         "UPDATE blobs SET quarantined_at = created_at WHERE digest = ?",
         blake3_hex(b"bytes fsck found bad"),
     )
-    table = page(http, f"/ui/{repo}/img").one("tbody")
-    marks = {row.children[0].find_all("a")[0].text: row.children[0].text for row in table.children}
+    marks = {
+        tag: cells[0].text for tag, cells in table_cells(page(http, f"/ui/{repo}/img")).items()
+    }
     assert "quarantined" in marks["bad"]
     assert "quarantined" not in marks["good"]
     assert_error(http.get(f"/ui/{repo}/img/bad"), 500, "DATA_LOSS")  # as /reg answers it
     page(http, f"/ui/{repo}/img/good")
+
+
+@needs_qemu_img
+@pytest.mark.slow  # a server of its own, fsck and unblock in other processes
+def test_a_blocked_image_says_so_until_an_operator_unblocks_it(
+    server_factory: Callable[..., RunningServer], backend: str, tmp_path: Path
+) -> None:
+    running = server_factory()
+    root = str(running.data_root)
+    (tmp_path / "made").mkdir()
+    unsafe = qcow2_with_backing_file(tmp_path / "made").read_bytes()
+
+    async def store_unsafe() -> str:  # as a version without inspection let it in
+        async with open_test_catalog(running.data_root, backend) as catalog:
+            return await legacy_put(catalog, "lab/img/bad", unsafe)
+
+    digest = asyncio.run(store_unsafe())
+    with running.client() as http:
+        assert upload(http, "/reg/lab/img/good", secrets.token_bytes(100)).status_code == 201
+        assert not page(http, "/ui/lab/img/bad").find_all("p", cls="alert")
+        cli("fsck", "--data-root", root, "--block-unsafe", check=1)
+
+        marks = {
+            tag: cells[0].text for tag, cells in table_cells(page(http, "/ui/lab/img")).items()
+        }
+        assert "blocked" in marks["bad"]
+        assert "blocked" not in marks["good"]
+        assert not page(http, "/ui/lab/img/good").find_all("p", cls="alert")
+
+        document = page(http, "/ui/lab/img/bad")
+        block = http.get("/reg/lab/img/bad/meta").json()["blocked"]
+        assert block["rule"] == "qcow2-backing-file"
+        said = document.one("p", id="blocked")
+        assert "qcow2-backing-file" in said.text
+        since = datetime.fromisoformat(str(said.one("time").attrs["datetime"]))
+        assert since == datetime.fromisoformat(block["since"])
+        panel = document.one("p", id="use-blocked")
+        assert "refused" in panel.text
+        assert_error(http.get(snippet(document, "url")), 403, "IMAGE_BLOCKED")  # as it says
+
+        # The command the panel names lifts the block, and the page says nothing more.
+        command = shlex.split(panel.find_all("code")[-1].text)
+        assert command == ["cloudimg", "unblock", f"blake3:{digest}"]
+        cli(*command[1:], "--data-root", root, check=0)
+        document = page(http, "/ui/lab/img/bad")
+        assert not document.find_all("p", cls="alert")
+        assert http.get(snippet(document, "url")).content == unsafe
+        assert "blocked" not in table_cells(page(http, "/ui/lab/img"))["bad"][0].text
 
 
 def test_html_routes_stay_out_of_the_openapi_document(http: httpx.Client) -> None:
@@ -334,10 +410,13 @@ def test_html_routes_stay_out_of_the_openapi_document(http: httpx.Client) -> Non
 # -- the "use it" panel ----------------------------------------------------------------
 
 
+@needs_qemu_img
 def test_datavolume_names_the_pinned_url_and_checksum(
-    http: httpx.Client, server: RunningServer, repo: str
+    http: httpx.Client, server: RunningServer, repo: str, tmp_path: Path
 ) -> None:
-    data = secrets.token_bytes(3000)
+    disk = qcow2(tmp_path, size="2500M")  # a few hundred KiB on disk, 2.44 GiB virtual
+    data = disk.read_bytes()
+    virtual_size = qemu_virtual_size(disk, "qcow2")
     assert upload(http, f"/reg/{repo}/cirros/0.6.2", data).status_code == 201
     document = page(http, f"/ui/{repo}/cirros/0.6.2")
     pinned = f"{server.base_url}/reg/{repo}/cirros/sha256:{sha256_hex(data)}"
@@ -349,21 +428,46 @@ def test_datavolume_names_the_pinned_url_and_checksum(
     assert volume["metadata"]["name"] == "cirros-0-6-2"
     source = volume["spec"]["source"]["http"]
     assert source == {"url": pinned, "checksum": f"sha256:{sha256_hex(data)}"}
-    assert volume["spec"]["storage"]["resources"]["requests"]["storage"] == "1Gi"
-    assert "not inspected" in snippet(document, "datavolume")
+    # The virtual size the upload's inspection found, rounded up to whole GiB.
+    requested = volume["spec"]["storage"]["resources"]["requests"]["storage"]
+    assert requested == f"{math.ceil(virtual_size / GIB)}Gi" == "3Gi"
+    assert "not inspected" not in snippet(document, "datavolume")
     # What CDI would do with it: download the URL and check the checksum.
     downloaded = httpx.get(source["url"], timeout=30)
     assert downloaded.status_code == 200
     assert "sha256:" + hashlib.sha256(downloaded.content).hexdigest() == source["checksum"]
 
 
-def test_an_uninspected_image_asks_for_its_format(http: httpx.Client, repo: str) -> None:
-    assert upload(http, f"/reg/{repo}/img/v1", b"unknown").status_code == 201
-    document = page(http, f"/ui/{repo}/img/v1")
+def test_an_uninspected_datavolume_asks_for_the_virtual_size(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    data = secrets.token_bytes(3000)
+    assert upload(http, f"/reg/{repo}/cirros/old", data).status_code == 201
+    forget(server, data)
+    text = snippet(page(http, f"/ui/{repo}/cirros/old"), "datavolume")
+    volume = yaml.safe_load(text)
+    assert volume["spec"]["storage"]["resources"]["requests"]["storage"] == "1Gi"  # file size
+    assert "not inspected: make this at least the image's virtual size" in text
+
+
+def test_an_uninspected_image_asks_for_its_format(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    old, new = secrets.token_bytes(100), secrets.token_bytes(100)
+    assert upload(http, f"/reg/{repo}/img/old", old).status_code == 201
+    assert upload(http, f"/reg/{repo}/img/new", new).status_code == 201
+    forget(server, old)
+    document = page(http, f"/ui/{repo}/img/old")
     assert "has not been inspected" in document.one("p", cls="note").text
     convert = shlex.split(snippet(document, "qemu-convert"))
     assert convert[:6] == ["qemu-img", "convert", "-f", "FORMAT", "-m", "1"]
     assert shlex.split(snippet(document, "qemu-info"))[:2] == ["qemu-img", "info"]
+    # An inspected upload names its format and needs no qemu-img info.
+    document = page(http, f"/ui/{repo}/img/new")
+    assert not document.find_all("p", cls="note")
+    assert not document.find_all("pre", id="use-qemu-info")
+    convert = shlex.split(snippet(document, "qemu-convert"))
+    assert convert[:6] == ["qemu-img", "convert", "-f", "raw", "-m", "1"]
 
 
 def needs_qemu_http(test: Callable[..., None]) -> Callable[..., None]:
@@ -383,16 +487,8 @@ def test_the_qemu_img_command_converts_the_image(
         "convert", "-f", "raw", "-O", "qcow2", str(tmp_path / "disk.raw"), str(tmp_path / "d.qcow2")
     )
     qemu.check_ok(made, server)
-    qcow2 = (tmp_path / "d.qcow2").read_bytes()
-    assert upload(http, f"/reg/{repo}/vm-disk/v1", qcow2).status_code == 201
-    # What inspection records for the blob (it runs elsewhere; its columns are on main).
-    sql(
-        server.data_root,
-        "UPDATE blobs SET format = ?, virtual_size = ? WHERE digest = ?",
-        "qcow2",
-        len(raw),
-        blake3_hex(qcow2),
-    )
+    disk = (tmp_path / "d.qcow2").read_bytes()
+    assert upload(http, f"/reg/{repo}/vm-disk/v1", disk).status_code == 201  # inspected
     document = page(http, f"/ui/{repo}/vm-disk/v1")
     assert not document.find_all("p", cls="note")
     command = shlex.split(snippet(document, "qemu-convert"))
