@@ -30,7 +30,15 @@ import yaml
 from tests import test_qemu_img as qemu
 from tests.conftest import RunningServer, upload
 from tests.images import needs_qemu_img, qcow2, qcow2_with_backing_file, qemu_virtual_size
-from tests.maintenance_support import cli, forget_inspection, legacy_put, open_test_catalog, sql
+from tests.maintenance_support import (
+    cli,
+    cli_json,
+    forget_inspection,
+    legacy_put,
+    open_test_catalog,
+    sql,
+)
+from tests.oci_support import manifest_of
 from tests.support import assert_error, blake3_hex, sha256_hex
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
 from tests.test_observability import scrape
@@ -506,6 +514,144 @@ def test_the_qemu_img_command_converts_the_image(
     assert [cell.text.strip() for cell in table.children][2] == "qcow2"
 
 
+# -- history, immutability, containerDisk, pull --------------------------------------
+
+
+def history_rows(document: Element) -> list[list[Element]]:
+    """The tag page's history table: each entry's cells, newest first."""
+    return [row.children for row in document.one("tbody", id="history").children]
+
+
+def test_the_history_shows_every_change_and_links_retained_bytes(
+    http: httpx.Client, repo: str
+) -> None:
+    path = f"{repo}/disk/v1"
+    first, second, third = (secrets.token_bytes(n) for n in (900, 800, 700))
+    assert upload(http, f"/reg/{path}", first).status_code == 201
+    assert upload(http, f"/reg/{path}", second).status_code == 201  # moved
+    back = http.post(f"/reg/{path}/retag", json={"digest": f"blake3:{blake3_hex(first)}"})
+    assert back.status_code == 201  # retagged (a rollback)
+    assert http.delete(f"/reg/{path}").status_code == 200
+    assert upload(http, f"/reg/{path}", third).status_code == 201  # created again
+
+    entries = history_rows(page(http, f"/ui/{path}"))
+    api = http.get(f"/reg/{path}/history").json()["data"]  # the same catalog call, as JSON
+    shown = [
+        (cells[1].text.strip(), cells[2].one("code").attrs["title"], cells[3].one("data"))
+        for cells in entries
+    ]
+    assert [(action, digest) for action, digest, _ in shown] == [
+        (entry["action"], entry["digest"]) for entry in api
+    ]
+    assert [action for action, _, _ in shown] == [
+        "created",
+        "deleted",
+        "retagged",
+        "moved",
+        "created",
+    ]
+    assert [int(str(size.attrs["value"])) for _, _, size in shown] == [
+        entry["size"] for entry in api
+    ]
+    for cells, entry in zip(entries, api, strict=True):
+        links = cells[5].find_all("a")
+        assert cells[5].text.startswith("yes") == entry["retained"]
+        assert bool(links) == entry["retained"]
+        for link in links:  # a retained entry's pinned URL serves exactly its bytes
+            response = http.get(str(link.attrs["href"]))
+            assert response.status_code == 200
+            assert f"blake3:{blake3_hex(response.content)}" == entry["digest"]
+    assert any(entry["retained"] for entry in api)
+
+
+def test_immutability_is_shown_on_the_tag_page_and_in_the_tag_table(
+    http: httpx.Client, repo: str
+) -> None:
+    for tag in ("free", "locked"):
+        assert upload(http, f"/reg/{repo}/disk/{tag}", secrets.token_bytes(100)).status_code == 201
+    assert facts(page(http, f"/ui/{repo}/disk/locked"))["Immutable"] == "no"
+    assert http.put(f"/reg/{repo}/disk/locked/immutable").status_code == 200
+
+    assert facts(page(http, f"/ui/{repo}/disk/locked"))["Immutable"].startswith("yes (released")
+    assert facts(page(http, f"/ui/{repo}/disk/free"))["Immutable"] == "no"
+    cells = table_cells(page(http, f"/ui/{repo}/disk"))
+    assert [s.text for s in cells["locked"][0].find_all("span", cls="tag-immutable")] == [
+        "immutable"
+    ]
+    assert cells["free"][0].find_all("span", cls="tag-immutable") == []
+    entries = history_rows(page(http, f"/ui/{repo}/disk/locked"))
+    assert entries[0][1].text.strip() == "immutable"
+
+
+@pytest.mark.slow  # a server of its own
+def test_an_operators_rule_is_named_as_what_makes_the_tag_immutable(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running = server_factory("--immutable-tags", "base/*/stable")
+    with running.client() as client:
+        assert upload(client, "/reg/base/osimg/stable", secrets.token_bytes(100)).status_code == 201
+        assert upload(client, "/reg/base/osimg/edge", secrets.token_bytes(100)).status_code == 201
+        shown = facts(page(client, "/ui/base/osimg/stable"))["Immutable"]
+        assert shown == "yes, by the operator's rule base/*/stable"
+        cells = table_cells(page(client, "/ui/base/osimg"))
+        marks = cells["stable"][0].find_all("span", cls="tag-immutable")
+        assert [m.text for m in marks] == ["immutable (rule)"]
+        assert marks[0].attrs["title"] == "immutable by the operator's rule base/*/stable"
+        assert cells["edge"][0].find_all("span", cls="tag-immutable") == []
+
+
+def test_the_containerdisk_reference_is_the_manifest_digest_v2_answers(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    data = secrets.token_bytes(4096)
+    response = upload(http, f"/reg/{repo}/vmdisk/v1", data)
+    assert response.status_code == 201, response.text
+    _, digest = manifest_of(http, f"{repo}/vmdisk", "v1")  # computes it if the task has not yet
+    host = urlsplit(str(http.base_url)).netloc
+    document = page(http, f"/ui/{repo}/vmdisk/v1")
+    reference = snippet(document, "containerdisk")
+    assert reference == f"{host}/{repo}/vmdisk@{digest}"
+    volume = yaml.safe_load(snippet(document, "containerdisk-volume"))
+    assert volume["volumes"][0]["containerDisk"]["image"] == reference
+    assert manifest_of(http, f"{repo}/vmdisk", reference.rpartition("@")[2])[1] == digest
+    assert document.find_all(id="containerdisk-pending") == []
+
+
+def test_a_containerdisk_digest_not_computed_yet_is_said_so(
+    http: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    data = secrets.token_bytes(2048)
+    response = upload(http, f"/reg/{repo}/vmdisk/v1", data)
+    assert response.status_code == 201, response.text
+    manifest_of(http, f"{repo}/vmdisk", "v1")  # computed and stored: nothing writes it again
+    digest = blake3_hex(data)
+    sql(
+        server.data_root,
+        "UPDATE blobs SET oci_layer = NULL, oci_config = NULL, oci_manifest = NULL"
+        " WHERE digest = ?",
+        digest,
+    )
+    document = page(http, f"/ui/{repo}/vmdisk/v1")
+    assert document.find_all("pre", id="use-containerdisk") == []
+    note = document.one(id="containerdisk-pending").text
+    assert "not computed yet" in note
+    assert f"/{repo}/vmdisk:v1" in note
+
+
+def test_the_pull_command_names_the_pinned_bytes(http: httpx.Client, repo: str) -> None:
+    data = secrets.token_bytes(100)
+    assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
+    command = shlex.split(snippet(page(http, f"/ui/{repo}/disk/v1"), "pull"))
+    assert command == [
+        "cloudimg",
+        "pull",
+        "--server",
+        f"{str(http.base_url).rstrip('/')}/reg",
+        f"{repo}/disk@sha256:{sha256_hex(data)}",
+        "disk-v1.raw",
+    ]
+
+
 # -- storage ---------------------------------------------------------------------------
 
 
@@ -532,6 +678,7 @@ def test_storage_chart_shows_the_metrics_figures(
         assert figures(document) == {
             "seg-stored": len(shared) + len(alone),
             "seg-dedup": 2 * len(shared),
+            "seg-history": 0,
             "seg-orphan": 0,
         }
         metrics = scrape(client)  # the same figures, as /metrics exports them
@@ -546,6 +693,13 @@ def test_storage_chart_shows_the_metrics_figures(
         bars = [float(str(r.attrs["width"])) for r in svg.find_all("rect")]
         assert max(bars) <= 600
         assert "No" in document.one("section").text  # no gc run yet
+        # Moving ccc's tag leaves its old bytes held only by the tag's retained history.
+        assert upload(client, "/reg/ccc/img/v1", secrets.token_bytes(300)).status_code == 201
+        document = page(client, "/ui/_storage")
+        assert figures(document)["seg-history"] == len(alone)
+        du = cli_json("du", "--data-root", str(running.data_root), check=0)
+        assert figures(document)["seg-history"] == du["history_only_bytes"]
+        assert "held only by tag history" in document.one("svg", cls="bars").one("desc").text
         cli("gc", "--grace", "0", "--data-root", str(running.data_root), check=0)
         after_gc = page(client, "/ui/_storage").one("section").text
         assert "Last run:" in after_gc

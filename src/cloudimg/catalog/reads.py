@@ -86,6 +86,7 @@ def _tag_info(repo: str, image: str, tag: Tag, blob: Blob) -> TagInfo:
         virtual_size=blob.virtual_size,
         quarantined=blob.quarantined_at is not None,
         blocked=blob_block(blob.blocked_rule, blob.blocked_at),
+        immutable=tag.immutable,
     )
 
 
@@ -195,12 +196,23 @@ class CatalogReads(CatalogBase):
         referenced = select(func.coalesce(func.sum(Blob.size), 0)).where(
             exists().where(Tag.digest == Blob.digest)
         )
+        history_only = select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
+            ~exists().where(Tag.digest == Blob.digest),
+            exists().where(TagHistory.digest == Blob.digest, TagHistory.retained.is_(True)),
+        )
         async with self._read() as session, session.begin():
             blob_count, stored = (await session.execute(blobs)).one()
             tag_count, logical = (await session.execute(tags)).one()
             referenced_bytes = await session.scalar(referenced)
+            held_blobs, held_bytes = (await session.execute(history_only)).one()
         return StorageTotals(
-            int(blob_count), int(stored), int(tag_count), int(logical), int(referenced_bytes or 0)
+            int(blob_count),
+            int(stored),
+            int(tag_count),
+            int(logical),
+            int(referenced_bytes or 0),
+            int(held_blobs),
+            int(held_bytes),
         )
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:

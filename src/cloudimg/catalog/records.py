@@ -66,6 +66,9 @@ class TagInfo:
     """Set while an operator blocks the bytes: downloads are refused, ``/meta`` says why."""
     quarantined: bool = False
     """fsck found the stored bytes bad (listings show such tags; ``get_tag`` refuses them)."""
+    immutable: bool = False
+    """Made immutable by a write (``PUT …/immutable``); an operator's rule
+    (``Catalog.immutable_by_rule``) protects a tag whatever this says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,10 @@ class StorageTotals:
     """Sum of the sizes of every tag's blob: what storing a copy per tag would take."""
     referenced_bytes: int
     """Sum of the sizes of the distinct blobs some tag names."""
+    history_only_blobs: int = 0
+    history_only_bytes: int = 0
+    """Blobs no tag names that retained history entries hold (``--keep-history``): the
+    figures ``cloudimg du`` prints as "held only by tag history"."""
 
     @property
     def deduplicated_bytes(self) -> int:

@@ -3,7 +3,8 @@
 The figures are those ``/metrics`` exports and ``cloudimg du`` prints: the catalog's
 ``storage_totals`` and the gc record on the data root. Two bars on one scale: what
 the tags add up to (of which deduplication saved a part) and what is stored (of which
-a part no tag names any more, which gc frees).
+a part no tag names but retained tag history holds, and a part nothing names, which gc
+frees).
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ class StorageChart:
             f"The {t.tags} tags add up to {human_bytes(t.logical_bytes)}; "
             f"{t.blobs} distinct images take {human_bytes(t.stored_bytes)} on disk; "
             f"deduplication saves {human_bytes(t.deduplicated_bytes)}; "
-            f"{human_bytes(self.unreferenced_bytes)} is held by blobs no tag names."
+            f"{human_bytes(t.history_only_bytes)} is held only by tag history; "
+            f"{human_bytes(self.unreferenced_bytes)} is held by blobs nothing names."
         )
 
     @property
     def unreferenced_bytes(self) -> int:
-        return max(0, self.totals.stored_bytes - self.totals.referenced_bytes)
+        return _unreferenced(self.totals)
 
     @property
     def last_gc(self) -> datetime | None:
@@ -94,9 +96,14 @@ def _segments(parts: list[tuple[str, int, str]], scale: float) -> tuple[Segment,
     return tuple(out)
 
 
+def _unreferenced(totals: StorageTotals) -> int:
+    """Bytes of blobs neither a tag nor a retained history entry names (gc frees them)."""
+    return max(0, totals.stored_bytes - totals.referenced_bytes - totals.history_only_bytes)
+
+
 def storage_chart(totals: StorageTotals, gc: GcRecord | None) -> StorageChart:
     """The chart of ``totals`` and the gc record ``gc`` (None: no gc recorded a run)."""
-    unreferenced = max(0, totals.stored_bytes - totals.referenced_bytes)
+    unreferenced = _unreferenced(totals)
     largest = max(totals.logical_bytes, totals.stored_bytes, 1)
     scale = WIDTH / largest
     logical = [
@@ -105,7 +112,8 @@ def storage_chart(totals: StorageTotals, gc: GcRecord | None) -> StorageChart:
     ]
     stored = [
         ("named by tags", totals.referenced_bytes, "seg-stored"),
-        ("named by no tag (gc frees it)", unreferenced, "seg-orphan"),
+        ("held only by tag history", totals.history_only_bytes, "seg-history"),
+        ("named by nothing (gc frees it)", unreferenced, "seg-orphan"),
     ]
     bars = (
         Bar("What the tags add up to", totals.logical_bytes, _ROW - 36, _segments(logical, scale)),

@@ -26,8 +26,9 @@ from litestar.template import TemplateConfig
 from litestar.types import Guard
 
 from cloudimg.api.web.chart import WIDTH, storage_chart
-from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, use_it
-from cloudimg.catalog import Catalog, Page
+from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, ContainerDisk, container_disk, use_it
+from cloudimg.catalog import Catalog, HistoryEntry, Page, TagInfo
+from cloudimg.errors import NotFoundError
 from cloudimg.config import Settings, normalize_prefix
 from cloudimg.gc_record import read_gc_record
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
@@ -160,8 +161,27 @@ async def tags_page(
     page = _page(q, after, limit)
     infos = await catalog.list_tag_infos(repo, image, page)
     listing = _listing(infos, page, lambda info: info.tag)
-    context = _context(settings, repo=repo, image=image, listing=listing)
+    rules = {info.tag: catalog.immutable_by_rule((repo, image, info.tag)) for info in listing.rows}
+    context = _context(settings, repo=repo, image=image, listing=listing, rules=rules)
     return Template("tags.html", context=context)
+
+
+async def _history(catalog: Catalog, info: TagInfo) -> list[HistoryEntry]:
+    """The tag's history, newest first; empty for a tag written before history was kept."""
+    try:
+        return await catalog.tag_history(info.repo, info.image, info.tag)
+    except NotFoundError:
+        return []
+
+
+async def _container_disk(
+    catalog: Catalog, info: TagInfo, request: Request[Any, Any, Any]
+) -> ContainerDisk | None:
+    """The containerDisk by digest; None until the background task computed the manifest."""
+    digests = await catalog.oci_digests(info.digest)
+    if digests is None:
+        return None
+    return container_disk(info, request.url.netloc, manifest_sha256=digests[2])
 
 
 @get("/{repo:str}/{image:str}/{tag:str}", name="web-tag")
@@ -176,7 +196,16 @@ async def tag_page(
     names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
     info = await catalog.get_tag(*names)
     panel = use_it(info, _api_url(request, settings), read_auth=settings.read_auth == "basic")
-    context = _context(settings, info=info, use_it=panel, placeholder=FORMAT_PLACEHOLDER)
+    context = _context(
+        settings,
+        info=info,
+        use_it=panel,
+        placeholder=FORMAT_PLACEHOLDER,
+        container_disk=await _container_disk(catalog, info, request),
+        history=await _history(catalog, info),
+        rule=catalog.immutable_by_rule(names),
+        request_host=request.url.netloc,
+    )
     return Template("tag.html", context=context)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cloudimg.catalog import TagInfo
 
-__all__ = ["UseIt", "datavolume_name", "use_it"]
+__all__ = ["ContainerDisk", "UseIt", "container_disk", "datavolume_name", "use_it"]
 
 _GIB = 1024**3
 _DNS_LABEL = 63
@@ -39,6 +39,8 @@ class UseIt:
     qemu_img_convert: str
     """``qemu-img convert`` to a raw file, with ``-f FORMAT`` when the format is unknown."""
     format_known: bool
+    pull: str
+    """``cloudimg pull`` of the pinned bytes into a file (docs/client.md on the client)."""
 
 
 def use_it(info: TagInfo, api_url: str, *, read_auth: bool = False) -> UseIt:
@@ -54,7 +56,34 @@ def use_it(info: TagInfo, api_url: str, *, read_auth: bool = False) -> UseIt:
         qemu_img_info=f"qemu-img info {shlex.quote(url)}",
         qemu_img_convert=convert,
         format_known=known,
+        pull=f"cloudimg pull --server {shlex.quote(api_url)} "
+        f"{info.repo}/{info.image}@sha256:{info.sha256} {output}",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDisk:
+    """The tag's bytes as a KubeVirt containerDisk from the OCI face (docs/oci.md)."""
+
+    reference: str
+    """``<host>/<repo>/<image>@sha256:<manifest digest>``: what ``containerDisk.image`` takes."""
+    volume: str
+    """A VM's ``volumes:`` entry (YAML) booting from that reference."""
+
+
+def container_disk(info: TagInfo, host: str, manifest_sha256: str) -> ContainerDisk:
+    """The containerDisk of ``info`` at registry ``host`` (``h:8080``) whose generated
+    manifest has the sha256 ``manifest_sha256`` (``Catalog.oci_digests``)."""
+    reference = f"{host}/{info.repo}/{info.image}@sha256:{manifest_sha256}"
+    volume = "\n".join(
+        [
+            "volumes:",
+            "  - name: root",
+            "    containerDisk:",
+            f"      image: {json.dumps(reference)}",
+        ]
+    )
+    return ContainerDisk(reference, volume + "\n")
 
 
 def datavolume_name(image: str, tag: str) -> str:
