@@ -28,8 +28,8 @@ from litestar.types import Guard
 from cloudimg.api.web.chart import WIDTH, storage_chart
 from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, ContainerDisk, container_disk, use_it
 from cloudimg.catalog import Catalog, HistoryEntry, Page, TagInfo
-from cloudimg.errors import NotFoundError
 from cloudimg.config import Settings, normalize_prefix
+from cloudimg.errors import NotFoundError
 from cloudimg.gc_record import read_gc_record
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.units import human_bytes
