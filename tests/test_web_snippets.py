@@ -79,12 +79,19 @@ def test_read_auth_adds_a_secret_ref_hint_and_unknown_size_a_note() -> None:
 
 def test_the_chart_puts_both_bars_on_one_scale() -> None:
     totals = StorageTotals(
-        blobs=3, stored_bytes=900, tags=5, logical_bytes=1500, referenced_bytes=800
+        blobs=4,
+        stored_bytes=900,
+        tags=5,
+        logical_bytes=1500,
+        referenced_bytes=800,
+        history_only_blobs=1,
+        history_only_bytes=60,
     )
     chart = storage_chart(totals, GcRecord(runs_total=1, last_run_timestamp=NOW.timestamp()))
     logical, stored = chart.bars
     assert [s.value for s in logical.segments] == [800, 700]
-    assert [s.value for s in stored.segments] == [800, 100]
+    assert [s.value for s in stored.segments] == [800, 60, 40]  # tags, history only, nothing
+    assert [s.x for s in stored.segments] == [0, 320, 344]
     assert sum(s.width for s in logical.segments) == WIDTH  # the longer bar fills the width
     assert sum(s.width for s in stored.segments) == WIDTH * 900 / 1500
     assert chart.last_gc == NOW
