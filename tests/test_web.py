@@ -466,13 +466,13 @@ def test_an_uninspected_image_asks_for_its_format(
     assert upload(http, f"/reg/{repo}/img/new", new).status_code == 201
     forget(server, old)
     document = page(http, f"/ui/{repo}/img/old")
-    assert "has not been inspected" in document.one("p", cls="note").text
+    assert "has not been inspected" in document.one("p", id="format-note").text
     convert = shlex.split(snippet(document, "qemu-convert"))
     assert convert[:6] == ["qemu-img", "convert", "-f", "FORMAT", "-m", "1"]
     assert shlex.split(snippet(document, "qemu-info"))[:2] == ["qemu-img", "info"]
     # An inspected upload names its format and needs no qemu-img info.
     document = page(http, f"/ui/{repo}/img/new")
-    assert not document.find_all("p", cls="note")
+    assert not document.find_all("p", id="format-note")
     assert not document.find_all("pre", id="use-qemu-info")
     convert = shlex.split(snippet(document, "qemu-convert"))
     assert convert[:6] == ["qemu-img", "convert", "-f", "raw", "-m", "1"]
@@ -498,7 +498,7 @@ def test_the_qemu_img_command_converts_the_image(
     disk = (tmp_path / "d.qcow2").read_bytes()
     assert upload(http, f"/reg/{repo}/vm-disk/v1", disk).status_code == 201  # inspected
     document = page(http, f"/ui/{repo}/vm-disk/v1")
-    assert not document.find_all("p", cls="note")
+    assert not document.find_all("p", id="format-note")
     command = shlex.split(snippet(document, "qemu-convert"))
     assert command[:7] == ["qemu-img", "convert", "-f", "qcow2", "-m", "1", "-O"]
     (tmp_path / "out").mkdir()
