@@ -8,6 +8,12 @@ from typing import Any
 
 import msgspec
 
+from cloudimg.images import (
+    DEFAULT_ALLOWED_FORMATS,
+    DEFAULT_MAX_VIRTUAL_SIZE,
+    InspectionPolicy,
+)
+
 __all__ = [
     "READ_AUTH_MODES",
     "Settings",
@@ -91,6 +97,17 @@ class Settings:
     immutable_tags: tuple[str, ...] = ()
     """Glob patterns over ``repo/image/tag``: existing tags that match cannot be
     overwritten, retagged or deleted."""
+
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
+    """Largest virtual size (the disk a VM sees) of an image the server stores, in bytes."""
+
+    allowed_formats: tuple[str, ...] = DEFAULT_ALLOWED_FORMATS
+    """Image formats the server stores (qemu-img names; ``vhd`` is ``vpc``)."""
+
+    @property
+    def inspection_policy(self) -> InspectionPolicy:
+        """What inspection accepts besides its safety rules (see ``cloudimg.images``)."""
+        return InspectionPolicy(self.max_virtual_size, frozenset(self.allowed_formats))
 
     @property
     def resolved_database_url(self) -> str:

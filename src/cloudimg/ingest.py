@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog import Catalog, WriteOptions
+from cloudimg.images import Inspection
 
 __all__ = ["TagNames", "commit_staged"]
 
@@ -23,12 +24,14 @@ async def commit_staged(
     staged: StagedBlob,
     meta: dict[str, str],
     options: WriteOptions = WriteOptions(),
+    inspection: Inspection | None = None,
 ) -> None:
     """Make ``names`` name the staged bytes with ``meta``, then drop the staging file.
 
-    ``options``: who writes (recorded in the tag's history) and the request's precondition.
+    ``options``: who writes (recorded in the tag's history) and the request's precondition;
+    ``inspection``: what the bytes are (recorded on a blob not inspected yet).
     """
     try:
-        await catalog.commit_upload(*names, staged, meta, options)
+        await catalog.commit_upload(*names, staged, meta, options, inspection)
     finally:
         await blobs.discard(staged)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.datastructures import State
-from litestar.params import SkipValidation
+from litestar.params import Parameter, SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.conditional import meta_etag_of, write_options
@@ -17,6 +17,7 @@ from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
+    MetaView,
     UploadOperation,
     error_responses,
 )
@@ -52,15 +53,18 @@ def _parse_reference(text: str) -> Reference:
         raise InvalidArgumentError(str(exc), {"reference": text[:200]}) from None
 
 
-def _meta_view(info: TagInfo, image_path: str) -> Envelope:
+def _meta_view(info: TagInfo, image_path: str) -> MetaView:
     return {
-        **_ok(info.meta),
+        "success": True,
+        "data": info.meta,
         "imagePath": image_path,
         "digest": f"blake3:{info.digest}",
         "sha256": f"sha256:{info.sha256}",
         "size": info.size,
         "created": info.created.isoformat(),
         "updated": info.updated.isoformat(),
+        "format": info.format,
+        "virtual_size": info.virtual_size,
     }
 
 
@@ -123,12 +127,12 @@ class RegistryController(Controller):
         operation_id=lambda _handler, method, _path: (
             "GetImageMeta" if method == "GET" else "HeadImageMeta"
         ),
-        summary="Metadata of a tag, with its digests and size",
+        summary="Metadata of a tag, with its digests, size, format and virtual size",
         responses=error_responses(400, 404),
     )
     async def get_image_meta(
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
-    ) -> Response[Envelope]:
+    ) -> Response[MetaView]:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
         info = await catalog.get_tag(*names)
         image_path = request.url.path.removesuffix("/meta")
@@ -144,7 +148,7 @@ class RegistryController(Controller):
         request_max_body_size=None,
         status_code=201,
         response_headers=CREATED_HEADERS,
-        responses=error_responses(400, 408, 409, 412, 413, 507),
+        responses=error_responses(400, 408, 409, 412, 413, 422, 507),
         opt={TRANSFER_OPT: "upload"},
     )
     async def post_image(
@@ -157,6 +161,14 @@ class RegistryController(Controller):
         image: str,
         tag: str,
         digest: str | None = None,  # documents the parameter; see Receiver.receive
+        declared_format: Annotated[
+            str | None,
+            Parameter(
+                query="format",
+                description="The image format the upload declares (qemu-img's name; vhd is "
+                "vpc): the image is refused (422) unless inspection finds that format",
+            ),
+        ] = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
         async with receiving(request, blobs, settings) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)

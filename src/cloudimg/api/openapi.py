@@ -20,6 +20,7 @@ __all__ = [
     "BINARY_RESPONSES",
     "CREATED_HEADERS",
     "ErrorBody",
+    "MetaView",
     "RetagOperation",
     "UploadOperation",
     "error_responses",
@@ -37,6 +38,29 @@ class ErrorBody(TypedDict):
     """Details: the offending name, the limit, the size of the image..."""
 
 
+class MetaView(TypedDict):
+    """What ``GET …/{tag}/meta`` answers: the tag's metadata, digests, size and format."""
+
+    success: bool
+    data: dict[str, str]
+    """The metadata uploaded with the image."""
+    imagePath: str
+    digest: str
+    """``blake3:<hex>`` of the bytes."""
+    sha256: str
+    """``sha256:<hex>`` of the bytes."""
+    size: int
+    """Bytes stored."""
+    created: str
+    updated: str
+    format: str | None
+    """The image format inspection detected, as ``qemu-img -f`` takes it (raw, qcow2, vmdk,
+    vpc, vhdx, vdi, iso); null for bytes stored before inspection existed."""
+    virtual_size: int | None
+    """Bytes of the disk the image describes (for raw and iso: its length); null when
+    not inspected."""
+
+
 _ERROR_DESCRIPTIONS = {
     400: "INVALID_ARGUMENT: a bad name, body, metadata, digest or reference",
     404: "NOT_FOUND: no such repository, image, tag or digest reference",
@@ -45,6 +69,8 @@ _ERROR_DESCRIPTIONS = {
     412: "FAILED_PRECONDITION: If-Match, If-None-Match: * or If-Unmodified-Since is false",
     413: "RESOURCE_EXHAUSTED: the image or its metadata is larger than the server accepts",
     416: "OUT_OF_RANGE: the range starts past the end (context.size is the image size)",
+    422: "IMAGE_REFUSED: the image breaks an inspection rule (context.rule names it; "
+    "nothing was stored)",
     500: "INTERNAL (a bug, see the server log) or DATA_LOSS (stored bytes failed a check)",
     503: "UNAVAILABLE: the catalog database is locked or unreachable; retry",
     507: "RESOURCE_EXHAUSTED: the data volume is full; nothing was stored",
@@ -115,6 +141,12 @@ _UPLOAD_BODY = RequestBody(
                         description='A JSON object whose values are strings, e.g. {"os":"ubuntu"}',
                     ),
                     "img": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                    "format": Schema(
+                        type=OpenAPIType.STRING,
+                        description="The image format the upload declares (as the `format` "
+                        "query parameter; both given, they must agree): the image is refused "
+                        "(422, rule format-mismatch) unless inspection finds it",
+                    ),
                 },
             )
         )

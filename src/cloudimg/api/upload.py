@@ -8,7 +8,11 @@ handler validates its names, calls :meth:`Receiver.receive` and then
   over the image size limit (413) or over the free space (507);
 - parsing: the body is parsed as it arrives with ``multipart``'s push parser (sans-IO, no
   spooling): image bytes are handed to the blob store's staging writer, which hashes
-  and writes them; the ``meta`` part is kept in memory up to a small limit;
+  and writes them and feeds them to the image inspector (:mod:`cloudimg.images`) on the
+  same thread; the ``meta`` and ``format`` parts are kept in memory up to a small limit;
+- inspection: once the body is in, the inspector's verdict refuses an unsafe image or
+  one that is not the declared format (``?format=`` or the ``format`` part), with a
+  422 naming the rule; nothing is stored;
 - a refusal's drain: a refusal ahead of the body (a bad name, a pre-check) drains it
   with :func:`cloudimg.api.body.drain_refused`, one while it streams drains the rest;
 - staging cleanup on exit: a staging file not committed (bad input, disconnect, full
@@ -20,6 +24,7 @@ Bodies are read only through :mod:`cloudimg.api.body`, so each obeys
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -42,6 +47,7 @@ from cloudimg.errors import (
     InvalidArgumentError,
     PayloadTooLargeError,
 )
+from cloudimg.images import ImageInspector, Inspection, normalize_format
 from cloudimg.ingest import TagNames, commit_staged
 
 __all__ = [
@@ -58,15 +64,18 @@ ENVELOPE_ALLOWANCE = 1024 * 1024
 """Room for the ``meta`` part and the multipart framing around the image: a body whose
 Content-Length passes the image size limit by more than this is refused unread."""
 _MAX_PARTS = 16
+_MAX_FORMAT_BYTES = 64
+_SINGLE_PARTS = ("img", "meta", "format")
 _MAX_PART_HEADER_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """A received upload: its staged bytes and its metadata."""
+    """A received upload: its staged bytes, its metadata and what the bytes are."""
 
     staged: StagedBlob
     meta: dict[str, str]
+    inspection: Inspection
 
 
 @dataclass
@@ -74,9 +83,13 @@ class _Parts:
     """State of the multipart stream while it arrives."""
 
     blobs: BlobStore
+    inspector: ImageInspector
+    declared: str | None = None
+    """The format the query parameter declares (already given to the inspector)."""
     max_image_size: int | None = None
     writer: StagingWriter | None = None
     meta: bytearray | None = None
+    format: bytearray | None = None
     current: str | None = None
     seen: set[str] = field(default_factory=set)
 
@@ -84,14 +97,16 @@ class _Parts:
         name = segment.name or ""
         if not name:
             raise InvalidArgumentError("a part of the multipart body has no name")
-        if name in self.seen and name in ("img", "meta"):
+        if name in self.seen and name in _SINGLE_PARTS:
             raise InvalidArgumentError(f"the '{name}' part appears twice")
         self.seen.add(name)
         self.current = name
         if name == "img":
-            self.writer = await self.blobs.open_staging()
+            self.writer = await self.blobs.open_staging(self.inspector.feed)
         elif name == "meta":
             self.meta = bytearray()
+        elif name == "format":
+            self.format = bytearray()
 
     async def data(self, chunk: bytes | bytearray) -> None:
         if self.current == "img":
@@ -107,6 +122,11 @@ class _Parts:
             self.meta += chunk
             if len(self.meta) > MAX_META_BYTES:
                 raise PayloadTooLargeError(f"the 'meta' part is larger than {MAX_META_BYTES} bytes")
+        elif self.current == "format":
+            assert self.format is not None
+            self.format += chunk
+            if len(self.format) > _MAX_FORMAT_BYTES:
+                raise InvalidArgumentError("the 'format' part is not an image format name")
         # Parts with other names are read and dropped, as the old server did.
 
 
@@ -128,6 +148,7 @@ class Receiver:
         self._request = request
         self._blobs = blobs
         self._max_image_size = settings.max_image_size
+        self._policy = settings.inspection_policy
         self._idle_timeout = settings.read_body_timeout_secs
         self._body: AsyncIterator[bytes] | None = None
         self._upload: Upload | None = None
@@ -137,11 +158,13 @@ class Receiver:
         """Check the request, then read its ``meta`` + ``img`` body into a staging file.
 
         Every ``digest`` query parameter (one per algorithm may be given) must match the
-        bytes.
+        bytes; the bytes must pass inspection, as the declared format if one is given.
 
         Raises:
-            InvalidArgumentError: a bad ``digest`` parameter, a malformed body, a missing
-                part, bad metadata, a digest mismatch.
+            InvalidArgumentError: a bad ``digest`` or ``format`` parameter, a malformed
+                body, a missing part, bad metadata, a digest mismatch, a ``format`` part
+                that names an unknown format or disagrees with the parameter.
+            ImageRefusedError: the image breaks an inspection rule (``context["rule"]``).
             PayloadTooLargeError: the Content-Length or the image passed the image size
                 limit, or the metadata 64 KiB.
             InsufficientStorageError: the Content-Length is over the free space, or the
@@ -149,15 +172,16 @@ class Receiver:
             RequestTimeoutError: the body stalled (see :func:`cloudimg.api.body.body_of`).
         """
         expected = _expected_digests(self._request.query_params.getall("digest", []))
+        declared = _declared_format(self._request)
+        inspector = ImageInspector(self._policy, declared)
         await self._refuse_declared_length()
         self._body = body_of(self._request.receive, self._idle_timeout)
         try:
             self._upload = await _receive(
                 self._body,
                 self._request.headers.get("content-type"),
-                self._blobs,
+                _Parts(self._blobs, inspector, declared, self._max_image_size),
                 expected,
-                self._max_image_size,
             )
         except CloudimgError:
             await drain(self._body)
@@ -175,7 +199,9 @@ class Receiver:
         assert self._upload is not None, "receive() comes first"
         self._committed = True  # commit_staged drops the staging file, whatever happens
         upload = self._upload
-        await commit_staged(catalog, self._blobs, names, upload.staged, upload.meta, options)
+        await commit_staged(
+            catalog, self._blobs, names, upload.staged, upload.meta, options, upload.inspection
+        )
         return self._upload
 
     async def refused(self) -> None:
@@ -230,19 +256,49 @@ def _expected_digests(texts: Sequence[str]) -> list[Digest]:
         raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
 
 
+def _declared_format(request: Request[Any, Any, Any]) -> str | None:
+    """The ``format`` query parameter, normalized (``vhd`` is ``vpc``), if given."""
+    texts = request.query_params.getall("format", [])
+    if len(texts) > 1:
+        raise InvalidArgumentError("query parameter 'format' is given more than once")
+    return _format_name(texts[0], "query parameter 'format'") if texts else None
+
+
+def _format_name(text: str, where: str) -> str:
+    try:
+        return normalize_format(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{where}: {exc}", {"format": text[:64]}) from None
+
+
+def _declare_part(parts: _Parts) -> None:
+    """Hand the inspector the ``format`` part, which must agree with the parameter."""
+    if parts.format is None:
+        return
+    try:
+        text = parts.format.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgumentError("the 'format' part is not an image format name") from None
+    name = _format_name(text, "the 'format' part")
+    if parts.declared is not None and name != parts.declared:
+        raise InvalidArgumentError(
+            "the 'format' part and the 'format' query parameter disagree",
+            {"part": name, "parameter": parts.declared},
+        )
+    parts.inspector.declare(name)
+
+
 async def _receive(
     body: AsyncIterator[bytes],
     content_type: str | None,
-    blobs: BlobStore,
+    parts: _Parts,
     expected: Sequence[Digest],
-    max_image_size: int | None,
 ) -> Upload:
     parser = PushMultipartParser(
         boundary_of(content_type),
         max_header_size=_MAX_PART_HEADER_BYTES,
         max_segment_count=_MAX_PARTS,
     )
-    parts = _Parts(blobs, max_image_size)
     try:
         async for chunk in body:
             if chunk:
@@ -251,14 +307,17 @@ async def _receive(
         meta = parse_meta(parts.meta)
         if parts.writer is None:
             raise InvalidArgumentError("the 'img' part is missing")
+        _declare_part(parts)
         staged = await parts.writer.finish()
         for digest in expected:
             _check_digest(staged, digest)
+        # The last bytes were fed on the writer's thread; finishing reads the last MiB.
+        inspection = await asyncio.to_thread(parts.inspector.finish, staged.size)
     except BaseException:
         if parts.writer is not None:
             await parts.writer.abort()
         raise
-    return Upload(staged, meta)
+    return Upload(staged, meta, inspection)
 
 
 async def _feed(parser: PushMultipartParser, parts: _Parts, chunk: bytes) -> None:

@@ -8,6 +8,7 @@ from cloudimg.blobstore.base import (
     StagedBlob,
     StagingWriter,
     StoredFile,
+    Tap,
 )
 from cloudimg.blobstore.filesystem import FilesystemBlobStore
 
@@ -20,4 +21,5 @@ __all__ = [
     "StagedBlob",
     "StagingWriter",
     "StoredFile",
+    "Tap",
 ]

@@ -22,7 +22,13 @@ __all__ = [
     "StagingRemoval",
     "StagingWriter",
     "StoredFile",
+    "Tap",
 ]
+
+Tap = Callable[[memoryview], None]
+"""Called with each piece of an upload's bytes, in order, on the thread that hashes them
+(so it may block and spend CPU without stalling the event loop). It must not keep the
+view once it returns; what it raises fails the write."""
 
 StagingRemoval = Literal["removed", "in-use", "young", "gone"]
 """What ``remove_stale_staging`` did with a staging file."""
@@ -115,8 +121,9 @@ class BlobStore(Protocol):
     What serving needs: stage, place, discard, open, trash/restore/purge, free space, probe.
     """
 
-    async def open_staging(self) -> StagingWriter:
-        """Start a new upload, staged where placing it moves no byte."""
+    async def open_staging(self, tap: Tap | None = None) -> StagingWriter:
+        """Start a new upload, staged where placing it moves no byte; ``tap`` sees every
+        byte written, as the hash does."""
 
     async def place(self, staged: StagedBlob, *, displace: bool = False) -> PlaceOutcome:
         """Store the staged bytes under their digest unless the digest exists.

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import blake3
 
-from cloudimg.blobstore.base import PlaceOutcome, StagedBlob, StagingRemoval, StoredFile
+from cloudimg.blobstore.base import PlaceOutcome, StagedBlob, StagingRemoval, StoredFile, Tap
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = [
@@ -152,9 +152,10 @@ class FilesystemStagingWriter:
     ``StagedBlob`` and ends when the blob is placed or discarded.
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, tap: Tap | None = None) -> None:
         self.path = path
         self._fd = fd
+        self._tap = tap
         self._lock = _StagingLock(fd)
         self._blake3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self._sha256 = hashlib.sha256()
@@ -219,6 +220,8 @@ class FilesystemStagingWriter:
             raise
         self._blake3.update(batch)
         self._sha256.update(batch)
+        if self._tap is not None:
+            self._tap(memoryview(batch))
 
     def _sync(self) -> None:
         try:
@@ -259,9 +262,9 @@ class FilesystemBlobStore:
     def blob_path(self, blake3_hex: str) -> Path:
         return self.blobs_dir / blake3_hex[:2] / blake3_hex[2:]
 
-    async def open_staging(self) -> FilesystemStagingWriter:
+    async def open_staging(self, tap: Tap | None = None) -> FilesystemStagingWriter:
         path, fd = await asyncio.to_thread(self._new_staging, None)
-        return FilesystemStagingWriter(path, fd)
+        return FilesystemStagingWriter(path, fd, tap)
 
     def _new_staging(self, source: Path | None) -> tuple[Path, int]:
         """Create a staging file (a new one, or a second name of ``source``) and lock it.

@@ -12,6 +12,7 @@ from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError, TagImmutableError, UnavailableError
+from cloudimg.images import Inspection
 
 __all__ = ["TagWrites"]
 
@@ -31,19 +32,24 @@ class TagWrites(TagHistoryLog):
         staged: StagedBlob,
         meta: dict[str, str],
         options: WriteOptions = WriteOptions(),
+        inspection: Inspection | None = None,
     ) -> None:
         """Make ``repo/image:tag`` name the staged bytes, in one transaction.
 
         The blob file is put in place under the catalog lock (unless the digest is
         stored already: deduplication); a tag that pointed elsewhere releases its
         old blob, which is trashed if that was its last reference (tag or retained
-        history entry).
+        history entry). ``inspection`` (what the bytes are, see ``cloudimg.images``) is
+        recorded on a blob not inspected yet; without one the blob stays uninspected
+        (fsck inspects it later).
         """
 
         async def change(session: AsyncSession, effects: FileEffects) -> None:
             # Lock order, as in delete_tag: repository, image, tag, blob.
             image_id = await self._get_or_create_image(session, repo, image)
             blob = await self._lock_or_create_blob(session, staged)
+            if inspection is not None and blob.inspected_at is None:
+                _record_inspection(blob, inspection)
             await self._point_tag(
                 session, effects, (repo, image, tag), image_id, blob, meta, "moved", options
             )
@@ -331,3 +337,11 @@ class TagWrites(TagHistoryLog):
         )
         if not remaining:
             await session.execute(delete(Repository).where(Repository.id == repo_id))
+
+
+def _record_inspection(blob: Blob, inspection: Inspection) -> None:
+    """What inspection found, on the blob row (a block is an operator's, left alone)."""
+    blob.format = inspection.format
+    blob.virtual_size = inspection.virtual_size
+    blob.partition_table = inspection.partition_table
+    blob.inspected_at = utcnow()

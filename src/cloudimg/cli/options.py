@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from cloudimg.config import Settings, SettingsError, parse_size
+from cloudimg.images import parse_allowed_formats
 
 __all__ = [
     "GlobList",
@@ -80,8 +81,37 @@ class GlobList(click.ParamType):  # type: ignore[type-arg]
         return patterns
 
 
+class FormatsParam(click.ParamType):  # type: ignore[type-arg]
+    """A comma-separated list of image formats: ``raw,qcow2,vhd``."""
+
+    name = "formats"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(sorted(parse_allowed_formats(str(value))))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def limit_options(func: F) -> F:
-    """What a server accepts and how long it waits: image size, body stalls, catalog locks."""
+    """What a server accepts and how long it waits: image size and kind, body stalls,
+    catalog locks."""
+    func = option(
+        "--allowed-formats",
+        type=FormatsParam(),
+        default=",".join(_DEFAULTS.allowed_formats),
+        help="Image formats uploads may carry, comma-separated (qemu-img names; vhd is vpc)",
+    )(func)
+    func = option(
+        "--max-virtual-size",
+        type=SizeParam(),
+        default=str(_DEFAULTS.max_virtual_size // 1024**4) + "T",
+        help="Largest virtual size (the disk a VM sees) of an uploaded image (bytes, or 512G, 2T)",
+    )(func)
     func = option(
         "--sqlite-busy-timeout-secs",
         type=click.FloatRange(min=0),

@@ -1,0 +1,284 @@
+"""Stream inspection of a disk image with oslo.utils' format inspectors.
+
+Every inspector of ``format_inspector.ALL_FORMATS`` sees the bytes, as its
+``InspectWrapper`` does, so content that two formats claim is caught. The bytes come in
+the order they are stored, in chunks of any size, on the thread that hashes them; the
+verdict (an :class:`Inspection` or an ``ImageRefusedError`` naming a rule of
+:data:`RULES`) comes from :meth:`ImageInspector.finish`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Final, NoReturn
+
+from oslo_utils.imageutils import format_inspector as fi
+
+from cloudimg.blobstore import BlobReader
+from cloudimg.errors import ImageRefusedError
+from cloudimg.images.policy import Inspection, InspectionPolicy, normalize_format
+from cloudimg.images.rules import RULES
+
+__all__ = ["ImageInspector", "inspect_reader"]
+
+HEAD_BYTES: Final = 1024 * 1024
+"""Bytes gathered before the inspectors see any: oslo's VMDK inspector parses a
+text-only descriptor from the first chunk it is given (up to 1 MiB - 1 bytes, as qemu),
+so the verdict must not depend on how the bytes happened to be chunked."""
+_READ_BLOCK: Final = 4 * 1024 * 1024
+_SLICE: Final = 64 * 1024
+
+_QEMU_NAMES: Final = {"vhd": "vpc"}
+# How each format starts (offset, bytes): content that starts like a format its inspector
+# does not match is a header that does not parse (or is cut short), not another format.
+_MAGIC: Final = {
+    "qcow2": (0, b"QFI\xfb"),
+    "qed": (0, b"QED\x00"),
+    "vhd": (0, b"conectix"),
+    "vhdx": (0, b"vhdxfile"),
+    "vmdk": (0, b"KDMV"),
+    "vdi": (0x40, b"\x7f\x10\xda\xbe"),
+    "luks": (0, b"LUKS\xba\xbe"),
+}
+_VMDK_CREATE_TYPES: Final = ("monolithicsparse", "streamoptimized")
+_VMDK_EXTENT_ACCESS: Final = ("rw", "rdonly", "noaccess")
+_GPT_PROTECTIVE: Final = 0xEE
+_MBR_ENTRIES: Final = 446
+
+
+def _refuse(rule: str, message: str, **context: Any) -> NoReturn:
+    raise ImageRefusedError(f"the image is refused: {message}", {"rule": rule, **context})
+
+
+class ImageInspector:
+    """Fed the bytes in order (blocking, CPU only; call it on the hashing thread)."""
+
+    def __init__(self, policy: InspectionPolicy, declared_format: str | None = None) -> None:
+        """Raises ``ValueError`` for an unknown ``declared_format`` or allowed format."""
+        self._policy = policy
+        self._allowed = frozenset(normalize_format(name) for name in policy.allowed_formats)
+        self._declared = None if declared_format is None else normalize_format(declared_format)
+        # Raw matches everything by definition; the verdict handles "nothing else matched".
+        self._inspectors = [cls() for name, cls in fi.ALL_FORMATS.items() if name != "raw"]
+        self._fed = list(self._inspectors)
+        self._failed: dict[str, Exception] = {}
+        self._head: bytearray | None = bytearray()
+        self._head_bytes = b""
+        self._length = 0
+
+    def declare(self, declared_format: str) -> None:
+        """The declared format when it is known only once the bytes have streamed (a form
+        field after the image). Raises ``ValueError`` for an unknown name."""
+        self._declared = normalize_format(declared_format)
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """The next bytes of the image. Never raises for what the bytes contain."""
+        self._length += len(chunk)
+        if self._head is not None:
+            self._head += chunk
+            if len(self._head) < HEAD_BYTES:
+                return
+            self._eat_head()
+        elif self._fed:
+            self._eat(chunk)
+
+    def finish(self, size: int) -> Inspection:
+        """The verdict on the ``size`` bytes fed.
+
+        Raises:
+            ImageRefusedError: ``context["rule"]`` names the rule of :data:`RULES` broken.
+        """
+        if size != self._length:
+            raise ValueError(f"finish({size}) after {self._length} bytes were fed")
+        if self._head is not None:
+            self._eat_head()
+        for inspector in self._inspectors:
+            inspector.finish()  # marks regions captured from the end (a VMDK footer) complete
+        try:
+            inspection = self._verdict(size)
+        except ImageRefusedError:
+            raise
+        except Exception as exc:  # the inspector stumbled on what it read: refuse, never store
+            _refuse("malformed-header", f"{RULES['malformed-header']} ({exc})")
+        self._check_policy(inspection)
+        return inspection
+
+    def _eat_head(self) -> None:
+        assert self._head is not None
+        self._head_bytes, self._head = bytes(self._head), None
+        if self._head_bytes:
+            self._eat(self._head_bytes)
+
+    def _eat(self, chunk: bytes | bytearray | memoryview) -> None:
+        view = memoryview(chunk)
+        for inspector in list(self._fed):
+            try:
+                decided = _eat(inspector, view)
+            except Exception as exc:  # as InspectWrapper: a format that fails is not this one
+                self._failed[inspector.NAME] = exc
+                self._fed.remove(inspector)
+                continue
+            if decided:
+                self._fed.remove(inspector)
+
+    def _verdict(self, size: int) -> Inspection:
+        matches = [i for i in self._inspectors if i.NAME not in self._failed and _matches(i)]
+        names = {i.NAME for i in matches}
+        for name, (offset, magic) in _MAGIC.items():
+            if name not in names and self._head_bytes[offset : offset + len(magic)] == magic:
+                reason = self._failed.get(name, "it ends before its header does")
+                _refuse("malformed-header", f"a {name} header that does not parse ({reason})")
+        if names == {"iso", "gpt"}:
+            # A hybrid ISO (isohybrid, xorriso) carries an MBR or GPT to boot from a disk.
+            matches = [i for i in matches if i.NAME == "iso"]
+        if len(matches) > 1:
+            formats = sorted(_QEMU_NAMES.get(n, n) for n in names)
+            _refuse("multiple-formats", f"it matches {', '.join(formats)}", formats=formats)
+        if not matches:
+            return Inspection("raw", size, None)
+        return _inspect_match(matches[0], size)
+
+    def _check_policy(self, inspection: Inspection) -> None:
+        found = inspection.format
+        if self._declared is not None and self._declared != found:
+            _refuse(
+                "format-mismatch",
+                f"it was declared {self._declared} but is {found}",
+                format=found,
+                declared=self._declared,
+            )
+        if found not in self._allowed:
+            allowed = sorted(self._allowed)
+            _refuse(
+                "format-not-allowed",
+                f"this server does not accept {found} images",
+                format=found,
+                allowed=allowed,
+            )
+        limit = self._policy.max_virtual_size
+        if inspection.virtual_size > limit:
+            _refuse(
+                "virtual-size-too-large",
+                f"its virtual size of {inspection.virtual_size} bytes is above the limit "
+                f"of {limit}",
+                format=found,
+                virtual_size=inspection.virtual_size,
+                limit=limit,
+            )
+
+
+def _eat(inspector: fi.FileInspector, view: memoryview) -> bool:
+    """Feed one inspector; True when more bytes can change nothing for it.
+
+    oslo's inspectors expect small reads: VHDX finds its next region only on the read
+    after the one that completed the previous, and captures a new region only from the
+    read in which it was found, so it is fed in slices of ``_SLICE`` bytes. A VMDK is fed
+    whole chunks, as its text-descriptor parse reads the first one, and an inspector
+    that waits only for the end of the stream (a VMDK footer) is too: fewer calls.
+    (oslo's regions copy what they capture, so the caller's buffer is never kept.)
+    """
+    was_complete = inspector.complete
+    regions = len(inspector.context_info)
+    data: Any = view
+    if isinstance(inspector, fi.VMDKInspector) or len(view) <= _SLICE:
+        inspector.eat_chunk(data)
+    else:
+        for start in range(0, len(view), _SLICE):
+            inspector.eat_chunk(data[start : start + _SLICE])
+    if not (was_complete and inspector.complete and regions == len(inspector.context_info)):
+        return False
+    found = (inspector.region(name) for name in inspector.context_info)
+    return not any(isinstance(region, fi.EndCaptureRegion) for region in found)
+
+
+def _matches(inspector: fi.FileInspector) -> bool:
+    try:
+        return inspector.format_match
+    except Exception:  # oslo's VMDK reads an undecodable text head so; it is no VMDK
+        return False
+
+
+def _inspect_match(inspector: fi.FileInspector, size: int) -> Inspection:
+    """The verdict on content exactly one inspector claims."""
+    name = inspector.NAME
+    if not inspector.complete:
+        _refuse("malformed-header", f"the {name} image ends before its header does", format=name)
+    try:
+        inspector.safety_check()
+    except fi.SafetyCheckFailed as exc:
+        rule = _rule_of(inspector, set(exc.failures))
+        _refuse(rule, RULES[rule], format=_QEMU_NAMES.get(name, name))
+    if name == "gpt":
+        return Inspection("raw", size, _partition_table(inspector))
+    if name == "iso":
+        return Inspection("iso", size, None)  # qemu reads an ISO as a raw disk
+    if isinstance(inspector, fi.VMDKInspector) and not inspector.has_region("header"):
+        _refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
+    if isinstance(inspector, fi.LUKSInspector):
+        payload = inspector.header_items["payload_offset"] * 512
+        return Inspection("luks", size - payload, None)
+    if isinstance(inspector, fi.VHDXInspector) and not inspector.has_region("vds"):
+        _refuse("malformed-header", "a vhdx without a virtual disk size", format=name)
+    return Inspection(_QEMU_NAMES.get(name, name), inspector.virtual_size, None)
+
+
+def _rule_of(inspector: fi.FileInspector, failed: set[str]) -> str:
+    """The rule id of the first failed oslo safety check, most telling first."""
+    if isinstance(inspector, fi.QcowInspector):
+        if inspector.qemu_header_info.get("version") not in (2, 3):
+            return "qcow2-unknown-version"  # the other fields mean nothing then
+        for check, rule in (
+            ("backing_file", "qcow2-backing-file"),
+            ("data_file", "qcow2-data-file"),
+            ("unknown_features", "qcow2-unknown-features"),
+        ):
+            if check in failed:
+                return rule
+    if isinstance(inspector, fi.VMDKInspector):
+        if "descriptor" in failed:
+            return _vmdk_descriptor_rule(inspector)
+        if "footer" in failed:
+            return "vmdk-footer-invalid"
+    by_check = {"banned": "qed", "version": "luks-version", "mbr": "partition-table-invalid"}
+    for check, rule in by_check.items():
+        if check in failed:
+            return rule
+    return "safety-check-failed"
+
+
+def _vmdk_descriptor_rule(inspector: fi.VMDKInspector) -> str:
+    """Which part of the descriptor oslo's strict parse refused."""
+    if getattr(inspector, "vmdktype", None) not in _VMDK_CREATE_TYPES:
+        return "vmdk-create-type"
+    lines = (line.strip() for line in (inspector.desc_text or "").split("\n"))
+    if any(line.split(" ")[0] in _VMDK_EXTENT_ACCESS and "/" in line for line in lines):
+        return "vmdk-extent-path"
+    return "vmdk-descriptor-invalid"
+
+
+def _partition_table(inspector: fi.FileInspector) -> str:
+    """``gpt`` when the MBR is a GPT's protective one, else ``mbr``."""
+    mbr = inspector.region("mbr").data
+    for index in range(4):
+        entry = _MBR_ENTRIES + 16 * index
+        (kind,) = struct.unpack_from("<B", mbr, entry + 4)
+        if kind == _GPT_PROTECTIVE:
+            return "gpt"
+    return "mbr"
+
+
+def inspect_reader(
+    reader: BlobReader,
+    policy: InspectionPolicy,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Inspection:
+    """Reads a stored blob start to end (blocking; run it on a thread). Same errors."""
+    inspector = ImageInspector(policy)
+    offset = 0
+    while chunk := reader.read(_READ_BLOCK, offset):
+        inspector.feed(chunk)
+        offset += len(chunk)
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+    return inspector.finish(offset)
