@@ -7,7 +7,8 @@ import sys
 import click
 
 from cloudimg.cli.options import settings_from, storage_options
-from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
+from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.maintenance import FsckReport, check
 from cloudimg.maintenance.fsck import KINDS
 
@@ -20,18 +21,21 @@ __all__ = ["fsck"]
     "--checksum", is_flag=True, help="Hash every blob (reads every byte), not only its size."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
-def fsck(checksum: bool, as_json: bool, **values: object) -> None:
+@progress_options
+def fsck(
+    checksum: bool, as_json: bool, quiet: bool, progress_interval: float, **values: object
+) -> None:
     """Check every blob against one consistent view of the catalog.
 
     Blobs whose bytes do not match their digest are quarantined: the server refuses
     to serve them until the image is uploaded again. Exits 1 when it found a problem.
     """
     settings = settings_from(**values)
-    progress = progress_printer("hashed", enabled=checksum and not as_json)
-    report = run(
-        settings,
-        lambda catalog, blobs: check(catalog, blobs, checksum=checksum, progress=progress),
-    )
+    with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
+        report = run(
+            settings,
+            lambda catalog, blobs: check(catalog, blobs, checksum=checksum, progress=progress),
+        )
     if as_json:
         print_json(report, ok=report.ok)
     else:

@@ -7,12 +7,15 @@ import logging
 import click
 
 from cloudimg import __version__
+from cloudimg.cli.browse import history_command, inspect, ls
 from cloudimg.cli.db import db
 from cloudimg.cli.du import du
 from cloudimg.cli.fsck import fsck
 from cloudimg.cli.gc import gc
 from cloudimg.cli.import_legacy import import_legacy_command
 from cloudimg.cli.serve import serve
+from cloudimg.cli.tagging import rm, tag
+from cloudimg.cli.transfer import pull, push
 
 __all__ = ["cli", "main"]
 
@@ -32,6 +35,8 @@ cli.add_command(gc)
 cli.add_command(fsck)
 cli.add_command(import_legacy_command)
 cli.add_command(du)
+for client_command in (push, pull, ls, inspect, history_command, tag, rm):
+    cli.add_command(client_command)
 
 
 def main() -> None:

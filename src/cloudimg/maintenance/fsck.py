@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError
-from cloudimg.maintenance.progress import Progress, ProgressMeter
+from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["KINDS", "FsckProblem", "FsckReport", "check"]
 
@@ -77,7 +77,8 @@ async def check(
         catalog: the catalog over ``blobs``.
         blobs: the blob store to check.
         checksum: hash every blob (reads every byte) instead of comparing sizes only.
-        progress: called every few seconds with (bytes hashed, bytes to hash).
+        progress: told how many blobs are checked (``checked``) and, with ``checksum``,
+            how many bytes are hashed (``hashed``).
     """
     started = time.monotonic()
     report = FsckReport(checksum=checksum)
@@ -92,7 +93,9 @@ async def check(
             files[entry.digest] = entry
 
     to_hash: list[BlobRecord] = []
+    checked = ProgressMeter(progress, len(snapshot.blobs), "checked", "items")
     for record in snapshot.blobs.values():
+        checked.add()
         try:
             await _check_record(catalog, blobs, record, files.get(record.digest), report)
         except CloudimgError as exc:
@@ -101,6 +104,7 @@ async def check(
         found = files.get(record.digest)
         if checksum and not record.quarantined and found is not None and found.size == record.size:
             to_hash.append(record)
+    checked.finish()
 
     if to_hash:
         await _hash_all(catalog, blobs, to_hash, report, progress)
@@ -157,7 +161,7 @@ async def _hash_all(
     report: FsckReport,
     progress: Progress | None,
 ) -> None:
-    meter = ProgressMeter(progress, sum(r.size for r in records))
+    meter = ProgressMeter(progress, sum(r.size for r in records), "hashed")
     workers = asyncio.Semaphore(_HASH_WORKERS)
 
     async def one(record: BlobRecord) -> None:
