@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudimg.cli.client_options import client_errors, client_options, open_session, reference
-from cloudimg.cli.output import human_bytes
+from cloudimg.cli.sizes import human_bytes
 from cloudimg.client import parse_listing_target
 from cloudimg.client.browse import (
     describe,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cloudimg.cli.options import option
+from cloudimg.cli.flags import option
 from cloudimg.client import ClientError, Credentials, ImageRef, Session, parse_image_ref
 from cloudimg.client.session import default_netrc
 

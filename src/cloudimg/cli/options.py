@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cloudimg.cli.flags import option
 from cloudimg.config import Settings, SettingsError, parse_size
 from cloudimg.images import parse_allowed_formats
 
@@ -23,16 +24,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
-
-
-def envvar(flag: str) -> str:
-    """``--data-root`` reads ``CLOUDIMG_DATA_ROOT``."""
-    return "CLOUDIMG_" + flag.removeprefix("--").replace("-", "_").upper()
-
-
-def option(flag: str, **kwargs: Any) -> Callable[[F], F]:
-    """A click option that also reads its ``CLOUDIMG_*`` variable and shows its default."""
-    return click.option(flag, envvar=envvar(flag), show_default=True, show_envvar=True, **kwargs)
 
 
 def storage_options(func: F) -> F:

@@ -13,6 +13,7 @@ import click
 
 from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog import Catalog
+from cloudimg.cli.sizes import human_bytes
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
 from cloudimg.registry import open_registry
@@ -60,15 +61,6 @@ def print_json(report: Any, **extra: Any) -> None:
     """The report dataclass as one JSON document on stdout, with ``extra`` keys."""
     body = {**dataclasses.asdict(report), **extra}
     click.echo(json.dumps(body, indent=2, sort_keys=True, default=_plain))
-
-
-def human_bytes(count: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def shown(items: Iterable[T]) -> tuple[list[T], int]:

@@ -32,8 +32,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from cloudimg.cli.options import option
-from cloudimg.cli.output import human_bytes
+from cloudimg.cli.flags import option
+from cloudimg.cli.sizes import human_bytes
 from cloudimg.progress import Unit
 
 __all__ = ["ProgressDisplay", "progress_options"]

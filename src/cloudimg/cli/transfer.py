@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from cloudimg.cli.client_options import client_errors, client_options, open_session, reference
-from cloudimg.cli.output import human_bytes
 from cloudimg.cli.progress import ProgressDisplay, progress_options
+from cloudimg.cli.sizes import human_bytes
 from cloudimg.client.download import pull as pull_image
 from cloudimg.client.upload import push as push_image
 
