@@ -26,7 +26,8 @@ async def commit_staged(
     options: WriteOptions = WriteOptions(),
     inspection: Inspection | None = None,
 ) -> None:
-    """Make ``names`` name the staged bytes with ``meta``, then drop the staging file.
+    """Make ``names`` name the staged bytes with ``meta`` (and what inspection found), then
+    drop the staging file.
 
     ``options``: who writes (recorded in the tag's history) and the request's precondition;
     ``inspection``: what the bytes are (recorded on a blob not inspected yet).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -13,16 +15,20 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from cloudimg import __version__
-from cloudimg.api.auth import RegistryAuth, load_registry_auth
+from cloudimg.api.auth import OciAuth, RegistryAuth, load_registry_auth
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.history import TagHistoryController
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.observer import RequestObserver
+from cloudimg.api.oci import OciController
+from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
+from cloudimg.api.oci_push import OciPushController
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
+from cloudimg.oci.digests import ContainerDisks
 from cloudimg.registry import open_registry
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
@@ -42,13 +48,20 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     registry = open_registry(settings, migrate=None)
     blobs, catalog = registry.blobs, registry.catalog
 
+    disks = ContainerDisks(catalog, blobs)
+
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         blobs.ensure_layout()
         await _restore_trashed(catalog)
+        # Hashes the containerDisk layers of blobs that have none yet (docs/oci.md).
+        hashing = asyncio.ensure_future(disks.run())
         try:
             yield
         finally:
+            hashing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hashing
             await registry.close()
 
     api = Router(
@@ -56,10 +69,22 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         route_handlers=[RegistryController, TagHistoryController],
         guards=[] if auth is None else [auth],
     )
+    # Registry clients cannot use a path prefix: /v2 sits at the root whatever
+    # --www-prefix says, with the spec's error shape and Basic challenges.
+    oci = Router(
+        path="/",
+        route_handlers=[OciController, OciPushController],
+        guards=[]
+        if auth is None
+        else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],
+        exception_handlers=oci_exception_handlers,
+        include_in_schema=False,
+    )
     metrics = Metrics()
     app = Litestar(
         route_handlers=[
             api,
+            oci,
             HealthController,
             ReadinessController,
             metrics_route(metrics, catalog, blobs.root),
@@ -68,8 +93,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "disks": Provide(lambda: disks, use_cache=True, sync_to_thread=False),
         },
-        exception_handlers=exception_handlers,
+        exception_handlers=with_unrouted_oci(exception_handlers),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="cloudimg",

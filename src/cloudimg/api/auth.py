@@ -57,6 +57,7 @@ from cloudimg.config import Settings, SettingsError
 
 __all__ = [
     "CredentialSet",
+    "OciAuth",
     "RegistryAuth",
     "actor_of",
     "load_registry_auth",
@@ -255,6 +256,51 @@ class RegistryAuth:
             )
         raise NotAuthorizedException(
             detail="writing needs a bearer token", headers={"WWW-Authenticate": BEARER_CHALLENGE}
+        )
+
+
+class OciAuth(RegistryAuth):
+    """The guard of ``/v2``: registry clients speak HTTP Basic only.
+
+    A write token is accepted as the Basic password (any user name) and, as on
+    ``/reg``, as a bearer token; read credentials (or a write token) let reads through
+    when ``--read-auth basic`` is set. ``GET /v2/`` challenges a client that presents
+    no valid credentials whenever any are configured: clients (containers/image, oras)
+    learn from that first answer to send credentials at all. Every challenge is
+    ``Basic``, the scheme they answer.
+    """
+
+    def _oci_writer(self, presented: _Presented) -> tuple[bool, str | None]:
+        if presented.scheme == "basic" and self.write_tokens is not None:
+            _user, _, password = presented.secret.partition(":")
+            return self.write_tokens.get().match(password)
+        return self._writer(presented)
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        presented = _presented(connection.headers.get("authorization"))
+        writer, name = self._oci_writer(presented)
+        challenge = {"WWW-Authenticate": BASIC_CHALLENGE}
+        if connection.scope.get("method", "GET") in READ_METHODS:
+            if writer or self._is_reader(presented):
+                return
+            version_check = connection.scope["path"].rstrip("/") == "/v2"
+            if self.read_credentials is not None or version_check:
+                raise NotAuthorizedException(
+                    detail="this registry needs credentials", headers=challenge
+                )
+            return
+        if self.write_tokens is None:
+            return
+        if writer:
+            connection.scope.setdefault("state", {})[_ACTOR] = name
+            return
+        await drain_refused(connection, self.body_timeout)
+        if self._is_reader(presented):
+            raise PermissionDeniedException(detail="these credentials may only read")
+        raise NotAuthorizedException(
+            detail="pushing needs a write token as the password", headers=challenge
         )
 
 

@@ -31,6 +31,7 @@ from cloudimg.errors import (
     InvalidArgumentError,
 )
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.oci.digests import ContainerDisks
 
 __all__ = ["HealthController", "ReadinessController", "RegistryController"]
 
@@ -157,6 +158,7 @@ class RegistryController(Controller):
         catalog: Catalog,
         blobs: Blobs,
         settings: Settings,
+        disks: SkipValidation[ContainerDisks],
         repo: str,
         image: str,
         tag: str,
@@ -175,6 +177,7 @@ class RegistryController(Controller):
             options = await write_options(request, catalog, names)
             await receiver.receive()
             upload = await receiver.commit(catalog, names, options)
+        disks.wake()  # hash the containerDisk layer of the new bytes now, not at a pull
         # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
         # bytes, and their ETag and Repr-Digest as a download of them answers.
         headers = {

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -36,7 +39,14 @@ from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
-__all__ = ["BlobResponse", "etag_of", "prepare_download", "repr_digest_of"]
+__all__ = [
+    "BlobResponse",
+    "Representation",
+    "etag_of",
+    "prepare_download",
+    "prepare_representation",
+    "repr_digest_of",
+]
 
 _MAX_CHUNK = 1024 * 1024
 _MIN_CHUNK = 64 * 1024
@@ -188,27 +198,67 @@ async def prepare_download(
     request: Request[Any, Any, Any], ref: BlobRef, blobs: BlobStore, immutable: bool
 ) -> ASGIResponse:
     """Evaluate preconditions and Range for ``ref`` and build the response."""
-    etag = etag_of(ref.digest)
-    modified_secs = int(ref.last_modified.timestamp())
+
+    async def open_blob() -> BlobReader | None:
+        return await blobs.open(ref.digest)
+
+    return await prepare_representation(
+        request,
+        Representation(
+            size=ref.size,
+            etag=etag_of(ref.digest),
+            last_modified=ref.last_modified,
+            sha256=ref.sha256,
+            immutable=immutable,
+        ),
+        open_blob,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """What RFC 9110 needs to know of the bytes a GET or HEAD sends."""
+
+    size: int
+    etag: str
+    last_modified: datetime
+    sha256: str
+    immutable: bool
+    content_type: str = "application/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+    """More response fields (``Docker-Content-Digest``)."""
+
+
+async def prepare_representation(
+    request: Request[Any, Any, Any],
+    rep: Representation,
+    open_reader: Callable[[], Awaitable[BlobReader | None]],
+) -> ASGIResponse:
+    """Evaluate preconditions and Range for ``rep``; the body is read from ``open_reader``'s
+    reader (a blob, or bytes framed around one), opened only when bytes go out."""
     headers = {
-        "ETag": etag,
-        "Last-Modified": format_datetime(ref.last_modified, usegmt=True),
+        "ETag": rep.etag,
+        "Last-Modified": format_datetime(rep.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
-        "Content-Type": "application/octet-stream",
-        "Repr-Digest": repr_digest_of(ref.sha256),
-        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache",
+        "Content-Type": rep.content_type,
+        "Repr-Digest": repr_digest_of(rep.sha256),
+        "Cache-Control": "public, max-age=31536000, immutable" if rep.immutable else "no-cache",
+        **rep.headers,
     }
-    status, byte_range = evaluate(request.method, request.headers, ref.size, etag, modified_secs)
+    modified_secs = int(rep.last_modified.timestamp())
+    status, byte_range = evaluate(
+        request.method, request.headers, rep.size, rep.etag, modified_secs
+    )
     if status == 412:
         raise PreconditionFailedError("the image does not match the request's preconditions")
     if status == 416:
-        return _unsatisfiable(headers, ref.size, is_head=request.method == "HEAD")
+        return _unsatisfiable(headers, rep.size, is_head=request.method == "HEAD")
     if status == 304:
         return ASGIResponse(status_code=304, headers=headers)
     if byte_range is not None:
-        headers["Content-Range"] = f"bytes {byte_range.first}-{byte_range.last}/{ref.size}"
-    headers["Content-Length"] = str(byte_range.length if byte_range else ref.size)
-    reader = await blobs.open(ref.digest)
+        headers["Content-Range"] = f"bytes {byte_range.first}-{byte_range.last}/{rep.size}"
+    headers["Content-Length"] = str(byte_range.length if byte_range else rep.size)
+    reader = await open_reader()
     if reader is None:
         # The reference was deleted between the catalog read and now.
         raise NotFoundError("image not found")

@@ -27,7 +27,7 @@ from cloudimg.errors import (
     UnavailableError,
 )
 
-__all__ = ["error_body", "error_response", "exception_handlers"]
+__all__ = ["error_body", "error_response", "exception_handlers", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,13 @@ def error_body(code: str, message: str, context: dict[str, Any] | None = None) -
     return body
 
 
+def status_of(exc: CloudimgError) -> int:
+    """The HTTP status of a domain error."""
+    return next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+
+
 def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
-    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    status = status_of(exc)
     if isinstance(exc, UnavailableError) and exc.context:
         log.warning("unavailable on %s %s: %s", request.method, request.url.path, exc.context)
     return error_response(status, exc.code, exc.message, exc.context)

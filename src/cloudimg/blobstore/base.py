@@ -7,7 +7,7 @@ serving needs; ``MaintenanceBlobStore`` adds what only ``cloudimg.maintenance`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -124,6 +124,31 @@ class BlobStore(Protocol):
     async def open_staging(self, tap: Tap | None = None) -> StagingWriter:
         """Start a new upload, staged where placing it moves no byte; ``tap`` sees every
         byte written, as the hash does."""
+
+    async def resume_staging(
+        self, session: str, recorded: Callable[[], Awaitable[int | None]]
+    ) -> StagingWriter | None:
+        """The writer of resumable upload ``session`` (32 hex digits), locked, at the
+        length ``recorded()`` says (asked under the lock; None: the session is over);
+        None when its bytes are gone (gc). Bytes past that length are cut off."""
+
+    async def pause_staging(
+        self, session: str, writer: StagingWriter, record: Callable[[int], Awaitable[bool]]
+    ) -> bool:
+        """Make a resumed session's bytes durable, ``record`` their length while still
+        locked, and let them go for a later resume; what ``record`` returned."""
+
+    async def claim_staging(
+        self, session: str, blake3_hex: str, sha256_hex: str, size: int
+    ) -> StagedBlob | None:
+        """A finished session's bytes (with the digests recorded when it finished) as
+        staged bytes to commit or discard; None when they are gone."""
+
+    async def open_staged(self, staged: StagedBlob) -> BlobReader:
+        """A reader of staged bytes (to inspect or unpack them before a commit)."""
+
+    async def drop_session(self, session: str) -> None:
+        """Remove a resumable upload's bytes; already gone is fine."""
 
     async def place(self, staged: StagedBlob, *, displace: bool = False) -> PlaceOutcome:
         """Store the staged bytes under their digest unless the digest exists.

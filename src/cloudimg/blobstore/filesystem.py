@@ -25,12 +25,21 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 
-from cloudimg.blobstore.base import PlaceOutcome, StagedBlob, StagingRemoval, StoredFile, Tap
+from cloudimg.blobstore.base import (
+    PlaceOutcome,
+    StagedBlob,
+    StagingRemoval,
+    StagingWriter,
+    StoredFile,
+    Tap,
+)
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = [
@@ -52,6 +61,7 @@ _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _HEX62 = re.compile(r"[0-9a-f]{62}")
+_SESSION = re.compile(r"[0-9a-f]{32}")
 _TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
 _NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -129,6 +139,24 @@ class FilesystemBlobReader:
             os.close(fd)
 
 
+def _cut(fd: int, offset: int) -> None:
+    os.ftruncate(fd, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+
+
+def _hash_prefix(fd: int, size: int) -> _HashState:
+    """Hashes of the first ``size`` bytes of ``fd`` (a resumed upload read again)."""
+    state = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
+    while state.size < size:
+        piece = os.pread(fd, min(_READ_BLOCK, size - state.size), state.size)
+        if not piece:
+            raise OSError(errno.EIO, "a resumed upload's file is shorter than recorded")
+        state.blake3.update(piece)
+        state.sha256.update(piece)
+        state.size += len(piece)
+    return state
+
+
 def _hash_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[str, str, int]:
     """blake3, sha256 and size of what ``fd`` reads, in large reads."""
     b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
@@ -145,6 +173,15 @@ def _hash_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[st
     return b3.hexdigest(), sha.hexdigest(), size
 
 
+@dataclass
+class _HashState:
+    """Hashes of the first ``size`` bytes of a staging file, to go on from."""
+
+    size: int
+    blake3: Any
+    sha256: Any
+
+
 class FilesystemStagingWriter:
     """Streams an upload into a staging file while computing blake3 and sha256.
 
@@ -152,14 +189,18 @@ class FilesystemStagingWriter:
     ``StagedBlob`` and ends when the blob is placed or discarded.
     """
 
-    def __init__(self, path: Path, fd: int, tap: Tap | None = None) -> None:
+    def __init__(
+        self, path: Path, fd: int, tap: Tap | None = None, resumed: _HashState | None = None
+    ) -> None:
         self.path = path
         self._fd = fd
         self._tap = tap
         self._lock = _StagingLock(fd)
-        self._blake3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        self._sha256 = hashlib.sha256()
-        self._size = 0
+        if resumed is None:
+            resumed = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
+        self._size = resumed.size
+        self._blake3 = resumed.blake3
+        self._sha256 = resumed.sha256
         self._buffer = bytearray()
         self._pending: asyncio.Future[None] | None = None
         self._closed = False
@@ -184,6 +225,17 @@ class FilesystemStagingWriter:
             key=str(self.path),
             lease=self._lock,
         )
+
+    async def sync(self) -> _HashState:
+        """Make what was written durable (the file stays); the hash state so far."""
+        await self._flush_buffer()
+        await self._wait_pending()
+        await asyncio.to_thread(self._sync)
+        return _HashState(self._size, self._blake3.copy(), self._sha256.copy())
+
+    def release(self) -> None:
+        """Let the file go (kept, unlocked) for a later resume."""
+        self._close()
 
     async def abort(self) -> None:
         # The upload is failing anyway; a write error of the last batch changes nothing.
@@ -243,6 +295,9 @@ class FilesystemBlobStore:
     """The blob store on the data root."""
 
     def __init__(self, data_root: Path) -> None:
+        self._paused: dict[str, _HashState] = {}
+        """Hash states of resumable uploads this process paused, by session id: a session
+        resumed here goes on without reading its bytes again."""
         self.root = data_root
         self.blobs_dir = data_root / "blobs" / "blake3"
         self.staging_dir = data_root / "staging"
@@ -286,6 +341,93 @@ class FilesystemBlobStore:
             if _names_file(path, fd):
                 return path, fd
             os.close(fd)
+
+    # -- resumable uploads (OCI blob upload sessions) ------------------------------
+
+    def _session_path(self, session: str) -> Path:
+        if not _SESSION.fullmatch(session):
+            raise ValueError("not a session id")
+        return self.staging_dir / f"{session}{STAGING_SUFFIX}"
+
+    async def resume_staging(
+        self, session: str, recorded: Callable[[], Awaitable[int | None]]
+    ) -> FilesystemStagingWriter | None:
+        """The staging writer of resumable upload ``session``, or None when it is gone.
+
+        The file is locked first (created if missing), then ``recorded()`` says where the
+        session stands (its durable length as the caller recorded it; None: the session
+        is over): every change of a session happens under the lock, so what it says
+        cannot move meanwhile. Bytes past that length (a request that never finished)
+        are cut off. The hashes go on from where this process paused the session, or
+        are computed again from the file (after a restart, or on another replica). gc
+        removes the file, like any staging file, once left alone longer than its grace.
+        """
+        path = self._session_path(session)
+        fd = await asyncio.to_thread(self._lock_session, path)
+        try:
+            offset = await recorded()
+            if offset is None or (await asyncio.to_thread(os.fstat, fd)).st_size < offset:
+                os.close(fd)
+                return None
+            state = self._paused.pop(session, None)
+            if state is None or state.size != offset:
+                state = await asyncio.to_thread(_hash_prefix, fd, offset)
+            await asyncio.to_thread(_cut, fd, offset)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return FilesystemStagingWriter(path, fd, None, state)
+
+    def _lock_session(self, path: Path) -> int:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another request of it writes
+            if _names_file(path, fd):
+                return fd
+            os.close(fd)  # gc removed it meanwhile: a new, empty file
+
+    async def pause_staging(
+        self, session: str, writer: StagingWriter, record: Callable[[int], Awaitable[bool]]
+    ) -> bool:
+        """Make a resumed session's bytes durable, ``record`` their length (still under
+        the lock), then let the file go for a later resume; what ``record`` said."""
+        assert isinstance(writer, FilesystemStagingWriter), "a writer of this store"
+        try:
+            state = await writer.sync()
+            recorded = await record(state.size)
+            if recorded:
+                self._paused[session] = state
+            return recorded
+        finally:
+            writer.release()
+
+    async def claim_staging(
+        self, session: str, blake3_hex: str, sha256_hex: str, size: int
+    ) -> StagedBlob | None:
+        """The finished upload ``session`` (its digests as recorded when it finished) as
+        staged bytes, locked for a commit; None when gc reclaimed it."""
+        path = self._session_path(session)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        if not _names_file(path, fd) or os.fstat(fd).st_size != size:
+            os.close(fd)
+            return None
+        return StagedBlob(blake3_hex, sha256_hex, size, str(path), _StagingLock(fd))
+
+    async def open_staged(self, staged: StagedBlob) -> FilesystemBlobReader:
+        """A reader of staged bytes (to inspect or unpack them before they are committed)."""
+        path = self._in_area(staged.key, self.staging_dir)
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        return FilesystemBlobReader(fd, staged.size)
+
+    async def drop_session(self, session: str) -> None:
+        """Remove upload ``session``'s file (cancelled, or gc found it abandoned)."""
+        self._paused.pop(session, None)
+        await asyncio.to_thread(self._session_path(session).unlink, True)
 
     async def stage_link(self, source: Path) -> StagedBlob:
         return await asyncio.to_thread(self._stage_link, source)

@@ -8,6 +8,7 @@ from cloudimg.catalog.history import (
     Precondition,
     WriteOptions,
 )
+from cloudimg.catalog.oci import PushedManifest, UploadSession
 from cloudimg.catalog.records import (
     BlobRecord,
     BlobRef,
@@ -28,10 +29,12 @@ __all__ = [
     "CatalogSnapshot",
     "HistoryEntry",
     "Precondition",
+    "PushedManifest",
     "RefcountRepair",
     "StorageTotals",
     "TagInfo",
     "TagRecord",
+    "UploadSession",
     "WriteOptions",
     "create_engine",
     "upgrade_database",

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -21,7 +22,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Blob", "Image", "Repository", "Tag", "TagHistory", "utcnow"]
+__all__ = [
+    "Base",
+    "Blob",
+    "Image",
+    "OciManifest",
+    "OciUpload",
+    "Repository",
+    "Tag",
+    "TagHistory",
+    "utcnow",
+]
 
 # Alembic's recommended naming convention: constraints get stable names, which
 # SQLite batch-mode migrations need to find them again.
@@ -88,6 +99,13 @@ class Blob(Base):
     blocked_rule: Mapped[str | None] = mapped_column(String(64), default=None)
     """The inspection rule an operator blocked the blob for; set, downloads are refused."""
     blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    oci_layer: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of the generated containerDisk layer (``cloudimg.oci.containerdisk``) around
+    these bytes; None until computed (once per blob, after its upload)."""
+    oci_config: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of that containerDisk's config; set with ``oci_layer``."""
+    oci_manifest: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """sha256 of that containerDisk's manifest; set with ``oci_layer``."""
 
 
 class Repository(Base):
@@ -162,3 +180,49 @@ class TagHistory(Base):
     actor: Mapped[str | None] = mapped_column(String(128), default=None)
     """The name of the write token used, when it has one."""
     retained: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OciUpload(Base):
+    """An OCI blob upload session; its bytes so far are a staging file on the data volume.
+
+    Kept in the catalog so that a push resumes on any replica and after a restart;
+    ``cloudimg gc`` drops sessions idle for longer than its grace.
+    """
+
+    __tablename__ = "oci_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The session's id, also the name of its staging file."""
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes received and made durable: the offset the next chunk starts at."""
+    blake3: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Set when the upload finished (its digest verified): it takes no more bytes."""
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OciManifest(Base):
+    """A manifest pushed over ``/v2`` for a disk, kept so pulls return exactly it.
+
+    Served while ``blob`` (the disk it describes) is held by a tag or retained history
+    entry of the image; the generated containerDisk is served otherwise.
+    """
+
+    __tablename__ = "oci_manifests"
+    __table_args__ = (Index("ix_oci_manifests_name", "repository", "image", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    digest: Mapped[str] = mapped_column(String(64))
+    """sha256 of ``body``."""
+    media_type: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[str] = mapped_column(String(64), index=True)
+    """blake3 of the disk."""
+    config_digest: Mapped[str] = mapped_column(String(64))
+    config: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

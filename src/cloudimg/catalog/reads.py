@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
@@ -12,10 +12,28 @@ from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
 from cloudimg.errors import BlobCorruptError, NotFoundError
 
-__all__ = ["CatalogReads"]
+__all__ = ["CatalogReads", "corrupt_blob", "held_by_image"]
 
 
-def _corrupt(digest: str) -> BlobCorruptError:
+def held_by_image(repo: str, image: str) -> ColumnElement[bool]:
+    """The blobs a tag of ``repo/image``, or a retained history entry of one, references.
+
+    A retained history entry holds its bytes like a tag, also after the image's last
+    tag is gone.
+    """
+    by_tag = (
+        select(Tag.digest)
+        .join(Image, Image.id == Tag.image_id)
+        .join(Repository, Repository.id == Image.repository_id)
+        .where(Repository.name == repo, Image.name == image)
+    )
+    by_history = select(TagHistory.digest).where(
+        TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
+    )
+    return or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history))
+
+
+def corrupt_blob(digest: str) -> BlobCorruptError:
     return BlobCorruptError(
         f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
         " upload the image again",
@@ -87,7 +105,7 @@ class CatalogReads(CatalogBase):
             raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
         tag_row, blob = row
         if blob.quarantined_at is not None:
-            raise _corrupt(blob.digest)
+            raise corrupt_blob(blob.digest)
         return TagInfo(
             repo=repo,
             image=image,
@@ -123,23 +141,9 @@ class CatalogReads(CatalogBase):
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
-        by_tag = (
-            select(Tag.digest)
-            .join(Image, Image.id == Tag.image_id)
-            .join(Repository, Repository.id == Image.repository_id)
-            .where(Repository.name == repo, Image.name == image)
-        )
-        # A retained history entry holds its bytes like a tag, also after the image's
-        # last tag is gone.
-        by_history = select(TagHistory.digest).where(
-            TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
-        )
         async with self._read() as session:
             blob = await session.scalar(
-                select(Blob)
-                .where(column == digest.hex)
-                .where(or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history)))
-                .limit(1)
+                select(Blob).where(column == digest.hex).where(held_by_image(repo, image)).limit(1)
             )
         if blob is None:
             raise NotFoundError(
@@ -147,7 +151,7 @@ class CatalogReads(CatalogBase):
                 {"repo": repo, "image": image, "digest": str(digest)},
             )
         if blob.quarantined_at is not None:
-            raise _corrupt(blob.digest)
+            raise corrupt_blob(blob.digest)
         return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
     async def check_writable(self) -> None:

@@ -7,7 +7,9 @@ What it touches, in this order:
    delete that trashed it never committed); otherwise removed once older than the
    grace period (never while a quarantined blob's row still names the digest);
 2. staging files older than the grace period that no upload holds (an upload keeps
-   an exclusive lock on its staging file until it is committed or dropped);
+   an exclusive lock on its staging file until it is committed or dropped), OCI upload
+   sessions among them; then the catalog rows of sessions idle past the grace whose
+   file is gone;
 3. reference counts that differ from the number of tags plus retained history entries
    naming the blob: set right; a blob nothing names loses its row and its file (a
    retained digest is never freed);
@@ -24,9 +26,11 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
+from cloudimg.blobstore.filesystem import STAGING_SUFFIX
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
 from cloudimg.progress import Progress, ProgressMeter
@@ -35,10 +39,18 @@ T = TypeVar("T")
 
 __all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage", "parse_duration"]
 
-KINDS = ("trash", "restored", "staging", "refcount", "unreferenced-row", "orphan-blob")
-"""Kinds of action: trash file removed, trash file restored, staging file removed,
-reference count repaired, blob row (and file) that no tag names removed, blob file
-that no row names removed."""
+KINDS = (
+    "trash",
+    "restored",
+    "staging",
+    "upload-session",
+    "refcount",
+    "unreferenced-row",
+    "orphan-blob",
+)
+"""Kinds of action: trash file removed, trash file restored, staging file removed, OCI
+upload session whose file is gone dropped, reference count repaired, blob row (and
+file) that no tag names removed, blob file that no row names removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +112,12 @@ async def collect_garbage(
         grace: only files last modified at least this many seconds ago are touched.
         dry_run: change nothing.
         progress: told how many entries each step has handled (``trash``, ``staging``,
-            ``refcounts``, ``orphans``; items).
+            ``upload sessions``, ``refcounts``, ``orphans``; items).
     """
     started = time.monotonic()
     cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
-    for step in (_trash, _staging, _refcounts, _orphans):
+    for step in (_trash, _staging, _upload_sessions, _refcounts, _orphans):
         await step(catalog, blobs, cutoff, report, progress)
     report.duration_seconds = time.monotonic() - started
     return report
@@ -173,6 +185,26 @@ async def _staging(
             report.skipped_live_staging += 1
         elif outcome == "young":
             report.skipped_young += 1
+
+
+async def _upload_sessions(
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
+) -> None:
+    """OCI upload sessions idle past the grace whose file the staging step removed (or
+    that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
+    present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
+    stale = await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
+    meter = ProgressMeter(progress, len(stale), "upload sessions", "items")
+    for session in _counted(stale, meter):
+        if session in present:
+            continue
+        if not report.dry_run:
+            await catalog.drop_upload(session)
+        report.actions.append(GcAction("upload-session", session, 0))
 
 
 async def _refcounts(

@@ -1,0 +1,307 @@
+"""The OCI Distribution (spec v1.1) face of the registry under ``/v2``: pulls.
+
+Repository ``<repo>/<image>`` and tag are the ``/reg`` names, under the same rules
+(anything else OCI allows is refused with ``NAME_INVALID``/``TAG_INVALID``). A tag pulls
+as a KubeVirt containerDisk generated from its blob (:mod:`cloudimg.oci.containerdisk`):
+the manifest and config from the digests the catalog keeps, the layer framed around the
+stored bytes as they are read. Blobs and manifests are sent through
+:func:`cloudimg.api.download.prepare_representation`: ranges and conditional requests
+as ``/reg`` answers them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, Response, get, route
+from litestar.params import SkipValidation
+from litestar.response.base import ASGIResponse
+
+from cloudimg.api.download import Representation, prepare_representation
+from cloudimg.api.observer import TRANSFER_OPT
+from cloudimg.api.oci_errors import OciError
+from cloudimg.blobstore import BlobReader, BlobStore
+from cloudimg.catalog import BlobRef, Catalog
+from cloudimg.digest import Digest
+from cloudimg.errors import InvalidArgumentError, NotFoundError
+from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.oci.containerdisk import MANIFEST_MEDIA_TYPE, ContainerDisk, LayerReader
+from cloudimg.oci.digests import ContainerDisks
+
+__all__ = ["API_VERSION_HEADER", "MemoryReader", "OciController"]
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+_DIGEST_SYNTAX = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_MAX_PAGE = 10_000
+Blobs = SkipValidation[BlobStore]
+Disks = SkipValidation[ContainerDisks]
+
+
+class MemoryReader:
+    """A :class:`BlobReader` of bytes in memory (a manifest, a config)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+
+    def fileno(self) -> int | None:
+        return None
+
+    def read_nowait(self, size: int, offset: int) -> bytes | None:
+        return self._data[offset : offset + size]
+
+    def read(self, size: int, offset: int) -> bytes:
+        return self._data[offset : offset + size]
+
+    def close(self) -> None:
+        pass
+
+
+def oci_names(repo: str, image: str) -> tuple[str, str]:
+    """``repo`` and ``image`` under the ``/reg`` rules, else ``NAME_INVALID``."""
+    try:
+        return validate_repo_name(repo), validate_image_name(image)
+    except InvalidArgumentError as exc:
+        raise OciError(400, "NAME_INVALID", exc.message, exc.context) from None
+
+
+def oci_tag(tag: str) -> str:
+    try:
+        return validate_tag_name(tag)
+    except InvalidArgumentError as exc:
+        raise OciError(400, "TAG_INVALID", exc.message, exc.context) from None
+
+
+def parse_oci_digest(text: str, code: str = "DIGEST_INVALID") -> str:
+    """The hex of a ``sha256:`` digest; other algorithms are ``UNSUPPORTED``."""
+    match = _SHA256.fullmatch(text)
+    if match:
+        return match.group(1)
+    if _DIGEST_SYNTAX.fullmatch(text) and not text.startswith("sha256:"):
+        raise OciError(400, "UNSUPPORTED", "only sha256 digests are served", {"digest": text[:200]})
+    raise OciError(400, code, "not a digest: sha256:<64 lower-case hex>", {"digest": text[:200]})
+
+
+def _page(
+    request: Request[Any, Any, Any], items: list[str], key: str
+) -> tuple[list[str], str | None]:
+    """Items after ``last``, at most ``n`` of them, and the ``Link`` of the next page."""
+    params = request.query_params
+    last = params.get("last")
+    n_text = params.get("n")
+    try:
+        n = _MAX_PAGE if n_text is None else int(n_text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= _MAX_PAGE:
+        raise OciError(400, "UNSUPPORTED", f"query parameter 'n' takes 0 to {_MAX_PAGE}")
+    after = [item for item in items if last is None or item > last]
+    page = after[:n]
+    link = None
+    if len(after) > n and page:
+        query = urlencode({"n": n, "last": page[-1]})
+        link = f'<{request.url.path}?{query}>; rel="next"'
+    return page, link
+
+
+class OciController(Controller):
+    """``/v2``: version check, catalog, tags, manifests and blobs (pull side)."""
+
+    path = "/v2"
+
+    @get("/", include_in_schema=False)
+    async def version_check(self) -> Response[dict[str, Any]]:
+        return Response({}, headers=API_VERSION_HEADER)
+
+    @get("/_catalog", include_in_schema=False)
+    async def list_repositories(
+        self, request: Request[Any, Any, Any], catalog: Catalog
+    ) -> Response[dict[str, Any]]:
+        # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
+        paths = await catalog.list_image_paths(_MAX_PAGE + 1, None)
+        page, link = _page(request, paths, "repositories")
+        return Response({"repositories": page}, headers={"Link": link} if link else {})
+
+    @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)
+    async def list_tags(
+        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str
+    ) -> Response[dict[str, Any]]:
+        names = oci_names(repo, image)
+        try:
+            tags = sorted(await catalog.list_tags(*names))
+        except NotFoundError:
+            raise OciError(
+                404, "NAME_UNKNOWN", "no such repository", {"name": f"{repo}/{image}"}
+            ) from None
+        page, link = _page(request, tags, "tags")
+        body = {"name": f"{repo}/{image}", "tags": page}
+        return Response(body, headers={"Link": link} if link else {})
+
+    @route(
+        "/{repo:str}/{image:str}/manifests/{reference:str}",
+        http_method=["GET", "HEAD"],
+        include_in_schema=False,
+    )
+    async def get_manifest(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        disks: Disks,
+        repo: str,
+        image: str,
+        reference: str,
+    ) -> ASGIResponse:
+        names = oci_names(repo, image)
+        by_digest = ":" in reference
+        try:
+            if by_digest:
+                hex_digest = parse_oci_digest(reference)
+                pushed = await catalog.pushed_manifest(*names, digest=hex_digest)
+                if pushed is not None:
+                    ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+                    return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
+                ref = await catalog.resolve_oci(*names, "manifest", hex_digest)
+            else:
+                ref = await catalog.resolve(*names, oci_tag(reference))
+                # What was pushed for these bytes is served as it was pushed.
+                pushed = await catalog.pushed_manifest(*names, blob=ref.digest)
+                if pushed is not None:
+                    return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
+            disk = await disks.of(ref)
+        except NotFoundError as exc:
+            raise OciError(
+                404, "MANIFEST_UNKNOWN", exc.message, {"reference": reference[:200]}
+            ) from None
+        return await _send_bytes(request, ref, disk.manifest, MANIFEST_MEDIA_TYPE, by_digest)
+
+    @route(
+        "/{repo:str}/{image:str}/blobs/{digest:str}",
+        http_method=["GET", "HEAD"],
+        include_in_schema=False,
+        opt={TRANSFER_OPT: "download"},
+    )
+    async def get_blob(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        blobs: Blobs,
+        disks: Disks,
+        repo: str,
+        image: str,
+        digest: str,
+    ) -> ASGIResponse:
+        names = oci_names(repo, image)
+        hex_digest = parse_oci_digest(digest)
+        try:
+            return await _send_layer(request, catalog, blobs, names, hex_digest)
+        except NotFoundError:
+            pass
+        try:
+            ref = await catalog.resolve_oci(*names, "config", hex_digest)
+            disk = await disks.of(ref)
+        except NotFoundError:
+            pass
+        else:
+            return await _send_bytes(request, ref, disk.config, "application/octet-stream", True)
+        pushed = await catalog.pushed_manifest(*names, config=hex_digest)
+        if pushed is not None:
+            ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+            return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
+        finished = await _finished_upload(request, catalog, blobs, hex_digest)
+        if finished is not None:
+            return finished
+        try:
+            # A disk pushed as an artifact layer is the stored blob itself.
+            ref = await catalog.resolve(*names, Digest("sha256", hex_digest))
+        except NotFoundError:
+            raise OciError(
+                404, "BLOB_UNKNOWN", "no such blob in this repository", {"digest": digest}
+            ) from None
+        blob_reader = _opener(blobs, ref.digest)
+        return await prepare_representation(
+            request, _representation(ref, ref.sha256, ref.size), blob_reader
+        )
+
+
+def _representation(
+    ref: BlobRef, sha256_hex: str, size: int, content_type: str = "application/octet-stream"
+) -> Representation:
+    return Representation(
+        size=size,
+        etag=f'"sha256:{sha256_hex}"',
+        last_modified=ref.last_modified,
+        sha256=sha256_hex,
+        immutable=True,
+        content_type=content_type,
+        headers={"Docker-Content-Digest": f"sha256:{sha256_hex}"},
+    )
+
+
+def _opener(blobs: BlobStore, digest: str) -> Any:
+    async def open_blob() -> BlobReader | None:
+        return await blobs.open(digest)
+
+    return open_blob
+
+
+async def _finished_upload(
+    request: Request[Any, Any, Any], catalog: Catalog, blobs: BlobStore, hex_digest: str
+) -> ASGIResponse | None:
+    """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
+    found = await catalog.finished_upload(hex_digest)
+    if found is None or found.blake3 is None:
+        return None
+    staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)
+    if staged is None:
+        return None
+    try:
+        reader = await blobs.open_staged(staged)
+    finally:
+        if staged.lease is not None:
+            staged.lease.release()  # the reader's descriptor keeps the bytes
+    ref = BlobRef(found.blake3, hex_digest, found.size, found.updated)
+
+    async def open_reader() -> BlobReader | None:
+        return reader
+
+    return await prepare_representation(
+        request, _representation(ref, hex_digest, found.size), open_reader
+    )
+
+
+async def _send_layer(
+    request: Request[Any, Any, Any],
+    catalog: Catalog,
+    blobs: BlobStore,
+    names: tuple[str, str],
+    hex_digest: str,
+) -> ASGIResponse:
+    ref = await catalog.resolve_oci(*names, "layer", hex_digest)
+    size = ContainerDisk.of(hex_digest, ref.size).layer_size
+
+    async def open_layer() -> BlobReader | None:
+        disk = await blobs.open(ref.digest)
+        return None if disk is None else LayerReader(disk)
+
+    return await prepare_representation(request, _representation(ref, hex_digest, size), open_layer)
+
+
+async def _send_bytes(
+    request: Request[Any, Any, Any], ref: BlobRef, data: bytes, content_type: str, immutable: bool
+) -> ASGIResponse:
+    import hashlib
+
+    sha = hashlib.sha256(data).hexdigest()
+    rep = _representation(ref, sha, len(data), content_type)
+    if not immutable:
+        rep = Representation(
+            rep.size, rep.etag, rep.last_modified, rep.sha256, False, rep.content_type, rep.headers
+        )
+
+    async def open_memory() -> BlobReader | None:
+        return MemoryReader(data)
+
+    return await prepare_representation(request, rep, open_memory)

@@ -1,0 +1,1 @@
+"""The OCI view of stored disks: generated containerDisks, their digests, media types."""
