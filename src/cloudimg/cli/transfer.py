@@ -10,6 +10,7 @@ from cloudimg.cli.client_options import client_errors, client_options, open_sess
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.cli.sizes import human_bytes
 from cloudimg.client.download import pull as pull_image
+from cloudimg.client.resumable import push_resumable
 from cloudimg.client.upload import push as push_image
 
 __all__ = ["pull", "push"]
@@ -30,7 +31,18 @@ def _meta(values: tuple[str, ...]) -> dict[str, str]:
 @click.argument("ref", metavar="REPO/IMAGE:TAG")
 @click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE", help="Metadata (repeat)")
 @click.option(
-    "--format", "image_format", default=None, help="Declare the image format (raw, qcow2, ...)"
+    "--format",
+    "image_format",
+    default=None,
+    help="Declare the image format (raw, qcow2, ...): the server refuses other bytes before "
+    "storing anything (a one-request upload, not resumable)",
+)
+@click.option(
+    "--chunk-mib",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="MiB per PATCH of a resumable push (what a broken connection may cost again)",
 )
 @client_options
 @progress_options
@@ -39,14 +51,16 @@ def push(
     ref: str,
     meta_items: tuple[str, ...],
     image_format: str | None,
+    chunk_mib: int,
     server: str,
     token_file: Path | None,
     retries: int,
     quiet: bool,
     progress_interval: float,
 ) -> None:
-    """Upload FILE as REPO/IMAGE:TAG; the server checks it against the client's blake3.
+    """Upload FILE as REPO/IMAGE:TAG, resumably; the server checks the client's digest.
 
+    An interrupted push, run again, sends only what the server does not have yet.
     Prints the digest-pinned URL and the sha256 of what was stored.
     """
     target = reference(ref, tag_only=True)
@@ -56,16 +70,23 @@ def push(
         client_errors(),
         ProgressDisplay(quiet=quiet, interval=progress_interval) as progress,
     ):
-        result = push_image(
-            session,
-            file,
-            target,
-            meta,
-            image_format,
-            progress,
-            on_restart=lambda: progress.restart("pushed"),
-        )
-    click.echo(f"pushed {target} ({human_bytes(result.size)})")
+        resumed = 0
+        if image_format is None:
+            result, resumed = push_resumable(
+                session, file, target, meta, progress, chunk_mib * 1024 * 1024
+            )
+        else:
+            result = push_image(
+                session,
+                file,
+                target,
+                meta,
+                image_format,
+                progress,
+                on_restart=lambda: progress.restart("pushed"),
+            )
+    again = f", resumed at {human_bytes(resumed)}" if resumed else ""
+    click.echo(f"pushed {target} ({human_bytes(result.size)}{again})")
     click.echo(f"url: {result.url}")
     click.echo(f"blake3: blake3:{result.blake3}")
     click.echo(f"sha256: sha256:{result.sha256}")

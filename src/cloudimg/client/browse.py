@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from cloudimg.client.errors import ConnectionFailedError
 from cloudimg.client.reference import ImageRef
-from cloudimg.client.session import Session
+from cloudimg.client.session import Session, repr_sha256
 
 __all__ = ["describe", "history", "list_images", "list_repositories", "list_tags"]
 
@@ -48,7 +47,7 @@ def describe(session: Session, ref: ImageRef) -> dict[str, Any]:
     return {
         "reference": str(ref),
         "digest": headers.get("ETag", "").strip('"') or None,
-        "sha256": _repr_sha256(headers.get("Repr-Digest", "")),
+        "sha256": _prefixed(repr_sha256(headers)),
         "size": int(headers.get("Content-Length", "0")),
         "created": headers.get("Last-Modified"),
         "url": session.url(ref.path),
@@ -81,9 +80,5 @@ def _json(session: Session, path: str) -> dict[str, Any]:
     return body
 
 
-def _repr_sha256(value: str) -> str | None:
-    for member in value.split(","):
-        name, _eq, encoded = member.strip().partition("=")
-        if name == "sha-256":
-            return "sha256:" + base64.b64decode(encoded.strip(":")).hex()
-    return None
+def _prefixed(sha256: str | None) -> str | None:
+    return None if sha256 is None else f"sha256:{sha256}"

@@ -7,6 +7,7 @@ credentials go only in request headers; no message this module builds contains t
 
 from __future__ import annotations
 
+import base64
 import json
 import netrc
 import os
@@ -26,7 +27,7 @@ from cloudimg.client.errors import (
     RefusedError,
 )
 
-__all__ = ["API_ROOT", "Credentials", "Session", "check", "default_netrc"]
+__all__ = ["API_ROOT", "Credentials", "Session", "check", "default_netrc", "repr_sha256"]
 
 T = TypeVar("T")
 API_ROOT = "/reg"
@@ -117,25 +118,48 @@ class Session:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def url(self, path: str) -> str:
-        """The absolute URL of ``path`` under the API root."""
-        return self.root + path
+    def url(self, path: str, *, absolute: bool = False) -> str:
+        """The URL of ``path`` under the API root (``absolute``: under the server's origin,
+        as the OCI face's paths and the ``Location`` headers are)."""
+        return str(httpx.URL(self.origin).join(path)) if absolute else self.root + path
 
     def absolute(self, location: str) -> str:
         """A ``Location`` the server sent (an absolute path) as a full URL."""
         return str(httpx.URL(self.origin).join(location))
 
     def request(
-        self, method: str, path: str, *, write: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        write: bool = False,
+        absolute: bool = False,
+        **kwargs: Any,
     ) -> httpx.Response:
         """``method path`` with retries; an answer of 400 or more is raised as its error."""
 
         def attempt() -> httpx.Response:
-            response = self._http.request(method, self.url(path), auth=self._auth(write), **kwargs)
-            check(response)
-            return response
+            return self.checked(self.raw(method, path, write=write, absolute=absolute, **kwargs))
 
         return self.retrying(attempt, f"{method} {path}")
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        write: bool = False,
+        absolute: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One attempt, its answer whatever the status (``checked`` tells the errors)."""
+        url = self.url(path, absolute=absolute)
+        return self._http.request(method, url, auth=self._auth(write), **kwargs)
+
+    def checked(self, response: httpx.Response) -> httpx.Response:
+        """``response``, or the error its status stands for."""
+        check(response)
+        return response
 
     @contextmanager
     def stream(
@@ -209,6 +233,9 @@ def _describe(response: httpx.Response) -> str:
         body = json.loads(response.content)
     except (ValueError, UnicodeDecodeError):
         body = None
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        body = {"status": errors[0].get("code"), "error": errors[0].get("message")}  # OCI face
     if isinstance(body, dict) and "error" in body:
         code = body.get("status", "")
         text = f"{response.status_code} {code}: {body['error']}"
@@ -219,6 +246,15 @@ def _describe(response: httpx.Response) -> str:
     else:
         text = f"{response.status_code} {response.reason_phrase}"
     return " ".join(text.split())
+
+
+def repr_sha256(headers: httpx.Headers) -> str | None:
+    """The hex sha256 of ``Repr-Digest: sha-256=:<base64>:`` (RFC 9530), if given."""
+    for member in headers.get("Repr-Digest", "").split(","):
+        name, _eq, value = member.strip().partition("=")
+        if name == "sha-256":
+            return base64.b64decode(value.strip(":")).hex()
+    return None
 
 
 def default_netrc() -> Path:

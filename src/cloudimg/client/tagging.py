@@ -19,12 +19,17 @@ def delete_tag(session: Session, ref: ImageRef, *, purge_history: bool = False) 
 def retag(session: Session, source: ImageRef, target: ImageRef) -> tuple[str, str]:
     """Point ``target`` (a tag) at the bytes ``source`` names, sending no bytes.
 
+    A tag as ``source`` gives its metadata too (the new tag is the same image); for a
+    digest the server takes the metadata the target last had with those bytes.
     Returns the digest named and the digest-pinned URL of the target.
     """
-    digest = (
-        str(source.digest) if source.digest is not None else describe(session, source)["digest"]
-    )
-    if not digest:
-        raise ClientError(f"{source}: the server named no digest")
-    response = session.request("POST", f"{target.path}/retag", write=True, json={"digest": digest})
-    return digest, session.absolute(response.headers.get("Location", ""))
+    body: dict[str, object]
+    if source.digest is not None:
+        body = {"digest": str(source.digest)}
+    else:
+        details = describe(session, source)
+        if not details.get("digest"):
+            raise ClientError(f"{source}: the server named no digest")
+        body = {"digest": details["digest"], "meta": details.get("meta") or {}}
+    response = session.request("POST", f"{target.path}/retag", write=True, json=body)
+    return str(body["digest"]), session.absolute(response.headers.get("Location", ""))

@@ -9,7 +9,6 @@ the whole body again: the ``/reg`` upload has no session to resume.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import httpx
 
 from cloudimg.client.errors import ClientError, VerificationError
 from cloudimg.client.reference import ImageRef
-from cloudimg.client.session import Session
+from cloudimg.client.session import Session, repr_sha256
 from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["PushResult", "file_blake3", "push"]
@@ -101,16 +100,7 @@ def _stored(session: Session, headers: httpx.Headers, digest: str, size: int) ->
     location = headers.get("Location")
     if not location:
         raise VerificationError("the server's answer names no Location for the stored bytes")
-    return PushResult(session.absolute(location), digest, _sha256_of(headers), size)
-
-
-def _sha256_of(headers: httpx.Headers) -> str:
-    """``Repr-Digest: sha-256=:<base64>:`` as hex."""
-    for member in headers.get("Repr-Digest", "").split(","):
-        name, _eq, value = member.strip().partition("=")
-        if name == "sha-256":
-            return base64.b64decode(value.strip(":")).hex()
-    return ""
+    return PushResult(session.absolute(location), digest, repr_sha256(headers) or "", size)
 
 
 class _CountingFile(io.FileIO):
