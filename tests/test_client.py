@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 from tests.proxy import proxy
-from tests.support import blake3_hex, refusing_port, sha256_hex
+from tests.support import blake3_hex, poll, refusing_port, sha256_hex
 
 MIB = 1024 * 1024
 
@@ -179,7 +179,7 @@ def test_a_corrupted_download_is_refused_and_leaves_no_file(
         done = client("pull", f"team/{name}:v1", "copy.raw", server=corrupting.url, cwd=work)
     line = failed(done, 5)
     assert f"the server named blake3:{blake3_hex(data)}" in line
-    assert sorted(p.name for p in work.iterdir()) == ["disk.raw"]
+    assert sorted(p.name for p in work.iterdir() if p.name != ".cache") == ["disk.raw"]
 
 
 def test_a_raw_pull_is_sparse(server: RunningServer, work: Path, name: str) -> None:
@@ -217,8 +217,10 @@ def test_ls_inspect_history_tag_and_rm(server: RunningServer, work: Path, name: 
     assert f"blake3:{blake3_hex(second)[:12]}" in row
 
     entries = json.loads(ok(client("history", f"shelf/{name}:v1", "--json", server=url)))
-    assert [e["action"] for e in entries] == ["moved", "created"]
-    assert entries[1]["digest"] == f"blake3:{blake3_hex(first)}"
+    # A push with --meta is the manifest's commit, then a retag that sets the metadata.
+    assert [e["action"] for e in entries] == ["moved", "retagged", "created"]
+    assert entries[1]["meta"] == {"os": "alpine"}
+    assert entries[2]["digest"] == f"blake3:{blake3_hex(first)}"
 
     # Roll back to the first bytes, by digest: nothing is uploaded.
     out = ok(client("tag", f"shelf/{name}@blake3:{blake3_hex(first)}", f"shelf/{name}:v1",
@@ -311,3 +313,38 @@ def test_credentials_from_the_environment_files_and_netrc(
     for run in (no_token, wrong, pushed):
         assert READ_PASSWORD.encode() not in run.stdout + run.stderr
         assert WRITE_TOKEN.encode() not in run.stdout + run.stderr
+
+
+# -- resumable push ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_push_killed_mid_way_resumes_without_sending_the_bytes_again(
+    server: RunningServer, work: Path, name: str
+) -> None:
+    size = 64 * MIB
+    data = image_bytes(size)
+    (work / "big.raw").write_bytes(data)
+    env = {"XDG_CACHE_HOME": str(work / "cache")}
+    command = ["push", "big.raw", f"team/{name}:v1", "--chunk-mib", "4", "--quiet"]
+    with proxy(server.port) as first:
+        environment = {**os.environ, **env, "CLOUDIMG_SERVER": first.url, "HOME": str(work)}
+        running = subprocess.Popen(
+            [sys.executable, "-m", "cloudimg", *command], cwd=work, env=environment
+        )
+        assert poll(lambda: first.sent_upstream > 24 * MIB or running.poll() is not None, 120)
+        running.kill()  # kill -9, mid-way
+        assert running.wait() != 0
+        sent_before = first.sent_upstream
+    assert sent_before < size, "the push was killed before it sent everything"
+
+    with proxy(server.port) as second:
+        out = ok(client(*command, server=second.url, cwd=work, env=env))
+    assert "resumed at" in out
+    resumed_at = float(out.split("resumed at ")[1].split()[0]) * MIB
+    assert resumed_at >= sent_before - 12 * MIB  # at most the chunks in flight are lost
+    assert second.sent_upstream < size - resumed_at + MIB  # the rest, and requests' headers
+    assert f"blake3:{blake3_hex(data)}" in out
+    ok(client("pull", f"team/{name}:v1", "copy.raw", server=server.base_url, cwd=work))
+    assert (work / "copy.raw").read_bytes() == data
+    assert not list((work / "cache").rglob("*.json")), "a finished push forgets its session"

@@ -30,7 +30,6 @@ from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["PullResult", "pull"]
 
-_CHUNK = 1024 * 1024
 _HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(_HOLE_BLOCK)
 _TASK = "pulled"
@@ -118,7 +117,7 @@ class _Pull:
             raise ConnectionFailedError(f"{self.ref} changed during the download; pull again")
         if self.dest is not None:
             self._drop_partials()
-        self.etag, self.offset = etag, 0
+        self.etag, self.offset, self.resumed_from = etag, 0, 0
         length = response.headers.get("Content-Length")
         self.size = int(length) if length is not None and length.isdigit() else None
         if self.meter is not None:
@@ -133,17 +132,20 @@ class _Pull:
             return
         with _open_partial(self._partial_path()) as file:
             writer = _SparseWriter(file, start)
-            for chunk in response.iter_bytes(_CHUNK):
-                writer.write(chunk)
-                self._count(len(chunk))
-            writer.close()
+            try:
+                # As the bytes arrive (no buffering to a size): a broken connection keeps all.
+                for chunk in response.iter_bytes():
+                    writer.write(chunk)
+                    self._count(len(chunk))
+            finally:
+                writer.close()  # the length covers trailing holes, also of a partial
 
     def _to_stdout(self, response: httpx.Response) -> None:
         assert self.stream_hash is not None
         assert self.stream_sha256 is not None
         out = os.fdopen(os.dup(1), "wb")
         with out:
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in response.iter_bytes():
                 out.write(chunk)
                 self.stream_hash.update(chunk)
                 self.stream_sha256.update(chunk)

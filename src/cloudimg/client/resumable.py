@@ -67,9 +67,8 @@ class _Upload:
     @property
     def state_file(self) -> Path:
         stat = self.path.stat()
-        key = json.dumps(
-            [self.session.root, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns]
-        )
+        # Not the server's URL: a session of another server is a 404 there, and starts anew.
+        key = json.dumps([str(self.ref), str(self.path.resolve()), stat.st_size, stat.st_mtime_ns])
         return state_directory() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
