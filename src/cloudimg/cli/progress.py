@@ -159,7 +159,7 @@ class ProgressDisplay:
     def _update_plain(self, task: str, done: int, total: int, unit: Unit) -> None:
         state = self._plain.setdefault(task, _PlainTask(time.monotonic()))
         now = time.monotonic()
-        finished = total > 0 and done >= total
+        finished = done >= total
         if state.ended or (not finished and now - state.shown < self._interval):
             return
         state.shown, state.ended = now, finished
@@ -181,10 +181,8 @@ def _plain_line(name: str, done: int, total: int, unit: Unit, elapsed: float) ->
     show = human_bytes if unit == "bytes" else str
     rate = done / elapsed if elapsed > 0 else 0.0
     shown_rate = f"{human_bytes(rate)}/s" if unit == "bytes" else f"{rate:.0f}/s"
-    if total <= 0:
-        return f"{name}: {show(done)}, {shown_rate}"
-    percent = 100 * done / total
     if done >= total:
         return f"{name}: {show(done)} of {show(total)} (100%) in {elapsed:.1f}s, {shown_rate}"
     left = f"{(total - done) / rate:.0f}s left" if rate > 0 else "? left"
+    percent = 100 * done / total
     return f"{name}: {show(done)} of {show(total)} ({percent:.0f}%), {shown_rate}, {left}"
