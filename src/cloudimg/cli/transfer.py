@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cloudimg.cli.client_options import client_errors, client_options, open_session, reference
+from cloudimg.cli.flags import option
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.cli.sizes import human_bytes
 from cloudimg.client.download import pull as pull_image
@@ -37,11 +38,10 @@ def _meta(values: tuple[str, ...]) -> dict[str, str]:
     help="Declare the image format (raw, qcow2, ...): the server refuses other bytes before "
     "storing anything (a one-request upload, not resumable)",
 )
-@click.option(
+@option(
     "--chunk-mib",
     type=click.IntRange(min=1),
     default=32,
-    show_default=True,
     help="MiB per PATCH of a resumable push (what a broken connection may cost again)",
 )
 @client_options
