@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudimg.client import UsageError, parse_image_ref
 from tests.conftest import RunningServer, start_server
 from tests.proxy import proxy
 from tests.support import blake3_hex, poll, refusing_port, sha256_hex
@@ -348,3 +349,36 @@ def test_a_push_killed_mid_way_resumes_without_sending_the_bytes_again(
     ok(client("pull", f"team/{name}:v1", "copy.raw", server=server.base_url, cwd=work))
     assert (work / "copy.raw").read_bytes() == data
     assert not list((work / "cache").rglob("*.json")), "a finished push forgets its session"
+
+
+# -- references (pure) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("team/app:v1", "/team/app/v1"),
+        ("team/app:22.04", "/team/app/22.04"),
+        ("team/app@blake3:" + "a" * 64, "/team/app/blake3:" + "a" * 64),
+        ("team/app@sha256:" + "0" * 64, "/team/app/sha256:" + "0" * 64),
+    ],
+)
+def test_references_name_api_paths(text: str, path: str) -> None:
+    ref = parse_image_ref(text)
+    assert ref.path == path
+    assert str(ref) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["team/app", "team:v1", "team/app:V1", "Team/app:v1", "team/app@md5:abc", "team/app@blake3:xyz",
+     "team/app/extra:v1", "tm/app:v1"],
+)  # fmt: skip
+def test_bad_references_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_image_ref(text)
+
+
+def test_a_digest_where_a_tag_is_needed_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="give a tag"):
+        parse_image_ref("team/app@blake3:" + "a" * 64, tag_only=True)
