@@ -9,15 +9,17 @@ from typing import Any, TypeVar
 
 import click
 
-from cloudimg.cli.flags import option
+from cloudimg.cli.flags import envvar, option
 from cloudimg.config import Settings, SettingsError, parse_size
 from cloudimg.images import parse_allowed_formats
 
 __all__ = [
     "GlobList",
     "connection_options",
+    "envvar",
     "flag_error",
     "limit_options",
+    "option",
     "settings_from",
     "storage_options",
 ]

@@ -120,7 +120,8 @@ def _send(upload: _Upload) -> None:
     upload.meter.done = offset
     while offset < upload.size:
         length = min(upload.chunk, upload.size - offset)
-        response = upload.session.request(
+        # One attempt: a failure goes back to _send, which asks the server's offset first.
+        response = upload.session.raw(
             "PATCH",
             upload.location,
             write=True,
@@ -130,8 +131,8 @@ def _send(upload: _Upload) -> None:
                 "Content-Length": str(length),
                 "Content-Range": f"{offset}-{offset + length - 1}",
             },
-            absolute=True,
         )
+        upload.session.checked(response)
         upload.location = response.headers.get("Location", upload.location)
         confirmed = _range_end(response)
         if confirmed != offset + length:
@@ -161,8 +162,8 @@ def _offset(upload: _Upload) -> int | None:
 
 
 def _start(upload: _Upload) -> None:
-    response = upload.session.request(
-        "POST", f"{upload.v2}/blobs/uploads/", write=True, absolute=True
+    response = upload.session.checked(
+        upload.session.raw("POST", f"{upload.v2}/blobs/uploads/", write=True)
     )
     upload.location = response.headers["Location"]
     upload.state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -63,14 +63,17 @@ def push(
     def attempt() -> PushResult:
         meter.done = 0
         with _CountingFile(path, meter) as image:
-            response = session.request(
+            # One attempt each time: this function is the unit the session retries.
+            response = session.raw(
                 "POST",
                 ref.path,
                 write=True,
+                absolute=False,
                 params=params,
                 data={"meta": json.dumps(meta)},
                 files={"img": (path.name, image, "application/octet-stream")},
             )
+        session.checked(response)
         meter.finish()
         return _stored(session, response.headers, digest, size)
 
