@@ -240,3 +240,17 @@ NEEDS_TOOL = {
     "mbr": needs_sfdisk,
 }
 """Kinds that need a tool besides qemu-img."""
+
+MAGICS = [
+    (0, b"QFI\xfb"),
+    (0, b"QED\x00"),
+    (0, b"conectix"),
+    (0, b"vhdxfile"),
+    (0, b"KDMV"),
+    (0, b'# Disk DescriptorFile\ncreateType="'),
+    (0x40, b"\x7f\x10\xda\xbe"),
+    (0, b"LUKS\xba\xbe"),
+    (32 * 1024 + 1, b"CD001"),
+    (510, b"\x55\xaa"),
+]
+"""Where each format's magic number sits, and the magic itself (hostile-header tests)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,38 @@ async def test_staging_hashes_what_streams(store: MaintenanceBlobStore) -> None:
     assert staged.blake3 == blake3.blake3(data).hexdigest()
     assert staged.sha256 == hashlib.sha256(data).hexdigest()
     await store.discard(staged)
+
+
+async def test_tap_sees_every_byte_in_order_on_another_thread(
+    store: MaintenanceBlobStore,
+) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 7)
+    seen = bytearray()
+    threads: set[int] = set()
+
+    def tap(piece: memoryview) -> None:
+        seen.extend(piece)
+        threads.add(threading.get_ident())
+
+    writer = await store.open_staging(tap)
+    for start in range(0, len(data), 100_000):
+        await writer.write(data[start : start + 100_000])
+    staged = await writer.finish()
+    assert bytes(seen) == data
+    assert threading.get_ident() not in threads  # the event loop never runs it
+    await store.discard(staged)
+
+
+async def test_a_failing_tap_fails_the_write(store: MaintenanceBlobStore) -> None:
+    def tap(piece: memoryview) -> None:
+        raise ValueError("the tap refuses")
+
+    writer = await store.open_staging(tap)
+    await writer.write(os.urandom(5 * 1024 * 1024))  # a batch: written on a thread
+    with pytest.raises(ValueError, match="the tap refuses"):
+        await writer.finish()
+    await writer.abort()
+    assert await store.list_staging() == []
 
 
 async def test_empty_blob_has_the_empty_digests(store: MaintenanceBlobStore) -> None:
@@ -190,3 +223,67 @@ async def test_stale_staging_is_removed_unless_an_upload_holds_it(
     assert await store.remove_stale_staging(entry.key, future) == "removed"
     assert await store.list_staging() == []
     assert await store.remove_stale_staging(entry.key, future) == "gone"
+
+
+# -- resumable uploads (OCI sessions) ----------------------------------------------------
+
+
+async def _recorded(value: int | None) -> int | None:
+    return value
+
+
+@pytest.mark.parametrize("same_store", [True, False], ids=["paused-here", "another-process"])
+async def test_a_resumed_session_hashes_all_its_bytes_and_drops_unrecorded_ones(
+    store: MaintenanceBlobStore, tmp_path: Path, same_store: bool
+) -> None:
+    session = "ab" * 16
+    first, lost, second = os.urandom(5 * 1024 * 1024), os.urandom(1000), os.urandom(3000)
+    writer = await store.resume_staging(session, lambda: _recorded(0))
+    assert writer is not None
+    await writer.write(first)
+    recorded: list[int] = []
+
+    async def record(size: int) -> bool:
+        recorded.append(size)
+        return True
+
+    assert await store.pause_staging(session, writer, record)
+    assert recorded == [len(first)]
+    # A chunk that dies half-way: written, never recorded.
+    writer = await store.resume_staging(session, lambda: _recorded(len(first)))
+    assert writer is not None
+    await writer.write(lost)
+
+    async def refuse(_size: int) -> bool:
+        return False
+
+    assert not await store.pause_staging(session, writer, refuse)
+    # Resumed at the recorded length (here or in a store that never saw the session).
+    other = store if same_store else FilesystemBlobStore(tmp_path / "data")
+    writer = await other.resume_staging(session, lambda: _recorded(len(first)))
+    assert writer is not None
+    assert writer.size == len(first)
+    await writer.write(second)
+    staged = await writer.finish()
+    assert staged.sha256 == hashlib.sha256(first + second).hexdigest()
+    assert staged.blake3 == blake3.blake3(first + second).hexdigest()
+    reader = await other.open_staged(staged)
+    try:
+        assert reader.read(staged.size + 1, 0) == first + second
+    finally:
+        reader.close()
+    await other.discard(staged)
+
+
+async def test_a_session_that_is_over_or_lost_its_bytes_does_not_resume(
+    store: MaintenanceBlobStore,
+) -> None:
+    session = "cd" * 16
+    assert await store.resume_staging(session, lambda: _recorded(None)) is None
+    # The catalog says 100 bytes, the file has none (gc took it): gone.
+    assert await store.resume_staging(session, lambda: _recorded(100)) is None
+    assert await store.claim_staging(session, "0" * 64, "0" * 64, 100) is None
+    assert await store.list_staging() == []  # no debris of the attempts
+    await store.drop_session(session)
+    with pytest.raises(ValueError, match="session"):
+        await store.resume_staging("../../etc", lambda: _recorded(0))

@@ -16,6 +16,7 @@ from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
+from cloudimg.images import Inspection
 from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
@@ -190,3 +191,34 @@ async def test_upload_into_an_image_racing_the_delete_of_its_last_tag(
         assert set((await refcounts(catalog)).values()) == {1}
     finally:
         await other.engine.dispose()
+
+
+async def inspection_of(catalog: Catalog, digest: str) -> tuple[object, ...]:
+    async with catalog.engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(
+                    Blob.format, Blob.virtual_size, Blob.partition_table, Blob.inspected_at
+                ).where(Blob.digest == digest)
+            )
+        ).one()
+    return tuple(row)
+
+
+async def test_upload_records_inspection_on_a_blob_not_inspected_yet(catalog: Catalog) -> None:
+    data = os.urandom(3000)
+    staged = await put(catalog, "r/img/v1", data)  # no inspection: stored before it existed
+    assert await inspection_of(catalog, staged.blake3) == (None, None, None, None)
+    first = Inspection("raw", 3000, "gpt")
+    again = await stage(catalog, data)
+    await commit_staged(catalog, catalog.blobs, ("r", "img", "v2"), again, {}, first)
+    fmt, size, table, inspected_at = await inspection_of(catalog, staged.blake3)
+    assert (fmt, size, table) == ("raw", 3000, "gpt")
+    assert inspected_at is not None
+    # An inspected blob keeps what was recorded (the same bytes inspect the same).
+    third = await stage(catalog, data)
+    other = Inspection("iso", 1, None)
+    await commit_staged(catalog, catalog.blobs, ("r", "img", "v3"), third, {}, other)
+    assert await inspection_of(catalog, staged.blake3) == (fmt, size, table, inspected_at)
+    info = await catalog.get_tag("r", "img", "v1")
+    assert (info.format, info.virtual_size) == ("raw", 3000)

@@ -263,3 +263,13 @@ async def test_gc_and_fsck_count_retained_entries(catalog: Catalog) -> None:
     report = await collect_garbage(catalog, store, grace=0)
     assert sorted(a.kind for a in report.actions) == ["refcount"] * 3
     assert await refcounts(catalog) == {digest: 1 for digest in digests}
+
+
+async def test_retention_looks_past_a_long_run_of_one_digest(catalog: Catalog) -> None:
+    older = await put(catalog, "repo/img/v1", b"older")
+    for i in range(20):  # metadata-only pushes: one digest, many entries
+        same = await put(catalog, "repo/img/v1", b"same", n=str(i))
+    current = await put(catalog, "repo/img/v1", b"current")
+    assert await refcounts(catalog) == {older: 1, same: 1, current: 1}
+    retained = [e for e in await catalog.tag_history("repo", "img", "v1") if e.retained]
+    assert [(e.digest, e.meta) for e in retained] == [(same, {"n": "19"}), (older, {})]

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, read_catalog
+from tests.maintenance_support import cli, cli_json
 from tests.support import assert_error, blake3_hex, sha256_hex
 
 N = 8
@@ -304,3 +308,134 @@ def test_keep_history_comes_from_its_variable(
         pinned = [http.get(f"/reg/{repo}/img/blake3:{blake3_hex(d)}").status_code for d in versions]
     assert pinned == [404, 200, 200]
     assert_invariants(server)
+
+
+@pytest.mark.slow
+def test_history_retag_immutability_and_conditions_with_gc_looping(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Two servers take uploads, conditional uploads, rollbacks, immutability and deletes
+    (with and without purge) while gc loops in a third process; then fsck is clean, the
+    invariants hold, and every retained digest downloads its bytes."""
+    root = tmp_path / "shared"
+    servers = [server_factory(data_root=root), server_factory(data_root=root)]
+    payloads = [os.urandom(random.randint(1, 200_000)) for _ in range(6)]
+    tags = [f"/reg/shared/img/t{i}" for i in range(4)]
+    expected: dict[str, bytes] = {}
+    locks = {tag: threading.Lock() for tag in tags}
+    stop = threading.Event()
+    gc_errors: list[str] = []
+    gc_runs: list[int] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            done = cli("gc", "--data-root", str(root), "--grace", "0", "--json")
+            gc_runs.append(done.returncode)
+            if done.returncode != 0:
+                gc_errors.append(done.stdout + done.stderr)
+
+    def step(http: httpx.Client, rng: random.Random, tag: str) -> None:
+        choice = rng.random()
+        if choice < 0.35 or tag not in expected:
+            data = rng.choice(payloads)
+            headers = {"If-None-Match": "*"} if tag not in expected else {}
+            if tag in expected and rng.random() < 0.5:
+                headers = {"If-Match": http.head(tag).headers["etag"]}
+            files = {"meta": ("m", b"{}"), "img": ("i", data)}
+            response = http.post(tag, files=files, headers=headers)
+            if response.status_code == 409:  # immutable
+                return
+            assert response.status_code == 201, response.text
+            expected[tag] = data
+        elif choice < 0.55:
+            held = [e for e in history(http, tag) if e["retained"]]
+            if held:
+                response = retag(http, tag, {"digest": held[0]["digest"]})
+                if response.status_code != 409:
+                    assert response.status_code == 201, response.text
+                    expected[tag] = http.get(tag).content
+        elif choice < 0.75:
+            verb = http.put if rng.random() < 0.5 else http.delete
+            assert verb(f"{tag}/immutable").status_code == 200
+        else:
+            params = {"purge": "history"} if rng.random() < 0.3 else {}
+            response = http.delete(tag, params=params)
+            if response.status_code != 409:
+                assert response.status_code == 200, response.text
+                expected.pop(tag)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with servers[seed % 2].client() as http:
+            for _ in range(20):
+                tag = rng.choice(tags)
+                with locks[tag]:  # one writer per tag at a time: the expected state is known
+                    step(http, rng, tag)
+
+    gc_thread = threading.Thread(target=gc_loop)
+    gc_thread.start()
+    workers = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    try:
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        while len(gc_runs) < 3 and gc_thread.is_alive():
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        gc_thread.join()
+    assert gc_errors == []
+    report = cli_json("fsck", "--data-root", str(root), "--checksum", check=0)
+    assert report["problems"] == []
+    assert report["unreferenced"] == []
+    by_digest = {f"blake3:{blake3_hex(data)}": data for data in payloads}
+    with servers[1].client() as http:
+        for tag in tags:
+            response = http.get(tag)
+            if tag in expected:
+                assert response.content == expected[tag], tag
+            else:
+                assert response.status_code == 404
+            entries = http.get(f"{tag}/history").json().get("data") or []
+            for entry in entries:
+                if entry["retained"]:
+                    pinned = http.get(f"/reg/shared/img/{entry['digest']}")
+                    assert pinned.content == by_digest[entry["digest"]]
+    assert_invariants(servers[0])
+
+
+def test_listings_with_details_are_paged(client: httpx.Client, repo: str) -> None:
+    sizes = {"ta": 10, "tb": 20, "tc": 30}
+    for tag, size in sizes.items():
+        assert upload(client, f"/reg/{repo}/img/{tag}", os.urandom(size)).status_code == 201
+    assert upload(client, f"/reg/{repo}/other/tx", os.urandom(5)).status_code == 201
+    assert client.put(f"/reg/{repo}/img/tb/immutable").status_code == 200
+    assert client.get(f"/reg/{repo}/img").json()["data"] == ["ta", "tb", "tc"]  # plain: as before
+    first = client.get(f"/reg/{repo}/img", params={"details": "true", "limit": 2}).json()
+    assert [(t["tag"], t["size"], t["immutable"]) for t in first["data"]] == [
+        ("ta", 10, False),
+        ("tb", 20, True),
+    ]
+    assert first["next"] == "tb"
+    meta = client.get(f"/reg/{repo}/img/ta/meta").json()
+    assert first["data"][0]["digest"] == meta["digest"]
+    assert first["data"][0]["sha256"] == meta["sha256"]
+    assert first["data"][0]["updated"] == meta["updated"]
+    rest = client.get(
+        f"/reg/{repo}/img", params={"details": "true", "limit": 2, "after": "tb"}
+    ).json()
+    assert [t["tag"] for t in rest["data"]] == ["tc"]
+    assert rest["next"] is None
+    images = client.get(f"/reg/{repo}", params={"details": "true"}).json()
+    assert [(i["image"], i["tags"], i["size"]) for i in images["data"]] == [
+        ("img", 3, 60),
+        ("other", 1, 5),
+    ]
+    assert images["data"][0]["updated"].endswith("+00:00")
+    assert_error(
+        client.get(f"/reg/{repo}/img", params={"details": "true", "limit": 0}),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    assert_error(client.get(f"/reg/{repo}/nope", params={"details": "true"}), 404, "NOT_FOUND")

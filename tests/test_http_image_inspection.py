@@ -13,11 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from cloudimg.images import RULES
 from tests import images
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, query
-from tests.images import ACCEPTED, MIB, NEEDS_TOOL, REFUSED
+from tests.images import ACCEPTED, MAGICS, MIB, NEEDS_TOOL, REFUSED
 from tests.invariants import assert_invariants
 from tests.maintenance_support import cli
 from tests.support import assert_error, blake3_hex, blob_path
@@ -233,3 +236,33 @@ def test_bad_inspection_flag_is_refused_at_start(tmp_path: Path, flag: str, valu
     done = cli("serve", "--data-root", str(tmp_path), flag, value)
     assert done.returncode != 0
     assert flag in done.stderr
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    magic=st.sampled_from(MAGICS),
+    body=st.binary(max_size=4096),
+    padding=st.integers(min_value=0, max_value=256 * 1024),
+)
+def test_hostile_headers_over_http_are_201_or_422_and_422_stores_nothing(
+    server: RunningServer,
+    client: httpx.Client,
+    repo: str,
+    magic: tuple[int, bytes],
+    body: bytes,
+    padding: int,
+) -> None:
+    offset, marker = magic
+    data = bytes(offset) + marker + body + bytes(padding)
+    response = upload(client, f"/reg/{repo}/img/v1", data)
+    if response.status_code == 201:
+        assert client.get(f"/reg/{repo}/img/v1/meta").json()["format"] is not None
+        return
+    assert assert_error(response, 422, "IMAGE_REFUSED")["context"]["rule"] in RULES
+    assert not blob_path(server.data_root, blake3_hex(data)).exists()
+    rows = query(server.database_url, "SELECT 1 FROM blobs WHERE digest = ?", blake3_hex(data))
+    assert rows == []
+    assert server.staging_files() == []

@@ -107,3 +107,20 @@ def test_openapi_describes_the_multipart_upload(client: httpx.Client) -> None:
     schema = body["content"]["multipart/form-data"]["schema"]
     assert set(schema["required"]) == {"meta", "img"}
     assert schema["properties"]["img"]["format"] == "binary"
+
+
+def test_openapi_describes_image_inspection(client: httpx.Client) -> None:
+    """The format parameter and part, the 422 refusal, and /meta's format fields."""
+    document = client.get("/docs/openapi.json").json()
+    post = document["paths"]["/reg/{repo}/{image}/{tag}"]["post"]
+    [parameter] = [p for p in post["parameters"] if p["name"] == "format"]
+    assert parameter["in"] == "query"
+    assert "qemu-img" in parameter["description"]
+    schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "format" in schema["properties"]
+    assert "IMAGE_REFUSED" in post["responses"]["422"]["description"]
+    meta = document["paths"]["/reg/{repo}/{image}/{tag}/meta"]["get"]["responses"]["200"]
+    ref = meta["content"]["application/json"]["schema"]["$ref"].rpartition("/")[2]
+    properties = document["components"]["schemas"][ref]["properties"]
+    assert {"format", "virtual_size", "digest", "size"} <= set(properties)
+    assert "qemu-img -f" in properties["format"]["description"]

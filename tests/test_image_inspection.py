@@ -23,7 +23,7 @@ from cloudimg.images import (
     parse_allowed_formats,
 )
 from tests import images
-from tests.images import ACCEPTED, MIB, NEEDS_TOOL, REFUSED
+from tests.images import ACCEPTED, MAGICS, MIB, NEEDS_TOOL, REFUSED
 
 pytestmark = images.needs_qemu_img
 
@@ -125,8 +125,10 @@ def test_luks1_is_known_but_not_allowed_by_default(tmp_path: Path) -> None:
                     "-o", "key-secret=s0,iter-time=10", path, "4M")  # fmt: skip
     data = path.read_bytes()
     assert refused_rule(data) == "format-not-allowed"
-    found = inspect(data, InspectionPolicy(allowed_formats=frozenset({"luks"})))
-    assert found == Inspection("luks", 4 * MIB, None)
+    luks = InspectionPolicy(allowed_formats=frozenset({"luks"}))
+    assert inspect(data, luks) == Inspection("luks", 4 * MIB, None)
+    # A header whose payload would start past the end has no size: refused.
+    assert refused_rule(data[: 64 * 1024], luks) == "malformed-header"
 
 
 def test_partition_table_failing_its_check_is_refused() -> None:
@@ -191,21 +193,6 @@ def test_fed_size_must_match() -> None:
     inspector.feed(b"abc")
     with pytest.raises(ValueError, match="finish"):
         inspector.finish(4)
-
-
-# Where each format's magic number sits, and the magic itself.
-MAGICS = [
-    (0, b"QFI\xfb"),
-    (0, b"QED\x00"),
-    (0, b"conectix"),
-    (0, b"vhdxfile"),
-    (0, b"KDMV"),
-    (0, b'# Disk DescriptorFile\ncreateType="'),
-    (0x40, b"\x7f\x10\xda\xbe"),
-    (0, b"LUKS\xba\xbe"),
-    (32 * 1024 + 1, b"CD001"),
-    (510, b"\x55\xaa"),
-]
 
 
 def outcome(data: bytes, chunk: int) -> Inspection | str:

@@ -1,8 +1,11 @@
 """A state machine interleaving uploads, overwrites, deletes, gc, fsck and crash debris.
 
 After every step the invariants of docs/architecture.md must hold: every tag names
-a blob file with the right bytes; every refcount equals the number of tags naming
-the blob; gc never takes a referenced blob nor the staging file of a live upload.
+a blob file with the right bytes; every refcount equals the number of tags plus
+retained history entries naming the blob; every retained digest downloads its bytes by
+digest reference; gc never takes a referenced blob nor the staging file of a live
+upload. The model keeps each tag's history and the digests retention holds
+(``--keep-history``, the default 3).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from cloudimg.blobstore import StagingWriter
 from cloudimg.catalog import Catalog
+from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.maintenance import check, collect_garbage
 from tests.maintenance_support import age, open_test_catalog, sql, stage, store_of
@@ -49,10 +53,57 @@ class MaintenanceMachine(RuleBasedStateMachine):
             self.stack.enter_async_context(open_test_catalog(self.tmp / "data"))
         )
         self.model: dict[Ref, bytes] = {}
+        self.pointed: dict[Ref, list[bytes]] = {}
+        """The bytes each upload pointed a tag at, oldest first (its history)."""
+        self.retained: dict[Ref, set[bytes]] = {}
+        """The previous bytes each tag's history holds."""
         self.live: list[tuple[StagingWriter, bytes]] = []
 
     def run(self, awaitable: Any) -> Any:
         return self.loop.run_until_complete(awaitable)
+
+    # -- the model of history and retention ---------------------------------------
+
+    def _held(self) -> set[bytes]:
+        return set(self.model.values()).union(*self.retained.values())
+
+    def _model_upload(self, ref: Ref, data: bytes) -> None:
+        present = self._held() | {data}
+        self.pointed.setdefault(ref, []).append(data)
+        self.model[ref] = data
+        self._model_retain(ref, present)
+
+    def _model_delete(self, ref: Ref) -> None:
+        if ref not in self.model:
+            return
+        present = self._held()
+        del self.model[ref]
+        self._model_retain(ref, present)
+
+    def _model_retain(self, ref: Ref, present: set[bytes]) -> None:
+        """The last N previous distinct bytes; one that was freed before is not brought back."""
+        current = self.model.get(ref)
+        newest_first = list(reversed(self.pointed[ref]))
+        if current is not None:
+            newest_first = newest_first[1:]
+        window: list[bytes] = []
+        for data in newest_first:
+            if len(window) >= self.catalog.keep_history:
+                break
+            if data != current and data not in window:
+                window.append(data)
+        self.retained[ref] = {data for data in window if data in present}
+
+    def _retained_in_catalog(self) -> dict[Ref, set[bytes]]:
+        by_digest = {blake3_hex(data): data for data in PAYLOADS}
+        found: dict[Ref, set[bytes]] = {}
+        rows = sql(
+            store_of(self.catalog).root,
+            "SELECT repository, image, tag, digest FROM tag_history WHERE retained",
+        )
+        for repo, image, tag, digest in rows:
+            found.setdefault((repo, image, tag), set()).add(by_digest[digest])
+        return found
 
     # -- operations --------------------------------------------------------------
 
@@ -81,12 +132,12 @@ class MaintenanceMachine(RuleBasedStateMachine):
     @rule(ref=refs, data=payloads)
     def upload(self, ref: Ref, data: bytes) -> None:
         self.run(self._upload(ref, data))
-        self.model[ref] = data
+        self._model_upload(ref, data)
 
     @rule(ref=refs)
     def delete(self, ref: Ref) -> None:
         assert self.run(self._delete(ref)) == (ref in self.model)
-        self.model.pop(ref, None)
+        self._model_delete(ref)
 
     @rule()
     def gc(self) -> None:
@@ -111,8 +162,23 @@ class MaintenanceMachine(RuleBasedStateMachine):
 
         _, deleted, _ = self.run(together())
         assert deleted == (delete_from in self.model)
-        self.model[upload_to] = data
-        self.model.pop(delete_from, None)
+        # Either order may have committed first; what retention brought back can differ.
+        before = (self.model, self.pointed, self.retained)
+        outcomes = []
+        for steps in ((upload_to, delete_from), (delete_from, upload_to)):
+            self.model = dict(before[0])
+            self.pointed = {ref: list(pointed) for ref, pointed in before[1].items()}
+            self.retained = {ref: set(held) for ref, held in before[2].items()}
+            for ref in steps:
+                if ref == upload_to:
+                    self._model_upload(ref, data)
+                else:
+                    self._model_delete(ref)
+            outcomes.append((self.model, self.pointed, self.retained))
+        actual = self._retained_in_catalog()
+        matching = [o for o in outcomes if {r: h for r, h in o[2].items() if h} == actual]
+        assert matching, (actual, [o[2] for o in outcomes])
+        self.model, self.pointed, self.retained = matching[0]
 
     @rule(data=payloads)
     def start_live_upload(self, data: bytes) -> None:
@@ -138,7 +204,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
                 await self.catalog.blobs.discard(staged)
 
         self.run(finish())
-        self.model[ref] = data
+        self._model_upload(ref, data)
 
     @rule()
     def crash_debris(self) -> None:
@@ -189,11 +255,24 @@ class MaintenanceMachine(RuleBasedStateMachine):
         rows = sql(
             store_of(self.catalog).root,
             "SELECT b.digest, b.refcount, (SELECT count(*) FROM tags t WHERE t.digest = b.digest)"
+            " + (SELECT count(*) FROM tag_history h WHERE h.digest = b.digest AND h.retained)"
             " FROM blobs b",
         )
         for digest, refcount, references in rows:
             assert refcount == references > 0, digest
-        assert {digest for digest, _, _ in rows} == {blake3_hex(d) for d in self.model.values()}
+        assert {digest for digest, _, _ in rows} == {blake3_hex(d) for d in self._held()}
+
+    @invariant()
+    def history_retains_the_last_previous_digests(self) -> None:
+        expected = {ref: held for ref, held in self.retained.items() if held}
+        assert self._retained_in_catalog() == expected
+        store = store_of(self.catalog)
+        for (repo, image, _tag), held in expected.items():
+            for data in held:
+                blob = self.run(
+                    self.catalog.resolve(repo, image, Digest("blake3", blake3_hex(data)))
+                )
+                assert store.blob_path(blob.digest).read_bytes() == data
 
     @invariant()
     def live_uploads_keep_their_staging_files(self) -> None:

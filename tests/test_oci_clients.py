@@ -105,3 +105,34 @@ def test_podman_pulls_a_reg_image(
     _run(podman, *storage, "pull", "--tls-verify=false", ref)
     _run(podman, *storage, "save", "--format", "oci-dir", "-o", str(tmp_path / "saved"), ref)
     assert _oci_dir_disk(tmp_path / "saved") == data
+
+
+def test_skopeo_copies_a_containerdisk_in(server: RunningServer, tmp_path: Path, repo: str) -> None:
+    """A containerDisk from another registry (here: an oci: directory skopeo made, with
+    its layer gzip-compressed as skopeo writes it) pushed in; /reg serves the disk."""
+    skopeo = _tool("skopeo")
+    data = os.urandom(1024 * 1024 + 5)
+    with server.client() as http:
+        assert upload(http, f"/reg/{repo}/origin/v1", data).status_code == 201
+    layout = f"oci:{tmp_path / 'layout'}"
+    _run(
+        skopeo,
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://127.0.0.1:{server.port}/{repo}/origin:v1",
+        layout,
+    )
+    for compression in ("gzip", "zstd"):
+        target = f"docker://127.0.0.1:{server.port}/{repo}/copied-{compression}:v1"
+        _run(
+            skopeo,
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-compress",
+            "--dest-compress-format",
+            compression,
+            layout,
+            target,
+        )
+        with server.client() as http:
+            assert http.get(f"/reg/{repo}/copied-{compression}/v1").content == data

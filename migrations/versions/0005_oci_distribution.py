@@ -40,9 +40,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_oci_uploads")),
     )
-    op.create_index(
-        op.f("ix_oci_uploads_updated_at"), "oci_uploads", ["updated_at"], unique=False
-    )
+    op.create_index(op.f("ix_oci_uploads_updated_at"), "oci_uploads", ["updated_at"], unique=False)
     op.create_index(op.f("ix_oci_uploads_sha256"), "oci_uploads", ["sha256"], unique=False)
     op.create_table(
         "oci_manifests",

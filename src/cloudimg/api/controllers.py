@@ -23,7 +23,7 @@ from cloudimg.api.openapi import (
 )
 from cloudimg.api.upload import receiving
 from cloudimg.blobstore import BlobStore
-from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.catalog import Catalog, ImageDetails, TagDetails, TagInfo
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, Reference, parse_digest
 from cloudimg.errors import (
@@ -69,6 +69,44 @@ def _meta_view(info: TagInfo, image_path: str) -> MetaView:
     }
 
 
+MAX_PAGE = 1000
+"""Entries a detailed listing answers at most in one page (also its default)."""
+
+
+def _page_size(limit: int | None) -> int:
+    if limit is None:
+        return MAX_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgumentError(f"query parameter 'limit' is 1 to {MAX_PAGE}", {"limit": limit})
+    return limit
+
+
+def _page(entries: list[Envelope], page: int, last: str | None) -> Envelope:
+    """A detailed listing: ``next`` is the ``after`` of the next page (null: the last page)."""
+    return {**_ok(entries), "next": last if len(entries) == page else None}
+
+
+def _tag_details(row: TagDetails) -> Envelope:
+    return {
+        "tag": row.tag,
+        "digest": f"blake3:{row.digest}",
+        "sha256": f"sha256:{row.sha256}",
+        "size": row.size,
+        "created": row.created.isoformat(),
+        "updated": row.updated.isoformat(),
+        "immutable": row.immutable,
+    }
+
+
+def _image_details(row: ImageDetails) -> Envelope:
+    return {
+        "image": row.image,
+        "tags": row.tags,
+        "size": row.size,
+        "updated": row.updated.isoformat(),
+    }
+
+
 class RegistryController(Controller):
     """The ``/reg`` endpoints of the old server, as views over the catalog."""
 
@@ -79,21 +117,49 @@ class RegistryController(Controller):
     @get(
         "/{repo:str}",
         operation_id="GetImages",
-        summary="List the images of a repository",
+        summary="List the images of a repository (details=true: with tag counts, sizes and "
+        "times, paged by limit and after)",
         responses=error_responses(400, 404),
     )
-    async def get_images(self, catalog: Catalog, repo: str) -> Envelope:
-        return _ok(await catalog.list_images(validate_repo_name(repo)))
+    async def get_images(
+        self,
+        catalog: Catalog,
+        repo: str,
+        details: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Envelope:
+        repo = validate_repo_name(repo)
+        if not details:
+            return _ok(await catalog.list_images(repo))
+        page = _page_size(limit)
+        rows = await catalog.list_image_details(repo, page, after)
+        last = rows[-1].image if rows else None
+        return _page([_image_details(row) for row in rows], page, last)
 
     @get(
         "/{repo:str}/{image:str}",
         operation_id="GetImageTags",
-        summary="List the tags of an image",
+        summary="List the tags of an image (details=true: with digests, sizes and times, "
+        "paged by limit and after)",
         responses=error_responses(400, 404),
     )
-    async def get_image_tags(self, catalog: Catalog, repo: str, image: str) -> Envelope:
+    async def get_image_tags(
+        self,
+        catalog: Catalog,
+        repo: str,
+        image: str,
+        details: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image)
-        return _ok(await catalog.list_tags(*names))
+        if not details:
+            return _ok(await catalog.list_tags(*names))
+        page = _page_size(limit)
+        rows = await catalog.list_tag_details(*names, page, after)
+        last = rows[-1].tag if rows else None
+        return _page([_tag_details(row) for row in rows], page, last)
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}",

@@ -38,7 +38,13 @@ from cloudimg.errors import NotFoundError
 from cloudimg.images import inspect_reader
 from cloudimg.ingest import commit_staged
 from cloudimg.oci.digests import ContainerDisks
-from cloudimg.oci.push import DiskLayer, ManifestRefused, disk_layer_of, unpack_disk
+from cloudimg.oci.push import (
+    DiskLayer,
+    ManifestRefused,
+    chosen_child,
+    disk_layer_of,
+    unpack_disk,
+)
 
 __all__ = ["OciPushController"]
 
@@ -123,6 +129,9 @@ class _Sessions:
         offset = writer.size
         try:
             if start is not None and start != offset:
+                await self.blobs.pause_staging(found.id, writer, _unchanged)
+                # Read (and drop) the refused chunk so the client sees the answer.
+                await drain(body_of(request.receive, self.settings.read_body_timeout_secs))
                 raise OciError(
                     416,
                     "BLOB_UPLOAD_INVALID",
@@ -139,6 +148,10 @@ class _Sessions:
                         413, "SIZE_INVALID", f"the blob is larger than the limit of {limit} bytes"
                     )
                 await writer.write(chunk)
+        except OciError as exc:
+            if exc.status != 416:  # a 416 let the file go already, unchanged
+                await self.blobs.pause_staging(found.id, writer, _no_record)
+            raise
         except BaseException:
             # Bytes past the recorded offset are cut off by the next resume.
             await self.blobs.pause_staging(found.id, writer, _no_record)
@@ -185,7 +198,13 @@ class _Sessions:
 
 
 async def _no_record(_size: int) -> bool:
+    """A chunk that failed half-way: its bytes are not recorded (nor the hash state kept)."""
     return False
+
+
+async def _unchanged(_size: int) -> bool:
+    """Nothing was written: the recorded length stands and the hash state may be kept."""
+    return True
 
 
 class OciPushController(Controller):
@@ -336,16 +355,25 @@ class OciPushController(Controller):
         reference: str,
     ) -> Response[None]:
         names = oci_names(repo, image)
+        content_type = request.headers.get("content-type")
         if ":" in reference:
-            raise OciError(
-                400,
-                "UNSUPPORTED",
-                "push a manifest by tag: nothing would hold a manifest pushed by digest alone",
-            )
+            return await _put_child(request, catalog, settings, names, reference)
         tag = oci_tag(reference)
         body = await _small_body(request, settings, _MAX_MANIFEST, "MANIFEST_INVALID")
+        pushed_digest = hashlib.sha256(body).hexdigest()
         try:
-            layer = disk_layer_of(body, request.headers.get("content-type"))
+            child = chosen_child(body, content_type)
+            if child is not None:
+                # An index: the tag names the disk of its linux/amd64 (or only) child.
+                child_body = await catalog.pending_manifest(*names, child)
+                if child_body is None:
+                    raise ManifestRefused(
+                        "MANIFEST_BLOB_UNKNOWN",
+                        "push the index's children by digest first",
+                        {"digest": f"sha256:{child}"},
+                    )
+                body, content_type = child_body, None
+            layer = disk_layer_of(body, content_type)
             config = await _config_bytes(catalog, blobs, layer)
             options = WriteOptions(actor=actor_of(request))
             stored = await catalog.sha256_stored(layer.sha256) if layer.packing == "disk" else None
@@ -368,7 +396,7 @@ class OciPushController(Controller):
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
         digest = hashlib.sha256(body).hexdigest()
         media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
-        if layer.packing == "disk":
+        if layer.packing == "disk" and digest == pushed_digest:
             # The artifact's one layer is the stored disk: what was pushed pulls back as it
             # was. A containerDisk's pushed tar is not kept (the disk was unpacked from it):
             # its tag pulls as the generated containerDisk of the disk.
@@ -380,8 +408,8 @@ class OciPushController(Controller):
             )
         disks.wake()
         headers = {
-            "Location": f"/v2/{repo}/{image}/manifests/sha256:{digest}",
-            "Docker-Content-Digest": f"sha256:{digest}",
+            "Location": f"/v2/{repo}/{image}/manifests/sha256:{pushed_digest}",
+            "Docker-Content-Digest": f"sha256:{pushed_digest}",
         }
         return Response(None, status_code=201, headers=headers)
 
@@ -411,6 +439,44 @@ class OciPushController(Controller):
             )
         except NotFoundError:
             raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
+
+
+async def _put_child(
+    request: Request[Any, Any, Any],
+    catalog: Catalog,
+    settings: Settings,
+    names: tuple[str, str],
+    reference: str,
+) -> Response[None]:
+    """A manifest pushed by digest: an index's child, kept until the index's tag takes it.
+
+    It must describe a VM disk whose blobs were uploaded; nothing is committed yet (no
+    tag would hold it), and gc's grace reclaims its uploads if no index follows.
+    """
+    hex_digest = parse_oci_digest(reference)
+    body = await _small_body(request, settings, _MAX_MANIFEST, "MANIFEST_INVALID")
+    if hashlib.sha256(body).hexdigest() != hex_digest:
+        raise OciError(400, "DIGEST_INVALID", "the manifest does not have the digest of its URL")
+    try:
+        layer = disk_layer_of(body, request.headers.get("content-type"))
+        for needed in (layer.sha256, layer.config_sha256):
+            uploaded = await catalog.finished_upload(needed) is not None
+            if needed != _EMPTY_CONFIG and not uploaded and not await catalog.sha256_stored(needed):
+                raise ManifestRefused(
+                    "MANIFEST_BLOB_UNKNOWN",
+                    "a blob was not uploaded",
+                    {"digest": f"sha256:{needed}"},
+                )
+    except ManifestRefused as exc:
+        raise OciError(400, exc.spec_code, exc.message, exc.context) from None
+    media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
+    pending = PushedManifest(hex_digest, str(media_type), body, "", layer.config_sha256, b"")
+    await catalog.add_pushed_manifest(*names, pending)
+    headers = {
+        "Location": f"/v2/{names[0]}/{names[1]}/manifests/sha256:{hex_digest}",
+        "Docker-Content-Digest": f"sha256:{hex_digest}",
+    }
+    return Response(None, status_code=201, headers=headers)
 
 
 async def _mountable(catalog: Catalog, sha256_hex: str, source: str | None) -> bool:

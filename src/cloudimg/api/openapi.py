@@ -9,12 +9,13 @@ client generated from the document, or schemathesis, knows every response.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.params import KwargDefinition
 
 __all__ = [
     "BINARY_RESPONSES",
@@ -38,27 +39,35 @@ class ErrorBody(TypedDict):
     """Details: the offending name, the limit, the size of the image..."""
 
 
+def _described(text: str) -> KwargDefinition:
+    return KwargDefinition(description=text)
+
+
 class MetaView(TypedDict):
     """What ``GET …/{tag}/meta`` answers: the tag's metadata, digests, size and format."""
 
     success: bool
-    data: dict[str, str]
-    """The metadata uploaded with the image."""
+    data: Annotated[dict[str, str], _described("The metadata uploaded with the image")]
     imagePath: str
-    digest: str
-    """``blake3:<hex>`` of the bytes."""
-    sha256: str
-    """``sha256:<hex>`` of the bytes."""
-    size: int
-    """Bytes stored."""
+    digest: Annotated[str, _described("blake3:<hex> of the bytes")]
+    sha256: Annotated[str, _described("sha256:<hex> of the bytes")]
+    size: Annotated[int, _described("Bytes stored")]
     created: str
     updated: str
-    format: str | None
-    """The image format inspection detected, as ``qemu-img -f`` takes it (raw, qcow2, vmdk,
-    vpc, vhdx, vdi, iso); null for bytes stored before inspection existed."""
-    virtual_size: int | None
-    """Bytes of the disk the image describes (for raw and iso: its length); null when
-    not inspected."""
+    format: Annotated[
+        str | None,
+        _described(
+            "The format inspection found, as `qemu-img -f` takes it (raw, qcow2, vmdk, vpc, "
+            "vhdx, vdi, iso): pass it to qemu-img; null for bytes stored before inspection"
+        ),
+    ]
+    virtual_size: Annotated[
+        int | None,
+        _described(
+            "Bytes of the disk the image describes (raw and iso: the file's length); null "
+            "for bytes stored before inspection"
+        ),
+    ]
 
 
 _ERROR_DESCRIPTIONS = {

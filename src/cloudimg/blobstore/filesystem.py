@@ -366,7 +366,10 @@ class FilesystemBlobStore:
         fd = await asyncio.to_thread(self._lock_session, path)
         try:
             offset = await recorded()
-            if offset is None or (await asyncio.to_thread(os.fstat, fd)).st_size < offset:
+            size = (await asyncio.to_thread(os.fstat, fd)).st_size
+            if offset is None or size < offset:
+                if size == 0:  # made by our lock just now: leave no debris
+                    path.unlink(missing_ok=True)
                 os.close(fd)
                 return None
             state = self._paused.pop(session, None)

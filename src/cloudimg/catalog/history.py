@@ -181,14 +181,7 @@ class TagHistoryLog(CatalogBase):
         ``current``: the digest the tag names now (None: deleted). Gains are counted
         before losses are released, so bytes that stay held are never trashed.
         """
-        entries = (
-            await session.scalars(
-                select(TagHistory)
-                .where(*_of(names), TagHistory.action.in_(_POINTING))
-                .order_by(TagHistory.id.desc())
-                .with_for_update()
-            )
-        ).all()
+        entries = await self._candidates(session, names)
         wanted = self._chosen(entries, current)
         for entry in entries:
             if entry.id in wanted and not entry.retained:
@@ -204,6 +197,24 @@ class TagHistoryLog(CatalogBase):
                 entry.retained = False
                 await session.flush()
                 await self._release(session, entry.digest, effects)
+
+    async def _candidates(self, session: AsyncSession, names: Names) -> list[TagHistory]:
+        """The tag's entries retention may choose or must release, newest first, locked.
+
+        The log grows with every write; retention needs only the entries that hold
+        bytes now and the newest pointing ones, so a long history is not read in full
+        unless many of its newest entries repeat a digest.
+        """
+        pointing = select(TagHistory).where(*_of(names), TagHistory.action.in_(_POINTING))
+        newest = pointing.order_by(TagHistory.id.desc()).with_for_update()
+        window = 4 * (self.keep_history + 1)
+        rows = list((await session.scalars(newest.limit(window))).all())
+        if len(rows) == window and len({row.digest for row in rows}) <= self.keep_history:
+            rows = list((await session.scalars(newest)).all())
+        held = await session.scalars(pointing.where(TagHistory.retained).with_for_update())
+        seen = {row.id for row in rows}
+        rows += [row for row in held if row.id not in seen]
+        return sorted(rows, key=lambda row: row.id, reverse=True)
 
     def _chosen(self, entries: Sequence[TagHistory], current: str | None) -> set[int]:
         """Ids of the newest entry of each of the last N previous digests."""

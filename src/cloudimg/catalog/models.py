@@ -222,7 +222,8 @@ class OciManifest(Base):
     media_type: Mapped[str] = mapped_column(String(255))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     blob: Mapped[str] = mapped_column(String(64), index=True)
-    """blake3 of the disk."""
+    """blake3 of the disk; empty for a manifest pushed by digest (an image index's
+    child) that no tag has taken yet, which is never served."""
     config_digest: Mapped[str] = mapped_column(String(64))
     config: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

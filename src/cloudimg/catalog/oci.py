@@ -268,6 +268,22 @@ class OciPushes(CatalogBase):
 
         await self._write(change)
 
+    async def pending_manifest(self, repo: str, image: str, digest: str) -> bytes | None:
+        """The body of a manifest pushed to ``repo/image`` by digest (an index's child),
+        which no tag has taken yet."""
+        async with self._read() as db:
+            body = await db.scalar(
+                select(OciManifest.body)
+                .where(
+                    OciManifest.repository == repo,
+                    OciManifest.image == image,
+                    OciManifest.digest == digest,
+                    OciManifest.blob == "",
+                )
+                .limit(1)
+            )
+            return None if body is None else bytes(body)
+
     async def pushed_manifest(
         self,
         repo: str,

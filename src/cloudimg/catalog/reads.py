@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
-from cloudimg.catalog.records import BlobRef, StorageTotals, TagInfo
+from cloudimg.catalog.records import BlobRef, ImageDetails, StorageTotals, TagDetails, TagInfo
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
 from cloudimg.errors import BlobCorruptError, NotFoundError
@@ -71,6 +71,55 @@ class CatalogReads(CatalogBase):
                 select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
             )
             return list(rows)
+
+    async def list_tag_details(
+        self, repo: str, image: str, limit: int, after: str | None = None
+    ) -> list[TagDetails]:
+        """Up to ``limit`` tags of ``repo/image`` after the name ``after``, sorted, with
+        their bytes and times; ``NotFoundError`` if there is no such image."""
+        async with self._read() as session:
+            image_id = await self._image_id(session, repo, image)
+            if image_id is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+            query = (
+                select(Tag.name, Blob.digest, Blob.sha256, Blob.size)
+                .add_columns(Tag.created_at, Tag.updated_at, Tag.immutable)
+                .join(Blob, Blob.digest == Tag.digest)
+                .where(Tag.image_id == image_id)
+                .order_by(Tag.name)
+                .limit(limit)
+            )
+            if after is not None:
+                query = query.where(Tag.name > after)
+            rows = (await session.execute(query)).all()
+        return [TagDetails(*row) for row in rows]
+
+    async def list_image_details(
+        self, repo: str, limit: int, after: str | None = None
+    ) -> list[ImageDetails]:
+        """Up to ``limit`` images of ``repo`` after the name ``after``, sorted, with their
+        number of tags, the bytes those add up to and the last change; ``NotFoundError``
+        if there is no such repository."""
+        async with self._read() as session:
+            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+            if repo_id is None:
+                raise NotFoundError("repository not found", {"repo": repo})
+            query = (
+                select(Image.name, func.count(Tag.id), func.coalesce(func.sum(Blob.size), 0))
+                .add_columns(func.max(Tag.updated_at))
+                .join(Tag, Tag.image_id == Image.id)
+                .join(Blob, Blob.digest == Tag.digest)
+                .where(Image.repository_id == repo_id)
+                .group_by(Image.name)
+                .order_by(Image.name)
+                .limit(limit)
+            )
+            if after is not None:
+                query = query.where(Image.name > after)
+            rows = (await session.execute(query)).all()
+        return [
+            ImageDetails(name, int(tags), int(size), updated) for name, tags, size, updated in rows
+        ]
 
     async def storage_totals(self) -> StorageTotals:
         """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""

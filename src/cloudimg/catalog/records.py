@@ -11,8 +11,10 @@ __all__ = [
     "BlobRef",
     "BlobState",
     "CatalogSnapshot",
+    "ImageDetails",
     "RefcountRepair",
     "StorageTotals",
+    "TagDetails",
     "TagInfo",
     "TagRecord",
 ]
@@ -44,6 +46,31 @@ class TagInfo:
     format: str | None = None
     """Detected image format; None for bytes stored before inspection existed."""
     virtual_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagDetails:
+    """A tag as a detailed listing shows it."""
+
+    tag: str
+    digest: str
+    sha256: str
+    size: int
+    created: datetime
+    updated: datetime
+    immutable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetails:
+    """An image as a detailed listing shows it."""
+
+    image: str
+    tags: int
+    size: int
+    """Sum of its tags' sizes."""
+    updated: datetime
+    """The last change of any of its tags."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ text-only descriptor from the first chunk it is given (up to 1 MiB - 1 bytes, as
 so the verdict must not depend on how the bytes happened to be chunked."""
 _READ_BLOCK: Final = 4 * 1024 * 1024
 _SLICE: Final = 64 * 1024
+_START_BYTES: Final = 4096
+"""Bytes kept of the start, to tell a format's magic number (all sit in the first 4 KiB)."""
 
 _QEMU_NAMES: Final = {"vhd": "vpc"}
 # How each format starts (offset, bytes): content that starts like a format its inspector
@@ -64,7 +66,7 @@ class ImageInspector:
         self._fed = list(self._inspectors)
         self._failed: dict[str, Exception] = {}
         self._head: bytearray | None = bytearray()
-        self._head_bytes = b""
+        self._start = b""
         self._length = 0
 
     def declare(self, declared_format: str) -> None:
@@ -76,11 +78,15 @@ class ImageInspector:
         """The next bytes of the image. Never raises for what the bytes contain."""
         self._length += len(chunk)
         if self._head is not None:
-            self._head += chunk
-            if len(self._head) < HEAD_BYTES:
-                return
-            self._eat_head()
-        elif self._fed:
+            if self._head or len(chunk) < HEAD_BYTES:  # an upload's first batch is not copied
+                self._head += chunk
+                if len(self._head) < HEAD_BYTES:
+                    return
+                chunk = self._head
+            view = memoryview(chunk)
+            self._eat_head(view[:HEAD_BYTES])
+            chunk = view[HEAD_BYTES:]
+        if chunk and self._fed:
             self._eat(chunk)
 
     def finish(self, size: int) -> Inspection:
@@ -92,7 +98,7 @@ class ImageInspector:
         if size != self._length:
             raise ValueError(f"finish({size}) after {self._length} bytes were fed")
         if self._head is not None:
-            self._eat_head()
+            self._eat_head(memoryview(self._head))
         for inspector in self._inspectors:
             inspector.finish()  # marks regions captured from the end (a VMDK footer) complete
         try:
@@ -104,11 +110,12 @@ class ImageInspector:
         self._check_policy(inspection)
         return inspection
 
-    def _eat_head(self) -> None:
-        assert self._head is not None
-        self._head_bytes, self._head = bytes(self._head), None
-        if self._head_bytes:
-            self._eat(self._head_bytes)
+    def _eat_head(self, head: memoryview) -> None:
+        """The first chunk every inspector sees: ``HEAD_BYTES``, or all there is."""
+        self._head = None
+        self._start = bytes(head[:_START_BYTES])
+        if head:
+            self._eat(head)
 
     def _eat(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)
@@ -126,7 +133,7 @@ class ImageInspector:
         matches = [i for i in self._inspectors if i.NAME not in self._failed and _matches(i)]
         names = {i.NAME for i in matches}
         for name, (offset, magic) in _MAGIC.items():
-            if name not in names and self._head_bytes[offset : offset + len(magic)] == magic:
+            if name not in names and self._start[offset : offset + len(magic)] == magic:
                 reason = self._failed.get(name, "it ends before its header does")
                 _refuse("malformed-header", f"a {name} header that does not parse ({reason})")
         if names == {"iso", "gpt"}:
@@ -174,22 +181,27 @@ def _eat(inspector: fi.FileInspector, view: memoryview) -> bool:
     oslo's inspectors expect small reads: VHDX finds its next region only on the read
     after the one that completed the previous, and captures a new region only from the
     read in which it was found, so it is fed in slices of ``_SLICE`` bytes. A VMDK is fed
-    whole chunks, as its text-descriptor parse reads the first one, and an inspector
-    that waits only for the end of the stream (a VMDK footer) is too: fewer calls.
-    (oslo's regions copy what they capture, so the caller's buffer is never kept.)
+    whole chunks, as its text-descriptor parse reads the first one. An inspector that
+    waits only for the end of the stream (a VMDK footer) is given only the last bytes
+    its end regions keep of each chunk: the rest would be copied and dropped. (Its
+    position count then lags, which none of its captured regions reads again.) oslo's
+    regions copy what they capture, so the caller's buffer is never kept.
     """
-    was_complete = inspector.complete
-    regions = len(inspector.context_info)
+    regions = [inspector.region(name) for name in inspector.context_info]
+    ends = [region for region in regions if isinstance(region, fi.EndCaptureRegion)]
     data: Any = view
-    if isinstance(inspector, fi.VMDKInspector) or len(view) <= _SLICE:
-        inspector.eat_chunk(data)
-    else:
-        for start in range(0, len(view), _SLICE):
-            inspector.eat_chunk(data[start : start + _SLICE])
-    if not (was_complete and inspector.complete and regions == len(inspector.context_info)):
+    if ends and all(region.complete for region in regions if region not in ends):
+        keep = max(region.length for region in ends)
+        inspector.eat_chunk(data[-keep:] if len(view) > keep else data)
         return False
-    found = (inspector.region(name) for name in inspector.context_info)
-    return not any(isinstance(region, fi.EndCaptureRegion) for region in found)
+    step = len(view) if isinstance(inspector, fi.VMDKInspector) else _SLICE
+    for start in range(0, len(view), max(step, 1)):
+        was_complete, count = inspector.complete, len(inspector.context_info)
+        inspector.eat_chunk(data[start : start + step])
+        # Complete before and after, with no region added: nothing is left to read.
+        if was_complete and inspector.complete and count == len(inspector.context_info):
+            return True
+    return False
 
 
 def _matches(inspector: fi.FileInspector) -> bool:
@@ -217,6 +229,8 @@ def _inspect_match(inspector: fi.FileInspector, size: int) -> Inspection:
         _refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
     if isinstance(inspector, fi.LUKSInspector):
         payload = inspector.header_items["payload_offset"] * 512
+        if payload > size:
+            _refuse("malformed-header", "a luks header whose payload starts past the end")
         return Inspection("luks", size - payload, None)
     if isinstance(inspector, fi.VHDXInspector) and not inspector.has_region("vds"):
         _refuse("malformed-header", "a vhdx without a virtual disk size", format=name)

@@ -58,10 +58,15 @@ class ContainerDisks:
         """Hash the layers of blobs that have none, whenever woken (or every minute)."""
         while True:
             try:
-                for digest, size in await self._catalog.blobs_without_oci():
-                    await self.of(BlobRef(digest, "", size, _EPOCH))
+                pending = await self._catalog.blobs_without_oci()
             except (CloudimgError, OSError) as exc:
-                log.warning("could not compute containerDisk digests: %s", exc)
+                log.warning("could not list blobs without containerDisk digests: %s", exc)
+                pending = []
+            for digest, size in pending:
+                try:
+                    await self.of(BlobRef(digest, "", size, _EPOCH))
+                except (CloudimgError, OSError) as exc:  # one bad blob does not stop the rest
+                    log.warning("containerDisk digests of blake3:%s: %s", digest, exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECS)

@@ -27,6 +27,7 @@ __all__ = [
     "ACCEPTED_MANIFEST_TYPES",
     "DiskLayer",
     "ManifestRefused",
+    "chosen_child",
     "disk_layer_of",
     "unpack_disk",
 ]
@@ -92,7 +93,7 @@ def disk_layer_of(body: bytes, content_type: str | None) -> DiskLayer:
         raise ManifestRefused("MANIFEST_INVALID", "the manifest is not a JSON object")
     media_type = manifest.get("mediaType") or content_type
     if media_type in _INDEX_TYPES:
-        raise ManifestRefused("UNSUPPORTED", "image indexes are not taken yet; push the image")
+        raise ManifestRefused("MANIFEST_INVALID", "an image index is not an image manifest")
     if media_type not in ACCEPTED_MANIFEST_TYPES or manifest.get("schemaVersion") != 2:
         raise ManifestRefused(
             "MANIFEST_INVALID",
@@ -114,6 +115,31 @@ def disk_layer_of(body: bytes, content_type: str | None) -> DiskLayer:
             "MANIFEST_INVALID", "unknown tar layer type", {"mediaType": layer_type[:200]}
         )
     return DiskLayer(sha, size, packing or "disk", config_sha, config_size, layer_type)
+
+
+def chosen_child(body: bytes, content_type: str | None) -> str | None:
+    """For an image index: the sha256 of the child ``/reg`` serves (the ``linux/amd64``
+    one, else the only one); None when ``body`` is no index. ``ManifestRefused`` when
+    it has several children and none is linux/amd64."""
+    try:
+        index = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(index, dict) or (index.get("mediaType") or content_type) not in _INDEX_TYPES:
+        return None
+    children = index.get("manifests")
+    if not isinstance(children, list) or not children:
+        raise ManifestRefused("MANIFEST_INVALID", "the index lists no manifests")
+    digests = [_descriptor(child, "index entry")[0] for child in children]
+    if len(children) == 1:
+        return digests[0]
+    for child, digest in zip(children, digests, strict=True):
+        platform = child.get("platform") or {}
+        if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+            return digest
+    raise ManifestRefused(
+        "MANIFEST_INVALID", "the index has several children and none is linux/amd64"
+    )
 
 
 class _ReaderFile:

@@ -1,0 +1,537 @@
+"""The OCI face, push side, over plain HTTP on both catalog backends: upload sessions
+(chunks at offsets, out-of-order 416, offset, cancel, monolithic, mount), manifests for
+disk artifacts and containerDisks, refusals in the spec's codes, resumption across a
+restart; oras-py pushes with chunked uploads and pulls back by digest."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, upload
+from tests.maintenance_support import cli_json
+from tests.oci_support import assert_oci_error, manifest_of, sha256_digest
+from tests.support import blake3_hex
+
+DISK_TYPE = "application/vnd.cloudimg.disk.v1+qcow2"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY = b"{}"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+
+
+@pytest.fixture(scope="module")
+def qcow2(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real (small) qcow2 image made by qemu-img, or a raw disk without it."""
+    path = tmp_path_factory.mktemp("disk") / "disk.qcow2"
+    try:
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True, timeout=60
+        )
+    except FileNotFoundError:
+        return os.urandom(256 * 1024)
+    return path.read_bytes() + b""  # qcow2 files are small until written
+
+
+def _start(http: httpx.Client, name: str) -> str:
+    response = http.post(f"/v2/{name}/blobs/uploads/")
+    assert response.status_code == 202, response.text
+    assert response.headers["range"] == "0-0"
+    return str(response.headers["location"])
+
+
+def _push_blob(http: httpx.Client, name: str, data: bytes, chunk: int = 64 * 1024) -> str:
+    location = _start(http, name)
+    offset = 0
+    while offset < len(data):
+        piece = data[offset : offset + chunk]
+        response = http.patch(
+            location,
+            content=piece,
+            headers={
+                "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
+        assert response.status_code == 202, response.text
+        offset += len(piece)
+        assert response.headers["range"] == f"0-{offset - 1}"
+        location = response.headers["location"]
+    digest = sha256_digest(data)
+    done = http.put(location, params={"digest": digest})
+    assert done.status_code == 201, done.text
+    assert done.headers["docker-content-digest"] == digest
+    return digest
+
+
+def _artifact_manifest(disk: bytes, layer_type: str = DISK_TYPE) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.cloudimg.disk.v1",
+            "config": {"mediaType": EMPTY_TYPE, "digest": sha256_digest(EMPTY), "size": 2},
+            "layers": [
+                {
+                    "mediaType": layer_type,
+                    "digest": sha256_digest(disk),
+                    "size": len(disk),
+                    "annotations": {"org.opencontainers.image.title": "disk.qcow2"},
+                }
+            ],
+        }
+    ).encode()
+
+
+def _put_manifest(http: httpx.Client, name: str, tag: str, body: bytes) -> httpx.Response:
+    return http.put(
+        f"/v2/{name}/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+
+
+def _tar_layer(disk: bytes, member: str = "disk/disk.qcow2") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        info = tarfile.TarInfo(member)
+        info.size = len(disk)
+        archive.addfile(info, io.BytesIO(disk))
+    return out.getvalue()
+
+
+def _container_manifest(layer: bytes, layer_type: str, config: bytes) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": layer_type, "digest": sha256_digest(layer), "size": len(layer)}
+            ],
+        }
+    ).encode()
+
+
+def test_a_chunked_disk_artifact_push_is_the_reg_image(
+    client: httpx.Client, server: RunningServer, repo: str, qcow2: bytes
+) -> None:
+    name = f"{repo}/artifact"
+    qcow2 += os.urandom(4096)  # bytes no other test stored: one new blob expected
+    _push_blob(client, name, EMPTY)
+    blobs_before = len(server.blob_files())
+    _push_blob(client, name, qcow2, chunk=50_000)
+    # Not visible before a manifest takes it.
+    assert client.get(f"/reg/{repo}/artifact/v1").status_code == 404
+    body = _artifact_manifest(qcow2)
+    response = _put_manifest(client, name, "v1", body)
+    assert response.status_code == 201, response.text
+    assert response.headers["docker-content-digest"] == sha256_digest(body)
+    assert client.get(f"/reg/{repo}/artifact/v1").content == qcow2
+    # One stored copy of the disk: the pushed layer became the blob.
+    assert len(server.blob_files()) == blobs_before + 1
+    assert (server.data_root / "blobs" / "blake3" / blake3_hex(qcow2)[:2]).is_dir()
+    # Pulls return what was pushed, by tag and by its digest; the layer is the disk.
+    assert client.get(f"/v2/{name}/manifests/v1").content == body
+    assert client.get(f"/v2/{name}/manifests/{sha256_digest(body)}").content == body
+    assert client.get(f"/v2/{name}/blobs/{sha256_digest(qcow2)}").content == qcow2
+    assert client.get(f"/v2/{name}/blobs/{sha256_digest(EMPTY)}").content == EMPTY
+
+
+def test_upload_sessions_follow_the_protocol(client: httpx.Client, repo: str) -> None:
+    name = f"{repo}/sessions"
+    location = _start(client, name)
+    first = client.patch(location, content=b"a" * 100, headers={"Content-Range": "0-99"})
+    assert first.status_code == 202
+    # Out of order: 416 with where the upload stands; nothing appended.
+    skipped = client.patch(location, content=b"b" * 10, headers={"Content-Range": "200-209"})
+    assert_oci_error(skipped, 416, "BLOB_UPLOAD_INVALID")
+    assert skipped.headers["range"] == "0-99"
+    status = client.get(location)
+    assert status.status_code == 204
+    assert status.headers["range"] == "0-99"
+    # A chunk without Content-Range is streamed on; PUT may carry the last bytes.
+    assert client.patch(location, content=b"c" * 50).status_code == 202
+    data = b"a" * 100 + b"c" * 50 + b"d" * 7
+    wrong = client.put(location, content=b"d" * 7, params={"digest": sha256_digest(b"x")})
+    assert_oci_error(wrong, 400, "DIGEST_INVALID")
+    assert_oci_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    location = _start(client, name)
+    assert client.patch(location, content=data[:157]).status_code == 202
+    assert client.put(location, params={"digest": sha256_digest(data)}).status_code == 201
+    head = client.head(f"/v2/{name}/blobs/{sha256_digest(data)}")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len(data))
+    # Cancel.
+    location = _start(client, name)
+    assert client.delete(location).status_code == 204
+    assert_oci_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_oci_error(client.patch(location, content=b"x"), 404, "BLOB_UPLOAD_UNKNOWN")
+    # A session belongs to its repository.
+    other = _start(client, f"{repo}/elsewhere")
+    stolen = other.replace(f"{repo}/elsewhere", name)
+    assert_oci_error(client.get(stolen), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_oci_error(client.get(f"/v2/{name}/blobs/uploads/nonsense"), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+def test_monolithic_upload_and_mount(client: httpx.Client, repo: str, qcow2: bytes) -> None:
+    name = f"{repo}/mono"
+    digest = sha256_digest(qcow2)
+    done = client.post(f"/v2/{name}/blobs/uploads/", params={"digest": digest}, content=qcow2)
+    assert done.status_code == 201, done.text
+    assert done.headers["location"].endswith(digest)
+    bad = client.post(
+        f"/v2/{name}/blobs/uploads/", params={"digest": sha256_digest(b"")}, content=b"x"
+    )
+    assert_oci_error(bad, 400, "DIGEST_INVALID")
+    # Mount into another repository: the bytes are there, no session is needed.
+    mounted = client.post(
+        f"/v2/{repo}/mounted/blobs/uploads/", params={"mount": digest, "from": name}
+    )
+    assert mounted.status_code == 201
+    unknown = client.post(
+        f"/v2/{repo}/mounted/blobs/uploads/", params={"mount": "sha256:" + "1" * 64, "from": name}
+    )
+    assert unknown.status_code == 202  # not held: an ordinary session starts
+    _push_blob(client, f"{repo}/mounted", EMPTY)
+    assert (
+        _put_manifest(client, f"{repo}/mounted", "v1", _artifact_manifest(qcow2)).status_code == 201
+    )
+    assert client.get(f"/reg/{repo}/mounted/v1").content == qcow2
+
+
+@pytest.mark.parametrize("packing", ["tar", "gzip"])
+def test_a_containerdisk_push_unpacks_the_disk(
+    client: httpx.Client, repo: str, qcow2: bytes, packing: str
+) -> None:
+    name = f"{repo}/cd-{packing}"
+    layer = _tar_layer(qcow2)
+    layer_type = "application/vnd.oci.image.layer.v1.tar"
+    if packing == "gzip":
+        layer, layer_type = gzip.compress(layer, mtime=0), layer_type + "+gzip"
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    _push_blob(client, name, config)
+    _push_blob(client, name, layer)
+    response = _put_manifest(client, name, "v1", _container_manifest(layer, layer_type, config))
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/cd-{packing}/v1").content == qcow2
+    # The tag pulls as the generated containerDisk of the unpacked disk.
+    manifest, _ = manifest_of(client, name, "v1")
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "code"),
+    [
+        ("two-layers", 400, "MANIFEST_INVALID"),
+        ("no-disk-in-tar", 400, "MANIFEST_INVALID"),
+        ("missing-layer", 400, "MANIFEST_BLOB_UNKNOWN"),
+        ("not-json", 400, "MANIFEST_INVALID"),
+        ("index-without-children", 400, "MANIFEST_BLOB_UNKNOWN"),
+        ("not-a-disk", 422, "MANIFEST_INVALID"),
+    ],
+)
+def test_what_is_not_a_vm_disk_is_refused(
+    client: httpx.Client, repo: str, qcow2: bytes, case: str, status: int, code: str
+) -> None:
+    name = f"{repo}/refused"
+    config = b'{"architecture":"amd64","os":"linux"}'
+    _push_blob(client, name, config)
+    if case == "two-layers":
+        layer = _tar_layer(b"#!/bin/sh\n", "bin/app")
+        _push_blob(client, name, layer)
+        manifest = json.loads(
+            _container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config)
+        )
+        manifest["layers"] *= 2
+        body = json.dumps(manifest).encode()
+    elif case == "no-disk-in-tar":
+        layer = _tar_layer(b"#!/bin/sh\n", "bin/app")
+        _push_blob(client, name, layer)
+        body = _container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config)
+    elif case == "missing-layer":
+        body = _artifact_manifest(b"never uploaded")
+    elif case == "not-json":
+        body = b"{not json"
+    elif case == "index-without-children":
+        body = _index({"sha256:" + "7" * 64: ("linux", "amd64")})
+    else:  # a qcow2 whose backing file names a host path: inspection refuses it
+        hostile = qcow2_with_backing(qcow2)
+        _push_blob(client, name, EMPTY)
+        _push_blob(client, name, hostile)
+        body = _artifact_manifest(hostile)
+    assert_oci_error(_put_manifest(client, name, "v1", body), status, code)
+    assert client.get(f"/reg/{repo}/refused/v1").status_code == 404
+
+
+def qcow2_with_backing(qcow2: bytes) -> bytes:
+    """A qcow2 header naming a backing file (a hostile image): built by hand."""
+    import struct
+
+    header = bytearray(qcow2[:4096].ljust(4096, b"\0"))
+    backing = b"/etc/passwd"
+    struct.pack_into(">QI", header, 8, 1024, len(backing))  # backing_file_offset, size
+    header[1024 : 1024 + len(backing)] = backing
+    return bytes(header) + qcow2[4096:]
+
+
+def test_manifests_by_digest_or_of_bad_names_are_refused(client: httpx.Client, repo: str) -> None:
+    body = _artifact_manifest(b"x")
+    assert_oci_error(
+        _put_manifest(client, f"{repo}/xx1", "sha256:" + "a" * 64, body), 400, "DIGEST_INVALID"
+    )
+    assert_oci_error(_put_manifest(client, "ab/cde", "v1", body), 400, "NAME_INVALID")
+    assert_oci_error(_put_manifest(client, f"{repo}/xyz", "-bad", body), 400, "TAG_INVALID")
+    assert_oci_error(client.post("/v2/a/b/c/blobs/uploads/"), 400, "NAME_INVALID")
+
+
+def test_delete_a_manifest_by_tag(client: httpx.Client, repo: str) -> None:
+    assert upload(client, f"/reg/{repo}/deleting/v1", os.urandom(1000)).status_code == 201
+    assert client.delete(f"/v2/{repo}/deleting/manifests/v1").status_code == 202
+    assert client.get(f"/reg/{repo}/deleting/v1").status_code == 404
+    assert_oci_error(client.delete(f"/v2/{repo}/deleting/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    assert_oci_error(
+        client.delete(f"/v2/{repo}/deleting/blobs/sha256:{'0' * 64}"), 405, "UNSUPPORTED"
+    )
+
+
+def _raw_patch_then_drop(server: RunningServer, location: str, data: bytes, sent: int) -> None:
+    """Send a PATCH announcing all of ``data``, send ``sent`` bytes of it, hang up."""
+    path = urlsplit(location).path if location.startswith("http") else location
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + data[:sent])
+
+
+@pytest.mark.slow
+def test_a_push_resumes_after_a_dropped_connection_and_a_restart(
+    server_factory: Callable[..., RunningServer], qcow2: bytes
+) -> None:
+    data = qcow2 + os.urandom(3 * 1024 * 1024)
+    first = server_factory()
+    with first.client() as http:
+        location = _start(http, "vms/resumed")
+        half = len(data) // 2
+        assert (
+            http.patch(
+                location, content=data[:half], headers={"Content-Range": f"0-{half - 1}"}
+            ).status_code
+            == 202
+        )
+    # A second chunk dies half-way: what arrived of it is not counted.
+    _raw_patch_then_drop(first, location, data[half:], 1000)
+    first.stop()
+    second = server_factory(data_root=first.data_root)
+    with second.client() as http:
+        status = http.get(location)
+        assert status.status_code == 204
+        assert status.headers["range"] == f"0-{half - 1}"
+        rest = http.patch(
+            location, content=data[half:], headers={"Content-Range": f"{half}-{len(data) - 1}"}
+        )
+        assert rest.status_code == 202
+        assert (
+            http.put(rest.headers["location"], params={"digest": sha256_digest(data)}).status_code
+            == 201
+        )
+        _push_blob(http, "vms/resumed", EMPTY)
+        assert (
+            _put_manifest(
+                http, "vms/resumed", "v1", _artifact_manifest(data, "application/octet-stream")
+            ).status_code
+            == 201
+        )
+        assert http.get("/reg/vms/resumed/v1").content == data
+
+
+@pytest.mark.slow
+def test_gc_reclaims_abandoned_sessions(server_factory: Callable[..., RunningServer]) -> None:
+    server = server_factory()
+    with server.client() as http:
+        location = _start(http, "vms/abandoned")
+        assert http.patch(location, content=b"z" * 1000).status_code == 202
+    server.stop()
+    report = cli_json("gc", "--data-root", str(server.data_root), "--grace", "0s", check=0)
+    kinds = [action["kind"] for action in report["actions"]]
+    assert "staging" in kinds, report
+    assert "upload-session" in kinds, report
+    assert server.staging_files() == []
+    again = server_factory(data_root=server.data_root)
+    with again.client() as http:
+        assert_oci_error(http.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+@pytest.mark.slow
+def test_oras_pushes_chunked_and_pulls_by_digest(
+    server: RunningServer, tmp_path: Path, repo: str, qcow2: bytes
+) -> None:
+    oras_client = pytest.importorskip("oras.client", reason="oras-py is a test extra")
+    qcow2 += os.urandom(64 * 1024)  # bytes no other test stored: one new blob expected
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(qcow2)
+    blobs_before = len(server.blob_files())
+    client = oras_client.OrasClient(hostname=f"127.0.0.1:{server.port}", insecure=True)
+    target = f"127.0.0.1:{server.port}/{repo}/oras"
+    os.chdir(tmp_path)
+    pushed = client.push(
+        target=f"{target}:v1",
+        files=[f"disk.qcow2:{DISK_TYPE}"],
+        do_chunked=True,
+        chunk_size=64 * 1024,
+    )
+    assert pushed.status_code == 201
+    digest = pushed.headers["docker-content-digest"]
+    assert len(server.blob_files()) == blobs_before + 1, "the pushed layer is stored once"
+    out = tmp_path / "pulled"
+    files = client.pull(target=f"{target}@{digest}", outdir=str(out))
+    assert [Path(f).read_bytes() for f in files] == [qcow2]
+    with server.client() as http:
+        assert http.get(f"/reg/{repo}/oras/v1").content == qcow2
+
+
+@pytest.mark.slow
+def test_gc_looping_while_sessions_upload_takes_only_idle_ones(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """gc with a 2 s grace runs again and again while two sessions receive chunks: the
+    sessions that keep moving finish with the right bytes; one left idle is reclaimed."""
+    server = server_factory()
+    stop = threading.Event()
+    runs: list[dict[str, object]] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            runs.append(
+                cli_json("gc", "--data-root", str(server.data_root), "--grace", "2s", check=0)
+            )
+
+    def push(name: str, data: bytes) -> None:
+        with server.client() as http:
+            _push_blob(http, name, data, chunk=32 * 1024)
+
+    looping = threading.Thread(target=gc_loop)
+    looping.start()
+    try:
+        with server.client() as http:
+            idle = _start(http, "vms/idle")
+            assert http.patch(idle, content=b"i" * 100).status_code == 202
+        datas = [os.urandom(600 * 1024), os.urandom(700 * 1024)]
+        pushers = [
+            threading.Thread(target=push, args=(f"vms/busy{i}", data))
+            for i, data in enumerate(datas)
+        ]
+        for thread in pushers:
+            thread.start()
+        for thread in pushers:
+            thread.join(timeout=300)
+        with server.client() as http:
+            for i, data in enumerate(datas):
+                head = http.head(f"/v2/vms/busy{i}/blobs/{sha256_digest(data)}")
+                assert head.status_code == 200
+                assert http.get(f"/v2/vms/busy{i}/blobs/{sha256_digest(data)}").content == data
+            deadline = time.monotonic() + 60
+            while http.get(idle).status_code != 404 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert_oci_error(http.get(idle), 404, "BLOB_UPLOAD_UNKNOWN")
+    finally:
+        stop.set()
+        looping.join(timeout=300)
+    assert runs, "gc never ran"
+
+
+def test_racing_chunks_at_one_offset_append_once(client: httpx.Client, repo: str) -> None:
+    """Two clients send a chunk for the same offset at once: the session's lock lets one
+    in; the other finds the offset moved (416) and changes nothing."""
+    name = f"{repo}/racing"
+    location = _start(client, name)
+    chunks = [os.urandom(2 * 1024 * 1024), os.urandom(2 * 1024 * 1024)]
+    answers: list[tuple[int, bytes]] = []
+
+    def send(chunk: bytes) -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as http:
+            response = http.patch(
+                location, content=chunk, headers={"Content-Range": f"0-{len(chunk) - 1}"}
+            )
+            answers.append((response.status_code, chunk))
+
+    threads = [threading.Thread(target=send, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(status for status, _ in answers) == [202, 416]
+    (winner,) = [chunk for status, chunk in answers if status == 202]
+    assert client.get(location).headers["range"] == f"0-{len(winner) - 1}"
+    done = client.put(location, params={"digest": sha256_digest(winner)})
+    assert done.status_code == 201, done.text
+    assert client.get(f"/v2/{name}/blobs/{sha256_digest(winner)}").content == winner
+
+
+def _index(children: dict[str, tuple[str, str]]) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": 100,
+                    "platform": {"os": os_name, "architecture": arch},
+                }
+                for digest, (os_name, arch) in children.items()
+            ],
+        }
+    ).encode()
+
+
+def test_an_index_tag_names_the_disk_of_its_linux_amd64_child(
+    client: httpx.Client, repo: str, qcow2: bytes
+) -> None:
+    name = f"{repo}/multiarch"
+    disks = {"amd64": qcow2 + os.urandom(4096), "arm64": qcow2 + os.urandom(4096)}
+    _push_blob(client, name, EMPTY)
+    children: dict[str, tuple[str, str]] = {}
+    for arch, disk in disks.items():
+        _push_blob(client, name, disk)
+        child = _artifact_manifest(disk)
+        pushed = _put_manifest(client, name, sha256_digest(child), child)
+        assert pushed.status_code == 201, pushed.text
+        children[sha256_digest(child)] = ("linux", arch)
+    # Children alone are not visible anywhere.
+    assert client.get(f"/reg/{repo}/multiarch").status_code == 404
+    index = _index(children)
+    response = client.put(
+        f"/v2/{name}/manifests/v1",
+        content=index,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["docker-content-digest"] == sha256_digest(index)
+    assert client.get(f"/reg/{repo}/multiarch/v1").content == disks["amd64"]
+    two_arm = _index({digest: ("linux", "arm64") for digest in children})
+    refused = client.put(
+        f"/v2/{name}/manifests/v2",
+        content=two_arm,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert_oci_error(refused, 400, "MANIFEST_INVALID")
