@@ -41,6 +41,7 @@ from tests.support import blake3_hex, blob_path
 
 __all__ = [
     "DELETE_POINTS",
+    "FREE_AT_ONCE",
     "OVERWRITE_POINTS",
     "STRACE",
     "Crash",
@@ -68,6 +69,10 @@ _TIMEOUT = 60.0
 _RENAMES = "rename,renameat,renameat2"
 _LINKS = "link,linkat"
 _UNLINKS = "unlink,unlinkat"
+
+FREE_AT_ONCE = ("--keep-history", "0")
+"""Server flags under which a delete or an overwrite frees the old bytes in the same
+transaction: the protocol the crash tests trace (tag history would hold the bytes)."""
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,7 @@ def crash_at(
     ``traced`` is a server already under strace with the point's injection; by default
     one is started on ``data_root``.
     """
-    traced = traced or trace(start_server(data_root), point.inject)
+    traced = traced or trace(start_server(data_root, *FREE_AT_ONCE), point.inject)
     server = traced.server
     staging_before = set((data_root / "staging").iterdir())
     sender, answers = send_in_background(server, point, images)

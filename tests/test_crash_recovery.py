@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import start_server, upload
 from tests.crash_support import (
     DELETE_POINTS,
+    FREE_AT_ONCE,
     OVERWRITE_POINTS,
     STRACE,
     FaultPoint,
@@ -48,7 +49,7 @@ def test_crash_at_each_step_leaves_every_tag_downloadable(
     images = seed(catalog_root, secrets.token_hex(4))
     crash = crash_at(point, catalog_root, images)
     old = victim_digest(crash)
-    server = start_server(catalog_root)
+    server = start_server(catalog_root, *FREE_AT_ONCE)
     try:
         # Put back at start-up, before anyone asked for it: the tag is listed, so its
         # file is where downloads look.
@@ -74,7 +75,7 @@ def test_a_running_server_puts_the_file_back_when_a_download_needs_it(
     """
     images = seed(catalog_root, secrets.token_hex(4))
     fault = point(protocol, "after-trash-rename")
-    survivor = start_server(catalog_root)
+    survivor = start_server(catalog_root, *FREE_AT_ONCE)
     try:
         crash = crash_at(fault, catalog_root, images)
         old = victim_digest(crash)
@@ -104,10 +105,10 @@ def test_a_download_during_a_delete_does_not_bring_the_file_back(
     """
     images = seed(catalog_root, secrets.token_hex(4))
     fault = point(protocol, "after-trash-rename")
-    reader = start_server(catalog_root)
+    reader = start_server(catalog_root, *FREE_AT_ONCE)
     # Logs the reader's look into trash/, which comes right before it takes the lock.
     watcher = trace(reader, None, "openat", catalog_root / "trash")
-    traced = trace(start_server(catalog_root), fault.inject)
+    traced = trace(start_server(catalog_root, *FREE_AT_ONCE), fault.inject)
     downloads: list[httpx.Response] = []
     try:
         sender, answers = send_in_background(traced.server, fault, images)
@@ -161,7 +162,7 @@ def test_gc_puts_a_needed_trash_file_back_whatever_the_grace(
         "bytes": len(images.tags[images.victim]),
     }
     assert not any((catalog_root / "trash").iterdir())
-    server = start_server(catalog_root)
+    server = start_server(catalog_root, *FREE_AT_ONCE)
     try:
         assert download_every_tag(server) == expected_tags(crash)
     finally:
@@ -180,7 +181,7 @@ def test_gc_never_puts_back_the_trash_of_a_committed_delete(catalog_root: Path) 
     report = cli_json("gc", "--grace", "0", *root, check=0)
     assert report["totals"]["trash"]["count"] == 1
     assert not blob_path(catalog_root, victim_digest(crash)).exists()
-    server = start_server(catalog_root)
+    server = start_server(catalog_root, *FREE_AT_ONCE)
     try:
         assert download_every_tag(server) == expected_tags(crash)
     finally:
@@ -204,7 +205,7 @@ def test_kill_9_loop_with_a_fault_at_each_step(catalog_root: Path, backend: str)
         fault = points[cycle % len(points)]
         crash = crash_at(fault, catalog_root, seed(catalog_root, f"c{cycle:05d}"))
         expected = {**expected, **expected_tags(crash)}
-        server = start_server(catalog_root)
+        server = start_server(catalog_root, *FREE_AT_ONCE)
         try:
             found = download_every_tag(server)
         finally:
@@ -231,7 +232,7 @@ def test_an_upload_of_the_same_bytes_replaces_the_file_and_gc_drops_the_copy(
     file); the trash copy is then redundant: kept within the grace period, removed after.
     """
     images = seed(catalog_root, secrets.token_hex(4))
-    survivor = start_server(catalog_root)
+    survivor = start_server(catalog_root, *FREE_AT_ONCE)
     try:
         crash = crash_at(point("delete", "after-trash-rename"), catalog_root, images)
         data = images.tags[images.victim]

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, upload
+from tests.crash_support import FREE_AT_ONCE
 from tests.invariants import assert_invariants, read_catalog, wait_for_no_staging
 from tests.maintenance_support import cli, cli_json
 from tests.support import (
@@ -127,7 +128,7 @@ def test_kill_9_during_deletes_then_gc_restores_the_invariants(
     Three rounds, each killed at another moment: a delete in flight may be committed or
     not, but never half done, and what a crash leaves in trash or staging is gc's.
     """
-    running = server_factory()
+    running = server_factory(*FREE_AT_ONCE)
     rng = random.Random(4)
     data_root = running.data_root
     expected: dict[str, bytes] = {}
@@ -143,7 +144,7 @@ def test_kill_9_during_deletes_then_gc_restores_the_invariants(
         assert len(answered) >= 4 + 6 * round_no, "the deletes never got going"
 
         cli_json("gc", "--data-root", str(data_root), "--grace", "0", check=0)
-        running = server_factory(data_root=data_root)
+        running = server_factory(*FREE_AT_ONCE, data_root=data_root)
         with running.client() as http:
             for path, status in answered.items():
                 assert status == 200
@@ -163,7 +164,7 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     server_factory: Callable[..., RunningServer],
 ) -> None:
     """A gc killed between two reclaimed blobs, then the server killed: a new gc finishes."""
-    running = server_factory()
+    running = server_factory(*FREE_AT_ONCE)
     with running.client() as http:
         kept = os.urandom(100_000)
         assert upload(http, "/reg/keep/img/v1", kept).status_code == 201
@@ -200,7 +201,7 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     running.kill()
     cli_json("gc", "--data-root", str(running.data_root), "--grace", "0", check=0)
     assert not any(p.exists() for p in orphans)
-    restarted = server_factory(data_root=running.data_root)
+    restarted = server_factory(*FREE_AT_ONCE, data_root=running.data_root)
     with restarted.client() as http:
         assert http.get("/reg/keep/img/v1").content == kept
     assert_invariants(restarted)

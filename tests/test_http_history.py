@@ -439,3 +439,11 @@ def test_listings_with_details_are_paged(client: httpx.Client, repo: str) -> Non
         "INVALID_ARGUMENT",
     )
     assert_error(client.get(f"/reg/{repo}/nope", params={"details": "true"}), 404, "NOT_FOUND")
+
+
+def test_an_oversized_retag_body_is_refused(client: httpx.Client, repo: str) -> None:
+    path = f"/reg/{repo}/img/v1"
+    assert upload(client, path, b"x").status_code == 201
+    huge = {"digest": f"blake3:{blake3_hex(b'x')}", "meta": {"k": "v" * 200_000}}
+    assert_error(retag(client, path, huge), 413, "RESOURCE_EXHAUSTED")
+    assert len(history(client, path)) == 1

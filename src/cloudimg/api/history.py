@@ -19,6 +19,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
 
+from cloudimg.api.body import body_of, drain
 from cloudimg.api.conditional import write_options
 from cloudimg.api.download import etag_of, repr_digest_of
 from cloudimg.api.openapi import CREATED_HEADERS, RetagOperation, error_responses
@@ -26,7 +27,7 @@ from cloudimg.api.upload import parse_meta
 from cloudimg.catalog import Catalog, HistoryEntry
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import InvalidArgumentError
+from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = ["RETAG_MAX_BYTES", "TagHistoryController"]
@@ -82,6 +83,24 @@ def _retag_request(raw: bytes) -> tuple[Digest, dict[str, str] | None]:
     return digest, parse_meta(json.dumps(meta, ensure_ascii=False).encode("utf-8", "replace"))
 
 
+async def _small_body(request: Request[Any, Any, Any], settings: Settings) -> bytes:
+    """The whole body of a retag, read as every body is (``--read-body-timeout-secs``).
+
+    Raises:
+        PayloadTooLargeError: past ``RETAG_MAX_BYTES`` (the rest is drained).
+    """
+    body = body_of(request.receive, settings.read_body_timeout_secs)
+    raw = bytearray()
+    async for chunk in body:
+        raw += chunk
+        if len(raw) > RETAG_MAX_BYTES:
+            await drain(body)
+            raise PayloadTooLargeError(
+                f"a retag body is at most {RETAG_MAX_BYTES} bytes", {"limit": RETAG_MAX_BYTES}
+            )
+    return bytes(raw)
+
+
 class TagHistoryController(Controller):
     """History, retag and immutability of a tag (see the module docstring)."""
 
@@ -101,7 +120,6 @@ class TagHistoryController(Controller):
         operation_class=RetagOperation,
         summary='Point the tag at stored bytes by digest, without sending them: {"digest": '
         '"blake3:<hex>"|"sha256:<hex>", "meta": {...}} (rollback: a digest from the history)',
-        request_max_body_size=RETAG_MAX_BYTES,
         status_code=201,
         response_headers=CREATED_HEADERS,
         responses=error_responses(400, 404, 409, 412, 413),
@@ -115,8 +133,9 @@ class TagHistoryController(Controller):
         image: str,
         tag: str,
     ) -> Response[Envelope]:
+        raw = await _small_body(request, settings)  # first: a refusal then leaves none unread
         names = _names(repo, image, tag)
-        digest, meta = _retag_request(await request.body())
+        digest, meta = _retag_request(raw)
         options = await write_options(request, catalog, names, early=False)
         ref = await catalog.retag(*names, digest, meta, options)
         headers = {
