@@ -210,7 +210,13 @@ def test_ls_inspect_history_tag_and_rm(server: RunningServer, work: Path, name: 
     ok(client("push", "b.raw", f"shelf/{name}:v1", server=url, cwd=work))
 
     assert "shelf" in json.loads(ok(client("ls", "--json", server=url)))
-    assert name in ok(client("ls", "shelf", server=url)).split()
+    images = ok(client("ls", "shelf", server=url)).splitlines()
+    assert images[0].split() == ["IMAGE", "TAGS", "SIZE", "UPDATED", "(UTC)"]
+    assert next(line for line in images if line.startswith(name)).split()[1:4] == [
+        "1",
+        "1.0",
+        "MiB",
+    ]
     table = ok(client("ls", f"shelf/{name}", server=url))
     header, row = table.splitlines()[:2]
     assert header.split()[:3] == ["TAG", "SIZE", "FORMAT"]

@@ -42,7 +42,12 @@ def ls(
         if repo is None:
             names, heading = list_repositories(session), "REPOSITORY"
         elif image is None:
-            names, heading = list_images(session, repo), "IMAGE"
+            images = list_images(session, repo)
+            if as_json:
+                _print_json(images)
+            else:
+                _print_images(images)
+            return
         else:
             tags = list_tags(session, repo, image)
             if as_json:
@@ -121,6 +126,19 @@ def _print_tags(tags: list[dict[str, Any]]) -> None:
         for tag in tags
     ]
     _print_table(["TAG", "SIZE", "FORMAT", "VIRTUAL SIZE", "DIGEST", "UPDATED (UTC)"], rows)
+
+
+def _print_images(images: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            str(image.get("image")),
+            str(image.get("tags", "-")),
+            _size(image.get("size")),
+            (image.get("updated") or "")[:19].replace("T", " "),
+        ]
+        for image in images
+    ]
+    _print_table(["IMAGE", "TAGS", "SIZE", "UPDATED (UTC)"], rows)
 
 
 def _print_history(entries: list[dict[str, Any]]) -> None:

@@ -15,8 +15,24 @@ def list_repositories(session: Session) -> list[str]:
     return _names(session, "")
 
 
-def list_images(session: Session, repo: str) -> list[str]:
-    return _names(session, f"/{repo}")
+def list_images(session: Session, repo: str) -> list[dict[str, Any]]:
+    """The images of ``repo`` with their tag counts, total size and last change.
+
+    Read page by page (``?details=true``, ``after``); a server without detailed listings
+    answers the names only, and those are what is shown then.
+    """
+    images: list[dict[str, Any]] = []
+    params: dict[str, str] = {"details": "true"}
+    while True:
+        body = _json(session, f"/{repo}", params=params)
+        page = body.get("data")
+        if not isinstance(page, list):
+            raise ConnectionFailedError(f"GET {session.url('/' + repo)}: the answer is not a list")
+        images += [item if isinstance(item, dict) else {"image": str(item)} for item in page]
+        after = body.get("next")
+        if not after:
+            return images
+        params = {"details": "true", "after": str(after)}
 
 
 def list_tags(session: Session, repo: str, image: str) -> list[dict[str, Any]]:
@@ -69,8 +85,8 @@ def _names(session: Session, path: str) -> list[str]:
     return [str(name) for name in data]
 
 
-def _json(session: Session, path: str) -> dict[str, Any]:
-    response = session.request("GET", path)
+def _json(session: Session, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = session.request("GET", path, **kwargs)
     try:
         body = response.json()
     except ValueError:
