@@ -2,7 +2,8 @@
 
 It forwards bytes both ways and can, in the server's answer, flip one byte of the body
 (a corrupting middlebox) or close the connection after some body bytes (a network
-that drops); it counts the bytes the client sent (what a resumed push sends again).
+that drops); it can flip a byte of what the client sends, and counts those bytes (what
+a resumed push sends again).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Proxy:
     """Flip the bits of this byte of each answer's body (the first answer per connection)."""
     cut_after_body_bytes: int | None = None
     """Close the connection once this many body bytes of an answer have gone through."""
+    flip_sent_byte: int | None = None
+    """Flip the bits of this byte of what the clients send, counted over all connections
+    (past the first request's headers, it lands in an upload's body)."""
     port: int = 0
     sent_upstream: int = 0
     """Bytes the client sent, all connections together."""
@@ -66,7 +70,13 @@ class Proxy:
         try:
             while data := client.recv(65536):
                 with self._lock:
+                    at = self.sent_upstream
                     self.sent_upstream += len(data)
+                flip = self.flip_sent_byte
+                if flip is not None and at <= flip < at + len(data):
+                    changed = bytearray(data)
+                    changed[flip - at] ^= 0xFF
+                    data = bytes(changed)
                 server.sendall(data)
         except OSError:
             pass

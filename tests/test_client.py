@@ -183,6 +183,17 @@ def test_a_corrupted_download_is_refused_and_leaves_no_file(
     assert sorted(p.name for p in work.iterdir() if p.name != ".cache") == ["disk.raw"]
 
 
+@pytest.mark.parametrize("how", [(), ("--format", "raw")], ids=["resumable", "one-request"])
+def test_a_push_corrupted_on_the_way_is_refused_and_stores_nothing(
+    server: RunningServer, work: Path, name: str, how: tuple[str, ...]
+) -> None:
+    (work / "disk.raw").write_bytes(image_bytes(4 * MIB))
+    with proxy(server.port, flip_sent_byte=2 * MIB) as corrupting:
+        done = client("push", "disk.raw", f"team/{name}:v1", *how, server=corrupting.url, cwd=work)
+    assert "the bytes the server received are not" in failed(done, 5)
+    failed(client("inspect", f"team/{name}:v1", server=server.base_url), 3)
+
+
 def test_a_raw_pull_is_sparse(server: RunningServer, work: Path, name: str) -> None:
     size = 64 * MIB
     with (work / "sparse.raw").open("wb") as file:

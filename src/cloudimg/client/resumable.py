@@ -215,7 +215,8 @@ def _finish(upload: _Upload, sha256: str) -> None:
     if response.status_code == 400 and "DIGEST_INVALID" in response.text:
         upload.state_file.unlink(missing_ok=True)
         raise VerificationError(
-            f"{upload.ref}: the server's bytes are not sha256:{sha256} (the upload was dropped)"
+            f"{upload.ref}: the bytes the server received are not sha256:{sha256}; "
+            "nothing was stored"
         )
     upload.session.checked(response)
 

@@ -73,6 +73,10 @@ def push(
                 data={"meta": json.dumps(meta)},
                 files={"img": (path.name, image, "application/octet-stream")},
             )
+        if response.status_code == 400 and _digest_mismatch(response):
+            raise VerificationError(
+                f"{ref}: the bytes the server received are not blake3:{digest}; nothing was stored"
+            )
         session.checked(response)
         meter.finish()
         return _stored(session, response.headers, digest, size)
@@ -104,6 +108,15 @@ def _stored(session: Session, headers: httpx.Headers, digest: str, size: int) ->
     if not location:
         raise VerificationError("the server's answer names no Location for the stored bytes")
     return PushResult(session.absolute(location), digest, repr_sha256(headers) or "", size)
+
+
+def _digest_mismatch(response: httpx.Response) -> bool:
+    """A 400 whose context names the expected and the actual digest (DigestMismatchError)."""
+    try:
+        context = response.json().get("context") or {}
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(context, dict) and {"expected", "actual"} <= context.keys()
 
 
 class _CountingFile(io.FileIO):
