@@ -37,7 +37,7 @@ from cloudimg.registry import open_registry
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_url
 from tests.maintenance_support import put
-from tests.support import blake3_hex, blob_path
+from tests.support import blake3_hex, blob_path, random_image
 
 __all__ = [
     "DELETE_POINTS",
@@ -169,8 +169,8 @@ def seed(data_root: Path, prefix: str) -> Images:
     """Store a victim tag (bytes no other tag has) and a bystander, as uploads do."""
     victim = f"/reg/crash/{prefix}/victim"
     tags = {
-        victim: os.urandom(200_000) + prefix.encode(),
-        f"/reg/crash/{prefix}/bystander": os.urandom(50_000),
+        victim: random_image(200_000) + prefix.encode(),
+        f"/reg/crash/{prefix}/bystander": random_image(50_000),
     }
 
     async def store() -> None:
@@ -180,7 +180,7 @@ def seed(data_root: Path, prefix: str) -> Images:
                 await put(registry.catalog, path.removeprefix("/reg/"), data)
 
     asyncio.run(store())
-    return Images(tags, victim, os.urandom(120_000) + b"new" + prefix.encode())
+    return Images(tags, victim, random_image(120_000) + b"new" + prefix.encode())
 
 
 @dataclass

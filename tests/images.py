@@ -133,6 +133,17 @@ def vmdk_with_extent_path(tmp_path: Path) -> Path:
     return path
 
 
+def vmdk_with_bad_descriptor_line(tmp_path: Path) -> Path:
+    """qemu-img's monolithicSparse whose descriptor has a line no strict parse accepts."""
+    path = vmdk(tmp_path, "monolithicSparse")
+    data = path.read_bytes()
+    comment = b"# Extent description"
+    # Same length, so every later byte stays where it was: not a comment, not key=value,
+    # not an extent (RW/RDONLY/NOACCESS), not ddb.
+    path.write_bytes(data.replace(comment, b"Extent description!!", 1))
+    return path
+
+
 def vmdk_descriptor(tmp_path: Path, create_type: str, extent: str) -> Path:
     """A text-only vmdk descriptor, the kind whose data lives in other files."""
     path = tmp_path / "descriptor.vmdk"
@@ -219,6 +230,7 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], str]] = {
     "qcow2-unknown-feature": (qcow2_with_unknown_feature, "qcow2-unknown-features"),
     "qcow2-version-4": (lambda p: qcow2_with_version(p, 4), "qcow2-unknown-version"),
     "vmdk-extent-path": (vmdk_with_extent_path, "vmdk-extent-path"),
+    "vmdk-bad-descriptor-line": (vmdk_with_bad_descriptor_line, "vmdk-descriptor-invalid"),
     "vmdk-monolithicFlat": (
         lambda p: vmdk_descriptor(p, "monolithicFlat", 'RW 2048 FLAT "disk-flat.vmdk" 0'),
         "vmdk-create-type",

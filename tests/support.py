@@ -1,5 +1,5 @@
-"""Helpers the test modules share: the error shape, hand-made upload bodies, digests,
-where a blob lies, and polling for a state the server reaches on its own.
+"""Helpers the test modules share: the error shape, random image bytes, hand-made upload
+bodies, digests, where a blob lies, and polling for a state the server reaches on its own.
 
 One copy of each, so that a change in the API's error body or the blob layout is made
 in one place; the fixtures that start servers live in ``tests/conftest.py``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import socket
 import time
@@ -59,6 +60,27 @@ def assert_error_body(
     assert body["error"]
     assert set(body) <= {"status", "error", "context"}
     return body
+
+
+# -- random image bytes ------------------------------------------------------------------
+
+_MBR_SIGNATURE = slice(510, 512)
+"""Where an MBR's 0x55 0xAA signature lies: random bytes hit it 1 time in 65,536, and the
+inspector then refuses an MBR whose random partition entries fail the safety check."""
+
+
+def random_image(size: int) -> bytes:
+    """``size`` random bytes that every upload accepts as a raw image.
+
+    Only a 2-byte magic at a fixed offset, the MBR signature, is likely enough to appear
+    by chance, so it is zeroed. The other magics oslo's inspectors and
+    ``cloudimg.images`` look for are 4 bytes or more (qcow2, qed, vhd, vhdx, vmdk, luks
+    at 0, vdi at 0x40, ISO 9660/UDF at 32 KiB + 1): at most 1 in 2**32 each. A text VMDK
+    descriptor needs ASCII with ``createType="`` before the first NUL: never by chance.
+    """
+    data = bytearray(os.urandom(size))
+    data[_MBR_SIGNATURE] = bytes(len(data[_MBR_SIGNATURE]))
+    return bytes(data)
 
 
 # -- hand-made multipart bodies ----------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 from cloudimg.api.auth import CredentialSet, parse_basic_credentials, parse_tokens
 from cloudimg.api.secret_file import SecretFile
 from tests.conftest import RunningServer, start_server, upload
-from tests.support import wait_until
+from tests.support import random_image, wait_until
 
 WRITE_TOKEN = "wt-0123456789abcdef-writer"
 OTHER_TOKEN = "wt-fedcba9876543210-other"
@@ -418,7 +418,7 @@ def test_connection_serves_the_next_request_after_a_refused_upload(
 
     connection = http.client.HTTPConnection("127.0.0.1", write_server.port, timeout=30)
     try:
-        body = os.urandom(300_000)
+        body = random_image(300_000)
         connection.request(
             "POST", "/reg/anon/disk/v1", body=body, headers={"content-type": "text/plain"}
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import stage, store_of
+from tests.support import random_image
 
 
 @pytest.fixture(params=BACKENDS)
@@ -210,7 +210,7 @@ async def test_delete_unknown_tag_is_not_found_and_changes_nothing(catalog: Cata
 
 
 async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> None:
-    data = os.urandom(4096)
+    data = random_image(4096)
     staged = await put(catalog, "repo/img/v1", data)
     await catalog.delete_tag("repo", "img", "v1")
     await put(catalog, "repo/img/v2", data)
@@ -229,8 +229,8 @@ async def test_upload_into_an_image_racing_the_delete_of_its_last_tag(
     other = Catalog(create_engine(catalog_url), catalog.blobs)
     try:
         for i in range(40):
-            await put(catalog, f"r{i}/img/old", os.urandom(64))
-            staged = await stage(other, os.urandom(64))
+            await put(catalog, f"r{i}/img/old", random_image(64))
+            staged = await stage(other, random_image(64))
             await asyncio.gather(
                 other.commit_upload(f"r{i}", "img", "new", staged, {}),
                 catalog.delete_tag(f"r{i}", "img", "old"),
@@ -255,7 +255,7 @@ async def inspection_of(catalog: Catalog, digest: str) -> tuple[object, ...]:
 
 
 async def test_upload_records_inspection_on_a_blob_not_inspected_yet(catalog: Catalog) -> None:
-    data = os.urandom(3000)
+    data = random_image(3000)
     staged = await put(catalog, "r/img/v1", data)  # no inspection: stored before it existed
     assert await inspection_of(catalog, staged.blake3) == (None, None, None, None)
     first = Inspection("raw", 3000, "gpt")

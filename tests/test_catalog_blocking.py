@@ -17,7 +17,7 @@ from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
 from cloudimg.maintenance import check
 from tests.databases import catalog_database
 from tests.maintenance_support import cli, cli_json, open_test_catalog, put, sql, store_of
-from tests.support import sha256_hex
+from tests.support import random_image, sha256_hex
 
 RULE = "qcow2-backing-file"
 
@@ -50,10 +50,10 @@ async def assert_blocked(catalog: Catalog, digest: str, data: bytes, *tags: str)
 async def test_a_blocked_blob_is_refused_by_tag_and_digest_and_meta_says_why(
     catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = os.urandom(10_000)
+    data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
     await put(catalog, "other/img/pinned", data)
-    kept = await put(catalog, "repo/img/v2", os.urandom(5_000))
+    kept = await put(catalog, "repo/img/v2", random_image(5_000))
 
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
         block = await catalog.block_blob(digest, RULE)
@@ -73,7 +73,7 @@ async def test_a_blocked_blob_is_refused_by_tag_and_digest_and_meta_says_why(
 
 
 async def test_an_upload_of_the_same_bytes_does_not_unblock(catalog: Catalog) -> None:
-    data = os.urandom(10_000)
+    data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
     await catalog.block_blob(digest, RULE)
     await put(catalog, "repo/img/v1", data, os="again")  # the same tag, new metadata
@@ -83,7 +83,7 @@ async def test_an_upload_of_the_same_bytes_does_not_unblock(catalog: Catalog) ->
 
 
 async def test_healing_a_quarantined_blob_keeps_its_block(catalog: Catalog) -> None:
-    data = os.urandom(10_000)
+    data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
     await catalog.block_blob(digest, RULE)
     store = store_of(catalog)
@@ -103,7 +103,7 @@ async def test_healing_a_quarantined_blob_keeps_its_block(catalog: Catalog) -> N
 async def test_unblock_serves_again_and_is_logged(
     catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = os.urandom(10_000)
+    data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
     block = await catalog.block_blob(digest, RULE)
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
@@ -131,8 +131,8 @@ async def test_block_and_unblock_of_an_unknown_digest_change_nothing(catalog: Ca
 
 
 async def test_the_snapshot_tells_inspected_and_blocked_blobs(catalog: Catalog) -> None:
-    old = await put(catalog, "repo/img/old", os.urandom(1000))
-    blocked = await put(catalog, "repo/img/bad", os.urandom(1000))
+    old = await put(catalog, "repo/img/old", random_image(1000))
+    blocked = await put(catalog, "repo/img/bad", random_image(1000))
     await catalog.block_blob(blocked, RULE)
     root = store_of(catalog).root
     sql(root, "UPDATE blobs SET inspected_at = NULL")
@@ -147,8 +147,8 @@ async def test_the_snapshot_tells_inspected_and_blocked_blobs(catalog: Catalog) 
 
 
 async def test_fsck_counts_uninspected_and_lists_blocked_blobs(catalog: Catalog) -> None:
-    old = await put(catalog, "repo/img/old", os.urandom(1000))
-    blocked = await put(catalog, "repo/img/bad", os.urandom(1000))
+    old = await put(catalog, "repo/img/old", random_image(1000))
+    blocked = await put(catalog, "repo/img/bad", random_image(1000))
     root = store_of(catalog).root
     sql(root, "UPDATE blobs SET inspected_at = NULL")  # stored before inspection existed
     await catalog.block_blob(blocked, RULE)
@@ -164,7 +164,7 @@ async def test_fsck_counts_uninspected_and_lists_blocked_blobs(catalog: Catalog)
 @pytest.mark.slow  # five CLI runs
 def test_cli_unblock(tmp_path: Path, backend: str) -> None:
     root = tmp_path / "data"
-    data = os.urandom(2000)
+    data = random_image(2000)
 
     async def fill() -> str:
         async with open_test_catalog(root, backend) as catalog:

@@ -10,7 +10,6 @@ silent connection, the open-file limit) is driven against a real server as well.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import resource
 import shutil
@@ -26,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, start_server, upload
-from tests.support import wait_until
+from tests.support import random_image, wait_until
 
 IDLE = 1_000
 DOWNLOADS = 300
@@ -155,7 +154,7 @@ def test_idle_crowd_and_slow_downloads_leave_probes_and_listings_fast(
     # Defaults for every limit but the header timeout, so that the crowd stays
     # connected for the whole measurement instead of being closed after 2 s.
     running = server_factory("--read-header-timeout-secs", "300")
-    image = os.urandom(IMAGE_SIZE)
+    image = random_image(IMAGE_SIZE)
     path = f"/reg/{repo}/disk/v1"
     with running.client() as http:
         assert upload(http, path, image).status_code == 201

@@ -9,7 +9,6 @@ SQLite catalog on the data root, so the module runs on SQLite only.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import sqlite3
@@ -34,6 +33,7 @@ from tests.support import (
     blob_path,
     multipart_head,
     multipart_tail,
+    random_image,
     wait_until,
 )
 from tests.volumes import fill, tmpfs
@@ -55,7 +55,7 @@ def chunked_upload(http: httpx.Client, path: str, size: int) -> httpx.Response:
         left = size
         while left:
             piece = min(left, 1024 * 1024)
-            yield os.urandom(piece)
+            yield random_image(piece)
             left -= piece
         yield multipart_tail()
 
@@ -135,7 +135,7 @@ def test_kill_9_during_deletes_then_gc_restores_the_invariants(
     for round_no in range(3):
         with running.client() as http:
             for i in range(24):
-                data = os.urandom(rng.randint(1, 60_000))
+                data = random_image(rng.randint(1, 60_000))
                 path = f"/reg/crash/img/r{round_no}-t{i}"
                 assert upload(http, path, data).status_code == 201
                 expected[path] = data
@@ -166,11 +166,11 @@ def test_kill_9_of_gc_mid_run_and_of_the_server_then_gc_clears_everything(
     """A gc killed between two reclaimed blobs, then the server killed: a new gc finishes."""
     running = server_factory(*FREE_AT_ONCE)
     with running.client() as http:
-        kept = os.urandom(100_000)
+        kept = random_image(100_000)
         assert upload(http, "/reg/keep/img/v1", kept).status_code == 201
     orphans = []
     for _ in range(400):  # blob files no catalog row names: gc reclaims them one by one
-        data = os.urandom(64)
+        data = random_image(64)
         digest = blake3_hex(data)
         path = blob_path(running.data_root, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def test_full_disk_upload_is_507_leaves_nothing_and_serving_goes_on(
     server_factory: Callable[..., RunningServer], small_volume: Path
 ) -> None:
     running = server_factory("--sqlite-busy-timeout-secs", "2", data_root=small_volume)
-    kept = os.urandom(200_000)
+    kept = random_image(200_000)
     with running.client() as http:
         assert upload(http, "/reg/full/img/kept", kept).status_code == 201
     before = read_catalog(running)
@@ -254,7 +254,7 @@ def test_full_disk_upload_is_507_leaves_nothing_and_serving_goes_on(
             assert http.get("/reg/full/img/kept").content == kept
 
         filler.unlink()  # space is back
-        again = os.urandom(500_000)
+        again = random_image(500_000)
         assert upload(http, "/reg/full/img/again", again).status_code == 201
         assert http.get("/reg/full/img/again").content == again
     assert running.process.poll() is None
@@ -267,7 +267,7 @@ def test_content_length_over_the_free_space_is_507_before_the_body(
     running = server_factory(data_root=small_volume)
     head = post_head(running, "/reg/full/img/big", 1024 * 1024 * 1024)
     # Only the start of the body is sent: the answer must not wait for the rest.
-    answer = raw_exchange(running, head, multipart_head() + os.urandom(1000))
+    answer = raw_exchange(running, head, multipart_head() + random_image(1000))
     assert status_of(answer) == 507, answer[:300]
     assert b'"RESOURCE_EXHAUSTED"' in answer
     assert running.staging_files() == []
@@ -284,13 +284,13 @@ def test_image_over_max_image_size_is_413_while_streaming(
 ) -> None:
     running = server_factory("--max-image-size", "1M")
     with running.client() as http:
-        assert upload(http, "/reg/lim/img/fits", os.urandom(1024 * 1024)).status_code == 201
+        assert upload(http, "/reg/lim/img/fits", random_image(1024 * 1024)).status_code == 201
         body = assert_error(
             chunked_upload(http, "/reg/lim/img/over", 1024 * 1024 + 1), 413, "RESOURCE_EXHAUSTED"
         )
         assert body["context"]["limit"] == 1024 * 1024
         # A Content-Length within the allowance for the framing: refused while streaming.
-        over = upload(http, "/reg/lim/img/over", os.urandom(1024 * 1024 + 10))
+        over = upload(http, "/reg/lim/img/over", random_image(1024 * 1024 + 10))
         assert_error(over, 413, "RESOURCE_EXHAUSTED")
         assert http.get("/reg/lim/img").json()["data"] == ["fits"]
     assert wait_for_no_staging(running) == []
@@ -302,7 +302,7 @@ def test_content_length_over_max_image_size_is_413_before_the_body(
 ) -> None:
     running = server_factory(env={"CLOUDIMG_MAX_IMAGE_SIZE": "2M"})
     head = post_head(running, "/reg/lim/img/big", 10 * 1024**3)
-    answer = raw_exchange(running, head, multipart_head() + os.urandom(1000))
+    answer = raw_exchange(running, head, multipart_head() + random_image(1000))
     assert status_of(answer) == 413, answer[:300]
     assert b'"RESOURCE_EXHAUSTED"' in answer
     assert running.staging_files() == []
@@ -334,7 +334,7 @@ def test_locked_catalog_gives_503_and_readyz_says_so(
     server_factory: Callable[..., RunningServer],
 ) -> None:
     running = server_factory("--sqlite-busy-timeout-secs", "0.3")
-    kept = os.urandom(50_000)
+    kept = random_image(50_000)
     with running.client() as http:
         assert upload(http, "/reg/lock/img/kept", kept).status_code == 201
         assert http.get("/readyz").status_code == 200
@@ -401,7 +401,7 @@ def test_stalled_body_is_dropped_after_the_read_body_timeout(
     running = server_factory("--read-body-timeout-secs", "1")
     head = post_head(running, "/reg/slow/img/v1", 10 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
-        sock.sendall(head + multipart_head() + os.urandom(300_000))  # ... and nothing more
+        sock.sendall(head + multipart_head() + random_image(300_000))  # ... and nothing more
         wait_until(running.staging_files, "the upload reaches its staging file", timeout=10)
         answer = b""
         with contextlib.suppress(ConnectionResetError):

@@ -8,7 +8,6 @@ it keeps ``catalog.sqlite3.reserve`` for that, and uploads leave 8 MiB free.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cloudimg.catalog.database import RESERVE_BYTES
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, wait_for_no_staging
 from tests.maintenance_support import age, cli, cli_json
-from tests.support import assert_error, blake3_hex, blob_path
+from tests.support import assert_error, blake3_hex, blob_path, random_image
 from tests.test_faults import chunked_upload
 from tests.volumes import fill, free_bytes, tmpfs
 
@@ -43,7 +42,7 @@ def one_line(text: str) -> str:
 
 def populate(running: RunningServer) -> dict[str, bytes]:
     """Three tags, two sharing their bytes; returns path -> bytes."""
-    shared, alone = os.urandom(300_000), os.urandom(2_000_000)
+    shared, alone = random_image(300_000), random_image(2_000_000)
     images = {
         "/reg/full/img/kept": shared,
         "/reg/full/img/twin": shared,
@@ -84,7 +83,7 @@ def test_full_volume_serves_refuses_uploads_and_delete_frees_space(
 
         # Uploads: refused before the body (Content-Length) and while streaming (chunked).
         assert_error(
-            upload(http, "/reg/full/img/new", os.urandom(100_000)), 507, "RESOURCE_EXHAUSTED"
+            upload(http, "/reg/full/img/new", random_image(100_000)), 507, "RESOURCE_EXHAUSTED"
         )
         assert_error(chunked_upload(http, "/reg/full/img/new", 100_000), 507, "RESOURCE_EXHAUSTED")
         assert wait_for_no_staging(running) == []
@@ -102,7 +101,7 @@ def test_full_volume_serves_refuses_uploads_and_delete_frees_space(
         assert http.get("/reg/full/img").json()["data"] == ["kept"]
 
         filler.unlink()  # the operator makes room: uploads work, the reserve comes back
-        again = os.urandom(500_000)
+        again = random_image(500_000)
         assert upload(http, "/reg/full/img/again", again).status_code == 201
         assert http.get("/reg/full/img/again").content == again
     if backend == "sqlite":
@@ -140,7 +139,7 @@ def test_gc_fsck_and_du_run_on_a_full_volume_and_gc_frees_space(
     """They died with `disk I/O error`, so the tool that frees space could not run."""
     first = server_factory(data_root=volume)
     images = populate(first)
-    orphan = os.urandom(1_500_000)  # a blob file no catalog row names: gc's to reclaim
+    orphan = random_image(1_500_000)  # a blob file no catalog row names: gc's to reclaim
     orphan_path = blob_path(first.data_root, blake3_hex(orphan))
     orphan_path.parent.mkdir(parents=True, exist_ok=True)
     orphan_path.write_bytes(orphan)

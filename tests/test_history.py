@@ -3,7 +3,6 @@ a real SQLite file and a real PostgreSQL database (the HTTP side: test_http_hist
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from cloudimg.maintenance import check, collect_garbage
 from cloudimg.registry import Registry, open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import put, sql, store_of
+from tests.support import random_image
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,7 +64,7 @@ async def downloads(catalog: Catalog, image: str, digest: str) -> bool:
 
 
 async def push_versions(catalog: Catalog, count: int) -> list[str]:
-    return [await put(catalog, "repo/img/v1", os.urandom(100 + i)) for i in range(count)]
+    return [await put(catalog, "repo/img/v1", random_image(100 + i)) for i in range(count)]
 
 
 async def test_every_change_is_recorded_newest_first(catalog: Catalog) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.invariants import assert_invariants, wait_for_no_staging
-from tests.support import BOUNDARY, Part, assert_error_body, multipart_body
+from tests.support import BOUNDARY, Part, assert_error_body, multipart_body, random_image
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_hostile_path_segments_are_400_or_404_and_touch_nothing(
     names = [b"abc", b"def", b"v1"]
     names[position] = HOSTILE_SEGMENTS[segment]
     target = b"/reg/" + b"/".join(names)
-    body = multipart(("meta", b"{}"), ("img", os.urandom(2000)))
+    body = multipart(("meta", b"{}"), ("img", random_image(2000)))
     for method, payload, extra in [
         ("POST", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}),
         ("GET", b"", {}),
@@ -156,7 +156,7 @@ BAD_BODIES: dict[str, bytes] = {
     "part headers that never end": (
         f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=img\r\nX: ".encode() + b"y" * 100_000
     ),
-    "truncated after the img part": multipart(("meta", b"{}"), ("img", os.urandom(5000)))[:-30],
+    "truncated after the img part": multipart(("meta", b"{}"), ("img", random_image(5000)))[:-30],
     "no boundary at all": os.urandom(10_000),
     "garbage before the first boundary only": b"preamble" * 100,
 }
@@ -267,7 +267,7 @@ def test_a_transfer_coding_the_server_does_not_decode_is_501(
 ) -> None:
     """Granian strips ``chunked`` and hands the rest on undecoded: storing it would store
     bytes the client did not mean (RFC 9112 section 6.1: 501)."""
-    body = multipart(("meta", b'{"os":"plain"}'), ("img", os.urandom(3000)))
+    body = multipart(("meta", b'{"os":"plain"}'), ("img", random_image(3000)))
     target = b"/reg/codings/img/" + case.replace(" ", "").replace(",", "-").encode()[:60]
     request = chunked_post(server, target, body, *UNDECODED_CODINGS[case])
     status, headers, answer = exchange(server, request)
@@ -290,7 +290,7 @@ def test_a_transfer_coding_is_refused_on_any_request(server: RunningServer) -> N
 
 
 def test_chunked_in_any_case_is_decoded_and_stored(server: RunningServer) -> None:
-    image = os.urandom(5000)
+    image = random_image(5000)
     body = multipart(("meta", b'{"os":"chunked"}'), ("img", image))
     status, _headers, answer = exchange(
         server, chunked_post(server, b"/reg/codings/img/upper", body, "Chunked")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, serve_module, upload
-from tests.support import assert_error, blob_path, wait_until
+from tests.support import assert_error, blob_path, random_image, wait_until
 
 SIZE = 100_003
 BIG = 64 * 1024 * 1024
@@ -70,7 +70,7 @@ def put(client: httpx.Client, path: str, data: bytes) -> Image:
 
 @pytest.fixture
 def image(client: httpx.Client, repo: str) -> Image:
-    return put(client, f"/reg/{repo}/disk/v1", os.urandom(SIZE))
+    return put(client, f"/reg/{repo}/disk/v1", random_image(SIZE))
 
 
 @pytest.fixture
@@ -357,7 +357,7 @@ def test_digest_reference_answers_head_and_range(
 def test_digest_reference_is_404_under_another_image(
     client: httpx.Client, image: Image, algorithm: str
 ) -> None:
-    other = put(client, f"/reg/{image.repo}/other/v1", os.urandom(1000))
+    other = put(client, f"/reg/{image.repo}/other/v1", random_image(1000))
     reference = image.by_digest(algorithm).rsplit("/", 1)[1]
     wrong_image = other.path.rsplit("/", 1)[0] + "/" + reference
     assert_error(client.get(wrong_image), 404, "NOT_FOUND")
@@ -367,7 +367,7 @@ def test_digest_reference_is_404_under_another_image(
 def test_digest_reference_is_404_once_the_tag_is_deleted(
     client: httpx.Client, image: Image, algorithm: str
 ) -> None:
-    put(client, f"/reg/{image.repo}/disk/keep", os.urandom(1000))  # the image stays
+    put(client, f"/reg/{image.repo}/disk/keep", random_image(1000))  # the image stays
     assert client.delete(image.path).status_code == 200
     assert_error(client.get(image.by_digest(algorithm)), 404, "NOT_FOUND")
 
@@ -388,7 +388,7 @@ def test_malformed_digest_reference_is_400(
 
 @pytest.fixture
 def big(client: httpx.Client, repo: str) -> Image:
-    return put(client, f"/reg/{repo}/big/v1", os.urandom(BIG))
+    return put(client, f"/reg/{repo}/big/v1", random_image(BIG))
 
 
 def _download_while_deleting(
@@ -454,7 +454,7 @@ def _has_open(pid: int, path: Path) -> bool:
 @pytest.fixture
 def huge(client: httpx.Client, repo: str) -> Image:
     # One random MiB repeated: cheap to make, and still a blob no other test shares.
-    return put(client, f"/reg/{repo}/huge/v1", os.urandom(1024 * 1024) * (HUGE // (1024 * 1024)))
+    return put(client, f"/reg/{repo}/huge/v1", random_image(1024 * 1024) * (HUGE // (1024 * 1024)))
 
 
 def test_aborted_range_download_stops_reading_the_blob(

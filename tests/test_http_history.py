@@ -4,7 +4,6 @@ HTTP, against real servers on both catalog backends."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants, read_catalog
 from tests.maintenance_support import cli, cli_json
-from tests.support import assert_error, blake3_hex, sha256_hex
+from tests.support import assert_error, blake3_hex, random_image, sha256_hex
 
 N = 8
 
@@ -39,7 +38,7 @@ def retag(http: httpx.Client, path: str, body: Any, **headers: str) -> httpx.Res
 
 def test_every_change_is_listed_newest_first(client: httpx.Client, repo: str) -> None:
     path = f"/reg/{repo}/img/v1"
-    one, two = os.urandom(1000), os.urandom(2000)
+    one, two = random_image(1000), random_image(2000)
     assert upload(client, path, one, {"os": "a"}).status_code == 201
     assert upload(client, path, two, {"os": "b"}).status_code == 201
     assert retag(client, path, {"digest": f"blake3:{blake3_hex(one)}"}).status_code == 201
@@ -66,11 +65,11 @@ def test_a_pinned_digest_downloads_after_the_tag_moved_twice(
 ) -> None:
     """The reproducibility recipe of docs/cdi.md, in plain HTTP."""
     path = f"/reg/{repo}/img/latest"
-    first = os.urandom(300_000)
+    first = random_image(300_000)
     assert upload(client, path, first).status_code == 201
     pinned = f"/reg/{repo}/img/sha256:{sha256_hex(first)}"
     for _ in range(2):
-        assert upload(client, path, os.urandom(1000)).status_code == 201
+        assert upload(client, path, random_image(1000)).status_code == 201
     head = client.head(pinned)
     assert head.status_code == 200
     assert int(head.headers["content-length"]) == len(first)
@@ -85,7 +84,7 @@ def test_a_deleted_tag_keeps_history_and_bytes_until_purged(
     client: httpx.Client, repo: str, server: RunningServer
 ) -> None:
     path = f"/reg/{repo}/img/v1"
-    data = os.urandom(5000)
+    data = random_image(5000)
     assert upload(client, path, data).status_code == 201
     assert client.delete(path).status_code == 200
     for gone in (f"/reg/{repo}", f"/reg/{repo}/img", path, f"{path}/meta"):
@@ -98,7 +97,7 @@ def test_a_deleted_tag_keeps_history_and_bytes_until_purged(
     assert_error(client.delete(path), 404, "NOT_FOUND")  # the tag is gone, its history not
     # Purged with a tag being deleted, and on its own once the tag is gone.
     other = f"/reg/{repo}/img/v2"
-    assert upload(client, other, os.urandom(10)).status_code == 201
+    assert upload(client, other, random_image(10)).status_code == 201
     assert client.delete(other, params={"purge": "history"}).status_code == 200
     assert_error(client.get(f"{other}/history"), 404, "NOT_FOUND")
     assert client.delete(path, params={"purge": "history"}).status_code == 200
@@ -113,7 +112,7 @@ def test_rollback_is_a_retag_to_a_digest_from_the_history(
     client: httpx.Client, repo: str, server: RunningServer
 ) -> None:
     path = f"/reg/{repo}/img/v1"
-    good, bad = os.urandom(4000), os.urandom(4000)
+    good, bad = random_image(4000), random_image(4000)
     assert upload(client, path, good, {"build": "1"}).status_code == 201
     assert upload(client, path, bad, {"build": "2"}).status_code == 201
     previous = history(client, path)[1]["digest"]
@@ -137,7 +136,7 @@ def test_bad_retag_requests_are_refused_and_change_nothing(
     client: httpx.Client, repo: str, server: RunningServer
 ) -> None:
     path = f"/reg/{repo}/img/v1"
-    data = os.urandom(100)
+    data = random_image(100)
     assert upload(client, path, data).status_code == 201
     digest = f"blake3:{blake3_hex(data)}"
     for body in (
@@ -160,7 +159,7 @@ def test_an_immutable_tag_refuses_overwrite_retag_and_delete(
     client: httpx.Client, repo: str, server: RunningServer
 ) -> None:
     path = f"/reg/{repo}/img/v1"
-    data, other = os.urandom(100), os.urandom(200)
+    data, other = random_image(100), random_image(200)
     assert upload(client, path, data).status_code == 201
     assert upload(client, f"/reg/{repo}/img/v2", other).status_code == 201
     assert client.put(f"{path}/immutable").status_code == 200
@@ -195,7 +194,7 @@ def test_rules_make_existing_tags_immutable(
 
 def test_conditional_writes(client: httpx.Client, repo: str, server: RunningServer) -> None:
     path = f"/reg/{repo}/img/v1"
-    data = os.urandom(100)
+    data = random_image(100)
     create_only = {"If-None-Match": "*"}
     files = {"meta": ("m", b"{}"), "img": ("i", data)}
     assert client.post(path, files=files, headers=create_only).status_code == 201
@@ -255,7 +254,7 @@ def test_racing_conditional_writers_in_two_servers_have_one_winner(
     second = server_factory(data_root=tmp_path / "shared")
     servers = (first, second)
     path = f"/reg/{repo}/img/v1"
-    payloads = [os.urandom(20_000) for _ in range(N)]
+    payloads = [random_image(20_000) for _ in range(N)]
     create = [
         (servers[i % 2], _conditional_upload(path, payloads[i], {"If-None-Match": "*"}))
         for i in range(N)
@@ -267,7 +266,7 @@ def test_racing_conditional_writers_in_two_servers_have_one_winner(
         assert winner == payloads[statuses.index(201)]
         etag = http.head(path).headers["etag"]
     moves = [
-        (servers[i % 2], _conditional_upload(path, os.urandom(20_000), {"If-Match": etag}))
+        (servers[i % 2], _conditional_upload(path, random_image(20_000), {"If-Match": etag}))
         for i in range(N)
     ]
     assert sorted(_together(moves)) == [201] + [412] * (N - 1)
@@ -301,7 +300,7 @@ def test_keep_history_comes_from_its_variable(
 ) -> None:
     server = server_factory(env={"CLOUDIMG_KEEP_HISTORY": "1"})
     path = f"/reg/{repo}/img/v1"
-    versions = [os.urandom(1000) for _ in range(3)]
+    versions = [random_image(1000) for _ in range(3)]
     with server.client() as http:
         for data in versions:
             assert upload(http, path, data).status_code == 201
@@ -319,7 +318,7 @@ def test_history_retag_immutability_and_conditions_with_gc_looping(
     invariants hold, and every retained digest downloads its bytes."""
     root = tmp_path / "shared"
     servers = [server_factory(data_root=root), server_factory(data_root=root)]
-    payloads = [os.urandom(random.randint(1, 200_000)) for _ in range(6)]
+    payloads = [random_image(random.randint(1, 200_000)) for _ in range(6)]
     tags = [f"/reg/shared/img/t{i}" for i in range(4)]
     expected: dict[str, bytes] = {}
     locks = {tag: threading.Lock() for tag in tags}
@@ -408,8 +407,8 @@ def test_history_retag_immutability_and_conditions_with_gc_looping(
 def test_listings_with_details_are_paged(client: httpx.Client, repo: str) -> None:
     sizes = {"ta": 10, "tb": 20, "tc": 30}
     for tag, size in sizes.items():
-        assert upload(client, f"/reg/{repo}/img/{tag}", os.urandom(size)).status_code == 201
-    assert upload(client, f"/reg/{repo}/other/tx", os.urandom(5)).status_code == 201
+        assert upload(client, f"/reg/{repo}/img/{tag}", random_image(size)).status_code == 201
+    assert upload(client, f"/reg/{repo}/other/tx", random_image(5)).status_code == 201
     assert client.put(f"/reg/{repo}/img/tb/immutable").status_code == 200
     assert client.get(f"/reg/{repo}/img").json()["data"] == ["ta", "tb", "tc"]  # plain: as before
     first = client.get(f"/reg/{repo}/img", params={"details": "true", "limit": 2}).json()

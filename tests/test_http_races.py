@@ -6,7 +6,6 @@ real server, then checks the catalog and the blob tree from outside the server.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ import pytest
 from tests.conftest import RunningServer, serve_module, start_server, upload
 from tests.databases import catalog_database
 from tests.invariants import assert_invariants, read_catalog
-from tests.support import blake3_hex, blob_path
+from tests.support import blake3_hex, blob_path, random_image
 
 T = TypeVar("T")
 N = 8
@@ -63,7 +62,7 @@ def deleter(path: str) -> Callable[[httpx.Client], int]:
 
 
 def test_same_bytes_to_many_tags_at_once_share_one_blob(server: RunningServer, repo: str) -> None:
-    data = os.urandom(200_000)
+    data = random_image(200_000)
     before = set(server.blob_files())
     statuses = in_parallel(server, [uploader(f"/reg/{repo}/img/t{i}", data) for i in range(N)])
     assert statuses == [201] * N
@@ -73,7 +72,7 @@ def test_same_bytes_to_many_tags_at_once_share_one_blob(server: RunningServer, r
 
 
 def test_same_bytes_to_many_tags_at_once_are_all_listed(server: RunningServer, repo: str) -> None:
-    data = os.urandom(50_000)
+    data = random_image(50_000)
     statuses = in_parallel(server, [uploader(f"/reg/{repo}/img/t{i}", data) for i in range(N)])
     assert statuses == [201] * N
     with server.client() as http:
@@ -84,7 +83,7 @@ def test_same_bytes_to_many_tags_at_once_are_all_listed(server: RunningServer, r
 
 def test_many_images_of_a_new_repo_at_once(server: RunningServer, repo: str) -> None:
     """Concurrent first uploads all create the repository row: none may fail."""
-    calls = [uploader(f"/reg/{repo}/img{i}/t1", os.urandom(10_000)) for i in range(N)]
+    calls = [uploader(f"/reg/{repo}/img{i}/t1", random_image(10_000)) for i in range(N)]
     assert in_parallel(server, calls) == [201] * N
     with server.client() as http:
         assert http.get(f"/reg/{repo}").json()["data"] == sorted(f"img{i}" for i in range(N))
@@ -93,7 +92,7 @@ def test_many_images_of_a_new_repo_at_once(server: RunningServer, repo: str) -> 
 
 def test_overwrites_of_one_tag_at_once_leave_one_winner(server: RunningServer, repo: str) -> None:
     path = f"/reg/{repo}/img/t1"
-    payloads = [os.urandom(100_000) for _ in range(N)]
+    payloads = [random_image(100_000) for _ in range(N)]
     before = set(server.blob_files())
     statuses = in_parallel(server, [uploader(path, data) for data in payloads])
     assert statuses == [201] * N
@@ -107,7 +106,7 @@ def test_overwrites_of_one_tag_at_once_leave_one_winner(server: RunningServer, r
 
 def test_overwrites_of_one_tag_at_once_keep_winner_meta(server: RunningServer, repo: str) -> None:
     path = f"/reg/{repo}/img/t1"
-    payloads = [os.urandom(20_000) for _ in range(N)]
+    payloads = [random_image(20_000) for _ in range(N)]
     calls = [uploader(path, payloads[i], {"writer": str(i)}) for i in range(N)]
     assert in_parallel(server, calls) == [201] * N
     with server.client() as http:
@@ -119,7 +118,7 @@ def test_overwrites_of_one_tag_at_once_keep_winner_meta(server: RunningServer, r
 def test_deletes_of_one_tag_at_once_succeed_once(server: RunningServer, repo: str) -> None:
     path = f"/reg/{repo}/img/t1"
     with server.client() as http:
-        assert upload(http, path, os.urandom(30_000)).status_code == 201
+        assert upload(http, path, random_image(30_000)).status_code == 201
     statuses = in_parallel(server, [deleter(path) for _ in range(N)])
     assert sorted(statuses) == [200] + [404] * (N - 1)
     assert_invariants(server)
@@ -131,7 +130,7 @@ def test_upload_racing_delete_of_a_tag_with_same_bytes(
     server: RunningServer, repo: str, round_: int
 ) -> None:
     """Upload X to A while B, the only holder of X, is deleted: A must serve X after."""
-    data = os.urandom(150_000 + round_)
+    data = random_image(150_000 + round_)
     a, b = f"/reg/{repo}/img/a{round_}", f"/reg/{repo}/img/b{round_}"
     with server.client() as http:
         assert upload(http, b, data).status_code == 201
@@ -151,8 +150,8 @@ def test_upload_racing_delete_of_the_images_last_tag(
 ) -> None:
     """The delete drops the image and repository rows the upload is adding a tag to."""
     with server.client() as http:
-        assert upload(http, f"/reg/{repo}/img/old", os.urandom(20_000)).status_code == 201
-    data = os.urandom(20_000)
+        assert upload(http, f"/reg/{repo}/img/old", random_image(20_000)).status_code == 201
+    data = random_image(20_000)
     calls = [uploader(f"/reg/{repo}/img/new", data), deleter(f"/reg/{repo}/img/old")]
     assert in_parallel(server, calls) == [201, 200]
     with server.client() as http:
@@ -165,7 +164,7 @@ def test_uploads_racing_deletes_of_same_bytes_many_at_once(
     server: RunningServer, repo: str
 ) -> None:
     """Half the threads delete holders of X while the other half add new ones."""
-    data = os.urandom(60_000)
+    data = random_image(60_000)
     half = N // 2
     with server.client() as http:
         for i in range(half):
@@ -182,7 +181,7 @@ def test_uploads_racing_deletes_of_same_bytes_many_at_once(
 
 def test_overwrite_racing_delete_of_the_old_bytes_holder(server: RunningServer, repo: str) -> None:
     """A moves from X to Y while B (the other holder of X) is deleted: X must go."""
-    x, y = os.urandom(40_000), os.urandom(40_000)
+    x, y = random_image(40_000), random_image(40_000)
     a, b = f"/reg/{repo}/img/ta", f"/reg/{repo}/img/tb"
     with server.client() as http:
         assert upload(http, a, x).status_code == 201
@@ -216,7 +215,7 @@ def two_servers(
 def test_same_bytes_through_two_processes_share_one_blob(
     two_servers: tuple[RunningServer, RunningServer], repo: str
 ) -> None:
-    data = os.urandom(100_000)
+    data = random_image(100_000)
     first = two_servers[0]
     before = set(first.blob_files())
     statuses = across(
@@ -232,7 +231,7 @@ def test_overwrites_through_two_processes_leave_one_winner(
     two_servers: tuple[RunningServer, RunningServer], repo: str
 ) -> None:
     path = f"/reg/{repo}/img/t1"
-    payloads = [os.urandom(50_000) for _ in range(N)]
+    payloads = [random_image(50_000) for _ in range(N)]
     first = two_servers[0]
     before = set(first.blob_files())
     statuses = across([(two_servers[i % 2], uploader(path, payloads[i])) for i in range(N)])
@@ -251,7 +250,7 @@ def test_upload_and_delete_of_same_bytes_in_two_processes(
 ) -> None:
     """Process 1 uploads X to A while process 2 deletes B, the only holder of X."""
     first, second = two_servers
-    data = os.urandom(100_000 + round_)
+    data = random_image(100_000 + round_)
     a, b = f"/reg/{repo}/img/ta", f"/reg/{repo}/img/tb"
     with second.client() as http:
         assert upload(http, b, data).status_code == 201

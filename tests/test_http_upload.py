@@ -10,7 +10,6 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from tests.support import (
     multipart_body,
     multipart_head,
     multipart_tail,
+    random_image,
     sha256_hex,
     wait_until,
 )
@@ -128,7 +128,7 @@ def test_upload_answers_201_with_null_data(client: httpx.Client, repo: str) -> N
 
 def test_upload_201_says_what_was_stored(client: httpx.Client, repo: str) -> None:
     """Location (the digest-pinned URL), ETag and Repr-Digest: pinning needs no second call."""
-    data = os.urandom(70_000)
+    data = random_image(70_000)
     response = upload(client, f"/reg/{repo}/img/t1", data)
     assert response.status_code == 201
     assert response.json() == {"success": True, "data": None}
@@ -142,7 +142,7 @@ def test_upload_201_says_what_was_stored(client: httpx.Client, repo: str) -> Non
 
 
 def test_each_upload_pins_its_own_bytes(client: httpx.Client, repo: str) -> None:
-    first, second = os.urandom(5000), os.urandom(6000)
+    first, second = random_image(5000), random_image(6000)
     assert upload(client, f"/reg/{repo}/img/keep", first).status_code == 201
     first_location = upload(client, f"/reg/{repo}/img/t1", first).headers["location"]
     second_location = upload(client, f"/reg/{repo}/img/t1", second).headers["location"]
@@ -230,7 +230,7 @@ def test_empty_meta_object_is_accepted(client: httpx.Client, repo: str) -> None:
 
 
 def test_meta_view_carries_path_digests_and_size(client: httpx.Client, repo: str) -> None:
-    data = os.urandom(70_000)
+    data = random_image(70_000)
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     view = client.get(f"/reg/{repo}/img/t1/meta").json()
     assert view["imagePath"] == f"/reg/{repo}/img/t1"
@@ -315,7 +315,7 @@ def test_bad_name_is_refused_and_stores_nothing(
     image_name: str,
     tag_name: str,
 ) -> None:
-    body = multipart_body([meta_part({}), img_part(os.urandom(1000))])
+    body = multipart_body([meta_part({}), img_part(random_image(1000))])
     path = f"/reg/{repo_name}/{image_name}/{tag_name}"
     response = raw_request(server, "POST", path, body, MULTIPART)
     assert_error_body(response.status, response.json(), 400, "INVALID_ARGUMENT")
@@ -328,7 +328,7 @@ def test_bad_name_is_refused_and_stores_nothing(
 def test_invalid_json_meta_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([Part("meta", b"{not json"), img_part(os.urandom(5000))])
+    body = multipart_body([Part("meta", b"{not json"), img_part(random_image(5000))])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -336,7 +336,7 @@ def test_invalid_json_meta_is_refused(
 def test_non_utf8_meta_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([Part("meta", b'{"k": "\xff\xfe"}'), img_part(os.urandom(5000))])
+    body = multipart_body([Part("meta", b'{"k": "\xff\xfe"}'), img_part(random_image(5000))])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -347,7 +347,7 @@ def test_non_utf8_meta_is_refused(
 def test_meta_that_is_not_an_object_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State, meta: Any
 ) -> None:
-    body = multipart_body([meta_part(meta), img_part(os.urandom(5000))])
+    body = multipart_body([meta_part(meta), img_part(random_image(5000))])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -360,7 +360,7 @@ def test_meta_that_is_not_an_object_is_refused(
 def test_meta_with_non_string_value_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State, value: Any
 ) -> None:
-    body = multipart_body([meta_part({"ok": "yes", "bad": value}), img_part(os.urandom(5000))])
+    body = multipart_body([meta_part({"ok": "yes", "bad": value}), img_part(random_image(5000))])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -379,7 +379,7 @@ def test_meta_with_lone_surrogate_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State, raw_meta: bytes
 ) -> None:
     """Valid JSON, but not text a JSON response can carry: GET .../meta could never answer."""
-    body = multipart_body([Part("meta", raw_meta), img_part(os.urandom(5000))])
+    body = multipart_body([Part("meta", raw_meta), img_part(random_image(5000))])
     response = post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART)
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -392,7 +392,7 @@ def test_meta_with_duplicate_keys_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State, raw_meta: bytes
 ) -> None:
     """Parsers disagree on which duplicate wins; the registry must not pick one silently."""
-    body = multipart_body([Part("meta", raw_meta), img_part(os.urandom(5000))])
+    body = multipart_body([Part("meta", raw_meta), img_part(random_image(5000))])
     response = post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART)
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -402,7 +402,7 @@ def test_oversized_meta_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
     meta = {"big": "x" * (128 * 1024)}
-    body = multipart_body([img_part(os.urandom(5000)), meta_part(meta)])
+    body = multipart_body([img_part(random_image(5000)), meta_part(meta)])
     assert_error(
         post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 413, "RESOURCE_EXHAUSTED"
     )
@@ -420,7 +420,7 @@ def test_missing_img_is_refused(
 def test_img_under_another_name_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([meta_part({}), Part("image", os.urandom(5000), "image.bin")])
+    body = multipart_body([meta_part({}), Part("image", random_image(5000), "image.bin")])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -428,7 +428,7 @@ def test_img_under_another_name_is_refused(
 def test_missing_meta_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([img_part(os.urandom(5000))])
+    body = multipart_body([img_part(random_image(5000))])
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -460,7 +460,7 @@ def test_octet_stream_body_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
     response = post_raw(
-        client, f"/reg/{repo}/img/t1", os.urandom(200_000), "application/octet-stream"
+        client, f"/reg/{repo}/img/t1", random_image(200_000), "application/octet-stream"
     )
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -469,7 +469,7 @@ def test_octet_stream_body_is_refused(
 def test_multipart_without_boundary_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([meta_part({}), img_part(os.urandom(5000))])
+    body = multipart_body([meta_part({}), img_part(random_image(5000))])
     response = post_raw(client, f"/reg/{repo}/img/t1", body, "multipart/form-data")
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -478,7 +478,7 @@ def test_multipart_without_boundary_is_refused(
 def test_multipart_with_other_boundary_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([meta_part({}), img_part(os.urandom(5000))])
+    body = multipart_body([meta_part({}), img_part(random_image(5000))])
     response = post_raw(
         client, f"/reg/{repo}/img/t1", body, "multipart/form-data; boundary=not-the-one-used"
     )
@@ -489,7 +489,7 @@ def test_multipart_with_other_boundary_is_refused(
 def test_truncated_multipart_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([meta_part({}), img_part(os.urandom(300_000))], close=False)
+    body = multipart_body([meta_part({}), img_part(random_image(300_000))], close=False)
     assert_error(post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART), 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -497,7 +497,7 @@ def test_truncated_multipart_is_refused(
 def test_multipart_cut_inside_img_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    body = multipart_body([meta_part({}), img_part(os.urandom(300_000))])
+    body = multipart_body([meta_part({}), img_part(random_image(300_000))])
     response = post_raw(client, f"/reg/{repo}/img/t1", body[: len(body) // 2], MULTIPART)
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -506,7 +506,7 @@ def test_multipart_cut_inside_img_is_refused(
 def test_duplicate_img_part_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    parts = [meta_part({}), img_part(os.urandom(5000)), img_part(os.urandom(5000))]
+    parts = [meta_part({}), img_part(random_image(5000)), img_part(random_image(5000))]
     response = post_raw(client, f"/reg/{repo}/img/t1", multipart_body(parts), MULTIPART)
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -515,7 +515,7 @@ def test_duplicate_img_part_is_refused(
 def test_duplicate_meta_part_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State
 ) -> None:
-    parts = [meta_part({"a": "1"}), img_part(os.urandom(5000)), meta_part({"a": "2"})]
+    parts = [meta_part({"a": "1"}), img_part(random_image(5000)), meta_part({"a": "2"})]
     response = post_raw(client, f"/reg/{repo}/img/t1", multipart_body(parts), MULTIPART)
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
@@ -524,9 +524,9 @@ def test_duplicate_meta_part_is_refused(
 def test_bad_meta_keeps_the_existing_tag(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    old = os.urandom(20_000)
+    old = random_image(20_000)
     assert upload(client, f"/reg/{repo}/img/t1", old, {"v": "old"}).status_code == 201
-    body = multipart_body([meta_part({"v": 2}), img_part(os.urandom(20_000))])
+    body = multipart_body([meta_part({"v": 2}), img_part(random_image(20_000))])
     assert post_raw(client, f"/reg/{repo}/img/t1", body, MULTIPART).status_code == 400
     assert client.get(f"/reg/{repo}/img/t1").content == old
     assert client.get(f"/reg/{repo}/img/t1/meta").json()["data"] == {"v": "old"}
@@ -540,7 +540,7 @@ def test_bad_meta_keeps_the_existing_tag(
 def test_wrong_digest_is_refused_and_stores_nothing(
     server: RunningServer, client: httpx.Client, repo: str, before: State, algorithm: str
 ) -> None:
-    data = os.urandom(50_000)
+    data = random_image(50_000)
     wrong = blake3_hex(b"other") if algorithm == "blake3" else sha256_hex(b"other")
     response = upload(
         client, f"/reg/{repo}/img/t1", data, params={"digest": f"{algorithm}:{wrong}"}
@@ -554,7 +554,7 @@ def test_wrong_digest_is_refused_and_stores_nothing(
 def test_wrong_digest_keeps_the_existing_tag(
     server: RunningServer, client: httpx.Client, repo: str, algorithm: str
 ) -> None:
-    old, new = os.urandom(30_000), os.urandom(30_000)
+    old, new = random_image(30_000), random_image(30_000)
     assert upload(client, f"/reg/{repo}/img/t1", old, {"v": "old"}).status_code == 201
     wrong = blake3_hex(old) if algorithm == "blake3" else sha256_hex(old)
     response = upload(
@@ -571,7 +571,7 @@ def test_wrong_digest_keeps_the_existing_tag(
 def test_right_digest_is_accepted(
     server: RunningServer, client: httpx.Client, repo: str, algorithm: str
 ) -> None:
-    data = os.urandom(40_000)
+    data = random_image(40_000)
     right = blake3_hex(data) if algorithm == "blake3" else sha256_hex(data)
     response = upload(
         client, f"/reg/{repo}/img/t1", data, params={"digest": f"{algorithm}:{right}"}
@@ -585,7 +585,7 @@ def test_right_digest_is_accepted(
 def test_every_digest_given_must_match(
     server: RunningServer, client: httpx.Client, repo: str, before: State, wrong_first: bool
 ) -> None:
-    data = os.urandom(20_000)
+    data = random_image(20_000)
     right, wrong = f"blake3:{blake3_hex(data)}", f"sha256:{sha256_hex(b'other')}"
     digests = [wrong, right] if wrong_first else [right, wrong]
     response = client.post(
@@ -600,7 +600,7 @@ def test_every_digest_given_must_match(
 def test_right_digests_in_both_algorithms_are_accepted(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(20_000)
+    data = random_image(20_000)
     response = client.post(
         f"/reg/{repo}/img/t1",
         files={"meta": (None, b"{}"), "img": ("image.bin", data)},
@@ -640,7 +640,7 @@ def test_right_digests_in_both_algorithms_are_accepted(
 def test_malformed_digest_is_refused(
     server: RunningServer, client: httpx.Client, repo: str, before: State, digest: str
 ) -> None:
-    response = upload(client, f"/reg/{repo}/img/t1", os.urandom(5000), params={"digest": digest})
+    response = upload(client, f"/reg/{repo}/img/t1", random_image(5000), params={"digest": digest})
     assert_error(response, 400, "INVALID_ARGUMENT")
     assert_unchanged(server, client, before)
 
@@ -651,7 +651,7 @@ def test_malformed_digest_is_refused(
 def test_two_tags_with_same_bytes_share_one_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(60_000)
+    data = random_image(60_000)
     files_before = set(server.blob_files())
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
@@ -665,7 +665,7 @@ def test_two_tags_with_same_bytes_share_one_blob(
 def test_same_bytes_in_two_repos_share_one_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(60_000)
+    data = random_image(60_000)
     other = repo + "-b"
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert upload(client, f"/reg/{other}/img2/t2", data).status_code == 201
@@ -676,7 +676,7 @@ def test_same_bytes_in_two_repos_share_one_blob(
 def test_overwrite_with_other_bytes_serves_the_new_bytes(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    old, new = os.urandom(40_000), os.urandom(50_000)
+    old, new = random_image(40_000), random_image(50_000)
     assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
     response = upload(client, f"/reg/{repo}/img/t1", new)
     assert response.status_code == 201, response.text
@@ -688,7 +688,7 @@ def test_overwrite_with_other_bytes_serves_the_new_bytes(
 def test_overwrite_frees_the_old_blob_with_its_last_reference(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    old, new = os.urandom(40_000), os.urandom(50_000)
+    old, new = random_image(40_000), random_image(50_000)
     assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
     assert blob_path(server.data_root, blake3_hex(old)).exists()
     assert upload(client, f"/reg/{repo}/img/t1", new).status_code == 201
@@ -700,7 +700,7 @@ def test_overwrite_frees_the_old_blob_with_its_last_reference(
 def test_overwrite_keeps_the_old_blob_another_tag_holds(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    old, new = os.urandom(40_000), os.urandom(50_000)
+    old, new = random_image(40_000), random_image(50_000)
     assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
     assert upload(client, f"/reg/{repo}/img/t2", old).status_code == 201
     assert upload(client, f"/reg/{repo}/img/t1", new).status_code == 201
@@ -712,7 +712,7 @@ def test_overwrite_keeps_the_old_blob_another_tag_holds(
 def test_overwrite_with_same_bytes_keeps_one_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(40_000)
+    data = random_image(40_000)
     assert upload(client, f"/reg/{repo}/img/t1", data, {"v": "1"}).status_code == 201
     files = server.blob_files()
     assert upload(client, f"/reg/{repo}/img/t1", data, {"v": "2"}).status_code == 201
@@ -725,7 +725,7 @@ def test_overwrite_with_same_bytes_keeps_one_blob(
 def test_overwrite_back_and_forth_keeps_counts(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    first, second = os.urandom(10_000), os.urandom(10_000)
+    first, second = random_image(10_000), random_image(10_000)
     for data in (first, second, first, second, first):
         assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert client.get(f"/reg/{repo}/img/t1").content == first
@@ -736,7 +736,7 @@ def test_overwrite_back_and_forth_keeps_counts(
 def test_delete_one_of_two_sharing_tags_keeps_the_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(40_000)
+    data = random_image(40_000)
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
     response = client.delete(f"/reg/{repo}/img/t1")
@@ -751,7 +751,7 @@ def test_delete_one_of_two_sharing_tags_keeps_the_blob(
 def test_delete_of_the_last_tag_frees_the_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(40_000)
+    data = random_image(40_000)
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert upload(client, f"/reg/{repo}/img/t2", data).status_code == 201
     assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
@@ -807,7 +807,7 @@ def test_delete_with_a_bad_tag_name_is_400(server: RunningServer, repo: str, tag
 def test_upload_after_delete_of_same_bytes_restores_the_blob(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(30_000)
+    data = random_image(30_000)
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert client.delete(f"/reg/{repo}/img/t1").status_code == 200
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
@@ -837,7 +837,7 @@ def open_partial_upload(
         f"Content-Type: {MULTIPART}\r\n"
         f"{length}\r\n\r\n"
     ).encode()
-    body = head_parts + os.urandom(sent)
+    body = head_parts + random_image(sent)
     if chunked:
         step = 64 * 1024
         body = b"".join(
@@ -894,7 +894,7 @@ def test_disconnect_mid_chunked_upload_leaves_nothing(
 def test_disconnect_keeps_the_existing_tag(
     server: RunningServer, client: httpx.Client, repo: str, close_how: str
 ) -> None:
-    old = os.urandom(20_000)
+    old = random_image(20_000)
     assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
     sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 2 * 1024 * 1024)
     try:
@@ -915,7 +915,7 @@ def test_server_serves_after_a_disconnect(
     finally:
         close_abruptly(sock, close_how)
     assert client.get("/healthz").status_code == 200
-    data = os.urandom(100_000)
+    data = random_image(100_000)
     assert upload(client, f"/reg/{repo}/img/t1", data).status_code == 201
     assert client.get(f"/reg/{repo}/img/t1").content == data
     assert wait_for_no_staging(server) == []
@@ -926,35 +926,35 @@ def test_server_serves_after_a_disconnect(
 
 REFUSED_UPLOADS: dict[str, tuple[str, bytes, str]] = {
     # name: (path suffix after /reg/<repo>, body, content type)
-    "octet-stream body": ("/img/t1", os.urandom(300_000), "application/octet-stream"),
+    "octet-stream body": ("/img/t1", random_image(300_000), "application/octet-stream"),
     "duplicate img": (
         "/img/t1",
-        multipart_body([meta_part({}), img_part(b"a"), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({}), img_part(b"a"), img_part(random_image(300_000))]),
         MULTIPART,
     ),
     "non-string meta value": (
         "/img/t1",
-        multipart_body([meta_part({"k": 1}), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({"k": 1}), img_part(random_image(300_000))]),
         MULTIPART,
     ),
     "oversized meta": (
         "/img/t1",
-        multipart_body([meta_part({"k": "x" * 100_000}), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({"k": "x" * 100_000}), img_part(random_image(300_000))]),
         MULTIPART,
     ),
     "bad tag name": (
         "/img/Bad",
-        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({}), img_part(random_image(300_000))]),
         MULTIPART,
     ),
     "malformed digest": (
         "/img/t1?digest=md5:00",
-        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({}), img_part(random_image(300_000))]),
         MULTIPART,
     ),
     "wrong digest": (
         "/img/t1?digest=blake3:" + "0" * 64,
-        multipart_body([meta_part({}), img_part(os.urandom(300_000))]),
+        multipart_body([meta_part({}), img_part(random_image(300_000))]),
         MULTIPART,
     ),
 }

@@ -14,6 +14,7 @@ from cloudimg.digest import Digest
 from cloudimg.errors import BlobCorruptError
 from cloudimg.maintenance import check
 from tests.maintenance_support import cli, cli_json, open_test_catalog, put, sql, store_of
+from tests.support import random_image
 
 
 @pytest.fixture
@@ -33,15 +34,15 @@ def flip_a_byte(path: Path, offset: int = 0) -> None:
 
 
 async def test_clean_store(catalog: Catalog) -> None:
-    await put(catalog, "repo/img/v1", os.urandom(20_000))
-    await put(catalog, "repo/img/v2", os.urandom(20_000))
+    await put(catalog, "repo/img/v1", random_image(20_000))
+    await put(catalog, "repo/img/v2", random_image(20_000))
     report = await check(catalog, store_of(catalog), checksum=True)
     assert report.ok
     assert (report.blobs, report.tags, report.bytes_hashed) == (2, 2, 40_000)
 
 
 async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalog) -> None:
-    data = os.urandom(50_000)
+    data = random_image(50_000)
     digest = await put(catalog, "repo/img/v1", data)
     await put(catalog, "other/img/pinned", data)
     store = store_of(catalog)
@@ -72,7 +73,7 @@ async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalo
 
 
 async def test_truncated_blob_is_found_without_checksum(catalog: Catalog) -> None:
-    digest = await put(catalog, "repo/img/v1", os.urandom(10_000))
+    digest = await put(catalog, "repo/img/v1", random_image(10_000))
     path = store_of(catalog).blob_path(digest)
     path.chmod(0o644)
     os.truncate(path, 4000)
@@ -123,7 +124,7 @@ def test_cli_names_ten_problems_of_a_kind_then_counts(tmp_path: Path) -> None:
     async def fill() -> list[str]:
         async with open_test_catalog(root) as catalog:
             digests = [
-                await put(catalog, f"repo/img/v{i:02d}", os.urandom(3000)) for i in range(12)
+                await put(catalog, f"repo/img/v{i:02d}", random_image(3000)) for i in range(12)
             ]
             for digest in digests:
                 flip_a_byte(store_of(catalog).blob_path(digest))

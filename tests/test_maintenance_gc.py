@@ -22,7 +22,7 @@ from tests.maintenance_support import (
     stage,
     store_of,
 )
-from tests.support import blake3_hex
+from tests.support import blake3_hex, random_image
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ async def test_dead_staging_file_is_removed(catalog: Catalog) -> None:
 
 async def test_running_upload_keeps_its_staging_file_whatever_the_grace(catalog: Catalog) -> None:
     writer = await catalog.blobs.open_staging()
-    await writer.write(os.urandom(100_000))
+    await writer.write(random_image(100_000))
     staging = store_of(catalog).staging_dir
     for path in staging.iterdir():
         age(path)  # even when it looks ancient
@@ -93,7 +93,7 @@ async def test_young_debris_waits_for_the_grace_period(catalog: Catalog) -> None
 
 
 async def test_trash_of_a_rolled_back_delete_is_restored(catalog: Catalog) -> None:
-    data = os.urandom(5000)
+    data = random_image(5000)
     digest = await put(catalog, "repo/img/v1", data)
     store = store_of(catalog)
     # A crash between the delete's rename and its commit: the row stays, the file is in trash.
@@ -202,7 +202,7 @@ async def test_dry_run_changes_nothing(catalog: Catalog) -> None:
 
 
 async def test_referenced_blobs_survive_gc(catalog: Catalog) -> None:
-    data = {f"repo/img/v{i}": os.urandom(1000 + i) for i in range(5)}
+    data = {f"repo/img/v{i}": random_image(1000 + i) for i in range(5)}
     for ref, payload in data.items():
         await put(catalog, ref, payload)
     for path in store_of(catalog).blobs_dir.rglob("*"):

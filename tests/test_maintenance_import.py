@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,10 +28,10 @@ from tests.maintenance_support import (
     store_of,
     tree_state,
 )
-from tests.support import blake3_hex
+from tests.support import blake3_hex, random_image
 
-UBUNTU = os.urandom(300_000)
-DEBIAN = os.urandom(200_000)
+UBUNTU = random_image(300_000)
+DEBIAN = random_image(200_000)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
 import threading
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.invariants import assert_invariants
 from tests.maintenance_support import age, cli, cli_json
-from tests.support import blake3_hex, blob_path, wait_until
+from tests.support import blake3_hex, blob_path, random_image, wait_until
 
 
 @pytest.mark.slow
@@ -25,7 +24,7 @@ def test_gc_in_a_loop_while_two_servers_take_uploads_and_deletes(
 ) -> None:
     root = tmp_path / "shared"
     servers = [server_factory(data_root=root), server_factory(data_root=root)]
-    payloads = [os.urandom(random.randint(1, 400_000)) for _ in range(4)]
+    payloads = [random_image(random.randint(1, 400_000)) for _ in range(4)]
     tags = [f"/reg/shared/img/t{i}" for i in range(6)]
     expected: dict[str, bytes] = {}
     locks = {tag: threading.Lock() for tag in tags}
@@ -88,7 +87,7 @@ def test_gc_in_a_loop_while_two_servers_take_uploads_and_deletes(
 def test_corrupt_blob_is_quarantined_refused_and_healed(
     server: RunningServer, client: httpx.Client, repo: str
 ) -> None:
-    data = os.urandom(200_000)
+    data = random_image(200_000)
     assert upload(client, f"/reg/{repo}/img/v1", data).status_code == 201
     digest = blake3_hex(data)
     path = blob_path(server.data_root, digest)
@@ -128,7 +127,7 @@ class _SlowBody:
             f'--{b}\r\nContent-Disposition: form-data; name="img"; filename="i"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
-        chunk = os.urandom(1024 * 1024)
+        chunk = random_image(1024 * 1024)
         for _ in range(self.size // len(chunk)):
             yield chunk
         self.release.wait(60)  # the upload hangs here, mid-image

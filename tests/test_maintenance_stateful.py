@@ -29,7 +29,7 @@ from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.maintenance import check, collect_garbage
 from tests.maintenance_support import age, open_test_catalog, sql, stage, store_of
-from tests.support import blake3_hex
+from tests.support import blake3_hex, random_image
 
 Ref = tuple[str, str, str]
 REFS: list[Ref] = [
@@ -38,7 +38,7 @@ REFS: list[Ref] = [
     ("repo-a", "other", "v1"),
     ("repo-b", "img", "v1"),
 ]
-PAYLOADS = [b"", b"alpha" * 100, os.urandom(70_000), os.urandom(5 * 1024 * 1024 + 3)]
+PAYLOADS = [b"", b"alpha" * 100, random_image(70_000), random_image(5 * 1024 * 1024 + 3)]
 refs = st.sampled_from(REFS)
 payloads = st.sampled_from(PAYLOADS)
 
@@ -214,7 +214,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         dead.write_bytes(b"partial upload")
         trash = store.trash_dir / f"{blake3_hex(os.urandom(8))}.{os.urandom(4).hex()}"
         trash.write_bytes(b"deleted")
-        staged = self.run(stage(self.catalog, os.urandom(1000)))
+        staged = self.run(stage(self.catalog, random_image(1000)))
         self.run(store.place(staged))
         for path in (dead, trash, store.blob_path(staged.blake3)):
             age(path)

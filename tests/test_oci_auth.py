@@ -4,7 +4,6 @@ of a push (any user name), read credentials let pulls through, challenges are Ba
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import RunningServer, start_server, upload
 from tests.oci_support import assert_oci_error
+from tests.support import random_image
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, WRONG_TOKEN, basic, bearer
 
 CHALLENGE = 'Basic realm="cloudimg", charset="UTF-8"'
@@ -123,7 +123,7 @@ def test_skopeo_pushes_with_the_token_and_pulls_with_read_credentials(
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         pytest.skip("skopeo is not installed (apt-get install skopeo; .ci/run does)")
-    data = os.urandom(300_000)
+    data = random_image(300_000)
     with read_server.client(headers=bearer(WRITE_TOKEN)) as http:
         assert upload(http, "/reg/vms/source/v1", data).status_code == 201
     base = f"docker://127.0.0.1:{read_server.port}"

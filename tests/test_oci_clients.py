@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import RunningServer, upload
 from tests.oci_support import disk_in_layer
+from tests.support import random_image
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def test_skopeo_copies_a_reg_image_out_as_a_containerdisk(
     server: RunningServer, tmp_path: Path, repo: str
 ) -> None:
     skopeo = _tool("skopeo")
-    data = os.urandom(3 * 1024 * 1024 + 17)
+    data = random_image(3 * 1024 * 1024 + 17)
     with server.client() as http:
         assert upload(http, f"/reg/{repo}/fedora/f40", data).status_code == 201
     source = f"docker://127.0.0.1:{server.port}/{repo}/fedora:f40"
@@ -73,7 +74,7 @@ def test_skopeo_copies_a_reg_image_out_as_a_containerdisk(
 def test_skopeo_digest_is_stable_across_restart_and_reupload(
     server_factory: Callable[..., RunningServer],
 ) -> None:
-    data = os.urandom(1024 * 1024)
+    data = random_image(1024 * 1024)
     first = server_factory()
     with first.client() as http:
         assert upload(http, "/reg/vms/stable/v1", data).status_code == 201
@@ -93,7 +94,7 @@ def test_podman_pulls_a_reg_image(
     podman = _tool("podman")
     if os.geteuid() != 0:
         pytest.skip("podman runs as root in the test machine; this user is not root")
-    data = os.urandom(2 * 1024 * 1024)
+    data = random_image(2 * 1024 * 1024)
     with server.client() as http:
         assert upload(http, f"/reg/{repo}/podpull/v1", data).status_code == 201
     # podman refuses a runroot path longer than 50 characters: a short temporary one.
@@ -111,7 +112,7 @@ def test_skopeo_copies_a_containerdisk_in(server: RunningServer, tmp_path: Path,
     """A containerDisk from another registry (here: an oci: directory skopeo made, with
     its layer gzip-compressed as skopeo writes it) pushed in; /reg serves the disk."""
     skopeo = _tool("skopeo")
-    data = os.urandom(1024 * 1024 + 5)
+    data = random_image(1024 * 1024 + 5)
     with server.client() as http:
         assert upload(http, f"/reg/{repo}/origin/v1", data).status_code == 201
     layout = f"oci:{tmp_path / 'layout'}"

@@ -4,7 +4,6 @@ errors in the spec's shape."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests.conftest import RunningServer, upload
 from tests.oci_support import assert_oci_error, disk_in_layer, manifest_of, sha256_digest
-from tests.support import blake3_hex
+from tests.support import blake3_hex, random_image
 
 
 def _hashed_lines(server: RunningServer, blake3_hex: str) -> int:
@@ -29,7 +28,7 @@ def test_version_check_answers_with_the_api_version(client: httpx.Client) -> Non
 
 
 def test_a_reg_image_pulls_as_a_containerdisk(client: httpx.Client, repo: str) -> None:
-    data = os.urandom(70_000) + b"tail"
+    data = random_image(70_000) + b"tail"
     assert upload(client, f"/reg/{repo}/fedora/f40", data).status_code == 201
     manifest, digest = manifest_of(client, f"{repo}/fedora", "f40")
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
@@ -63,7 +62,7 @@ def test_a_reg_image_pulls_as_a_containerdisk(client: httpx.Client, repo: str) -
 
 
 def test_layer_ranges_cover_the_frame_and_the_disk(client: httpx.Client, repo: str) -> None:
-    data = os.urandom(5000)
+    data = random_image(5000)
     assert upload(client, f"/reg/{repo}/ranged/v1", data).status_code == 201
     manifest, _ = manifest_of(client, f"{repo}/ranged", "v1")
     url = f"/v2/{repo}/ranged/blobs/{manifest['layers'][0]['digest']}"
@@ -80,7 +79,7 @@ def test_layer_ranges_cover_the_frame_and_the_disk(client: httpx.Client, repo: s
 def test_the_same_bytes_give_the_same_manifest_and_hash_once(
     client: httpx.Client, server: RunningServer, repo: str
 ) -> None:
-    data = os.urandom(40_000)
+    data = random_image(40_000)
     b3 = blake3_hex(data)
     assert upload(client, f"/reg/{repo}/same/one", data).status_code == 201
     assert upload(client, f"/reg/{repo}/other/two", data).status_code == 201
@@ -95,8 +94,8 @@ def test_the_same_bytes_give_the_same_manifest_and_hash_once(
 
 
 def test_digests_are_served_only_in_images_that_hold_them(client: httpx.Client, repo: str) -> None:
-    assert upload(client, f"/reg/{repo}/holder/v1", os.urandom(3000)).status_code == 201
-    assert upload(client, f"/reg/{repo}/nother/v1", os.urandom(3000)).status_code == 201
+    assert upload(client, f"/reg/{repo}/holder/v1", random_image(3000)).status_code == 201
+    assert upload(client, f"/reg/{repo}/nother/v1", random_image(3000)).status_code == 201
     manifest, digest = manifest_of(client, f"{repo}/holder", "v1")
     assert_oci_error(client.get(f"/v2/{repo}/nother/manifests/{digest}"), 404, "MANIFEST_UNKNOWN")
     layer = manifest["layers"][0]["digest"]
@@ -166,7 +165,7 @@ def test_tags_and_catalog_paginate(client: httpx.Client, repo: str) -> None:
 
 
 def test_a_deleted_tag_is_gone_from_v2(client: httpx.Client, repo: str) -> None:
-    assert upload(client, f"/reg/{repo}/going/v1", os.urandom(2000)).status_code == 201
+    assert upload(client, f"/reg/{repo}/going/v1", random_image(2000)).status_code == 201
     manifest_of(client, f"{repo}/going", "v1")
     assert client.delete(f"/reg/{repo}/going/v1").status_code == 200
     assert_oci_error(client.get(f"/v2/{repo}/going/manifests/v1"), 404, "MANIFEST_UNKNOWN")
@@ -182,7 +181,7 @@ def test_v2_stays_out_of_the_openapi_document(client: httpx.Client) -> None:
 def test_manifest_digest_is_stable_across_restart(
     server_factory: Callable[..., RunningServer],
 ) -> None:
-    data = os.urandom(100_000)
+    data = random_image(100_000)
     first = server_factory()
     with first.client() as http:
         assert upload(http, "/reg/vms/stable/v1", data).status_code == 201

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import RunningServer, upload
 from tests.maintenance_support import cli_json
 from tests.oci_support import assert_oci_error, manifest_of, sha256_digest
-from tests.support import blake3_hex
+from tests.support import blake3_hex, random_image
 
 DISK_TYPE = "application/vnd.cloudimg.disk.v1+qcow2"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -41,7 +41,7 @@ def qcow2(tmp_path_factory: pytest.TempPathFactory) -> bytes:
             ["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True, timeout=60
         )
     except FileNotFoundError:
-        return os.urandom(256 * 1024)
+        return random_image(256 * 1024)
     return path.read_bytes() + b""  # qcow2 files are small until written
 
 
@@ -305,7 +305,7 @@ def test_manifests_by_digest_or_of_bad_names_are_refused(client: httpx.Client, r
 
 
 def test_delete_a_manifest_by_tag(client: httpx.Client, repo: str) -> None:
-    assert upload(client, f"/reg/{repo}/deleting/v1", os.urandom(1000)).status_code == 201
+    assert upload(client, f"/reg/{repo}/deleting/v1", random_image(1000)).status_code == 201
     assert client.delete(f"/v2/{repo}/deleting/manifests/v1").status_code == 202
     assert client.get(f"/reg/{repo}/deleting/v1").status_code == 404
     assert_oci_error(client.delete(f"/v2/{repo}/deleting/manifests/v1"), 404, "MANIFEST_UNKNOWN")
@@ -437,7 +437,7 @@ def test_gc_looping_while_sessions_upload_takes_only_idle_ones(
         with server.client() as http:
             idle = _start(http, "vms/idle")
             assert http.patch(idle, content=b"i" * 100).status_code == 202
-        datas = [os.urandom(600 * 1024), os.urandom(700 * 1024)]
+        datas = [random_image(600 * 1024), random_image(700 * 1024)]
         pushers = [
             threading.Thread(target=push, args=(f"vms/busy{i}", data))
             for i, data in enumerate(datas)
@@ -466,7 +466,7 @@ def test_racing_chunks_at_one_offset_append_once(client: httpx.Client, repo: str
     in; the other finds the offset moved (416) and changes nothing."""
     name = f"{repo}/racing"
     location = _start(client, name)
-    chunks = [os.urandom(2 * 1024 * 1024), os.urandom(2 * 1024 * 1024)]
+    chunks = [random_image(2 * 1024 * 1024), random_image(2 * 1024 * 1024)]
     answers: list[tuple[int, bytes]] = []
 
     def send(chunk: bytes) -> None:

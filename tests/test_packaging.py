@@ -34,6 +34,7 @@ def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
         "cloudimg/migrations/env.py",
         "cloudimg/migrations/script.py.mako",
         "cloudimg/cli/main.py",
+        "cloudimg/client/session.py",
         "cloudimg/py.typed",
         "cloudimg/api/web/templates/base.html",
         "cloudimg/api/web/templates/tag.html",

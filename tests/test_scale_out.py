@@ -20,7 +20,7 @@ from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, catalog_held, query
 from tests.invariants import assert_invariants, read_catalog
 from tests.maintenance_support import cli
-from tests.support import blake3_hex, blob_path
+from tests.support import blake3_hex, blob_path, random_image
 from tests.test_http_races import across, deleter, uploader
 
 PROCESSES = 4
@@ -119,7 +119,7 @@ def test_servers_starting_at_once_on_a_fresh_database(
     try:
         assert errors == []
         assert versions(url) == [(head_revision(),)]
-        data = os.urandom(10_000)
+        data = random_image(10_000)
         with servers[0].client() as http:
             assert upload(http, f"/reg/{repo}/img/v1", data).status_code == 201
         for running in servers:
@@ -177,7 +177,7 @@ def test_two_workers_serve_uploads_and_downloads_on_one_port(
         running = server_factory(env={"CLOUDIMG_WORKERS": "2"})
     workers = children_of(running.process.pid)
     assert len(workers) == 2, running.log()
-    payloads = {f"/reg/{repo}/img/t{i}": os.urandom(300_000 + i) for i in range(6)}
+    payloads = {f"/reg/{repo}/img/t{i}": random_image(300_000 + i) for i in range(6)}
     calls = [(running, uploader(path, data)) for path, data in payloads.items()]
     assert across(calls) == [201] * len(payloads)
     with running.client() as http:
@@ -221,7 +221,7 @@ def test_races_through_two_servers_while_gc_runs_in_a_third_process(
     gc_thread.start()
     try:
         for round_ in range(2):
-            same = os.urandom(80_000 + round_)
+            same = random_image(80_000 + round_)
             calls = [
                 (first if i % 2 else second, uploader(f"/reg/{repo}/img/s{i}", same))
                 for i in range(4)
@@ -231,14 +231,14 @@ def test_races_through_two_servers_while_gc_runs_in_a_third_process(
             assert read_catalog(first).refcount(blake3_hex(same)) == 4
 
             path = f"/reg/{repo}/img/over"
-            payloads = [os.urandom(40_000) for _ in range(4)]
+            payloads = [random_image(40_000) for _ in range(4)]
             calls = [(first if i % 2 else second, uploader(path, payloads[i])) for i in range(4)]
             assert across(calls) == [201] * 4
             check()
             with second.client() as http:
                 assert http.get(path).content in payloads
 
-            data = os.urandom(60_000)
+            data = random_image(60_000)
             a, b = f"/reg/{repo}/img/a{round_}", f"/reg/{repo}/img/b{round_}"
             with second.client() as http:
                 assert upload(http, b, data).status_code == 201
@@ -248,8 +248,8 @@ def test_races_through_two_servers_while_gc_runs_in_a_third_process(
 
             fresh = f"r{round_}-{repo}"
             with first.client() as http:
-                assert upload(http, f"/reg/{fresh}/img/old", os.urandom(1000)).status_code == 201
-            new = os.urandom(2000)
+                assert upload(http, f"/reg/{fresh}/img/old", random_image(1000)).status_code == 201
+            new = random_image(2000)
             calls = [
                 (second, uploader(f"/reg/{fresh}/img/new", new)),
                 (first, deleter(f"/reg/{fresh}/img/old")),

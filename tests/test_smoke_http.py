@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import httpx
 
 from tests.conftest import upload
+from tests.support import random_image
 
 
 def test_upload_list_download_delete(client: httpx.Client, repo: str) -> None:
-    data = os.urandom(300_000)
+    data = random_image(300_000)
     response = upload(client, f"/reg/{repo}/ubuntu/22.04", data, {"os": "ubuntu"})
     assert response.status_code == 201
     assert response.json() == {"success": True, "data": None}

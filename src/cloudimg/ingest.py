@@ -30,7 +30,8 @@ async def commit_staged(
     """Make ``names`` name the staged bytes with ``meta`` (and what inspection found), then
     drop the staging file.
 
-    ``options``: who writes (recorded in the tag's history) and the request's precondition.
+    ``options``: who writes (recorded in the tag's history) and the request's precondition;
+    ``inspection``: what the bytes are (recorded on a blob not inspected yet).
     """
     try:
         await catalog.commit_upload(*names, staged, meta, options=options, inspection=inspection)

@@ -8,6 +8,7 @@ import click
 
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run
+from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.maintenance import DuReport, disk_usage
 
 __all__ = ["du"]
@@ -16,11 +17,15 @@ __all__ = ["du"]
 @click.command()
 @storage_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
-def du(as_json: bool, **values: object) -> None:
+@progress_options
+def du(as_json: bool, quiet: bool, progress_interval: float, **values: object) -> None:
     """Per repository: bytes its tags add up to, bytes of its distinct blobs, and the saving."""
-    report = run(
-        settings_from(**values), lambda catalog, _blobs: disk_usage(catalog), writable=False
-    )
+    with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
+        report = run(
+            settings_from(**values),
+            lambda catalog, _blobs: disk_usage(catalog, progress),
+            writable=False,
+        )
     if as_json:
         repos = [{**asdict(u), "saved_bytes": u.saved_bytes} for u in report.repositories]
         print_json(report, repositories=repos, saved_bytes=report.saved_bytes)

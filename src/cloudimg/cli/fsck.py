@@ -8,7 +8,8 @@ import sys
 import click
 
 from cloudimg.cli.options import inspection_options, settings_from, storage_options
-from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
+from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.maintenance import FsckReport, check
 from cloudimg.maintenance.fsck import KINDS, FsckProblem, Inspect
 
@@ -39,12 +40,15 @@ __all__ = ["fsck"]
     "downloads answer 403 IMAGE_BLOCKED. `cloudimg unblock` lifts a block.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@progress_options
 def fsck(
     checksum: bool,
     inspect: bool,
     reinspect: bool,
     block_unsafe: bool,
     as_json: bool,
+    quiet: bool,
+    progress_interval: float,
     **values: object,
 ) -> None:
     """Check every blob against one consistent view of the catalog.
@@ -57,19 +61,13 @@ def fsck(
     inspection = None
     if inspect or reinspect or block_unsafe:
         inspection = Inspect(settings.inspection_policy, every=reinspect, block_unsafe=block_unsafe)
-    progress = progress_printer("hashed", enabled=checksum and not as_json)
-    inspect_progress = progress_printer("inspected", enabled=inspection is not None and not as_json)
-    report = run(
-        settings,
-        lambda catalog, blobs: check(
-            catalog,
-            blobs,
-            checksum=checksum,
-            inspect=inspection,
-            progress=progress,
-            inspect_progress=inspect_progress,
-        ),
-    )
+    with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
+        report = run(
+            settings,
+            lambda catalog, blobs: check(
+                catalog, blobs, checksum=checksum, inspect=inspection, progress=progress
+            ),
+        )
     if as_json:
         print_json(report, ok=report.ok)
     else:

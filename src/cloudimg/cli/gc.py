@@ -10,6 +10,7 @@ import click
 
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.gc_record import record_gc_run
 from cloudimg.maintenance import GcReport, collect_garbage, parse_duration
 
@@ -50,7 +51,15 @@ class Duration(_ParamType):
     "(seconds, or 30s, 10m, 2h, 7d; 0 allowed).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
-def gc(dry_run: bool, grace: float, as_json: bool, **values: object) -> None:
+@progress_options
+def gc(
+    dry_run: bool,
+    grace: float,
+    as_json: bool,
+    quiet: bool,
+    progress_interval: float,
+    **values: object,
+) -> None:
     """Reclaim what crashes leave and fix reference counts (safe while servers serve).
 
     Removes staging files of uploads that are no longer running, trash files, blob
@@ -58,10 +67,13 @@ def gc(dry_run: bool, grace: float, as_json: bool, **values: object) -> None:
     whose delete rolled back. Exits 1 when something could not be done.
     """
     settings = settings_from(**values)
-    report = run(
-        settings,
-        lambda catalog, blobs: collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run),
-    )
+    with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
+        report = run(
+            settings,
+            lambda catalog, blobs: collect_garbage(
+                catalog, blobs, grace=grace, dry_run=dry_run, progress=progress
+            ),
+        )
     if not dry_run:
         _record(settings.data_root, report)
     if as_json:

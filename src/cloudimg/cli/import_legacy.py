@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from cloudimg.cli.options import inspection_options, settings_from, storage_options
-from cloudimg.cli.output import human_bytes, print_json, progress_printer, run, shown
+from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.cli.storage import catalog_errors, catalog_url
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
-from cloudimg.maintenance.progress import Progress
+from cloudimg.progress import Progress
 
 __all__ = ["import_legacy_command"]
 
@@ -42,8 +43,15 @@ __all__ = ["import_legacy_command"]
     "(not even create the data root or the catalog).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@progress_options
 def import_legacy_command(
-    source: Path, move: bool, dry_run: bool, as_json: bool, **values: object
+    source: Path,
+    move: bool,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    progress_interval: float,
+    **values: object,
 ) -> None:
     """Import the old server's tree: names, metadata and bytes as they were.
 
@@ -53,24 +61,24 @@ def import_legacy_command(
     skipped or failed.
     """
     settings = settings_from(**values)
-    progress = progress_printer("checked" if dry_run else "imported", enabled=not as_json)
-    if dry_run:
-        with catalog_errors(catalog_url(settings)):
-            report = asyncio.run(_preview(settings, source, move, progress))
-    else:
-        report = run(
-            settings,
-            lambda catalog, blobs: import_legacy(
-                catalog,
-                blobs,
-                source,
-                move=move,
-                data_root=settings.data_root,
-                progress=progress,
-                policy=settings.inspection_policy,
-            ),
-            create=True,
-        )
+    with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
+        if dry_run:
+            with catalog_errors(catalog_url(settings)):
+                report = asyncio.run(_preview(settings, source, move, progress))
+        else:
+            report = run(
+                settings,
+                lambda catalog, blobs: import_legacy(
+                    catalog,
+                    blobs,
+                    source,
+                    move=move,
+                    data_root=settings.data_root,
+                    progress=progress,
+                    policy=settings.inspection_policy,
+                ),
+                create=True,
+            )
     if as_json:
         print_json(
             report,

@@ -2,38 +2,57 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from cloudimg import __version__
-from cloudimg.cli.db import db
-from cloudimg.cli.du import du
-from cloudimg.cli.fsck import fsck
-from cloudimg.cli.gc import gc
-from cloudimg.cli.import_legacy import import_legacy_command
-from cloudimg.cli.serve import serve
-from cloudimg.cli.unblock import unblock
 
 __all__ = ["cli", "main"]
 
 
-@click.group()
+_COMMANDS = {
+    "serve": "cloudimg.cli.serve:serve",
+    "db": "cloudimg.cli.db:db",
+    "gc": "cloudimg.cli.gc:gc",
+    "fsck": "cloudimg.cli.fsck:fsck",
+    "import-legacy": "cloudimg.cli.import_legacy:import_legacy_command",
+    "du": "cloudimg.cli.du:du",
+    "unblock": "cloudimg.cli.unblock:unblock",
+    "push": "cloudimg.cli.transfer:push",
+    "pull": "cloudimg.cli.transfer:pull",
+    "ls": "cloudimg.cli.browse:ls",
+    "inspect": "cloudimg.cli.browse:inspect",
+    "history": "cloudimg.cli.browse:history_command",
+    "tag": "cloudimg.cli.tagging:tag",
+    "rm": "cloudimg.cli.tagging:rm",
+}
+"""Each command's module is imported when the command runs (click's lazy group recipe):
+a client command does not load the server, the catalog or the image inspectors."""
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _colon, name = target.partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="cloudimg")
 def cli() -> None:
     """cloudimg: a registry for virtual-machine disk images."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-
-
-cli.add_command(serve)
-cli.add_command(db)
-cli.add_command(gc)
-cli.add_command(fsck)
-cli.add_command(import_legacy_command)
-cli.add_command(du)
-cli.add_command(unblock)
 
 
 def main() -> None:

@@ -9,32 +9,24 @@ from typing import Any, TypeVar
 
 import click
 
+from cloudimg.cli.flags import envvar, option
 from cloudimg.config import Settings, SettingsError, parse_size
 from cloudimg.images import parse_allowed_formats
 
 __all__ = [
     "GlobList",
     "connection_options",
+    "envvar",
     "flag_error",
     "inspection_options",
     "limit_options",
+    "option",
     "settings_from",
     "storage_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = Settings()
-
-
-def envvar(flag: str) -> str:
-    """``--data-root`` reads ``CLOUDIMG_DATA_ROOT``; ``--web/--no-web`` reads ``CLOUDIMG_WEB``."""
-    name = flag.partition("/")[0]
-    return "CLOUDIMG_" + name.removeprefix("--").replace("-", "_").upper()
-
-
-def option(flag: str, **kwargs: Any) -> Callable[[F], F]:
-    """A click option that also reads its ``CLOUDIMG_*`` variable and shows its default."""
-    return click.option(flag, envvar=envvar(flag), show_default=True, show_envvar=True, **kwargs)
 
 
 def storage_options(func: F) -> F:

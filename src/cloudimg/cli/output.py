@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,11 +15,10 @@ from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 from cloudimg.config import Settings
-from cloudimg.maintenance.progress import Progress
 from cloudimg.registry import open_registry
 from cloudimg.units import human_bytes
 
-__all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "progress_printer", "run", "shown"]
+__all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "run", "shown"]
 
 T = TypeVar("T")
 SHOWN_PER_KIND = 10
@@ -70,20 +67,3 @@ def shown(items: Iterable[T]) -> tuple[list[T], int]:
     """The first ``SHOWN_PER_KIND`` items and how many more there are."""
     listed = list(items)
     return listed[:SHOWN_PER_KIND], max(0, len(listed) - SHOWN_PER_KIND)
-
-
-def progress_printer(label: str, enabled: bool) -> Progress | None:
-    """A progress callback that rewrites one line of stderr, when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    started = time.monotonic()
-
-    def show(done: int, total: int) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        percent = 100 * done / total if total else 100.0
-        rate = human_bytes(done / elapsed)
-        line = f"{label}: {human_bytes(done)} of {human_bytes(total)} ({percent:.0f}%, {rate}/s)"
-        end = "\n" if done >= total else ""
-        click.echo(f"\r{line}\033[K{end}", err=True, nl=False)
-
-    return show

@@ -17,6 +17,7 @@ from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
 from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
+from cloudimg.cli.flags import option
 from cloudimg.cli.listener import (
     ListenerError,
     SocketMPServer,
@@ -29,7 +30,6 @@ from cloudimg.cli.options import (
     connection_options,
     flag_error,
     limit_options,
-    option,
     settings_from,
     storage_options,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cloudimg.catalog import Catalog
+from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["DuReport", "RepoUsage", "disk_usage"]
 
@@ -46,15 +47,24 @@ class DuReport:
         return self.logical_bytes - self.physical_bytes
 
 
-async def disk_usage(catalog: Catalog) -> DuReport:
-    """Usage from one consistent view of the catalog."""
+async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuReport:
+    """Usage from one consistent view of the catalog.
+
+    ``progress`` is told when the catalog is read (``catalog``, the long part on a big
+    registry) and how many repositories are summed (``repositories``; items).
+    """
+    reading = ProgressMeter(progress, 1, "catalog", "items")
     snapshot = await catalog.snapshot()
+    reading.add()
+    reading.finish()
     size_of = {digest: record.size for digest, record in snapshot.blobs.items()}
     per_repo: dict[str, list[tuple[str, str]]] = {}
     for tag in snapshot.tags:
         per_repo.setdefault(tag.repo, []).append((tag.image, tag.digest))
     report = DuReport(stored_blobs=len(snapshot.blobs), stored_bytes=sum(size_of.values()))
+    meter = ProgressMeter(progress, len(per_repo), "repositories", "items")
     for repo in sorted(per_repo):
+        meter.add()
         entries = per_repo[repo]
         report.repositories.append(
             RepoUsage(
@@ -65,6 +75,7 @@ async def disk_usage(catalog: Catalog) -> DuReport:
                 physical_bytes=sum(size_of[d] for d in {digest for _, digest in entries}),
             )
         )
+    meter.finish()
     report.logical_bytes = sum(size_of[tag.digest] for tag in snapshot.tags)
     report.physical_bytes = sum(size_of[d] for d in {tag.digest for tag in snapshot.tags})
     held = [r for r in snapshot.blobs.values() if r.history and not r.tags]

@@ -29,7 +29,7 @@ from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError, ImageRefusedError, NotFoundError
 from cloudimg.images import InspectionPolicy, inspect_reader
-from cloudimg.maintenance.progress import Progress, ProgressMeter
+from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["KINDS", "FsckProblem", "FsckReport", "Inspect", "check"]
 
@@ -106,7 +106,6 @@ async def check(
     checksum: bool = False,
     inspect: Inspect | None = None,
     progress: Progress | None = None,
-    inspect_progress: Progress | None = None,
 ) -> FsckReport:
     """Check the store; quarantine blobs whose bytes are wrong.
 
@@ -115,8 +114,9 @@ async def check(
         blobs: the blob store to check.
         checksum: hash every blob (reads every byte) instead of comparing sizes only.
         inspect: inspect images (see ``Inspect``); None: only count those never inspected.
-        progress: called every few seconds with (bytes hashed, bytes to hash).
-        inspect_progress: the same for the bytes inspected.
+        progress: told how many blobs are checked (``checked``), with ``checksum`` how
+            many bytes are hashed (``hashed``), with ``inspect`` how many bytes are
+            inspected (``inspected``).
     """
     started = time.monotonic()
     report = FsckReport(checksum=checksum, inspect=inspect is not None)
@@ -131,7 +131,9 @@ async def check(
             files[entry.digest] = entry
 
     to_hash: list[BlobRecord] = []
+    checked = ProgressMeter(progress, len(snapshot.blobs), "checked", "items")
     for record in snapshot.blobs.values():
+        checked.add()
         try:
             await _check_record(catalog, blobs, record, files.get(record.digest), report)
         except CloudimgError as exc:
@@ -140,14 +142,13 @@ async def check(
         found = files.get(record.digest)
         if checksum and not record.quarantined and found is not None and found.size == record.size:
             to_hash.append(record)
+    checked.finish()
 
     if to_hash:
         await _hash_all(catalog, blobs, to_hash, report, progress)
 
     report.blocked = [_blocked(record) for record in snapshot.blobs.values() if record.blocked]
-    await _inspection(
-        catalog, blobs, list(snapshot.blobs.values()), inspect, report, inspect_progress
-    )
+    await _inspection(catalog, blobs, list(snapshot.blobs.values()), inspect, report, progress)
 
     for digest, entry in files.items():
         if digest not in snapshot.blobs and await catalog.blob_state(digest) is None:
@@ -239,7 +240,7 @@ async def _hash_all(
     report: FsckReport,
     progress: Progress | None,
 ) -> None:
-    meter = ProgressMeter(progress, sum(r.size for r in records))
+    meter = ProgressMeter(progress, sum(r.size for r in records), "hashed")
     workers = asyncio.Semaphore(_HASH_WORKERS)
 
     async def one(record: BlobRecord) -> None:
@@ -283,7 +284,7 @@ async def _inspect_all(
 
     Returns the digests now settled: inspection recorded, or blocked.
     """
-    meter = ProgressMeter(progress, sum(r.size for r in records))
+    meter = ProgressMeter(progress, sum(r.size for r in records), "inspected")
     workers = asyncio.Semaphore(_HASH_WORKERS)
     settled: set[str] = set()
 

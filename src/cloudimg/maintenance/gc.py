@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.blobstore.filesystem import STAGING_SUFFIX
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
+from cloudimg.progress import Progress, ProgressMeter
+
+T = TypeVar("T")
 
 __all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage", "parse_duration"]
 
@@ -97,6 +102,7 @@ async def collect_garbage(
     *,
     grace: float = 3600.0,
     dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> GcReport:
     """Run one garbage collection; with ``dry_run``, report what it would do and change nothing.
 
@@ -105,12 +111,14 @@ async def collect_garbage(
         blobs: the blob store to clean.
         grace: only files last modified at least this many seconds ago are touched.
         dry_run: change nothing.
+        progress: told how many entries each step has handled (``trash``, ``staging``,
+            ``upload sessions``, ``refcounts``, ``orphans``; items).
     """
     started = time.monotonic()
     cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
     for step in (_trash, _staging, _upload_sessions, _refcounts, _orphans):
-        await step(catalog, blobs, cutoff, report)
+        await step(catalog, blobs, cutoff, report, progress)
     report.duration_seconds = time.monotonic() - started
     return report
 
@@ -123,9 +131,15 @@ def _old_enough(entry: StoredFile, cutoff: float, report: GcReport) -> bool:
 
 
 async def _trash(
-    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
 ) -> None:
-    for entry in await blobs.list_trash():
+    entries = await blobs.list_trash()
+    meter = ProgressMeter(progress, len(entries), "trash", "items")
+    for entry in _counted(entries, meter):
         # A trash file the catalog still needs goes back whatever its age (rename keeps
         # the blob's mtime, so age says nothing about when the delete crashed).
         old = entry.mtime <= cutoff
@@ -151,9 +165,15 @@ async def _trash(
 
 
 async def _staging(
-    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
 ) -> None:
-    for entry in await blobs.list_staging():
+    entries = await blobs.list_staging()
+    meter = ProgressMeter(progress, len(entries), "staging", "items")
+    for entry in _counted(entries, meter):
         try:
             outcome = await blobs.remove_stale_staging(entry.key, cutoff, dry_run=report.dry_run)
         except OSError as exc:
@@ -168,12 +188,18 @@ async def _staging(
 
 
 async def _upload_sessions(
-    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
 ) -> None:
     """OCI upload sessions idle past the grace whose file the staging step removed (or
     that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
     present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
-    for session in await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC)):
+    stale = await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
+    meter = ProgressMeter(progress, len(stale), "upload sessions", "items")
+    for session in _counted(stale, meter):
         if session in present:
             continue
         if not report.dry_run:
@@ -182,10 +208,15 @@ async def _upload_sessions(
 
 
 async def _refcounts(
-    catalog: Catalog, _blobs: MaintenanceBlobStore, _cutoff: float, report: GcReport
+    catalog: Catalog,
+    _blobs: MaintenanceBlobStore,
+    _cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
 ) -> None:
     snapshot = await catalog.snapshot()
-    for record in snapshot.blobs.values():
+    meter = ProgressMeter(progress, len(snapshot.blobs), "refcounts", "items")
+    for record in _counted(list(snapshot.blobs.values()), meter):
         references = record.references  # tags plus retained history entries
         if references == record.refcount and references > 0:
             continue
@@ -209,13 +240,18 @@ async def _refcounts(
 
 
 async def _orphans(
-    catalog: Catalog, blobs: MaintenanceBlobStore, cutoff: float, report: GcReport
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    progress: Progress | None,
 ) -> None:
     files = [f for f in await blobs.list_blobs() if f.digest is not None]
     # Read the catalog after listing the files: a file committed before the listing has
     # its row in this view; anything else is checked again under the lock.
     known = (await catalog.snapshot()).blobs
-    for entry in files:
+    meter = ProgressMeter(progress, len(files), "orphans", "items")
+    for entry in _counted(files, meter):
         digest = entry.digest
         if digest is None or digest in known or not _old_enough(entry, cutoff, report):
             continue
@@ -230,6 +266,14 @@ async def _orphans(
         if freed is not None:
             detail = "no blob row names this file"
             report.actions.append(GcAction("orphan-blob", digest, freed, detail))
+
+
+def _counted(items: Sequence[T], meter: ProgressMeter) -> Iterator[T]:
+    """``items``, counting each one handled (the step's body runs between two counts)."""
+    for item in items:
+        yield item
+        meter.add()
+    meter.finish()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")

@@ -52,8 +52,8 @@ from cloudimg.errors import (
 from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
 from cloudimg.ingest import commit_staged
-from cloudimg.maintenance.progress import Progress, ProgressMeter
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = [
     "ImportReport",
@@ -143,7 +143,7 @@ async def import_legacy(
         source: the old server's ``--data-root``.
         move: take the bytes without a copy where possible, and remove imported entries.
         data_root: the blob store's data root, skipped if it sits inside ``source``.
-        progress: called every few seconds with (bytes done, bytes to do).
+        progress: told how many bytes are imported (``imported``; ``checked`` in a dry run).
         policy: what the inspection accepts (default: the registry's defaults).
     """
     policy = policy or InspectionPolicy()
@@ -188,7 +188,7 @@ async def _run(
     report = ImportReport(source=str(source), move=move, dry_run=dry_run)
     candidates = await asyncio.to_thread(_walk, source, data_root, report)
     sizes = await asyncio.to_thread(_sizes, candidates)
-    meter = ProgressMeter(progress, sum(sizes))
+    meter = ProgressMeter(progress, sum(sizes), "checked" if dry_run else "imported")
     for candidate in candidates:
         try:
             entry = await _import_one(catalog, blobs, candidate, move, dry_run, meter, policy)

@@ -1,0 +1,134 @@
+"""A TCP proxy between a client and a real server, to make transfer faults for real.
+
+It forwards bytes both ways and can, in the server's answer, flip one byte of the body
+(a corrupting middlebox) or close the connection after some body bytes (a network
+that drops); it can flip a byte of what the client sends, and counts those bytes (what
+a resumed push sends again).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+__all__ = ["Proxy", "proxy"]
+
+_HEADER_END = b"\r\n\r\n"
+
+
+@dataclass
+class Proxy:
+    """Where to connect (``url``) and what the proxy saw and did."""
+
+    upstream_port: int
+    flip_body_byte: int | None = None
+    """Flip the bits of this byte of each answer's body (the first answer per connection)."""
+    cut_after_body_bytes: int | None = None
+    """Close the connection once this many body bytes of an answer have gone through."""
+    flip_sent_byte: int | None = None
+    """Flip the bits of this byte of what the clients send, counted over all connections
+    (past the first request's headers, it lands in an upload's body)."""
+    port: int = 0
+    sent_upstream: int = 0
+    """Bytes the client sent, all connections together."""
+    _listener: socket.socket = field(default_factory=socket.socket)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = int(self._listener.getsockname()[1])
+        self._spawn(self._accept)
+
+    def stop(self) -> None:
+        self._listener.close()
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._spawn(self._upstream, client, server)
+            self._spawn(self._downstream, server, client)
+
+    def _upstream(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    at = self.sent_upstream
+                    self.sent_upstream += len(data)
+                flip = self.flip_sent_byte
+                if flip is not None and at <= flip < at + len(data):
+                    changed = bytearray(data)
+                    changed[flip - at] ^= 0xFF
+                    data = bytes(changed)
+                server.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(server)
+
+    def _downstream(self, server: socket.socket, client: socket.socket) -> None:
+        head = b""
+        body = -1  # body bytes seen; -1 while the header is still coming
+        try:
+            while data := server.recv(65536):
+                if body < 0:
+                    head += data
+                    if _HEADER_END not in head:
+                        continue
+                    end = head.index(_HEADER_END) + len(_HEADER_END)
+                    client.sendall(head[:end])
+                    data, body = head[end:], 0
+                data = self._fault(bytearray(data), body)
+                body += len(data)
+                client.sendall(data)
+                cut = self.cut_after_body_bytes
+                if cut is not None and body >= cut:
+                    break
+        except OSError:
+            pass
+        finally:
+            _close(client)
+            _close(server)
+
+    def _fault(self, data: bytearray, offset: int) -> bytearray:
+        cut = self.cut_after_body_bytes
+        if cut is not None:
+            data = data[: max(cut - offset, 0)]
+        flip = self.flip_body_byte
+        if flip is not None and offset <= flip < offset + len(data):
+            data[flip - offset] ^= 0xFF
+        return data
+
+
+def _close(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+@contextmanager
+def proxy(upstream_port: int, **faults: int | None) -> Iterator[Proxy]:
+    """A running proxy to ``127.0.0.1:upstream_port`` with ``faults``; closed at the end."""
+    running = Proxy(upstream_port, **faults)  # type: ignore[arg-type]
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
