@@ -39,7 +39,7 @@ from tests.maintenance_support import (
     sql,
 )
 from tests.oci_support import manifest_of
-from tests.support import assert_error, blake3_hex, sha256_hex
+from tests.support import assert_error, blake3_hex, random_image, sha256_hex
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
 from tests.test_observability import scrape
 
@@ -526,7 +526,7 @@ def test_the_history_shows_every_change_and_links_retained_bytes(
     http: httpx.Client, repo: str
 ) -> None:
     path = f"{repo}/disk/v1"
-    first, second, third = (secrets.token_bytes(n) for n in (900, 800, 700))
+    first, second, third = (random_image(n) for n in (900, 800, 700))
     assert upload(http, f"/reg/{path}", first).status_code == 201
     assert upload(http, f"/reg/{path}", second).status_code == 201  # moved
     back = http.post(f"/reg/{path}/retag", json={"digest": f"blake3:{blake3_hex(first)}"})
@@ -568,7 +568,7 @@ def test_immutability_is_shown_on_the_tag_page_and_in_the_tag_table(
     http: httpx.Client, repo: str
 ) -> None:
     for tag in ("free", "locked"):
-        assert upload(http, f"/reg/{repo}/disk/{tag}", secrets.token_bytes(100)).status_code == 201
+        assert upload(http, f"/reg/{repo}/disk/{tag}", random_image(100)).status_code == 201
     assert facts(page(http, f"/ui/{repo}/disk/locked"))["Immutable"] == "no"
     assert http.put(f"/reg/{repo}/disk/locked/immutable").status_code == 200
 
@@ -589,8 +589,8 @@ def test_an_operators_rule_is_named_as_what_makes_the_tag_immutable(
 ) -> None:
     running = server_factory("--immutable-tags", "base/*/stable")
     with running.client() as client:
-        assert upload(client, "/reg/base/osimg/stable", secrets.token_bytes(100)).status_code == 201
-        assert upload(client, "/reg/base/osimg/edge", secrets.token_bytes(100)).status_code == 201
+        assert upload(client, "/reg/base/osimg/stable", random_image(100)).status_code == 201
+        assert upload(client, "/reg/base/osimg/edge", random_image(100)).status_code == 201
         shown = facts(page(client, "/ui/base/osimg/stable"))["Immutable"]
         assert shown == "yes, by the operator's rule base/*/stable"
         cells = table_cells(page(client, "/ui/base/osimg"))
@@ -603,7 +603,7 @@ def test_an_operators_rule_is_named_as_what_makes_the_tag_immutable(
 def test_the_containerdisk_reference_is_the_manifest_digest_v2_answers(
     http: httpx.Client, server: RunningServer, repo: str
 ) -> None:
-    data = secrets.token_bytes(4096)
+    data = random_image(4096)
     response = upload(http, f"/reg/{repo}/vmdisk/v1", data)
     assert response.status_code == 201, response.text
     _, digest = manifest_of(http, f"{repo}/vmdisk", "v1")  # computes it if the task has not yet
@@ -620,7 +620,7 @@ def test_the_containerdisk_reference_is_the_manifest_digest_v2_answers(
 def test_a_containerdisk_digest_not_computed_yet_is_said_so(
     http: httpx.Client, server: RunningServer, repo: str
 ) -> None:
-    data = secrets.token_bytes(2048)
+    data = random_image(2048)
     response = upload(http, f"/reg/{repo}/vmdisk/v1", data)
     assert response.status_code == 201, response.text
     manifest_of(http, f"{repo}/vmdisk", "v1")  # computed and stored: nothing writes it again
@@ -639,7 +639,7 @@ def test_a_containerdisk_digest_not_computed_yet_is_said_so(
 
 
 def test_the_pull_command_names_the_pinned_bytes(http: httpx.Client, repo: str) -> None:
-    data = secrets.token_bytes(100)
+    data = random_image(100)
     assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
     command = shlex.split(snippet(page(http, f"/ui/{repo}/disk/v1"), "pull"))
     assert command == [
@@ -670,7 +670,7 @@ def test_storage_chart_shows_the_metrics_figures(
 ) -> None:
     running = server_factory()
     with running.client() as client:
-        shared, alone = secrets.token_bytes(5000), secrets.token_bytes(700)
+        shared, alone = random_image(5000), random_image(700)
         for path in ["aaa/img/v1", "bbb/img/v1", "bbb/img/v2"]:
             assert upload(client, f"/reg/{path}", shared).status_code == 201
         assert upload(client, "/reg/ccc/img/v1", alone).status_code == 201
@@ -694,7 +694,7 @@ def test_storage_chart_shows_the_metrics_figures(
         assert max(bars) <= 600
         assert "No" in document.one("section").text  # no gc run yet
         # Moving ccc's tag leaves its old bytes held only by the tag's retained history.
-        assert upload(client, "/reg/ccc/img/v1", secrets.token_bytes(300)).status_code == 201
+        assert upload(client, "/reg/ccc/img/v1", random_image(300)).status_code == 201
         document = page(client, "/ui/_storage")
         assert figures(document)["seg-history"] == len(alone)
         du = cli_json("du", "--data-root", str(running.data_root), check=0)
