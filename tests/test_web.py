@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import secrets
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -638,8 +640,10 @@ def test_a_containerdisk_digest_not_computed_yet_is_said_so(
     assert f"/{repo}/vmdisk:v1" in note
 
 
-def test_the_pull_command_names_the_pinned_bytes(http: httpx.Client, repo: str) -> None:
-    data = random_image(100)
+def test_the_pull_command_pulls_the_pinned_bytes(
+    http: httpx.Client, repo: str, tmp_path: Path
+) -> None:
+    data = random_image(3000)
     assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
     command = shlex.split(snippet(page(http, f"/ui/{repo}/disk/v1"), "pull"))
     assert command == [
@@ -650,6 +654,20 @@ def test_the_pull_command_names_the_pinned_bytes(http: httpx.Client, repo: str) 
         f"{repo}/disk@sha256:{sha256_hex(data)}",
         "disk-v1.raw",
     ]
+    # The tag moves: the command still pulls the bytes it names.
+    assert upload(http, f"/reg/{repo}/disk/v1", random_image(1000)).status_code == 201
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDIMG_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudimg", *command[1:], "--quiet"],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "disk-v1.raw").read_bytes() == data
 
 
 # -- storage ---------------------------------------------------------------------------
