@@ -9,7 +9,7 @@ client generated from the document, or schemathesis, knows every response.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
@@ -29,14 +29,22 @@ __all__ = [
 ]
 
 
-class ErrorBody(TypedDict):
-    """The JSON error shape: ``{"status": "<CODE>", "error": "<message>"[, "context": {}]}``."""
-
+class _ErrorFields(TypedDict):
     status: str
     """A gRPC-style code: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE..."""
     error: str
     """What went wrong, for a human; never a server path."""
-    context: NotRequired[dict[str, Any]]
+
+
+class ErrorBody(_ErrorFields, total=False):
+    """The JSON error shape: ``{"status": "<CODE>", "error": "<message>"[, "context": {}]}``.
+
+    ``total=False`` rather than ``NotRequired``: under ``from __future__ import
+    annotations`` Python 3.11 does not see ``NotRequired`` in a string annotation, and
+    the schema would call ``context`` required (errors Litestar raises have none).
+    """
+
+    context: dict[str, Any]
     """Details: the offending name, the limit, the size of the image..."""
 
 
