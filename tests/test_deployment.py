@@ -121,6 +121,9 @@ def test_the_old_charts_values_keep_working(validator: jsonschema.Draft7Validato
         {"configurations": {"logFormat": "xml"}},
         {"configurations": {"dataRoot": "relative/path"}},
         {"configurations": {"readHeaderTimeoutSeconds": 0}},
+        {"configurations": {"maxVirtualSize": "lots"}},
+        {"configurations": {"allowedFormats": ["qed"]}},  # always refused by inspection
+        {"configurations": {"allowedFormats": []}},
         {"gc": {"grace": "an hour"}},
         {"auth": {"readAuth": "basic"}},  # no credentials Secret
         {"unknownKey": True},
