@@ -30,6 +30,13 @@ def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
         for p in (ROOT / "migrations" / "versions").glob("*.py")
     }
     assert expected_migrations <= names
+    # Every module of the source tree, so a package missing from pyproject's list fails
+    # here and not in a user's `pip install .`.
+    source_modules = {
+        f"cloudimg/{p.relative_to(ROOT / 'src' / 'cloudimg').as_posix()}"
+        for p in (ROOT / "src" / "cloudimg").rglob("*.py")
+    }
+    assert source_modules - names == set()
     assert {
         "cloudimg/migrations/env.py",
         "cloudimg/migrations/script.py.mako",
