@@ -208,6 +208,11 @@ class OciController(Controller):
             return await _send_layer(request, catalog, blobs, names, hex_digest)
         except NotFoundError:
             pass
+        kept = await catalog.kept_blob(*names, hex_digest)
+        if kept is not None:  # a pushed layer or config, kept as it was pushed
+            return await prepare_representation(
+                request, _representation(kept, hex_digest, kept.size), _opener(blobs, kept.digest)
+            )
         try:
             ref = await catalog.resolve_oci(*names, "config", hex_digest)
             disk = await disks.of(ref)

@@ -16,7 +16,6 @@ image inspection of ``/reg`` uploads and go through :func:`cloudimg.ingest.commi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -29,21 +28,17 @@ from cloudimg.api.auth import actor_of
 from cloudimg.api.body import body_of, declared_length, drain
 from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.oci import API_VERSION_HEADER, oci_names, oci_tag, parse_oci_digest
+from cloudimg.api.oci_deletes import delete_blob, delete_manifest_digest
 from cloudimg.api.oci_errors import OciError
-from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
+from cloudimg.api.oci_kept import EMPTY_CONFIG, put_tagged_manifest
+from cloudimg.blobstore import BlobStore, StagingWriter
 from cloudimg.catalog import Catalog, PushedManifest, UploadSession, WriteOptions
 from cloudimg.config import Settings
-from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
-from cloudimg.images import inspect_reader
-from cloudimg.ingest import commit_staged
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.push import (
-    DiskLayer,
     ManifestRefused,
-    chosen_child,
     disk_layer_of,
-    unpack_disk,
 )
 
 __all__ = ["OciPushController"]
@@ -331,12 +326,10 @@ class OciPushController(Controller):
         await blobs.drop_session(found.id)
 
     @delete("/{repo:str}/{image:str}/blobs/{digest:str}", include_in_schema=False, status_code=202)
-    async def delete_blob(self, repo: str, image: str, digest: str) -> None:
-        oci_names(repo, image)
-        parse_oci_digest(digest)
-        raise OciError(
-            405, "UNSUPPORTED", "blobs go with the last tag that holds them: delete the tag"
-        )
+    async def delete_blob(
+        self, catalog: Catalog, blobs: Blobs, repo: str, image: str, digest: str
+    ) -> None:
+        await delete_blob(catalog, blobs, oci_names(repo, image), parse_oci_digest(digest))
 
     @put(
         "/{repo:str}/{image:str}/manifests/{reference:str}",
@@ -355,66 +348,16 @@ class OciPushController(Controller):
         reference: str,
     ) -> Response[None]:
         names = oci_names(repo, image)
-        content_type = request.headers.get("content-type")
         if ":" in reference:
             return await _put_child(request, catalog, settings, names, reference)
         tag = oci_tag(reference)
         body = await _small_body(request, settings, _MAX_MANIFEST, "MANIFEST_INVALID")
-        pushed_digest = hashlib.sha256(body).hexdigest()
         try:
-            child = chosen_child(body, content_type)
-            if child is not None:
-                # An index: the tag names the disk of its linux/amd64 (or only) child.
-                child_body = await catalog.pending_manifest(*names, child)
-                if child_body is None:
-                    raise ManifestRefused(
-                        "MANIFEST_BLOB_UNKNOWN",
-                        "push the index's children by digest first",
-                        {"digest": f"sha256:{child}"},
-                    )
-                body, content_type = child_body, None
-            layer = disk_layer_of(body, content_type)
-            config = await _config_bytes(catalog, blobs, layer)
-            options = WriteOptions(actor=actor_of(request))
-            stored = await catalog.sha256_stored(layer.sha256) if layer.packing == "disk" else None
-            if stored is not None:
-                # The disk is stored already (a mount, a re-push): name it, as retag does.
-                await catalog.retag(*names, tag, Digest("sha256", layer.sha256), {}, options)
-                disk_blake3 = stored.digest
-            else:
-                staged = await _disk_of(catalog, blobs, layer)
-                disk_blake3 = staged.blake3
-                try:
-                    inspection = await _inspect(blobs, staged, settings)
-                    await commit_staged(
-                        catalog,
-                        blobs,
-                        (*names, tag),
-                        staged,
-                        {},
-                        options=options,
-                        inspection=inspection,
-                    )
-                finally:
-                    # Committed or refused, the upload is used up (commit_staged drops
-                    # the staging file either way): a client pushes the blob again.
-                    await blobs.discard(staged)
-                    await catalog.drop_finished_uploads(layer.sha256)
+            await put_tagged_manifest(request, catalog, blobs, settings, (*names, tag), body)
         except ManifestRefused as exc:
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
-        digest = hashlib.sha256(body).hexdigest()
-        media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
-        if layer.packing == "disk" and digest == pushed_digest:
-            # The artifact's one layer is the stored disk: what was pushed pulls back as it
-            # was. A containerDisk's pushed tar is not kept (the disk was unpacked from it):
-            # its tag pulls as the generated containerDisk of the disk.
-            await catalog.add_pushed_manifest(
-                *names,
-                PushedManifest(
-                    digest, str(media_type), body, disk_blake3, layer.config_sha256, config
-                ),
-            )
         disks.wake()
+        pushed_digest = hashlib.sha256(body).hexdigest()
         headers = {
             "Location": f"/v2/{repo}/{image}/manifests/sha256:{pushed_digest}",
             "Docker-Content-Digest": f"sha256:{pushed_digest}",
@@ -430,21 +373,19 @@ class OciPushController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        disks: Disks,
         repo: str,
         image: str,
         reference: str,
     ) -> None:
         names = oci_names(repo, image)
+        options = WriteOptions(actor=actor_of(request))
         if ":" in reference:
-            raise OciError(
-                405,
-                "UNSUPPORTED",
-                "delete by tag: a digest may be held by several tags and by history",
-            )
+            hex_digest = parse_oci_digest(reference)
+            await delete_manifest_digest(catalog, disks, names, hex_digest, options)
+            return
         try:
-            await catalog.delete_tag(
-                *names, oci_tag(reference), WriteOptions(actor=actor_of(request))
-            )
+            await catalog.delete_tag(*names, oci_tag(reference), options)
         except NotFoundError:
             raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
 
@@ -469,7 +410,7 @@ async def _put_child(
         layer = disk_layer_of(body, request.headers.get("content-type"))
         for needed in (layer.sha256, layer.config_sha256):
             uploaded = await catalog.finished_upload(needed) is not None
-            if needed != _EMPTY_CONFIG and not uploaded and not await catalog.sha256_stored(needed):
+            if needed != EMPTY_CONFIG and not uploaded and not await catalog.sha256_stored(needed):
                 raise ManifestRefused(
                     "MANIFEST_BLOB_UNKNOWN",
                     "a blob was not uploaded",
@@ -478,8 +419,10 @@ async def _put_child(
     except ManifestRefused as exc:
         raise OciError(400, exc.spec_code, exc.message, exc.context) from None
     media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
-    pending = PushedManifest(hex_digest, str(media_type), body, "", layer.config_sha256, b"")
-    await catalog.add_pushed_manifest(*names, pending)
+    pending = PushedManifest(
+        hex_digest, str(media_type), body, "", layer.config_sha256, b"", "pending"
+    )
+    await catalog.add_pending_manifest(*names, pending)
     headers = {
         "Location": f"/v2/{names[0]}/{names[1]}/manifests/sha256:{hex_digest}",
         "Docker-Content-Digest": f"sha256:{hex_digest}",
@@ -505,78 +448,3 @@ async def _small_body(
             await drain(body_of(request.receive, settings.read_body_timeout_secs))
             raise OciError(413, code, f"larger than {limit} bytes")
     return bytes(body)
-
-
-async def _config_bytes(catalog: Catalog, blobs: BlobStore, layer: DiskLayer) -> bytes:
-    if layer.config_sha256 == _EMPTY_CONFIG:
-        return b"{}"
-    if layer.config_size > _MAX_CONFIG:
-        raise ManifestRefused("MANIFEST_INVALID", f"the config is larger than {_MAX_CONFIG} bytes")
-    staged = await _claim(catalog, blobs, layer.config_sha256)
-    if staged is None:
-        raise ManifestRefused(
-            "MANIFEST_BLOB_UNKNOWN",
-            "the config blob was not uploaded",
-            {"digest": f"sha256:{layer.config_sha256}"},
-        )
-    try:
-        reader = await blobs.open_staged(staged)
-        try:
-            return await asyncio.to_thread(reader.read, staged.size, 0)
-        finally:
-            reader.close()
-    finally:
-        if staged.lease is not None:
-            staged.lease.release()
-
-
-async def _claim(catalog: Catalog, blobs: BlobStore, sha256_hex: str) -> StagedBlob | None:
-    found = await catalog.finished_upload(sha256_hex)
-    if found is None or found.blake3 is None:
-        return None
-    return await blobs.claim_staging(found.id, found.blake3, sha256_hex, found.size)
-
-
-async def _disk_of(catalog: Catalog, blobs: BlobStore, layer: DiskLayer) -> StagedBlob:
-    """The disk's bytes, staged: the pushed layer itself, or the disk unpacked from it."""
-    staged = await _claim(catalog, blobs, layer.sha256)
-    if staged is None:
-        raise ManifestRefused(
-            "MANIFEST_BLOB_UNKNOWN",
-            "the layer blob was not uploaded",
-            {"digest": f"sha256:{layer.sha256}"},
-        )
-    if layer.packing == "disk":
-        return staged
-    try:
-        return await _unpack(blobs, staged, layer.packing)
-    finally:
-        if staged.lease is not None:
-            staged.lease.release()  # the pushed tar stays in staging until gc's grace
-
-
-async def _unpack(blobs: BlobStore, layer: StagedBlob, packing: str) -> StagedBlob:
-    reader = await blobs.open_staged(layer)
-    writer = await blobs.open_staging()
-    loop = asyncio.get_running_loop()
-
-    def write(piece: bytes) -> None:
-        asyncio.run_coroutine_threadsafe(writer.write(piece), loop).result()
-
-    try:
-        await asyncio.to_thread(unpack_disk, reader, packing, write)
-        return await writer.finish()
-    except BaseException:
-        await writer.abort()
-        raise
-    finally:
-        reader.close()
-
-
-async def _inspect(blobs: BlobStore, staged: StagedBlob, settings: Settings) -> Any:
-    """The pushed disk passes the same inspection as a ``/reg`` upload (ImageRefusedError)."""
-    reader = await blobs.open_staged(staged)
-    try:
-        return await asyncio.to_thread(inspect_reader, reader, settings.inspection_policy)
-    finally:
-        reader.close()

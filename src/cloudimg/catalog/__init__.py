@@ -8,7 +8,7 @@ from cloudimg.catalog.history import (
     Precondition,
     WriteOptions,
 )
-from cloudimg.catalog.oci import PushedManifest, UploadSession
+from cloudimg.catalog.oci import KeptPart, PushedManifest, UploadSession
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobBlock,
@@ -35,6 +35,7 @@ __all__ = [
     "CatalogSnapshot",
     "HistoryEntry",
     "ImageDetails",
+    "KeptPart",
     "Page",
     "Precondition",
     "PushedManifest",

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
+from cloudimg.catalog.oci import kept_references
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,
@@ -54,6 +55,7 @@ class CatalogMaintenance(CatalogBase):
                 Blob.refcount,
                 Blob.quarantined_at,
                 _retained_entries().label("held"),
+                kept_references().label("kept"),
                 Blob.inspected_at,
                 Blob.blocked_rule,
                 Blob.blocked_at,
@@ -84,6 +86,7 @@ class CatalogMaintenance(CatalogBase):
                 history=int(row.held or 0),
                 inspected=row.inspected_at is not None,
                 blocked=blob_block(row.blocked_rule, row.blocked_at),
+                kept=int(row.kept or 0),
             )
             for digest, row in rows_of.items()
         }
@@ -92,8 +95,12 @@ class CatalogMaintenance(CatalogBase):
     async def blob_state(self, digest: str) -> BlobState | None:
         """The blob row of ``digest`` now, with its tags plus retained history entries."""
         references = (
-            select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
-        ).scalar_subquery() + _retained_entries()
+            (
+                select(func.count()).select_from(Tag).where(Tag.digest == Blob.digest)
+            ).scalar_subquery()
+            + _retained_entries()
+            + kept_references()
+        )
         async with self._read() as session:
             row = (
                 await session.execute(select(Blob, references).where(Blob.digest == digest))
@@ -104,8 +111,8 @@ class CatalogMaintenance(CatalogBase):
         return BlobState(digest, blob.size, blob.refcount, count, blob.quarantined_at is not None)
 
     async def repair_refcount(self, digest: str) -> RefcountRepair | None:
-        """Set the blob's refcount to its tags plus retained history entries, under the
-        lock uploads take.
+        """Set the blob's refcount to its tags, retained history entries and kept ``/v2``
+        manifests' references, under the lock uploads take.
 
         A blob nothing references loses its row and (trashed, then purged) file.
         Returns what changed, None when the count was right or the row is gone.
@@ -123,7 +130,8 @@ class CatalogMaintenance(CatalogBase):
                 .select_from(TagHistory)
                 .where(TagHistory.digest == digest, TagHistory.retained)
             )
-            count = (tags or 0) + (held or 0)
+            kept = await session.scalar(select(kept_references()).where(Blob.digest == digest))
+            count = (tags or 0) + (held or 0) + (kept or 0)
             if count == blob.refcount and count > 0:
                 return None
             repair = RefcountRepair(digest, blob.size, blob.refcount, count, count == 0)

@@ -207,8 +207,10 @@ class OciUpload(Base):
 class OciManifest(Base):
     """A manifest pushed over ``/v2`` for a disk, kept so pulls return exactly it.
 
-    Served while ``blob`` (the disk it describes) is held by a tag or retained history
-    entry of the image; the generated containerDisk is served otherwise.
+    Served while ``blob`` (the disk the tag push named) is held by a tag or retained
+    history entry of the image; the generated containerDisk is served otherwise. The
+    row is dropped, and the references its ``layer_blob`` and ``config_blob`` hold are
+    released, in the tag write that lets the image stop holding ``blob``.
     """
 
     __tablename__ = "oci_manifests"
@@ -226,4 +228,14 @@ class OciManifest(Base):
     child) that no tag has taken yet, which is never served."""
     config_digest: Mapped[str] = mapped_column(String(64))
     config: Mapped[bytes] = mapped_column(LargeBinary)
+    """The config inline: the empty ``{}`` descriptor, and rows kept before 0006; empty
+    when ``config_blob`` holds it."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    role: Mapped[str] = mapped_column(String(8), default="top", server_default="top")
+    """``top``: pushed by tag (a pull by tag returns the newest); ``child``: an image
+    index's child (pulled by digest); ``pending``: pushed by digest, never served."""
+    layer_blob: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """blake3 of the pushed layer when it is not the disk itself (a containerDisk's tar,
+    another index child's disk); holds one reference in ``Blob.refcount``."""
+    config_blob: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """blake3 of the pushed config in the blob store; holds one reference."""

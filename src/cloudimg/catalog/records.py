@@ -125,11 +125,20 @@ class BlobRecord:
     """The bytes were inspected (format and virtual size known); False for blobs stored
     before inspection existed, and for unsafe ones nobody blocked yet."""
     blocked: BlobBlock | None = None
+    kept: int = 0
+    """References kept ``/v2`` manifests hold (a pushed layer or config; they count in
+    ``refcount``)."""
 
     @property
     def references(self) -> int:
-        """What the reference count should be: tags plus retained history entries."""
-        return len(self.tags) + self.history
+        """What the reference count should be: tags, retained history entries and kept
+        manifests' layers and configs."""
+        return len(self.tags) + self.history + self.kept
+
+    @property
+    def is_disk(self) -> bool:
+        """A tag or retained history entry holds it (not only a kept manifest)."""
+        return bool(self.tags) or self.history > 0 or self.kept == 0
 
 
 @dataclass(frozen=True, slots=True)

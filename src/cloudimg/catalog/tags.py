@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
+from cloudimg.catalog.oci import drop_unheld_manifests
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
@@ -156,6 +157,7 @@ class TagWrites(TagHistoryLog):
             created: Action = "created" if action == "moved" else action
             await self._record(session, names, created, blob, meta, options.actor, now)
             await self._retain(session, names, blob.digest, effects)
+            await self._drop_unheld_manifests(session, names, effects)
             return
         await self._ensure_origin(session, names, current)
         previous = current.digest
@@ -170,6 +172,15 @@ class TagWrites(TagHistoryLog):
         await self._retain(session, names, blob.digest, effects)
         if previous != blob.digest:
             await self._release(session, previous, effects)
+        await self._drop_unheld_manifests(session, names, effects)
+
+    async def _drop_unheld_manifests(
+        self, session: AsyncSession, names: Names, effects: FileEffects
+    ) -> None:
+        """Kept ``/v2`` pushes whose disk the image stopped holding go in the same
+        transaction, with the references on their layers and configs."""
+        for digest in await drop_unheld_manifests(session, names[0], names[1]):
+            await self._release(session, digest, effects)
 
     async def delete_tag(
         self,
@@ -200,6 +211,7 @@ class TagWrites(TagHistoryLog):
                 # A deleted tag's history can still be purged.
                 if not (purge_history and await self._purge_history(session, names, effects)):
                     raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                await self._drop_unheld_manifests(session, names, effects)
                 return
             self._refuse_immutable(names, current, "deleted")
             await self._ensure_origin(session, names, current)
@@ -215,6 +227,7 @@ class TagWrites(TagHistoryLog):
             else:
                 await self._retain(session, names, None, effects)
             await self._release(session, digest, effects)
+            await self._drop_unheld_manifests(session, names, effects)
 
         await self._write(change)
 
@@ -257,29 +270,6 @@ class TagWrites(TagHistoryLog):
             return True
 
         return await self._write(change)
-
-    async def _lock_or_create_blob(self, session: AsyncSession, staged: StagedBlob) -> Blob:
-        blob = await session.scalar(
-            select(Blob).where(Blob.digest == staged.blake3).with_for_update()
-        )
-        if blob is None:
-            blob = Blob(
-                digest=staged.blake3,
-                size=staged.size,
-                sha256=staged.sha256,
-                refcount=0,
-                created_at=utcnow(),
-            )
-            session.add(blob)
-            await session.flush()  # a concurrent creator makes this an IntegrityError: retry
-        return blob
-
-    async def _ensure_blob_file(self, staged: StagedBlob, *, displace: bool) -> None:
-        """Put the staged bytes in place unless the blob exists (the lock is held)."""
-        outcome = await self.blobs.place(staged, displace=displace)
-        if outcome == "gone" and await self.blobs.size_of(staged.blake3) != staged.size:
-            # A retry after the staging file was consumed, and the blob vanished meanwhile.
-            raise UnavailableError("the upload lost a race with a delete; upload again")
 
     async def _lock_image_for_delete(
         self, session: AsyncSession, repo: str, image: str

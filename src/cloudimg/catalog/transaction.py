@@ -16,11 +16,11 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cloudimg.blobstore import BlobStore
+from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.errors import is_retryable, translate
 from cloudimg.catalog.models import Blob, utcnow
-from cloudimg.errors import CloudimgError
+from cloudimg.errors import CloudimgError, UnavailableError
 from cloudimg.images import Inspection
 
 __all__ = ["CatalogBase", "FileEffects"]
@@ -114,6 +114,29 @@ class CatalogBase:
         blob.virtual_size = inspection.virtual_size
         blob.partition_table = inspection.partition_table
         blob.inspected_at = utcnow()
+
+    async def _lock_or_create_blob(self, session: AsyncSession, staged: StagedBlob) -> Blob:
+        blob = await session.scalar(
+            select(Blob).where(Blob.digest == staged.blake3).with_for_update()
+        )
+        if blob is None:
+            blob = Blob(
+                digest=staged.blake3,
+                size=staged.size,
+                sha256=staged.sha256,
+                refcount=0,
+                created_at=utcnow(),
+            )
+            session.add(blob)
+            await session.flush()  # a concurrent creator makes this an IntegrityError: retry
+        return blob
+
+    async def _ensure_blob_file(self, staged: StagedBlob, *, displace: bool) -> None:
+        """Put the staged bytes in place unless the blob exists (the lock is held)."""
+        outcome = await self.blobs.place(staged, displace=displace)
+        if outcome == "gone" and await self.blobs.size_of(staged.blake3) != staged.size:
+            # A retry after the staging file was consumed, and the blob vanished meanwhile.
+            raise UnavailableError("the upload lost a race with a delete; upload again")
 
     async def _release(self, session: AsyncSession, digest: str, effects: FileEffects) -> None:
         """Drop one reference to ``digest``; the last one trashes the file under the lock."""

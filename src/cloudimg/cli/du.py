@@ -52,3 +52,7 @@ def _print(report: DuReport) -> None:
         f"held only by tag history: {report.history_only_blobs} blob(s),"
         f" {human_bytes(report.history_only_bytes)}"
     )
+    click.echo(
+        f"kept /v2 layers and configs: {report.oci_kept_blobs} blob(s),"
+        f" {human_bytes(report.oci_kept_bytes)}"
+    )

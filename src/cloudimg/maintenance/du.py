@@ -41,6 +41,9 @@ class DuReport:
     history_only_blobs: int = 0
     history_only_bytes: int = 0
     """Blobs no tag names that retained history entries hold (``--keep-history``)."""
+    oci_kept_blobs: int = 0
+    oci_kept_bytes: int = 0
+    """Blobs only kept ``/v2`` pushes hold: containerDisk layers, configs, index children."""
 
     @property
     def saved_bytes(self) -> int:
@@ -81,4 +84,7 @@ async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuRe
     held = [r for r in snapshot.blobs.values() if r.history and not r.tags]
     report.history_only_blobs = len(held)
     report.history_only_bytes = sum(record.size for record in held)
+    kept = [r for r in snapshot.blobs.values() if not r.is_disk]
+    report.oci_kept_blobs = len(kept)
+    report.oci_kept_bytes = sum(record.size for record in kept)
     return report

@@ -169,12 +169,14 @@ async def _inspection(
 ) -> None:
     """Inspect what ``inspect`` asks for; count the images left never inspected."""
     # Inspect only bytes that are there and right: not those this run found missing,
-    # wrong or quarantined, nor those an operator blocked (their verdict is theirs).
+    # wrong or quarantined, nor those an operator blocked (their verdict is theirs), nor
+    # the layers and configs kept /v2 pushes hold (no VM image: nothing boots them).
     bad = {p.digest for p in report.problems if p.kind in _NOT_INSPECTED}
     to_inspect = [
         record
         for record in records
-        if record.blocked is None
+        if record.is_disk
+        and record.blocked is None
         and not record.quarantined
         and record.digest not in bad
         and (not record.inspected or (inspect is not None and inspect.every))

@@ -44,12 +44,15 @@ KINDS = (
     "restored",
     "staging",
     "upload-session",
+    "pushed-manifest",
     "refcount",
     "unreferenced-row",
     "orphan-blob",
 )
 """Kinds of action: trash file removed, trash file restored, staging file removed, OCI
-upload session whose file is gone dropped, reference count repaired, blob row (and
+upload session whose file is gone dropped, kept ``/v2`` manifests dropped (those whose
+disk their image no longer holds, and children pushed by digest no index took within
+the grace), reference count repaired, blob row (and
 file) that no tag names removed, blob file that no row names removed."""
 
 
@@ -117,7 +120,7 @@ async def collect_garbage(
     started = time.monotonic()
     cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
-    for step in (_trash, _staging, _upload_sessions, _refcounts, _orphans):
+    for step in (_trash, _staging, _upload_sessions, _pushed_manifests, _refcounts, _orphans):
         await step(catalog, blobs, cutoff, report, progress)
     report.duration_seconds = time.monotonic() - started
     return report
@@ -205,6 +208,23 @@ async def _upload_sessions(
         if not report.dry_run:
             await catalog.drop_upload(session)
         report.actions.append(GcAction("upload-session", session, 0))
+
+
+async def _pushed_manifests(
+    catalog: Catalog,
+    _blobs: MaintenanceBlobStore,
+    cutoff: float,
+    report: GcReport,
+    _progress: Progress | None,
+) -> None:
+    """Kept ``/v2`` manifests nothing holds any more: tag writes drop them as they go, a
+    push that raced a write may leave one; children no index took within the grace."""
+    if report.dry_run:
+        return
+    released, pending = await catalog.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
+    if released or pending:
+        detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"
+        report.actions.append(GcAction("pushed-manifest", "", 0, detail))
 
 
 async def _refcounts(

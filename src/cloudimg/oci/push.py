@@ -117,10 +117,10 @@ def disk_layer_of(body: bytes, content_type: str | None) -> DiskLayer:
     return DiskLayer(sha, size, packing or "disk", config_sha, config_size, layer_type)
 
 
-def chosen_child(body: bytes, content_type: str | None) -> str | None:
+def chosen_child(body: bytes, content_type: str | None) -> tuple[str, list[str]] | None:
     """For an image index: the sha256 of the child ``/reg`` serves (the ``linux/amd64``
-    one, else the only one); None when ``body`` is no index. ``ManifestRefused`` when
-    it has several children and none is linux/amd64."""
+    one, else the only one) and those of every child, in order; None when ``body`` is
+    no index. ``ManifestRefused`` when it has several children and none is linux/amd64."""
     try:
         index = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -132,11 +132,11 @@ def chosen_child(body: bytes, content_type: str | None) -> str | None:
         raise ManifestRefused("MANIFEST_INVALID", "the index lists no manifests")
     digests = [_descriptor(child, "index entry")[0] for child in children]
     if len(children) == 1:
-        return digests[0]
+        return digests[0], digests
     for child, digest in zip(children, digests, strict=True):
         platform = child.get("platform") or {}
         if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
-            return digest
+            return digest, list(dict.fromkeys(digests))
     raise ManifestRefused(
         "MANIFEST_INVALID", "the index has several children and none is linux/amd64"
     )

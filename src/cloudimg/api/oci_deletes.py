@@ -1,0 +1,125 @@
+"""``DELETE`` of a manifest by digest and of a blob over ``/v2``, kept safe by the
+catalog's reference counting.
+
+- A manifest by digest: every tag of the repository whose pull returns that manifest
+  is deleted as ``DELETE /reg/...`` deletes it (recorded in its history, whose retained
+  entries keep the bytes, and with them the manifest, pullable by digest until
+  retention lets them go: no other tag's or image's bytes are touched).
+- A blob: only what no manifest of the repository refers to can go: a finished upload
+  no manifest took. A blob a manifest refers to is refused with the reason (delete the
+  manifest or tag first); the bytes go with the last reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cloudimg.api.oci_errors import OciError
+from cloudimg.blobstore import BlobStore
+from cloudimg.catalog import Catalog, TagInfo, WriteOptions
+from cloudimg.digest import Digest
+from cloudimg.errors import NotFoundError
+from cloudimg.oci.digests import ContainerDisks
+
+__all__ = ["delete_blob", "delete_manifest_digest"]
+
+
+async def _served_manifest(catalog: Catalog, disks: ContainerDisks, tag: TagInfo) -> str:
+    """The sha256 of the manifest a pull of ``tag`` returns."""
+    pushed = await catalog.pushed_manifest(tag.repo, tag.image, blob=tag.digest)
+    if pushed is not None:
+        return pushed.digest
+    stored = await catalog.oci_digests(tag.digest)
+    if stored is not None:
+        return stored[2]
+    ref = await catalog.resolve(tag.repo, tag.image, tag.tag)
+    return hashlib.sha256((await disks.of(ref)).manifest).hexdigest()
+
+
+async def delete_manifest_digest(
+    catalog: Catalog,
+    disks: ContainerDisks,
+    names: tuple[str, str],
+    sha256_hex: str,
+    options: WriteOptions,
+) -> None:
+    """Delete the tags of ``names`` that pull as manifest ``sha256_hex``."""
+    try:
+        tags = await catalog.list_tag_infos(*names)
+    except NotFoundError:
+        tags = []
+    deleted = 0
+    for tag in tags:
+        if await _served_manifest(catalog, disks, tag) == sha256_hex:
+            try:
+                await catalog.delete_tag(*names, tag.tag, options)
+                deleted += 1
+            except NotFoundError:
+                pass  # deleted meanwhile
+    if deleted:
+        return
+    context = {"digest": f"sha256:{sha256_hex}"}
+    if await _pullable(catalog, names, sha256_hex):
+        raise OciError(
+            405,
+            "UNSUPPORTED",
+            "no tag names this manifest: tag history retains it (see --keep-history)"
+            " and lets it go with its bytes",
+            context,
+        )
+    raise OciError(404, "MANIFEST_UNKNOWN", "no such manifest in this repository", context)
+
+
+async def _pullable(catalog: Catalog, names: tuple[str, str], sha256_hex: str) -> bool:
+    if await catalog.pushed_manifest(*names, digest=sha256_hex) is not None:
+        return True
+    try:
+        await catalog.resolve_oci(*names, "manifest", sha256_hex)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def delete_blob(
+    catalog: Catalog, blobs: BlobStore, names: tuple[str, str], sha256_hex: str
+) -> None:
+    """Drop a finished upload of ``names`` no manifest took; refuse a blob in use."""
+    reason = await _referred(catalog, names, sha256_hex)
+    if reason is not None:
+        raise OciError(
+            405,
+            "UNSUPPORTED",
+            f"{reason} of this repository refers to the blob: delete the manifest (or its"
+            " tags) first; the bytes go with the last reference",
+            {"digest": f"sha256:{sha256_hex}"},
+        )
+    sessions = await catalog.finished_uploads_of(*names, sha256_hex)
+    for session in sessions:
+        await catalog.drop_upload(session)
+        await blobs.drop_session(session)
+    if not sessions:
+        raise OciError(
+            404,
+            "BLOB_UNKNOWN",
+            "no such blob in this repository",
+            {"digest": f"sha256:{sha256_hex}"},
+        )
+
+
+async def _referred(catalog: Catalog, names: tuple[str, str], sha256_hex: str) -> str | None:
+    """What refers to the blob in ``names``, if anything does."""
+    if await catalog.kept_blob(*names, sha256_hex) is not None:
+        return "a pushed manifest"
+    if await catalog.pushed_manifest(*names, config=sha256_hex) is not None:
+        return "a pushed manifest"
+    for kind in ("layer", "config"):
+        try:
+            await catalog.resolve_oci(*names, kind, sha256_hex)
+            return "a tag's containerDisk manifest"
+        except NotFoundError:
+            pass
+    try:
+        await catalog.resolve(*names, Digest("sha256", sha256_hex))
+    except NotFoundError:
+        return None
+    return "a tag (or its retained history) holding the disk"

@@ -1,0 +1,248 @@
+"""A manifest ``PUT`` by tag over ``/v2``: commit the disk, keep what was pushed.
+
+The tag names the disk (:mod:`cloudimg.oci.push` says which layer holds it): an
+artifact's layer is committed as it is, the disk in a containerDisk's tar is unpacked
+into a new blob; either way through the inspection and commit of ``/reg`` uploads.
+Then what was pushed is kept as it was pushed (the manifest, or the index and all its
+children, their configs and the layers that are not the disk itself), so a pull by tag
+or by any pushed digest returns exactly those bytes. Each kept layer and config is a
+blob in the blob store holding one reference (``cloudimg.catalog.oci``); the kept rows
+go, and those references with them, in the tag write that lets the image stop holding
+the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+
+from cloudimg.api.auth import actor_of
+from cloudimg.blobstore import BlobReader, BlobStore, StagedBlob
+from cloudimg.catalog import Catalog, KeptPart, PushedManifest, WriteOptions
+from cloudimg.config import Settings
+from cloudimg.digest import Digest
+from cloudimg.images import inspect_reader
+from cloudimg.ingest import commit_staged
+from cloudimg.oci.push import DiskLayer, ManifestRefused, chosen_child, disk_layer_of, unpack_disk
+
+__all__ = ["EMPTY_CONFIG", "Parts", "put_tagged_manifest"]
+
+EMPTY_CONFIG = hashlib.sha256(b"{}").hexdigest()
+_MAX_CONFIG = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Child:
+    digest: str
+    body: bytes
+    media_type: str
+    layer: DiskLayer
+
+
+class Parts:
+    """The pushed blobs a manifest ``PUT`` uses: finished uploads (each claimed once and
+    locked until :meth:`done`) or blobs stored already (a mount, a re-push)."""
+
+    def __init__(self, catalog: Catalog, blobs: BlobStore) -> None:
+        self._catalog = catalog
+        self._blobs = blobs
+        self._claimed: dict[str, StagedBlob] = {}
+
+    async def part(self, sha256_hex: str) -> KeptPart | None:
+        """The upload or stored blob with this sha256; None when there is neither."""
+        if sha256_hex in self._claimed:
+            return self._claimed[sha256_hex]
+        found = await self._catalog.finished_upload(sha256_hex)
+        if found is not None and found.blake3 is not None:
+            staged = await self._blobs.claim_staging(found.id, found.blake3, sha256_hex, found.size)
+            if staged is not None:
+                self._claimed[sha256_hex] = staged
+                return staged
+        stored = await self._catalog.sha256_stored(sha256_hex)
+        return None if stored is None else stored.digest
+
+    async def needed(self, sha256_hex: str, what: str) -> KeptPart:
+        part = await self.part(sha256_hex)
+        if part is None:
+            raise ManifestRefused(
+                "MANIFEST_BLOB_UNKNOWN",
+                f"the {what} blob was not uploaded",
+                {"digest": f"sha256:{sha256_hex}"},
+            )
+        return part
+
+    async def reader(self, part: KeptPart) -> BlobReader:
+        if isinstance(part, StagedBlob):
+            return await self._blobs.open_staged(part)
+        reader = await self._blobs.open(part)
+        if reader is None:
+            raise ManifestRefused("MANIFEST_BLOB_UNKNOWN", "a pushed blob is gone; push it again")
+        return reader
+
+    async def done(self) -> None:
+        """The uploads claimed are used up, kept or not (a refused push starts again)."""
+        for sha256_hex, staged in self._claimed.items():
+            await self._blobs.discard(staged)  # placed ones are gone already
+            await self._catalog.drop_finished_uploads(sha256_hex)
+
+
+async def put_tagged_manifest(
+    request: Request[Any, Any, Any],
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    names: tuple[str, str, str],
+    body: bytes,
+) -> None:
+    """Commit the disk ``body`` describes under the tag ``names`` and keep the push.
+
+    ``ManifestRefused`` for what is not a VM disk, ``ImageRefusedError`` for a disk that
+    fails inspection, and the domain errors of a tag write.
+    """
+    content_type = request.headers.get("content-type")
+    media_type = str(_media_type(body, content_type))
+    repo, image, _tag = names
+    index = chosen_child(body, content_type)
+    children: list[_Child] = []
+    if index is None:
+        disk_layer = disk_layer_of(body, content_type)
+    else:
+        chosen, every = index
+        children = [await _child(catalog, repo, image, digest) for digest in every]
+        disk_layer = next(child.layer for child in children if child.digest == chosen)
+    parts = Parts(catalog, blobs)
+    try:
+        options = WriteOptions(actor=actor_of(request))
+        disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
+        sha = hashlib.sha256(body).hexdigest()
+        if index is None:
+            kept = [await _kept(parts, sha, media_type, body, disk, disk_layer, "top")]
+        else:
+            kept = [PushedManifest(sha, media_type, body, disk, "", b"", "top")]
+            for child in children:
+                kept.append(
+                    await _kept(
+                        parts, child.digest, child.media_type, child.body, disk, child.layer
+                    )
+                )
+        await catalog.keep_pushed(repo, image, kept)
+    finally:
+        await parts.done()
+
+
+def _media_type(body: bytes, content_type: str | None) -> object:
+    return json.loads(body).get("mediaType") or content_type or ""
+
+
+async def _child(catalog: Catalog, repo: str, image: str, digest: str) -> _Child:
+    """An index's child: pushed by digest before it, or kept from an earlier push."""
+    body = await catalog.pending_manifest(repo, image, digest)
+    if body is None:
+        kept = await catalog.pushed_manifest(repo, image, digest=digest)
+        body = None if kept is None else kept.body
+    if body is None:
+        raise ManifestRefused(
+            "MANIFEST_BLOB_UNKNOWN",
+            "push the index's children by digest first",
+            {"digest": f"sha256:{digest}"},
+        )
+    return _Child(digest, body, str(_media_type(body, None)), disk_layer_of(body, None))
+
+
+async def _kept(
+    parts: Parts,
+    digest: str,
+    media_type: str,
+    body: bytes,
+    disk: str,
+    layer: DiskLayer,
+    role: str = "child",
+) -> PushedManifest:
+    """A manifest to keep, with its config and (unless it is the disk) its layer."""
+    if layer.config_size > _MAX_CONFIG:
+        raise ManifestRefused("MANIFEST_INVALID", f"the config is larger than {_MAX_CONFIG} bytes")
+    config_part = await parts.part(layer.config_sha256)
+    if config_part is None and layer.config_sha256 != EMPTY_CONFIG:
+        await parts.needed(layer.config_sha256, "config")
+    inline = b"{}" if config_part is None else b""
+    stored_disk = layer.packing == "disk" and await _is_the_disk(parts, layer, disk)
+    layer_part = None if stored_disk else await parts.needed(layer.sha256, "layer")
+    return PushedManifest(
+        digest, media_type, body, disk, layer.config_sha256, inline, role, layer_part, config_part
+    )
+
+
+async def _is_the_disk(parts: Parts, layer: DiskLayer, disk: str) -> bool:
+    part = await parts.part(layer.sha256)
+    return part == disk or (isinstance(part, StagedBlob) and part.blake3 == disk)
+
+
+async def _commit_disk(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    names: tuple[str, str, str],
+    layer: DiskLayer,
+    parts: Parts,
+    options: WriteOptions,
+) -> str:
+    """Point the tag at the disk ``layer`` holds (inspected as ``/reg`` uploads are);
+    the disk's blake3."""
+    source = await parts.needed(layer.sha256, "layer")
+    if layer.packing == "disk" and isinstance(source, str):
+        # Stored already (a mount, a re-push): name it, as retag does, once inspected.
+        if not await catalog.is_inspected(source):
+            reader = await parts.reader(source)
+            try:
+                inspection = await _inspect(reader, settings)
+            finally:
+                reader.close()
+            await catalog.record_inspection(source, inspection)
+        await catalog.retag(*names, Digest("blake3", source), {}, options)
+        return source
+    if layer.packing == "disk":
+        assert isinstance(source, StagedBlob)
+        staged = source
+    else:
+        staged = await _unpack(blobs, await parts.reader(source), layer.packing)
+    try:
+        reader = await blobs.open_staged(staged)
+        try:
+            inspection = await _inspect(reader, settings)
+        finally:
+            reader.close()
+        await commit_staged(
+            catalog, blobs, names, staged, {}, options=options, inspection=inspection
+        )
+    finally:
+        # Committed or refused, the disk's upload is used up (commit_staged drops the
+        # staging file either way): a client pushes the blob again.
+        await blobs.discard(staged)
+    return staged.blake3
+
+
+async def _unpack(blobs: BlobStore, reader: BlobReader, packing: str) -> StagedBlob:
+    writer = await blobs.open_staging()
+    loop = asyncio.get_running_loop()
+
+    def write(piece: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(writer.write(piece), loop).result()
+
+    try:
+        await asyncio.to_thread(unpack_disk, reader, packing, write)
+        return await writer.finish()
+    except BaseException:
+        await writer.abort()
+        raise
+    finally:
+        reader.close()
+
+
+async def _inspect(reader: BlobReader, settings: Settings) -> Any:
+    """The pushed disk passes the same inspection as a ``/reg`` upload (ImageRefusedError)."""
+    return await asyncio.to_thread(inspect_reader, reader, settings.inspection_policy)
