@@ -105,7 +105,6 @@ async def put_tagged_manifest(
     fails inspection, and the domain errors of a tag write.
     """
     content_type = request.headers.get("content-type")
-    media_type = str(_media_type(body, content_type))
     repo, image, _tag = names
     index = chosen_child(body, content_type)
     children: list[_Child] = []
@@ -115,6 +114,7 @@ async def put_tagged_manifest(
         chosen, every = index
         children = [await _child(catalog, repo, image, digest) for digest in every]
         disk_layer = next(child.layer for child in children if child.digest == chosen)
+    media_type = str(_media_type(body, content_type))  # valid JSON by now
     parts = Parts(catalog, blobs)
     try:
         options = WriteOptions(actor=actor_of(request))
