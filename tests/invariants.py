@@ -34,10 +34,16 @@ class CatalogSnapshot:
     """Blobs fsck found damaged: their file sits in ``quarantine/``, not in the blob tree."""
     retained_digests: list[str] = field(default_factory=list)
     """The digest of every retained ``tag_history`` entry (each holds one reference)."""
+    kept_digests: list[str] = field(default_factory=list)
+    """Every layer and config a kept ``/v2`` manifest holds (one reference each)."""
 
     def references(self, digest: str) -> int:
-        """How many tags and retained history entries name ``digest``."""
-        return self.tag_digests.count(digest) + self.retained_digests.count(digest)
+        """How many tags, retained history entries and kept manifests name ``digest``."""
+        return (
+            self.tag_digests.count(digest)
+            + self.retained_digests.count(digest)
+            + self.kept_digests.count(digest)
+        )
 
     def refcount(self, digest: str) -> int | None:
         """The stored reference count of ``digest``, None when there is no such blob row."""
@@ -47,20 +53,26 @@ class CatalogSnapshot:
 
 def read_catalog(server: RunningServer) -> CatalogSnapshot:
     """A consistent read-only snapshot of the ``blobs``, ``tags`` and ``tag_history`` tables."""
-    blob_rows, tag_rows, quarantined_rows, retained_rows = read_snapshot(
+    blob_rows, tag_rows, quarantined_rows, retained_rows, kept_rows = read_snapshot(
         server.database_url,
         [
             ("SELECT digest, size, sha256, refcount FROM blobs", ()),
             ("SELECT digest FROM tags", ()),
             ("SELECT digest FROM blobs WHERE quarantined_at IS NOT NULL", ()),
             ("SELECT digest FROM tag_history WHERE retained", ()),
+            (
+                "SELECT layer_blob FROM oci_manifests WHERE layer_blob IS NOT NULL"
+                " UNION ALL SELECT config_blob FROM oci_manifests WHERE config_blob IS NOT NULL",
+                (),
+            ),
         ],
     )
     blobs = {digest: (size, sha256, refcount) for digest, size, sha256, refcount in blob_rows}
     tag_digests = [digest for (digest,) in tag_rows]
     quarantined = frozenset(digest for (digest,) in quarantined_rows)
     retained = [digest for (digest,) in retained_rows]
-    return CatalogSnapshot(blobs, tag_digests, quarantined, retained)
+    kept = [digest for (digest,) in kept_rows]
+    return CatalogSnapshot(blobs, tag_digests, quarantined, retained, kept)
 
 
 def _leftovers(server: RunningServer, name: str) -> list[Path]:
@@ -78,7 +90,7 @@ def assert_invariants(server: RunningServer) -> None:
     """Assert invariants 1, 2 and 5 of docs/architecture.md for a server with no request in flight.
 
     - every blob row's refcount equals the number of tags plus retained history entries
-      naming it, and is positive;
+      plus kept ``/v2`` manifests' layers and configs naming it, and is positive;
     - every tag and every retained history entry names a blob row (so every retained
       digest downloads its bytes: the file checks below cover every row);
     - every blob row has a blob file with the catalog's size, blake3 and sha256 (except
