@@ -162,7 +162,7 @@ def test_a_containerdisk_push_unpacks_the_disk(
     # The tag pulls as the generated containerDisk of the unpacked disk.
     # The tag pulls as what was pushed: the manifest, its config and its layer.
     pushed = container_manifest(layer, layer_type, config)
-    manifest, digest = manifest_of(client, name, "v1")
+    _, digest = manifest_of(client, name, "v1")
     assert digest == sha256_digest(pushed)
     assert client.get(f"/v2/{name}/manifests/{digest}").content == pushed
     assert client.get(f"/v2/{name}/blobs/{sha256_digest(layer)}").content == layer
