@@ -1,5 +1,6 @@
 """Real registry clients against the OCI face: skopeo and podman from Debian (oras-py
-from PyPI is in tests/test_oci_push.py). Each skips with the reason when the client is
+from PyPI is in tests/test_oci_push.py; all three run the examples of docs/oci.md
+here). Each skips with the reason when the client is
 missing; .ci/run installs them.
 
 The client's behaviour, not the catalog, is under test here: one backend is enough (the
@@ -8,19 +9,22 @@ protocol tests in tests/test_oci_pull.py run on both).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer, upload
+from tests.conftest import RunningServer, start_server, upload
 from tests.oci_support import disk_in_layer
 from tests.support import random_image
+from tests.test_deployment import fenced_blocks, section
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +136,96 @@ def test_skopeo_copies_a_containerdisk_in(server: RunningServer, tmp_path: Path,
             "--dest-compress",
             "--dest-compress-format",
             compression,
+            "--digestfile",
+            str(tmp_path / compression),
             layout,
             target,
         )
         with server.client() as http:
             assert http.get(f"/reg/{repo}/copied-{compression}/v1").content == data
+        # What skopeo pushed is kept: by tag and by the digest the push answered with.
+        pushed = (tmp_path / compression).read_text().strip()
+        by_digest = target.replace(":v1", f"@{pushed}")
+        for ref in (target, by_digest):
+            raw = _run(skopeo, "inspect", "--raw", "--tls-verify=false", ref)
+            assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed
+            # Compressed as pushed (skopeo may reuse the gzip layer it pushed first).
+            assert json.loads(raw)["layers"][0]["mediaType"].endswith(("+gzip", "+zstd"))
+        _run(
+            skopeo, "copy", "--src-tls-verify=false", by_digest, f"oci:{tmp_path / compression}-out"
+        )
+
+
+def test_the_examples_of_the_oci_docs_run(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """docs/oci.md "Examples": the shell block (skopeo, podman) and the oras-py block,
+    against a server whose pushes need a write token."""
+    for tool in ("skopeo", "podman", "jq"):
+        _tool(tool)
+    pytest.importorskip("oras.client", reason="oras-py is a test extra")
+    token = "example-token-" + os.urandom(8).hex()
+    secrets = tmp_path / "tokens"
+    secrets.write_text(f"ci {token}\n")
+    server = start_server(tmp_path / "data", "--write-token-file", str(secrets))
+    request.addfinalizer(server.stop)
+    disk = random_image(2 * 1024 * 1024 + 3)
+    with server.client() as http:
+        http.headers["Authorization"] = f"Bearer {token}"
+        assert upload(http, "/reg/vms/fedora/f40", disk).status_code == 201
+    artifact = random_image(300_000)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fedora.qcow2").write_bytes(artifact)
+    here = f"127.0.0.1:{server.port}"
+    blocks = fenced_blocks(section("oci.md", "Examples"))
+    shell = "\n".join(body for lang, body in blocks if lang == "sh").replace("localhost:8080", here)
+    python = next(body for lang, body in blocks if lang == "python").replace("localhost:8080", here)
+    # podman as root, on storage of its own (vfs: no overlay in the sandbox), and its
+    # credentials in a file of the test's.
+    runroot = Path(tempfile.mkdtemp(prefix="podrun-"))
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{tmp_path / "root"}"\n'
+    )
+    env = {
+        **os.environ,
+        "TOKEN": token,
+        "CONTAINERS_STORAGE_CONF": str(conf),
+        "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json"),
+    }
+    if os.geteuid() != 0:
+        pytest.skip("podman runs as root in the test machine; this user is not root")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shell],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = [line for line in done.stdout.splitlines() if line.startswith("sha256:")]
+    assert len(digests) == 1, done.stdout  # what skopeo inspect | jq printed
+    assert _oci_dir_disk(work / "fedora") == disk
+    pushed = (work / "pushed.digest").read_text().strip()
+    with server.client() as http:
+        assert http.get("/reg/vms/fedora-copy/f40").content == disk
+        kept = http.get(f"/v2/vms/fedora-copy/manifests/{pushed}")
+        assert kept.status_code == 200
+        layer = kept.json()["layers"][0]
+        assert layer["mediaType"].endswith("gzip"), "the pushed (compressed) layer is kept"
+    index = json.loads((work / "fedora-pushed" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == pushed
+    ran = subprocess.run(
+        [sys.executable, "-c", python],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    with server.client() as http:
+        assert http.get("/reg/vms/fedora-artifact/f40").content == artifact
