@@ -36,8 +36,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Kept layers and configs lose the rows that held them: gc's refcount check frees them.
-    op.execute("DELETE FROM oci_manifests WHERE role <> 'top' OR layer_blob IS NOT NULL")
+    # 0005 knows no children nor kept blobs: such rows go (pending ones stay, blob ''),
+    # and the layers and configs they held are freed by gc's refcount check.
+    op.execute(
+        "DELETE FROM oci_manifests WHERE role = 'child'"
+        " OR layer_blob IS NOT NULL OR config_blob IS NOT NULL"
+    )
     with op.batch_alter_table("oci_manifests", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_oci_manifests_config_blob"))
         batch_op.drop_index(batch_op.f("ix_oci_manifests_layer_blob"))

@@ -1,0 +1,54 @@
+"""Migration 0006 (kept ``/v2`` pushes) on both catalog backends: rows kept by 0005 get
+their role, ``cloudimg db check`` finds the schema and the models equal, and the
+migration goes down and up again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+
+from cloudimg.catalog.database import alembic_config, current_revision, upgrade_database
+from tests.databases import catalog_database, query
+from tests.maintenance_support import cli
+
+
+@pytest.fixture
+def fresh_catalog(tmp_path: Path, backend: str) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "data"
+    with catalog_database(backend, root) as url:
+        yield root, url
+
+
+def _add_0005_manifest(url: str, digest: str, blob: str) -> None:
+    query(
+        url,
+        "INSERT INTO oci_manifests (repository, image, digest, media_type, body, blob,"
+        " config_digest, config, created_at) VALUES ('vms', 'fedora', ?, 'm', ?, ?, 'c', ?, ?)",
+        digest,
+        b"{}",
+        blob,
+        b"{}",
+        datetime.now(UTC),
+    )
+
+
+def test_0006_gives_kept_manifests_their_role_and_checks_clean(
+    fresh_catalog: tuple[Path, str],
+) -> None:
+    root, url = fresh_catalog
+    upgrade_database(url, "0005")
+    _add_0005_manifest(url, "1" * 64, "")  # an index's child no index took yet
+    _add_0005_manifest(url, "2" * 64, "a" * 64)  # an artifact a tag push kept
+    upgrade_database(url)
+    assert current_revision(url) == "0006"
+    rows = query(url, "SELECT digest, role, layer_blob, config_blob FROM oci_manifests")
+    assert sorted(rows) == [("1" * 64, "pending", None, None), ("2" * 64, "top", None, None)]
+    cli("db", "check", "--data-root", str(root), check=0)
+    command.downgrade(alembic_config(url), "0005")
+    assert len(query(url, "SELECT digest FROM oci_manifests")) == 2
+    upgrade_database(url)
+    cli("db", "check", "--data-root", str(root), check=0)
