@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -215,3 +216,45 @@ def test_delete_a_blob_only_when_no_manifest_refers_to_it(client: httpx.Client, 
     assert put_manifest(client, name, "art", artifact_manifest(disk, DISK_TYPE)).status_code == 201
     assert_oci_error(client.delete(f"/v2/{name}/blobs/{sha256_digest(disk)}"), 405, "UNSUPPORTED")
     assert client.get(f"/reg/{repo}/blobdel/art").content == disk
+
+
+@pytest.mark.slow
+def test_gc_looping_while_pushes_are_kept_and_tags_move(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """gc runs again and again while containerDisks are pushed, re-uploaded over /reg,
+    and deleted by digest (history keeps one previous digest): every reference count
+    stays right, and what the last push sent still pulls as pushed."""
+    server = server_factory("--keep-history", "1")
+    stop = threading.Event()
+    runs: list[dict[str, object]] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            runs.append(
+                cli_json("gc", "--data-root", str(server.data_root), "--grace", "30s", check=0)
+            )
+
+    looping = threading.Thread(target=gc_loop)
+    looping.start()
+    try:
+        with server.client() as http:
+            for round_ in range(6):
+                pushed = _push_containerdisk(http, "vms/churn", "v1", random_image(80_000))
+                digest = sha256_digest(pushed["manifest"])
+                assert http.get(f"/v2/vms/churn/manifests/{digest}").status_code == 200
+                if round_ % 3 == 1:
+                    assert http.delete(f"/v2/vms/churn/manifests/{digest}").status_code == 202
+                elif round_ % 3 == 2:
+                    moved = upload(http, "/reg/vms/churn/v1", random_image(3000))
+                    assert moved.status_code == 201
+            last = _push_containerdisk(http, "vms/churn", "v1", random_image(90_000))
+    finally:
+        stop.set()
+        looping.join(timeout=300)
+    assert runs, "gc never ran"
+    with server.client() as http:
+        assert http.get("/v2/vms/churn/manifests/v1").content == last["manifest"]
+        layer = http.get(f"/v2/vms/churn/blobs/{sha256_digest(last['layer'])}")
+        assert layer.content == last["layer"]
+    _fsck_gc_clean(server)
