@@ -88,7 +88,13 @@ def test_a_pushed_containerdisk_pulls_as_pushed_until_its_disk_goes(
         assert got.content == pushed[part], part
     layer_file = blob_path(server.data_root, blake3_hex(pushed["layer"]))
     assert layer_file.exists(), "the compressed layer is a blob of the store"
-    # Kept layers are not VM images: fsck does not inspect them, du counts them.
+    # Kept layers are not VM images: /reg cannot name one, fsck does not inspect them,
+    # du counts them.
+    for part in ("layer", "config"):
+        retag = http.post(
+            "/reg/vms/fedora/sneaky/retag", json={"digest": sha256_digest(pushed[part])}
+        )
+        assert retag.status_code == 404, retag.text
     _fsck_gc_clean(server)
     du = cli_json("du", "--data-root", str(server.data_root), check=0)
     assert du["oci_kept_blobs"] == 2  # the layer and the config

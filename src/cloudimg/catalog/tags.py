@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci import drop_unheld_manifests
+from cloudimg.catalog.oci import drop_unheld_manifests, kept_references
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
@@ -76,8 +76,9 @@ class TagWrites(TagHistoryLog):
         """Point ``repo/image:tag`` at bytes the registry holds, without sending them.
 
         ``digest`` must name a blob some tag or retained history entry references (every
-        writer may read every image). ``meta`` None takes the metadata the tag last had
-        with those bytes (from its history), else none. Returns the bytes named.
+        writer may read every image), or an inspected one a kept ``/v2`` push holds.
+        ``meta`` None takes the metadata the tag last had with those bytes (from its
+        history), else none. Returns the bytes named.
         """
         names = (repo, image, tag)
 
@@ -86,7 +87,13 @@ class TagWrites(TagHistoryLog):
             column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
             blob = await session.scalar(
                 select(Blob)
-                .where(column == digest.hex, Blob.refcount > 0)
+                .where(
+                    column == digest.hex,
+                    Blob.refcount > 0,
+                    # A layer or config only a kept /v2 push holds is no VM image: it
+                    # becomes one only once inspected (a disk pushed again as one).
+                    or_(Blob.refcount > kept_references(), Blob.inspected_at.is_not(None)),
+                )
                 .limit(1)
                 .with_for_update()
             )
