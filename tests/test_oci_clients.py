@@ -9,6 +9,7 @@ protocol tests in tests/test_oci_pull.py run on both).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -22,11 +23,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningServer, start_server, upload
-from tests.oci_support import disk_in_layer
+from tests.oci_support import OCI_MANIFEST, disk_in_layer, tar_layer
 from tests.support import random_image
 from tests.test_deployment import fenced_blocks, section
 
 pytestmark = pytest.mark.slow
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +234,62 @@ def test_the_examples_of_the_oci_docs_run(tmp_path: Path, request: pytest.Fixtur
     assert ran.returncode == 0, ran.stderr[-3000:]
     with server.client() as http:
         assert http.get("/reg/vms/fedora-artifact/f40").content == artifact
+
+
+def _layout_blob(layout: Path, data: bytes) -> dict[str, object]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _multi_arch_layout(layout: Path, disks: dict[str, bytes]) -> bytes:
+    """An ``oci:`` layout whose image is an index of one gzip containerDisk per arch;
+    the index's bytes."""
+    children = []
+    for arch, disk in disks.items():
+        layer = _layout_blob(layout, gzip.compress(tar_layer(disk), mtime=0))
+        config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {}}).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, **_layout_blob(layout, config)},
+            "layers": [{"mediaType": OCI_LAYER + "+gzip", **layer}],
+        }
+        described = _layout_blob(layout, json.dumps(manifest).encode())
+        platform = {"os": "linux", "architecture": arch}
+        children.append({"mediaType": OCI_MANIFEST, **described, "platform": platform})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+    top = {"mediaType": OCI_INDEX, **_layout_blob(layout, index.encode())}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    return index.encode()
+
+
+def test_skopeo_copies_a_multi_arch_index_in_and_out(
+    server: RunningServer, tmp_path: Path, repo: str
+) -> None:
+    """``skopeo copy --multi-arch all`` of an index of containerDisks: /reg serves the
+    linux/amd64 disk; the index and every child pull back by tag and by digest."""
+    skopeo = _tool("skopeo")
+    disks = {"amd64": random_image(400_000), "arm64": random_image(300_000)}
+    index = _multi_arch_layout(tmp_path / "in", disks)
+    target = f"docker://127.0.0.1:{server.port}/{repo}/multi:v1"
+    copy = [skopeo, "copy", "--multi-arch", "all", "--preserve-digests"]
+    _run(*copy, "--dest-tls-verify=false", f"oci:{tmp_path / 'in'}", target)
+    with server.client() as http:
+        assert http.get(f"/reg/{repo}/multi/v1").content == disks["amd64"]
+        assert http.get(f"/v2/{repo}/multi/manifests/v1").content == index
+    _run(*copy, "--src-tls-verify=false", target, f"oci:{tmp_path / 'out'}")
+    out = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert out["manifests"][0]["digest"] == "sha256:" + hashlib.sha256(index).hexdigest()
+    for child in json.loads(index)["manifests"]:
+        manifest = json.loads(_blob_in(tmp_path / "out", child["digest"]))
+        for blob in (child, manifest["config"], manifest["layers"][0]):
+            # Byte for byte what was pushed (the arm64 disk too, kept in its gzip tar).
+            pulled = _blob_in(tmp_path / "out", str(blob["digest"]))
+            assert pulled == _blob_in(tmp_path / "in", str(blob["digest"]))
+
+
+def _blob_in(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
