@@ -264,3 +264,20 @@ def test_gc_looping_while_pushes_are_kept_and_tags_move(
         layer = http.get(f"/v2/vms/churn/blobs/{sha256_digest(last['layer'])}")
         assert layer.content == last["layer"]
     _fsck_gc_clean(server)
+
+
+def test_gc_drops_index_children_no_index_took(
+    kept_server: tuple[RunningServer, httpx.Client],
+) -> None:
+    server, http = kept_server
+    name = "vms/orphans"
+    child = _push_containerdisk_child(http, name, random_image(40_000))
+    digest = sha256_digest(child["manifest"])
+    index = index_manifest({digest: ("linux", "amd64")})
+    gc = cli_json("gc", "--data-root", str(server.data_root), "--grace", "0s", check=0)
+    assert [a["kind"] for a in gc["actions"]].count("pushed-manifest") == 1, gc
+    refused = http.put(
+        f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE}
+    )
+    assert_oci_error(refused, 400, "MANIFEST_BLOB_UNKNOWN")
+    _fsck_gc_clean(server)
