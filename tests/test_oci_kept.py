@@ -281,3 +281,23 @@ def test_gc_drops_index_children_no_index_took(
     )
     assert_oci_error(refused, 400, "MANIFEST_BLOB_UNKNOWN")
     _fsck_gc_clean(server)
+
+
+def test_an_index_missing_a_childs_blob_changes_nothing(client: httpx.Client, repo: str) -> None:
+    name = f"{repo}/partial"
+    amd = _push_containerdisk_child(client, name, random_image(30_000))
+    arm = _push_containerdisk_child(client, name, random_image(20_000))
+    # The arm64 layer's upload is deleted (no manifest took it yet): the index cannot
+    # be kept whole, so it is refused before the tag names anything.
+    assert client.delete(f"/v2/{name}/blobs/{sha256_digest(arm['layer'])}").status_code == 202
+    index = index_manifest(
+        {
+            sha256_digest(amd["manifest"]): ("linux", "amd64"),
+            sha256_digest(arm["manifest"]): ("linux", "arm64"),
+        }
+    )
+    refused = client.put(
+        f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE}
+    )
+    assert_oci_error(refused, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert client.get(f"/reg/{repo}/partial/v1").status_code == 404

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from litestar import Request
@@ -108,6 +108,7 @@ async def put_tagged_manifest(
     repo, image, _tag = names
     index = chosen_child(body, content_type)
     children: list[_Child] = []
+    chosen = ""
     if index is None:
         disk_layer = disk_layer_of(body, content_type)
     else:
@@ -117,20 +118,28 @@ async def put_tagged_manifest(
     media_type = str(_media_type(body, content_type))  # valid JSON by now
     parts = Parts(catalog, blobs)
     try:
-        options = WriteOptions(actor=actor_of(request))
-        disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
+        # Every part is found before the tag moves: a push refused for a missing blob
+        # changes nothing.
         sha = hashlib.sha256(body).hexdigest()
         if index is None:
-            kept = [await _kept(parts, sha, media_type, body, disk, disk_layer, "top")]
+            plan = [await _kept(parts, sha, media_type, body, disk_layer, "top")]
         else:
-            kept = [PushedManifest(sha, media_type, body, disk, "", b"", "top")]
+            plan = [PushedManifest(sha, media_type, body, "", "", b"", "top")]
             for child in children:
-                kept.append(
+                plan.append(
                     await _kept(
-                        parts, child.digest, child.media_type, child.body, disk, child.layer
+                        parts,
+                        child.digest,
+                        child.media_type,
+                        child.body,
+                        child.layer,
+                        "child",
+                        is_disk=child.digest == chosen,
                     )
                 )
-        await catalog.keep_pushed(repo, image, kept)
+        options = WriteOptions(actor=actor_of(request))
+        disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
+        await catalog.keep_pushed(repo, image, [replace(kept, blob=disk) for kept in plan])
     finally:
         await parts.done()
 
@@ -159,27 +168,25 @@ async def _kept(
     digest: str,
     media_type: str,
     body: bytes,
-    disk: str,
     layer: DiskLayer,
-    role: str = "child",
+    role: str,
+    *,
+    is_disk: bool = True,
 ) -> PushedManifest:
-    """A manifest to keep, with its config and (unless it is the disk) its layer."""
+    """A manifest to keep (its disk filled in once committed), with its config and,
+    unless it is the tag's disk itself (``is_disk`` and an artifact), its layer."""
     if layer.config_size > _MAX_CONFIG:
         raise ManifestRefused("MANIFEST_INVALID", f"the config is larger than {_MAX_CONFIG} bytes")
     config_part = await parts.part(layer.config_sha256)
     if config_part is None and layer.config_sha256 != EMPTY_CONFIG:
         await parts.needed(layer.config_sha256, "config")
     inline = b"{}" if config_part is None else b""
-    stored_disk = layer.packing == "disk" and await _is_the_disk(parts, layer, disk)
-    layer_part = None if stored_disk else await parts.needed(layer.sha256, "layer")
+    layer_part: KeptPart | None = await parts.needed(layer.sha256, "layer")
+    if is_disk and layer.packing == "disk":
+        layer_part = None  # the tag's disk: held by the tag, not by the manifest
     return PushedManifest(
-        digest, media_type, body, disk, layer.config_sha256, inline, role, layer_part, config_part
+        digest, media_type, body, "", layer.config_sha256, inline, role, layer_part, config_part
     )
-
-
-async def _is_the_disk(parts: Parts, layer: DiskLayer, disk: str) -> bool:
-    part = await parts.part(layer.sha256)
-    return part == disk or (isinstance(part, StagedBlob) and part.blake3 == disk)
 
 
 async def _commit_disk(
