@@ -8,7 +8,8 @@ from cloudimg.catalog.history import (
     Precondition,
     WriteOptions,
 )
-from cloudimg.catalog.oci import KeptPart, PushedManifest, UploadSession
+from cloudimg.catalog.oci import UploadSession
+from cloudimg.catalog.oci_manifests import KeptPart, PushedManifest
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobBlock,
