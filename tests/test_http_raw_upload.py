@@ -86,9 +86,13 @@ def test_without_the_header_the_metadata_is_empty(client: httpx.Client, repo: st
 def test_the_header_may_carry_utf8(server: RunningServer, client: httpx.Client, repo: str) -> None:
     meta = json.dumps({"name": "Übersicht ☃"}, ensure_ascii=False).encode()
     head = (
-        f"PUT /reg/{repo}/img/t1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
-        "Connection: close\r\nCloudimg-Meta: "
-    ).encode() + meta + b"\r\n\r\n"
+        (
+            f"PUT /reg/{repo}/img/t1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            "Connection: close\r\nCloudimg-Meta: "
+        ).encode()
+        + meta
+        + b"\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head + b"abc")
         assert sock.recv(4096).startswith(b"HTTP/1.1 201")
@@ -147,9 +151,13 @@ def test_bad_metadata_is_refused_and_stores_nothing(
 ) -> None:
     raw, status = meta
     head = (
-        f"PUT /reg/{repo}/img/t1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
-        "Connection: close\r\nCloudimg-Meta: "
-    ).encode() + raw + b"\r\n\r\n"
+        (
+            f"PUT /reg/{repo}/img/t1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+            "Connection: close\r\nCloudimg-Meta: "
+        ).encode()
+        + raw
+        + b"\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head + random_image(5000))
         answer = sock.recv(65536)
