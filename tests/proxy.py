@@ -159,10 +159,11 @@ class Proxy:
         return data
 
 
+# The JSON error shape cloudimg answers a method without a route with.
 _METHOD_NOT_ALLOWED = (
     b"HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\n"
-    b"content-length: 49\r\n\r\n"
-    b'{"status_code":405,"detail":"Method Not Allowed"}'
+    b"content-length: 58\r\n\r\n"
+    b'{"status":"INVALID_ARGUMENT","error":"Method Not Allowed"}'
 )
 
 

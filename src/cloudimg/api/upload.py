@@ -154,8 +154,9 @@ class _Parts:
 class _BodyForm(Protocol):
     """One way of feeding an upload's body to the staging writer."""
 
-    envelope: int
-    """How far a Content-Length may pass the image size limit (the body's framing)."""
+    @property
+    def envelope(self) -> int:
+        """How far a Content-Length may pass the image size limit (the body's framing)."""
 
     async def read(self, body: AsyncIterator[bytes], image: _Image) -> dict[str, str]:
         """Feed ``body``'s image bytes to ``image`` (opened here); the upload's metadata."""

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from cloudimg.blobstore.base import (
     StoredFile,
     Tap,
 )
+from cloudimg.blobstore.pipeline import Pipeline, StageCosts, Work
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = [
@@ -54,9 +56,11 @@ STAGING_SUFFIX = ".part"
 HEADROOM_BYTES = 8 * 1024 * 1024
 """Free space uploads leave on the data volume, so a SQLite catalog there can still
 commit the deletes that free space (see ``cloudimg.catalog.database.keep_room``)."""
-# Writes are batched to this size and handed to a worker thread, so the event loop
-# never waits on the disk or the hash, and a thread hop is paid per MiB, not per packet.
+# Writes are batched to this size and handed to the pipeline's threads, so the event
+# loop never waits on the disk or the hash, and a thread hop is paid per MiB, not per
+# packet. At most _BATCHES_IN_FLIGHT of them wait for the slowest stage (memory stays flat).
 _WRITE_BATCH = 4 * 1024 * 1024
+_BATCHES_IN_FLIGHT = 3
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
@@ -185,16 +189,28 @@ class _HashState:
 class FilesystemStagingWriter:
     """Streams an upload into a staging file while computing blake3 and sha256.
 
+    The event loop gathers the bytes into batches; each batch is written, hashed with
+    blake3 and with sha256, and shown to the tap by a :class:`Pipeline` of one thread
+    per stage (started at the first batch, ended by ``sync``, ``finish`` or
+    ``abort``). ``costs`` is told each stage's CPU seconds and bytes, and the event
+    loop's as ``receive``.
+
     The file stays open (and locked) after ``finish``: the lock goes with the
     ``StagedBlob`` and ends when the blob is placed or discarded.
     """
 
     def __init__(
-        self, path: Path, fd: int, tap: Tap | None = None, resumed: _HashState | None = None
+        self,
+        path: Path,
+        fd: int,
+        tap: Tap | None = None,
+        resumed: _HashState | None = None,
+        costs: StageCosts | None = None,
     ) -> None:
         self.path = path
         self._fd = fd
         self._tap = tap
+        self._costs = costs
         self._lock = _StagingLock(fd)
         if resumed is None:
             resumed = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
@@ -202,8 +218,11 @@ class FilesystemStagingWriter:
         self._blake3 = resumed.blake3
         self._sha256 = resumed.sha256
         self._buffer = bytearray()
-        self._pending: asyncio.Future[None] | None = None
+        self._pipeline: Pipeline | None = None
         self._closed = False
+        # The event loop's share: its thread's CPU time while this writer takes bytes.
+        self._loop_cpu = time.thread_time()
+        self._received = 0
 
     @property
     def size(self) -> int:
@@ -215,8 +234,7 @@ class FilesystemStagingWriter:
             await self._flush_buffer()
 
     async def finish(self) -> StagedBlob:
-        await self._flush_buffer()
-        await self._wait_pending()
+        await self._drain()
         await asyncio.to_thread(self._sync)
         return StagedBlob(
             blake3=self._blake3.hexdigest(),
@@ -228,8 +246,7 @@ class FilesystemStagingWriter:
 
     async def sync(self) -> _HashState:
         """Make what was written durable (the file stays); the hash state so far."""
-        await self._flush_buffer()
-        await self._wait_pending()
+        await self._drain()
         await asyncio.to_thread(self._sync)
         return _HashState(self._size, self._blake3.copy(), self._sha256.copy())
 
@@ -238,30 +255,49 @@ class FilesystemStagingWriter:
         self._close()
 
     async def abort(self) -> None:
-        # The upload is failing anyway; a write error of the last batch changes nothing.
+        # The upload is failing anyway; a write error of the last batches changes nothing.
         with contextlib.suppress(Exception):
-            await self._wait_pending()
+            await self._end_pipeline()
         if not self._closed:
             self.path.unlink(missing_ok=True)
         self._close()
 
     async def _flush_buffer(self) -> None:
-        # One batch may be in the worker thread while the next one fills up.
-        await self._wait_pending()
-        if self._buffer:
-            batch, self._buffer = self._buffer, bytearray()
-            self._size += len(batch)
-            self._pending = asyncio.ensure_future(asyncio.to_thread(self._write_and_hash, batch))
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, bytearray()
+        self._size += len(batch)
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self._stages(), _BATCHES_IN_FLIGHT, self._costs)
+        await self._pipeline.put(batch)
 
-    async def _wait_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+    async def _drain(self) -> None:
+        """Every byte given so far written and hashed; the pipeline's threads ended."""
+        await self._flush_buffer()
+        await self._end_pipeline()
+        if self._costs is not None:
+            cpu, self._loop_cpu = time.thread_time() - self._loop_cpu, time.thread_time()
+            self._costs("receive", cpu, self._size - self._received)
+            self._received = self._size
 
-    def _write_and_hash(self, batch: bytearray) -> None:
-        view = memoryview(batch)
+    async def _end_pipeline(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.close()
+
+    def _stages(self) -> list[tuple[str, Work]]:
+        stages: list[tuple[str, Work]] = [
+            ("write", self._write),
+            ("blake3", self._blake3.update),
+            ("sha256", self._sha256.update),
+        ]
+        if self._tap is not None:
+            stages.append(("inspect", self._tap))
+        return stages
+
+    def _write(self, view: memoryview) -> None:
         try:
-            if _free_bytes(os.fstatvfs(self._fd)) < len(batch) + HEADROOM_BYTES:
+            if _free_bytes(os.fstatvfs(self._fd)) < len(view) + HEADROOM_BYTES:
                 raise OSError(errno.ENOSPC, "the headroom is reached")
             while view:
                 written = os.write(self._fd, view)
@@ -270,10 +306,6 @@ class FilesystemStagingWriter:
             if exc.errno in _FULL_DISK_ERRNOS:
                 raise InsufficientStorageError("the data volume is full") from None
             raise
-        self._blake3.update(batch)
-        self._sha256.update(batch)
-        if self._tap is not None:
-            self._tap(memoryview(batch))
 
     def _sync(self) -> None:
         try:
@@ -299,6 +331,9 @@ class FilesystemBlobStore:
         """Hash states of resumable uploads this process paused, by session id: a session
         resumed here goes on without reading its bytes again."""
         self.root = data_root
+        self.stage_costs: StageCosts | None = None
+        """Told the CPU seconds and bytes of each stage of every staging writer (the
+        server's ``/metrics``: see :mod:`cloudimg.blobstore.pipeline`)."""
         self.blobs_dir = data_root / "blobs" / "blake3"
         self.staging_dir = data_root / "staging"
         self.trash_dir = data_root / "trash"
@@ -319,7 +354,7 @@ class FilesystemBlobStore:
 
     async def open_staging(self, tap: Tap | None = None) -> FilesystemStagingWriter:
         path, fd = await asyncio.to_thread(self._new_staging, None)
-        return FilesystemStagingWriter(path, fd, tap)
+        return FilesystemStagingWriter(path, fd, tap, costs=self.stage_costs)
 
     def _new_staging(self, source: Path | None) -> tuple[Path, int]:
         """Create a staging file (a new one, or a second name of ``source``) and lock it.
@@ -380,7 +415,7 @@ class FilesystemBlobStore:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        return FilesystemStagingWriter(path, fd, None, state)
+        return FilesystemStagingWriter(path, fd, None, state, self.stage_costs)
 
     def _lock_session(self, path: Path) -> int:
         while True:
