@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ commit the deletes that free space (see ``cloudimg.catalog.database.keep_room``)
 # packet. At most _BATCHES_IN_FLIGHT of them wait for the slowest stage (memory stays flat).
 _WRITE_BATCH = 4 * 1024 * 1024
 _BATCHES_IN_FLIGHT = 3
+_IOV_MAX: int = os.sysconf("SC_IOV_MAX")
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
@@ -186,6 +187,29 @@ class _HashState:
     sha256: Any
 
 
+def _each(take: Callable[[memoryview], object]) -> Work:
+    """A stage's work: ``take`` each piece of a batch in turn."""
+
+    def work(pieces: Sequence[bytes]) -> None:
+        for piece in pieces:
+            take(memoryview(piece))
+
+    return work
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write ``pieces`` in order, as few ``writev`` calls as the kernel allows."""
+    views = [memoryview(piece) for piece in pieces]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:  # a short write ended inside this piece
+            views[first] = views[first][written:]
+
+
 class FilesystemStagingWriter:
     """Streams an upload into a staging file while computing blake3 and sha256.
 
@@ -217,7 +241,9 @@ class FilesystemStagingWriter:
         self._size = resumed.size
         self._blake3 = resumed.blake3
         self._sha256 = resumed.sha256
-        self._buffer = bytearray()
+        # The batch being gathered: the body's own pieces, kept rather than copied.
+        self._pieces: list[bytes] = []
+        self._gathered = 0
         self._pipeline: Pipeline | None = None
         self._closed = False
         # The event loop's share: its thread's CPU time while this writer takes bytes.
@@ -226,11 +252,16 @@ class FilesystemStagingWriter:
 
     @property
     def size(self) -> int:
-        return self._size + len(self._buffer)
+        return self._size + self._gathered
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= _WRITE_BATCH:
+        # bytes cannot change, so the event loop keeps a reference instead of copying
+        # each piece of the body into a batch; anything else may be reused by its owner.
+        piece = data if isinstance(data, bytes) else bytes(data)
+        if piece:
+            self._pieces.append(piece)
+            self._gathered += len(piece)
+        if self._gathered >= _WRITE_BATCH:
             await self._flush_buffer()
 
     async def finish(self) -> StagedBlob:
@@ -263,13 +294,14 @@ class FilesystemStagingWriter:
         self._close()
 
     async def _flush_buffer(self) -> None:
-        if not self._buffer:
+        if not self._pieces:
             return
-        batch, self._buffer = self._buffer, bytearray()
-        self._size += len(batch)
+        pieces, size = self._pieces, self._gathered
+        self._pieces, self._gathered = [], 0
+        self._size += size
         if self._pipeline is None:
             self._pipeline = Pipeline(self._stages(), _BATCHES_IN_FLIGHT, self._costs)
-        await self._pipeline.put(batch)
+        await self._pipeline.put(pieces, size)
 
     async def _drain(self) -> None:
         """Every byte given so far written and hashed; the pipeline's threads ended."""
@@ -288,20 +320,19 @@ class FilesystemStagingWriter:
     def _stages(self) -> list[tuple[str, Work]]:
         stages: list[tuple[str, Work]] = [
             ("write", self._write),
-            ("blake3", self._blake3.update),
-            ("sha256", self._sha256.update),
+            ("blake3", _each(self._blake3.update)),
+            ("sha256", _each(self._sha256.update)),
         ]
         if self._tap is not None:
-            stages.append(("inspect", self._tap))
+            stages.append(("inspect", _each(self._tap)))
         return stages
 
-    def _write(self, view: memoryview) -> None:
+    def _write(self, pieces: Sequence[bytes]) -> None:
         try:
-            if _free_bytes(os.fstatvfs(self._fd)) < len(view) + HEADROOM_BYTES:
+            size = sum(len(piece) for piece in pieces)
+            if _free_bytes(os.fstatvfs(self._fd)) < size + HEADROOM_BYTES:
                 raise OSError(errno.ENOSPC, "the headroom is reached")
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, pieces)
         except OSError as exc:
             if exc.errno in _FULL_DISK_ERRNOS:
                 raise InsufficientStorageError("the data volume is full") from None

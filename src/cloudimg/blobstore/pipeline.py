@@ -31,13 +31,14 @@ __all__ = ["Pipeline", "StageCosts", "Work"]
 StageCosts = Callable[[str, float, int], None]
 """Told, for one stage, the CPU seconds its thread spent and the bytes it took."""
 
-Work = Callable[[memoryview], None]
-"""What a stage does with one batch, on its own thread."""
+Work = Callable[[Sequence[bytes]], None]
+"""What a stage does with one batch (its pieces, in order), on its own thread."""
 
 
 @dataclass(slots=True)
 class _Batch:
-    data: bytearray
+    pieces: Sequence[bytes]
+    size: int
     left: int
     """Stages that have not finished with it yet."""
 
@@ -61,11 +62,11 @@ class _Stage:
             if self._pipeline.error is None:
                 started = time.thread_time()
                 try:
-                    self._work(memoryview(batch.data))
+                    self._work(batch.pieces)
                 except BaseException as exc:  # handed to the event loop, not lost
                     self._pipeline.fail(exc)
                 self.cpu += time.thread_time() - started
-                self.bytes += len(batch.data)
+                self.bytes += batch.size
             self._pipeline.done(batch)
 
 
@@ -82,12 +83,12 @@ class Pipeline:
         self._costs = costs
         self._stages = [_Stage(name, work, self) for name, work in stages]
 
-    async def put(self, data: bytearray) -> None:
-        """Hand ``data`` to every stage (it must not change afterwards); waits while
+    async def put(self, pieces: Sequence[bytes], size: int) -> None:
+        """Hand a batch of ``size`` bytes in ``pieces`` to every stage; waits while
         ``depth`` batches are in flight. Raises the error of a stage that failed."""
         self._raise()
         await self._room.acquire()
-        batch = _Batch(data, len(self._stages))
+        batch = _Batch(pieces, size, len(self._stages))
         for stage in self._stages:
             stage.queue.put(batch)
 
