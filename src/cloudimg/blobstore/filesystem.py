@@ -237,7 +237,9 @@ class FilesystemStagingWriter:
         self._costs = costs
         self._lock = _StagingLock(fd)
         if resumed is None:
-            resumed = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
+            # One thread: the blake3 stage has a thread of its own, single-threaded blake3
+            # (~5 GB/s) outruns sha256, and the stage's thread_time() then counts all of it.
+            resumed = _HashState(0, blake3.blake3(), hashlib.sha256())
         self._size = resumed.size
         self._blake3 = resumed.blake3
         self._sha256 = resumed.sha256
