@@ -241,3 +241,18 @@ def upload(
         "img": ("image.bin", data, "application/octet-stream"),
     }
     return http.post(path, files=files, params=params)
+
+
+def upload_raw(
+    http: httpx.Client,
+    path: str,
+    data: bytes,
+    meta: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """PUT an image as the raw body, its metadata (if any) in the ``Cloudimg-Meta`` header."""
+    sent = {"content-type": "application/octet-stream", **(headers or {})}
+    if meta is not None:
+        sent["cloudimg-meta"] = json.dumps(meta)
+    return http.put(path, content=data, params=params, headers=sent)

@@ -3,7 +3,8 @@
 It forwards bytes both ways and can, in the server's answer, flip one byte of the body
 (a corrupting middlebox) or close the connection after some body bytes (a network
 that drops); it can flip a byte of what the client sends, and counts those bytes (what
-a resumed push sends again).
+a resumed push sends again); it can answer requests of one method with 405 itself, as
+a server older than that method's route does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class Proxy:
     flip_sent_byte: int | None = None
     """Flip the bits of this byte of what the clients send, counted over all connections
     (past the first request's headers, it lands in an upload's body)."""
+    refuse_method: str | None = None
+    """Answer each request with this method 405 (its body read first), as a server without
+    the route does; other requests go through."""
+    refused: int = 0
+    """Requests answered 405 (``refuse_method``)."""
     port: int = 0
     sent_upstream: int = 0
     """Bytes the client sent, all connections together."""
@@ -63,6 +69,9 @@ class Proxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            if self.refuse_method is not None:
+                self._spawn(self._refusing, client, server, self.refuse_method)
+                continue
             self._spawn(self._upstream, client, server)
             self._spawn(self._downstream, server, client)
 
@@ -81,6 +90,39 @@ class Proxy:
         except OSError:
             pass
         finally:
+            _close(server)
+
+    def _refusing(self, client: socket.socket, server: socket.socket, method: str) -> None:
+        """Requests one at a time (``Content-Length`` bodies): answer ``method`` with 405,
+        forward the others and their answers."""
+        pending = b""
+        try:
+            while True:
+                while _HEADER_END not in pending:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                end = pending.index(_HEADER_END) + len(_HEADER_END)
+                head, pending = pending[:end], pending[end:]
+                length = _content_length(head)
+                while len(pending) < length:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                body, pending = pending[:length], pending[length:]
+                if head.startswith(method.encode() + b" "):
+                    with self._lock:
+                        self.refused += 1
+                    client.sendall(_METHOD_NOT_ALLOWED)
+                    continue
+                server.sendall(head + body)
+                client.sendall(_answer(server))
+        except OSError:
+            pass
+        finally:
+            _close(client)
             _close(server)
 
     def _downstream(self, server: socket.socket, client: socket.socket) -> None:
@@ -115,6 +157,39 @@ class Proxy:
         if flip is not None and offset <= flip < offset + len(data):
             data[flip - offset] ^= 0xFF
         return data
+
+
+# The JSON error shape cloudimg answers a method without a route with.
+_METHOD_NOT_ALLOWED = (
+    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\n"
+    b"content-length: 58\r\n\r\n"
+    b'{"status":"INVALID_ARGUMENT","error":"Method Not Allowed"}'
+)
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def _answer(server: socket.socket) -> bytes:
+    """One answer of the server, with a ``Content-Length`` body."""
+    answer = b""
+    while _HEADER_END not in answer:
+        data = server.recv(65536)
+        if not data:
+            raise OSError("the server closed the connection before answering")
+        answer += data
+    end = answer.index(_HEADER_END) + len(_HEADER_END)
+    while len(answer) < end + _content_length(answer[:end]):
+        data = server.recv(65536)
+        if not data:
+            break
+        answer += data
+    return answer
 
 
 def _close(sock: socket.socket) -> None:

@@ -113,6 +113,42 @@ def test_push_then_pull_a_multi_mib_image_verified(
     assert meta["size"] == len(data)
 
 
+def test_a_push_with_format_is_one_raw_upload(server: RunningServer, work: Path, name: str) -> None:
+    data = image_bytes(5 * MIB + 7)
+    (work / "disk.raw").write_bytes(data)
+    out = ok(
+        client(
+            "push", "disk.raw", f"team/{name}:v1", "--format", "raw", "--meta", "os=Debian ☃",
+            server=server.base_url, cwd=work,
+        )
+    )  # fmt: skip
+    assert f"blake3: blake3:{blake3_hex(data)}" in out
+    meta = json.loads(ok(client("inspect", f"team/{name}:v1", "--json", server=server.base_url)))
+    assert meta["meta"] == {"os": "Debian ☃"}  # in the header, as escaped JSON
+    history = json.loads(ok(client("history", f"team/{name}:v1", "--json", server=server.base_url)))
+    assert [entry["action"] for entry in history] == ["created"]  # one request, no retag
+
+
+def test_a_push_to_a_server_without_the_raw_upload_posts(
+    server: RunningServer, work: Path, name: str
+) -> None:
+    data = image_bytes(3 * MIB)
+    (work / "disk.raw").write_bytes(data)
+    with proxy(server.port, refuse_method="PUT") as older:
+        out = ok(
+            client(
+                "push", "disk.raw", f"team/{name}:v1", "--format", "raw", "--meta", "os=x",
+                server=older.url, cwd=work,
+            )
+        )  # fmt: skip
+    assert older.refused == 1
+    assert f"blake3: blake3:{blake3_hex(data)}" in out
+    meta = json.loads(ok(client("inspect", f"team/{name}:v1", "--json", server=server.base_url)))
+    assert meta["meta"] == {"os": "x"}
+    ok(client("pull", f"team/{name}:v1", "copy.raw", server=server.base_url, cwd=work))
+    assert (work / "copy.raw").read_bytes() == data
+
+
 def test_pull_to_stdout(server: RunningServer, work: Path, name: str) -> None:
     data = image_bytes(3 * MIB)
     (work / "disk.raw").write_bytes(data)

@@ -42,7 +42,7 @@ def test_unknown_path_is_a_json_404(client: httpx.Client) -> None:
 
 
 def test_wrong_method_is_a_json_error(client: httpx.Client) -> None:
-    response = client.put("/reg/abc/def/v1")
+    response = client.patch("/reg/abc/def/v1")  # PUT is the raw upload
     assert response.status_code == 405
     assert response.json()["status"] == "INVALID_ARGUMENT"
 

@@ -22,9 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloudimg.logs import JsonFormatter, TextFormatter, redact, request_id_var
-from tests.conftest import RunningServer, start_server, upload
+from tests.conftest import RunningServer, start_server, upload, upload_raw
 from tests.maintenance_support import cli
-from tests.support import upload_body, wait_until
+from tests.support import random_image, upload_body, wait_until
 
 ROUTE = "/reg/{repo}/{image}/{tag}"
 SECRET = "secret-token-xyz"
@@ -103,6 +103,23 @@ def test_upload_counts_the_exact_body_bytes_received(http: httpx.Client) -> None
     assert sample(after, requests, **labels) - sample(before, requests, **labels) == 1
     histogram = "cloudimg_http_request_duration_seconds_count"
     assert sample(after, histogram, method="POST", route=ROUTE) == 1
+
+
+@pytest.mark.parametrize("how", ["put", "post"])
+def test_each_upload_stage_counts_its_bytes_and_cpu(http: httpx.Client, how: str) -> None:
+    data = random_image(9 * 1024 * 1024 + 123)  # over two batches of the staging writer
+    before = scrape(http)
+    if how == "put":
+        response = upload_raw(http, "/reg/obs/img/v1", data, {"os": "test"})
+    else:
+        response = upload(http, "/reg/obs/img/v1", data)
+    assert response.status_code == 201, response.text
+    after = scrape(http)
+    for stage in ("write", "blake3", "sha256", "inspect", "receive"):
+        taken = "cloudimg_upload_stage_bytes_total"
+        spent = "cloudimg_upload_stage_cpu_seconds_total"
+        assert sample(after, taken, stage=stage) - sample(before, taken, stage=stage) == len(data)
+        assert sample(after, spent, stage=stage) > sample(before, spent, stage=stage), stage
 
 
 def test_downloads_count_the_exact_body_bytes_sent(http: httpx.Client) -> None:

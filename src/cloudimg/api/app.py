@@ -86,6 +86,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         include_in_schema=False,
     )
     metrics = Metrics()
+    blobs.stage_costs = metrics.upload_stage
     app = Litestar(
         route_handlers=[
             api,

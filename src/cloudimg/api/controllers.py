@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, delete, get, post, route
+from litestar import Controller, Request, Response, delete, get, post, put, route
 from litestar.datastructures import State
 from litestar.params import Parameter, SkipValidation
 from litestar.response.base import ASGIResponse
@@ -18,10 +18,11 @@ from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
     MetaView,
+    RawUploadOperation,
     UploadOperation,
     error_responses,
 )
-from cloudimg.api.upload import receiving
+from cloudimg.api.upload import Upload, receiving
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog, ImageDetails, TagDetails, TagInfo
 from cloudimg.config import Settings
@@ -42,6 +43,21 @@ Blobs = SkipValidation[BlobStore]
 
 def _ok(data: Any) -> Envelope:
     return {"success": True, "data": data}
+
+
+def _created(
+    settings: Settings, disks: ContainerDisks, repo: str, image: str, upload: Upload
+) -> Response[Envelope]:
+    """An upload's 201, whichever body form brought it."""
+    disks.wake()  # hash the containerDisk layer of the new bytes now, not at a pull
+    # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
+    # bytes, and their ETag and Repr-Digest as a download of them answers.
+    headers = {
+        "Location": f"{settings.api_base}/{repo}/{image}/blake3:{upload.staged.blake3}",
+        "ETag": etag_of(upload.staged.blake3),
+        "Repr-Digest": repr_digest_of(upload.staged.sha256),
+    }
+    return Response(_ok(None), status_code=201, headers=headers)
 
 
 def _parse_reference(text: str) -> Reference:
@@ -247,15 +263,46 @@ class RegistryController(Controller):
             options = await write_options(request, catalog, names)
             await receiver.receive()
             upload = await receiver.commit(catalog, names, options)
-        disks.wake()  # hash the containerDisk layer of the new bytes now, not at a pull
-        # What was stored, as RFC 9110 has a 201 say it: the digest-pinned URL of the
-        # bytes, and their ETag and Repr-Digest as a download of them answers.
-        headers = {
-            "Location": f"{settings.api_base}/{repo}/{image}/blake3:{upload.staged.blake3}",
-            "ETag": etag_of(upload.staged.blake3),
-            "Repr-Digest": repr_digest_of(upload.staged.sha256),
-        }
-        return Response(_ok(None), status_code=201, headers=headers)
+        return _created(settings, disks, repo, image, upload)
+
+    @put(
+        "/{repo:str}/{image:str}/{tag:str}",
+        operation_id="PutImage",
+        operation_class=RawUploadOperation,
+        summary="Upload an image: the body is the image, the metadata the Cloudimg-Meta "
+        "header; overwrites the tag (If-Match, If-None-Match: * make it conditional)",
+        request_max_body_size=None,
+        status_code=201,
+        response_headers=CREATED_HEADERS,
+        responses=error_responses(400, 408, 409, 412, 413, 422, 507),
+        opt={TRANSFER_OPT: "upload"},
+    )
+    async def put_image(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        blobs: Blobs,
+        settings: Settings,
+        disks: SkipValidation[ContainerDisks],
+        repo: str,
+        image: str,
+        tag: str,
+        digest: str | None = None,  # documents the parameter; see Receiver.receive
+        declared_format: Annotated[
+            str | None,
+            Parameter(
+                query="format",
+                description="The image format the upload declares (qemu-img's name; vhd is "
+                "vpc): the image is refused (422) unless inspection finds that format",
+            ),
+        ] = None,  # documents the parameter; see Receiver.receive
+    ) -> Response[Envelope]:
+        async with receiving(request, blobs, settings) as receiver:
+            names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+            options = await write_options(request, catalog, names)
+            await receiver.receive_raw()
+            upload = await receiver.commit(catalog, names, options)
+        return _created(settings, disks, repo, image, upload)
 
     @delete(
         "/{repo:str}/{image:str}/{tag:str}",

@@ -4,7 +4,8 @@ Two kinds of figures:
 
 - **live** ones, counted by the request middleware (``cloudimg.api.observer``) as
   requests run: requests by method, route template and status, their latency,
-  bytes received and sent, uploads and downloads in flight;
+  bytes received and sent, uploads and downloads in flight, and the CPU seconds and
+  bytes of each stage of the uploads' staging writers (counted as each write ends);
 - **scrape-time** ones, read when ``/metrics`` is asked for, because another process
   or another server changes them: blobs and bytes stored and the bytes deduplication
   saved (aggregate queries on the catalog, which every server of a registry shares),
@@ -107,6 +108,28 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+
+        self.stage_cpu = Counter(
+            "cloudimg_upload_stage_cpu_seconds",
+            "CPU seconds of each stage of the uploads (write, blake3, sha256, inspect on "
+            "threads of their own; receive: the event loop while it took the body).",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_bytes = Counter(
+            "cloudimg_upload_stage_bytes",
+            "Bytes each stage of the uploads took (see cloudimg_upload_stage_cpu_seconds).",
+            ["stage"],
+            registry=r,
+        )
+
+    def upload_stage(self, stage: str, cpu_seconds: float, size: int) -> None:
+        """A ``StageCosts`` sink: count one stage's share of a staging writer's work.
+
+        Called from the writer's threads: prometheus_client counters take a lock.
+        """
+        self.stage_cpu.labels(stage).inc(cpu_seconds)
+        self.stage_bytes.labels(stage).inc(size)
 
     def live_registry(self) -> CollectorRegistry:
         """What a scrape reports of the live figures: this process's, or every worker's."""

@@ -1,6 +1,6 @@
 """OpenAPI details the handlers' signatures cannot express.
 
-The upload reads the raw stream (its multipart body is declared here), the download
+The uploads read the raw stream (their multipart and raw bodies are declared here), the download
 answers with bytes, and every error has the JSON error shape of ``ErrorBody``: each
 handler lists the error statuses it can answer with (``error_responses``), so a
 client generated from the document, or schemathesis, knows every response.
@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
 from litestar.datastructures import ResponseHeader
+from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    Operation,
+    Parameter,
+    RequestBody,
+    Schema,
+)
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import KwargDefinition
 
@@ -23,6 +30,7 @@ __all__ = [
     "BlockedView",
     "ErrorBody",
     "MetaView",
+    "RawUploadOperation",
     "RetagOperation",
     "UploadOperation",
     "error_responses",
@@ -193,6 +201,35 @@ class UploadOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _UPLOAD_BODY
+
+
+_RAW_UPLOAD_BODY = RequestBody(
+    required=True,
+    description="The image bytes themselves, streamed to disk as they arrive.",
+    content={
+        "application/octet-stream": OpenAPIMediaType(
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        )
+    },
+)
+
+_META_HEADER = Parameter(
+    name="Cloudimg-Meta",
+    param_in=ParamType.HEADER,
+    required=False,
+    description='The metadata: a JSON object whose values are strings, e.g. {"os":"ubuntu"} '
+    "(UTF-8, at most 64 KiB; absent: none), as the multipart upload's `meta` part",
+    schema=Schema(type=OpenAPIType.STRING),
+)
+
+
+@dataclass
+class RawUploadOperation(Operation):
+    """The PutImage operation: the image as the body, the metadata in a header."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _RAW_UPLOAD_BODY
+        self.parameters = [*(self.parameters or []), _META_HEADER]
 
 
 _RETAG_BODY = RequestBody(

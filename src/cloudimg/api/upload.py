@@ -6,10 +6,13 @@ handler validates its names, calls :meth:`Receiver.receive` and then
 
 - pre-checks before any byte is read: the ``digest`` query parameters, a Content-Length
   over the image size limit (413) or over the free space (507);
-- parsing: the body is parsed as it arrives with ``multipart``'s push parser (sans-IO, no
-  spooling): image bytes are handed to the blob store's staging writer, which hashes
-  and writes them and feeds them to the image inspector (:mod:`cloudimg.images`) on the
-  same thread; the ``meta`` and ``format`` parts are kept in memory up to a small limit;
+- reading: one of two body forms feeds the blob store's staging writer, which hashes
+  and writes the image bytes and feeds them to the image inspector
+  (:mod:`cloudimg.images`) off the event loop. A multipart body (``POST``,
+  :meth:`Receiver.receive`) is parsed as it arrives with ``multipart``'s push parser
+  (sans-IO, no spooling), its ``meta`` and ``format`` parts kept in memory up to a
+  small limit; a raw body (``PUT``, :meth:`Receiver.receive_raw`) is the image itself,
+  handed to the writer as it arrives, its metadata in the ``Cloudimg-Meta`` header;
 - inspection: once the body is in, the inspector's verdict refuses an unsafe image or
   one that is not the declared format (``?format=`` or the ``format`` part), with a
   422 naming the rule; nothing is stored;
@@ -30,7 +33,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from litestar import Request
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
@@ -53,6 +57,7 @@ from cloudimg.ingest import TagNames, commit_staged
 __all__ = [
     "ENVELOPE_ALLOWANCE",
     "MAX_META_BYTES",
+    "META_HEADER",
     "Receiver",
     "Upload",
     "parse_meta",
@@ -67,6 +72,9 @@ _MAX_PARTS = 16
 _MAX_FORMAT_BYTES = 64
 _SINGLE_PARTS = ("img", "meta", "format")
 _MAX_PART_HEADER_BYTES = 8 * 1024
+META_HEADER = "cloudimg-meta"
+"""The header a raw upload carries its metadata in (the multipart upload's ``meta`` part)."""
+_RAW_CONTENT_TYPES = ("application/octet-stream", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +87,34 @@ class Upload:
 
 
 @dataclass
-class _Parts:
-    """State of the multipart stream while it arrives."""
+class _Image:
+    """Where an upload's image bytes go: the staging writer, under the image size limit."""
 
     blobs: BlobStore
     inspector: ImageInspector
-    declared: str | None = None
-    """The format the query parameter declares (already given to the inspector)."""
     max_image_size: int | None = None
     writer: StagingWriter | None = None
+
+    async def open(self) -> None:
+        self.writer = await self.blobs.open_staging(self.inspector.feed)
+
+    async def write(self, chunk: bytes | bytearray) -> None:
+        assert self.writer is not None
+        limit = self.max_image_size
+        if limit is not None and self.writer.size + len(chunk) > limit:
+            raise PayloadTooLargeError(
+                f"the image is larger than the limit of {limit} bytes", {"limit": limit}
+            )
+        await self.writer.write(chunk)
+
+
+@dataclass
+class _Parts:
+    """State of the multipart stream while it arrives."""
+
+    image: _Image
+    declared: str | None = None
+    """The format the query parameter declares (already given to the inspector)."""
     meta: bytearray | None = None
     format: bytearray | None = None
     current: str | None = None
@@ -102,7 +129,7 @@ class _Parts:
         self.seen.add(name)
         self.current = name
         if name == "img":
-            self.writer = await self.blobs.open_staging(self.inspector.feed)
+            await self.image.open()
         elif name == "meta":
             self.meta = bytearray()
         elif name == "format":
@@ -110,13 +137,7 @@ class _Parts:
 
     async def data(self, chunk: bytes | bytearray) -> None:
         if self.current == "img":
-            assert self.writer is not None
-            limit = self.max_image_size
-            if limit is not None and self.writer.size + len(chunk) > limit:
-                raise PayloadTooLargeError(
-                    f"the image is larger than the limit of {limit} bytes", {"limit": limit}
-                )
-            await self.writer.write(chunk)
+            await self.image.write(chunk)
         elif self.current == "meta":
             assert self.meta is not None
             self.meta += chunk
@@ -128,6 +149,57 @@ class _Parts:
             if len(self.format) > _MAX_FORMAT_BYTES:
                 raise InvalidArgumentError("the 'format' part is not an image format name")
         # Parts with other names are read and dropped, as the old server did.
+
+
+class _BodyForm(Protocol):
+    """One way of feeding an upload's body to the staging writer."""
+
+    @property
+    def envelope(self) -> int:
+        """How far a Content-Length may pass the image size limit (the body's framing)."""
+
+    async def read(self, body: AsyncIterator[bytes], image: _Image) -> dict[str, str]:
+        """Feed ``body``'s image bytes to ``image`` (opened here); the upload's metadata."""
+
+
+@dataclass(frozen=True)
+class _Multipart:
+    """A ``multipart/form-data`` body: parts ``meta``, ``img`` and optionally ``format``."""
+
+    content_type: str | None
+    declared: str | None
+    envelope: int = ENVELOPE_ALLOWANCE
+
+    async def read(self, body: AsyncIterator[bytes], image: _Image) -> dict[str, str]:
+        parts = _Parts(image, self.declared)
+        parser = PushMultipartParser(
+            boundary_of(self.content_type),
+            max_header_size=_MAX_PART_HEADER_BYTES,
+            max_segment_count=_MAX_PARTS,
+        )
+        async for chunk in body:
+            if chunk:
+                await _feed(parser, parts, chunk)
+        await _feed(parser, parts, b"")
+        meta = parse_meta(parts.meta)
+        if image.writer is None:
+            raise InvalidArgumentError("the 'img' part is missing")
+        _declare_part(parts)
+        return meta
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A raw body: the image bytes themselves, the metadata given apart (a header)."""
+
+    meta: dict[str, str]
+    envelope: int = 0
+
+    async def read(self, body: AsyncIterator[bytes], image: _Image) -> dict[str, str]:
+        await image.open()
+        async for chunk in body:
+            await image.write(chunk)
+        return self.meta
 
 
 def boundary_of(content_type: str | None) -> str:
@@ -155,7 +227,7 @@ class Receiver:
         self._committed = False
 
     async def receive(self) -> Upload:
-        """Check the request, then read its ``meta`` + ``img`` body into a staging file.
+        """Check the request, then read its multipart ``meta`` + ``img`` body into a staging file.
 
         Every ``digest`` query parameter (one per algorithm may be given) must match the
         bytes; the bytes must pass inspection, as the declared format if one is given.
@@ -171,18 +243,40 @@ class Receiver:
                 data volume filled up while the image streamed.
             RequestTimeoutError: the body stalled (see :func:`cloudimg.api.body.body_of`).
         """
-        expected = _expected_digests(self._request.query_params.getall("digest", []))
         declared = _declared_format(self._request)
-        inspector = ImageInspector(self._policy, declared)
-        await self._refuse_declared_length()
-        self._body = body_of(self._request.receive, self._idle_timeout)
-        try:
-            self._upload = await _receive(
-                self._body,
-                self._request.headers.get("content-type"),
-                _Parts(self._blobs, inspector, declared, self._max_image_size),
-                expected,
+        content_type = self._request.headers.get("content-type")
+        return await self._receive(_Multipart(content_type, declared), declared)
+
+    async def receive_raw(self) -> Upload:
+        """Check the request, then read its body, the image itself, into a staging file.
+
+        The metadata is the ``Cloudimg-Meta`` header (absent: none), checked as the
+        multipart ``meta`` part is, before any byte of the body is read; the rest is as
+        :meth:`receive` (a Content-Length over the image size limit is refused exactly).
+
+        Raises:
+            InvalidArgumentError: as :meth:`receive`, and a ``Content-Type`` other than
+                ``application/octet-stream``.
+            ImageRefusedError, PayloadTooLargeError, InsufficientStorageError,
+            RequestTimeoutError: as :meth:`receive`.
+        """
+        declared = _declared_format(self._request)
+        mime, _options = parse_options_header(self._request.headers.get("content-type", ""))
+        if mime not in _RAW_CONTENT_TYPES:
+            raise InvalidArgumentError(
+                "the body of a PUT is the image itself: Content-Type application/octet-stream",
+                {"content_type": mime[:64]},
             )
+        return await self._receive(_Raw(_meta_header(self._request)), declared)
+
+    async def _receive(self, form: _BodyForm, declared: str | None) -> Upload:
+        expected = _expected_digests(self._request.query_params.getall("digest", []))
+        inspector = ImageInspector(self._policy, declared)
+        await self._refuse_declared_length(form.envelope)
+        self._body = body_of(self._request.receive, self._idle_timeout)
+        image = _Image(self._blobs, inspector, self._max_image_size)
+        try:
+            self._upload = await _stage(form, self._body, image, expected)
         except CloudimgError:
             await drain(self._body)
             raise
@@ -220,13 +314,14 @@ class Receiver:
         if self._upload is not None and not self._committed:
             await self._blobs.discard(self._upload.staged)
 
-    async def _refuse_declared_length(self) -> None:
-        """Refuse, before any byte of the body is read, a body announced larger than allowed."""
+    async def _refuse_declared_length(self, envelope: int) -> None:
+        """Refuse, before any byte of the body is read, a body announced larger than allowed
+        (``envelope``: the room the body's framing may take beside the image)."""
         declared = declared_length(self._request)
         if declared is None:
             return  # chunked, or nonsense the server itself refuses
         limit = self._max_image_size
-        if limit is not None and declared > limit + ENVELOPE_ALLOWANCE:
+        if limit is not None and declared > limit + envelope:
             raise PayloadTooLargeError(
                 f"the request body is larger than the image size limit of {limit} bytes",
                 {"limit": limit, "content_length": declared},
@@ -291,39 +386,42 @@ def _declare_part(parts: _Parts) -> None:
             "the 'format' part and the 'format' query parameter disagree",
             {"part": name, "parameter": parts.declared},
         )
-    parts.inspector.declare(name)
+    parts.image.inspector.declare(name)
 
 
-async def _receive(
-    body: AsyncIterator[bytes],
-    content_type: str | None,
-    parts: _Parts,
-    expected: Sequence[Digest],
+async def _stage(
+    form: _BodyForm, body: AsyncIterator[bytes], image: _Image, expected: Sequence[Digest]
 ) -> Upload:
-    parser = PushMultipartParser(
-        boundary_of(content_type),
-        max_header_size=_MAX_PART_HEADER_BYTES,
-        max_segment_count=_MAX_PARTS,
-    )
+    """Read ``body`` in ``form`` into a staging file; check its digests, then inspect it."""
     try:
-        async for chunk in body:
-            if chunk:
-                await _feed(parser, parts, chunk)
-        await _feed(parser, parts, b"")
-        meta = parse_meta(parts.meta)
-        if parts.writer is None:
-            raise InvalidArgumentError("the 'img' part is missing")
-        _declare_part(parts)
-        staged = await parts.writer.finish()
+        meta = await form.read(body, image)
+        assert image.writer is not None, "every body form opens the image"
+        staged = await image.writer.finish()
         for digest in expected:
             _check_digest(staged, digest)
         # The last bytes were fed on the writer's thread; finishing reads the last MiB.
-        inspection = await asyncio.to_thread(parts.inspector.finish, staged.size)
+        inspection = await asyncio.to_thread(image.inspector.finish, staged.size)
     except BaseException:
-        if parts.writer is not None:
-            await parts.writer.abort()
+        if image.writer is not None:
+            await image.writer.abort()
         raise
     return Upload(staged, meta, inspection)
+
+
+def _meta_header(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The ``Cloudimg-Meta`` header's metadata (UTF-8 JSON, as the ``meta`` part); {} if absent."""
+    values = [
+        value for name, value in request.scope["headers"] if name.lower() == META_HEADER.encode()
+    ]
+    if not values:
+        return {}
+    if len(values) > 1:
+        raise InvalidArgumentError("the 'Cloudimg-Meta' header is given more than once")
+    if len(values[0]) > MAX_META_BYTES:
+        raise PayloadTooLargeError(
+            f"the 'Cloudimg-Meta' header is larger than {MAX_META_BYTES} bytes"
+        )
+    return parse_meta(values[0], "the 'Cloudimg-Meta' header")
 
 
 async def _feed(parser: PushMultipartParser, parts: _Parts, chunk: bytes) -> None:
@@ -349,44 +447,44 @@ def _not_text(_literal: str) -> _NotText:
     return _NotText()
 
 
-def parse_meta(raw: bytes | bytearray | None) -> dict[str, str]:
-    """The ``meta`` part as a flat JSON object of strings.
+def parse_meta(raw: bytes | bytearray | None, where: str = "the 'meta' part") -> dict[str, str]:
+    """The ``meta`` part (or what ``where`` names) as a flat JSON object of strings.
 
     Raises:
         InvalidArgumentError: for every other input (``None``: the part is missing);
             its message and context are valid Unicode, so any answer can carry them.
     """
     if raw is None:
-        raise InvalidArgumentError("the 'meta' part is missing")
+        raise InvalidArgumentError(f"{where} is missing")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         # The codec's own message quotes the byte; the offset is enough.
         raise InvalidArgumentError(
-            f"the 'meta' part is not UTF-8 (invalid byte at offset {exc.start})"
+            f"{where} is not UTF-8 (invalid byte at offset {exc.start})"
         ) from None
     if text.startswith("\ufeff"):
         raise InvalidArgumentError(
-            "the 'meta' part starts with a byte order mark; send UTF-8 JSON without one"
+            f"{where} starts with a byte order mark; send UTF-8 JSON without one"
         )
     try:
         meta: Any = json.loads(
             text,
-            object_pairs_hook=_object_without_duplicates,
+            object_pairs_hook=partial(_object_without_duplicates, where),
             parse_int=_not_text,
             parse_float=_not_text,
             parse_constant=_not_text,
         )
     except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(f"the 'meta' part is not valid JSON: {exc}") from None
+        raise InvalidArgumentError(f"{where} is not valid JSON: {exc}") from None
     except RecursionError:
         # Deep nesting ([[[[... or {"a":{"a":...) exhausts the parser's stack; a flat
         # object of strings never comes near it.
         raise InvalidArgumentError(
-            "the 'meta' part nests too deeply; it must be a flat JSON object of strings"
+            f"{where} nests too deeply; it must be a flat JSON object of strings"
         ) from None
     if not isinstance(meta, dict):
-        raise InvalidArgumentError("the 'meta' part must be a JSON object")
+        raise InvalidArgumentError(f"{where} must be a JSON object")
     # JSON escapes can spell lone surrogates, which no UTF-8 response can carry back
     # (not even in an error's context): check the keys before naming any of them.
     if not all(_is_unicode(key) for key in meta):
@@ -399,14 +497,14 @@ def parse_meta(raw: bytes | bytearray | None) -> dict[str, str]:
     return meta
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _object_without_duplicates(where: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``object_pairs_hook``: parsers disagree on which duplicate wins, so refuse them."""
     result = dict(pairs)
     if len(result) != len(pairs):
         counts = Counter(key for key, _ in pairs)
         duplicates = sorted(key for key, count in counts.items() if count > 1)
         raise InvalidArgumentError(
-            "the 'meta' part repeats a key",
+            f"{where} repeats a key",
             {"keys": [key for key in duplicates[:20] if _is_unicode(key)]},
         )
     return result

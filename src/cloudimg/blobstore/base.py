@@ -26,9 +26,9 @@ __all__ = [
 ]
 
 Tap = Callable[[memoryview], None]
-"""Called with each piece of an upload's bytes, in order, on the thread that hashes them
-(so it may block and spend CPU without stalling the event loop). It must not keep the
-view once it returns; what it raises fails the write."""
+"""Called with each piece of an upload's bytes, in order, on a thread of the staging
+writer's (so it may block and spend CPU without stalling the event loop). It must not
+keep the view once it returns; what it raises fails the write."""
 
 StagingRemoval = Literal["removed", "in-use", "young", "gone"]
 """What ``remove_stale_staging`` did with a staging file."""

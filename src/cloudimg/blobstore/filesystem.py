@@ -25,7 +25,8 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from cloudimg.blobstore.base import (
     StoredFile,
     Tap,
 )
+from cloudimg.blobstore.pipeline import Pipeline, StageCosts, Work
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = [
@@ -54,9 +56,12 @@ STAGING_SUFFIX = ".part"
 HEADROOM_BYTES = 8 * 1024 * 1024
 """Free space uploads leave on the data volume, so a SQLite catalog there can still
 commit the deletes that free space (see ``cloudimg.catalog.database.keep_room``)."""
-# Writes are batched to this size and handed to a worker thread, so the event loop
-# never waits on the disk or the hash, and a thread hop is paid per MiB, not per packet.
+# Writes are batched to this size and handed to the pipeline's threads, so the event
+# loop never waits on the disk or the hash, and a thread hop is paid per MiB, not per
+# packet. At most _BATCHES_IN_FLIGHT of them wait for the slowest stage (memory stays flat).
 _WRITE_BATCH = 4 * 1024 * 1024
+_BATCHES_IN_FLIGHT = 3
+_IOV_MAX: int = os.sysconf("SC_IOV_MAX")
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
@@ -182,41 +187,87 @@ class _HashState:
     sha256: Any
 
 
+def _each(take: Callable[[memoryview], object]) -> Work:
+    """A stage's work: ``take`` each piece of a batch in turn."""
+
+    def work(pieces: Sequence[bytes]) -> None:
+        for piece in pieces:
+            take(memoryview(piece))
+
+    return work
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write ``pieces`` in order, as few ``writev`` calls as the kernel allows."""
+    views = [memoryview(piece) for piece in pieces]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:  # a short write ended inside this piece
+            views[first] = views[first][written:]
+
+
 class FilesystemStagingWriter:
     """Streams an upload into a staging file while computing blake3 and sha256.
+
+    The event loop gathers the bytes into batches; each batch is written, hashed with
+    blake3 and with sha256, and shown to the tap by a :class:`Pipeline` of one thread
+    per stage (started at the first batch, ended by ``sync``, ``finish`` or
+    ``abort``). ``costs`` is told each stage's CPU seconds and bytes, and the event
+    loop's as ``receive``.
 
     The file stays open (and locked) after ``finish``: the lock goes with the
     ``StagedBlob`` and ends when the blob is placed or discarded.
     """
 
     def __init__(
-        self, path: Path, fd: int, tap: Tap | None = None, resumed: _HashState | None = None
+        self,
+        path: Path,
+        fd: int,
+        tap: Tap | None = None,
+        resumed: _HashState | None = None,
+        costs: StageCosts | None = None,
     ) -> None:
         self.path = path
         self._fd = fd
         self._tap = tap
+        self._costs = costs
         self._lock = _StagingLock(fd)
         if resumed is None:
-            resumed = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
+            # One thread: the blake3 stage has a thread of its own, single-threaded blake3
+            # (~5 GB/s) outruns sha256, and the stage's thread_time() then counts all of it.
+            resumed = _HashState(0, blake3.blake3(), hashlib.sha256())
         self._size = resumed.size
         self._blake3 = resumed.blake3
         self._sha256 = resumed.sha256
-        self._buffer = bytearray()
-        self._pending: asyncio.Future[None] | None = None
+        # The batch being gathered: the body's own pieces, kept rather than copied.
+        self._pieces: list[bytes] = []
+        self._gathered = 0
+        self._pipeline: Pipeline | None = None
         self._closed = False
+        # The event loop's share: its thread's CPU time while this writer takes bytes.
+        self._loop_cpu = time.thread_time()
+        self._received = 0
 
     @property
     def size(self) -> int:
-        return self._size + len(self._buffer)
+        return self._size + self._gathered
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= _WRITE_BATCH:
+        # bytes cannot change, so the event loop keeps a reference instead of copying
+        # each piece of the body into a batch; anything else may be reused by its owner.
+        piece = data if isinstance(data, bytes) else bytes(data)
+        if piece:
+            self._pieces.append(piece)
+            self._gathered += len(piece)
+        if self._gathered >= _WRITE_BATCH:
             await self._flush_buffer()
 
     async def finish(self) -> StagedBlob:
-        await self._flush_buffer()
-        await self._wait_pending()
+        await self._drain()
         await asyncio.to_thread(self._sync)
         return StagedBlob(
             blake3=self._blake3.hexdigest(),
@@ -228,8 +279,7 @@ class FilesystemStagingWriter:
 
     async def sync(self) -> _HashState:
         """Make what was written durable (the file stays); the hash state so far."""
-        await self._flush_buffer()
-        await self._wait_pending()
+        await self._drain()
         await asyncio.to_thread(self._sync)
         return _HashState(self._size, self._blake3.copy(), self._sha256.copy())
 
@@ -238,42 +288,57 @@ class FilesystemStagingWriter:
         self._close()
 
     async def abort(self) -> None:
-        # The upload is failing anyway; a write error of the last batch changes nothing.
+        # The upload is failing anyway; a write error of the last batches changes nothing.
         with contextlib.suppress(Exception):
-            await self._wait_pending()
+            await self._end_pipeline()
         if not self._closed:
             self.path.unlink(missing_ok=True)
         self._close()
 
     async def _flush_buffer(self) -> None:
-        # One batch may be in the worker thread while the next one fills up.
-        await self._wait_pending()
-        if self._buffer:
-            batch, self._buffer = self._buffer, bytearray()
-            self._size += len(batch)
-            self._pending = asyncio.ensure_future(asyncio.to_thread(self._write_and_hash, batch))
+        if not self._pieces:
+            return
+        pieces, size = self._pieces, self._gathered
+        self._pieces, self._gathered = [], 0
+        self._size += size
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self._stages(), _BATCHES_IN_FLIGHT, self._costs)
+        await self._pipeline.put(pieces, size)
 
-    async def _wait_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+    async def _drain(self) -> None:
+        """Every byte given so far written and hashed; the pipeline's threads ended."""
+        await self._flush_buffer()
+        await self._end_pipeline()
+        if self._costs is not None:
+            cpu, self._loop_cpu = time.thread_time() - self._loop_cpu, time.thread_time()
+            self._costs("receive", cpu, self._size - self._received)
+            self._received = self._size
 
-    def _write_and_hash(self, batch: bytearray) -> None:
-        view = memoryview(batch)
+    async def _end_pipeline(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.close()
+
+    def _stages(self) -> list[tuple[str, Work]]:
+        stages: list[tuple[str, Work]] = [
+            ("write", self._write),
+            ("blake3", _each(self._blake3.update)),
+            ("sha256", _each(self._sha256.update)),
+        ]
+        if self._tap is not None:
+            stages.append(("inspect", _each(self._tap)))
+        return stages
+
+    def _write(self, pieces: Sequence[bytes]) -> None:
         try:
-            if _free_bytes(os.fstatvfs(self._fd)) < len(batch) + HEADROOM_BYTES:
+            size = sum(len(piece) for piece in pieces)
+            if _free_bytes(os.fstatvfs(self._fd)) < size + HEADROOM_BYTES:
                 raise OSError(errno.ENOSPC, "the headroom is reached")
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, pieces)
         except OSError as exc:
             if exc.errno in _FULL_DISK_ERRNOS:
                 raise InsufficientStorageError("the data volume is full") from None
             raise
-        self._blake3.update(batch)
-        self._sha256.update(batch)
-        if self._tap is not None:
-            self._tap(memoryview(batch))
 
     def _sync(self) -> None:
         try:
@@ -299,6 +364,9 @@ class FilesystemBlobStore:
         """Hash states of resumable uploads this process paused, by session id: a session
         resumed here goes on without reading its bytes again."""
         self.root = data_root
+        self.stage_costs: StageCosts | None = None
+        """Told the CPU seconds and bytes of each stage of every staging writer (the
+        server's ``/metrics``: see :mod:`cloudimg.blobstore.pipeline`)."""
         self.blobs_dir = data_root / "blobs" / "blake3"
         self.staging_dir = data_root / "staging"
         self.trash_dir = data_root / "trash"
@@ -319,7 +387,7 @@ class FilesystemBlobStore:
 
     async def open_staging(self, tap: Tap | None = None) -> FilesystemStagingWriter:
         path, fd = await asyncio.to_thread(self._new_staging, None)
-        return FilesystemStagingWriter(path, fd, tap)
+        return FilesystemStagingWriter(path, fd, tap, costs=self.stage_costs)
 
     def _new_staging(self, source: Path | None) -> tuple[Path, int]:
         """Create a staging file (a new one, or a second name of ``source``) and lock it.
@@ -380,7 +448,7 @@ class FilesystemBlobStore:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        return FilesystemStagingWriter(path, fd, None, state)
+        return FilesystemStagingWriter(path, fd, None, state, self.stage_costs)
 
     def _lock_session(self, path: Path) -> int:
         while True:

@@ -1,10 +1,12 @@
 """``push``: upload a file under a tag, verified by the server against the client's digest.
 
 The client hashes the file first (blake3 on every core, from a memory map: several
-GB/s, a small part of an upload's time) and sends the multipart ``POST`` with
-``?digest=blake3:<hex>``: the server hashes as it stores and refuses (400, nothing
-kept) bytes that arrive different from what the client read. A transient failure sends
-the whole body again: the ``/reg`` upload has no session to resume.
+GB/s, a small part of an upload's time) and sends the raw ``PUT`` (the file as the
+body, the metadata in the ``Cloudimg-Meta`` header) with ``?digest=blake3:<hex>``: the
+server hashes as it stores and refuses (400, nothing kept) bytes that arrive different
+from what the client read. A server older than the raw upload answers the ``PUT`` with
+405; the push then sends the multipart ``POST`` instead. A transient failure sends the
+whole body again: the ``/reg`` upload has no session to resume.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from cloudimg.client.reference import ImageRef
 from cloudimg.client.session import Session, repr_sha256
 from cloudimg.progress import Progress, ProgressMeter
 
-__all__ = ["PushResult", "file_blake3", "push"]
+__all__ = ["META_HEADER", "PushResult", "file_blake3", "push"]
 
 _HASH_CHUNK = 64 * 1024 * 1024
+META_HEADER = "Cloudimg-Meta"
+"""The header the raw upload carries the metadata in (the server's ``api.upload`` names it too:
+the client does not import the server)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +64,15 @@ def push(
     if image_format:
         params["format"] = image_format
     meter = ProgressMeter(progress, size, "pushed")
+    raw = [True]  # until the server answers that it has no raw upload (405)
 
     def attempt() -> PushResult:
         meter.done = 0
-        with _CountingFile(path, meter) as image:
-            # One attempt each time: this function is the unit the session retries.
-            response = session.raw(
-                "POST",
-                ref.path,
-                write=True,
-                absolute=False,
-                params=params,
-                data={"meta": json.dumps(meta)},
-                files={"img": (path.name, image, "application/octet-stream")},
-            )
+        response = _send(session, path, ref, params, meta, meter, raw=raw[0])
+        if raw[0] and response.status_code == 405:
+            raw[0] = False  # an older server: its multipart POST takes the same upload
+            meter.done = 0
+            response = _send(session, path, ref, params, meta, meter, raw=False)
         if response.status_code == 400 and _digest_mismatch(response):
             raise VerificationError(
                 f"{ref}: the bytes the server received are not blake3:{digest}; nothing was stored"
@@ -81,7 +81,34 @@ def push(
         meter.finish()
         return _stored(session, response.headers, digest, size)
 
-    return session.retrying(attempt, f"POST {ref}", before_retry=on_restart)
+    return session.retrying(attempt, f"PUT {ref}", before_retry=on_restart)
+
+
+def _send(
+    session: Session,
+    path: Path,
+    ref: ImageRef,
+    params: dict[str, str],
+    meta: dict[str, str],
+    meter: ProgressMeter,
+    *,
+    raw: bool,
+) -> httpx.Response:
+    """One request of the upload: the raw ``PUT``, or the multipart ``POST`` (``raw`` False)."""
+    with _CountingFile(path, meter) as image:
+        # One attempt each time: push's attempt is the unit the session retries.
+        if raw:
+            # json.dumps escapes every non-ASCII character, so the header is ASCII.
+            headers = {"Content-Type": "application/octet-stream", META_HEADER: json.dumps(meta)}
+            return session.raw(
+                "PUT", ref.path, write=True, absolute=False, params=params,
+                content=image, headers=headers,
+            )  # fmt: skip
+        return session.raw(
+            "POST", ref.path, write=True, absolute=False, params=params,
+            data={"meta": json.dumps(meta)},
+            files={"img": (path.name, image, "application/octet-stream")},
+        )  # fmt: skip
 
 
 def file_blake3(path: Path, progress: Progress | None = None) -> str:
