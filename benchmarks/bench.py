@@ -287,7 +287,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--download-repeats",
         type=int,
         default=None,
-        help="download rounds after one warm-up round (default 7)",
+        help="download rounds after one warm-up round (default 11)",
     )
     add("--slow-clients", type=int, default=None, help="slow concurrent downloads (default 200)")
     add("--slow-rate", default="512K", help="each slow client's curl --limit-rate (512K)")
@@ -338,7 +338,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         rss_size=pick(args.rss_size, 4 * GiB, 64 * MiB),
         directory=args.dir,
         rounds=pick(args.rounds, 5, 1),
-        download_rounds=pick(args.download_rounds, 7, 1),
+        download_rounds=pick(args.download_rounds, 11, 1),
         slow_clients=pick(args.slow_clients, 200, 20),
         slow_rate=args.slow_rate,
         slow_seconds=pick(args.slow_seconds, 15.0, 3.0),
