@@ -4,8 +4,10 @@
 Starts ``cloudimg serve`` on a temp data root, uploads one image, then runs eight
 whole-file curl downloads of it and the listing loop of ``fig_latency`` while
 ``py-spy record --idle --threads --format raw`` samples the server. Prints the
-listing p99 and, per thread, the share of samples by leaf function and by frame
-(any depth), and two ``py-spy dump`` snapshots of the server's threads.
+listing p99, how much of the window the event loop thread ran and how much it
+waited for a CPU (``/proc/<pid>/task/<tid>/schedstat``), and, per thread, the share
+of samples by leaf function and by frame (any depth), and two ``py-spy dump``
+snapshots of the server's threads.
 
     python benchmarks/profile_listing.py [--size 1G] [--seconds 20] [--keep]
 """
@@ -29,6 +31,14 @@ from harness import Children, GiB, log, make_source, parse_size, percentile
 from servers import start_cloudimg
 
 _TOP = 12
+_COMMON = 0.8
+"""Frames on more than this share of a thread's stacks (the loop's own) say nothing."""
+
+
+def _schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the thread ``pid`` has run on a CPU, and waited runnable for one."""
+    running, waiting, _slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(running) / 1e9, int(waiting) / 1e9
 
 
 def _summarise(raw: Path) -> None:
@@ -51,8 +61,9 @@ def _summarise(raw: Path) -> None:
         print("  leaf functions:")
         for frame, count in leaves[thread].most_common(_TOP):
             print(f"    {100 * count / total:5.1f} %  {frame}")
-        print("  frames anywhere on the stack:")
-        for frame, count in frames[thread].most_common(_TOP):
+        print(f"  frames anywhere on the stack (those on under {_COMMON:.0%} of them):")
+        common = [(f, c) for f, c in frames[thread].most_common() if c <= _COMMON * total]
+        for frame, count in common[:_TOP]:
             print(f"    {100 * count / total:5.1f} %  {frame}")
 
 
@@ -85,6 +96,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         results: list[tuple[list[float], int]] = []
+        sched_before, started = _schedstat(server.process.pid), time.monotonic()
         deadline = time.monotonic() + args.seconds
         loop = threading.Thread(
             target=lambda: results.append(
@@ -102,6 +114,9 @@ def main() -> int:
             )  # fmt: skip
             print(dump.stdout)
         loop.join()
+        sched_after = _schedstat(server.process.pid)
+        ran, waited = (b - a for a, b in zip(sched_before, sched_after, strict=True))
+        window = time.monotonic() - started
         record.wait(timeout=args.seconds + 60)
         running = sum(p.poll() is None for p in downloads)
         for process in downloads:
@@ -112,6 +127,10 @@ def main() -> int:
             f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
             f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, n={len(latencies)}, "
             f"errors {errors}"
+        )
+        print(
+            f"event loop thread over {window:.1f} s: on a CPU {ran / window:.0%}, "
+            f"runnable but waiting for a CPU {waited / window:.0%} (/proc schedstat)"
         )
         _summarise(raw)
     finally:
