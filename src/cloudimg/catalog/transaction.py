@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobStore
-from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.database import WRITE, blocking_reader
 from cloudimg.catalog.errors import is_retryable, translate
 from cloudimg.catalog.models import Blob, utcnow
 from cloudimg.errors import CloudimgError
@@ -41,6 +42,11 @@ class FileEffects:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _run_query(engine: Engine, query: Callable[[Session], T]) -> T:
+    with Session(engine, expire_on_commit=False) as session:
+        return query(session)
+
+
 class CatalogBase:
     """Sessions, the write-transaction helper and the row-level steps writers share."""
 
@@ -48,6 +54,7 @@ class CatalogBase:
         self.engine = engine
         self.blobs = blobs
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._blocking = blocking_reader(engine)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -55,6 +62,28 @@ class CatalogBase:
         try:
             async with self._sessions() as session:
                 yield session
+        except CloudimgError:
+            raise
+        except Exception as exc:
+            domain = translate(exc)
+            if domain is None:
+                raise
+            raise domain from exc
+
+    async def _query(self, query: Callable[[Session], T]) -> T:
+        """Run ``query``, reads in one session (one transaction), in one go.
+
+        On SQLite ``query`` runs whole on a thread over a blocking connection to the same
+        file (``database.blocking_reader``): one hop to a thread and back, however many
+        statements, so a listing does not queue for the event loop at every statement
+        while downloads keep it busy. Elsewhere (asyncpg needs no thread) it runs in an
+        async session. Driver errors leave it as domain errors, as from ``_read``.
+        """
+        if self._blocking is None:
+            async with self._read() as session:
+                return await session.run_sync(query)
+        try:
+            return await asyncio.to_thread(_run_query, self._blocking, query)
         except CloudimgError:
             raise
         except Exception as exc:
