@@ -239,6 +239,22 @@ def test_if_none_match_gets_304(client: httpx.Client, image: Image, header: str)
     assert response.headers["etag"] == image.etag
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("If-None-Match", 304), ("If-Match", 412), ("Range", 416)],
+)
+def test_an_answer_without_a_body_leaves_the_blob_closed(
+    client: httpx.Client, server: RunningServer, image: Image, header: str, status: int
+) -> None:
+    """The download path opens the blob before it evaluates the request: one that sends
+    no bytes must close it again, or every conditional GET would leak a descriptor."""
+    value = {"If-None-Match": image.etag, "If-Match": '"blake3:other"', "Range": f"bytes={SIZE}-"}
+    for _ in range(3):
+        response = client.get(image.path, headers={header: value[header]})
+        assert response.status_code == status
+    assert not _has_open(server.process.pid, blob_path(server.data_root, image.blake3))
+
+
 def test_if_none_match_with_another_etag_gets_200(client: httpx.Client, image: Image) -> None:
     response = client.get(image.path, headers={"If-None-Match": '"blake3:other"'})
     assert response.status_code == 200

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
-from cloudimg.catalog.database import check_schema
+from cloudimg.catalog.database import check_schema, dispose_engine
 from cloudimg.config import Settings
 
 __all__ = ["Registry", "open_registry"]
@@ -35,7 +35,7 @@ class Registry:
 
     async def close(self) -> None:
         """Close the catalog's pooled connections (in the event loop that used them)."""
-        await self.engine.dispose()
+        await dispose_engine(self.engine)
 
     async def __aenter__(self) -> Registry:
         return self

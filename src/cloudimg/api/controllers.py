@@ -195,7 +195,6 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
-        blobs: Blobs,
         repo: str,
         image: str,
         tag: str,
@@ -203,8 +202,8 @@ class RegistryController(Controller):
         validate_repo_name(repo)
         validate_image_name(image)
         reference = _parse_reference(tag)
-        ref = await catalog.resolve(repo, image, reference)
-        return await prepare_download(request, ref, blobs, immutable=isinstance(reference, Digest))
+        ref, reader = await catalog.open_blob(repo, image, reference)
+        return await prepare_download(request, ref, reader, immutable=isinstance(reference, Digest))
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",

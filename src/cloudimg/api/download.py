@@ -35,7 +35,7 @@ from litestar.types import Receive, Scope, Send
 
 from cloudimg.api.errors import error_body
 from cloudimg.api.rfc9110 import ByteRange, evaluate
-from cloudimg.blobstore import BlobReader, BlobStore
+from cloudimg.blobstore import BlobReader
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
@@ -195,24 +195,29 @@ def repr_digest_of(sha256_hex: str) -> str:
 
 
 async def prepare_download(
-    request: Request[Any, Any, Any], ref: BlobRef, blobs: BlobStore, immutable: bool
+    request: Request[Any, Any, Any], ref: BlobRef, reader: BlobReader, immutable: bool
 ) -> ASGIResponse:
-    """Evaluate preconditions and Range for ``ref`` and build the response."""
+    """Evaluate preconditions and Range for ``ref``, whose bytes ``reader`` holds open
+    (``Catalog.open_blob``), and build the response; it owns the reader from here on."""
+    taken = False
 
-    async def open_blob() -> BlobReader | None:
-        return await blobs.open(ref.digest)
+    async def take_reader() -> BlobReader | None:
+        nonlocal taken
+        taken = True
+        return reader
 
-    return await prepare_representation(
-        request,
-        Representation(
-            size=ref.size,
-            etag=etag_of(ref.digest),
-            last_modified=ref.last_modified,
-            sha256=ref.sha256,
-            immutable=immutable,
-        ),
-        open_blob,
+    rep = Representation(
+        size=ref.size,
+        etag=etag_of(ref.digest),
+        last_modified=ref.last_modified,
+        sha256=ref.sha256,
+        immutable=immutable,
     )
+    try:
+        return await prepare_representation(request, rep, take_reader)
+    finally:
+        if not taken:  # 304, 412, 416: no body to send
+            reader.close()
 
 
 @dataclass(frozen=True, slots=True)

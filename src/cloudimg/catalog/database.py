@@ -14,13 +14,15 @@ from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine as create_blocking_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -33,11 +35,13 @@ __all__ = [
     "SchemaVersionError",
     "alembic_config",
     "async_url",
+    "blocking_reader",
     "check_models",
     "check_schema",
     "create_engine",
     "current_revision",
     "describe_database_error",
+    "dispose_engine",
     "head_revision",
     "keep_room",
     "lock_migrations",
@@ -57,6 +61,8 @@ MIGRATION_LOCK_KEY = 0x636C6F7564696D67
 RESERVE_BYTES = 8 * 1024 * 1024
 """Room kept in ``<catalog>.reserve`` beside a SQLite catalog for a full volume (``keep_room``)."""
 _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_BLOCKING_READERS: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+"""The blocking twin of each SQLite engine ``create_engine`` made (``blocking_reader``)."""
 
 
 class SchemaVersionError(RuntimeError):
@@ -116,19 +122,44 @@ def create_engine(
     """Create the async engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
     url = async_url(url)
     engine = create_async_engine(url, **kwargs)
+    database = sqlite_path(url)
     if make_url(url).get_backend_name() == "sqlite":
-        _configure_sqlite(engine, sqlite_busy_timeout_ms, sqlite_path(url))
+        _configure_sqlite(engine.sync_engine, sqlite_busy_timeout_ms, database)
+    if database is not None:
+        twin = create_blocking_engine(make_url(url).set(drivername="sqlite+pysqlite"))
+        _configure_sqlite(twin, sqlite_busy_timeout_ms, database)
+        _BLOCKING_READERS[engine.sync_engine] = twin
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, database: Path | None) -> None:
-    @event.listens_for(engine.sync_engine, "do_connect")
+def blocking_reader(engine: AsyncEngine) -> Engine | None:
+    """A blocking engine on the same SQLite file as ``engine``, for reads that run whole on
+    one thread (``CatalogBase._query``); None for PostgreSQL and in-memory databases.
+
+    Through aiosqlite every statement costs about four hops between the event loop and
+    the driver's thread (cursor, execute, fetch, close), and BEGIN and the rollback more:
+    nine or more for a one-statement listing, each waiting for the event loop while
+    downloads keep it busy. A read on this engine costs one.
+    """
+    return _BLOCKING_READERS.get(engine.sync_engine)
+
+
+async def dispose_engine(engine: AsyncEngine) -> None:
+    """Close the pooled connections of ``engine`` and of its blocking reader."""
+    await engine.dispose()
+    twin = blocking_reader(engine)
+    if twin is not None:
+        await asyncio.to_thread(twin.dispose)
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int, database: Path | None) -> None:
+    @event.listens_for(engine, "do_connect")
     def _before_connect(*_args: Any) -> None:
         # Opening a WAL database no other connection holds creates its 32 KiB -shm file.
         if database is not None:
             keep_room(database)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the driver so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
@@ -141,7 +172,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, database: Path 
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         writing = connection.get_execution_options().get("cloudimg_write", False)
         if writing and database is not None:

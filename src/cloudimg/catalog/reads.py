@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, String, cast, exists, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
+from cloudimg.blobstore import BlobReader
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
 from cloudimg.catalog.paging import ALL, Page
@@ -95,29 +96,28 @@ class CatalogReads(CatalogBase):
 
     async def list_repositories(self, page: Page = ALL) -> list[str]:
         """Names of the repositories that hold an image, sorted; ``page`` picks a slice."""
-        async with self._read() as session:
-            query = page.apply(select(Repository.name), Repository.name)
-            return list(await session.scalars(query))
+        query = page.apply(select(Repository.name), Repository.name)
+        return await self._query(lambda session: list(session.scalars(query)))
 
     async def list_images(self, repo: str, page: Page = ALL) -> list[str]:
         """Names of the images in ``repo``, sorted; ``NotFoundError`` if there is no such repo."""
-        async with self._read() as session:
-            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
-            if repo_id is None:
-                raise NotFoundError("repository not found", {"repo": repo})
-            query = select(Image.name).where(Image.repository_id == repo_id)
-            return list(await session.scalars(page.apply(query, Image.name)))
+
+        def query(session: Session) -> list[str]:
+            repo_id = _repository_id(session, repo)
+            images = select(Image.name).where(Image.repository_id == repo_id)
+            return list(session.scalars(page.apply(images, Image.name)))
+
+        return await self._query(query)
 
     async def list_tags(self, repo: str, image: str) -> list[str]:
         """Tag names of ``repo/image``, sorted; ``NotFoundError`` if there is no such image."""
-        async with self._read() as session:
-            image_id = await self._image_id(session, repo, image)
-            if image_id is None:
-                raise NotFoundError("image not found", {"repo": repo, "image": image})
-            rows = await session.scalars(
-                select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
-            )
-            return list(rows)
+
+        def query(session: Session) -> list[str]:
+            image_id = _image_id(session, repo, image)
+            tags = select(Tag.name).where(Tag.image_id == image_id).order_by(Tag.name)
+            return list(session.scalars(tags))
+
+        return await self._query(query)
 
     async def list_tag_infos(self, repo: str, image: str, page: Page = ALL) -> list[TagInfo]:
         """The tags of ``repo/image`` with their blobs, sorted by name (quarantined ones too).
@@ -125,29 +125,28 @@ class CatalogReads(CatalogBase):
         ``page.contains`` matches the tag name or the metadata (its JSON text, keys and
         values). ``NotFoundError`` if there is no such image.
         """
-        async with self._read() as session:
-            image_id = await self._image_id(session, repo, image)
-            if image_id is None:
-                raise NotFoundError("image not found", {"repo": repo, "image": image})
-            query = (
+
+        def query(session: Session) -> list[TagInfo]:
+            image_id = _image_id(session, repo, image)
+            tags = (
                 select(Tag, Blob)
                 .join(Blob, Blob.digest == Tag.digest)
                 .where(Tag.image_id == image_id)
             )
-            query = page.apply(query, Tag.name, also=func.lower(cast(Tag.meta, String)))
-            rows = (await session.execute(query)).all()
-        return [_tag_info(repo, image, tag, blob) for tag, blob in rows]
+            tags = page.apply(tags, Tag.name, also=func.lower(cast(Tag.meta, String)))
+            return [_tag_info(repo, image, tag, blob) for tag, blob in session.execute(tags)]
+
+        return await self._query(query)
 
     async def list_tag_details(
         self, repo: str, image: str, limit: int, after: str | None = None
     ) -> list[TagDetails]:
         """Up to ``limit`` tags of ``repo/image`` after the name ``after``, sorted, with
         their bytes and times; ``NotFoundError`` if there is no such image."""
-        async with self._read() as session:
-            image_id = await self._image_id(session, repo, image)
-            if image_id is None:
-                raise NotFoundError("image not found", {"repo": repo, "image": image})
-            query = (
+
+        def query(session: Session) -> list[TagDetails]:
+            image_id = _image_id(session, repo, image)
+            tags = (
                 select(Tag.name, Blob.digest, Blob.sha256, Blob.size)
                 .add_columns(Tag.created_at, Tag.updated_at, Tag.immutable)
                 .join(Blob, Blob.digest == Tag.digest)
@@ -156,9 +155,10 @@ class CatalogReads(CatalogBase):
                 .limit(limit)
             )
             if after is not None:
-                query = query.where(Tag.name > after)
-            rows = (await session.execute(query)).all()
-        return [TagDetails(*row) for row in rows]
+                tags = tags.where(Tag.name > after)
+            return [TagDetails(*row) for row in session.execute(tags)]
+
+        return await self._query(query)
 
     async def list_image_details(
         self, repo: str, limit: int, after: str | None = None
@@ -166,11 +166,10 @@ class CatalogReads(CatalogBase):
         """Up to ``limit`` images of ``repo`` after the name ``after``, sorted, with their
         number of tags, the bytes those add up to and the last change; ``NotFoundError``
         if there is no such repository."""
-        async with self._read() as session:
-            repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
-            if repo_id is None:
-                raise NotFoundError("repository not found", {"repo": repo})
-            query = (
+
+        def query(session: Session) -> list[ImageDetails]:
+            repo_id = _repository_id(session, repo)
+            images = (
                 select(Image.name, func.count(Tag.id), func.coalesce(func.sum(Blob.size), 0))
                 .add_columns(func.max(Tag.updated_at))
                 .join(Tag, Tag.image_id == Image.id)
@@ -181,11 +180,13 @@ class CatalogReads(CatalogBase):
                 .limit(limit)
             )
             if after is not None:
-                query = query.where(Image.name > after)
-            rows = (await session.execute(query)).all()
-        return [
-            ImageDetails(name, int(tags), int(size), updated) for name, tags, size, updated in rows
-        ]
+                images = images.where(Image.name > after)
+            return [
+                ImageDetails(name, int(tags), int(size), updated)
+                for name, tags, size, updated in session.execute(images)
+            ]
+
+        return await self._query(query)
 
     async def storage_totals(self) -> StorageTotals:
         """Counts and byte sums of blobs and tags, from one consistent view (aggregates only)."""
@@ -217,22 +218,24 @@ class CatalogReads(CatalogBase):
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
         """The tag with its blob; ``NotFoundError`` if it does not exist."""
-        async with self._read() as session:
-            row = (
-                await session.execute(
-                    select(Tag, Blob)
-                    .join(Blob, Blob.digest == Tag.digest)
-                    .join(Image, Image.id == Tag.image_id)
-                    .join(Repository, Repository.id == Image.repository_id)
-                    .where(Repository.name == repo, Image.name == image, Tag.name == tag)
-                )
-            ).one_or_none()
-        if row is None:
+        found = (
+            select(Tag, Blob)
+            .join(Blob, Blob.digest == Tag.digest)
+            .join(Image, Image.id == Tag.image_id)
+            .join(Repository, Repository.id == Image.repository_id)
+            .where(Repository.name == repo, Image.name == image, Tag.name == tag)
+        )
+
+        def query(session: Session) -> TagInfo | None:
+            row = session.execute(found).one_or_none()
+            return None if row is None else _tag_info(repo, image, *row)
+
+        info = await self._query(query)
+        if info is None:
             raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
-        tag_row, blob = row
-        if blob.quarantined_at is not None:
-            raise corrupt_blob(blob.digest)
-        return _tag_info(repo, image, tag_row, blob)
+        if info.quarantined:
+            raise corrupt_blob(info.digest)
+        return info
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
         """The blob a tag name or a digest names in an image, to download it.
@@ -243,12 +246,37 @@ class CatalogReads(CatalogBase):
         ``ImageBlockedError`` naming the rule (its ``/meta`` still answers: ``get_tag``).
         """
         ref = await self._lookup(repo, image, reference)
-        # A crash between a delete's trash rename and its commit leaves the file in trash
-        # while the tag stays: put it back. If a delete or an overwrite committed meanwhile
-        # instead, the reference may now name other bytes (or nothing): look again.
-        if await self.blobs.size_of(ref.digest) is None and not await self.restore_blob(ref.digest):
-            ref = await self._lookup(repo, image, reference)
+        if await self.blobs.size_of(ref.digest) is None:
+            ref = await self._recover(repo, image, reference, ref)
         return ref
+
+    async def open_blob(
+        self, repo: str, image: str, reference: Reference
+    ) -> tuple[BlobRef, BlobReader]:
+        """``resolve`` and open the bytes, with one look at the file: the download path.
+
+        The caller closes the reader. ``NotFoundError`` also when a delete commits
+        between the catalog read and the open.
+        """
+        ref = await self._lookup(repo, image, reference)
+        reader = await self.blobs.open(ref.digest)
+        if reader is None:
+            ref = await self._recover(repo, image, reference, ref)
+            reader = await self.blobs.open(ref.digest)
+            if reader is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
+        return ref, reader
+
+    async def _recover(self, repo: str, image: str, reference: Reference, ref: BlobRef) -> BlobRef:
+        """What ``reference`` names now that the file of ``ref`` was found missing.
+
+        A crash between a delete's trash rename and its commit leaves the file in trash
+        while the tag stays: put it back. If a delete or an overwrite committed meanwhile
+        instead, the reference may now name other bytes (or nothing): look again.
+        """
+        if await self.restore_blob(ref.digest):
+            return ref
+        return await self._lookup(repo, image, reference)
 
     async def _lookup(self, repo: str, image: str, reference: Reference) -> BlobRef:
         if isinstance(reference, str):
@@ -258,10 +286,8 @@ class CatalogReads(CatalogBase):
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
-        async with self._read() as session:
-            blob = await session.scalar(
-                select(Blob).where(column == digest.hex).where(held_by_image(repo, image)).limit(1)
-            )
+        held = select(Blob).where(column == digest.hex).where(held_by_image(repo, image)).limit(1)
+        blob = await self._query(lambda session: session.scalar(held))
         if blob is None:
             raise NotFoundError(
                 "no tag or retained history entry of this image references that digest",
@@ -280,9 +306,22 @@ class CatalogReads(CatalogBase):
             await session.scalar(select(Blob.digest).limit(1))
         # Closing the session rolls the (empty) transaction back.
 
-    async def _image_id(self, session: AsyncSession, repo: str, image: str) -> int | None:
-        return await session.scalar(
-            select(Image.id)
-            .join(Repository, Repository.id == Image.repository_id)
-            .where(Repository.name == repo, Image.name == image)
-        )
+
+def _repository_id(session: Session, repo: str) -> int:
+    """The id of repository ``repo``; ``NotFoundError`` if there is none."""
+    repo_id = session.scalar(select(Repository.id).where(Repository.name == repo))
+    if repo_id is None:
+        raise NotFoundError("repository not found", {"repo": repo})
+    return repo_id
+
+
+def _image_id(session: Session, repo: str, image: str) -> int:
+    """The id of image ``repo/image``; ``NotFoundError`` if there is none."""
+    image_id = session.scalar(
+        select(Image.id)
+        .join(Repository, Repository.id == Image.repository_id)
+        .where(Repository.name == repo, Image.name == image)
+    )
+    if image_id is None:
+        raise NotFoundError("image not found", {"repo": repo, "image": image})
+    return image_id

@@ -7,17 +7,20 @@ quarantine) are undone when it rolls back and finished when it commits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobStore, StagedBlob
-from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.database import WRITE, blocking_reader
 from cloudimg.catalog.errors import is_retryable, translate
 from cloudimg.catalog.models import Blob, utcnow
 from cloudimg.errors import CloudimgError, UnavailableError
@@ -28,6 +31,10 @@ __all__ = ["CatalogBase", "FileEffects"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 5
+# SQLite reads in a WAL database run side by side; a few threads keep a burst of
+# listings from queueing behind one another without holding many connections open.
+_QUERY_THREADS = 4
+_readers: ThreadPoolExecutor | None = None
 
 
 @dataclass
@@ -41,6 +48,23 @@ class FileEffects:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _query_threads() -> ThreadPoolExecutor:
+    """The threads SQLite reads run on, made on first use (in the process that serves).
+
+    Not the default executor: uploads hash and write there and image inspections take
+    seconds, and a listing must not queue behind them.
+    """
+    global _readers
+    if _readers is None:
+        _readers = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="cloudimg-catalog-read")
+    return _readers
+
+
+def _run_query(engine: Engine, query: Callable[[Session], T]) -> T:
+    with Session(engine, expire_on_commit=False) as session:
+        return query(session)
+
+
 class CatalogBase:
     """Sessions, the write-transaction helper and the row-level steps writers share."""
 
@@ -48,6 +72,7 @@ class CatalogBase:
         self.engine = engine
         self.blobs = blobs
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._blocking = blocking_reader(engine)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -55,6 +80,30 @@ class CatalogBase:
         try:
             async with self._sessions() as session:
                 yield session
+        except CloudimgError:
+            raise
+        except Exception as exc:
+            domain = translate(exc)
+            if domain is None:
+                raise
+            raise domain from exc
+
+    async def _query(self, query: Callable[[Session], T]) -> T:
+        """Run ``query``, reads in one session (one transaction), in one go.
+
+        On SQLite ``query`` runs whole on a thread (``_query_threads``) over a blocking
+        connection to the same file (``database.blocking_reader``): one hop to a thread
+        and back, however many statements, so a listing does not queue for the event
+        loop at every statement while downloads keep it busy. Elsewhere (asyncpg needs
+        no thread) it runs in an async session. Driver errors leave it as domain errors,
+        as from ``_read``.
+        """
+        if self._blocking is None:
+            async with self._read() as session:
+                return await session.run_sync(query)
+        run = functools.partial(_run_query, self._blocking, query)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_query_threads(), run)
         except CloudimgError:
             raise
         except Exception as exc:
