@@ -100,13 +100,14 @@ def raw_put_supported(server: Server) -> bool:
 
 
 def start_bare_app(children: Children, workdir: Path) -> Server:
-    """``bare_app.py`` under Granian, one worker, HTTP/1 as ``cloudimg serve`` runs it."""
+    """``bare_app.py`` under Granian: one worker, HTTP/1 and asyncio, as ``cloudimg serve``."""
     port = free_port()
     root = workdir / "bare"
     root.mkdir(exist_ok=True)
     command = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--http", "1",
-        "--no-ws", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+        "--no-ws", "--workers", "1", "--loop", "asyncio",
+        "--host", "127.0.0.1", "--port", str(port),
         "--working-dir", str(BENCH_DIR), "--no-log", "bare_app:app",
     ]  # fmt: skip
     log_path = workdir / "bare.log"

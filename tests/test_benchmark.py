@@ -66,10 +66,13 @@ def test_quick_mode_prints_every_target_with_a_verdict(tmp_path: Path) -> None:
     table = _table(result.stdout)
     for pattern, kind in TARGETS.items():
         found = [figure for figure in table if re.match(pattern, figure)]
-        assert len(found) == 1, (pattern, list(table))
+        # One line a target; the stage CPU figure has one per upload kind when the
+        # server counts stages, and one saying it does not otherwise.
+        assert len(found) == 1 or (kind == "info" and found), (pattern, list(table))
         allowed = {"info"} if kind == "info" else {"PASS", "FAIL", "skip"}
-        assert table[found[0]] in allowed, (found[0], table[found[0]])
-    assert len(table) == len(TARGETS), sorted(table)
+        assert {table[figure] for figure in found} <= allowed, (found, table)
+    unknown = [f for f in table if not any(re.match(p, f) for p in TARGETS)]
+    assert not unknown
     failed = any(verdict == "FAIL" for verdict in table.values())
     assert result.returncode == (1 if failed else 0)
     assert list(tmp_path.iterdir()) == []  # the temp dir is gone, servers and all
