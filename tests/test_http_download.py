@@ -470,7 +470,13 @@ def _has_open(pid: int, path: Path) -> bool:
 @pytest.fixture
 def huge(client: httpx.Client, repo: str) -> Image:
     # One random MiB repeated: cheap to make, and still a blob no other test shares.
-    return put(client, f"/reg/{repo}/huge/v1", random_image(1024 * 1024) * (HUGE // (1024 * 1024)))
+    image = put(client, f"/reg/{repo}/huge/v1", random_image(1024 * 1024) * (HUGE // (1024 * 1024)))
+    # The server hashes a new blob's containerDisk layer in the background (docs/oci.md),
+    # reading all of it: a test counting what the server reads must start after that. A
+    # manifest request waits for that hashing to end.
+    manifest = client.head(f"/v2/{repo}/huge/manifests/v1", timeout=120)
+    assert manifest.status_code == 200, manifest.text
+    return image
 
 
 def test_aborted_range_download_stops_reading_the_blob(
