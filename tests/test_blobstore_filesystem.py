@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import stat
+import threading
 from pathlib import Path
 
+import blake3
 import pytest
 
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
@@ -84,3 +88,57 @@ async def test_keys_outside_the_store_are_refused(
     with pytest.raises(ValueError, match="not a key"):
         await store.restore_from_trash(str(outside), "0" * 64)
     assert outside.read_bytes() == b"keep me"
+
+
+# -- the staging writer's pipeline -------------------------------------------------------
+
+
+def _pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("upload-")]
+
+
+async def test_pieces_of_every_kind_are_stored_exactly(store: FilesystemBlobStore) -> None:
+    """bytes are kept, anything mutable copied: a buffer reused after write() changes nothing."""
+    data = os.urandom(9 * 1024 * 1024 + 5)
+    writer = await store.open_staging()
+    reused = bytearray(64 * 1024)
+    for offset in range(0, len(data), 64 * 1024):
+        piece = data[offset : offset + 64 * 1024]
+        if offset % (3 * 64 * 1024) == 0:
+            await writer.write(piece)
+        else:
+            reused[: len(piece)] = piece
+            await writer.write(memoryview(reused)[: len(piece)])
+            reused[:] = bytes(len(reused))  # the owner reuses its buffer at once
+    staged = await writer.finish()
+    assert staged.blake3 == blake3.blake3(data).hexdigest()
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert await asyncio.to_thread(Path(staged.key).read_bytes) == data
+    assert _pipeline_threads() == []  # finish ended the stages' threads
+    await store.discard(staged)
+
+
+async def test_each_stage_reports_its_bytes_and_cpu(store: FilesystemBlobStore) -> None:
+    reported: dict[str, tuple[float, int]] = {}
+
+    def costs(stage: str, cpu: float, size: int) -> None:
+        seen = reported.get(stage, (0.0, 0))
+        reported[stage] = (seen[0] + cpu, seen[1] + size)
+
+    store.stage_costs = costs
+    data = os.urandom(10 * 1024 * 1024)
+    writer = await store.open_staging(lambda _piece: None)
+    await writer.write(data)
+    staged = await writer.finish()
+    assert set(reported) == {"write", "blake3", "sha256", "inspect", "receive"}
+    assert all(size == len(data) for _cpu, size in reported.values())
+    assert reported["sha256"][0] > 0  # 10 MiB of sha256 takes measurable CPU
+    await store.discard(staged)
+
+
+async def test_an_aborted_writer_leaves_no_thread_and_no_file(store: FilesystemBlobStore) -> None:
+    writer = await store.open_staging()
+    await writer.write(os.urandom(9 * 1024 * 1024))  # two batches in the pipeline
+    await writer.abort()
+    assert _pipeline_threads() == []
+    assert list(store.staging_dir.iterdir()) == []

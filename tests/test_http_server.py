@@ -109,6 +109,19 @@ def test_openapi_describes_the_multipart_upload(client: httpx.Client) -> None:
     assert schema["properties"]["img"]["format"] == "binary"
 
 
+def test_openapi_describes_the_raw_upload(client: httpx.Client) -> None:
+    document = client.get("/docs/openapi.json").json()
+    put = document["paths"]["/reg/{repo}/{image}/{tag}"]["put"]
+    assert put["operationId"] == "PutImage"
+    schema = put["requestBody"]["content"]["application/octet-stream"]["schema"]
+    assert schema["format"] == "binary"
+    [meta] = [p for p in put["parameters"] if p["name"] == "Cloudimg-Meta"]
+    assert meta["in"] == "header"
+    assert not meta["required"]
+    assert {"format", "digest"} <= {p["name"] for p in put["parameters"] if p["in"] == "query"}
+    assert {"201", "400", "412", "413", "422", "507"} <= set(put["responses"])
+
+
 def test_openapi_describes_image_inspection(client: httpx.Client) -> None:
     """The format parameter and part, the 422 refusal, and /meta's format fields."""
     document = client.get("/docs/openapi.json").json()
