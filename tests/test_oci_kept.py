@@ -301,3 +301,25 @@ def test_an_index_missing_a_childs_blob_changes_nothing(client: httpx.Client, re
     )
     assert_oci_error(refused, 400, "MANIFEST_BLOB_UNKNOWN")
     assert client.get(f"/reg/{repo}/partial/v1").status_code == 404
+
+
+def test_a_kept_index_stays_pullable_by_digest_while_history_retains_it(
+    client: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    name = f"{repo}/idxhist"
+    child = _push_containerdisk_child(client, name, random_image(30_000))
+    index = index_manifest({sha256_digest(child["manifest"]): ("linux", "amd64")})
+    pushed = client.put(
+        f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE}
+    )
+    assert pushed.status_code == 201, pushed.text
+    assert upload(client, f"/reg/{repo}/idxhist/v1", random_image(2000)).status_code == 201
+    # The tag pulls as the generated containerDisk of the new bytes; the index, its
+    # child and the child's blobs stay pullable by digest while history retains the disk.
+    assert manifest_of(client, name, "v1")[1] != sha256_digest(index)
+    assert client.get(f"/v2/{name}/manifests/{sha256_digest(index)}").content == index
+    got = client.get(f"/v2/{name}/manifests/{sha256_digest(child['manifest'])}")
+    assert got.content == child["manifest"]
+    for part in ("layer", "config"):
+        assert client.get(f"/v2/{name}/blobs/{sha256_digest(child[part])}").content == child[part]
+    assert_invariants(server)
