@@ -202,6 +202,25 @@ def test_delete_a_manifest_by_digest_deletes_the_tags_that_pull_it(
     assert_oci_error(client.delete(f"/v2/{name}/manifests/{unknown}"), 404, "MANIFEST_UNKNOWN")
 
 
+def test_delete_a_manifest_by_digest_with_an_immutable_tag_deletes_nothing(
+    client: httpx.Client, repo: str
+) -> None:
+    name = f"{repo}/frozen"
+    pushed = _push_containerdisk(client, name, "a1", random_image(20_000))
+    digest = sha256_digest(pushed["manifest"])
+    for tag in ("a2", "z9"):  # the immutable tag comes last in name order
+        assert put_manifest(client, name, tag, pushed["manifest"]).status_code == 201
+    assert client.put(f"/reg/{repo}/frozen/z9/immutable").status_code == 200
+    by_tag = client.delete(f"/v2/{name}/manifests/z9")
+    by_digest = client.delete(f"/v2/{name}/manifests/{digest}")
+    assert_oci_error(by_tag, 409, "TAG_IMMUTABLE")
+    assert (by_digest.status_code, by_digest.json()) == (by_tag.status_code, by_tag.json())
+    for tag in ("a1", "a2", "z9"):
+        assert client.get(f"/v2/{name}/manifests/{tag}").content == pushed["manifest"]
+        entries = client.get(f"/reg/{repo}/frozen/{tag}/history").json()["data"]
+        assert "deleted" not in [entry["action"] for entry in entries]
+
+
 def test_delete_a_blob_only_when_no_manifest_refers_to_it(client: httpx.Client, repo: str) -> None:
     name = f"{repo}/blobdel"
     loose = os.urandom(5000)
