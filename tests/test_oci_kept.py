@@ -168,9 +168,11 @@ def test_an_index_and_its_children_are_kept(
     _fsck_gc_clean(server)
 
 
-def _push_containerdisk_child(http: httpx.Client, name: str, disk: bytes) -> dict[str, bytes]:
+def _push_containerdisk_child(
+    http: httpx.Client, name: str, disk: bytes, arch: str = "amd64"
+) -> dict[str, bytes]:
     layer = gzip.compress(tar_layer(disk), mtime=0)
-    config = _config()
+    config = _config(arch)
     push_blob(http, name, config)
     push_blob(http, name, layer)
     manifest = container_manifest(layer, GZIP_TAR, config)
@@ -305,7 +307,7 @@ def test_gc_drops_index_children_no_index_took(
 def test_an_index_missing_a_childs_blob_changes_nothing(client: httpx.Client, repo: str) -> None:
     name = f"{repo}/partial"
     amd = _push_containerdisk_child(client, name, random_image(30_000))
-    arm = _push_containerdisk_child(client, name, random_image(20_000))
+    arm = _push_containerdisk_child(client, name, random_image(20_000), "arm64")
     # The arm64 layer's upload is deleted (no manifest took it yet): the index cannot
     # be kept whole, so it is refused before the tag names anything.
     assert client.delete(f"/v2/{name}/blobs/{sha256_digest(arm['layer'])}").status_code == 202
