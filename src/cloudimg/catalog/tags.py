@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci_manifests import drop_unheld_manifests, kept_references
+from cloudimg.catalog.oci_manifests import drop_unheld_manifests
+from cloudimg.catalog.reads import kept_references
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
