@@ -168,9 +168,11 @@ def test_an_index_and_its_children_are_kept(
     _fsck_gc_clean(server)
 
 
-def _push_containerdisk_child(http: httpx.Client, name: str, disk: bytes) -> dict[str, bytes]:
+def _push_containerdisk_child(
+    http: httpx.Client, name: str, disk: bytes, arch: str = "amd64"
+) -> dict[str, bytes]:
     layer = gzip.compress(tar_layer(disk), mtime=0)
-    config = _config()
+    config = _config(arch)
     push_blob(http, name, config)
     push_blob(http, name, layer)
     manifest = container_manifest(layer, GZIP_TAR, config)
@@ -200,6 +202,25 @@ def test_delete_a_manifest_by_digest_deletes_the_tags_that_pull_it(
     assert_oci_error(client.delete(f"/v2/{name}/manifests/{digest}"), 405, "UNSUPPORTED")
     unknown = f"sha256:{'5' * 64}"
     assert_oci_error(client.delete(f"/v2/{name}/manifests/{unknown}"), 404, "MANIFEST_UNKNOWN")
+
+
+def test_delete_a_manifest_by_digest_with_an_immutable_tag_deletes_nothing(
+    client: httpx.Client, repo: str
+) -> None:
+    name = f"{repo}/frozen"
+    pushed = _push_containerdisk(client, name, "a1", random_image(20_000))
+    digest = sha256_digest(pushed["manifest"])
+    for tag in ("a2", "z9"):  # the immutable tag comes last in name order
+        assert put_manifest(client, name, tag, pushed["manifest"]).status_code == 201
+    assert client.put(f"/reg/{repo}/frozen/z9/immutable").status_code == 200
+    by_tag = client.delete(f"/v2/{name}/manifests/z9")
+    by_digest = client.delete(f"/v2/{name}/manifests/{digest}")
+    assert_oci_error(by_tag, 409, "TAG_IMMUTABLE")
+    assert (by_digest.status_code, by_digest.json()) == (by_tag.status_code, by_tag.json())
+    for tag in ("a1", "a2", "z9"):
+        assert client.get(f"/v2/{name}/manifests/{tag}").content == pushed["manifest"]
+        entries = client.get(f"/reg/{repo}/frozen/{tag}/history").json()["data"]
+        assert "deleted" not in [entry["action"] for entry in entries]
 
 
 def test_delete_a_blob_only_when_no_manifest_refers_to_it(client: httpx.Client, repo: str) -> None:
@@ -286,7 +307,7 @@ def test_gc_drops_index_children_no_index_took(
 def test_an_index_missing_a_childs_blob_changes_nothing(client: httpx.Client, repo: str) -> None:
     name = f"{repo}/partial"
     amd = _push_containerdisk_child(client, name, random_image(30_000))
-    arm = _push_containerdisk_child(client, name, random_image(20_000))
+    arm = _push_containerdisk_child(client, name, random_image(20_000), "arm64")
     # The arm64 layer's upload is deleted (no manifest took it yet): the index cannot
     # be kept whole, so it is refused before the tag names anything.
     assert client.delete(f"/v2/{name}/blobs/{sha256_digest(arm['layer'])}").status_code == 202
@@ -301,3 +322,25 @@ def test_an_index_missing_a_childs_blob_changes_nothing(client: httpx.Client, re
     )
     assert_oci_error(refused, 400, "MANIFEST_BLOB_UNKNOWN")
     assert client.get(f"/reg/{repo}/partial/v1").status_code == 404
+
+
+def test_a_kept_index_stays_pullable_by_digest_while_history_retains_it(
+    client: httpx.Client, server: RunningServer, repo: str
+) -> None:
+    name = f"{repo}/idxhist"
+    child = _push_containerdisk_child(client, name, random_image(30_000))
+    index = index_manifest({sha256_digest(child["manifest"]): ("linux", "amd64")})
+    pushed = client.put(
+        f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE}
+    )
+    assert pushed.status_code == 201, pushed.text
+    assert upload(client, f"/reg/{repo}/idxhist/v1", random_image(2000)).status_code == 201
+    # The tag pulls as the generated containerDisk of the new bytes; the index, its
+    # child and the child's blobs stay pullable by digest while history retains the disk.
+    assert manifest_of(client, name, "v1")[1] != sha256_digest(index)
+    assert client.get(f"/v2/{name}/manifests/{sha256_digest(index)}").content == index
+    got = client.get(f"/v2/{name}/manifests/{sha256_digest(child['manifest'])}")
+    assert got.content == child["manifest"]
+    for part in ("layer", "config"):
+        assert client.get(f"/v2/{name}/blobs/{sha256_digest(child[part])}").content == child[part]
+    assert_invariants(server)

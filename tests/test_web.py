@@ -11,7 +11,9 @@ command is run.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import json
 import math
 import os
 import secrets
@@ -40,7 +42,13 @@ from tests.maintenance_support import (
     open_test_catalog,
     sql,
 )
-from tests.oci_support import manifest_of
+from tests.oci_support import (
+    container_manifest,
+    manifest_of,
+    push_blob,
+    put_manifest,
+    tar_layer,
+)
 from tests.support import assert_error, blake3_hex, random_image, sha256_hex
 from tests.test_auth import READ_PASSWORD, READ_USER, WRITE_TOKEN, basic, bearer
 from tests.test_observability import scrape
@@ -697,6 +705,7 @@ def test_storage_chart_shows_the_metrics_figures(
             "seg-stored": len(shared) + len(alone),
             "seg-dedup": 2 * len(shared),
             "seg-history": 0,
+            "seg-oci": 0,
             "seg-orphan": 0,
         }
         metrics = scrape(client)  # the same figures, as /metrics exports them
@@ -722,6 +731,25 @@ def test_storage_chart_shows_the_metrics_figures(
         after_gc = page(client, "/ui/_storage").one("section").text
         assert "Last run:" in after_gc
         assert "1 runs recorded" in after_gc
+
+
+def test_storage_chart_counts_kept_v2_layers_and_configs_as_du_does(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running = server_factory()
+    with running.client() as client:
+        layer = gzip.compress(tar_layer(random_image(20_000)), mtime=0)
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        for blob in (config, layer):
+            push_blob(client, "vms/pushed", blob)
+        manifest = container_manifest(layer, "application/vnd.oci.image.layer.v1.tar+gzip", config)
+        assert put_manifest(client, "vms/pushed", "v1", manifest).status_code == 201
+        shown = figures(page(client, "/ui/_storage"))
+        du = cli_json("du", "--data-root", str(running.data_root), check=0)
+        # The layer and config are held by the kept push, not left for gc.
+        assert shown["seg-oci"] == du["oci_kept_bytes"] == len(layer) + len(config)
+        assert shown["seg-orphan"] == 0
+        assert sum(shown.values()) - shown["seg-dedup"] == du["stored_bytes"]
 
 
 # -- flags and auth --------------------------------------------------------------------

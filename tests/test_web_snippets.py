@@ -86,12 +86,15 @@ def test_the_chart_puts_both_bars_on_one_scale() -> None:
         referenced_bytes=800,
         history_only_blobs=1,
         history_only_bytes=60,
+        oci_kept_blobs=2,
+        oci_kept_bytes=25,
     )
     chart = storage_chart(totals, GcRecord(runs_total=1, last_run_timestamp=NOW.timestamp()))
     logical, stored = chart.bars
     assert [s.value for s in logical.segments] == [800, 700]
-    assert [s.value for s in stored.segments] == [800, 60, 40]  # tags, history only, nothing
-    assert [s.x for s in stored.segments] == [0, 320, 344]
+    # tags, history only, kept /v2 layers and configs, nothing (gc frees it)
+    assert [s.value for s in stored.segments] == [800, 60, 25, 15]
+    assert [s.x for s in stored.segments] == [0, 320, 344, 354]
     assert sum(s.width for s in logical.segments) == WIDTH  # the longer bar fills the width
     assert sum(s.width for s in stored.segments) == WIDTH * 900 / 1500
     assert chart.last_gc == NOW

@@ -4,7 +4,9 @@ catalog's reference counting.
 - A manifest by digest: every tag of the repository whose pull returns that manifest
   is deleted as ``DELETE /reg/...`` deletes it (recorded in its history, whose retained
   entries keep the bytes, and with them the manifest, pullable by digest until
-  retention lets them go: no other tag's or image's bytes are touched).
+  retention lets them go: no other tag's or image's bytes are touched), all in one
+  catalog transaction: an immutable tag among them refuses the whole delete, and
+  every tag stays.
 - A blob: only what no manifest of the repository refers to can go: a finished upload
   no manifest took. A blob a manifest refers to is refused with the reason (delete the
   manifest or tag first); the bytes go with the last reference.
@@ -48,15 +50,10 @@ async def delete_manifest_digest(
         tags = await catalog.list_tag_infos(*names)
     except NotFoundError:
         tags = []
-    deleted = 0
-    for tag in tags:
-        if await _served_manifest(catalog, disks, tag) == sha256_hex:
-            try:
-                await catalog.delete_tag(*names, tag.tag, options)
-                deleted += 1
-            except NotFoundError:
-                pass  # deleted meanwhile
-    if deleted:
+    matching = [
+        tag.tag for tag in tags if await _served_manifest(catalog, disks, tag) == sha256_hex
+    ]
+    if matching and await catalog.delete_tags(*names, matching, options):
         return
     context = {"digest": f"sha256:{sha256_hex}"}
     if await _pullable(catalog, names, sha256_hex):

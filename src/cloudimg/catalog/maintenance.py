@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci_manifests import kept_references
+from cloudimg.catalog.reads import kept_references
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,

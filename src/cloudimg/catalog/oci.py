@@ -11,8 +11,7 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.catalog.models import Blob, Image, OciUpload, Repository, utcnow
-from cloudimg.catalog.oci_manifests import kept_references
-from cloudimg.catalog.reads import held_by_image, servable
+from cloudimg.catalog.reads import held_by_image, kept_references, servable
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
@@ -30,7 +30,6 @@ __all__ = [
     "OciManifests",
     "PushedManifest",
     "drop_unheld_manifests",
-    "kept_references",
 ]
 
 KeptPart = StagedBlob | str
@@ -80,13 +79,6 @@ def _live(repo: str, image: str) -> ColumnElement[bool]:
         OciManifest.role != "pending",
         OciManifest.blob.in_(held),
     )
-
-
-def kept_references() -> ColumnElement[int]:
-    """The references kept manifests hold on the outer query's blob (layer, config)."""
-    layers = select(func.count()).where(OciManifest.layer_blob == Blob.digest)
-    configs = select(func.count()).where(OciManifest.config_blob == Blob.digest)
-    return layers.scalar_subquery() + configs.scalar_subquery()
 
 
 async def drop_unheld_manifests(session: AsyncSession, repo: str, image: str) -> list[str]:

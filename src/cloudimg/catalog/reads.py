@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
 from cloudimg.catalog.database import WRITE
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
+from cloudimg.catalog.models import Blob, Image, OciManifest, Repository, Tag, TagHistory
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobBlock,
@@ -22,7 +22,14 @@ from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
 from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
 
-__all__ = ["CatalogReads", "corrupt_blob", "held_by_image", "servable"]
+__all__ = ["CatalogReads", "corrupt_blob", "held_by_image", "kept_references", "servable"]
+
+
+def kept_references() -> ColumnElement[int]:
+    """The references kept manifests hold on the outer query's blob (layer, config)."""
+    layers = select(func.count()).where(OciManifest.layer_blob == Blob.digest)
+    configs = select(func.count()).where(OciManifest.config_blob == Blob.digest)
+    return layers.scalar_subquery() + configs.scalar_subquery()
 
 
 def held_by_image(repo: str, image: str) -> ColumnElement[bool]:
@@ -197,15 +204,21 @@ class CatalogReads(CatalogBase):
         referenced = select(func.coalesce(func.sum(Blob.size), 0)).where(
             exists().where(Tag.digest == Blob.digest)
         )
+        untagged = ~exists().where(Tag.digest == Blob.digest)
+        retained = exists().where(TagHistory.digest == Blob.digest, TagHistory.retained.is_(True))
         history_only = select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
-            ~exists().where(Tag.digest == Blob.digest),
-            exists().where(TagHistory.digest == Blob.digest, TagHistory.retained.is_(True)),
+            untagged, retained
+        )
+        # As `cloudimg du` counts them: what only kept manifests' layers and configs hold.
+        oci_kept = select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
+            untagged, ~retained, kept_references() > 0
         )
         async with self._read() as session, session.begin():
             blob_count, stored = (await session.execute(blobs)).one()
             tag_count, logical = (await session.execute(tags)).one()
             referenced_bytes = await session.scalar(referenced)
             held_blobs, held_bytes = (await session.execute(history_only)).one()
+            kept_blobs, kept_bytes = (await session.execute(oci_kept)).one()
         return StorageTotals(
             int(blob_count),
             int(stored),
@@ -214,6 +227,8 @@ class CatalogReads(CatalogBase):
             int(referenced_bytes or 0),
             int(held_blobs),
             int(held_bytes),
+            int(kept_blobs),
+            int(kept_bytes),
         )
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:

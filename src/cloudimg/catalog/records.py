@@ -190,6 +190,11 @@ class StorageTotals:
     history_only_bytes: int = 0
     """Blobs no tag names that retained history entries hold (``--keep-history``): the
     figures ``cloudimg du`` prints as "held only by tag history"."""
+    oci_kept_blobs: int = 0
+    oci_kept_bytes: int = 0
+    """Blobs only kept ``/v2`` pushes hold (containerDisk layers, configs; no tag, no
+    retained history entry): the figures ``cloudimg du`` prints as "kept /v2 layers and
+    configs". gc leaves them while their manifest is kept."""
 
     @property
     def deduplicated_bytes(self) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci_manifests import drop_unheld_manifests, kept_references
+from cloudimg.catalog.oci_manifests import drop_unheld_manifests
+from cloudimg.catalog.reads import kept_references
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
@@ -221,22 +224,67 @@ class TagWrites(TagHistoryLog):
                 await self._drop_unheld_manifests(session, names, effects)
                 return
             self._refuse_immutable(names, current, "deleted")
-            await self._ensure_origin(session, names, current)
-            digest = current.digest
-            blob = await session.scalar(select(Blob).where(Blob.digest == digest))
-            assert blob is not None, "a tag names a blob row (foreign key)"
-            await self._record(session, names, "deleted", blob, dict(current.meta), options.actor)
-            await session.delete(current)
-            await session.flush()
+            await self._drop_tag(session, names, current, options, effects, purge_history)
             await self._drop_if_empty(session, image_id)
-            if purge_history:
-                await self._purge_history(session, names, effects)
-            else:
-                await self._retain(session, names, None, effects)
-            await self._release(session, digest, effects)
             await self._drop_unheld_manifests(session, names, effects)
 
         await self._write(change)
+
+    async def delete_tags(
+        self, repo: str, image: str, tags: Sequence[str], options: WriteOptions = WriteOptions()
+    ) -> int:
+        """Drop the named tags of one image in one transaction: all of them or none.
+
+        Every tag is checked (precondition, immutability) before any is dropped, so one
+        refused tag leaves them all in place. Tags deleted meanwhile are skipped; returns
+        how many were dropped. Their history stays, as :meth:`delete_tag` keeps it.
+        """
+
+        async def change(session: AsyncSession, effects: FileEffects) -> int:
+            image_id = await self._lock_image_for_delete(session, repo, image)
+            if image_id is None:
+                return 0
+            rows = await session.scalars(
+                select(Tag)
+                .where(Tag.image_id == image_id, Tag.name.in_(list(tags)))
+                .order_by(Tag.name)
+                .with_for_update()
+            )
+            current = list(rows)
+            for row in current:  # all checked before any goes
+                await self._check(session, (repo, image, row.name), row, options)
+                self._refuse_immutable((repo, image, row.name), row, "deleted")
+            for row in current:
+                await self._drop_tag(session, (repo, image, row.name), row, options, effects)
+            if current:
+                await self._drop_if_empty(session, image_id)
+                await self._drop_unheld_manifests(session, (repo, image, ""), effects)
+            return len(current)
+
+        return await self._write(change)
+
+    async def _drop_tag(
+        self,
+        session: AsyncSession,
+        names: Names,
+        current: Tag,
+        options: WriteOptions,
+        effects: FileEffects,
+        purge_history: bool = False,
+    ) -> None:
+        """Record the deletion, drop the (locked, checked) tag and let go of its bytes."""
+        await self._ensure_origin(session, names, current)
+        digest = current.digest
+        blob = await session.scalar(select(Blob).where(Blob.digest == digest))
+        assert blob is not None, "a tag names a blob row (foreign key)"
+        await self._record(session, names, "deleted", blob, dict(current.meta), options.actor)
+        await session.delete(current)
+        await session.flush()
+        if purge_history:
+            await self._purge_history(session, names, effects)
+        else:
+            await self._retain(session, names, None, effects)
+        await self._release(session, digest, effects)
 
     async def set_immutable(
         self,

@@ -5,7 +5,9 @@ so it is computed once, by :meth:`ContainerDisks.run` in the background after an
 upload commits (the server wakes it), or by the first pull that finds it missing; the
 catalog keeps it (``blobs.oci_layer``) and every later pull reads it from there. Two
 pulls in one process wait for one computation; two replicas may both compute it and
-store the same value.
+store the same value. The computation itself first looks in the catalog again: a pull
+that read "nothing stored" just before another computation stored its digests and left
+the in-flight table finds them there instead of hashing the layer a second time.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class ContainerDisks:
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECS)
 
     async def _compute(self, digest: str, size: int) -> ContainerDisk:
+        # Read again: a computation that finished after our caller's read stored them,
+        # and the in-flight entry is gone only once they are stored.
+        stored = await self._catalog.oci_digests(digest)
+        if stored is not None:
+            return ContainerDisk.of(stored[0], size)
         reader = await self._blobs.open(digest)
         if reader is None:
             raise NotFoundError("the image's bytes are gone", {"digest": f"blake3:{digest}"})

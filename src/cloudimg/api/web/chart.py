@@ -3,8 +3,9 @@
 The figures are those ``/metrics`` exports and ``cloudimg du`` prints: the catalog's
 ``storage_totals`` and the gc record on the data root. Two bars on one scale: what
 the tags add up to (of which deduplication saved a part) and what is stored (of which
-a part no tag names but retained tag history holds, and a part nothing names, which gc
-frees).
+a part no tag names but retained tag history holds, a part only kept ``/v2`` pushes
+hold -- their layers and configs, counted as ``cloudimg du``'s "kept /v2 layers and
+configs" -- and a part nothing names, which gc frees).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class StorageChart:
             f"{t.blobs} distinct images take {human_bytes(t.stored_bytes)} on disk; "
             f"deduplication saves {human_bytes(t.deduplicated_bytes)}; "
             f"{human_bytes(t.history_only_bytes)} is held only by tag history; "
+            f"{human_bytes(t.oci_kept_bytes)} is kept by /v2 pushes (layers, configs); "
             f"{human_bytes(self.unreferenced_bytes)} is held by blobs nothing names."
         )
 
@@ -97,8 +99,10 @@ def _segments(parts: list[tuple[str, int, str]], scale: float) -> tuple[Segment,
 
 
 def _unreferenced(totals: StorageTotals) -> int:
-    """Bytes of blobs neither a tag nor a retained history entry names (gc frees them)."""
-    return max(0, totals.stored_bytes - totals.referenced_bytes - totals.history_only_bytes)
+    """Bytes of blobs no tag, retained history entry or kept ``/v2`` push holds (gc
+    frees them)."""
+    held = totals.referenced_bytes + totals.history_only_bytes + totals.oci_kept_bytes
+    return max(0, totals.stored_bytes - held)
 
 
 def storage_chart(totals: StorageTotals, gc: GcRecord | None) -> StorageChart:
@@ -113,6 +117,7 @@ def storage_chart(totals: StorageTotals, gc: GcRecord | None) -> StorageChart:
     stored = [
         ("named by tags", totals.referenced_bytes, "seg-stored"),
         ("held only by tag history", totals.history_only_bytes, "seg-history"),
+        ("kept by /v2 pushes (layers, configs)", totals.oci_kept_bytes, "seg-oci"),
         ("named by nothing (gc frees it)", unreferenced, "seg-orphan"),
     ]
     bars = (
