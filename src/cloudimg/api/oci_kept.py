@@ -52,6 +52,7 @@ class Parts:
         self._catalog = catalog
         self._blobs = blobs
         self._claimed: dict[str, StagedBlob] = {}
+        self._sessions: dict[str, str] = {}
 
     async def part(self, sha256_hex: str) -> KeptPart | None:
         """The upload or stored blob with this sha256; None when there is neither."""
@@ -62,6 +63,7 @@ class Parts:
             staged = await self._blobs.claim_staging(found.id, found.blake3, sha256_hex, found.size)
             if staged is not None:
                 self._claimed[sha256_hex] = staged
+                self._sessions[sha256_hex] = found.id
                 return staged
         stored = await self._catalog.sha256_stored(sha256_hex)
         return None if stored is None else stored.digest
@@ -88,7 +90,10 @@ class Parts:
         """The uploads claimed are used up, kept or not (a refused push starts again)."""
         for sha256_hex, staged in self._claimed.items():
             await self._blobs.discard(staged)  # placed ones are gone already
-            await self._catalog.drop_finished_uploads(sha256_hex)
+            # Only the session claimed: other finished uploads of the same bytes (a client
+            # that pushed a blob twice) keep their rows, so gc reclaims their files after
+            # the grace instead of finding staging files that no row names.
+            await self._catalog.drop_upload(self._sessions[sha256_hex])
 
 
 async def put_tagged_manifest(

@@ -195,15 +195,6 @@ class OciPushes(CatalogBase):
 
         return await self._write(change)
 
-    async def drop_finished_uploads(self, sha256_hex: str) -> None:
-        """Forget finished uploads of these bytes: a manifest took them (their file went
-        into the blob tree, or stays for gc)."""
-
-        async def change(db: AsyncSession, _effects: FileEffects) -> None:
-            await db.execute(delete(OciUpload).where(OciUpload.sha256 == sha256_hex))
-
-        await self._write(change)
-
     async def finished_upload(self, sha256_hex: str) -> UploadSession | None:
         """A finished upload of bytes with this sha256, newest first (any repository: a
         writer may read every image, as retag allows)."""
