@@ -45,6 +45,37 @@ def _ok(data: Any) -> Envelope:
     return {"success": True, "data": data}
 
 
+DeclaredFormat = Annotated[
+    str | None,
+    Parameter(
+        query="format",
+        description="The image format the upload declares (qemu-img's name; vhd is "
+        "vpc): the image is refused (422) unless inspection finds that format",
+    ),
+]
+"""The ``?format=`` parameter of both upload routes (read by ``Receiver``)."""
+
+
+async def _upload(
+    request: Request[Any, Any, Any],
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    disks: ContainerDisks,
+    path: tuple[str, str, str],
+    *,
+    raw: bool,
+) -> Response[Envelope]:
+    """Both upload routes: the same use case, the body read as multipart or raw."""
+    repo, image, tag = path
+    async with receiving(request, blobs, settings) as receiver:
+        names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
+        options = await write_options(request, catalog, names)
+        await (receiver.receive_raw() if raw else receiver.receive())
+        upload = await receiver.commit(catalog, names, options)
+    return _created(settings, disks, repo, image, upload)
+
+
 def _created(
     settings: Settings, disks: ContainerDisks, repo: str, image: str, upload: Upload
 ) -> Response[Envelope]:
@@ -248,21 +279,11 @@ class RegistryController(Controller):
         image: str,
         tag: str,
         digest: str | None = None,  # documents the parameter; see Receiver.receive
-        declared_format: Annotated[
-            str | None,
-            Parameter(
-                query="format",
-                description="The image format the upload declares (qemu-img's name; vhd is "
-                "vpc): the image is refused (422) unless inspection finds that format",
-            ),
-        ] = None,  # documents the parameter; see Receiver.receive
+        declared_format: DeclaredFormat = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
-        async with receiving(request, blobs, settings) as receiver:
-            names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-            options = await write_options(request, catalog, names)
-            await receiver.receive()
-            upload = await receiver.commit(catalog, names, options)
-        return _created(settings, disks, repo, image, upload)
+        return await _upload(
+            request, catalog, blobs, settings, disks, (repo, image, tag), raw=False
+        )
 
     @put(
         "/{repo:str}/{image:str}/{tag:str}",
@@ -287,21 +308,9 @@ class RegistryController(Controller):
         image: str,
         tag: str,
         digest: str | None = None,  # documents the parameter; see Receiver.receive
-        declared_format: Annotated[
-            str | None,
-            Parameter(
-                query="format",
-                description="The image format the upload declares (qemu-img's name; vhd is "
-                "vpc): the image is refused (422) unless inspection finds that format",
-            ),
-        ] = None,  # documents the parameter; see Receiver.receive
+        declared_format: DeclaredFormat = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
-        async with receiving(request, blobs, settings) as receiver:
-            names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-            options = await write_options(request, catalog, names)
-            await receiver.receive_raw()
-            upload = await receiver.commit(catalog, names, options)
-        return _created(settings, disks, repo, image, upload)
+        return await _upload(request, catalog, blobs, settings, disks, (repo, image, tag), raw=True)
 
     @delete(
         "/{repo:str}/{image:str}/{tag:str}",
