@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from cloudimg.catalog import Catalog
-from cloudimg.maintenance import collect_garbage, parse_duration
+from cloudimg.cli.gc import print_report
+from cloudimg.maintenance import GcAction, GcKind, GcReport, collect_garbage, parse_duration
+from tests.conftest import RunningServer
 from tests.maintenance_support import (
     age,
     cli,
@@ -244,3 +246,65 @@ def test_cli_reads_the_environment(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert not (root / "staging" / "dead.part").exists()
+
+
+# -- the human report: every kind of action has its label ---------------------------------
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_every_kind_of_action_is_printed_with_its_label(
+    dry_run: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The printer knows each kind the report can hold (a kind without a label crashed it)."""
+    report = GcReport(dry_run=dry_run, grace_seconds=0)
+    report.actions = [GcAction(kind, f"target-{kind.value}", 10) for kind in GcKind]
+    print_report(report)
+    out = capsys.readouterr().out
+    for kind in GcKind:
+        label = kind.label(dry_run)
+        assert f"{label}: 1 (10 B)\n  target-{kind.value}\n" in out
+    assert len({kind.label(dry_run) for kind in GcKind}) == len(GcKind)  # told apart
+    planned = [kind for kind in GcKind if "would" in kind.label(True)]
+    assert planned == list(GcKind)  # a dry run says so for every kind
+    assert not any("would" in kind.label(False) for kind in GcKind)
+    assert list(report.totals()) == [kind.value for kind in GcKind]  # JSON names, gc's order
+
+
+def test_a_detail_without_a_target_is_printed_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    report = GcReport(dry_run=False, grace_seconds=0)
+    report.actions = [GcAction(GcKind.PUSHED_MANIFEST, "", 0, "2 released, 0 pending")]
+    print_report(report)
+    assert "\n  2 released, 0 pending\n" in capsys.readouterr().out
+
+
+WRITE_TOKEN = "wt-gc-0123456789abcdef"
+
+
+def test_gc_reports_an_abandoned_oci_upload_session(
+    tmp_path: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """An OCI upload started and left: gc drops its catalog row and prints that it did
+    (it crashed with KeyError: 'upload-session' after doing the work)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{WRITE_TOKEN}\n")
+    server = server_factory("--write-token-file", str(tokens))
+    root = server.data_root
+    with server.client(headers={"Authorization": f"Bearer {WRITE_TOKEN}"}) as http:
+        started = http.post("/v2/vms/disk/blobs/uploads/")
+    assert started.status_code == 202, started.text
+    session = started.headers["location"].rsplit("/", 1)[-1]
+    assert sql(root, "SELECT id FROM oci_uploads") == [(session,)]
+
+    preview = cli("gc", "--data-root", str(root), "--grace", "0s", "--dry-run", check=0)
+    label = GcKind.UPLOAD_SESSION.label(dry_run=True)
+    assert f"{label}: 1 (0 B)\n  {session}\n" in preview.stdout
+    assert "Traceback" not in preview.stderr
+    assert sql(root, "SELECT id FROM oci_uploads") == [(session,)]
+
+    done = cli("gc", "--data-root", str(root), "--grace", "0s", check=0)
+    assert f"{GcKind.UPLOAD_SESSION.label(dry_run=False)}: 1 (0 B)\n  {session}\n" in done.stdout
+    assert "gc done in" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert sql(root, "SELECT id FROM oci_uploads") == []
+    with server.client(headers={"Authorization": f"Bearer {WRITE_TOKEN}"}) as http:
+        assert http.get(f"/v2/vms/disk/blobs/uploads/{session}").status_code == 404

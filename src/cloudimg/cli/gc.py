@@ -12,9 +12,9 @@ from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.gc_record import record_gc_run
-from cloudimg.maintenance import GcReport, collect_garbage, parse_duration
+from cloudimg.maintenance import GcKind, GcReport, collect_garbage, parse_duration
 
-__all__ = ["Duration", "gc"]
+__all__ = ["Duration", "gc", "print_report"]
 
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def gc(
     if as_json:
         print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
     else:
-        _print(report)
+        print_report(report)
     sys.exit(0 if report.ok else 1)
 
 
@@ -96,31 +96,20 @@ def _record(data_root: Path, report: GcReport) -> None:
         click.echo(f"warning: could not record the run for /metrics: {exc}", err=True)
 
 
-_LABELS = {
-    "trash": "trash files removed",
-    "restored": "trash files restored into the blob tree",
-    "staging": "stale staging files removed",
-    "refcount": "reference counts repaired",
-    "unreferenced-row": "blobs no tag names removed",
-    "orphan-blob": "blob files no catalog row names removed",
-}
-
-
-def _print(report: GcReport) -> None:
-    would = "would be " if report.dry_run else ""
-    for kind, total in report.totals().items():
+def print_report(report: GcReport) -> None:
+    """The human report: per kind of action (each with its label, ``GcKind``), what was done."""
+    totals = report.totals()
+    for kind in GcKind:
         actions = [a for a in report.actions if a.kind == kind]
         if not actions:
             continue
-        label = (
-            _LABELS[kind]
-            .replace("removed", f"{would}removed")
-            .replace("repaired", f"{would}repaired")
+        total = totals[kind.value]
+        click.echo(
+            f"{kind.label(report.dry_run)}: {total['count']} ({human_bytes(total['bytes'])})"
         )
-        click.echo(f"{label}: {total['count']} ({human_bytes(total['bytes'])})")
         listed, more = shown(actions)
         for action in listed:
-            click.echo(f"  {action.target}" + (f": {action.detail}" if action.detail else ""))
+            click.echo("  " + ": ".join(part for part in (action.target, action.detail) if part))
         if more:
             click.echo(f"  ... and {more} more")
     if report.skipped_live_staging:

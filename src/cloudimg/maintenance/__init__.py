@@ -7,7 +7,7 @@ transactions, so these run safely while servers serve.
 
 from cloudimg.maintenance.du import DuReport, RepoUsage, disk_usage
 from cloudimg.maintenance.fsck import FsckProblem, FsckReport, check
-from cloudimg.maintenance.gc import GcAction, GcReport, collect_garbage, parse_duration
+from cloudimg.maintenance.gc import GcAction, GcKind, GcReport, collect_garbage, parse_duration
 from cloudimg.maintenance.import_legacy import ImportReport, LegacyEntry, import_legacy
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "FsckProblem",
     "FsckReport",
     "GcAction",
+    "GcKind",
     "GcReport",
     "ImportReport",
     "LegacyEntry",

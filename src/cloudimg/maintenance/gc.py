@@ -27,7 +27,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from enum import StrEnum
+from typing import Final, TypeVar
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.blobstore.filesystem import STAGING_SUFFIX
@@ -37,30 +38,92 @@ from cloudimg.progress import Progress, ProgressMeter
 
 T = TypeVar("T")
 
-__all__ = ["KINDS", "GcAction", "GcReport", "collect_garbage", "parse_duration"]
+__all__ = ["KINDS", "GcAction", "GcKind", "GcReport", "collect_garbage", "parse_duration"]
 
-KINDS = (
-    "trash",
-    "restored",
-    "staging",
-    "upload-session",
-    "pushed-manifest",
-    "refcount",
-    "unreferenced-row",
-    "orphan-blob",
-)
-"""Kinds of action: trash file removed, trash file restored, staging file removed, OCI
-upload session whose file is gone dropped, kept ``/v2`` manifests dropped (those whose
-disk their image no longer holds, and children pushed by digest no index took within
-the grace), reference count repaired, blob row (and
-file) that no tag names removed, blob file that no row names removed."""
+
+class GcKind(StrEnum):
+    """The kinds of action gc takes, in its order, each with what the report calls it.
+
+    The one table of kinds: the report counts them (its JSON names each by its value)
+    and the CLI prints each with its label, so no kind can lack one.
+    """
+
+    TRASH = "trash", "trash files removed", "trash files that would be removed", True
+    RESTORED = (
+        "restored",
+        "trash files restored into the blob tree",
+        "trash files that would be restored into the blob tree",
+        False,
+    )
+    STAGING = (
+        "staging",
+        "stale staging files removed",
+        "stale staging files that would be removed",
+        True,
+    )
+    UPLOAD_SESSION = (
+        "upload-session",
+        "OCI upload sessions whose file is gone dropped",
+        "OCI upload sessions whose file is gone that would be dropped",
+        True,
+    )
+    PUSHED_MANIFEST = (
+        "pushed-manifest",
+        "kept /v2 pushes nothing holds released",
+        "kept /v2 pushes nothing holds that would be released",
+        True,
+    )
+    REFCOUNT = (
+        "refcount",
+        "reference counts repaired",
+        "reference counts that would be repaired",
+        False,
+    )
+    UNREFERENCED_ROW = (
+        "unreferenced-row",
+        "blobs no tag names removed",
+        "blobs no tag names that would be removed",
+        True,
+    )
+    ORPHAN_BLOB = (
+        "orphan-blob",
+        "blob files no catalog row names removed",
+        "blob files no catalog row names that would be removed",
+        True,
+    )
+
+    done: str
+    """What the human report calls the actions of this kind a run took."""
+    planned: str
+    """What it calls them in a dry run (not taken)."""
+    frees: bool
+    """Whether the bytes of its actions count in ``bytes_freed``."""
+
+    def __new__(cls, value: str, done: str, planned: str, frees: bool) -> GcKind:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.done = done
+        member.planned = planned
+        member.frees = frees
+        return member
+
+    def label(self, dry_run: bool) -> str:
+        return self.planned if dry_run else self.done
+
+
+KINDS: Final = tuple(GcKind)
+"""Every kind of action, in the order gc takes them: trash file removed, trash file
+restored, staging file removed, OCI upload session whose file is gone dropped, kept
+``/v2`` manifests dropped (those whose disk their image no longer holds, and children
+pushed by digest no index took within the grace), reference count repaired, blob row
+(and file) that no tag names removed, blob file that no row names removed."""
 
 
 @dataclass(frozen=True, slots=True)
 class GcAction:
     """One thing gc did (or, with ``dry_run``, would do)."""
 
-    kind: str
+    kind: GcKind
     target: str
     """A digest, or the name of a file in the staging or trash area."""
     bytes: int
@@ -88,15 +151,15 @@ class GcReport:
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Count and bytes per kind of action."""
-        result = {kind: {"count": 0, "bytes": 0} for kind in KINDS}
+        result = {kind.value: {"count": 0, "bytes": 0} for kind in GcKind}
         for action in self.actions:
-            result[action.kind]["count"] += 1
-            result[action.kind]["bytes"] += action.bytes
+            result[action.kind.value]["count"] += 1
+            result[action.kind.value]["bytes"] += action.bytes
         return result
 
     @property
     def bytes_freed(self) -> int:
-        return sum(a.bytes for a in self.actions if a.kind not in ("restored", "refcount"))
+        return sum(a.bytes for a in self.actions if a.kind.frees)
 
 
 async def collect_garbage(
@@ -160,9 +223,9 @@ async def _trash(
             continue
         if outcome == "restored":
             detail = "the catalog still has this blob and its file was missing"
-            report.actions.append(GcAction("restored", entry.digest or "", entry.size, detail))
+            report.actions.append(GcAction(GcKind.RESTORED, entry.digest or "", entry.size, detail))
         elif outcome == "removed":
-            report.actions.append(GcAction("trash", entry.name, entry.size))
+            report.actions.append(GcAction(GcKind.TRASH, entry.name, entry.size))
         elif not old:
             report.skipped_young += 1
 
@@ -183,7 +246,7 @@ async def _staging(
             report.problems.append(f"staging file {entry.name}: {exc}")
             continue
         if outcome == "removed":
-            report.actions.append(GcAction("staging", entry.name, entry.size))
+            report.actions.append(GcAction(GcKind.STAGING, entry.name, entry.size))
         elif outcome == "in-use":
             report.skipped_live_staging += 1
         elif outcome == "young":
@@ -207,7 +270,7 @@ async def _upload_sessions(
             continue
         if not report.dry_run:
             await catalog.drop_upload(session)
-        report.actions.append(GcAction("upload-session", session, 0))
+        report.actions.append(GcAction(GcKind.UPLOAD_SESSION, session, 0))
 
 
 async def _pushed_manifests(
@@ -224,7 +287,7 @@ async def _pushed_manifests(
     released, pending = await catalog.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
     if released or pending:
         detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"
-        report.actions.append(GcAction("pushed-manifest", "", 0, detail))
+        report.actions.append(GcAction(GcKind.PUSHED_MANIFEST, "", 0, detail))
 
 
 async def _refcounts(
@@ -253,10 +316,10 @@ async def _refcounts(
             was, now, size, removed = repair.was, repair.now, repair.size, repair.removed
         if removed:
             detail = f"refcount {was} and no tag or history entry holds it: row and file removed"
-            report.actions.append(GcAction("unreferenced-row", record.digest, size, detail))
+            report.actions.append(GcAction(GcKind.UNREFERENCED_ROW, record.digest, size, detail))
         else:
             detail = f"refcount was {was}, {now} tag(s) or retained history entries name it"
-            report.actions.append(GcAction("refcount", record.digest, 0, detail))
+            report.actions.append(GcAction(GcKind.REFCOUNT, record.digest, 0, detail))
 
 
 async def _orphans(
@@ -285,7 +348,7 @@ async def _orphans(
                 continue
         if freed is not None:
             detail = "no blob row names this file"
-            report.actions.append(GcAction("orphan-blob", digest, freed, detail))
+            report.actions.append(GcAction(GcKind.ORPHAN_BLOB, digest, freed, detail))
 
 
 def _counted(items: Sequence[T], meter: ProgressMeter) -> Iterator[T]:
