@@ -192,6 +192,25 @@ def partitioned(tmp_path: Path, label: str) -> Path:
     return path
 
 
+def luks1(tmp_path: Path) -> Path:
+    """A real 4 MiB LUKS1 container made by qemu-img.
+
+    qemu times its PBKDF on the thread's CPU clock and gives up ("Unable to get accurate
+    CPU usage") when a first round measures 0 ms, which that clock's coarse ticks make
+    happen about every other time on a fast machine; only that error is tried again.
+    """
+    path = tmp_path / "disk.luks"
+    assert QEMU_IMG is not None
+    args = [QEMU_IMG, "create", "-q", "--object", "secret,id=s0,data=passphrase", "-f", "luks",
+            "-o", "key-secret=s0,iter-time=10", str(path), "4M"]  # fmt: skip
+    for _ in range(20):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode == 0:
+            return path
+        assert "accurate CPU usage" in done.stderr, done.stderr
+    raise AssertionError("qemu-img could not time its PBKDF in 20 tries")
+
+
 def luks2_header(tmp_path: Path) -> Path:
     """The first bytes of a LUKS2 container: magic, then version 2 (big-endian)."""
     path = tmp_path / "disk.luks"

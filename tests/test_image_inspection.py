@@ -120,10 +120,7 @@ def test_format_outside_the_allowed_ones_is_refused(tmp_path: Path) -> None:
 
 
 def test_luks1_is_known_but_not_allowed_by_default(tmp_path: Path) -> None:
-    path = tmp_path / "disk.luks"
-    images.qemu_img("create", "-q", "--object", "secret,id=s0,data=passphrase", "-f", "luks",
-                    "-o", "key-secret=s0,iter-time=10", path, "4M")  # fmt: skip
-    data = path.read_bytes()
+    data = images.luks1(tmp_path).read_bytes()
     assert refused_rule(data) == "format-not-allowed"
     luks = InspectionPolicy(allowed_formats=frozenset({"luks"}))
     assert inspect(data, luks) == Inspection("luks", 4 * MIB, None)

@@ -1,24 +1,33 @@
-"""Stream inspection of a disk image with oslo.utils' format inspectors.
+"""Stream inspection of a disk image: oslo.utils' format inspectors, then qemu's own view.
 
 Every inspector of ``format_inspector.ALL_FORMATS`` sees the bytes, as its
-``InspectWrapper`` does, so content that two formats claim is caught. The bytes come in
-the order they are stored, in chunks of any size, on the thread that hashes them; the
-verdict (an :class:`Inspection` or an ``ImageRefusedError`` naming a rule of
-:data:`RULES`) comes from :meth:`ImageInspector.finish`.
+``InspectWrapper`` does, so content that two formats claim is caught, and its safety
+checks run. oslo's verdict is an input, not the oracle: the format qemu-img would probe
+(:mod:`cloudimg.images.qemu_probe`) must be the one recorded, and the virtual size and
+the files a VMDK names are read as qemu reads them (:mod:`cloudimg.images.qemu_open`).
+The bytes come in the order they are stored, in chunks of any size, on the thread that
+hashes them; the verdict (an :class:`Inspection` or an ``ImageRefusedError`` naming a
+rule of :data:`RULES`) comes from :meth:`ImageInspector.finish`.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from oslo_utils.imageutils import format_inspector as fi
 
 from cloudimg.blobstore import BlobReader
 from cloudimg.errors import ImageRefusedError
 from cloudimg.images.policy import Inspection, InspectionPolicy, normalize_format
-from cloudimg.images.rules import RULES
+from cloudimg.images.qemu_open import (
+    VMDK_DESCRIPTOR_END,
+    vmdk_sparse_virtual_size,
+    vpc_virtual_size,
+)
+from cloudimg.images.qemu_probe import probe
+from cloudimg.images.rules import RULES, refuse
 
 __all__ = ["ImageInspector", "inspect_reader"]
 
@@ -28,8 +37,13 @@ text-only descriptor from the first chunk it is given (up to 1 MiB - 1 bytes, as
 so the verdict must not depend on how the bytes happened to be chunked."""
 _READ_BLOCK: Final = 4 * 1024 * 1024
 _SLICE: Final = 64 * 1024
-_START_BYTES: Final = 4096
-"""Bytes kept of the start, to tell a format's magic number (all sit in the first 4 KiB)."""
+_START_BYTES: Final = max(16 * 1024, VMDK_DESCRIPTOR_END)
+"""Bytes kept of the start: every magic number, qemu's probe and a sparse VMDK's descriptor."""
+_TAIL_BYTES: Final = 2048
+"""Bytes kept of the end: qemu reads a streamOptimized VMDK's footer from the last 2 KiB."""
+_SECTOR: Final = 512
+_NEVER_ACCEPTED: Final = frozenset({"qcow", "parallels", "bochs", "cloop"})
+"""Formats qemu probes that no ``--allowed-formats`` can name."""
 
 _QEMU_NAMES: Final = {"vhd": "vpc"}
 # How each format starts (offset, bytes): content that starts like a format its inspector
@@ -49,10 +63,6 @@ _GPT_PROTECTIVE: Final = 0xEE
 _MBR_ENTRIES: Final = 446
 
 
-def _refuse(rule: str, message: str, **context: Any) -> NoReturn:
-    raise ImageRefusedError(f"the image is refused: {message}", {"rule": rule, **context})
-
-
 class ImageInspector:
     """Fed the bytes in order (blocking, CPU only; call it on the hashing thread)."""
 
@@ -67,6 +77,7 @@ class ImageInspector:
         self._failed: dict[str, Exception] = {}
         self._head: bytearray | None = bytearray()
         self._start = b""
+        self._tail = b""
         self._length = 0
 
     def declare(self, declared_format: str) -> None:
@@ -77,6 +88,7 @@ class ImageInspector:
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         """The next bytes of the image. Never raises for what the bytes contain."""
         self._length += len(chunk)
+        self._tail = (self._tail + bytes(memoryview(chunk)[-_TAIL_BYTES:]))[-_TAIL_BYTES:]
         if self._head is not None:
             if self._head or len(chunk) < HEAD_BYTES:  # an upload's first batch is not copied
                 self._head += chunk
@@ -102,11 +114,11 @@ class ImageInspector:
         for inspector in self._inspectors:
             inspector.finish()  # marks regions captured from the end (a VMDK footer) complete
         try:
-            inspection = self._verdict(size)
+            inspection = self._as_qemu_opens(self._verdict(size), size)
         except ImageRefusedError:
             raise
         except Exception as exc:  # the inspector stumbled on what it read: refuse, never store
-            _refuse("malformed-header", f"{RULES['malformed-header']} ({exc})")
+            refuse("malformed-header", f"{RULES['malformed-header']} ({exc})")
         self._check_policy(inspection)
         return inspection
 
@@ -135,21 +147,67 @@ class ImageInspector:
         for name, (offset, magic) in _MAGIC.items():
             if name not in names and self._start[offset : offset + len(magic)] == magic:
                 reason = self._failed.get(name, "it ends before its header does")
-                _refuse("malformed-header", f"a {name} header that does not parse ({reason})")
+                refuse("malformed-header", f"a {name} header that does not parse ({reason})")
         if names == {"iso", "gpt"}:
             # A hybrid ISO (isohybrid, xorriso) carries an MBR or GPT to boot from a disk.
             matches = [i for i in matches if i.NAME == "iso"]
         if len(matches) > 1:
             formats = sorted(_QEMU_NAMES.get(n, n) for n in names)
-            _refuse("multiple-formats", f"it matches {', '.join(formats)}", formats=formats)
+            refuse("multiple-formats", f"it matches {', '.join(formats)}", formats=formats)
         if not matches:
             return Inspection("raw", size, None)
         return _inspect_match(matches[0], size)
 
+    def _as_qemu_opens(self, inspection: Inspection, size: int) -> Inspection:
+        """oslo's verdict, checked against the format qemu would probe and sized as qemu
+        sizes it; refused where qemu would open something else."""
+        probed = probe(self._start)
+        if probed.tied:
+            formats = sorted(probed.claims)
+            refuse(
+                "multiple-formats", f"qemu's probe matches {', '.join(formats)}", formats=formats
+            )
+        found = probed.format
+        virtual = self._vmdk_virtual_size(size) if found == "vmdk" else None
+        if found == "qed":
+            refuse("qed", RULES["qed"], format="qed")
+        if found in _NEVER_ACCEPTED:
+            message = f"qemu-img would open it as {found}, which this registry never accepts"
+            refuse("format-not-allowed", message, format=found)
+        inspected = "raw" if inspection.format == "iso" else inspection.format
+        if inspected != found:
+            message = f"inspection reads {inspection.format} but qemu-img would open {found}"
+            refuse("format-ambiguous", message, format=found, inspected=inspection.format)
+        if found == "vpc":
+            virtual = vpc_virtual_size(self._start)
+        elif found == "vdi":  # qemu rounds an odd size up to whole sectors
+            virtual = -(-inspection.virtual_size // _SECTOR) * _SECTOR
+        elif found in ("qcow2", "vhdx"):  # qemu counts whole sectors
+            virtual = inspection.virtual_size // _SECTOR * _SECTOR
+        if virtual is None:
+            return inspection
+        return Inspection(inspection.format, virtual, inspection.partition_table)
+
+    def _vmdk_virtual_size(self, size: int) -> int:
+        """A file qemu probes as vmdk: only a sparse ``KDMV`` one holds its own data."""
+        magic = self._start[:4]
+        if magic == b"COWD":
+            refuse("vmdk-cowd", RULES["vmdk-cowd"], format="vmdk")
+        if magic != b"KDMV":
+            refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
+        # qemu reads the footer 1536 bytes before the end of the last whole sector.
+        offset = -(-size // _SECTOR) * _SECTOR - 3 * _SECTOR
+        tail_start = size - len(self._tail)
+        if offset < 0:
+            footer = b""
+        else:
+            footer = self._tail[offset - tail_start :]
+        return vmdk_sparse_virtual_size(self._start, footer.ljust(3 * _SECTOR, b"\0"), size)
+
     def _check_policy(self, inspection: Inspection) -> None:
         found = inspection.format
         if self._declared is not None and self._declared != found:
-            _refuse(
+            refuse(
                 "format-mismatch",
                 f"it was declared {self._declared} but is {found}",
                 format=found,
@@ -157,7 +215,7 @@ class ImageInspector:
             )
         if found not in self._allowed:
             allowed = sorted(self._allowed)
-            _refuse(
+            refuse(
                 "format-not-allowed",
                 f"this server does not accept {found} images",
                 format=found,
@@ -165,7 +223,7 @@ class ImageInspector:
             )
         limit = self._policy.max_virtual_size
         if inspection.virtual_size > limit:
-            _refuse(
+            refuse(
                 "virtual-size-too-large",
                 f"its virtual size of {inspection.virtual_size} bytes is above the limit "
                 f"of {limit}",
@@ -215,25 +273,25 @@ def _inspect_match(inspector: fi.FileInspector, size: int) -> Inspection:
     """The verdict on content exactly one inspector claims."""
     name = inspector.NAME
     if not inspector.complete:
-        _refuse("malformed-header", f"the {name} image ends before its header does", format=name)
+        refuse("malformed-header", f"the {name} image ends before its header does", format=name)
     try:
         inspector.safety_check()
     except fi.SafetyCheckFailed as exc:
         rule = _rule_of(inspector, set(exc.failures))
-        _refuse(rule, RULES[rule], format=_QEMU_NAMES.get(name, name))
+        refuse(rule, RULES[rule], format=_QEMU_NAMES.get(name, name))
     if name == "gpt":
         return Inspection("raw", size, _partition_table(inspector))
     if name == "iso":
         return Inspection("iso", size, None)  # qemu reads an ISO as a raw disk
     if isinstance(inspector, fi.VMDKInspector) and not inspector.has_region("header"):
-        _refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
+        refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
     if isinstance(inspector, fi.LUKSInspector):
         payload = inspector.header_items["payload_offset"] * 512
         if payload > size:
-            _refuse("malformed-header", "a luks header whose payload starts past the end")
+            refuse("malformed-header", "a luks header whose payload starts past the end")
         return Inspection("luks", size - payload, None)
     if isinstance(inspector, fi.VHDXInspector) and not inspector.has_region("vds"):
-        _refuse("malformed-header", "a vhdx without a virtual disk size", format=name)
+        refuse("malformed-header", "a vhdx without a virtual disk size", format=name)
     return Inspection(_QEMU_NAMES.get(name, name), inspector.virtual_size, None)
 
 

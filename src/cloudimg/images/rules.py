@@ -6,9 +6,11 @@ Ids are kebab-case and part of the API: a refusal's JSON context names one as ``
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, NoReturn
 
-__all__ = ["RULES"]
+from cloudimg.errors import ImageRefusedError
+
+__all__ = ["RULES", "refuse"]
 
 RULES: Final[dict[str, str]] = {
     "qcow2-backing-file": "a qcow2 with a backing file makes qemu open another file by name, "
@@ -23,7 +25,15 @@ RULES: Final[dict[str, str]] = {
     "vmdk-descriptor-invalid": "a vmdk descriptor that does not parse strictly, or names no extent",
     "vmdk-extent-path": "a vmdk extent that names a path (contains '/'): qemu would open that "
     "file (CVE-2022-47951)",
-    "vmdk-descriptor-only": "a vmdk descriptor without its data: its extents are other files",
+    "vmdk-descriptor-only": "a vmdk text descriptor (what qemu's probe takes for one: "
+    "'version=N' after blank and comment lines, whatever else the file holds): its extents "
+    "are other files, which qemu opens by name (CVE-2022-47951)",
+    "vmdk-embedded-descriptor": "a sparse vmdk header of capacity 0 with a descriptor: qemu "
+    "then opens the extents that descriptor names (CVE-2022-47951)",
+    "vmdk-parent": "a vmdk whose descriptor names a parent (parentFileNameHint, anywhere in "
+    "the text qemu reads at sector 1): qemu opens it as a backing file",
+    "vmdk-cowd": "a VMware ESX COWD sparse vmdk: no current tool makes one, and its layout "
+    "is not checked",
     "vmdk-footer-invalid": "a streamOptimized vmdk whose footer disagrees with its header",
     "qed": "qed images are not accepted (qemu deprecated the format; nothing checks them)",
     "luks-version": "a luks container of another version than 1",
@@ -35,6 +45,16 @@ RULES: Final[dict[str, str]] = {
     "safety-check-failed": "a safety check of the format inspector without a rule of its own",
     "virtual-size-too-large": "a virtual size above the server's --max-virtual-size "
     "(CVE-2013-4463: a tiny file that expands to fill the downloader's disk)",
-    "format-not-allowed": "a format outside the server's --allowed-formats",
+    "format-not-allowed": "a format outside the server's --allowed-formats, or one qemu "
+    "probes that the registry never accepts (qcow, parallels, bochs, cloop)",
+    "format-ambiguous": "content that qemu-img would open as another format than the one "
+    "inspection reads: what the registry records must be what qemu sees",
+    "qemu-img-disagrees": "qemu-img info, run on the staged bytes, sees another format, "
+    "virtual size or an external file than the inspection recorded",
     "format-mismatch": "content whose format is not the one the upload declared",
 }
+
+
+def refuse(rule: str, message: str, **context: Any) -> NoReturn:
+    """Raise the refusal of ``rule`` (a key of :data:`RULES`) with ``message``."""
+    raise ImageRefusedError(f"the image is refused: {message}", {"rule": rule, **context})
