@@ -198,10 +198,7 @@ class ImageInspector:
         # qemu reads the footer 1536 bytes before the end of the last whole sector.
         offset = -(-size // _SECTOR) * _SECTOR - 3 * _SECTOR
         tail_start = size - len(self._tail)
-        if offset < 0:
-            footer = b""
-        else:
-            footer = self._tail[offset - tail_start :]
+        footer = b"" if offset < 0 else self._tail[offset - tail_start :]
         return vmdk_sparse_virtual_size(self._start, footer.ljust(3 * _SECTOR, b"\0"), size)
 
     def _check_policy(self, inspection: Inspection) -> None:

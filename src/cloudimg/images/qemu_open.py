@@ -131,9 +131,9 @@ def vpc_virtual_size(start: bytes) -> int:
     if len(start) < 64:
         refuse("malformed-header", "a vhd that ends inside its footer", format="vpc")
     creator_app = start[28:32]
-    (current_size,) = struct.unpack_from(">Q", start, 48)
+    current_size: int = struct.unpack_from(">Q", start, 48)[0]
     cylinders, heads, sectors = struct.unpack_from(">HBB", start, 56)
-    total = cylinders * heads * sectors
+    total = int(cylinders * heads * sectors)
     if creator_app in _VHD_SIZE_CREATORS or total == _VHD_MAX_GEOMETRY:
         total = current_size // _SECTOR
     if total > _VHD_MAX_SECTORS:
