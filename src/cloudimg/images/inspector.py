@@ -178,7 +178,9 @@ class ImageInspector:
         if inspected != found:
             message = f"inspection reads {inspection.format} but qemu-img would open {found}"
             refuse("format-ambiguous", message, format=found, inspected=inspection.format)
-        if found == "vpc":
+        if found == "raw":  # qemu counts a raw file in whole sectors, the last one padded
+            virtual = -(-size // _SECTOR) * _SECTOR
+        elif found == "vpc":
             virtual = vpc_virtual_size(self._start)
         elif found == "vdi":  # qemu rounds an odd size up to whole sectors
             virtual = -(-inspection.virtual_size // _SECTOR) * _SECTOR

@@ -32,7 +32,8 @@ class Inspection:
     format: str
     """qemu-img's name: raw, qcow2, vmdk, vpc (vhd), vhdx, vdi, iso (luks when allowed)."""
     virtual_size: int
-    """Bytes of the disk a VM sees; for raw and iso: the length of the file."""
+    """Bytes of the disk a VM sees, as qemu-img counts them: for raw and iso the length
+    of the file rounded up to whole 512-byte sectors."""
     partition_table: str | None
     """``gpt`` or ``mbr`` for a raw disk that has one, else None."""
 

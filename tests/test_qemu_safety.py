@@ -1,0 +1,143 @@
+"""What inspection records is what the real qemu-img sees: hostile images refused, accepted
+ones opened by qemu-img (no ``-f``) as recorded, reading no other file.
+
+Every file an image here names is ``marker.raw`` in the test's own directory.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloudimg.errors import ImageRefusedError
+from cloudimg.images import Inspection, InspectionPolicy, normalize_format
+from cloudimg.images.qemu_probe import probe
+from tests import hostile_images as hostile
+from tests import images
+from tests.images import ACCEPTED, MIB, NEEDS_TOOL
+from tests.test_image_inspection import inspect, refused_rule
+
+pytestmark = images.needs_qemu_img
+
+EVERYTHING = InspectionPolicy(
+    2**63,
+    frozenset(
+        normalize_format(n)
+        for n in ("raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi", "iso", "qed", "luks")
+    ),  # fmt: skip
+)
+
+
+def _hostile_params() -> list[object]:
+    return [
+        pytest.param(
+            name, marks=[hostile.HOSTILE_TOOLS[name]] if name in hostile.HOSTILE_TOOLS else []
+        )
+        for name in hostile.HOSTILE
+    ]
+
+
+@pytest.mark.parametrize("kind", _hostile_params())  # type: ignore[arg-type]
+def test_hostile_image_is_refused_whatever_the_policy(tmp_path: Path, kind: str) -> None:
+    make, rule = hostile.HOSTILE[kind]
+    data = make(tmp_path).read_bytes()
+    assert refused_rule(data) == rule
+    assert refused_rule(data, chunk=4096) == rule
+    assert refused_rule(data, EVERYTHING) == rule
+
+
+def test_qemu_opens_the_hostile_images_as_the_attack_intends(tmp_path: Path) -> None:
+    """The test images are real attacks: without inspection, qemu-img would read the marker
+    (checked on the two kinds oslo.utils let through as raw and as vmdk)."""
+    for make in (hostile.descriptor_nul_padded, hostile.kdmv_capacity_zero):
+        path = make(tmp_path)
+        out = tmp_path / "out.raw"
+        images.qemu_img("convert", "-m", "1", "-O", "raw", path, out)
+        assert out.read_bytes().startswith(hostile.MARKER[:64])
+    info = hostile.qemu_info(hostile.parallels_huge(tmp_path))
+    assert (info["format"], info["virtual-size"]) == ("parallels", 10 << 40)
+
+
+def _accepted_params() -> list[object]:
+    return [pytest.param(name, marks=[NEEDS_TOOL[name]] if name in NEEDS_TOOL else [])
+            for name in ACCEPTED]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", _accepted_params())  # type: ignore[arg-type]
+def test_accepted_image_is_what_qemu_img_sees(tmp_path: Path, kind: str) -> None:
+    path = ACCEPTED[kind].make(tmp_path)
+    hostile.assert_qemu_sees(path, inspect(path.read_bytes()), tmp_path)
+
+
+def test_vhd_is_sized_by_its_geometry_as_qemu_sizes_it(tmp_path: Path) -> None:
+    """oslo.utils reads the footer's original size (1 MiB here); qemu the geometry."""
+    path = hostile.vhd_with_original_size(tmp_path, "64M", MIB)
+    found = inspect(path.read_bytes())
+    assert found.format == "vpc"
+    assert found.virtual_size > 60 * MIB
+    hostile.assert_qemu_sees(path, found, tmp_path)
+    assert refused_rule(path.read_bytes(), InspectionPolicy(32 * MIB)) == "virtual-size-too-large"
+
+
+def test_huge_vhd_that_claims_one_mib_is_refused_by_its_real_size(tmp_path: Path) -> None:
+    path = hostile.vhd_with_original_size(tmp_path, "2000G", MIB)
+    data = path.read_bytes()
+    assert inspect(data).virtual_size == hostile.qemu_info(path)["virtual-size"]
+    assert refused_rule(data, InspectionPolicy(1 << 40)) == "virtual-size-too-large"
+
+
+def test_probe_takes_what_qemu_takes_and_nothing_more() -> None:
+    descriptor = b"version=1\nCID=1\n"
+    assert probe(descriptor).format == "vmdk"
+    assert probe(b"  \r\n# c\x00omment\n" + descriptor).format == "vmdk"
+    assert probe(b"\n" + descriptor).format == "raw"  # an empty line ends qemu's search
+    assert probe(b"\r\n" + descriptor).format == "raw"
+    assert probe(b" version=1\n").format == "raw"
+    assert probe(b"version=4\n").format == "raw"
+    assert probe(b"#" * 600 + b"\n" + descriptor).format == "raw"  # past the 512 bytes
+    assert probe(b"QFI\xfb" + struct.pack(">I", 1) + bytes(100)).format == "qcow"
+    assert probe(b"LUKS\xba\xbe" + struct.pack(">H", 2) + bytes(100)).format == "raw"
+
+
+_LINES = st.sampled_from(
+    [b"", b"   ", b"# a comment", b"#", b"  \r", b"\t", b"\x01", b"\x00", b"Version=1", b" x"]
+)
+_VERSIONS = st.sampled_from(
+    [
+        b"version=1\n",
+        b"version=2\r\n",
+        b"version=3\n",
+        b"version=4\n",
+        b"version=1 \n",
+        b"version=1\r\r\n",
+        b" version=1\n",
+    ]  # fmt: skip
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prefix=st.lists(_LINES, max_size=4), version=_VERSIONS, pad=st.sampled_from([b"", b"\0" * 700])
+)
+def test_what_inspection_accepts_qemu_opens_as_recorded(
+    tmp_path: Path, prefix: list[bytes], version: bytes, pad: bytes
+) -> None:
+    """Descriptor-like heads: whatever is accepted, qemu-img (no ``-f``) opens as recorded."""
+    body = b'CID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+    body += b'RW 8 FLAT "marker.raw" 0\n'
+    data = b"".join(line + b"\n" for line in prefix) + version + body + pad
+    hostile.marker(tmp_path)
+    path = tmp_path / "head.img"
+    path.write_bytes(data)
+    try:
+        found = inspect(data)
+    except ImageRefusedError:
+        return
+    assert found == Inspection("raw", -(-len(data) // 512) * 512, None)
+    hostile.assert_qemu_sees(path, found, tmp_path)
