@@ -12,6 +12,7 @@ from cloudimg.images import (
     DEFAULT_ALLOWED_FORMATS,
     DEFAULT_MAX_VIRTUAL_SIZE,
     InspectionPolicy,
+    find_qemu_img,
 )
 
 __all__ = [
@@ -104,10 +105,23 @@ class Settings:
     allowed_formats: tuple[str, ...] = DEFAULT_ALLOWED_FORMATS
     """Image formats the server stores (qemu-img names; ``vhd`` is ``vpc``)."""
 
+    qemu_img_check: str = "auto"
+    """``auto``: qemu-img confirms every accepted image when it is on ``PATH``; ``on``:
+    it must be; ``off``: never (see docs/security.md)."""
+
     @property
     def inspection_policy(self) -> InspectionPolicy:
-        """What inspection accepts besides its safety rules (see ``cloudimg.images``)."""
-        return InspectionPolicy(self.max_virtual_size, frozenset(self.allowed_formats))
+        """What inspection accepts besides its safety rules (see ``cloudimg.images``).
+
+        Raises:
+            SettingsError: ``qemu_img_check`` is ``on`` and no qemu-img is on ``PATH``.
+        """
+        qemu_img = None if self.qemu_img_check == "off" else find_qemu_img()
+        if qemu_img is None and self.qemu_img_check == "on":
+            raise SettingsError("qemu_img_check", "is on but no qemu-img is on PATH")
+        return InspectionPolicy(
+            self.max_virtual_size, frozenset(self.allowed_formats), qemu_img=qemu_img
+        )
 
     web: bool = True
     """Serve the web pages under ``<www-prefix>ui/`` and redirect ``<www-prefix>`` to them."""

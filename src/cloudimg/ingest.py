@@ -7,9 +7,11 @@ fails, the staging file is dropped (after a commit the bytes live in the blob st
 
 from __future__ import annotations
 
+import asyncio
+
 from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog import Catalog, WriteOptions
-from cloudimg.images import Inspection
+from cloudimg.images import Inspection, cross_check
 
 __all__ = ["TagNames", "commit_staged"]
 
@@ -26,14 +28,28 @@ async def commit_staged(
     *,
     options: WriteOptions = WriteOptions(),
     inspection: Inspection | None = None,
+    qemu_img: str | None = None,
 ) -> None:
     """Make ``names`` name the staged bytes with ``meta`` (and what inspection found), then
     drop the staging file.
 
     ``options``: who writes (recorded in the tag's history) and the request's precondition;
-    ``inspection``: what the bytes are (recorded on a blob not inspected yet).
+    ``inspection``: what the bytes are (recorded on a blob not inspected yet);
+    ``qemu_img``: the qemu-img that must confirm ``inspection`` first (ImageRefusedError).
     """
     try:
+        if inspection is not None and qemu_img is not None:
+            await _confirm(blobs, staged, inspection, qemu_img)
         await catalog.commit_upload(*names, staged, meta, options=options, inspection=inspection)
     finally:
         await blobs.discard(staged)
+
+
+async def _confirm(
+    blobs: BlobStore, staged: StagedBlob, inspection: Inspection, qemu_img: str
+) -> None:
+    reader = await blobs.open_staged(staged)
+    try:
+        await asyncio.to_thread(cross_check, qemu_img, reader, inspection)
+    finally:
+        reader.close()

@@ -98,6 +98,13 @@ def inspection_options(func: F) -> F:
     stored and imported images as the servers judge uploads.
     """
     func = option(
+        "--qemu-img-check",
+        type=click.Choice(("auto", "on", "off")),
+        default=_DEFAULTS.qemu_img_check,
+        help="Have qemu-img confirm every image inspection accepts, before it is stored: "
+        "auto (when qemu-img is on PATH), on (it must be), off",
+    )(func)
+    func = option(
         "--allowed-formats",
         type=FormatsParam(),
         default=",".join(_DEFAULTS.allowed_formats),

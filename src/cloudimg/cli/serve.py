@@ -111,6 +111,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
     try:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
         settings.check_web()
+        settings.inspection_policy  # noqa: B018  (refuses --qemu-img-check on without qemu-img)
     except SettingsError as exc:
         raise flag_error(exc) from None
     listener = _listen(settings)  # before the data root is touched: an address in use

@@ -14,6 +14,7 @@ from cloudimg.images.policy import (
     normalize_format,
     parse_allowed_formats,
 )
+from cloudimg.images.qemu_img import cross_check, find_qemu_img
 from cloudimg.images.rules import RULES
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "ImageInspector",
     "Inspection",
     "InspectionPolicy",
+    "cross_check",
+    "find_qemu_img",
     "inspect_reader",
     "normalize_format",
     "parse_allowed_formats",

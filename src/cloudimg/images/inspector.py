@@ -21,6 +21,7 @@ from oslo_utils.imageutils import format_inspector as fi
 from cloudimg.blobstore import BlobReader
 from cloudimg.errors import ImageRefusedError
 from cloudimg.images.policy import Inspection, InspectionPolicy, normalize_format
+from cloudimg.images.qemu_img import cross_check
 from cloudimg.images.qemu_open import (
     VMDK_DESCRIPTOR_END,
     vmdk_sparse_virtual_size,
@@ -344,7 +345,8 @@ def inspect_reader(
     policy: InspectionPolicy,
     on_bytes: Callable[[int], None] | None = None,
 ) -> Inspection:
-    """Reads a stored blob start to end (blocking; run it on a thread). Same errors."""
+    """Reads a stored blob start to end, then has qemu-img confirm the verdict when the
+    policy names one (blocking; run it on a thread). Same errors."""
     inspector = ImageInspector(policy)
     offset = 0
     while chunk := reader.read(_READ_BLOCK, offset):
@@ -352,4 +354,6 @@ def inspect_reader(
         offset += len(chunk)
         if on_bytes is not None:
             on_bytes(len(chunk))
-    return inspector.finish(offset)
+    inspection = inspector.finish(offset)
+    cross_check(policy.qemu_img, reader, inspection)
+    return inspection

@@ -45,6 +45,9 @@ class InspectionPolicy:
     max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
     allowed_formats: frozenset[str] = frozenset(DEFAULT_ALLOWED_FORMATS)
     """Format names (``vhd`` and ``vpc`` alike); checked against :func:`normalize_format`."""
+    qemu_img: str | None = None
+    """The qemu-img that confirms every accepted image before it is stored (see
+    :mod:`cloudimg.images.qemu_img`); None: inspection's verdict alone."""
 
 
 def normalize_format(text: str) -> str:
