@@ -7,6 +7,7 @@ Every file a hostile image names is ``marker.raw`` in the test's own directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -209,3 +210,34 @@ def test_qemu_img_check_on_without_qemu_img_refuses_to_start(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert "--qemu-img-check" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_no_write_path_creates_a_tag_qemu_would_probe_as_dmg(
+    tmp_path: Path, server: RunningServer, client: httpx.Client
+) -> None:
+    """qemu claims a file or URL named ``*.dmg`` as dmg whatever its bytes: no new tag ends
+    so, whether written by POST, PUT, retag or a ``/v2`` push; ``v1.dmg2`` is fine."""
+    data = images.qcow2(tmp_path).read_bytes()
+    assert upload(client, "/reg/names/img/ok.dmg2", data).status_code == 201
+    before = state_of(server, client)
+    refusals = [
+        upload(client, "/reg/names/img/v1.dmg", data),
+        client.put(
+            "/reg/names/img/v2.dmg",
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        ),
+        client.post(
+            "/reg/names/img/v3.dmg/retag",
+            json={"digest": f"sha256:{hashlib.sha256(data).hexdigest()}"},
+        ),
+    ]
+    for response in refusals:
+        body = assert_error(response, 400, "INVALID_ARGUMENT")
+        assert ".dmg" in body["error"]
+    push_blob(client, "names/img", EMPTY)
+    push_blob(client, "names/img", data, chunk=4 * MIB)
+    pushed = put_manifest(client, "names/img", "v4.dmg", artifact_manifest(data))
+    assert 400 <= pushed.status_code < 500, pushed.text
+    assert ".dmg" in pushed.text
+    assert_unchanged(server, client, before)

@@ -17,6 +17,7 @@ from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError, TagImmutableError, UnavailableError
 from cloudimg.images import Inspection
+from cloudimg.names import refuse_probed_tag_name
 
 __all__ = ["TagWrites"]
 
@@ -151,6 +152,7 @@ class TagWrites(TagHistoryLog):
         self._refuse_immutable(names, current, "overwritten")
         now = utcnow()
         if current is None:
+            refuse_probed_tag_name(names[2])
             session.add(
                 Tag(
                     image_id=image_id,
