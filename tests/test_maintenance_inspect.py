@@ -23,6 +23,7 @@ from cloudimg.maintenance import check
 from cloudimg.maintenance.fsck import Inspect
 from cloudimg.maintenance.import_legacy import import_legacy, preview_import
 from tests.databases import catalog_database
+from tests.hostile_images import HOSTILE, HOSTILE_TOOLS
 from tests.images import MIB, needs_qemu_img, qcow2, qcow2_with_backing_file, qcow2_with_data_file
 from tests.maintenance_support import cli, cli_json, legacy_put, open_test_catalog, store_of
 
@@ -216,3 +217,42 @@ def test_cli_import_legacy_dry_run_names_the_rule_under_the_policy_flags(
         assert rules["repo/img/clean"] == ("skipped", "virtual-size-too-large")
         text = cli(*args, "--allowed-formats", "raw", check=1).stdout
         assert "skipped: repo/img/clean: unsafe image (rule format-not-allowed)" in text
+
+
+def _hostile(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """Every hostile kind that needs only qemu-img, each made in a directory of its own."""
+    made = {}
+    for name, (make, rule) in HOSTILE.items():
+        if name in HOSTILE_TOOLS:
+            continue
+        directory = tmp_path / f"hostile-{name}"
+        directory.mkdir()
+        made[name] = (make(directory).read_bytes(), rule)
+    return made
+
+
+async def test_reinspect_finds_and_blocks_what_the_old_inspection_let_in(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """An installation that stored these before the qemu-faithful inspection finds them."""
+    made = _hostile(tmp_path)
+    digests = {name: await legacy_put(catalog, f"repo/img/{name}", data)
+               for name, (data, _) in made.items()}  # fmt: skip
+    store = store_of(catalog)
+    report = await check(catalog, store, inspect=Inspect(POLICY, every=True, block_unsafe=True))
+    found = {p.digest: (p.rule, p.blocked) for p in report.problems}
+    assert found == {digests[name]: (rule, True) for name, (_, rule) in made.items()}
+
+
+async def test_import_legacy_skips_hostile_images_with_their_rule(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    made = _hostile(tmp_path)
+    source = tmp_path / "old"
+    for name, (data, _) in made.items():
+        legacy_entry(source, f"repo/img/{name}", data)
+    report = await import_legacy(catalog, store_of(catalog), source, move=False, policy=POLICY)
+    assert {e.path: (e.outcome, e.rule) for e in report.entries} == {
+        f"repo/img/{name}": ("skipped", rule) for name, (_, rule) in made.items()
+    }
+    assert await catalog.list_repositories() == []
