@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, serve_module, upload
+from tests.maintenance_support import legacy_put, open_test_catalog
 from tests.support import assert_error, blob_path, random_image, wait_until
 
 SIZE = 100_003
@@ -135,33 +137,47 @@ def test_tag_download_is_not_cached_as_immutable(client: httpx.Client, image: Im
     assert "immutable" not in client.get(image.path).headers.get("cache-control", "")
 
 
-def test_zero_byte_image_downloads_empty(client: httpx.Client, repo: str) -> None:
-    empty = put(client, f"/reg/{repo}/empty/v1", b"")
+@pytest.fixture
+def empty(server: RunningServer, backend: str, repo: str) -> Image:
+    """An empty image, as the old server or an early version stored one: uploads refuse
+    them now (``empty-image``), but downloads of those stored before must still work."""
+
+    async def plant() -> None:
+        async with open_test_catalog(server.data_root, backend) as catalog:
+            await legacy_put(catalog, f"{repo}/empty/v1", b"")
+
+    asyncio.run(plant())
+    return Image(repo, f"/reg/{repo}/empty/v1", b"")
+
+
+def test_zero_byte_upload_is_refused(client: httpx.Client, repo: str) -> None:
+    response = upload(client, f"/reg/{repo}/empty/v1", b"")
+    assert assert_error(response, 422, "IMAGE_REFUSED")["context"]["rule"] == "empty-image"
+
+
+def test_zero_byte_image_downloads_empty(client: httpx.Client, empty: Image) -> None:
     response = client.get(empty.path)
     assert response.status_code == 200
     assert response.headers["content-length"] == "0"
     assert response.content == b""
 
 
-def test_zero_byte_image_head(client: httpx.Client, repo: str) -> None:
-    empty = put(client, f"/reg/{repo}/empty/v1", b"")
+def test_zero_byte_image_head(client: httpx.Client, empty: Image) -> None:
     response = client.head(empty.path)
     assert response.status_code == 200
     assert response.headers["content-length"] == "0"
 
 
-def test_suffix_range_of_zero_byte_image_sends_it_whole(client: httpx.Client, repo: str) -> None:
+def test_suffix_range_of_zero_byte_image_sends_it_whole(client: httpx.Client, empty: Image) -> None:
     # RFC 9110 section 14.1.1: the only satisfiable range of an empty representation.
-    empty = put(client, f"/reg/{repo}/empty/v1", b"")
     response = client.get(empty.path, headers={"Range": "bytes=-10"})
     assert response.status_code == 200
     assert response.content == b""
 
 
 def test_first_position_range_of_zero_byte_image_is_unsatisfiable(
-    client: httpx.Client, repo: str
+    client: httpx.Client, empty: Image
 ) -> None:
-    empty = put(client, f"/reg/{repo}/empty/v1", b"")
     response = client.get(empty.path, headers={"Range": "bytes=0-"})
     assert response.status_code == 416
     assert response.headers["content-range"] == "bytes */0"

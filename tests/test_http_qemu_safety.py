@@ -241,3 +241,15 @@ def test_no_write_path_creates_a_tag_qemu_would_probe_as_dmg(
     assert 400 <= pushed.status_code < 500, pushed.text
     assert ".dmg" in pushed.text
     assert_unchanged(server, client, before)
+
+
+def test_not_a_disk_upload_is_refused_and_changes_nothing(
+    server: RunningServer, client: httpx.Client, before: State
+) -> None:
+    for data, rule in (
+        (b"", "empty-image"),
+        (Path(sys.executable).resolve().read_bytes(), "not-a-disk"),
+    ):
+        body = assert_error(upload(client, "/reg/notdisk/img/v1", data), 422, "IMAGE_REFUSED")
+        assert body["context"]["rule"] == rule
+    assert_unchanged(server, client, before)

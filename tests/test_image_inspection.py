@@ -145,8 +145,8 @@ def test_header_that_does_not_parse_is_refused() -> None:
     assert refused_rule(b"QFI\xfb" + bytes(100)) == "malformed-header"  # ends inside its header
 
 
-def test_small_raw_and_empty_bytes_are_raw() -> None:
-    assert inspect(b"") == Inspection("raw", 0, None)
+def test_small_raw_is_raw_and_empty_bytes_are_refused() -> None:
+    assert refused_rule(b"") == "empty-image"
     # qemu-img sizes a raw file in whole 512-byte sectors: 6 bytes are a 512-byte disk.
     assert inspect(b"hello\n") == Inspection("raw", 512, None)
 

@@ -6,10 +6,17 @@ Every file an image here names is ``marker.raw`` in the test's own directory.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import struct
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,4 +139,40 @@ def test_what_inspection_accepts_qemu_opens_as_recorded(
     except ImageRefusedError:
         return
     assert found == Inspection("raw", -(-len(data) // 512) * 512, None)
+    hostile.assert_qemu_sees(path, found, tmp_path)
+
+
+def _zipped(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("disk.qcow2", data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["gzip", "xz", "zstd", "bzip2", "zip", "elf"],
+)
+def test_what_is_no_disk_is_refused(tmp_path: Path, kind: str) -> None:
+    """Mistaken uploads: a compressed cloud image, an archive, a program."""
+    disk = images.qcow2(tmp_path).read_bytes()
+    data = {
+        "gzip": lambda: gzip.compress(disk),
+        "xz": lambda: lzma.compress(disk),
+        "zstd": lambda: zstandard.ZstdCompressor().compress(disk),
+        "bzip2": lambda: bz2.compress(disk),
+        "zip": lambda: _zipped(disk),
+        "elf": lambda: Path(sys.executable).resolve().read_bytes(),
+    }[kind]()
+    assert refused_rule(data) == "not-a-disk"
+
+
+def test_empty_image_is_refused_and_a_tiny_one_is_a_sector(tmp_path: Path) -> None:
+    """No disk has zero bytes. A 25-byte text cannot be told from a tiny raw disk: qemu
+    opens it as one sector, which is what is recorded."""
+    assert refused_rule(b"") == "empty-image"
+    path = tmp_path / "note.txt"
+    path.write_bytes(b"this is not a disk image\n")
+    found = inspect(path.read_bytes())
+    assert found == Inspection("raw", 512, None)
     hostile.assert_qemu_sees(path, found, tmp_path)

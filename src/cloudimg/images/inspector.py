@@ -44,6 +44,15 @@ _TAIL_BYTES: Final = 2048
 """Bytes kept of the end: qemu reads a streamOptimized VMDK's footer from the last 2 KiB."""
 _SECTOR: Final = 512
 _NEVER_ACCEPTED: Final = frozenset({"qcow", "parallels", "bochs", "cloop"})
+_NOT_DISKS: Final = (
+    (b"\x1f\x8b\x08", "a gzip-compressed file: decompress it, then upload the disk"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file: decompress it, then upload the disk"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file: decompress it, then upload the disk"),
+    (b"BZh", "a bzip2-compressed file: decompress it, then upload the disk"),
+    (b"PK\x03\x04", "a zip archive: extract the disk, then upload it"),
+    (b"\x7fELF", "an ELF executable, not a disk image"),
+)
+"""What no disk starts with but mistaken uploads do (a compressed cloud image, a binary)."""
 """Formats qemu probes that no ``--allowed-formats`` can name."""
 
 _QEMU_NAMES: Final = {"vhd": "vpc"}
@@ -169,6 +178,8 @@ class ImageInspector:
                 "multiple-formats", f"qemu's probe matches {', '.join(formats)}", formats=formats
             )
         found = probed.format
+        if found == "raw":
+            self._refuse_not_a_disk(size)
         virtual = self._vmdk_virtual_size(size) if found == "vmdk" else None
         if found == "qed":
             refuse("qed", RULES["qed"], format="qed")
@@ -190,6 +201,14 @@ class ImageInspector:
         if virtual is None:
             return inspection
         return Inspection(inspection.format, virtual, inspection.partition_table)
+
+    def _refuse_not_a_disk(self, size: int) -> None:
+        """Raw content that is no disk: nothing at all, or a known non-disk file."""
+        if size == 0:
+            refuse("empty-image", RULES["empty-image"])
+        for magic, what in _NOT_DISKS:
+            if self._start.startswith(magic) and (magic != b"BZh" or self._start[3:4].isdigit()):
+                refuse("not-a-disk", f"it is {what}", kind=what.split(",")[0].split(":")[0])
 
     def _vmdk_virtual_size(self, size: int) -> int:
         """A file qemu probes as vmdk: only a sparse ``KDMV`` one holds its own data."""

@@ -51,6 +51,9 @@ RULES: Final[dict[str, str]] = {
     "inspection reads: what the registry records must be what qemu sees",
     "qemu-img-disagrees": "qemu-img info, run on the staged bytes, sees another format, "
     "virtual size or an external file than the inspection recorded",
+    "empty-image": "an empty file: no disk has zero bytes, and a VM cannot boot from one",
+    "not-a-disk": "raw content that starts as no disk does but mistaken uploads do: a "
+    "compressed file (gzip, xz, zstd, bzip2, zip) or an executable (ELF)",
     "format-mismatch": "content whose format is not the one the upload declared",
 }
 
