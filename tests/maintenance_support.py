@@ -87,8 +87,13 @@ def age(path: Path, mtime: float = OLD) -> None:
     os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, check: int | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cloudimg ARGS``; assert the exit code when ``check`` is given.
+
+    A command still running after ``timeout`` seconds is killed and fails the test
+    (``subprocess.TimeoutExpired``): a guard against a hang, not a measure of speed.
 
     With ``--data-root D`` among the arguments, the command gets D's catalog database
     (``CLOUDIMG_DATABASE_URL``) when one is registered.
@@ -102,7 +107,7 @@ def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess[str
         [sys.executable, "-m", "cloudimg", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env=env,
     )
     if check is not None:
@@ -110,8 +115,8 @@ def cli(*args: str, check: int | None = None) -> subprocess.CompletedProcess[str
     return done
 
 
-def cli_json(*args: str, check: int | None = None) -> dict[str, Any]:
-    done = cli(*args, "--json", check=check)
+def cli_json(*args: str, check: int | None = None, timeout: float = 300) -> dict[str, Any]:
+    done = cli(*args, "--json", check=check, timeout=timeout)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 

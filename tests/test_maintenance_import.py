@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import stat
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,9 +21,11 @@ from cloudimg.catalog.database import SchemaVersionError, current_revision
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from cloudimg.meta import MAX_META_BYTES
 from tests.databases import catalog_database, catalog_url
 from tests.maintenance_support import (
     catalog_state,
+    cli,
     cli_json,
     open_test_catalog,
     put,
@@ -28,7 +33,7 @@ from tests.maintenance_support import (
     store_of,
     tree_state,
 )
-from tests.support import blake3_hex, random_image
+from tests.support import blake3_hex, blob_path, random_image
 
 UBUNTU = random_image(300_000)
 DEBIAN = random_image(200_000)
@@ -84,7 +89,7 @@ async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Pa
     assert "invalid image name" in skipped["crownlabs/ab"]
     assert "invalid tag name" in skipped["crownlabs/ubuntu/x"]
     assert skipped["crownlabs/ubuntu/no-meta"] == "no meta.json"
-    assert "JSON object of strings" in skipped["crownlabs/ubuntu/bad-meta"]
+    assert skipped["crownlabs/ubuntu/bad-meta"] == "meta.json must be a JSON object"
     assert "no image.bin" in skipped["crownlabs/ubuntu/no-image"]
     assert "not a directory" in skipped["crownlabs/stray-file"]
     assert not report.ok
@@ -280,3 +285,249 @@ def test_dry_run_does_not_migrate_an_old_catalog(catalog_root: Path, tmp_path: P
     with pytest.raises(SchemaVersionError, match="cloudimg db upgrade"):
         asyncio.run(preview())
     assert current_revision(url) == "0001"
+
+
+# -- a hostile old tree: nothing outside it gets in, nothing outside it changes -------------
+
+HOST_SECRET = "host-secret-" + secrets.token_hex(8)
+"""What the host file holds: it must show up nowhere in the catalog."""
+RUNS = {
+    "import": [],
+    "move": ["--move"],
+    "dry-run": ["--dry-run"],
+    "dry-run-move": ["--dry-run", "--move"],
+}
+GUARD_SECONDS = 120
+"""A run still going after this is a hang (a FIFO opened for reading waits forever)."""
+
+
+def run_import(data: Path, source: Path, run: str, check: int) -> dict[str, Any]:
+    return cli_json(
+        "import-legacy", "--data-root", str(data), "--from", str(source), *RUNS[run],
+        check=check, timeout=GUARD_SECONDS,
+    )  # fmt: skip
+
+
+def host_file(tmp_path: Path, content: bytes, mode: int = 0o640) -> Path:
+    """A file outside the old tree standing in for one of the host's (``/etc/...``)."""
+    path = tmp_path / "host" / "etc" / "secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def file_state(path: Path) -> tuple[bytes, int, int, int]:
+    """Bytes, permission bits, link count and inode of a regular file."""
+    status = os.lstat(path)
+    return path.read_bytes(), stat.S_IMODE(status.st_mode), status.st_nlink, status.st_ino
+
+
+def old_tree_state(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every name under ``root`` as it is, following no link and opening no FIFO."""
+    state: dict[str, tuple[Any, ...]] = {}
+    for top, directories, files in os.walk(root):
+        for name in [*directories, *files]:
+            path = Path(top) / name
+            status = os.lstat(path)
+            if stat.S_ISREG(status.st_mode):
+                content: object = path.read_bytes()
+            elif stat.S_ISLNK(status.st_mode):
+                content = os.readlink(path)
+            else:
+                content = None
+            state[str(path.relative_to(root))] = (status.st_mode, status.st_nlink, content)
+    return state
+
+
+def registry_holds_nothing_of(data: Path, secret: str, host: Path) -> None:
+    """Neither the host file's text in any catalog row, nor its file among the blobs."""
+    assert secret not in repr(catalog_state(data))
+    host_inode = os.lstat(host).st_ino
+    for blob in (data / "blobs").rglob("*"):
+        assert blob.is_dir() or os.lstat(blob).st_ino != host_inode
+
+
+def json_length(column: str | dict[str, str]) -> int:
+    """The length of a tag's metadata as ``json.dumps`` writes it (a JSON column reads
+    back as text or as a dict, depending on the driver)."""
+    return len(json.dumps(json.loads(column) if isinstance(column, str) else column))
+
+
+def new_catalog(data: Path) -> None:
+    cli("db", "upgrade", "--data-root", str(data), check=0)
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_a_symlinked_meta_json_is_not_followed(
+    catalog_root: Path, tmp_path: Path, run: str
+) -> None:
+    """A meta.json linking to a host file skips its tag; the host file's text never
+    becomes metadata anyone could read through /meta (it did, and a dry run said so)."""
+    new_catalog(catalog_root)
+    host = host_file(tmp_path, json.dumps({"password": HOST_SECRET}).encode())
+    source = tmp_path / "old"
+    linked = entry(source, "crownlabs/ubuntu/2204", UBUNTU)
+    (linked / "meta.json").symlink_to(host)
+    relative = entry(source, "crownlabs/ubuntu/rel", DEBIAN)  # ../ out of the tree, too
+    (relative / "meta.json").symlink_to(os.path.relpath(host, relative))
+    entry(source, "crownlabs/ubuntu/fine", UBUNTU, {"os": "ubuntu"})
+    host_before, tree_before = file_state(host), old_tree_state(source)
+    catalog_before = catalog_state(catalog_root)
+
+    report = run_import(catalog_root, source, run, check=1)
+
+    found = outcomes(report)
+    for path in ("crownlabs/ubuntu/2204", "crownlabs/ubuntu/rel"):
+        outcome, reason = found[path]
+        assert outcome == "skipped"
+        assert reason.startswith("meta.json is a symbolic link (not followed")
+    assert found["crownlabs/ubuntu/fine"][0] == "imported"
+    assert file_state(host) == host_before
+    registry_holds_nothing_of(catalog_root, HOST_SECRET, host)
+    tree_after = old_tree_state(source)
+    for path in ("crownlabs/ubuntu/2204", "crownlabs/ubuntu/rel"):  # left as they were
+        assert {k: v for k, v in tree_after.items() if k.startswith(path)} == {
+            k: v for k, v in tree_before.items() if k.startswith(path)
+        }
+    if run.startswith("dry-run"):
+        assert catalog_state(catalog_root) == catalog_before
+        assert tree_after == tree_before
+    else:
+        tags = sql(catalog_root, "SELECT name, meta FROM tags ORDER BY name")
+        assert [name for name, _ in tags] == ["fine"]
+
+
+@pytest.mark.parametrize("run", ["move", "dry-run-move"])
+def test_move_copies_an_image_that_has_other_hard_links(
+    catalog_root: Path, tmp_path: Path, run: str
+) -> None:
+    """The blob is never the inode of a file outside the tree (writing that file would
+    change the bytes served under their digest), and that file keeps its mode."""
+    new_catalog(catalog_root)
+    host = host_file(tmp_path, UBUNTU, mode=0o644)
+    source = tmp_path / "old"
+    shared = entry(source, "crownlabs/ubuntu/2204", None, {"os": "ubuntu"})
+    os.link(host, shared / "image.bin")
+    entry(source, "teaching/debian/v12", DEBIAN, {})  # its own file: taken without a copy
+    content, mode, links, inode = file_state(host)
+    assert links == 2
+
+    report = run_import(catalog_root, source, run, check=0)
+
+    found = {e["path"]: e for e in report["entries"]}
+    assert found["crownlabs/ubuntu/2204"]["outcome"] == "imported"
+    assert found["crownlabs/ubuntu/2204"]["linked"] is False
+    verb = "would be copied" if run.startswith("dry-run") else "copied"
+    assert found["crownlabs/ubuntu/2204"]["reason"].startswith(
+        f"{verb}, not moved: image.bin has 2 hard links"
+    )
+    assert found["teaching/debian/v12"]["reason"] == ""
+    registry_holds_nothing_of(catalog_root, HOST_SECRET, host)
+    if run == "dry-run-move":
+        assert file_state(host) == (content, mode, 2, inode)
+        assert (shared / "image.bin").exists()
+        return
+    assert found["teaching/debian/v12"]["linked"] is True
+    # The old tree's name is gone (--move), the host's own name is untouched.
+    assert file_state(host) == (content, 0o644, 1, inode)
+    assert not shared.exists()
+    blob = blob_path(catalog_root, blake3_hex(UBUNTU))
+    assert os.lstat(blob).st_nlink == 1
+    host.write_bytes(b"the host rewrites its file")  # in place: the same inode
+    assert blob.read_bytes() == UBUNTU
+    assert sql(catalog_root, "SELECT digest FROM tags WHERE name = '2204'") == [
+        (blake3_hex(UBUNTU),)
+    ]
+
+
+@pytest.mark.parametrize("run", ["import", "dry-run"])
+def test_meta_json_is_held_to_the_upload_limit_and_parser(
+    catalog_root: Path, tmp_path: Path, run: str
+) -> None:
+    """What an upload refuses as metadata (over 64 KiB: a 50 MB meta.json was imported,
+    and /meta answered 50 MB) is skipped with the upload's reason."""
+    new_catalog(catalog_root)
+    source = tmp_path / "old"
+
+    def sized(size: int) -> bytes:
+        raw = json.dumps({"notes": ""}).encode()
+        return json.dumps({"notes": "n" * (size - len(raw))}).encode()
+
+    assert len(sized(MAX_META_BYTES)) == MAX_META_BYTES
+    entry(source, "crownlabs/ubuntu/at-limit", UBUNTU, sized(MAX_META_BYTES))
+    entry(source, "crownlabs/ubuntu/over-limit", UBUNTU, sized(MAX_META_BYTES + 1))
+    entry(source, "crownlabs/ubuntu/huge", UBUNTU, sized(8 * 1024 * 1024))
+    entry(source, "crownlabs/ubuntu/repeated", UBUNTU, b'{"os": "a", "os": "b"}')
+    entry(source, "crownlabs/ubuntu/bom", UBUNTU, b'\xef\xbb\xbf{"os": "ubuntu"}')
+    entry(source, "crownlabs/ubuntu/number", UBUNTU, b'{"os": "ubuntu", "version": 22}')
+    tree_before, catalog_before = old_tree_state(source), catalog_state(catalog_root)
+
+    found = outcomes(run_import(catalog_root, source, run, check=1))
+
+    too_large = "meta.json is larger than 65536 bytes, the limit of an upload's metadata"
+    assert found == {
+        "crownlabs/ubuntu/at-limit": ("imported", ""),
+        "crownlabs/ubuntu/over-limit": ("skipped", too_large),
+        "crownlabs/ubuntu/huge": ("skipped", too_large),
+        "crownlabs/ubuntu/repeated": ("skipped", "meta.json repeats a key ('os')"),
+        "crownlabs/ubuntu/bom": (
+            "skipped",
+            "meta.json starts with a byte order mark; send UTF-8 JSON without one",
+        ),
+        "crownlabs/ubuntu/number": (
+            "skipped",
+            "meta.json: metadata values must be strings ('version')",
+        ),
+    }
+    assert old_tree_state(source) == tree_before
+    if run == "dry-run":
+        assert catalog_state(catalog_root) == catalog_before
+    else:
+        tags = sql(catalog_root, "SELECT name, meta FROM tags")
+        assert [(name, json_length(meta)) for name, meta in tags] == [("at-limit", MAX_META_BYTES)]
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_a_fifo_meta_json_is_skipped_without_waiting(
+    catalog_root: Path, tmp_path: Path, run: str
+) -> None:
+    """A FIFO (in the tree, or outside it behind a link) is never opened: the import
+    hung on one forever, dry run too."""
+    new_catalog(catalog_root)
+    host_fifo = tmp_path / "host" / "run" / "pipe"
+    host_fifo.parent.mkdir(parents=True)
+    os.mkfifo(host_fifo, 0o600)
+    source = tmp_path / "old"
+    os.mkfifo(entry(source, "crownlabs/ubuntu/fifo", UBUNTU) / "meta.json")
+    (entry(source, "crownlabs/ubuntu/linked-fifo", UBUNTU) / "meta.json").symlink_to(host_fifo)
+    (entry(source, "crownlabs/ubuntu/directory", UBUNTU) / "meta.json").mkdir()
+    entry(source, "crownlabs/ubuntu/fine", UBUNTU, {"os": "ubuntu"})
+    tree_before, catalog_before = old_tree_state(source), catalog_state(catalog_root)
+    host_before = os.lstat(host_fifo)
+
+    found = outcomes(run_import(catalog_root, source, run, check=1))
+
+    assert found["crownlabs/ubuntu/fifo"] == (
+        "skipped",
+        "meta.json is a FIFO; only a regular file is imported",
+    )
+    assert found["crownlabs/ubuntu/linked-fifo"][0] == "skipped"
+    assert found["crownlabs/ubuntu/linked-fifo"][1].startswith("meta.json is a symbolic link")
+    assert found["crownlabs/ubuntu/directory"] == (
+        "skipped",
+        "meta.json is a directory; only a regular file is imported",
+    )
+    assert found["crownlabs/ubuntu/fine"][0] == "imported"
+    host_after = os.lstat(host_fifo)
+    assert stat.S_ISFIFO(host_after.st_mode)
+    assert (host_after.st_mode, host_after.st_nlink) == (host_before.st_mode, 1)
+    tree_after = old_tree_state(source)
+    if run.startswith("dry-run"):
+        assert tree_after == tree_before
+        assert catalog_state(catalog_root) == catalog_before
+    else:
+        for path in ("fifo", "linked-fifo", "directory"):  # skipped: left where they were
+            rel = f"crownlabs/ubuntu/{path}/meta.json"
+            assert tree_after[rel] == tree_before[rel]
+        assert [name for (name,) in sql(catalog_root, "SELECT name FROM tags")] == ["fine"]

@@ -23,11 +23,11 @@ from cloudimg.api.body import body_of, drain
 from cloudimg.api.conditional import write_options
 from cloudimg.api.download import etag_of, repr_digest_of
 from cloudimg.api.openapi import CREATED_HEADERS, RetagOperation, error_responses
-from cloudimg.api.upload import parse_meta
 from cloudimg.catalog import Catalog, HistoryEntry
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError
+from cloudimg.meta import parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = ["RETAG_MAX_BYTES", "TagHistoryController"]

@@ -28,12 +28,9 @@ Bodies are read only through :mod:`cloudimg.api.body`, so each obeys
 from __future__ import annotations
 
 import asyncio
-import json
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 from litestar import Request
@@ -53,6 +50,7 @@ from cloudimg.errors import (
 )
 from cloudimg.images import ImageInspector, Inspection, normalize_format
 from cloudimg.ingest import TagNames, commit_staged
+from cloudimg.meta import MAX_META_BYTES, parse_meta
 
 __all__ = [
     "ENVELOPE_ALLOWANCE",
@@ -64,7 +62,6 @@ __all__ = [
     "receiving",
 ]
 
-MAX_META_BYTES = 64 * 1024
 ENVELOPE_ALLOWANCE = 1024 * 1024
 """Room for the ``meta`` part and the multipart framing around the image: a body whose
 Content-Length passes the image size limit by more than this is refused unread."""
@@ -301,6 +298,7 @@ class Receiver:
             upload.meta,
             options=options,
             inspection=upload.inspection,
+            qemu_img=self._policy.qemu_img,
         )
         return self._upload
 
@@ -433,89 +431,6 @@ async def _feed(parser: PushMultipartParser, parts: _Parts, chunk: bytes) -> Non
                 await parts.data(event)
     except MultipartError as exc:
         raise InvalidArgumentError(f"malformed multipart body: {exc}") from None
-
-
-class _NotText:
-    """What a JSON number or constant parses to: never a valid metadata value.
-
-    Numbers are not converted, so a 5,000-digit one costs nothing and cannot hit
-    Python's int-digit limit; the value check below refuses it like any non-string.
-    """
-
-
-def _not_text(_literal: str) -> _NotText:
-    return _NotText()
-
-
-def parse_meta(raw: bytes | bytearray | None, where: str = "the 'meta' part") -> dict[str, str]:
-    """The ``meta`` part (or what ``where`` names) as a flat JSON object of strings.
-
-    Raises:
-        InvalidArgumentError: for every other input (``None``: the part is missing);
-            its message and context are valid Unicode, so any answer can carry them.
-    """
-    if raw is None:
-        raise InvalidArgumentError(f"{where} is missing")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # The codec's own message quotes the byte; the offset is enough.
-        raise InvalidArgumentError(
-            f"{where} is not UTF-8 (invalid byte at offset {exc.start})"
-        ) from None
-    if text.startswith("\ufeff"):
-        raise InvalidArgumentError(
-            f"{where} starts with a byte order mark; send UTF-8 JSON without one"
-        )
-    try:
-        meta: Any = json.loads(
-            text,
-            object_pairs_hook=partial(_object_without_duplicates, where),
-            parse_int=_not_text,
-            parse_float=_not_text,
-            parse_constant=_not_text,
-        )
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(f"{where} is not valid JSON: {exc}") from None
-    except RecursionError:
-        # Deep nesting ([[[[... or {"a":{"a":...) exhausts the parser's stack; a flat
-        # object of strings never comes near it.
-        raise InvalidArgumentError(
-            f"{where} nests too deeply; it must be a flat JSON object of strings"
-        ) from None
-    if not isinstance(meta, dict):
-        raise InvalidArgumentError(f"{where} must be a JSON object")
-    # JSON escapes can spell lone surrogates, which no UTF-8 response can carry back
-    # (not even in an error's context): check the keys before naming any of them.
-    if not all(_is_unicode(key) for key in meta):
-        raise InvalidArgumentError("metadata keys and values must be valid Unicode text")
-    bad = [key for key, value in meta.items() if not isinstance(value, str)]
-    if bad:
-        raise InvalidArgumentError("metadata values must be strings", {"keys": bad[:20]})
-    if not all(_is_unicode(value) for value in meta.values()):
-        raise InvalidArgumentError("metadata keys and values must be valid Unicode text")
-    return meta
-
-
-def _object_without_duplicates(where: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook``: parsers disagree on which duplicate wins, so refuse them."""
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        counts = Counter(key for key, _ in pairs)
-        duplicates = sorted(key for key, count in counts.items() if count > 1)
-        raise InvalidArgumentError(
-            f"{where} repeats a key",
-            {"keys": [key for key in duplicates[:20] if _is_unicode(key)]},
-        )
-    return result
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_digest(staged: StagedBlob, expected: Digest) -> None:

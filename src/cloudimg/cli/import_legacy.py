@@ -110,6 +110,11 @@ def _print(report: ImportReport) -> None:
     if report.dry_run:
         _print_dry_run(report)
         return
+    listed, more = shown(e for e in report.entries if e.outcome == "imported" and e.reason)
+    for entry in listed:
+        click.echo(f"note: {entry.path}: {entry.reason}")
+    if more:
+        click.echo(f"... and {more} more notes")
     _print_problems(report)
     linked = sum(1 for e in report.entries if e.linked)
     how = f" ({linked} without a copy)" if report.move else ""
@@ -132,7 +137,8 @@ def _print_problems(report: ImportReport) -> None:
 def _print_dry_run(report: ImportReport) -> None:
     listed, more = shown(e for e in report.entries if e.outcome == "imported")
     for entry in listed:
-        click.echo(f"would import: {entry.path} ({human_bytes(entry.size)})")
+        note = f": {entry.reason}" if entry.reason else ""
+        click.echo(f"would import: {entry.path} ({human_bytes(entry.size)}){note}")
     if more:
         click.echo(f"... and {more} more to import (--json lists every entry)")
     _print_problems(report)

@@ -12,7 +12,14 @@ Idempotent and resumable: an entry whose tag already holds the same bytes and
 metadata is left as it is, so a second run, or a run after a crash, ends in the
 same state. With ``move``, the bytes are taken without a second copy when the
 source is on the blob store's file system (a second name for the file, hashed in
-place), and the entry is removed from the old tree once it is committed.
+place), and the entry is removed from the old tree once it is committed. An
+``image.bin`` with another hard link (a name outside the entry, maybe outside the
+tree) is copied instead: the blob must be a file no one else can write.
+
+The old tree is read as untrusted input: ``meta.json`` and ``image.bin`` are opened
+only when they are regular files, never through a symbolic link and never in a way
+that blocks (a FIFO), and ``meta.json`` is held to an upload's limit and parser
+(``cloudimg.meta``), so nothing outside the tree becomes a tag's metadata or bytes.
 
 ``preview_import`` decides the same way and does nothing: with the catalog from
 ``open_catalog_read_only`` it creates, writes and removes nothing, so an operator can
@@ -23,8 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
-import json
+import mmap
+import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -52,6 +62,7 @@ from cloudimg.errors import (
 from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
 from cloudimg.ingest import commit_staged
+from cloudimg.meta import MAX_META_BYTES, parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.progress import Progress, ProgressMeter
 
@@ -67,6 +78,7 @@ IMAGE_FILE = "image.bin"
 META_FILE = "meta.json"
 _COPY_CHUNK = 4 * 1024 * 1024
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # When the old tree is the data root itself (an in-place migration), these are ours.
 _STORE_NAMES = {"blobs", "staging", "trash", "quarantine"}
 
@@ -316,16 +328,97 @@ def _valid(path: Path, validate: Callable[[str], str], skip: _Skip) -> bool:
     return True
 
 
-def _read_meta(path: Path) -> dict[str, str]:
+class _NotRegularFileError(InvalidArgumentError):
+    """A file of the entry is a link, a FIFO, a device, a socket or a directory."""
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` for reading, when it is a regular file of its own.
+
+    Nothing else is opened: a symbolic link is not followed (it could name any file
+    of the host), and a FIFO, a device or a socket is refused from ``lstat`` before
+    any open (opening one can block forever or act on a device). The open itself does
+    not follow a link nor block, and ``fstat`` checks what was opened, so a file
+    swapped for something else in between is refused too.
+
+    Raises:
+        FileNotFoundError: no such file.
+        _NotRegularFileError: not a regular file (the message says what it is).
+    """
+    _check_regular(path, os.lstat(path).st_mode)
     try:
-        meta: Any = json.loads(path.read_bytes())
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a link since the lstat
+            raise _NotRegularFileError(_not_regular(path, stat.S_IFLNK)) from None
+        raise
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)  # a regular file: reads never wait for a writer
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise _NotRegularFileError(_not_regular(path, stat.S_IFMT(mode)))
+
+
+def _not_regular(path: Path, kind: int) -> str:
+    what = {
+        stat.S_IFLNK: "a symbolic link (not followed: it may name a file outside the tree)",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }.get(kind, "not a regular file")
+    return f"{path.name} is {what}; only a regular file is imported"
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    """The entry's metadata, held to the rules of an upload's (``cloudimg.meta``).
+
+    Reads at most ``MAX_META_BYTES`` + 1 bytes of a regular file (``_open_regular``).
+
+    Raises:
+        InvalidArgumentError: no ``meta.json``, not a regular file, too large, or not
+            what an upload accepts as metadata (the message says which).
+    """
+    try:
+        fd = _open_regular(path)
     except FileNotFoundError:
         raise InvalidArgumentError(f"no {META_FILE}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgumentError(f"{META_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise InvalidArgumentError(f"{META_FILE} is not a JSON object of strings")
-    return meta
+    try:
+        raw = _read_at_most(fd, MAX_META_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_META_BYTES:
+        raise InvalidArgumentError(
+            f"{META_FILE} is larger than {MAX_META_BYTES} bytes, the limit of an upload's metadata"
+        )
+    try:
+        return parse_meta(raw, META_FILE)
+    except InvalidArgumentError as exc:
+        reason = exc.message if exc.message.startswith(META_FILE) else f"{META_FILE}: {exc.message}"
+        keys = (exc.context or {}).get("keys")
+        if keys:
+            reason += " (" + ", ".join(repr(key) for key in keys) + ")"
+        raise InvalidArgumentError(reason) from None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | None:
@@ -337,7 +430,13 @@ async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | 
 
 def _blake3_of(path: Path) -> str:
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update_mmap(path)
+    fd = _open_regular(path)
+    try:
+        if os.fstat(fd).st_size:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                hasher.update(mapped)
+    finally:
+        os.close(fd)
     return hasher.hexdigest()
 
 
@@ -398,6 +497,9 @@ async def _import_one(
                 await asyncio.to_thread(_inspect_file, image_path, policy, meter.add)
             except ImageRefusedError as exc:
                 return _unsafe(entry, exc)
+            links = await asyncio.to_thread(_links, image_path) if move else 0
+            if links > 1:
+                return dataclasses.replace(entry, reason=_shared_note(links, dry_run=True))
         return entry
     assert catalog is not None, "only a dry run goes without a catalog"
     assert blobs is not None, "only a dry run goes without a blob store"
@@ -406,13 +508,13 @@ async def _import_one(
     if entry.outcome != "imported":
         return entry
     try:
-        staged, linked, inspection = await _stage(blobs, image_path, move, meter, policy)
+        staged, linked, note, inspection = await _stage(blobs, image_path, move, meter, policy)
     except ImageRefusedError as exc:
         return _unsafe(entry, exc)
     await commit_staged(catalog, blobs, candidate.names, staged, meta, inspection=inspection)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
-    return LegacyEntry(entry.path, "imported", "", staged.blake3, staged.size, linked)
+    return LegacyEntry(entry.path, "imported", note, staged.blake3, staged.size, linked)
 
 
 def _unsafe(entry: LegacyEntry, refusal: ImageRefusedError) -> LegacyEntry:
@@ -428,7 +530,7 @@ def _inspect_file(
     """Read ``path`` through the inspector (blocking: on a thread)."""
     inspector = ImageInspector(policy)
     size = 0
-    with path.open("rb") as source:
+    with os.fdopen(_open_regular(path), "rb") as source:
         while chunk := source.read(_COPY_CHUNK):
             inspector.feed(chunk)
             size += len(chunk)
@@ -443,10 +545,21 @@ async def _stage(
     move: bool,
     meter: ProgressMeter,
     policy: InspectionPolicy,
-) -> tuple[StagedBlob, bool, Inspection]:
-    """Stage the image's bytes and inspect them; raises ``ImageRefusedError`` with nothing
-    left staged when the image is unsafe."""
-    if move:
+) -> tuple[StagedBlob, bool, str, Inspection]:
+    """Stage the image's bytes and inspect them: the staged blob, whether it is the file
+    itself (not a copy), why a move copied it (or "") and the inspection. Raises
+    ``ImageRefusedError`` with nothing left staged when the image is unsafe.
+
+    With ``move``, the file itself becomes the blob only when the entry's name is its
+    only one: a file with another hard link (anywhere, maybe outside the tree) would
+    stay writable through that name, changing the bytes served under their digest, and
+    placing the blob makes it read-only for every name. Such a file is copied.
+    """
+    note = ""
+    links = await asyncio.to_thread(_links, image_path) if move else 0
+    if links > 1:
+        note = _shared_note(links)
+    elif move:
         # A link hashes the file in place, so the inspector reads it on its own first
         # (and, when the link falls back to a copy, once more: the copy feeds it too).
         inspection = await asyncio.to_thread(_inspect_file, image_path, policy, None)
@@ -456,10 +569,38 @@ async def _stage(
             if exc.errno not in _NO_LINK_ERRNOS:
                 raise
         else:
-            meter.add(staged.size)
-            return staged, True, inspection
+            # Ours alone: the entry's name and the staging name. A link made since the
+            # check above makes it a copy after all.
+            links = await asyncio.to_thread(_links, Path(staged.key))
+            if links == 2:
+                meter.add(staged.size)
+                return staged, True, "", inspection
+            await blobs.discard(staged)
+            note = _shared_note(links - 1)
     staged, inspection = await _copy(blobs, image_path, meter, policy)
-    return staged, False, inspection
+    return staged, False, note, inspection
+
+
+def _shared_note(links: int, *, dry_run: bool = False) -> str:
+    """Why ``move`` copies a file with ``links`` names (a dry run counts them as they are
+    now: one that shares its file with another entry the run imports first is copied
+    when its turn comes only if that one's name is still there)."""
+    what = "would be copied" if dry_run else "copied"
+    removed = "would be removed" if dry_run else "is removed"
+    return (
+        f"{what}, not moved: {IMAGE_FILE} has {links} hard links (a name outside this "
+        f"entry could change the blob's bytes); its name in the old tree {removed}"
+    )
+
+
+def _links(path: Path) -> int:
+    """How many names the regular file ``path`` has (0: not a regular file of its own)."""
+    status = os.lstat(path)
+    return status.st_nlink if stat.S_ISREG(status.st_mode) else 0
+
+
+def _open_image(path: Path) -> BinaryIO:
+    return os.fdopen(_open_regular(path), "rb")
 
 
 async def _copy(
@@ -476,7 +617,7 @@ async def _copy(
 
     writer = await blobs.open_staging()
     try:
-        with await asyncio.to_thread(image_path.open, "rb") as source:
+        with await asyncio.to_thread(_open_image, image_path) as source:
             while chunk := await asyncio.to_thread(read, source):
                 await writer.write(chunk)
                 meter.add(len(chunk))
