@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import struct
 import tarfile
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import zstandard
 
 DISK_TYPE = "application/vnd.cloudimg.disk.v1+qcow2"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+LAYER_TYPES = {
+    "tar": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+"""The media type of a containerDisk layer of each packing."""
 
 
 def assert_oci_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -119,6 +130,94 @@ def tar_layer(disk: bytes, member: str = "disk/disk.qcow2") -> bytes:
         info.size = len(disk)
         archive.addfile(info, io.BytesIO(disk))
     return out.getvalue()
+
+
+def tar_entry(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    """An entry of :func:`tar_of`: ``name`` of tar type ``kind`` (``tarfile.REGTYPE``,
+    ``DIRTYPE``, ``SYMTYPE``, ``LNKTYPE``, ``CHRTYPE``, ``FIFOTYPE``...); a regular file
+    holds ``data``, a link points at ``link``. The name is written as given."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def tar_of(entries: Sequence[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A tar of ``entries`` (see :func:`tar_entry`), in order."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for info, data in entries:
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return out.getvalue()
+
+
+def packed(tar: bytes, packing: str) -> bytes:
+    """``tar`` as a layer of ``packing`` (``tar``, ``gzip`` or ``zstd``; see LAYER_TYPES)."""
+    if packing == "gzip":
+        return gzip.compress(tar, mtime=0)
+    if packing == "zstd":
+        return zstandard.ZstdCompressor().compress(tar)
+    assert packing == "tar", packing
+    return tar
+
+
+def zeros_layer(entries: Sequence[tuple[str, int]], packing: str) -> bytes:
+    """A decompression bomb: a gzip or zstd tar layer of regular files ``(name, size)``
+    that hold nothing but zero bytes, gigabytes of them in a few megabytes.
+
+    Built piece by piece, never whole in memory. gzip: the tar's headers are compressed
+    as they come, and each run of zeros as copies of one compressed 16 MiB block of
+    zeros (after a full flush deflate restarts with no history, so every such block
+    compresses to the same bytes), with the CRC and length over all of it: what
+    ``gzip -9`` makes of that tar, at once rather than after minutes of compressing.
+    """
+    block = 16 * 1024 * 1024
+    zeros = bytes(block)
+    pieces: list[bytes] = []
+    if packing == "zstd":
+        compressor: Any = zstandard.ZstdCompressor(level=3).compressobj()
+    else:
+        assert packing == "gzip", packing
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, framed below
+        flush = zlib.Z_FULL_FLUSH
+        pieces.append(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")  # gzip header, mtime 0
+        crc, length = 0, 0
+        compressed_block = compressor.compress(zeros) + compressor.flush(flush)
+        again = compressor.compress(zeros) + compressor.flush(flush)
+        assert again == compressed_block, "deflate restarts alike after a full flush"
+    tar_end = 0
+    for name, size in entries:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        header = info.tobuf(tarfile.GNU_FORMAT)
+        padded = size + (-size % tarfile.BLOCKSIZE)
+        tar_end += len(header) + padded
+        if packing == "zstd":
+            pieces.append(compressor.compress(header))
+            for start in range(0, padded, block):
+                pieces.append(compressor.compress(zeros[: min(block, padded - start)]))
+            continue
+        pieces.append(compressor.compress(header) + compressor.flush(flush))
+        crc, length = zlib.crc32(header, crc), length + len(header)
+        for start in range(0, padded, block):
+            run = min(block, padded - start)
+            crc, length = zlib.crc32(zeros[:run], crc), length + run
+            if run == block:
+                pieces.append(compressed_block)
+            else:
+                pieces.append(compressor.compress(zeros[:run]) + compressor.flush(flush))
+    # Two zero blocks end the archive; a record is 20 blocks.
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(tar_end + end) % tarfile.RECORDSIZE
+    if packing == "zstd":
+        return b"".join([*pieces, compressor.compress(bytes(end)), compressor.flush()])
+    crc, length = zlib.crc32(bytes(end), crc), length + end
+    pieces.append(compressor.compress(bytes(end)) + compressor.flush())
+    pieces.append(struct.pack("<II", crc, length & 0xFFFFFFFF))
+    return b"".join(pieces)
 
 
 def container_manifest(layer: bytes, layer_type: str, config: bytes) -> bytes:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -157,7 +160,7 @@ def test_an_index_and_its_children_are_kept(
         assert http.get(f"/v2/{name}/manifests/{sha256_digest(child)}").content == child
     for blob in (amd["layer"], amd["config"], arm64, EMPTY):
         assert http.get(f"/v2/{name}/blobs/{sha256_digest(blob)}").content == blob
-    # The arm64 disk is kept as pushed, not as an image of /reg, and not inspected.
+    # The arm64 disk is kept as pushed (inspected, as every child's), not as an image of /reg.
     _fsck_gc_clean(server)
     assert http.delete("/reg/vms/multi/v1").status_code in (200, 204)
     for child in (index, amd["manifest"], arm):
@@ -344,3 +347,44 @@ def test_a_kept_index_stays_pullable_by_digest_while_history_retains_it(
     for part in ("layer", "config"):
         assert client.get(f"/v2/{name}/blobs/{sha256_digest(child[part])}").content == child[part]
     assert_invariants(server)
+
+
+@pytest.mark.parametrize("packing", ["artifact", "containerdisk"])
+def test_an_index_whose_arm64_disk_fails_inspection_is_refused(
+    kept_server: tuple[RunningServer, httpx.Client], tmp_path: Path, packing: str
+) -> None:
+    """Every child's disk is served by digest (an arm64 node's CDI converts the arm64
+    one), so each passes the inspection the tag's disk does: an arm64 qcow2 naming a
+    backing file refuses the whole index, and nothing is stored."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img makes the qcow2 with a backing file (Debian: qemu-utils)")
+    server, http = kept_server
+    base, hostile_path = tmp_path / "base.raw", tmp_path / "arm64.qcow2"
+    base.write_bytes(bytes(1024 * 1024))
+    backed = ["-f", "qcow2", "-b", str(base), "-F", "raw", str(hostile_path), "64M"]
+    subprocess.run(["qemu-img", "create", "-q", *backed], check=True, timeout=60)
+    hostile = hostile_path.read_bytes()
+    name = "vms/armed"
+    amd = _push_containerdisk_child(http, name, random_image(50_000))
+    if packing == "artifact":
+        push_blob(http, name, EMPTY)
+        push_blob(http, name, hostile)
+        arm = artifact_manifest(hostile)
+        assert put_manifest(http, name, sha256_digest(arm), arm).status_code == 201
+    else:
+        arm = _push_containerdisk_child(http, name, hostile, "arm64")["manifest"]
+    index = index_manifest(
+        {sha256_digest(amd["manifest"]): ("linux", "amd64"), sha256_digest(arm): ("linux", "arm64")}
+    )
+    refused = http.put(
+        f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE}
+    )
+    error = assert_oci_error(refused, 422, "MANIFEST_INVALID")
+    assert error["detail"]["rule"] == "qcow2-backing-file", error
+    assert http.get("/reg/vms/armed/v1").status_code == 404
+    for reference in ("v1", sha256_digest(index), sha256_digest(arm)):
+        gone = http.get(f"/v2/{name}/manifests/{reference}")
+        assert_oci_error(gone, 404, "MANIFEST_UNKNOWN")
+    assert server.blob_files() == []
+    assert server.staging_files() == []
+    _fsck_gc_clean(server)

@@ -10,9 +10,10 @@ import json
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,16 +25,21 @@ from tests.maintenance_support import cli_json
 from tests.oci_support import (
     DISK_TYPE,
     EMPTY,
+    LAYER_TYPES,
     artifact_manifest,
     assert_oci_error,
     container_manifest,
     index_manifest,
     manifest_of,
+    packed,
     push_blob,
     put_manifest,
     sha256_digest,
     start_upload,
+    tar_entry,
     tar_layer,
+    tar_of,
+    zeros_layer,
 )
 from tests.support import blake3_hex, blob_path, random_image
 
@@ -482,3 +488,216 @@ def test_a_push_moves_between_replicas_chunk_by_chunk(
         manifest = artifact_manifest(data, "application/octet-stream")
         assert put_manifest(two, "vms/replicas", "v1", manifest).status_code == 201
         assert one.get("/reg/vms/replicas/v1").content == data
+
+
+def _push_containerdisk_layer(http: httpx.Client, name: str, layer: bytes, packing: str) -> bytes:
+    """Upload a config and ``layer``; the manifest that names them (not pushed yet)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    push_blob(http, name, config)
+    push_blob(http, name, layer, chunk=1024 * 1024)
+    return container_manifest(layer, LAYER_TYPES[packing], config)
+
+
+def _put_while_asking_health(
+    server: RunningServer, name: str, tag: str, body: bytes
+) -> tuple[httpx.Response, int]:
+    """PUT the manifest from a thread while the main thread asks ``/healthz`` again and
+    again: the PUT's answer, and how many ``/healthz`` answers came while the layer was
+    being unpacked (a staging file more than the uploads' was there when it was asked)
+    and before the PUT was answered."""
+    answers: list[httpx.Response | BaseException] = []
+    staged_before = len(server.staging_files())
+
+    def put() -> None:
+        try:
+            with server.client() as http:
+                answers.append(put_manifest(http, name, tag, body))
+        except BaseException as exc:  # the main thread reports it
+            answers.append(exc)
+
+    thread = threading.Thread(target=put)
+    meanwhile = 0
+    with server.client() as http:
+        thread.start()
+        while thread.is_alive():
+            unpacking = len(server.staging_files()) > staged_before
+            health = http.get("/healthz")
+            assert health.status_code == 200, health.text
+            meanwhile += unpacking and thread.is_alive()
+    thread.join()
+    (answer,) = answers
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer, meanwhile
+
+
+def _peak_rss(server: RunningServer) -> int:
+    """The server process's peak resident memory (VmHWM), in bytes."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.parametrize("packing", ["gzip", "zstd"])
+@pytest.mark.parametrize("shape", ["one-huge-disk", "many-entries"])
+def test_a_decompression_bomb_is_refused_with_memory_bounded_and_the_server_answering(
+    server_factory: Callable[..., RunningServer], packing: str, shape: str
+) -> None:
+    """A 4 MB layer that unpacks to 4 GiB of zeros (the disk itself, or 32 entries of
+    128 MiB beside it) against a --max-virtual-size of 64 MiB: refused under
+    virtual-size-too-large once it is known to unpack past what such a disk takes,
+    nothing stored, the server's memory bounded and /healthz answered meanwhile."""
+    server = server_factory("--max-virtual-size", "64M")
+    if shape == "one-huge-disk":
+        entries = [("disk/disk.img", 4 * 1024**3)]
+    else:
+        entries = [(f"data/{n}.bin", 128 * 1024**2) for n in range(32)]
+        entries.append(("disk/disk.img", 1024 * 1024))
+    layer = zeros_layer(entries, packing)
+    assert len(layer) < 5_000_000
+    name = "vms/bomb"
+    with server.client() as http:
+        manifest = _push_containerdisk_layer(http, name, layer, packing)
+    answer, meanwhile = _put_while_asking_health(server, name, "v1", manifest)
+    error = assert_oci_error(answer, 422, "MANIFEST_INVALID")
+    assert error["detail"]["rule"] == "virtual-size-too-large", error
+    assert "--max-virtual-size of 67108864 bytes" in error["message"]
+    if shape == "many-entries":  # refused once 64 MiB and its room were unpacked
+        assert meanwhile > 0, "no /healthz was answered while the layer was unpacked"
+    with server.client() as http:
+        assert http.get("/reg/vms/bomb/v1").status_code == 404
+        assert_oci_error(http.get(f"/v2/{name}/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    assert server.blob_files() == []
+    assert server.staging_files() == []
+    assert _peak_rss(server) < 512 * 1024**2
+
+
+def test_a_deeply_nested_manifest_is_refused(client: httpx.Client, repo: str) -> None:
+    """JSON nested 100,000 deep exhausts the parser's stack: 400, as /reg answers it."""
+    name = f"{repo}/deep"
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        for reference in ("v1", sha256_digest(body)):
+            error = assert_oci_error(
+                put_manifest(client, name, reference, body), 400, "MANIFEST_INVALID"
+            )
+            assert "nests too deeply" in error["message"]
+    assert client.get(f"/reg/{repo}/deep/v1").status_code == 404
+
+
+def test_a_chunk_that_is_not_its_content_range_is_refused(client: httpx.Client, repo: str) -> None:
+    """A PATCH whose body is longer (or shorter) than its Content-Range says: 416 with
+    where the session stands, which stays as it was, whether the body's length was
+    announced or it came chunked."""
+    name = f"{repo}/ranges"
+    location = start_upload(client, name)
+    first = random_image(100)
+    assert (
+        client.patch(location, content=first, headers={"Content-Range": "0-99"}).status_code == 202
+    )
+
+    def chunked(data: bytes) -> Iterator[bytes]:
+        yield data[:7]
+        yield data[7:]
+
+    refused = [
+        client.patch(location, content=b"x" * 20, headers={"Content-Range": "100-109"}),
+        client.patch(location, content=chunked(b"y" * 20), headers={"Content-Range": "100-109"}),
+        client.patch(location, content=b"z" * 5, headers={"Content-Range": "100-109"}),
+        client.patch(location, content=chunked(b"w" * 5), headers={"Content-Range": "100-109"}),
+        client.patch(location, content=b"v" * 10, headers={"Content-Range": "109-100"}),
+    ]
+    for response in refused:
+        assert_oci_error(response, 416, "BLOB_UPLOAD_INVALID")
+        assert response.headers["range"] == "0-99"
+        status = client.get(location)
+        assert (status.status_code, status.headers["range"]) == (204, "0-99")
+    rest = random_image(10)
+    assert (
+        client.patch(location, content=rest, headers={"Content-Range": "100-109"}).status_code
+        == 202
+    )
+    done = client.put(location, params={"digest": sha256_digest(first + rest)})
+    assert done.status_code == 201, done.text
+    assert client.get(f"/v2/{name}/blobs/{sha256_digest(first + rest)}").content == first + rest
+
+
+_DISK = random_image(70_000)
+_BAD_TARS: dict[str, tuple[str, list[tuple[tarfile.TarInfo, bytes]]]] = {
+    # case: (the path the refusal names, the layer's entries)
+    "absolute": ("/disk/disk.img", [tar_entry("/disk/disk.img", data=_DISK)]),
+    "dotdot-first": ("../disk/disk.img", [tar_entry("../disk/disk.img", data=_DISK)]),
+    "dotdot-inside": (
+        "disk/../disk/disk.img",
+        [tar_entry("disk/disk.img", data=_DISK), tar_entry("disk/../disk/disk.img", data=_DISK)],
+    ),
+    "second-file": (
+        "disk/other.img",
+        [tar_entry("disk/disk.img", data=_DISK), tar_entry("disk/other.img", data=_DISK[:512])],
+    ),
+    "hard-link": (
+        "disk/again.img",
+        [
+            tar_entry("disk/disk.img", data=_DISK),
+            tar_entry("disk/again.img", tarfile.LNKTYPE, link="disk/disk.img"),
+        ],
+    ),
+    "hard-link-alone": (
+        "disk/disk.img",
+        [
+            tar_entry("etc/shadow", data=_DISK),
+            tar_entry("disk/disk.img", tarfile.LNKTYPE, link="etc/shadow"),
+        ],
+    ),
+    "symlink": (
+        "disk/disk.img",
+        [tar_entry("disk/disk.img", tarfile.SYMTYPE, link="/etc/shadow")],
+    ),
+    "disk-is-a-symlink": (
+        "disk",
+        [tar_entry("disk", tarfile.SYMTYPE, link="/"), tar_entry("disk/disk.img", data=_DISK)],
+    ),
+    "character-device": ("disk/tty", [tar_entry("disk/tty", tarfile.CHRTYPE)]),
+    "block-device": ("disk/sda", [tar_entry("disk/sda", tarfile.BLKTYPE)]),
+    "fifo": (
+        "disk/pipe",
+        [tar_entry("disk/disk.img", data=_DISK), tar_entry("disk/pipe", tarfile.FIFOTYPE)],
+    ),
+    "nested": ("disk/sub/disk.img", [tar_entry("disk/sub/disk.img", data=_DISK)]),
+}
+
+
+@pytest.mark.parametrize("packing", ["tar", "gzip", "zstd"])
+@pytest.mark.parametrize("case", sorted(_BAD_TARS))
+def test_a_layer_with_anything_but_one_disk_file_under_disk_is_refused(
+    client: httpx.Client, repo: str, packing: str, case: str
+) -> None:
+    path, entries = _BAD_TARS[case]
+    name = f"{repo}/tarpaths"
+    manifest = _push_containerdisk_layer(client, name, packed(tar_of(entries), packing), packing)
+    error = assert_oci_error(put_manifest(client, name, "v1", manifest), 400, "MANIFEST_INVALID")
+    assert error["detail"] == {"path": path}, error
+    assert f"'{path}'" in error["message"]
+    assert client.get(f"/reg/{repo}/tarpaths/v1").status_code == 404
+
+
+@pytest.mark.parametrize("packing", ["gzip", "zstd"])
+def test_a_layer_in_several_members_with_dot_slash_paths_is_a_containerdisk(
+    client: httpx.Client, repo: str, packing: str
+) -> None:
+    """As `tar -C dir .` writes it (./, ./disk/, ./disk/disk.img, a file elsewhere),
+    compressed as two gzip members or two zstd frames (as zstd:chunked layers come):
+    the disk is read across them."""
+    entries = [
+        tar_entry("./", tarfile.DIRTYPE),
+        tar_entry("./disk/", tarfile.DIRTYPE),
+        tar_entry("./disk/disk.img", data=_DISK),
+        tar_entry("./README", data=b"a containerDisk\n"),
+    ]
+    tar = tar_of(entries)
+    half = len(tar) // 2
+    layer = packed(tar[:half], packing) + packed(tar[half:], packing)
+    name = f"{repo}/dotted"
+    manifest = _push_containerdisk_layer(client, name, layer, packing)
+    response = put_manifest(client, name, "v1", manifest)
+    assert response.status_code == 201, response.text
+    assert client.get(f"/reg/{repo}/dotted/v1").content == _DISK

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,9 +25,16 @@ from cloudimg.blobstore import BlobReader, BlobStore, StagedBlob
 from cloudimg.catalog import Catalog, KeptPart, PushedManifest, WriteOptions
 from cloudimg.config import Settings
 from cloudimg.digest import Digest
-from cloudimg.images import inspect_reader
+from cloudimg.images import Inspection, inspect_reader
 from cloudimg.ingest import commit_staged
-from cloudimg.oci.push import DiskLayer, ManifestRefused, chosen_child, disk_layer_of, unpack_disk
+from cloudimg.oci.push import (
+    DiskLayer,
+    ManifestRefused,
+    chosen_child,
+    disk_layer_of,
+    manifest_json,
+    unpack_disk,
+)
 
 __all__ = ["EMPTY_CONFIG", "Parts", "put_tagged_manifest"]
 
@@ -107,7 +113,8 @@ async def put_tagged_manifest(
     """Commit the disk ``body`` describes under the tag ``names`` and keep the push.
 
     ``ManifestRefused`` for what is not a VM disk, ``ImageRefusedError`` for a disk that
-    fails inspection, and the domain errors of a tag write.
+    fails inspection (the tag's, or that of any child of an index: each is served by
+    digest to the nodes of its platform), and the domain errors of a tag write.
     """
     content_type = request.headers.get("content-type")
     repo, image, _tag = names
@@ -142,6 +149,8 @@ async def put_tagged_manifest(
                         is_disk=child.digest == chosen,
                     )
                 )
+        if index is not None:
+            await _inspect_children(blobs, parts, settings, children, disk_layer)
         options = WriteOptions(actor=actor_of(request))
         disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
         await catalog.keep_pushed(repo, image, [replace(kept, blob=disk) for kept in plan])
@@ -150,7 +159,7 @@ async def put_tagged_manifest(
 
 
 def _media_type(body: bytes, content_type: str | None) -> object:
-    return json.loads(body).get("mediaType") or content_type or ""
+    return manifest_json(body).get("mediaType") or content_type or ""
 
 
 async def _child(catalog: Catalog, repo: str, image: str, digest: str) -> _Child:
@@ -194,6 +203,34 @@ async def _kept(
     )
 
 
+async def _inspect_children(
+    blobs: BlobStore, parts: Parts, settings: Settings, children: list[_Child], disk: DiskLayer
+) -> None:
+    """Every child's disk passes the inspection the tag's disk does (``ImageRefusedError``):
+    the index serves each by digest, and a node of that platform runs it (an arm64 node's
+    CDI converts the arm64 one). The tag's disk (``disk``) is inspected as it is
+    committed; a containerDisk child's is unpacked into a staging file to be inspected,
+    then dropped (its layer is what is kept)."""
+    seen = {(disk.sha256, disk.packing)}
+    for child in children:
+        layer = child.layer
+        if (layer.sha256, layer.packing) in seen:
+            continue
+        seen.add((layer.sha256, layer.packing))
+        reader = await parts.reader(await parts.needed(layer.sha256, "layer"))
+        if layer.packing == "disk":
+            try:
+                await _inspect(reader, settings)
+            finally:
+                reader.close()
+            continue
+        staged = await _unpack(blobs, reader, layer.packing, settings)
+        try:
+            await _inspect_staged(blobs, staged, settings)
+        finally:
+            await blobs.discard(staged)
+
+
 async def _commit_disk(
     catalog: Catalog,
     blobs: BlobStore,
@@ -221,13 +258,9 @@ async def _commit_disk(
         assert isinstance(source, StagedBlob)
         staged = source
     else:
-        staged = await _unpack(blobs, await parts.reader(source), layer.packing)
+        staged = await _unpack(blobs, await parts.reader(source), layer.packing, settings)
     try:
-        reader = await blobs.open_staged(staged)
-        try:
-            inspection = await _inspect(reader, settings)
-        finally:
-            reader.close()
+        inspection = await _inspect_staged(blobs, staged, settings)
         await commit_staged(
             catalog, blobs, names, staged, {}, options=options, inspection=inspection
         )
@@ -238,23 +271,58 @@ async def _commit_disk(
     return staged.blake3
 
 
-async def _unpack(blobs: BlobStore, reader: BlobReader, packing: str) -> StagedBlob:
-    writer = await blobs.open_staging()
+class _Stopped(Exception):
+    """The manifest ``PUT`` ended while its layer was being unpacked."""
+
+
+async def _unpack(
+    blobs: BlobStore, reader: BlobReader, packing: str, settings: Settings
+) -> StagedBlob:
+    """Unpack the disk of a containerDisk's layer into a new staging file, off the event
+    loop, within the server's limits (:func:`cloudimg.oci.push.unpack_disk`); ``reader``
+    is closed."""
+    try:
+        writer = await blobs.open_staging()
+    except BaseException:
+        reader.close()
+        raise
     loop = asyncio.get_running_loop()
+    stopped = False
+
+    async def write_on_loop(piece: bytes) -> None:
+        if stopped:  # the request is over: no byte goes to a writer being aborted
+            raise _Stopped
+        await writer.write(piece)
 
     def write(piece: bytes) -> None:
-        asyncio.run_coroutine_threadsafe(writer.write(piece), loop).result()
+        asyncio.run_coroutine_threadsafe(write_on_loop(piece), loop).result()
 
     try:
-        await asyncio.to_thread(unpack_disk, reader, packing, write)
+        await asyncio.to_thread(
+            unpack_disk,
+            reader,
+            packing,
+            write,
+            max_virtual_size=settings.max_virtual_size,
+            max_image_size=settings.max_image_size,
+        )
         return await writer.finish()
     except BaseException:
+        stopped = True
         await writer.abort()
         raise
     finally:
         reader.close()
 
 
-async def _inspect(reader: BlobReader, settings: Settings) -> Any:
+async def _inspect_staged(blobs: BlobStore, staged: StagedBlob, settings: Settings) -> Inspection:
+    reader = await blobs.open_staged(staged)
+    try:
+        return await _inspect(reader, settings)
+    finally:
+        reader.close()
+
+
+async def _inspect(reader: BlobReader, settings: Settings) -> Inspection:
     """The pushed disk passes the same inspection as a ``/reg`` upload (ImageRefusedError)."""
     return await asyncio.to_thread(inspect_reader, reader, settings.inspection_policy)

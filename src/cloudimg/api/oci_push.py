@@ -17,9 +17,10 @@ image inspection of ``/reg`` uploads and go through :func:`cloudimg.ingest.commi
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 import secrets
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import SkipValidation
@@ -36,10 +37,7 @@ from cloudimg.catalog import Catalog, PushedManifest, UploadSession, WriteOption
 from cloudimg.config import Settings
 from cloudimg.errors import NotFoundError
 from cloudimg.oci.digests import ContainerDisks
-from cloudimg.oci.push import (
-    ManifestRefused,
-    disk_layer_of,
-)
+from cloudimg.oci.push import ManifestRefused, disk_layer_of, manifest_json
 
 __all__ = ["OciPushController"]
 
@@ -48,6 +46,7 @@ Disks = SkipValidation[ContainerDisks]
 _MAX_MANIFEST = 4 * 1024 * 1024
 _MAX_CONFIG = 1024 * 1024
 _EMPTY_CONFIG = hashlib.sha256(b"{}").hexdigest()
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)(?:/.*)?")
 
 
 def _location(repo: str, image: str, session: str) -> str:
@@ -77,15 +76,16 @@ def _unknown_upload(session: str) -> OciError:
     return OciError(404, "BLOB_UPLOAD_UNKNOWN", "no such upload session", {"session": session[:64]})
 
 
-def _content_range(request: Request[Any, Any, Any]) -> int | None:
-    """Where a chunk says it starts (``Content-Range: <first>-<last>``), if it says."""
+def _content_range(request: Request[Any, Any, Any]) -> tuple[int, int] | None:
+    """The bytes a chunk says it holds (``Content-Range: <first>-<last>``, inclusive), if
+    it says."""
     text = request.headers.get("content-range")
     if text is None:
         return None
-    first, dash, last = text.strip().removeprefix("bytes ").partition("-")
-    if not dash or not first.isdigit() or not last.split("/")[0].isdigit():
+    match = _CONTENT_RANGE.fullmatch(text.strip())
+    if match is None:
         raise OciError(400, "BLOB_UPLOAD_INVALID", "Content-Range is <first>-<last>")
-    return int(first)
+    return int(match[1]), int(match[2])
 
 
 class _Sessions:
@@ -103,10 +103,18 @@ class _Sessions:
         return found
 
     async def append(
-        self, request: Request[Any, Any, Any], found: UploadSession, start: int | None
+        self,
+        request: Request[Any, Any, Any],
+        found: UploadSession,
+        content_range: tuple[int, int] | None,
     ) -> tuple[StagingWriter, int]:
-        """Resume the session's file, check the chunk's offset, stream the body in; the
-        writer is returned locked, its bytes not yet durable (see :meth:`pause`)."""
+        """Resume the session's file, check the chunk's range, stream the body in; the
+        writer is returned locked, its bytes not yet durable (see :meth:`pause`).
+
+        A chunk that does not start where the session stands, or whose body is not as
+        long as its ``Content-Range`` says, is refused with 416 and leaves the session
+        as it was.
+        """
         declared = declared_length(request)
         limit = self.settings.max_image_size
         free = await self.blobs.free_space()
@@ -122,27 +130,51 @@ class _Sessions:
             await self.catalog.drop_upload(found.id)
             raise _unknown_upload(found.id)
         offset = writer.size
+        expected: int | None = None
+        body = body_of(request.receive, self.settings.read_body_timeout_secs)
         try:
-            if start is not None and start != offset:
-                await self.blobs.pause_staging(found.id, writer, _unchanged)
-                # Read (and drop) the refused chunk so the client sees the answer.
-                await drain(body_of(request.receive, self.settings.read_body_timeout_secs))
-                raise OciError(
-                    416,
-                    "BLOB_UPLOAD_INVALID",
-                    "the chunk does not start where the upload stands",
-                    {"offset": offset, "start": start},
-                    {
-                        "Range": f"0-{max(offset - 1, 0)}",
-                        "Location": _location(found.repo, found.image, found.id),
-                    },
-                )
-            async for chunk in body_of(request.receive, self.settings.read_body_timeout_secs):
+            if content_range is not None:
+                first, last = content_range
+                expected = last - first + 1
+                if first != offset:
+                    await self.blobs.pause_staging(found.id, writer, _unchanged)
+                    await self._range_refused(
+                        body,
+                        found,
+                        offset,
+                        "the chunk does not start where the upload stands",
+                        {"offset": offset, "start": first},
+                    )
+                if expected < 1 or (declared is not None and declared != expected):
+                    await self.blobs.pause_staging(found.id, writer, _unchanged)
+                    await self._range_refused(
+                        body,
+                        found,
+                        offset,
+                        "the chunk's body is not the bytes its Content-Range names",
+                        {"range": f"{first}-{last}", "length": declared},
+                    )
+            async for chunk in body:
+                if expected is not None and writer.size - offset + len(chunk) > expected:
+                    raise _RangeOverrun(writer.size - offset + len(chunk))
                 if limit is not None and writer.size + len(chunk) > limit:
                     raise OciError(
                         413, "SIZE_INVALID", f"the blob is larger than the limit of {limit} bytes"
                     )
                 await writer.write(chunk)
+            if expected is not None and writer.size - offset != expected:
+                raise _RangeOverrun(writer.size - offset)
+        except _RangeOverrun as exc:
+            # Bytes past the recorded offset are cut off by the next resume.
+            await self.blobs.pause_staging(found.id, writer, _no_record)
+            assert content_range is not None
+            await self._range_refused(
+                body,
+                found,
+                offset,
+                "the chunk's body is not the bytes its Content-Range names",
+                {"range": "-".join(map(str, content_range)), "received": exc.received},
+            )
         except OciError as exc:
             if exc.status != 416:  # a 416 let the file go already, unchanged
                 await self.blobs.pause_staging(found.id, writer, _no_record)
@@ -152,6 +184,28 @@ class _Sessions:
             await self.blobs.pause_staging(found.id, writer, _no_record)
             raise
         return writer, offset
+
+    async def _range_refused(
+        self,
+        body: AsyncIterator[bytes],
+        found: UploadSession,
+        offset: int,
+        message: str,
+        detail: dict[str, Any],
+    ) -> NoReturn:
+        """416 with where the upload stands, once the session's file was let go."""
+        # Read (and drop) the rest of the refused chunk so the client sees the answer.
+        await drain(body)
+        raise OciError(
+            416,
+            "BLOB_UPLOAD_INVALID",
+            message,
+            detail,
+            {
+                "Range": f"0-{max(offset - 1, 0)}",
+                "Location": _location(found.repo, found.image, found.id),
+            },
+        )
 
     async def pause(self, found: UploadSession, writer: StagingWriter, offset: int) -> int:
         size = 0
@@ -190,6 +244,15 @@ class _Sessions:
             raise
         if staged.lease is not None:
             staged.lease.release()  # kept in staging for the manifest that takes it
+
+
+class _RangeOverrun(Exception):
+    """A chunk's body turned out longer (or shorter) than its ``Content-Range``."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
+        """The bytes of the body received when it was found out."""
 
 
 async def _no_record(_size: int) -> bool:
@@ -418,7 +481,7 @@ async def _put_child(
                 )
     except ManifestRefused as exc:
         raise OciError(400, exc.spec_code, exc.message, exc.context) from None
-    media_type = json.loads(body).get("mediaType") or request.headers.get("content-type", "")
+    media_type = manifest_json(body).get("mediaType") or request.headers.get("content-type", "")
     pending = PushedManifest(
         hex_digest, str(media_type), body, "", layer.config_sha256, b"", "pending"
     )
