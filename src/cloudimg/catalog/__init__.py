@@ -10,7 +10,7 @@ from cloudimg.catalog.history import (
 )
 from cloudimg.catalog.oci import UploadSession
 from cloudimg.catalog.oci_manifests import KeptPart, PushedManifest
-from cloudimg.catalog.paging import ALL, Page
+from cloudimg.catalog.paging import ALL, SORTS, Page, Sort
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,
@@ -19,6 +19,7 @@ from cloudimg.catalog.records import (
     CatalogSnapshot,
     ImageDetails,
     RefcountRepair,
+    RepositoryDetails,
     StorageTotals,
     TagDetails,
     TagInfo,
@@ -28,6 +29,7 @@ from cloudimg.catalog.records import (
 __all__ = [
     "ALL",
     "DEFAULT_KEEP_HISTORY",
+    "SORTS",
     "BlobBlock",
     "BlobRecord",
     "BlobRef",
@@ -41,6 +43,8 @@ __all__ = [
     "Precondition",
     "PushedManifest",
     "RefcountRepair",
+    "RepositoryDetails",
+    "Sort",
     "StorageTotals",
     "TagDetails",
     "TagInfo",

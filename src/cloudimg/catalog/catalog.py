@@ -12,18 +12,27 @@ from cloudimg.catalog.maintenance import CatalogMaintenance
 from cloudimg.catalog.oci import OciPushes, OciReads
 from cloudimg.catalog.oci_manifests import OciManifests
 from cloudimg.catalog.reads import CatalogReads
+from cloudimg.catalog.summaries import CatalogSummaries
 from cloudimg.catalog.tags import TagWrites
 
 __all__ = ["Catalog"]
 
 
-class Catalog(CatalogReads, TagWrites, CatalogMaintenance, OciReads, OciPushes, OciManifests):
+class Catalog(
+    CatalogReads,
+    CatalogSummaries,
+    TagWrites,
+    CatalogMaintenance,
+    OciReads,
+    OciPushes,
+    OciManifests,
+):
     """The names-to-digests catalog over a blob store.
 
-    API reads (``reads``), tag writes (``tags``), maintenance primitives
-    (``maintenance``) over the transaction plumbing (``transaction``); tag history
-    and retention (``history``) under the tag writes; the OCI view (``oci``) and
-    the pushes it keeps (``oci_manifests``).
+    API reads (``reads``), the web pages' summary listings (``summaries``), tag writes
+    (``tags``), maintenance primitives (``maintenance``) over the transaction plumbing
+    (``transaction``); tag history and retention (``history``) under the tag writes;
+    the OCI view (``oci``) and the pushes it keeps (``oci_manifests``).
     """
 
     def __init__(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVarTuple
+from datetime import datetime
+from typing import Literal, TypeVarTuple
 
 from sqlalchemy import Select, SQLColumnExpression, or_
 
-__all__ = ["ALL", "Page"]
+__all__ = ["ALL", "SORTS", "Page", "Sort"]
 
 Ts = TypeVarTuple("Ts")
+
+Sort = Literal["name", "size", "updated"]
+SORTS: tuple[Sort, ...] = ("name", "size", "updated")
+"""The orders of the summary listings (``Catalog.summarize_repositories``): by name
+(A to Z), by size (largest first) or by the last update (newest first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,27 @@ class Page:
     contains: str = ""
     """Only rows whose name (or the extra column given to ``apply``) contains this
     text, case-insensitively; empty: every row."""
+    sort: Sort = "name"
+    """The order of a summary listing; ``apply`` always orders by name."""
+    after_value: int | datetime | None = None
+    """With ``sort`` ``size`` or ``updated``: that figure of the row ``after`` names.
+    The keyset is then (figure, name): rows after it have a smaller figure, or the
+    same figure and a name sorting after ``after``."""
+
+    def matching(
+        self,
+        query: Select[*Ts],
+        name: SQLColumnExpression[str],
+        also: SQLColumnExpression[str] | None = None,
+    ) -> Select[*Ts]:
+        """``query`` filtered by ``contains`` (on ``name``, or on ``also``), nothing else."""
+        if not self.contains:
+            return query
+        wanted = self.contains.lower()
+        matches = name.contains(wanted, autoescape=True)
+        if also is not None:
+            matches = or_(matches, also.contains(wanted, autoescape=True))
+        return query.where(matches)
 
     def apply(
         self,
@@ -38,12 +65,7 @@ class Page:
 
         ``also``: a lower-cased text column that ``contains`` may match instead of the name.
         """
-        if self.contains:
-            wanted = self.contains.lower()
-            matches = name.contains(wanted, autoescape=True)
-            if also is not None:
-                matches = or_(matches, also.contains(wanted, autoescape=True))
-            query = query.where(matches)
+        query = self.matching(query, name, also)
         if self.after is not None:
             query = query.where(name > self.after)
         query = query.order_by(name)

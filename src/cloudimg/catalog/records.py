@@ -14,6 +14,7 @@ __all__ = [
     "CatalogSnapshot",
     "ImageDetails",
     "RefcountRepair",
+    "RepositoryDetails",
     "StorageTotals",
     "TagDetails",
     "TagInfo",
@@ -94,6 +95,20 @@ class ImageDetails:
     """Sum of its tags' sizes."""
     updated: datetime
     """The last change of any of its tags."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryDetails:
+    """A repository as the repository listing of the web pages shows it."""
+
+    repository: str
+    images: int
+    tags: int
+    """Tags of all its images."""
+    size: int
+    """Sum of its tags' sizes (bytes two tags share count twice, as in ``ImageDetails``)."""
+    updated: datetime
+    """The last change of any of its tags (its creation when it holds none)."""
 
 
 @dataclass(frozen=True, slots=True)
