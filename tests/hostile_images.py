@@ -10,8 +10,10 @@ what was recorded and read nothing else.
 from __future__ import annotations
 
 import json
+import stat
 import struct
 import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -238,3 +240,25 @@ def assert_qemu_sees(path: Path, recorded: Inspection, tmp_path: Path) -> None:
         while chunk := converted.read(4 * MIB):
             assert MARKER[:32] not in chunk
     out.unlink()
+
+
+def stand_in_qemu_img(tmp_path: Path, lie: bool) -> Path:
+    """A ``qemu-img`` first on PATH that logs its arguments and runs the real one; with
+    ``lie``, it reports a virtual size one sector larger (a disagreement the real
+    qemu-img and a correct inspection cannot produce, so it is made here)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "qemu-img"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, subprocess, sys\n"
+        f"open({str(tmp_path / 'calls.log')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"done = subprocess.run([{images.QEMU_IMG!r}, *sys.argv[1:]], capture_output=True,"
+        " text=True, close_fds=False)\n"
+        "out = done.stdout\n"
+        f"if {lie!r} and done.returncode == 0:\n"
+        "    info = json.loads(out); info['virtual-size'] += 512; out = json.dumps(info)\n"
+        "sys.stdout.write(out); sys.stderr.write(done.stderr); sys.exit(done.returncode)\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return folder

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from cloudimg.images import Inspection
 from tests import hostile_images as hostile
 from tests import images
 from tests.conftest import RunningServer, upload
+from tests.hostile_images import stand_in_qemu_img
 from tests.images import MIB
 from tests.oci_support import (
     EMPTY,
@@ -129,34 +129,12 @@ def test_accepted_upload_downloads_as_qemu_img_sees_it(
     hostile.assert_qemu_sees(downloaded, recorded, tmp_path)
 
 
-def _stand_in_qemu_img(tmp_path: Path, lie: bool) -> Path:
-    """A ``qemu-img`` first on PATH that logs its arguments and runs the real one; with
-    ``lie``, it reports a virtual size one sector larger (a disagreement the real
-    qemu-img and a correct inspection cannot produce, so it is made here)."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    script = folder / "qemu-img"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import json, subprocess, sys\n"
-        f"open({str(tmp_path / 'calls.log')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-        f"done = subprocess.run([{images.QEMU_IMG!r}, *sys.argv[1:]], capture_output=True,"
-        " text=True, close_fds=False)\n"
-        "out = done.stdout\n"
-        f"if {lie!r} and done.returncode == 0:\n"
-        "    info = json.loads(out); info['virtual-size'] += 512; out = json.dumps(info)\n"
-        "sys.stdout.write(out); sys.stderr.write(done.stderr); sys.exit(done.returncode)\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return folder
-
-
 def _path_with(folder: Path) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def test_qemu_img_confirms_every_accepted_upload(tmp_path: Path, server_factory: object) -> None:
-    folder = _stand_in_qemu_img(tmp_path, lie=False)
+    folder = stand_in_qemu_img(tmp_path, lie=False)
     running = server_factory(env=_path_with(folder))  # type: ignore[operator]
     with running.client() as http:
         assert upload(http, "/reg/repo/img/v1", images.qcow2(tmp_path).read_bytes()).status_code
@@ -167,7 +145,7 @@ def test_qemu_img_confirms_every_accepted_upload(tmp_path: Path, server_factory:
 
 
 def test_upload_qemu_img_disagrees_with_is_refused(tmp_path: Path, server_factory: object) -> None:
-    folder = _stand_in_qemu_img(tmp_path, lie=True)
+    folder = stand_in_qemu_img(tmp_path, lie=True)
     running = server_factory(env=_path_with(folder))  # type: ignore[operator]
     with running.client() as http:
         before = state_of(running, http)
@@ -178,7 +156,7 @@ def test_upload_qemu_img_disagrees_with_is_refused(tmp_path: Path, server_factor
 
 
 def test_qemu_img_check_off_runs_no_qemu_img(tmp_path: Path, server_factory: object) -> None:
-    folder = _stand_in_qemu_img(tmp_path, lie=True)
+    folder = stand_in_qemu_img(tmp_path, lie=True)
     env = {**_path_with(folder), "CLOUDIMG_QEMU_IMG_CHECK": "off"}
     running = server_factory(env=env)  # type: ignore[operator]
     with running.client() as http:

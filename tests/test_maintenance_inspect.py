@@ -23,7 +23,7 @@ from cloudimg.maintenance import check
 from cloudimg.maintenance.fsck import Inspect
 from cloudimg.maintenance.import_legacy import import_legacy, preview_import
 from tests.databases import catalog_database
-from tests.hostile_images import HOSTILE, HOSTILE_TOOLS
+from tests.hostile_images import HOSTILE, HOSTILE_TOOLS, stand_in_qemu_img
 from tests.images import MIB, needs_qemu_img, qcow2, qcow2_with_backing_file, qcow2_with_data_file
 from tests.maintenance_support import cli, cli_json, legacy_put, open_test_catalog, store_of
 
@@ -256,3 +256,21 @@ async def test_import_legacy_skips_hostile_images_with_their_rule(
         f"repo/img/{name}": ("skipped", rule) for name, (_, rule) in made.items()
     }
     assert await catalog.list_repositories() == []
+
+
+async def test_qemu_img_confirms_imports_and_reinspections(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """With a qemu-img that disagrees (a stand-in: the real one and a correct inspection
+    cannot), import-legacy skips the image and fsck --reinspect reports it."""
+    lying = stand_in_qemu_img(tmp_path, lie=True) / "qemu-img"
+    policy = InspectionPolicy(qemu_img=str(lying))
+    made = images(tmp_path)
+    source = tmp_path / "old"
+    legacy_entry(source, "repo/img/clean", made["clean"])
+    report = await import_legacy(catalog, store_of(catalog), source, move=False, policy=policy)
+    assert [(e.outcome, e.rule) for e in report.entries] == [("skipped", "qemu-img-disagrees")]
+    assert await catalog.list_repositories() == []
+    digest = await legacy_put(catalog, "repo/img/clean", made["clean"])
+    checked = await check(catalog, store_of(catalog), inspect=Inspect(policy, every=True))
+    assert [(p.digest, p.rule) for p in checked.problems] == [(digest, "qemu-img-disagrees")]

@@ -511,7 +511,13 @@ async def _import_one(
         staged, linked, note, inspection = await _stage(blobs, image_path, move, meter, policy)
     except ImageRefusedError as exc:
         return _unsafe(entry, exc)
-    await commit_staged(catalog, blobs, candidate.names, staged, meta, inspection=inspection)
+    try:  # qemu-img confirms the verdict before the commit, as for an upload
+        await commit_staged(
+            catalog, blobs, candidate.names, staged, meta,
+            inspection=inspection, qemu_img=policy.qemu_img,
+        )  # fmt: skip
+    except ImageRefusedError as exc:
+        return _unsafe(entry, exc)
     if move:
         await asyncio.to_thread(_remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", note, staged.blake3, staged.size, linked)
