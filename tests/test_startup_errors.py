@@ -112,6 +112,33 @@ def test_new_data_root_in_a_directory_of_another_uid(world_dir: Path) -> None:
     assert not root.exists()
 
 
+@pytest.mark.parametrize("exists", [False, True], ids=["new", "existing"])
+@pytest.mark.parametrize("command", [*CREATING, *MAINTENANCE], ids=" ".join)
+def test_data_root_under_a_directory_another_uid_keeps_private(
+    world_dir: Path, command: list[str], exists: bool
+) -> None:
+    """A data root inside another user's 0700 directory: this uid cannot even stat it.
+
+    ``Path.exists`` and ``is_dir`` raise ``PermissionError`` there instead of answering;
+    the line names the directory that blocks the way and whose it is.
+    """
+    need_root()
+    private = world_dir / "private"
+    root = private / "data"
+    private.mkdir(mode=0o700)
+    if exists:
+        assert run("db", "upgrade", "--data-root", str(root)).returncode == 0  # root's registry
+    private.chmod(0o700)
+    args = serve_args() if command == ["serve"] else command
+    done = run(*args, "--data-root", str(root), uid=NOBODY, cwd=world_dir)
+    line = refused(
+        done, str(root), "Permission denied", f"{private} belongs to uid 0", f"uid {NOBODY}"
+    )
+    assert line.startswith("Error: ")
+    assert done.returncode == 1  # click's exit for a usage mistake, as every refusal here
+    assert sorted(p.name for p in private.iterdir()) == (["data"] if exists else [])
+
+
 @pytest.mark.parametrize("command", CREATING, ids=" ".join)
 def test_data_root_that_cannot_exist(tmp_path: Path, command: list[str]) -> None:
     args = serve_args() if command == ["serve"] else command

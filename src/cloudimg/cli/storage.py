@@ -49,7 +49,7 @@ def prepare_storage(
     root = settings.data_root
     if create:
         _create(root)
-    elif not root.is_dir():
+    elif not _is_dir(root):
         raise click.ClickException(
             f"the data root {root.absolute()} does not exist: check --data-root"
             f" (CLOUDIMG_DATA_ROOT); {_CREATORS}"
@@ -86,6 +86,22 @@ def catalog_errors(url: str) -> Iterator[None]:
         if line is None:
             raise
         raise click.ClickException(line) from None
+
+
+def _is_dir(root: Path) -> bool:
+    """Whether the data root is a directory; one line when this user cannot even look.
+
+    ``Path.is_dir`` raises ``PermissionError`` (not False) when an ancestor of ``root``
+    cannot be searched by this user: a data root inside another user's 0700 directory.
+    """
+    try:
+        return root.is_dir()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach the data root {root.absolute()} ({exc.strerror}):"
+            " check --data-root (CLOUDIMG_DATA_ROOT) and who may search its directories"
+            + _owner_hint(root)
+        ) from None
 
 
 def _create(root: Path) -> None:
@@ -133,19 +149,28 @@ def _why_not(directory: Path) -> str:
 
 
 def _owner_hint(path: Path) -> str:
-    """Who runs and who owns the directory, when another uid owns it."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        owner = path.stat().st_uid
-    except OSError:
-        return ""
+    """Who runs and who owns ``path`` (or what blocks it), when another uid owns that.
+
+    Walks up past what does not exist and past what cannot be looked at: an ancestor
+    this user cannot search (another user's 0700 directory) makes ``stat`` of everything
+    below it fail with ``PermissionError``, and that ancestor is the one named.
+    """
+    seen = path
+    while True:
+        try:
+            owner = os.stat(seen).st_uid
+            break
+        except OSError:
+            if seen == seen.parent:
+                return ""
+            seen = seen.parent
     uid = os.geteuid()
     if owner == uid:
         return ""
+    which = "it" if seen == path else str(seen)
     return (
-        f"; it belongs to uid {owner} and this runs as uid {uid}: run as its owner, or chown"
-        " it (Kubernetes: securityContext.fsGroup)"
+        f"; {which} belongs to uid {owner} and this runs as uid {uid}: run as its owner, or"
+        " chown it (Kubernetes: securityContext.fsGroup)"
     )
 
 
