@@ -13,6 +13,7 @@ import lzma
 import struct
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudimg.errors import ImageRefusedError
-from cloudimg.images import Inspection, InspectionPolicy, normalize_format
+from cloudimg.images import ImageInspector, Inspection, InspectionPolicy, normalize_format
 from cloudimg.images.qemu_probe import probe
 from tests import hostile_images as hostile
 from tests import images
@@ -176,3 +177,38 @@ def test_empty_image_is_refused_and_a_tiny_one_is_a_sector(tmp_path: Path) -> No
     found = inspect(path.read_bytes())
     assert found == Inspection("raw", 512, None)
     hostile.assert_qemu_sees(path, found, tmp_path)
+
+
+def _every_kind() -> list[object]:
+    tools = {**hostile.HOSTILE_TOOLS, **NEEDS_TOOL}
+    kinds = {f"hostile:{n}": (m, True) for n, (m, _) in hostile.HOSTILE.items()}
+    kinds |= {f"refused:{n}": (m, False) for n, (m, _) in images.REFUSED.items()}
+    kinds |= {f"accepted:{n}": (a.make, False) for n, a in ACCEPTED.items()}
+    params = []
+    for name, (make, early) in kinds.items():
+        tool = tools.get(name.split(":", 1)[1])
+        params.append(pytest.param(make, early, id=name, marks=[tool] if tool else []))
+    return params
+
+
+@pytest.mark.parametrize(("make", "decided_early"), _every_kind())
+def test_a_refusal_the_first_mib_decides_is_the_one_finish_gives(
+    tmp_path: Path, make: Callable[[Path], Path], decided_early: bool
+) -> None:
+    """An upload stops reading at the early refusal; the verdict at the end would have
+    been the same refusal, and an accepted image is never refused early. Each image is
+    padded to 2 MiB so that its first MiB is complete before the end."""
+    data = make(tmp_path).read_bytes().ljust(2 * MIB, b"\0")
+    inspector = ImageInspector(InspectionPolicy())
+    inspector.feed(data[:MIB])
+    early = inspector.refusal
+    assert early is not None or not decided_early
+    inspector.feed(data[MIB:])
+    late = None
+    try:
+        inspector.finish(len(data))
+    except ImageRefusedError as exc:
+        late = exc
+    if early is not None:
+        assert late is not None
+        assert early.context == late.context

@@ -89,6 +89,9 @@ class ImageInspector:
         self._start = b""
         self._tail = b""
         self._length = 0
+        self.refusal: ImageRefusedError | None = None
+        """The refusal the first MiB already decides, once it has been fed (see
+        :meth:`finish` for the verdict): an upload stops reading the rest."""
 
     def declare(self, declared_format: str) -> None:
         """The declared format when it is known only once the bytes have streamed (a form
@@ -138,6 +141,12 @@ class ImageInspector:
         self._start = bytes(head[:_START_BYTES])
         if head:
             self._eat(head)
+        try:
+            self._refuse_early()
+        except ImageRefusedError as exc:
+            self.refusal = exc
+        except Exception:  # what the head does not decide, finish() does
+            pass
 
     def _eat(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)
@@ -167,6 +176,46 @@ class ImageInspector:
         if not matches:
             return Inspection("raw", size, None)
         return _inspect_match(matches[0], size)
+
+    def _refuse_early(self) -> None:
+        """The refusals the head decides alone, each one :meth:`finish` gives too: what
+        qemu's probe makes of it, a qcow2 header's safety checks and virtual size, the
+        declared and allowed formats. Everything else waits for the end of the stream."""
+        probed = probe(self._start)
+        if probed.tied:
+            return  # finish() names the formats
+        found = probed.format
+        if found == "raw":
+            self._refuse_not_a_disk(len(self._start) or 1)
+            return
+        qcow = [i for i in self._inspectors if isinstance(i, fi.QcowInspector)]
+        if found in ("qcow", "qcow2") and qcow[0].complete and _matches(qcow[0]):
+            size = _inspect_match(qcow[0], 0).virtual_size // _SECTOR * _SECTOR
+            self._check_policy(Inspection("qcow2", size, None))
+            return
+        if found == "qed":
+            refuse("qed", RULES["qed"], format="qed")
+        if found in _NEVER_ACCEPTED:
+            refuse("format-not-allowed", f"qemu-img would open it as {found}", format=found)
+        if found == "vmdk" and self._start[:4] != b"KDMV":
+            # A text descriptor oslo parsed gets its rule (as finish() gives it) first.
+            vmdk = [i for i in self._inspectors if isinstance(i, fi.VMDKInspector)]
+            if vmdk and _matches(vmdk[0]):
+                _inspect_match(vmdk[0], 0)
+            self._vmdk_virtual_size(len(self._start))  # COWD or a text descriptor: refused
+        if found == "vmdk":
+            self._refuse_embedded_or_parent()
+        self._check_policy(Inspection(found, 0, None))
+
+    def _refuse_embedded_or_parent(self) -> None:
+        if len(self._start) < 36:
+            return
+        capacity, _granularity, desc_offset = struct.unpack_from("<QQQ", self._start, 12)
+        if capacity == 0 and desc_offset:
+            refuse("vmdk-embedded-descriptor", RULES["vmdk-embedded-descriptor"], format="vmdk")
+        descriptor = self._start[512:VMDK_DESCRIPTOR_END].split(b"\0", 1)[0]
+        if b"parentFileNameHint" in descriptor:
+            refuse("vmdk-parent", RULES["vmdk-parent"], format="vmdk")
 
     def _as_qemu_opens(self, inspection: Inspection, size: int) -> Inspection:
         """oslo's verdict, checked against the format qemu would probe and sized as qemu
