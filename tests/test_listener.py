@@ -243,7 +243,8 @@ def _port_is_free(port: int) -> bool:
 def test_readme_quick_start_from_an_install(tmp_path: Path) -> None:
     """``pip install .`` into a new venv, then ``cloudimg serve`` as the README runs it."""
     line = _readme_quick_start()
-    assert line.endswith(".venv/bin/cloudimg serve"), line  # no flags: the defaults
+    assert line.endswith("&& cloudimg serve"), line  # no flags: the defaults
+    assert ". .venv/bin/activate" in line, line  # the cloudimg of the venv the line makes
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "src", "migrations"):
