@@ -17,6 +17,7 @@ from litestar.types import Guard
 
 from cloudimg import __version__
 from cloudimg.api.auth import OciAuth, RegistryAuth, load_registry_auth
+from cloudimg.api.body import Linger
 from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.history import TagHistoryController
@@ -118,7 +119,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     )
     # Outside routing and exception handling, so the access log and the request
     # metrics see every request, 404s and errors included.
-    app.asgi_handler = RequestObserver(HeaderLimit(app.asgi_handler), metrics)
+    app.asgi_handler = RequestObserver(HeaderLimit(Linger(app.asgi_handler)), metrics)
     return app
 
 

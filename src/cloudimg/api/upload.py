@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from litestar import Request
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
-from cloudimg.api.body import body_of, declared_length, drain, drain_refused
+from cloudimg.api.body import body_of, declared_length, drain, drain_refused, linger_after
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
 from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
@@ -103,6 +103,8 @@ class _Image:
                 f"the image is larger than the limit of {limit} bytes", {"limit": limit}
             )
         await self.writer.write(chunk)
+        if self.inspector.refusal is not None:  # decided by the first MiB: read no more
+            raise self.inspector.refusal
 
 
 @dataclass
@@ -274,8 +276,11 @@ class Receiver:
         image = _Image(self._blobs, inspector, self._max_image_size)
         try:
             self._upload = await _stage(form, self._body, image, expected)
-        except CloudimgError:
-            await drain(self._body)
+        except CloudimgError as exc:
+            if exc is inspector.refusal:  # answer now; the connection lingers, then closes
+                linger_after(self._request.scope)
+            else:
+                await drain(self._body)
             raise
         return self._upload
 
