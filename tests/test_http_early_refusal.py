@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from tests import images
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, upload
 from tests.images import MIB
+from tests.support import random_image
 from tests.test_http_upload import State, assert_unchanged, state_of
 
 pytestmark = images.needs_qemu_img
@@ -129,4 +130,28 @@ def test_multipart_upload_is_refused_after_its_first_mib(
     assert response.status_code == 422
     assert response.json()["context"]["rule"] == "qcow2-backing-file"
     assert sent < BODY
+    assert_unchanged(server, client, before)
+
+
+@pytest.mark.skipif(CURL is None, reason="curl not found")
+def test_upload_to_an_immutable_tag_is_refused_before_its_body(
+    tmp_path: Path, server: RunningServer, client: httpx.Client
+) -> None:
+    """The headers decide it (the tag's state): refused before any of the image is read,
+    as a failed If-Match is."""
+    assert upload(client, "/reg/early/img/frozen", random_image(4096)).status_code == 201
+    assert client.put("/reg/early/img/frozen/immutable").status_code in (200, 204)
+    before = state_of(server, client)
+    body = tmp_path / "zeros.raw"
+    with body.open("wb") as f:
+        f.truncate(BODY)
+    done = subprocess.run(
+        [str(CURL), "-sS", "-T", str(body), "-o", str(tmp_path / "answer.json"),
+         "-w", "%{http_code} %{size_upload}", f"{server.base_url}/reg/early/img/frozen"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    status, uploaded = done.stdout.split()
+    assert status == "409", done.stderr
+    assert int(uploaded) < READ_AT_MOST
+    assert json.loads((tmp_path / "answer.json").read_text())["status"] == "TAG_IMMUTABLE"
     assert_unchanged(server, client, before)

@@ -91,12 +91,15 @@ async def write_options(
     refused now, before a body of gigabytes is read (the catalog checks it again under
     its lock, where it counts)."""
     precondition = write_precondition(request.headers)
-    if precondition is not None and early:
+    if early:
         try:
             info: TagInfo | None = await catalog.get_tag(*names)
         except NotFoundError:
             info = None
-        except BlobCorruptError:  # an upload heals it: leave the check to the catalog
+        except BlobCorruptError:  # an upload heals it: leave the checks to the catalog
             return WriteOptions(actor=actor_of(request), precondition=precondition)
-        precondition(info)
+        if info is not None:  # the catalog's own refusal, before the body is read
+            catalog.refuse_immutable(names, info.immutable, "overwritten")
+        if precondition is not None:
+            precondition(info)
     return WriteOptions(actor=actor_of(request), precondition=precondition)

@@ -100,10 +100,14 @@ class TagHistoryLog(CatalogBase):
         return next((r for r in self.immutable_rules if fnmatch.fnmatchcase(path, r)), None)
 
     def _refuse_immutable(self, names: Names, tag: Tag | None, doing: str) -> None:
-        if tag is None:
-            return
+        if tag is not None:
+            self.refuse_immutable(names, tag.immutable, doing)
+
+    def refuse_immutable(self, names: Names, immutable: bool, doing: str) -> None:
+        """Raise ``TagImmutableError`` for an existing tag that is immutable (``immutable``,
+        or by an operator's rule); callers outside a write check early with it."""
         rule = self.immutable_by_rule(names)
-        if tag.immutable or rule is not None:
+        if immutable or rule is not None:
             repo, image, name = names
             context: dict[str, Any] = {"repo": repo, "image": image, "tag": name}
             if rule is not None:
