@@ -164,9 +164,10 @@ def packed(tar: bytes, packing: str) -> bytes:
     return tar
 
 
-def zeros_layer(entries: Sequence[tuple[str, int]], packing: str) -> bytes:
+def zeros_layer(entries: Sequence[tuple[str, int] | tarfile.TarInfo], packing: str) -> bytes:
     """A decompression bomb: a gzip or zstd tar layer of regular files ``(name, size)``
-    that hold nothing but zero bytes, gigabytes of them in a few megabytes.
+    (or entries as a ``TarInfo`` says) that hold nothing but zero bytes, gigabytes of
+    them in a few megabytes.
 
     Built piece by piece, never whole in memory. gzip: the tar's headers are compressed
     as they come, and each run of zeros as copies of one compressed 16 MiB block of
@@ -189,9 +190,12 @@ def zeros_layer(entries: Sequence[tuple[str, int]], packing: str) -> bytes:
         again = compressor.compress(zeros) + compressor.flush(flush)
         assert again == compressed_block, "deflate restarts alike after a full flush"
     tar_end = 0
-    for name, size in entries:
-        info = tarfile.TarInfo(name)
-        info.size = size
+    for entry in entries:
+        if isinstance(entry, tarfile.TarInfo):
+            info, size = entry, entry.size
+        else:
+            info, size = tarfile.TarInfo(entry[0]), entry[1]
+            info.size = size
         header = info.tobuf(tarfile.GNU_FORMAT)
         padded = size + (-size % tarfile.BLOCKSIZE)
         tar_end += len(header) + padded

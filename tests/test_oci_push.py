@@ -572,6 +572,50 @@ def test_a_decompression_bomb_is_refused_with_memory_bounded_and_the_server_answ
     assert _peak_rss(server) < 512 * 1024**2
 
 
+def test_a_tar_header_that_claims_a_gigabyte_is_refused(client: httpx.Client, repo: str) -> None:
+    """tarfile holds a PAX record in memory: one of 1 GiB (of zeros, a 1 MB gzip layer)
+    is refused once 4 MiB of it were read, not gathered."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, 1024**3
+    layer = zeros_layer([header, ("disk/disk.img", 1024 * 1024)], "gzip")
+    name = f"{repo}/paxbomb"
+    manifest = _push_containerdisk_layer(client, name, layer, "gzip")
+    error = assert_oci_error(put_manifest(client, name, "v1", manifest), 400, "MANIFEST_INVALID")
+    assert "a tar header of the layer is larger than 4194304 bytes" in error["message"]
+    assert client.get(f"/reg/{repo}/paxbomb/v1").status_code == 404
+
+
+def test_a_layer_of_more_than_a_thousand_entries_is_refused(
+    client: httpx.Client, repo: str
+) -> None:
+    entries = [tar_entry(f"etc/{n}", data=b"x") for n in range(1000)]
+    entries.append(tar_entry("disk/disk.img", data=_DISK))
+    name = f"{repo}/crowded"
+    manifest = _push_containerdisk_layer(client, name, tar_of(entries), "tar")
+    error = assert_oci_error(put_manifest(client, name, "v1", manifest), 400, "MANIFEST_INVALID")
+    assert "more than 1000 entries" in error["message"]
+    assert client.get(f"/reg/{repo}/crowded/v1").status_code == 404
+
+
+def test_an_unpacked_disk_above_max_image_size_is_refused(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    """A 4 KiB layer whose disk is 4 MiB of zeros, against --max-image-size 1M: the
+    limit holds for what the layer unpacks to, not only for what was uploaded."""
+    server = server_factory("--max-image-size", "1M")
+    layer = zeros_layer([("disk/disk.img", 4 * 1024 * 1024)], "gzip")
+    assert len(layer) < 1024 * 1024
+    with server.client() as http:
+        manifest = _push_containerdisk_layer(http, "vms/packed", layer, "gzip")
+        error = assert_oci_error(
+            put_manifest(http, "vms/packed", "v1", manifest), 413, "SIZE_INVALID"
+        )
+        assert error["detail"] == {"limit": 1024 * 1024}, error
+        assert http.get("/reg/vms/packed/v1").status_code == 404
+    assert server.blob_files() == []
+    assert server.staging_files() == []
+
+
 def test_a_deeply_nested_manifest_is_refused(client: httpx.Client, repo: str) -> None:
     """JSON nested 100,000 deep exhausts the parser's stack: 400, as /reg answers it."""
     name = f"{repo}/deep"
