@@ -579,6 +579,7 @@ def test_probes_and_docs_stay_open_with_read_auth(read_server: RunningServer) ->
     with read_server.client() as http:
         assert http.get("/healthz").status_code == 200
         assert http.get("/docs/openapi.json").status_code == 200
+        assert http.get("/docs/openapi-3.1.json").status_code == 200
 
 
 QEMU_IMG = "/usr/bin/qemu-img"

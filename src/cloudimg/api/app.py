@@ -27,6 +27,7 @@ from cloudimg.api.observer import RequestObserver
 from cloudimg.api.oci import OciController
 from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
 from cloudimg.api.oci_push import OciPushController
+from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
 from cloudimg.api.web import template_config, web_routes
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
@@ -110,7 +111,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             title="cloudimg",
             version=__version__,
             path="/docs",
-            render_plugins=[JsonRenderPlugin()],
+            # /docs/openapi.json: 3.0.3, as qlkube's openapi-to-graphql reads it (and the
+            # old server served); Litestar's own 3.1.0 beside it (docs/api.md).
+            render_plugins=[OpenAPI30JsonPlugin(), JsonRenderPlugin(path=OPENAPI_31_PATH)],
         ),
         request_max_body_size=None,
         # Logging is set up by `cloudimg serve` (cloudimg.logs), also in worker processes,

@@ -17,10 +17,14 @@ from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
     CREATED_HEADERS,
+    ImageListView,
     MetaView,
     RawUploadOperation,
+    RepoListView,
+    TagListView,
     UploadOperation,
     error_responses,
+    listing_response,
 )
 from cloudimg.api.upload import Upload, receiving
 from cloudimg.blobstore import BlobStore
@@ -161,7 +165,15 @@ def _image_details(row: ImageDetails) -> Envelope:
 class RegistryController(Controller):
     """The ``/reg`` endpoints of the old server, as views over the catalog."""
 
-    @get("/", operation_id="GetRepos", summary="List repositories", responses=error_responses())
+    @get(
+        "/",
+        operation_id="GetRepos",
+        summary="List repositories",
+        responses={
+            **listing_response(RepoListView, "The repository names, sorted"),
+            **error_responses(),
+        },
+    )
     async def get_repos(self, catalog: Catalog) -> Envelope:
         return _ok(await catalog.list_repositories())
 
@@ -170,7 +182,10 @@ class RegistryController(Controller):
         operation_id="GetImages",
         summary="List the images of a repository (details=true: with tag counts, sizes and "
         "times, paged by limit and after)",
-        responses=error_responses(400, 404),
+        responses={
+            **listing_response(ImageListView, "The image names, or a page of image details"),
+            **error_responses(400, 404),
+        },
     )
     async def get_images(
         self,
@@ -193,7 +208,10 @@ class RegistryController(Controller):
         operation_id="GetImageTags",
         summary="List the tags of an image (details=true: with digests, sizes and times, "
         "paged by limit and after)",
-        responses=error_responses(400, 404),
+        responses={
+            **listing_response(TagListView, "The tag names, or a page of tag details"),
+            **error_responses(400, 404),
+        },
     )
     async def get_image_tags(
         self,

@@ -29,11 +29,17 @@ __all__ = [
     "CREATED_HEADERS",
     "BlockedView",
     "ErrorBody",
+    "ImageDetailsView",
+    "ImageListView",
     "MetaView",
     "RawUploadOperation",
+    "RepoListView",
     "RetagOperation",
+    "TagDetailsView",
+    "TagListView",
     "UploadOperation",
     "error_responses",
+    "listing_response",
 ]
 
 
@@ -263,3 +269,78 @@ class RetagOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _RETAG_BODY
+
+
+# -- the listings ------------------------------------------------------------------------
+# Their handlers build plain dicts; these views describe the answers for the document,
+# so that a client generated from it (qlkube's GraphQL types above all) gets their
+# fields rather than an object of anything.
+
+
+class RepoListView(TypedDict):
+    """What ``GET /reg`` answers: the repository names."""
+
+    success: bool
+    data: Annotated[list[str], _described("The repository names, sorted")]
+
+
+class ImageDetailsView(TypedDict):
+    """An image of ``GET /reg/{repo}?details=true``."""
+
+    image: str
+    tags: Annotated[int, _described("How many tags the image has")]
+    size: Annotated[int, _described("The sum of its tags' sizes (shared bytes counted per tag)")]
+    updated: Annotated[str, _described("When a tag of the image last changed (ISO 8601)")]
+
+
+class TagDetailsView(TypedDict):
+    """A tag of ``GET /reg/{repo}/{image}?details=true``."""
+
+    tag: str
+    digest: Annotated[str, _described("blake3:<hex> of the bytes")]
+    sha256: Annotated[str, _described("sha256:<hex> of the bytes")]
+    size: Annotated[int, _described("Bytes stored")]
+    created: str
+    updated: str
+    immutable: bool
+
+
+class _ImageListFields(TypedDict):
+    success: bool
+    data: Annotated[
+        list[str | ImageDetailsView],
+        _described("The image names, sorted; with details=true, an object for each image"),
+    ]
+
+
+class ImageListView(_ImageListFields, total=False):
+    """What ``GET /reg/{repo}`` answers: the image names, or with details=true a page of them."""
+
+    next: Annotated[
+        str | None,
+        _described("details=true only: the `after` of the next page; null on the last page"),
+    ]
+
+
+class _TagListFields(TypedDict):
+    success: bool
+    data: Annotated[
+        list[str | TagDetailsView],
+        _described("The tag names, sorted; with details=true, an object for each tag"),
+    ]
+
+
+class TagListView(_TagListFields, total=False):
+    """What ``GET /reg/{repo}/{image}`` answers: the tag names, or with details=true a page."""
+
+    next: Annotated[
+        str | None,
+        _described("details=true only: the `after` of the next page; null on the last page"),
+    ]
+
+
+def listing_response(view: type[Any], description: str) -> dict[int, ResponseSpec]:
+    """The 200 of a listing, described by ``view`` (its handler returns a plain dict)."""
+    return {
+        200: ResponseSpec(data_container=view, description=description, generate_examples=False)
+    }
