@@ -363,6 +363,54 @@ def test_without_image_safety_values_the_server_defaults_apply(helm: Path, value
         assert not [arg for arg in container.get("args", []) if arg.startswith(flags)], name
 
 
+def test_the_crownlabs_installs_of_the_helm_docs_make_the_service_qlkube_calls(
+    helm: Path,
+) -> None:
+    """qlkube reads ``http://cloudimg-registry`` (port 80): each way docs/helm.md gives works.
+
+    Each ``helm install`` of the section, rendered by Helm with its own arguments, has
+    that Service; the ExternalName Service the section shows for other cases has that
+    name and port too.
+    """
+    text = section("helm.md", "CrownLabs (qlkube)")
+    lines = [
+        line
+        for language, body in fenced_blocks(text)
+        if language == "sh"
+        for line in body.replace("\\\n", " ").splitlines()
+    ]
+    installs = [shlex.split(line) for line in lines if line.startswith("helm install ")]
+    assert len(installs) == 2, lines
+    for words in installs:
+        arguments = [str(CHART) if word == "./helm/cloudimg" else word for word in words[2:]]
+        done = subprocess.run(
+            [str(helm), "template", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        manifests = [m for m in yaml.safe_load_all(done.stdout) if m]
+        for manifest in manifests:
+            kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+        services = [m for m in manifests if m["kind"] == "Service"]
+        assert [(s["metadata"]["name"], s["spec"]["ports"][0]["port"]) for s in services] == [
+            ("cloudimg-registry", 80)
+        ], words
+    (external,) = [
+        document
+        for language, body in fenced_blocks(text)
+        if language == "yaml"
+        for document in yaml.safe_load_all(body)
+    ]
+    assert external["kind"] == "Service"
+    assert external["metadata"]["name"] == "cloudimg-registry"
+    assert external["spec"]["type"] == "ExternalName"
+    assert [port["port"] for port in external["spec"]["ports"]] == [80]
+    kubernetes_validate.validate(external, KUBERNETES, strict=True)
+
+
 def test_the_schema_takes_the_image_safety_values_the_server_takes(
     validator: jsonschema.Draft7Validator,
 ) -> None:
