@@ -388,3 +388,41 @@ def test_an_index_whose_arm64_disk_fails_inspection_is_refused(
     assert server.blob_files() == []
     assert server.staging_files() == []
     _fsck_gc_clean(server)
+
+
+@pytest.mark.parametrize("packing", ["artifact", "containerdisk"])
+def test_fsck_inspects_and_blocks_every_kept_childs_disk(
+    kept_server: tuple[RunningServer, httpx.Client], tmp_path: Path, packing: str
+) -> None:
+    """An index child's disk kept apart from the tag's (another architecture's) is judged
+    by fsck as the tag's is: under a tighter policy (or one that refuses what an older
+    version let in) it is reported, blocked, and a pull of it by digest is refused."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img makes the arm64 qcow2 (Debian: qemu-utils)")
+    server, http = kept_server
+    arm64_path = tmp_path / "arm64.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(arm64_path), "64M"],
+                   check=True, timeout=60)  # fmt: skip
+    arm64 = arm64_path.read_bytes()
+    name = "vms/fleet"
+    amd = _push_containerdisk_child(http, name, random_image(50_000))
+    if packing == "artifact":
+        push_blob(http, name, EMPTY)
+        push_blob(http, name, arm64)
+        arm, arm_layer = artifact_manifest(arm64), arm64
+        assert put_manifest(http, name, sha256_digest(arm), arm).status_code == 201
+    else:
+        pushed = _push_containerdisk_child(http, name, arm64, "arm64")
+        arm, arm_layer = pushed["manifest"], pushed["layer"]
+    index = index_manifest(
+        {sha256_digest(amd["manifest"]): ("linux", "amd64"), sha256_digest(arm): ("linux", "arm64")}
+    )
+    done = http.put(f"/v2/{name}/manifests/v1", content=index, headers={"Content-Type": INDEX_TYPE})
+    assert done.status_code == 201, done.text
+    root = str(server.data_root)
+    tight = ("--max-virtual-size", "32M")
+    report = cli_json("fsck", "--data-root", root, "--reinspect", "--block-unsafe", *tight, check=1)
+    problems = [(p["digest"], p["rule"], p["blocked"]) for p in report["problems"]]
+    assert problems == [(blake3_hex(arm_layer), "virtual-size-too-large", True)]
+    assert http.get(f"/v2/{name}/blobs/{sha256_digest(arm_layer)}").status_code == 403
+    assert http.get("/reg/vms/fleet/v1").status_code == 200  # the amd64 disk is fine

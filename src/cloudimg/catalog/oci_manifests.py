@@ -249,6 +249,17 @@ class OciManifests(CatalogBase):
             )
             return None if body is None else bytes(body)
 
+    async def kept_child_layers(self) -> list[tuple[str, bytes, str]]:
+        """``(layer blake3, manifest body, media type)`` of every kept index child whose
+        layer is kept apart from the tag's disk (another architecture's disk or tar), for
+        fsck to inspect what a pull by digest would hand a node."""
+        query = select(OciManifest.layer_blob, OciManifest.body, OciManifest.media_type).where(
+            OciManifest.role == "child", OciManifest.layer_blob.is_not(None)
+        )
+        async with self._read() as db:
+            rows = (await db.execute(query)).all()
+        return [(str(layer), bytes(body), str(media)) for layer, body, media in rows]
+
     async def pushed_manifest(
         self,
         repo: str,

@@ -25,10 +25,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
+from cloudimg.blobstore import BlobReader, MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError, ImageRefusedError, NotFoundError
-from cloudimg.images import InspectionPolicy, inspect_reader
+from cloudimg.images import ImageInspector, InspectionPolicy, inspect_reader
+from cloudimg.oci.push import disk_layer_of, unpack_disk
 from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["KINDS", "FsckProblem", "FsckReport", "Inspect", "check"]
@@ -184,6 +185,14 @@ async def _inspection(
     settled: set[str] = set()
     if inspect is not None and to_inspect:
         settled = await _inspect_all(catalog, blobs, to_inspect, inspect, report, progress)
+    if inspect is not None:
+        skip = bad | {r.digest for r in records if r.blocked is not None or r.quarantined}
+        by_digest = {record.digest: record for record in records}
+        for layer, body, media_type in await catalog.kept_child_layers():
+            if layer in by_digest and layer not in skip:
+                skip.add(layer)
+                await _inspect_child(catalog, blobs, by_digest[layer], body, media_type,
+                                     inspect, report)  # fmt: skip
     report.uninspected = sum(
         1 for record in to_inspect if not record.inspected and record.digest not in settled
     )
@@ -316,6 +325,44 @@ async def _inspect_all(
     meter.finish()
     report.bytes_inspected = meter.done
     return settled
+
+
+async def _inspect_child(
+    catalog: Catalog,
+    blobs: MaintenanceBlobStore,
+    record: BlobRecord,
+    body: bytes,
+    media_type: str,
+    inspect: Inspect,
+    report: FsckReport,
+) -> None:
+    """An index child's kept layer: its disk (the layer itself, or the file its tar holds)
+    passes the same inspection as a tag's, whatever the architecture; else reported and,
+    when asked, blocked (a pull by digest then gets 403)."""
+    reader = await blobs.open(record.digest)
+    if reader is None:
+        return
+    try:
+        packing = disk_layer_of(body, media_type).packing
+        if packing == "disk":
+            await asyncio.to_thread(inspect_reader, reader, inspect.policy)
+        else:
+            await asyncio.to_thread(_inspect_packed, reader, packing, inspect.policy)
+        report.inspected += 1
+    except ImageRefusedError as exc:
+        report.inspected += 1
+        await _unsafe(catalog, record, exc, inspect, report)
+    except (CloudimgError, OSError) as exc:
+        report.problems.append(FsckProblem("error", record.digest, str(exc), _tags(record)))
+    finally:
+        reader.close()
+
+
+def _inspect_packed(reader: BlobReader, packing: str, policy: InspectionPolicy) -> None:
+    """The disk inside a containerDisk tar, streamed through the inspector (no copy)."""
+    inspector = ImageInspector(policy)
+    size = unpack_disk(reader, packing, inspector.feed, max_virtual_size=policy.max_virtual_size)
+    inspector.finish(size)
 
 
 async def _unsafe(
