@@ -328,6 +328,18 @@ def test_the_version_and_the_document_keywords_of_31() -> None:
         ),
         ({"type": "array"}, {"type": "array", "items": {}}),
         (
+            {
+                "type": "object",
+                "properties": {"a": True, "b": False},
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"a": {}, "b": {"not": {}}},
+                "additionalProperties": False,
+            },
+        ),
+        (
             {"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "string"}},
             {"type": "array", "items": {"type": "string"}},
         ),

@@ -130,8 +130,10 @@ def _header(header: JSON) -> JSON:
 
 def _schema(node: JSON) -> JSON:
     """A 3.1 (JSON Schema 2020-12) schema as a 3.0 Schema Object."""
+    if isinstance(node, bool):  # 3.0 knows true and false only as additionalProperties
+        return {} if node else {"not": {}}
     if not isinstance(node, dict):
-        return node  # a boolean schema (additionalProperties: false) is 3.0 too
+        return node
     raw = dict(node)
     nullable = False
     for key in ("oneOf", "anyOf"):
@@ -143,6 +145,8 @@ def _schema(node: JSON) -> JSON:
             continue
         if key == "properties" and isinstance(value, dict):
             schema[key] = {name: _schema(sub) for name, sub in value.items()}
+        elif key == "additionalProperties" and isinstance(value, bool):
+            schema[key] = value
         elif key in ("items", "additionalProperties", "not"):
             schema[key] = _schema(value)
         elif key in _SCHEMA_LISTS and isinstance(value, list):
