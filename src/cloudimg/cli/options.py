@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 import click
 
 from cloudimg.cli.flags import envvar, option
-from cloudimg.config import Settings, SettingsError, parse_size
+from cloudimg.config import Settings, SettingsError, parse_public_url, parse_size
 from cloudimg.images import parse_allowed_formats
 
 __all__ = [
     "GlobList",
+    "PublicUrlParam",
     "connection_options",
     "envvar",
     "flag_error",
@@ -54,6 +55,18 @@ class SizeParam(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class PublicUrlParam(click.ParamType):  # type: ignore[type-arg]
+    """``http(s)://host[:port]``: where clients reach the server (``parse_public_url``)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_public_url(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 

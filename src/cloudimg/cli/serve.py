@@ -27,6 +27,7 @@ from cloudimg.cli.listener import (
 )
 from cloudimg.cli.options import (
     GlobList,
+    PublicUrlParam,
     connection_options,
     flag_error,
     limit_options,
@@ -84,6 +85,13 @@ _SPARE_DESCRIPTORS = 256
     "--web/--no-web",
     default=_DEFAULTS.web,
     help="Serve the web pages under <www-prefix>ui/ (and redirect <www-prefix> to them)",
+)
+@option(
+    "--public-url",
+    type=PublicUrlParam(),
+    default=None,
+    help="http(s)://host[:port] at which clients reach this server: the URLs in the web "
+    "pages' commands [default: the Host each page is asked for, when it is a valid host:port]",
 )
 @option(
     "--keep-history",
