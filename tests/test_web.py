@@ -30,7 +30,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import yaml
+from litestar.exceptions import PermissionDeniedException
 
+from cloudimg.errors import ImageBlockedError, UnavailableError
 from tests import test_qemu_img as qemu
 from tests.conftest import RunningServer, upload
 from tests.images import needs_qemu_img, qcow2, qcow2_with_backing_file, qemu_virtual_size
@@ -120,16 +122,34 @@ def page(http: httpx.Client, path: str, **params: str) -> Element:
     """GET ``path`` (an HTML page, 200) and its element tree."""
     response = http.get(path, params=params)
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    return parse_page(response)
+
+
+def parse_page(response: httpx.Response) -> Element:
+    """The element tree of an HTML page, with the headers every page carries."""
+    assert response.headers["content-type"] == "text/html; charset=utf-8", response.text
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp
     assert "script-src 'self'" in csp
+    assert response.headers["cache-control"] == "no-store"
     builder = _TreeBuilder()
     builder.feed(response.text)
     builder.close()
     assert builder.open == [builder.root], "an element is left open"
     assert_only_own_scripts(builder.root)
     return builder.root
+
+
+def error_page(response: httpx.Response, status: int, code: str | None = None) -> Element:
+    """``response`` is a page's HTML error page with ``status`` (and the API's ``code``)."""
+    assert response.status_code == status, response.text
+    document = parse_page(response)
+    assert document.one("title").text.startswith(f"{status} ")
+    shown = facts(document)
+    assert shown["Status"].startswith(str(status))
+    if code is not None:
+        assert shown["Code"] == code
+    return document
 
 
 def assert_only_own_scripts(document: Element) -> None:
@@ -235,7 +255,9 @@ def test_every_page_shows_what_the_catalog_holds(
     assert upload(http, f"/reg/{repo}/jammy/old", old).status_code == 201
     forget(server, old)
     inspected = http.get(f"/reg/{repo}/jammy/22.04/meta").json()
-    assert (inspected["format"], inspected["virtual_size"]) == ("raw", len(data))
+    assert inspected["format"] == "raw"
+    virtual_size = inspected["virtual_size"]  # the file's size in whole sectors, as qemu's
+    assert virtual_size >= len(data)
 
     assert repo in rows(page(http, "/ui/", q=repo))
     images = page(http, f"/ui/{repo}")
@@ -247,7 +269,7 @@ def test_every_page_shows_what_the_catalog_holds(
     cells = [cell.text.strip() for cell in tags["22.04"]]
     assert [d.attrs["value"] for d in tags["22.04"][1].find_all("data")] == [str(len(data))]
     assert cells[2] == "raw"
-    assert [d.attrs["value"] for d in tags["22.04"][3].find_all("data")] == [str(len(data))]
+    assert [d.attrs["value"] for d in tags["22.04"][3].find_all("data")] == [str(virtual_size)]
     assert sha256_hex(data).startswith(cells[5].rstrip("…"))
     assert "os: ubuntu" in cells[6]
     uninspected = [cell.text.strip() for cell in tags["old"]]
@@ -258,7 +280,7 @@ def test_every_page_shows_what_the_catalog_holds(
     assert shown["blake3"] == f"blake3:{blake3_hex(data)}"
     assert shown["sha256"] == f"sha256:{sha256_hex(data)}"
     assert shown["Format"] == "raw"
-    assert f"({len(data)} bytes)" in shown["Virtual size"]
+    assert f"({virtual_size} bytes)" in shown["Virtual size"]
     assert shown["os"] == "ubuntu"
     assert shown["arch"] == "amd64"
     meta_link = tag.one("a", href=f"/reg/{repo}/jammy/22.04/meta")
@@ -281,15 +303,92 @@ def test_stylesheet_and_script_are_served_by_the_registry(http: httpx.Client) ->
         assert "https://" not in response.text  # nothing from a CDN or a font service
 
 
-def test_names_that_break_the_rules_or_do_not_exist_get_json_errors(
+def test_names_that_break_the_rules_or_do_not_exist_get_html_error_pages(
     http: httpx.Client, repo: str
 ) -> None:
-    assert_error(http.get("/ui/Not_A_Repo"), 400, "INVALID_ARGUMENT")
-    assert_error(http.get(f"/ui/{repo}"), 404, "NOT_FOUND")
-    assert_error(http.get(f"/ui/{repo}/img/v1"), 404, "NOT_FOUND")
-    assert_error(http.get("/ui/", params={"limit": "0"}), 400, "INVALID_ARGUMENT")
-    assert_error(http.get("/ui/", params={"limit": "501"}), 400, "INVALID_ARGUMENT")
-    assert_error(http.get("/ui/", params={"q": "x" * 201}), 400, "INVALID_ARGUMENT")
+    assert upload(http, f"/reg/{repo}/img/v1", b"bytes").status_code == 201
+    error_page(http.get("/ui/Not_A_Repo"), 400, "INVALID_ARGUMENT")
+    missing = error_page(http.get(f"/ui/{repo}-gone"), 404, "NOT_FOUND")
+    assert missing.one("h1").text == "Not Found"
+    assert missing.one("p", id="error-message").text == "repository not found"
+    assert facts(missing)["repo"] == f"{repo}-gone"
+    error_page(http.get(f"/ui/{repo}/nope"), 404, "NOT_FOUND")
+    unknown_tag = error_page(http.get(f"/ui/{repo}/img/v9"), 404, "NOT_FOUND")
+    assert unknown_tag.one("p", id="error-message").text == "tag not found"
+    assert unknown_tag.one("a", cls="brand").attrs["href"] == "/ui/"  # the site's header
+    error_page(http.get("/ui/", params={"limit": "0"}), 400, "INVALID_ARGUMENT")
+    error_page(http.get("/ui/", params={"limit": "501"}), 400, "INVALID_ARGUMENT")
+    error_page(http.get("/ui/", params={"q": "x" * 201}), 400, "INVALID_ARGUMENT")
+    error_page(http.get("/ui/", params={"sort": "colour"}), 400, "INVALID_ARGUMENT")
+    # Paths no route takes, and methods the pages do not answer.
+    error_page(http.get(f"/ui/{repo}/img/v1/more"), 404, "NOT_FOUND")
+    error_page(http.get("/ui/_static/nothing.css"), 404, "NOT_FOUND")
+    refused = http.post("/ui/", content=b"")
+    error_page(refused, 405)
+    assert "GET" in refused.headers["allow"]
+
+
+def test_a_hostile_path_is_shown_as_text_on_the_error_page(http: httpx.Client) -> None:
+    document = error_page(http.get('/ui/"><script>alert(1)</script>/x/y/z'), 404)
+    assert '"><script>alert(1)</script>' in facts(document)["Page"]  # one script: checked
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (
+            ImageBlockedError("the image is blocked", {"rule": "qcow2-backing-file"}),
+            403,
+            "IMAGE_BLOCKED",
+        ),
+        (
+            PermissionDeniedException(detail="these credentials may only read"),
+            403,
+            "PERMISSION_DENIED",
+        ),
+        (UnavailableError("the catalog is busy"), 503, "UNAVAILABLE"),
+        (RuntimeError("/secret/server/path broke"), 500, "INTERNAL"),
+    ],
+    ids=["blocked", "denied", "unavailable", "unexpected"],
+)
+def test_every_status_a_page_may_answer_is_an_html_page(
+    error: Exception, status: int, code: str
+) -> None:
+    """The statuses no page of a test server reaches today (a page refusing blocked bytes,
+    a 403 from a guard, a busy catalog, a bug), through the app's own error mapping
+    wrapped as ``create_app`` wraps it, in process: HTML on the pages, JSON elsewhere."""
+    from litestar import Litestar, get
+    from litestar.testing import TestClient
+
+    from cloudimg.api.errors import exception_handlers
+    from cloudimg.api.web import template_config, with_page_errors
+    from cloudimg.config import Settings
+
+    @get(["/ui/lab", "/reg/lab"], sync_to_thread=False)
+    def fails() -> None:
+        raise error
+
+    app = Litestar(
+        [fails],
+        template_config=template_config(),
+        exception_handlers=with_page_errors(exception_handlers, Settings()),
+        logging_config=None,
+    )
+    with TestClient(app) as client:
+        document = error_page(client.get("/ui/lab"), status, code)
+        assert "/secret" not in document.one("main").text  # as the JSON hides it
+        assert_error(client.get("/reg/lab"), status, code)
+
+
+def test_the_api_keeps_its_json_errors(http: httpx.Client, repo: str) -> None:
+    assert_error(http.get(f"/reg/{repo}"), 404, "NOT_FOUND")
+    assert_error(http.get(f"/reg/{repo}/img/v1/meta"), 404, "NOT_FOUND")
+    assert_error(http.get("/reg/Not_A_Repo"), 400, "INVALID_ARGUMENT")
+    assert_error(http.get("/nothing/here"), 404, "NOT_FOUND")
+    assert_error(http.get("/uix"), 404, "NOT_FOUND")  # not under ui/
+    oci = http.get(f"/v2/{repo}/img/manifests/v1")
+    assert oci.status_code == 404
+    assert oci.json()["errors"][0]["code"] in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN")
 
 
 HOSTILE = {
@@ -351,6 +450,109 @@ def test_listings_are_paginated(http: httpx.Client, repo: str) -> None:
     assert all_pages(http, "/ui/", q=f"{repo}-", limit="2") == [repos[0:2], repos[2:4], repos[4:]]
 
 
+def summary_rows(document: Element) -> dict[str, dict[str, str]]:
+    """A repository or image table: each row's name, and its cells' machine values
+    (``<data value>``, ``<time datetime>``) by column header."""
+    table = document.one("table", cls="summary")
+    headers = [
+        th.text.replace("▲", "").replace("▼", "").strip()
+        for th in table.one("thead").find_all("th")
+    ]
+    found = {}
+    for row in table.one("tbody").children:
+        values = {}
+        for header, cell in zip(headers, row.children, strict=True):
+            machine = cell.find_all("data") + cell.find_all("time")
+            values[header] = (
+                str(machine[0].attrs.get("value") or machine[0].attrs.get("datetime"))
+                if machine
+                else cell.text.strip()
+            )
+        found[row.children[0].text.strip()] = values
+    return found
+
+
+def test_the_lists_show_counts_sizes_and_last_updates(http: httpx.Client, repo: str) -> None:
+    shared, other = random_image(3000), random_image(1000)
+    assert upload(http, f"/reg/{repo}/alpha/v1", shared).status_code == 201
+    assert upload(http, f"/reg/{repo}/alpha/v2", other).status_code == 201
+    assert upload(http, f"/reg/{repo}-2/solo/v1", random_image(500)).status_code == 201
+    assert upload(http, f"/reg/{repo}/beta/v1", shared).status_code == 201
+    last = http.get(f"/reg/{repo}/beta/v1/meta").json()["updated"]
+
+    repositories = summary_rows(page(http, "/ui/", q=repo))
+    assert list(repositories) == [repo, f"{repo}-2"]
+    shown = repositories[repo]
+    assert (shown["Images"], shown["Tags"], shown["Size"]) == ("2", "3", str(2 * 3000 + 1000))
+    assert datetime.fromisoformat(shown["Updated (UTC)"]) == datetime.fromisoformat(last)
+
+    images = summary_rows(page(http, f"/ui/{repo}"))
+    api = {
+        row["image"]: row
+        for row in http.get(f"/reg/{repo}", params={"details": "true"}).json()["data"]
+    }
+    assert list(images) == list(api) == ["alpha", "beta"]
+    for name, row in images.items():  # the figures /reg's detailed listing has
+        assert int(row["Tags"]) == api[name]["tags"]
+        assert int(row["Size"]) == api[name]["size"]
+        assert datetime.fromisoformat(row["Updated (UTC)"]) == datetime.fromisoformat(
+            api[name]["updated"]
+        )
+
+
+def sort_link(document: Element, key: str) -> dict[str, str]:
+    """The query of the column header link that sorts the listing by ``key``."""
+    link = document.one("a", **{"data-sort": key})
+    query = parse_qs(urlsplit(str(link.attrs["href"])).query)
+    return {name: values[0] for name, values in query.items()}
+
+
+def test_the_lists_sort_by_name_size_and_last_update_without_javascript(
+    http: httpx.Client, repo: str
+) -> None:
+    sizes = {"delta": 700, "alpha": 300, "charlie": 900, "bravo": 300, "echo": 100}
+    for name, size in sizes.items():  # uploaded in this order: echo is the newest
+        assert upload(http, f"/reg/{repo}/{name}/v1", random_image(size)).status_code == 201
+    by_name = page(http, f"/ui/{repo}")
+    assert rows(by_name) == sorted(sizes)
+    assert by_name.one("th", **{"aria-sort": "ascending"}).one("a").attrs["data-sort"] == "name"
+
+    by_size_query = sort_link(by_name, "size")
+    by_size = page(http, f"/ui/{repo}", **by_size_query)
+    largest_first = ["charlie", "delta", "alpha", "bravo", "echo"]  # ties by name
+    assert rows(by_size) == largest_first
+    assert by_size.one("th", **{"aria-sort": "descending"}).one("a").attrs["data-sort"] == "size"
+    assert "largest first" in by_size.one("caption").text
+    newest_first = list(reversed(sizes))
+    assert rows(page(http, f"/ui/{repo}", **sort_link(by_size, "updated"))) == newest_first
+    assert rows(page(http, f"/ui/{repo}", **sort_link(by_size, "name"))) == sorted(sizes)
+
+    # Each order pages by its own keyset, and the filter form keeps the order.
+    assert all_pages(http, f"/ui/{repo}", sort="size", limit="2") == [
+        largest_first[0:2],
+        largest_first[2:4],
+        largest_first[4:],
+    ]
+    assert all_pages(http, f"/ui/{repo}", sort="updated", limit="3") == [
+        newest_first[0:3],
+        newest_first[3:],
+    ]
+    form = by_size.one("form", cls="filter")
+    assert form.one("input", type="hidden", name="sort").attrs["value"] == "size"
+    assert rows(page(http, f"/ui/{repo}", q="h", sort="size")) == ["charlie", "alpha", "echo"]
+    # Repositories sort the same way.
+    for name, size in [("big", 5000), ("small", 10)]:
+        assert upload(http, f"/reg/{repo}-{name}/img/v1", random_image(size)).status_code == 201
+    assert rows(page(http, "/ui/", q=repo, sort="size")) == [f"{repo}-big", repo, f"{repo}-small"]
+    assert rows(page(http, "/ui/", q=repo, sort="updated"))[0] == f"{repo}-small"
+    # A page after a row names that row's figure too; without it, or a bad one, is a 400.
+    for value in (None, "lots", "yesterday", "2026-01-01T00:00:00"):
+        params = {"sort": "size" if value != "2026-01-01T00:00:00" else "updated", "after": "x"}
+        if value is not None:
+            params["after_value"] = value
+        error_page(http.get(f"/ui/{repo}", params=params), 400, "INVALID_ARGUMENT")
+
+
 def test_a_quarantined_tag_is_marked_in_the_table_and_refused_alone(
     http: httpx.Client, server: RunningServer, repo: str
 ) -> None:
@@ -367,7 +569,9 @@ def test_a_quarantined_tag_is_marked_in_the_table_and_refused_alone(
     }
     assert "quarantined" in marks["bad"]
     assert "quarantined" not in marks["good"]
-    assert_error(http.get(f"/ui/{repo}/img/bad"), 500, "DATA_LOSS")  # as /reg answers it
+    document = error_page(http.get(f"/ui/{repo}/img/bad"), 500, "DATA_LOSS")  # as /reg says
+    assert "quarantined" in document.one("p", id="error-message").text
+    assert_error(http.get(f"/reg/{repo}/img/bad/meta"), 500, "DATA_LOSS")
     page(http, f"/ui/{repo}/img/good")
 
 
@@ -529,7 +733,20 @@ def test_the_qemu_img_command_converts_the_image(
 
 def history_rows(document: Element) -> list[list[Element]]:
     """The tag page's history table: each entry's cells, newest first."""
-    return [row.children for row in document.one("tbody", id="history").children]
+    return [
+        row.children
+        for row in document.one("tbody", id="history").children
+        if "data-entry" in row.attrs
+    ]
+
+
+def rollback_commands(document: Element) -> dict[str, str]:
+    """The command beside each history entry that rolls the tag back to it, by entry id."""
+    return {
+        str(row.attrs["data-rollback-of"]): row.one("pre").text
+        for row in document.one("tbody", id="history").children
+        if "data-rollback-of" in row.attrs
+    }
 
 
 def test_the_history_shows_every_change_and_links_retained_bytes(
@@ -572,6 +789,69 @@ def test_the_history_shows_every_change_and_links_retained_bytes(
             assert response.status_code == 200
             assert f"blake3:{blake3_hex(response.content)}" == entry["digest"]
     assert any(entry["retained"] for entry in api)
+
+
+def test_beside_each_retained_entry_is_the_command_that_rolls_the_tag_back_to_it(
+    http: httpx.Client, repo: str, tmp_path: Path
+) -> None:
+    path = f"{repo}/disk/v1"
+    first, second, third = (random_image(n) for n in (900, 800, 700))
+    for data in (first, second, third):
+        assert upload(http, f"/reg/{path}", data).status_code == 201
+    document = page(http, f"/ui/{path}")
+    commands = rollback_commands(document)
+    ids = [
+        str(row.attrs["data-entry"])
+        for row in document.one("tbody", id="history").children
+        if "data-entry" in row.attrs
+    ]
+    api = http.get(f"/reg/{path}/history").json()["data"]  # newest first, as the table
+    # One beside each retained entry (the bytes the tag can go back to), none elsewhere.
+    assert sorted(commands) == sorted(i for i, e in zip(ids, api, strict=True) if e["retained"])
+    assert [entry["retained"] for entry in api] == [False, True, True]
+    assert api[2]["digest"] == f"blake3:{blake3_hex(first)}"
+    oldest = ids[2]
+    command = shlex.split(commands[oldest])
+    assert command == [
+        "cloudimg",
+        "tag",
+        "--server",
+        f"{str(http.base_url).rstrip('/')}/reg",
+        f"{repo}/disk@blake3:{blake3_hex(first)}",
+        f"{repo}/disk:v1",
+    ]
+    copy = document.one("button", **{"data-copy": f"rollback-{oldest}"})
+    assert copy.text.startswith("Copy")
+    # Run as shown (this server takes writes without a token): the tag is back.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDIMG_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudimg", *command[1:]],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert http.get(f"/reg/{path}").content == first
+    assert history_rows(page(http, f"/ui/{path}"))[0][1].text.strip() == "retagged"
+
+
+def test_the_download_link_is_the_pinned_url(http: httpx.Client, repo: str) -> None:
+    data = random_image(5000)
+    assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
+    document = page(http, f"/ui/{repo}/disk/v1")
+    link = document.one("a", id="download")
+    assert link.attrs["download"] == "disk-v1.raw"
+    href = str(link.attrs["href"])
+    assert href == f"/reg/{repo}/disk/sha256:{sha256_hex(data)}"
+    assert snippet(document, "url") == f"{str(http.base_url).rstrip('/')}{href}"
+    # It keeps naming these bytes after the tag moves.
+    assert upload(http, f"/reg/{repo}/disk/v1", random_image(100)).status_code == 201
+    response = http.get(href)
+    assert response.status_code == 200
+    assert sha256_hex(response.content) == sha256_hex(data)
 
 
 def test_immutability_is_shown_on_the_tag_page_and_in_the_tag_table(
@@ -676,6 +956,136 @@ def test_the_pull_command_pulls_the_pinned_bytes(
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "disk-v1.raw").read_bytes() == data
+
+
+# -- the registry's address in the snippets -------------------------------------------
+
+HOSTILE_HOSTS = [
+    "evil.example$(id)",
+    "evil.example`id`",
+    "evil.example;id",
+    "evil.example/x?y",
+    "user@evil.example",
+    "evil.example:80:80",
+    "evil.example:http",
+    "'evil\"host",
+    "[::1",
+    "[fe80::1%25eth0]:80",
+    "evil%2eexample",
+    "evil example",
+]
+
+
+def every_snippet(document: Element) -> str:
+    """The text of every copyable snippet, and of the notes that name a host."""
+    texts = [pre.text for pre in document.find_all("pre")]
+    texts += [note.text for note in document.find_all(id="containerdisk-pending")]
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS)
+def test_a_host_header_that_is_not_host_port_never_reaches_a_command(
+    http: httpx.Client, repo: str, host: str
+) -> None:
+    data = random_image(2000)
+    assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
+    assert upload(http, f"/reg/{repo}/disk/v1", random_image(1000)).status_code == 201
+    response = http.get(f"/ui/{repo}/disk/v1", headers={"host": host})
+    if response.status_code == 400:  # refused before routing: a Host Litestar does not take
+        refused = error_page(response, 400, "INVALID_ARGUMENT")
+        assert not refused.find_all("pre")
+        return
+    assert response.status_code == 200, response.text
+    document = parse_page(response)
+    shown = every_snippet(document)
+    assert "evil" not in shown
+    assert "REGISTRY_HOST" in snippet(document, "url")
+    assert "REGISTRY_HOST" in snippet(document, "qemu-convert")
+    assert "REGISTRY_HOST" in snippet(document, "pull")
+    assert all("REGISTRY_HOST" in command for command in rollback_commands(document).values())
+    assert shlex.split(snippet(document, "qemu-convert"))[8].startswith("http://REGISTRY_HOST/reg/")
+    assert "REGISTRY_HOST" in document.one("p", id="host-note").text
+    # The download link is relative: it works whatever the page was asked for.
+    assert str(document.one("a", id="download").attrs["href"]).startswith("/reg/")
+
+
+@pytest.mark.parametrize(
+    "host", ["registry.example:8443", "registry.example", "10.1.2.3:80", "[::1]:8080", "reg_1.lab"]
+)
+def test_a_valid_host_header_is_the_address_the_snippets_name(
+    http: httpx.Client, repo: str, host: str
+) -> None:
+    data = random_image(2000)
+    assert upload(http, f"/reg/{repo}/disk/v1", data).status_code == 201
+    document = parse_page(http.get(f"/ui/{repo}/disk/v1", headers={"host": host}))
+    url = f"http://{host}/reg/{repo}/disk/sha256:{sha256_hex(data)}"
+    assert snippet(document, "url") == url
+    assert shlex.split(snippet(document, "qemu-convert"))[8] == url
+    assert shlex.split(snippet(document, "pull"))[3] == f"http://{host}/reg"
+    assert not document.find_all(id="host-note")
+
+
+def test_a_public_url_names_the_registry_whatever_the_host_header(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    running = server_factory(env={"CLOUDIMG_PUBLIC_URL": "https://registry.example.com/"})
+    data = random_image(2000)
+    with running.client() as http:
+        assert upload(http, "/reg/lab/disk/v1", random_image(1000)).status_code == 201
+        assert upload(http, "/reg/lab/disk/v1", data).status_code == 201
+        manifest_of(http, "lab/disk", "v1")  # the containerDisk digest, computed
+        for host in (None, "evil.example$(id)", "other.example:9000"):
+            headers = {} if host is None else {"host": host}
+            document = parse_page(http.get("/ui/lab/disk/v1", headers=headers))
+            pinned = f"https://registry.example.com/reg/lab/disk/sha256:{sha256_hex(data)}"
+            assert snippet(document, "url") == pinned
+            assert (
+                yaml.safe_load(snippet(document, "datavolume"))["spec"]["source"]["http"]["url"]
+                == pinned
+            )
+            assert shlex.split(snippet(document, "pull"))[3] == "https://registry.example.com/reg"
+            assert snippet(document, "containerdisk").startswith("registry.example.com/lab/disk@")
+            commands = rollback_commands(document).values()
+            assert [shlex.split(c)[3] for c in commands] == ["https://registry.example.com/reg"]
+            assert "evil" not in every_snippet(document)
+            assert "other.example" not in every_snippet(document)
+            assert not document.find_all(id="host-note")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "registry.example.com",
+        "ftp://registry.example.com",
+        "https://registry.example.com/images",
+        "https://user:pw@registry.example.com",
+        "https://registry.example.com$(id)",
+        "https://registry.example.com:99999",
+    ],
+)
+def test_a_public_url_that_is_not_scheme_host_port_is_refused(tmp_path: Path, url: str) -> None:
+    done = cli(
+        "serve",
+        "--listener-addr",
+        "127.0.0.1:0",
+        "--data-root",
+        str(tmp_path / "d"),
+        "--public-url",
+        url,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--public-url" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_pages_and_their_errors_are_not_cached_and_the_static_files_may_be(
+    http: httpx.Client, repo: str
+) -> None:
+    assert upload(http, f"/reg/{repo}/disk/v1", random_image(100)).status_code == 201
+    for path in ["/ui/", f"/ui/{repo}", f"/ui/{repo}/disk", f"/ui/{repo}/disk/v1", "/ui/_storage"]:
+        assert http.get(path).headers["cache-control"] == "no-store", path
+    assert http.get(f"/ui/{repo}/disk/v9").headers["cache-control"] == "no-store"
+    assert "no-store" not in http.get("/ui/_static/style.css").headers.get("cache-control", "")
 
 
 # -- storage ---------------------------------------------------------------------------
@@ -819,12 +1229,17 @@ def test_read_auth_applies_to_the_pages(
             "/ui/_static/app.js",
         ]:
             refused = client.get(path)
-            assert_error(refused, 401, "UNAUTHENTICATED")
+            error_page(refused, 401, "UNAUTHENTICATED")
             assert refused.headers["www-authenticate"].startswith("Basic ")
             wrong = client.get(path, headers=basic(READ_USER, "wrong"))
-            assert_error(wrong, 401, "UNAUTHENTICATED")
+            error_page(wrong, 401, "UNAUTHENTICATED")
+            assert wrong.headers["www-authenticate"].startswith("Basic ")
             for credentials in (basic(READ_USER, READ_PASSWORD), bearer(WRITE_TOKEN)):
                 assert client.get(path, headers=credentials).status_code in (200, 302)
+        # The API's refusal stays JSON.
+        api = client.get("/reg/lab/img/v1/meta")
+        assert_error(api, 401, "UNAUTHENTICATED")
+        assert api.headers["www-authenticate"].startswith("Basic ")
     with running.client(headers=basic(READ_USER, READ_PASSWORD)) as reader:
         # CDI needs the read credentials too: the DataVolume says where they go.
         assert "secretRef" in snippet(page(reader, "/ui/lab/img/v1"), "datavolume")

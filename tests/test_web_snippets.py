@@ -1,4 +1,5 @@
-"""The "use it" snippets and the storage chart's geometry, as pure functions.
+"""The "use it" snippets, the storage chart's geometry and the address checks, as pure
+functions.
 
 The HTTP tests (``tests/test_web.py``) take the same snippets from real pages and run
 them; these cover the corners a page of a test server does not reach.
@@ -10,11 +11,13 @@ import re
 import shlex
 from datetime import UTC, datetime
 
+import pytest
 import yaml
 
 from cloudimg.api.web.chart import WIDTH, storage_chart
-from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, datavolume_name, use_it
+from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, datavolume_name, rollback, use_it
 from cloudimg.catalog import StorageTotals, TagInfo
+from cloudimg.config import Settings, SettingsError, is_host_port, parse_public_url
 from cloudimg.gc_record import GcRecord
 
 GIB = 1024**3
@@ -99,3 +102,89 @@ def test_the_chart_puts_both_bars_on_one_scale() -> None:
     assert sum(s.width for s in stored.segments) == WIDTH * 900 / 1500
     assert chart.last_gc == NOW
     assert storage_chart(StorageTotals(0, 0, 0, 0, 0), None).last_gc is None
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        "registry.example",
+        "registry.example:8443",
+        "registry.example.:80",
+        "localhost",
+        "reg_1.lab",
+        "10.0.0.5:8080",
+        "[::1]",
+        "[::1]:8080",
+        "[2001:db8::7]:65535",
+        "A-1.B-2",
+    ],
+)
+def test_a_host_and_port_that_may_go_into_a_command(authority: str) -> None:
+    assert is_host_port(authority)
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        "",
+        "evil.example$(id)",  # sub-delims: RFC 3986 allows them in a reg-name, a shell runs them
+        "evil.example;id",
+        "evil.example&id",
+        "'quoted'",
+        "a b",
+        "evil%2eexample",
+        "user@host",
+        "host/path",
+        "host?x",
+        "host#x",
+        "-leading.example",
+        "trailing-.example",
+        "a..b",
+        "x" * 64 + ".example",  # a label of 64
+        "host:",
+        "host:http",
+        "host:65536",
+        "host:123456",
+        "host:80:80",
+        "[::1",
+        "[::1]x",
+        "[::1]:",
+        "[fe80::1%eth0]",
+        "[fe80::1%25eth0]",
+        "[v1.fe80::1]",
+        "[10.0.0.1]",
+        "::1",
+    ],
+)
+def test_anything_else_is_not_a_host_and_port(authority: str) -> None:
+    assert not is_host_port(authority)
+
+
+def test_a_public_url_is_an_origin() -> None:
+    assert parse_public_url("https://registry.example.com") == "https://registry.example.com"
+    assert parse_public_url("HTTP://[::1]:8080/") == "http://[::1]:8080"
+    for bad in (
+        "registry.example.com",
+        "ftp://registry.example.com",
+        "https://registry.example.com/images",
+        "https://registry.example.com/?x=1",
+        "https://registry.example.com#top",
+        "https://u:p@registry.example.com",
+        "https://registry.example.com$(id)",
+        "https://",
+    ):
+        with pytest.raises(ValueError, match=r"URL|credentials|path|host"):
+            parse_public_url(bad)
+    with pytest.raises(SettingsError) as refused:
+        Settings(public_url="https://x/y").check_web()
+    assert refused.value.setting == "public_url"
+    Settings(public_url="https://x").check_web()
+
+
+def test_the_rollback_command_names_the_history_digest_and_the_tag() -> None:
+    command = rollback(info(), "http://r:8080/reg", "ef" * 32)
+    assert shlex.split(command) == [
+        *("cloudimg", "tag", "--server", "http://r:8080/reg"),
+        f"images/ubuntu@blake3:{'ef' * 32}",
+        "images/ubuntu:22.04",
+    ]

@@ -28,7 +28,7 @@ from cloudimg.api.oci import OciController
 from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
 from cloudimg.api.oci_push import OciPushController
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
-from cloudimg.api.web import template_config, web_routes
+from cloudimg.api.web import template_config, web_routes, with_page_errors
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
@@ -87,6 +87,10 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         exception_handlers=oci_exception_handlers,
         include_in_schema=False,
     )
+    # The pages answer their errors as HTML pages, the API as JSON (docs/web.md).
+    handlers = (
+        with_page_errors(exception_handlers, settings) if settings.web else exception_handlers
+    )
     metrics = Metrics()
     blobs.stage_costs = metrics.upload_stage
     app = Litestar(
@@ -105,7 +109,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "disks": Provide(lambda: disks, use_cache=True, sync_to_thread=False),
         },
-        exception_handlers=with_unrouted_oci(exception_handlers),
+        exception_handlers=with_unrouted_oci(handlers),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="cloudimg",

@@ -5,7 +5,9 @@ The pages live under ``<www-prefix>ui/`` so that none collides with ``/reg``,
 names); pages that are not a repository (the storage chart, the stylesheet and the
 script) start with ``_``, which no repository name may contain. They carry the
 registry's read guard, stay out of the OpenAPI document, and answer with a Content
-Security Policy that allows the page's own stylesheet and script and nothing else.
+Security Policy that allows the page's own stylesheet and script and nothing else, and
+``Cache-Control: no-store`` (docs/web.md says why). Their errors are HTML pages
+(``cloudimg.api.web.errors``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from litestar import Request, Router, get
@@ -26,32 +29,45 @@ from litestar.template import TemplateConfig
 from litestar.types import Guard
 
 from cloudimg.api.web.chart import WIDTH, storage_chart
-from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, ContainerDisk, container_disk, use_it
-from cloudimg.catalog import Catalog, HistoryEntry, Page, TagInfo
-from cloudimg.config import Settings, normalize_prefix
-from cloudimg.errors import NotFoundError
+from cloudimg.api.web.snippets import (
+    FORMAT_PLACEHOLDER,
+    HOST_PLACEHOLDER,
+    ContainerDisk,
+    container_disk,
+    rollback,
+    use_it,
+)
+from cloudimg.catalog import Catalog, HistoryEntry, ImageDetails, Page, RepositoryDetails, TagInfo
+from cloudimg.config import Settings, is_host_port, normalize_prefix, parse_public_url
+from cloudimg.errors import InvalidArgumentError, NotFoundError
 from cloudimg.gc_record import read_gc_record
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.units import human_bytes
 
-__all__ = ["template_config", "web_routes", "web_ui_base"]
+__all__ = ["PAGE_HEADERS", "template_config", "web_context", "web_routes", "web_ui_base"]
 
 _STATIC = Path(__file__).parent / "static"
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _MAX_QUERY = 200
-_SECURITY_HEADERS = {
+PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
+    # No cache keeps a page: it may show what read auth protects, and its snippets name
+    # the host it was asked for (docs/web.md, "Access and safety").
+    "Cache-Control": "no-store",
 }
+"""What every page answers with, its error pages too."""
 
 Filter = Annotated[str, Parameter(max_length=_MAX_QUERY, required=False)]
 After = Annotated[str | None, Parameter(max_length=_MAX_QUERY, required=False)]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE, required=False)]
+SortParam = Annotated[Literal["name", "size", "updated"], Parameter(required=False)]
+AfterValue = Annotated[str | None, Parameter(max_length=_MAX_QUERY, required=False)]
 
 
 def web_ui_base(settings: Settings) -> str:
@@ -72,34 +88,129 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """One page of a listing, and the link to the next one."""
+    """One page of a listing, and the links to the first and the next one."""
 
     rows: list[Any]
     after: str | None
     """Where this page starts (None: the first page)."""
-    next_after: str | None
+    next_query: dict[str, str] | None
+    """The query of the next page (None: this is the last)."""
     query: str
     limit: int
+    sort: str = "name"
+
+    def link(self, **changes: str) -> dict[str, str]:
+        """The query of this listing from its first page, with ``changes``."""
+        query = {"q": self.query, "limit": str(self.limit)}
+        if self.sort != "name":
+            query["sort"] = self.sort
+        return {**query, **changes}
 
 
-def _listing(rows: list[Any], page: Page, name_of: Callable[[Any], str]) -> _Listing:
+def _listing(
+    rows: list[Any],
+    page: Page,
+    name_of: Callable[[Any], str],
+    value_of: Callable[[Any], str] | None = None,
+) -> _Listing:
+    """The rows of ``page`` (asked with one row more than shown) as a listing.
+
+    ``value_of``: the sort figure of a row as the next page's ``after_value`` carries it,
+    for a listing sorted by something other than the name.
+    """
     assert page.limit is not None
     shown = page.limit - 1  # one more row was asked for, to know whether a next page exists
     more = len(rows) > shown
     rows = rows[:shown]
-    return _Listing(rows, page.after, name_of(rows[-1]) if more else None, page.contains, shown)
+    listing = _Listing(rows, page.after, None, page.contains, shown, page.sort)
+    if not more:
+        return listing
+    after = {"after": name_of(rows[-1])}
+    if page.sort != "name" and value_of is not None:
+        after["after_value"] = value_of(rows[-1])
+    return _Listing(rows, page.after, listing.link(**after), page.contains, shown, page.sort)
 
 
-def _page(q: str, after: str | None, limit: int) -> Page:
-    return Page(after=after or None, limit=limit + 1, contains=q.strip())
+def _page(
+    q: str,
+    after: str | None,
+    limit: int,
+    sort: Literal["name", "size", "updated"] = "name",
+    after_value: str | None = None,
+) -> Page:
+    """What to read for a listing page; ``after_value`` parsed as ``sort`` needs it."""
+    after = after or None
+    value: int | datetime | None = None
+    if sort != "name" and after is not None:
+        value = _sort_value(sort, after_value)
+    return Page(after=after, limit=limit + 1, contains=q.strip(), sort=sort, after_value=value)
 
 
-def _api_url(request: Request[Any, Any, Any], settings: Settings) -> str:
-    """The registry API's absolute URL, as the client reached this server."""
-    return f"{request.url.scheme}://{request.url.netloc}{settings.api_base}"
+def _sort_value(sort: str, text: str | None) -> int | datetime:
+    """The figure a page sorted by ``sort`` starts after: bytes, or an ISO 8601 time."""
+    if text is None:
+        raise InvalidArgumentError(f"a page sorted by {sort} after a name needs after_value")
+    if sort == "size":
+        if text.isascii() and text.isdigit():
+            return int(text)
+        raise InvalidArgumentError("after_value of a page sorted by size is a number of bytes")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise InvalidArgumentError(
+            "after_value of a page sorted by updated is an ISO 8601 time with its offset"
+        )
+    return when
 
 
-def _context(settings: Settings, **values: Any) -> dict[str, Any]:
+def _figure(sort: str) -> Callable[[RepositoryDetails | ImageDetails], str]:
+    """How a summary row's sort figure is written in the next page's link."""
+    if sort == "size":
+        return lambda row: str(row.size)
+    return lambda row: row.updated.isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    """Where the snippets say the registry is."""
+
+    origin: str
+    """``scheme://host[:port]``."""
+    host: str
+    """``host[:port]``: what an OCI reference starts with."""
+    source: Literal["configured", "request", "placeholder"]
+    """``--public-url``, the page's ``Host``, or ``HOST_PLACEHOLDER`` for a ``Host`` that
+    is not a valid ``host[:port]``."""
+
+
+def _address(request: Request[Any, Any, Any], settings: Settings) -> _Address:
+    """The registry's address for the snippets: ``--public-url``, else the ``Host`` the
+    page was asked for when ``is_host_port`` accepts it, else a placeholder."""
+    if settings.public_url is not None:
+        origin = parse_public_url(settings.public_url)
+        return _Address(origin, origin.partition("://")[2], "configured")
+    # From the scope and the raw header: ``request.url`` fails on a Host such as
+    # ``x:80:80`` (urllib cannot read its port), and this page must not.
+    scheme = "https" if request.scope.get("scheme") == "https" else "http"
+    host = request.headers.get("host") or _server_authority(request.scope.get("server"))
+    if is_host_port(host):
+        return _Address(f"{scheme}://{host}", host, "request")
+    return _Address(f"{scheme}://{HOST_PLACEHOLDER}", HOST_PLACEHOLDER, "placeholder")
+
+
+def _server_authority(server: tuple[str, int | None] | None) -> str:
+    """``host:port`` of the socket a request without ``Host`` reached ("" if unknown)."""
+    if server is None:
+        return ""
+    host, port = server
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+def web_context(settings: Settings, **values: Any) -> dict[str, Any]:
+    """What every page's template is given (``base.html`` needs ``ui`` and ``static``)."""
     ui = web_ui_base(settings)
     return {
         "ui": ui,
@@ -117,10 +228,13 @@ async def repositories_page(
     q: Filter = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
+    sort: SortParam = "name",
+    after_value: AfterValue = None,
 ) -> Template:
-    page = _page(q, after, limit)
-    listing = _listing(await catalog.list_repositories(page), page, str)
-    return Template("repositories.html", context=_context(settings, listing=listing))
+    page = _page(q, after, limit, sort, after_value)
+    rows = await catalog.summarize_repositories(page)
+    listing = _listing(rows, page, lambda row: row.repository, _figure(sort))
+    return Template("repositories.html", context=web_context(settings, listing=listing))
 
 
 @get("/_storage", name="web-storage")
@@ -128,7 +242,7 @@ async def storage_page(catalog: Catalog, settings: Settings) -> Template:
     totals = await catalog.storage_totals()
     gc = await asyncio.to_thread(read_gc_record, settings.data_root)
     chart = storage_chart(totals, gc)
-    return Template("storage.html", context=_context(settings, chart=chart, width=WIDTH))
+    return Template("storage.html", context=web_context(settings, chart=chart, width=WIDTH))
 
 
 @get("/{repo:str}", name="web-images")
@@ -139,11 +253,14 @@ async def images_page(
     q: Filter = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
+    sort: SortParam = "name",
+    after_value: AfterValue = None,
 ) -> Template:
     validate_repo_name(repo)
-    page = _page(q, after, limit)
-    listing = _listing(await catalog.list_images(repo, page), page, str)
-    return Template("images.html", context=_context(settings, repo=repo, listing=listing))
+    page = _page(q, after, limit, sort, after_value)
+    rows = await catalog.summarize_images(repo, page)
+    listing = _listing(rows, page, lambda row: row.image, _figure(sort))
+    return Template("images.html", context=web_context(settings, repo=repo, listing=listing))
 
 
 @get("/{repo:str}/{image:str}", name="web-tags")
@@ -162,7 +279,7 @@ async def tags_page(
     infos = await catalog.list_tag_infos(repo, image, page)
     listing = _listing(infos, page, lambda info: info.tag)
     rules = {info.tag: catalog.immutable_by_rule((repo, image, info.tag)) for info in listing.rows}
-    context = _context(settings, repo=repo, image=image, listing=listing, rules=rules)
+    context = web_context(settings, repo=repo, image=image, listing=listing, rules=rules)
     return Template("tags.html", context=context)
 
 
@@ -174,14 +291,24 @@ async def _history(catalog: Catalog, info: TagInfo) -> list[HistoryEntry]:
         return []
 
 
-async def _container_disk(
-    catalog: Catalog, info: TagInfo, request: Request[Any, Any, Any]
-) -> ContainerDisk | None:
+async def _container_disk(catalog: Catalog, info: TagInfo, host: str) -> ContainerDisk | None:
     """The containerDisk by digest; None until the background task computed the manifest."""
     digests = await catalog.oci_digests(info.digest)
     if digests is None:
         return None
-    return container_disk(info, request.url.netloc, manifest_sha256=digests[2])
+    return container_disk(info, host, manifest_sha256=digests[2])
+
+
+_EXTENSIONS = {"vpc": "vhd"}
+"""File name extensions of qemu-img format names that differ from them."""
+
+
+def _download_name(info: TagInfo, format_known: bool) -> str:
+    """The file name the download link suggests: ``<image>-<tag>.<format>``."""
+    extension = "img"
+    if format_known and info.format is not None:
+        extension = _EXTENSIONS.get(info.format, info.format)
+    return f"{info.image}-{info.tag}.{extension}"
 
 
 @get("/{repo:str}/{image:str}/{tag:str}", name="web-tag")
@@ -195,16 +322,25 @@ async def tag_page(
 ) -> Template:
     names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
     info = await catalog.get_tag(*names)
-    panel = use_it(info, _api_url(request, settings), read_auth=settings.read_auth == "basic")
-    context = _context(
+    address = _address(request, settings)
+    api_url = address.origin + settings.api_base
+    panel = use_it(info, api_url, read_auth=settings.read_auth == "basic")
+    history = await _history(catalog, info)
+    rollbacks = {
+        entry.id: rollback(info, api_url, entry.digest) for entry in history if entry.retained
+    }
+    context = web_context(
         settings,
         info=info,
         use_it=panel,
         placeholder=FORMAT_PLACEHOLDER,
-        container_disk=await _container_disk(catalog, info, request),
-        history=await _history(catalog, info),
+        host_placeholder=HOST_PLACEHOLDER,
+        address=address,
+        download=_download_name(info, panel.format_known),
+        container_disk=await _container_disk(catalog, info, address.host),
+        history=history,
+        rollbacks=rollbacks,
         rule=catalog.immutable_by_rule(names),
-        request_host=request.url.netloc,
     )
     return Template("tag.html", context=context)
 
@@ -222,7 +358,7 @@ def web_routes(settings: Settings, guards: list[Guard]) -> list[Router]:
         path=ui,
         route_handlers=[repositories_page, storage_page, images_page, tags_page, tag_page],
         include_in_schema=False,
-        response_headers=_SECURITY_HEADERS,
+        response_headers=PAGE_HEADERS,
     )
     static = create_static_files_router(
         path=f"{ui}/_static", directories=[_STATIC], name="web-static", include_in_schema=False

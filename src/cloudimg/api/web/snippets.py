@@ -2,8 +2,10 @@
 
 Everything here is built from validated names, hex digests and the catalog's format,
 so no client-supplied text reaches the snippets except the host the page was asked
-for, which is quoted for YAML (a JSON string is a YAML double-quoted scalar) and for
-the shell (``shlex.quote``). The page escapes all of it again for HTML.
+for, and only once ``cloudimg.config.is_host_port`` accepted it (else the operator's
+``--public-url`` or ``HOST_PLACEHOLDER`` stands there). It is quoted all the same, for
+YAML (a JSON string is a YAML double-quoted scalar) and for the shell (``shlex.quote``).
+The page escapes all of it again for HTML.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from dataclasses import dataclass
 
 from cloudimg.catalog import TagInfo
 
-__all__ = ["ContainerDisk", "UseIt", "container_disk", "datavolume_name", "use_it"]
+__all__ = [
+    "FORMAT_PLACEHOLDER",
+    "HOST_PLACEHOLDER",
+    "ContainerDisk",
+    "UseIt",
+    "container_disk",
+    "datavolume_name",
+    "rollback",
+    "use_it",
+]
 
 _GIB = 1024**3
 _DNS_LABEL = 63
@@ -25,6 +36,9 @@ _DNS_LABEL = 63
 _FORMAT_NAME = re.compile(r"[a-z0-9]{1,16}")
 FORMAT_PLACEHOLDER = "FORMAT"
 """What stands after ``-f`` when the catalog does not know the format yet."""
+HOST_PLACEHOLDER = "REGISTRY_HOST"
+"""What stands for the registry's host when neither ``--public-url`` nor the page's
+``Host`` gives one that can go into a command."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,14 @@ def use_it(info: TagInfo, api_url: str, *, read_auth: bool = False) -> UseIt:
         pull=f"cloudimg pull --server {shlex.quote(api_url)} "
         f"{info.repo}/{info.image}@sha256:{info.sha256} {output}",
     )
+
+
+def rollback(info: TagInfo, api_url: str, digest: str) -> str:
+    """``cloudimg tag`` that points the tag of ``info`` back at the bytes ``digest``
+    (blake3 hex, from its history) names: the server's retag, run by the client
+    (docs/client.md), which needs a write token (``CLOUDIMG_TOKEN`` or ``--token-file``)."""
+    name = f"{info.repo}/{info.image}"
+    return f"cloudimg tag --server {shlex.quote(api_url)} {name}@blake3:{digest} {name}:{info.tag}"
 
 
 @dataclass(frozen=True, slots=True)
