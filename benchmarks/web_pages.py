@@ -26,6 +26,9 @@ PATHS = [
     "/ui/",
     "/ui/?after=r19000",
     "/ui/?q=r1999",
+    "/ui/?sort=size",
+    "/ui/?sort=updated",
+    "/ui/?sort=size&after=r19000&after_value=4",
     "/ui/big/img",
     "/ui/big/img?after=t19000",
     "/ui/big/img?q=t1999",
@@ -121,7 +124,7 @@ def main() -> None:
                         assert response.status_code == 200, (path, response.status_code)
                     took.sort()
                     p50, p99 = took[len(took) // 2], took[round(0.99 * (len(took) - 1))]
-                    print(f"{path:28s} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+                    print(f"{path:44s} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
         finally:
             process.terminate()
             process.wait()

@@ -546,8 +546,15 @@ def test_the_lists_sort_by_name_size_and_last_update_without_javascript(
     assert rows(page(http, "/ui/", q=repo, sort="size")) == [f"{repo}-big", repo, f"{repo}-small"]
     assert rows(page(http, "/ui/", q=repo, sort="updated"))[0] == f"{repo}-small"
     # A page after a row names that row's figure too; without it, or a bad one, is a 400.
-    for value in (None, "lots", "yesterday", "2026-01-01T00:00:00"):
-        params = {"sort": "size" if value != "2026-01-01T00:00:00" else "updated", "after": "x"}
+    for sort, value in [
+        ("size", None),
+        ("size", "lots"),
+        ("size", "9" * 30),  # past a BIGINT
+        ("updated", None),
+        ("updated", "yesterday"),
+        ("updated", "2026-01-01T00:00:00"),  # no offset
+    ]:
+        params = {"sort": sort, "after": "x"}
         if value is not None:
             params["after_value"] = value
         error_page(http.get(f"/ui/{repo}", params=params), 400, "INVALID_ARGUMENT")

@@ -151,7 +151,7 @@ def _sort_value(sort: str, text: str | None) -> int | datetime:
     if text is None:
         raise InvalidArgumentError(f"a page sorted by {sort} after a name needs after_value")
     if sort == "size":
-        if text.isascii() and text.isdigit():
+        if text.isascii() and text.isdigit() and int(text) < 2**63:  # a BIGINT
             return int(text)
         raise InvalidArgumentError("after_value of a page sorted by size is a number of bytes")
     try:
