@@ -232,7 +232,8 @@ class CatalogReads(CatalogBase):
         )
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
-        """The tag with its blob; ``NotFoundError`` if it does not exist."""
+        """The tag with its blob; ``NotFoundError`` naming what is missing (the repository,
+        the image or the tag) if it does not exist."""
         found = (
             select(Tag, Blob)
             .join(Blob, Blob.digest == Tag.digest)
@@ -241,13 +242,14 @@ class CatalogReads(CatalogBase):
             .where(Repository.name == repo, Image.name == image, Tag.name == tag)
         )
 
-        def query(session: Session) -> TagInfo | None:
+        def query(session: Session) -> TagInfo:
             row = session.execute(found).one_or_none()
-            return None if row is None else _tag_info(repo, image, *row)
+            if row is None:
+                _image_id(session, repo, image)  # says so when the repository or image is missing
+                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+            return _tag_info(repo, image, *row)
 
         info = await self._query(query)
-        if info is None:
-            raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
         if info.quarantined:
             raise corrupt_blob(info.digest)
         return info
@@ -331,12 +333,14 @@ def _repository_id(session: Session, repo: str) -> int:
 
 
 def _image_id(session: Session, repo: str, image: str) -> int:
-    """The id of image ``repo/image``; ``NotFoundError`` if there is none."""
+    """The id of image ``repo/image``; ``NotFoundError`` naming the repository when there
+    is none, else the image when there is none."""
     image_id = session.scalar(
         select(Image.id)
         .join(Repository, Repository.id == Image.repository_id)
         .where(Repository.name == repo, Image.name == image)
     )
     if image_id is None:
+        _repository_id(session, repo)  # the repository itself may be what is missing
         raise NotFoundError("image not found", {"repo": repo, "image": image})
     return image_id

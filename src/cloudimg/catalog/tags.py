@@ -166,8 +166,8 @@ class TagWrites(TagHistoryLog):
             )
             blob.refcount += 1
             await session.flush()  # a concurrent creator makes this an IntegrityError: retry
-            created: Action = "created" if action == "moved" else action
-            await self._record(session, names, created, blob, meta, options.actor, now)
+            # A new tag is "created" whatever made it, an upload or a retag (docs/api.md).
+            await self._record(session, names, "created", blob, meta, options.actor, now)
             await self._retain(session, names, blob.digest, effects)
             await self._drop_unheld_manifests(session, names, effects)
             return
@@ -222,7 +222,7 @@ class TagWrites(TagHistoryLog):
             if image_id is None or current is None:
                 # A deleted tag's history can still be purged.
                 if not (purge_history and await self._purge_history(session, names, effects)):
-                    raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                    raise await _not_found(session, names)
                 await self._drop_unheld_manifests(session, names, effects)
                 return
             self._refuse_immutable(names, current, "deleted")
@@ -303,13 +303,15 @@ class TagWrites(TagHistoryLog):
         names = (repo, image, tag)
 
         async def change(session: AsyncSession, _effects: FileEffects) -> bool:
-            image_id = await self._get_or_create_image(session, repo, image)
-            current = await session.scalar(
-                select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
-            )
+            image_id = await self._find_image(session, repo, image)
+            current = None
+            if image_id is not None:
+                current = await session.scalar(
+                    select(Tag).where(Tag.image_id == image_id, Tag.name == tag).with_for_update()
+                )
             await self._check(session, names, current, options)
             if current is None:
-                raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+                raise await _not_found(session, names)
             rule = self.immutable_by_rule(names)
             if not immutable and rule is not None:
                 raise TagImmutableError(
@@ -349,6 +351,16 @@ class TagWrites(TagHistoryLog):
             .with_for_update()
         )
 
+    async def _find_image(self, session: AsyncSession, repo: str, image: str) -> int | None:
+        """The id of ``repo/image``, locked as ``_get_or_create_image`` locks it; None when
+        the repository or the image does not exist (nothing is created)."""
+        return await session.scalar(
+            select(Image.id)
+            .join(Repository, Repository.id == Image.repository_id)
+            .where(Repository.name == repo, Image.name == image)
+            .with_for_update(read=True, key_share=True)
+        )
+
     async def _get_or_create_image(self, session: AsyncSession, repo: str, image: str) -> int:
         # FOR KEY SHARE: uploads into one image do not wait for each other, a delete that
         # may drop the rows (FOR UPDATE) waits for them, and they for it.
@@ -385,3 +397,18 @@ class TagWrites(TagHistoryLog):
         )
         if not remaining:
             await session.execute(delete(Repository).where(Repository.id == repo_id))
+
+
+async def _not_found(session: AsyncSession, names: Names) -> NotFoundError:
+    """The 404 of a write to a tag that does not exist, naming what is missing: the
+    repository, the image or the tag (as the reads say it)."""
+    repo, image, tag = names
+    repo_id = await session.scalar(select(Repository.id).where(Repository.name == repo))
+    if repo_id is None:
+        return NotFoundError("repository not found", {"repo": repo})
+    image_id = await session.scalar(
+        select(Image.id).where(Image.repository_id == repo_id, Image.name == image)
+    )
+    if image_id is None:
+        return NotFoundError("image not found", {"repo": repo, "image": image})
+    return NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
