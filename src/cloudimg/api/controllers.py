@@ -105,7 +105,7 @@ def _parse_reference(text: str) -> Reference:
         raise InvalidArgumentError(str(exc), {"reference": text[:200]}) from None
 
 
-def _meta_view(info: TagInfo, image_path: str) -> MetaView:
+def _meta_view(info: TagInfo, image_path: str, rule: str | None) -> MetaView:
     return {
         "success": True,
         "data": info.meta,
@@ -121,6 +121,9 @@ def _meta_view(info: TagInfo, image_path: str) -> MetaView:
         "blocked": None
         if info.blocked is None
         else {"rule": info.blocked.rule, "since": info.blocked.since.isoformat()},
+        # Set through the API, or by an operator's rule (``rule``): either refuses writes.
+        "immutable": info.immutable or rule is not None,
+        "immutable_rule": rule,
     }
 
 
@@ -272,7 +275,8 @@ class RegistryController(Controller):
         info = await catalog.get_tag(*names)
         image_path = request.url.path.removesuffix("/meta")
         # The ETag a conditional write (If-Match) may send to catch any change of the tag.
-        return Response(_meta_view(info, image_path), headers={"ETag": meta_etag_of(info)})
+        view = _meta_view(info, image_path, catalog.immutable_by_rule(names))
+        return Response(view, headers={"ETag": meta_etag_of(info)})
 
     @post(
         "/{repo:str}/{image:str}/{tag:str}",

@@ -105,6 +105,20 @@ class MetaView(TypedDict):
             "IMAGE_BLOCKED, naming the rule); null when it is served"
         ),
     ]
+    immutable: Annotated[
+        bool,
+        _described(
+            "Whether the tag is immutable (no overwrite, retag or delete): made so with "
+            "PUT …/immutable, or protected by an operator's rule (immutable_rule)"
+        ),
+    ]
+    immutable_rule: Annotated[
+        str | None,
+        _described(
+            "The operator's --immutable-tags pattern that protects the tag (it cannot be "
+            "released while the rule stands); null when none does"
+        ),
+    ]
 
 
 _ERROR_DESCRIPTIONS = {
