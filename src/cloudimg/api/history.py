@@ -5,7 +5,9 @@ They sit under the tag's path next to ``/meta``:
 - ``GET  …/{tag}/history``: the entries, newest first;
 - ``POST …/{tag}/retag``: a JSON body ``{"digest": "blake3:…"|"sha256:…", "meta": {…}}``
   points the tag at bytes the registry holds (``meta`` optional: the metadata the tag
-  last had with those bytes); answered as an upload is;
+  last had with those bytes); the sha256 of a finished ``/v2`` upload to the image
+  commits that upload instead, as an upload (a push's commit,
+  :mod:`cloudimg.api.retag_upload`); answered as an upload is;
 - ``PUT`` / ``DELETE …/{tag}/immutable``: make the tag immutable, release it.
 
 Writes honour ``If-Match`` / ``If-None-Match: *`` (:mod:`cloudimg.api.conditional`) and
@@ -18,17 +20,21 @@ import json
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.params import SkipValidation
 
 from cloudimg.api.body import body_of, drain
 from cloudimg.api.conditional import write_options
 from cloudimg.api.download import etag_of, repr_digest_of
 from cloudimg.api.openapi import CREATED_HEADERS, RetagOperation, error_responses
+from cloudimg.api.retag_upload import commit_finished_upload
+from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog, HistoryEntry
 from cloudimg.config import Settings
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError
 from cloudimg.meta import parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.oci.digests import ContainerDisks
 
 __all__ = ["RETAG_MAX_BYTES", "TagHistoryController"]
 
@@ -119,15 +125,18 @@ class TagHistoryController(Controller):
         operation_id="RetagImage",
         operation_class=RetagOperation,
         summary='Point the tag at stored bytes by digest, without sending them: {"digest": '
-        '"blake3:<hex>"|"sha256:<hex>", "meta": {...}} (rollback: a digest from the history)',
+        '"blake3:<hex>"|"sha256:<hex>", "meta": {...}} (rollback: a digest from the history; '
+        "a push: the sha256 of a finished /v2 upload to the image, inspected as an upload)",
         status_code=201,
         response_headers=CREATED_HEADERS,
-        responses=error_responses(400, 404, 409, 412, 413),
+        responses=error_responses(400, 404, 409, 412, 413, 422, 507),
     )
     async def retag(
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        blobs: SkipValidation[BlobStore],
+        disks: SkipValidation[ContainerDisks],
         settings: Settings,
         repo: str,
         image: str,
@@ -137,7 +146,16 @@ class TagHistoryController(Controller):
         names = _names(repo, image, tag)
         digest, meta = _retag_request(raw)
         options = await write_options(request, catalog, names, early=False)
-        ref = await catalog.retag(*names, digest, meta, options)
+        # The sha256 of a finished /v2 upload to this image: a push's commit, its bytes
+        # and metadata in one write, recorded as an upload (cloudimg.api.retag_upload).
+        pushed = await commit_finished_upload(
+            catalog, blobs, settings, names, digest, meta, options
+        )
+        if pushed is None:
+            ref = await catalog.retag(*names, digest, meta, options)
+        else:
+            disks.wake()  # as after an upload: hash the new bytes' containerDisk layer now
+            ref = pushed
         headers = {
             "Location": f"{settings.api_base}/{repo}/{image}/blake3:{ref.digest}",
             "ETag": etag_of(ref.digest),

@@ -6,10 +6,13 @@ a push that was killed, or whose connection broke, asks the server how far it go
 (``GET`` on the session) and sends only the rest. The client hashes the bytes as the
 server confirms them (after a resume, the part the server has is hashed from the local
 file, which costs no transfer); the final ``PUT ?digest=sha256:<hex>`` makes the
-server check the whole upload against that digest. A disk-artifact manifest ``PUT``
-under the tag then commits the disk as a ``/reg`` upload does (inspection included),
-and the stored bytes are checked by their digest reference against the client's
-blake3. Metadata, which a manifest does not carry, is set by a ``/reg`` retag.
+server check the whole upload against that digest. A ``/reg`` retag of that sha256
+with the metadata then commits the finished upload under the tag as a ``/reg`` upload
+does (inspection included), bytes and metadata in one write, so the push is one entry
+of the tag's history; and the stored bytes are checked by their digest reference
+against the client's blake3. A server older than that commit (its retag answers 404)
+gets a disk-artifact manifest ``PUT`` under the tag instead, and the metadata, which a
+manifest does not carry, by a second retag.
 """
 
 from __future__ import annotations
@@ -95,14 +98,11 @@ def push_resumable(
     sha256 = upload.sha256.hexdigest()
     _finish(upload, sha256)
     upload.state_file.unlink(missing_ok=True)
-    _commit(upload, sha256)
-    if meta:
-        session.request(
-            "POST",
-            f"{ref.path}/retag",
-            write=True,
-            json={"digest": f"sha256:{sha256}", "meta": meta},
-        )
+    if not _commit_with_meta(upload, sha256, meta):
+        _commit(upload, sha256)  # an older server: the manifest, then the metadata
+        if meta:
+            body = {"digest": f"sha256:{sha256}", "meta": meta}
+            session.request("POST", f"{ref.path}/retag", write=True, json=body)
     return _check_stored(upload, sha256), upload.resumed_from
 
 
@@ -219,6 +219,20 @@ def _finish(upload: _Upload, sha256: str) -> None:
             "nothing was stored"
         )
     upload.session.checked(response)
+
+
+def _commit_with_meta(upload: _Upload, sha256: str, meta: dict[str, str]) -> bool:
+    """Retag ``sha256:<hex>`` under the tag with ``meta``: the server commits the finished
+    upload, as an upload; False when it answers 404 or 405 (a server older than that
+    commit, which names by retag only bytes it stores)."""
+    session, ref = upload.session, upload.ref
+    body = {"digest": f"sha256:{sha256}", "meta": meta}
+
+    def attempt() -> httpx.Response:
+        response = session.raw("POST", f"{ref.path}/retag", write=True, absolute=False, json=body)
+        return response if response.status_code in (404, 405) else session.checked(response)
+
+    return session.retrying(attempt, f"POST {ref}/retag").status_code not in (404, 405)
 
 
 def _commit(upload: _Upload, sha256: str) -> None:
