@@ -3,8 +3,8 @@
 It forwards bytes both ways and can, in the server's answer, flip one byte of the body
 (a corrupting middlebox) or close the connection after some body bytes (a network
 that drops); it can flip a byte of what the client sends, and counts those bytes (what
-a resumed push sends again); it can answer requests of one method with 405 itself, as
-a server older than that method's route does.
+a resumed push sends again); it can answer requests of one method (on paths with one
+ending, if told) with 405 itself, as a server older than that route does.
 """
 
 from __future__ import annotations
@@ -35,11 +35,18 @@ class Proxy:
     refuse_method: str | None = None
     """Answer each request with this method 405 (its body read first), as a server without
     the route does; other requests go through."""
+    refuse_path_suffix: str | None = None
+    """With ``refuse_method``: refuse only the requests whose path ends with this (a server
+    without that one route)."""
+    refuse_at_most: int | None = None
+    """With ``refuse_method``: refuse this many requests, then let the others through."""
     refused: int = 0
     """Requests answered 405 (``refuse_method``)."""
     port: int = 0
     sent_upstream: int = 0
     """Bytes the client sent, all connections together."""
+    sent_downstream: int = 0
+    """Bytes the server answered, all connections together (what a pull fetched)."""
     _listener: socket.socket = field(default_factory=socket.socket)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -112,7 +119,10 @@ class Proxy:
                         return
                     pending += data
                 body, pending = pending[:length], pending[length:]
-                if head.startswith(method.encode() + b" "):
+                limit = self.refuse_at_most
+                if _refused(head, method, self.refuse_path_suffix) and (
+                    limit is None or self.refused < limit
+                ):
                     with self._lock:
                         self.refused += 1
                     client.sendall(_METHOD_NOT_ALLOWED)
@@ -139,6 +149,8 @@ class Proxy:
                     data, body = head[end:], 0
                 data = self._fault(bytearray(data), body)
                 body += len(data)
+                with self._lock:
+                    self.sent_downstream += len(data)
                 client.sendall(data)
                 cut = self.cut_after_body_bytes
                 if cut is not None and body >= cut:
@@ -165,6 +177,14 @@ _METHOD_NOT_ALLOWED = (
     b"content-length: 58\r\n\r\n"
     b'{"status":"INVALID_ARGUMENT","error":"Method Not Allowed"}'
 )
+
+
+def _refused(head: bytes, method: str, suffix: str | None) -> bool:
+    """Whether the request ``head`` is one to answer 405: ``method``, and its path ends
+    with ``suffix`` when one is given."""
+    verb, _, rest = head.partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    return verb == method.encode() and (suffix is None or target.endswith(suffix.encode()))
 
 
 def _content_length(head: bytes) -> int:

@@ -81,6 +81,8 @@ def inspect(ref: str, as_json: bool, server: str, token_file: Path | None, retri
     for key in ("created", "updated"):
         if details.get(key):
             click.echo(f"{key + ':':<14}{details[key]}")
+    if "immutable" in details:  # a tag's (a digest reference names fixed bytes anyway)
+        click.echo(f"{'immutable:':<14}{_immutable(details)}")
     for key, value in sorted(details.get("meta", {}).items()):
         click.echo(f"{'meta.' + key + ':':<14}{value}")
     if "history" in details:
@@ -113,6 +115,15 @@ def _shown(key: str, value: Any) -> str:
     return str(value)
 
 
+def _immutable(details: dict[str, Any]) -> str:
+    """``yes``, ``yes (rule release/*)``, ``no``; ``-`` from a server that does not say."""
+    value = details.get("immutable")
+    if value is None:
+        return "-"
+    rule = details.get("immutable_rule")
+    return ("yes" + (f" (rule {rule})" if rule else "")) if value else "no"
+
+
 def _print_tags(tags: list[dict[str, Any]]) -> None:
     rows = [
         [
@@ -122,10 +133,12 @@ def _print_tags(tags: list[dict[str, Any]]) -> None:
             _size(tag.get("virtual_size")),
             _short(tag.get("digest")),
             (tag.get("updated") or "")[:19].replace("T", " "),
+            _immutable(tag),
         ]
         for tag in tags
     ]
-    _print_table(["TAG", "SIZE", "FORMAT", "VIRTUAL SIZE", "DIGEST", "UPDATED (UTC)"], rows)
+    headings = ["TAG", "SIZE", "FORMAT", "VIRTUAL SIZE", "DIGEST", "UPDATED (UTC)", "IMMUTABLE"]
+    _print_table(headings, rows)
 
 
 def _print_images(images: list[dict[str, Any]]) -> None:

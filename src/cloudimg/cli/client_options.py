@@ -40,7 +40,8 @@ def client_options(func: F) -> F:
     return option(
         "--server",
         default=DEFAULT_SERVER,
-        help="The registry's URL; a path in it is the API root [default path: /reg]",
+        help="The registry's URL (HOST:PORT means http://HOST:PORT); a path in it is the "
+        "API root [default path: /reg]",
     )(func)
 
 
@@ -71,6 +72,7 @@ def open_session(server: str, token_file: Path | None, retries: int) -> Iterator
             user=os.environ.get("CLOUDIMG_USER") or None,
             password=os.environ.get("CLOUDIMG_PASSWORD"),
             netrc_file=default_netrc(),
+            token_source="CLOUDIMG_TOKEN" if token_file is None else f"--token-file {token_file}",
         )
         with Session(server, credentials, attempts=retries + 1) as session:
             yield session

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import click
 
 from cloudimg.cli.options import settings_from, storage_options
-from cloudimg.cli.output import human_bytes, print_json, run
+from cloudimg.cli.output import FREE_HISTORY, human_bytes, print_json, run
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.maintenance import DuReport, disk_usage
 
@@ -52,6 +52,8 @@ def _print(report: DuReport) -> None:
         f"held only by tag history: {report.history_only_blobs} blob(s),"
         f" {human_bytes(report.history_only_bytes)}"
     )
+    if report.history_only_blobs:
+        click.echo(f"  {FREE_HISTORY}")
     click.echo(
         f"kept /v2 layers and configs: {report.oci_kept_blobs} blob(s),"
         f" {human_bytes(report.oci_kept_bytes)}"

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cloudimg.blobstore import MaintenanceBlobStore
+from cloudimg.catalog import Catalog, StorageTotals
 from cloudimg.cli.options import settings_from, storage_options
-from cloudimg.cli.output import human_bytes, print_json, run, shown
+from cloudimg.cli.output import history_hint, human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.gc_record import record_gc_run
 from cloudimg.maintenance import GcKind, GcReport, collect_garbage, parse_duration
@@ -68,18 +70,25 @@ def gc(
     """
     settings = settings_from(**values)
     with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
-        report = run(
-            settings,
-            lambda catalog, blobs: collect_garbage(
+
+        async def work(
+            catalog: Catalog, blobs: MaintenanceBlobStore
+        ) -> tuple[GcReport, StorageTotals]:
+            report = await collect_garbage(
                 catalog, blobs, grace=grace, dry_run=dry_run, progress=progress
-            ),
-        )
+            )
+            return report, await catalog.storage_totals()  # what history still holds
+
+        report, totals = run(settings, work)
     if not dry_run:
         _record(settings.data_root, report)
     if as_json:
         print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
     else:
         print_report(report)
+        hint = history_hint(totals.history_only_blobs, totals.history_only_bytes)
+        if hint is not None:
+            click.echo(hint)
     sys.exit(0 if report.ok else 1)
 
 

@@ -27,6 +27,7 @@ _COMMANDS = {
     "history": "cloudimg.cli.browse:history_command",
     "tag": "cloudimg.cli.tagging:tag",
     "rm": "cloudimg.cli.tagging:rm",
+    "immutable": "cloudimg.cli.tagging:immutable",
 }
 """Each command's module is imported when the command runs (click's lazy group recipe):
 a client command does not load the server, the catalog or the image inspectors."""

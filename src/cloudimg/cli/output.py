@@ -18,7 +18,15 @@ from cloudimg.config import Settings
 from cloudimg.registry import open_registry
 from cloudimg.units import human_bytes
 
-__all__ = ["SHOWN_PER_KIND", "human_bytes", "print_json", "run", "shown"]
+__all__ = [
+    "FREE_HISTORY",
+    "SHOWN_PER_KIND",
+    "history_hint",
+    "human_bytes",
+    "print_json",
+    "run",
+    "shown",
+]
 
 T = TypeVar("T")
 SHOWN_PER_KIND = 10
@@ -67,3 +75,18 @@ def shown(items: Iterable[T]) -> tuple[list[T], int]:
     """The first ``SHOWN_PER_KIND`` items and how many more there are."""
     listed = list(items)
     return listed[:SHOWN_PER_KIND], max(0, len(listed) - SHOWN_PER_KIND)
+
+
+FREE_HISTORY = (
+    "gc does not free them: `cloudimg rm REPO/IMAGE:TAG --purge-history` drops a tag's"
+    " history and frees what nothing else holds (the server's --keep-history sets how many"
+    " earlier images each tag keeps)"
+)
+"""How bytes only tag history holds are freed, as ``du`` and ``gc`` say it."""
+
+
+def history_hint(blobs: int, size: int) -> str | None:
+    """``gc``'s line when tag history holds bytes no tag names (None when it holds none)."""
+    if blobs == 0:
+        return None
+    return f"held only by tag history: {blobs} blob(s), {human_bytes(size)}; {FREE_HISTORY}"

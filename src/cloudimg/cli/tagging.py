@@ -1,4 +1,4 @@
-"""``cloudimg tag`` and ``cloudimg rm``: move and drop tags without sending bytes."""
+"""``cloudimg tag``, ``rm`` and ``immutable``: move, drop and protect tags without sending bytes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from cloudimg.cli.client_options import client_errors, client_options, open_session, reference
-from cloudimg.client.tagging import delete_tag, retag
+from cloudimg.client.tagging import delete_tag, held_by_history, retag, set_immutable
+from cloudimg.units import human_bytes
 
-__all__ = ["rm", "tag"]
+__all__ = ["immutable", "rm", "tag"]
 
 
 @click.command()
@@ -34,8 +35,40 @@ def tag(source: str, target: str, server: str, token_file: Path | None, retries:
 )
 @client_options
 def rm(ref: str, purge_history: bool, server: str, token_file: Path | None, retries: int) -> None:
-    """Delete a tag (its history and the digests it retains stay downloadable by digest)."""
+    """Delete a tag (its history and the digests it retains stay downloadable by digest).
+
+    Says what the history still holds, which gc does not free, and how to free it.
+    """
     target = reference(ref, tag_only=True)
     with open_session(server, token_file, retries) as session, client_errors():
         delete_tag(session, target, purge_history=purge_history)
+        held = None if purge_history else held_by_history(session, target)
     click.echo(f"deleted {target}" + (" and its history" if purge_history else ""))
+    if held is not None:
+        click.echo(
+            f"its history still holds {held.digests} image(s), {human_bytes(held.size)},"
+            f" downloadable by digest; gc does not free them: `cloudimg rm {target}"
+            " --purge-history` drops the history and frees what no other tag holds"
+        )
+
+
+@click.command()
+@click.argument("ref", metavar="REPO/IMAGE:TAG")
+@click.option(
+    "--release",
+    is_flag=True,
+    help="Release the tag: it may be overwritten, retagged and deleted again.",
+)
+@client_options
+def immutable(ref: str, release: bool, server: str, token_file: Path | None, retries: int) -> None:
+    """Make a tag immutable: no push over it, retag or rm until it is released.
+
+    An operator's rule (the server's --immutable-tags) cannot be released this way.
+    """
+    target = reference(ref, tag_only=True)
+    with open_session(server, token_file, retries) as session, client_errors():
+        changed = set_immutable(session, target, not release)
+    if release:
+        click.echo(f"released {target}" if changed else f"{target} was not immutable")
+    else:
+        click.echo(f"{target} is immutable" if changed else f"{target} was immutable already")

@@ -9,6 +9,8 @@ import click
 from cloudimg.cli.client_options import client_errors, client_options, open_session, reference
 from cloudimg.cli.flags import option
 from cloudimg.cli.progress import ProgressDisplay, progress_options
+from cloudimg.client import UsageError
+from cloudimg.client.download import check_destination, has_digest, wanted_blake3
 from cloudimg.client.download import pull as pull_image
 from cloudimg.client.resumable import push_resumable
 from cloudimg.client.upload import push as push_image
@@ -70,6 +72,7 @@ def push(
         client_errors(),
         ProgressDisplay(quiet=quiet, interval=progress_interval) as progress,
     ):
+        session.ensure_registry()  # before any byte goes: --server must name a registry
         resumed = 0
         if image_format is None:
             result, resumed = push_resumable(
@@ -95,11 +98,17 @@ def push(
 @click.command()
 @click.argument("ref", metavar="REF")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace FILE when it exists and holds other bytes than REF names",
+)
 @client_options
 @progress_options
 def pull(
     ref: str,
     file: Path,
+    force: bool,
     server: str,
     token_file: Path | None,
     retries: int,
@@ -109,15 +118,29 @@ def pull(
     """Download REF (REPO/IMAGE:TAG or REPO/IMAGE@blake3:<hex>) into FILE (- for stdout).
 
     A partial download is resumed; the file is kept only when its digest is right.
-    Zero blocks are left as holes.
+    Zero blocks are left as holes. An existing FILE that already holds the bytes REF
+    names is left as it is (nothing is downloaded); one that holds other bytes is
+    replaced only with --force.
     """
     source = reference(ref)
     dest = None if str(file) == "-" else file
+    with client_errors():
+        exists = dest is not None and check_destination(dest)
     with (
         open_session(server, token_file, retries) as session,
         client_errors(),
         ProgressDisplay(quiet=quiet, interval=progress_interval) as progress,
     ):
+        if dest is not None and exists:
+            wanted = wanted_blake3(session, source)
+            if has_digest(dest, wanted, progress):
+                click.echo(f"{file} already holds {source} ({wanted}): nothing to download")
+                return
+            if not force:
+                raise UsageError(
+                    f"{file} exists and holds other bytes than {source} ({wanted});"
+                    " --force replaces it"
+                )
         result = pull_image(session, source, dest, progress)
     resumed = f", resumed at {human_bytes(result.resumed_from)}" if result.resumed_from else ""
     click.echo(

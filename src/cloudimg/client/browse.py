@@ -27,6 +27,7 @@ def list_images(session: Session, repo: str) -> list[dict[str, Any]]:
         body = _json(session, f"/{repo}", params=params)
         page = body.get("data")
         if not isinstance(page, list):
+            session.ensure_registry()
             raise ConnectionFailedError(f"GET {session.url('/' + repo)}: the answer is not a list")
         images += [item if isinstance(item, dict) else {"image": str(item)} for item in page]
         after = body.get("next")
@@ -57,6 +58,9 @@ def describe(session: Session, ref: ImageRef) -> dict[str, Any]:
             "created": body.get("created"),
             "updated": body.get("updated"),
             "meta": body.get("data") or {},
+            # None from a server older than the field: unknown, not "no".
+            "immutable": body.get("immutable"),
+            "immutable_rule": body.get("immutable_rule"),
             "url": session.url(ref.path),
         }
     headers = session.request("HEAD", ref.path).headers
@@ -74,6 +78,7 @@ def history(session: Session, ref: ImageRef) -> list[dict[str, Any]]:
     """The tag's changes, newest first (``GET …/history``)."""
     data = _json(session, f"{ref.path}/history").get("data")
     if not isinstance(data, list):
+        session.ensure_registry()
         raise ConnectionFailedError(f"GET {ref}/history: the answer is not a list")
     return data
 
@@ -81,6 +86,7 @@ def history(session: Session, ref: ImageRef) -> list[dict[str, Any]]:
 def _names(session: Session, path: str) -> list[str]:
     data = _json(session, path).get("data")
     if not isinstance(data, list):
+        session.ensure_registry()
         raise ConnectionFailedError(f"GET {session.url(path)}: the answer is not a list")
     return [str(name) for name in data]
 
@@ -92,6 +98,7 @@ def _json(session: Session, path: str, **kwargs: Any) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
+        session.ensure_registry()
         raise ConnectionFailedError(f"GET {session.url(path)}: the answer is not JSON")
     return body
 

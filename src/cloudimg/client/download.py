@@ -23,12 +23,19 @@ from typing import BinaryIO
 import blake3
 import httpx
 
-from cloudimg.client.errors import ConnectionFailedError, VerificationError
+from cloudimg.client.browse import describe
+from cloudimg.client.errors import (
+    ClientError,
+    ConnectionFailedError,
+    UsageError,
+    VerificationError,
+)
 from cloudimg.client.reference import ImageRef
 from cloudimg.client.session import Session
+from cloudimg.client.upload import file_blake3
 from cloudimg.progress import Progress, ProgressMeter
 
-__all__ = ["PullResult", "pull"]
+__all__ = ["PullResult", "check_destination", "has_digest", "pull", "wanted_blake3"]
 
 _HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(_HOLE_BLOCK)
@@ -53,9 +60,44 @@ def pull(
 
     Raises:
         VerificationError: the bytes do not hash to the digest (no file is left).
+        ClientError: the destination cannot be written (its ``strerror``).
         NotFoundError, RefusedError, ConnectionFailedError: as the session says.
     """
-    return _Pull(session, ref, dest, progress).run()
+    try:
+        return _Pull(session, ref, dest, progress).run()
+    except OSError as exc:
+        where = "stdout" if dest is None else str(dest)
+        raise ClientError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
+def check_destination(dest: Path) -> bool:
+    """Whether ``dest`` exists (a regular file); it must be one or be creatable by name.
+
+    Raises:
+        UsageError: its directory does not exist or is no directory, or ``dest`` exists
+            and is not a regular file (a directory, a device: ``-`` is stdout).
+    """
+    parent = dest.parent
+    if not parent.is_dir():
+        why = "does not exist" if not parent.exists() else "is not a directory"
+        raise UsageError(f"cannot write {dest}: the directory {parent} {why}")
+    if dest.exists() and not dest.is_file():
+        raise UsageError(f"{dest} exists and is not a regular file (- writes to stdout)")
+    return dest.exists()
+
+
+def wanted_blake3(session: Session, ref: ImageRef) -> str:
+    """The ``blake3:<hex>`` of the bytes ``ref`` names now (a tag's ``/meta``, a digest's
+    ``HEAD``), to compare a local file with before downloading."""
+    digest = describe(session, ref).get("digest")
+    if not isinstance(digest, str) or not digest.startswith("blake3:"):
+        raise VerificationError(f"{ref}: the server named no blake3 digest to compare with")
+    return digest
+
+
+def has_digest(path: Path, blake3_digest: str, progress: Progress | None = None) -> bool:
+    """Whether the file at ``path`` hashes to ``blake3_digest`` (``blake3:<hex>``)."""
+    return f"blake3:{file_blake3(path, progress)}" == blake3_digest
 
 
 class _Pull:

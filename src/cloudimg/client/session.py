@@ -25,9 +25,18 @@ from cloudimg.client.errors import (
     ConnectionFailedError,
     NotFoundError,
     RefusedError,
+    UsageError,
 )
 
-__all__ = ["API_ROOT", "Credentials", "Session", "check", "default_netrc", "repr_sha256"]
+__all__ = [
+    "API_ROOT",
+    "Credentials",
+    "Session",
+    "check",
+    "default_netrc",
+    "repr_sha256",
+    "server_url",
+]
 
 T = TypeVar("T")
 API_ROOT = "/reg"
@@ -45,6 +54,8 @@ class Credentials:
     password: str | None = None
     netrc_file: Path | None = None
     """A netrc file to take the server host's Basic credentials from, when there is one."""
+    token_source: str = "CLOUDIMG_TOKEN"
+    """Where the token came from, for messages (``--token-file PATH``); never the token."""
 
     def read_auth(self, host: str) -> httpx.Auth | None:
         if self.user is not None and self.password is not None:
@@ -98,9 +109,7 @@ class Session:
         attempts: int = 5,
         backoff: float = 0.5,
     ) -> None:
-        url = httpx.URL(server)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ClientError(f"--server {server!r} is not an http:// or https:// URL")
+        url = server_url(server)
         path = url.path.rstrip("/") or API_ROOT
         self.root = str(url.copy_with(path=path, query=None, fragment=None))
         self.origin = str(url.copy_with(path="", query=None, fragment=None)).rstrip("/")
@@ -108,6 +117,7 @@ class Session:
         self.attempts = attempts
         self.backoff = backoff
         self._http = httpx.Client(timeout=_TIMEOUT, follow_redirects=False)
+        self._registry_seen = False
 
     def close(self) -> None:
         self._http.close()
@@ -157,9 +167,51 @@ class Session:
         return self._http.request(method, url, auth=self._auth(write), **kwargs)
 
     def checked(self, response: httpx.Response) -> httpx.Response:
-        """``response``, or the error its status stands for."""
-        check(response)
+        """``response``, or the error its status stands for.
+
+        An answer under the API root that is a 404, or an error that is not the JSON a
+        cloudimg server gives, makes the session ask the root first: a ``--server`` that
+        names no cloudimg registry (another service, the OCI face ``/v2``, a wrong path)
+        is said as such (``UsageError``) rather than as a missing tag.
+        """
+        status = response.status_code
+        final = status >= 400 and status not in _TRANSIENT_STATUSES
+        if (
+            final
+            and self._under_root(response)
+            and (status in (404, 405) or not _cloudimg_error(response))
+        ):
+            self.ensure_registry()
+        check(response, self.credentials)
         return response
+
+    def ensure_registry(self) -> None:
+        """Raise ``UsageError`` unless the API root answers as a cloudimg registry does:
+        ``GET`` gives the JSON list of repositories, or a cloudimg error asking for
+        credentials. Asked once per session; a root that cannot be reached tells nothing
+        here (the request that failed says why)."""
+        if self._registry_seen:
+            return
+        try:
+            response = self._http.get(self.root, auth=self._auth(False))
+        except httpx.TransportError:
+            return
+        if _lists_repositories(response) or (
+            response.status_code in (401, 403) and _cloudimg_error(response)
+        ):
+            self._registry_seen = True
+            return
+        raise UsageError(
+            f"{self.root} does not answer as a cloudimg registry"
+            f" (GET {self.root} gave {_summary(response)}); check --server"
+        )
+
+    def _under_root(self, response: httpx.Response) -> bool:
+        try:
+            url = str(response.request.url.copy_with(query=None, fragment=None))
+        except RuntimeError:  # a response made without a request
+            return False
+        return url == self.root or url.startswith(self.root + "/")
 
     @contextmanager
     def stream(
@@ -171,7 +223,7 @@ class Session:
         ) as response:
             if response.status_code >= 400:
                 response.read()
-                check(response)
+                self.checked(response)
             yield response
 
     def retrying(
@@ -210,8 +262,30 @@ class Session:
         return self.credentials.read_auth(httpx.URL(self.origin).host)
 
 
-def check(response: httpx.Response) -> None:
-    """Raise the error an answer of 400 or more stands for (transient ones are retried)."""
+def server_url(server: str) -> httpx.URL:
+    """``--server`` as a URL; ``host:port`` (no scheme) means ``http://host:port``.
+
+    Raises:
+        UsageError: not an http:// or https:// URL with a host.
+    """
+    text = server.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"--server {server!r} is not an http:// or https:// URL (or HOST:PORT)")
+    return url
+
+
+def check(response: httpx.Response, credentials: Credentials | None = None) -> None:
+    """Raise the error an answer of 400 or more stands for (transient ones are retried).
+
+    A 401 says whether credentials were sent: none (what to set), or sent and rejected
+    by the server (``credentials`` names where they came from).
+    """
     status = response.status_code
     if status < 400:
         return
@@ -223,8 +297,74 @@ def check(response: httpx.Response) -> None:
     if status >= 500 and status != 507:
         raise ConnectionFailedError(message)
     if status == 401:
-        message += " (writes need CLOUDIMG_TOKEN or --token-file; reads netrc or CLOUDIMG_USER)"
+        raise RefusedError(_unauthenticated(response, message, credentials or Credentials()))
     raise RefusedError(message)
+
+
+def _unauthenticated(response: httpx.Response, message: str, credentials: Credentials) -> str:
+    """A 401's line: the credentials the request carried were rejected, or there were none."""
+    try:
+        sent = response.request.headers.get("Authorization", "")
+    except RuntimeError:  # a response made without a request
+        sent = ""
+    scheme = sent.partition(" ")[0].lower()
+    if scheme == "bearer":
+        # A token that is not the server's: /reg says error="invalid_token" (RFC 6750); the
+        # OCI face challenges for Basic instead, but a 401 to a token sent means the same.
+        return f"the server rejected the write token from {credentials.token_source} ({message})"
+    if scheme == "basic":
+        source = (
+            "CLOUDIMG_USER and CLOUDIMG_PASSWORD"
+            if credentials.user is not None and credentials.password is not None
+            else f"the netrc file {credentials.netrc_file}"
+        )
+        return f"the server rejected the read credentials from {source} ({message})"
+    return (
+        f"{message} (no credentials were sent: writes need CLOUDIMG_TOKEN or --token-file;"
+        " reads netrc, CLOUDIMG_USER and CLOUDIMG_PASSWORD, or a token)"
+    )
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _cloudimg_error(response: httpx.Response) -> bool:
+    """Whether the answer is a cloudimg error: ``{"status": "<CODE>", "error": "..."}``."""
+    body = _json_body(response)
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("status"), str)
+        and isinstance(body.get("error"), str)
+    )
+
+
+def _lists_repositories(response: httpx.Response) -> bool:
+    """Whether the answer is a registry root's: ``{"success": true, "data": [...]}``."""
+    body = _json_body(response)
+    return (
+        response.status_code == 200
+        and isinstance(body, dict)
+        and body.get("success") is True
+        and isinstance(body.get("data"), list)
+    )
+
+
+def _summary(response: httpx.Response) -> str:
+    """What an answer that is no registry's was, in a few words (``404 Not Found, HTML``)."""
+    status = f"{response.status_code} {response.reason_phrase}".strip()
+    body = _json_body(response)
+    if _cloudimg_error(response):
+        return _describe(response)
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        return f"{_describe(response)}, an OCI registry's error"
+    if body is not None:
+        return f"{status}, JSON that is no list of repositories"
+    kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
+    return f"{status}, {kind or 'a body'} that is not JSON" if response.content else status
 
 
 def _describe(response: httpx.Response) -> str:

@@ -1,19 +1,57 @@
-"""Writes that send no image: delete a tag, point a tag at stored bytes (retag)."""
+"""Writes that send no image: delete a tag, point a tag at stored bytes (retag),
+make a tag immutable or release it."""
 
 from __future__ import annotations
 
-from cloudimg.client.browse import describe
+from dataclasses import dataclass
+
+from cloudimg.client.browse import describe, history
 from cloudimg.client.errors import ClientError
 from cloudimg.client.reference import ImageRef
 from cloudimg.client.session import Session
 
-__all__ = ["delete_tag", "retag"]
+__all__ = ["HeldByHistory", "delete_tag", "held_by_history", "retag", "set_immutable"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldByHistory:
+    """What a tag's history retains: distinct digests and the bytes they add up to."""
+
+    digests: int
+    size: int
 
 
 def delete_tag(session: Session, ref: ImageRef, *, purge_history: bool = False) -> None:
     """``DELETE`` the tag (its history and retained bytes stay unless ``purge_history``)."""
     params = {"purge": "history"} if purge_history else {}
     session.request("DELETE", ref.path, write=True, params=params)
+
+
+def held_by_history(session: Session, ref: ImageRef) -> HeldByHistory | None:
+    """The digests the tag's history retains (they download by digest reference and gc
+    leaves them); None when the history cannot be read or holds nothing."""
+    try:
+        entries = history(session, ref)
+    except ClientError:
+        return None
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        digest, size = entry.get("digest"), entry.get("size")
+        if entry.get("retained") and isinstance(digest, str) and isinstance(size, int):
+            sizes[digest] = size
+    return HeldByHistory(len(sizes), sum(sizes.values())) if sizes else None
+
+
+def set_immutable(session: Session, ref: ImageRef, immutable: bool) -> bool:
+    """Make the tag immutable (``PUT …/immutable``) or release it (``DELETE``); whether
+    that changed anything (False: it already was so)."""
+    method = "PUT" if immutable else "DELETE"
+    response = session.request(method, f"{ref.path}/immutable", write=True)
+    try:
+        data = response.json().get("data")
+    except (ValueError, AttributeError):
+        data = None
+    return not isinstance(data, dict) or bool(data.get("changed", True))
 
 
 def retag(session: Session, source: ImageRef, target: ImageRef) -> tuple[str, str]:
