@@ -352,12 +352,19 @@ class TagWrites(TagHistoryLog):
         )
 
     async def _find_image(self, session: AsyncSession, repo: str, image: str) -> int | None:
-        """The id of ``repo/image``, locked as ``_get_or_create_image`` locks it; None when
-        the repository or the image does not exist (nothing is created)."""
+        """The id of ``repo/image``, locked as ``_get_or_create_image`` locks it (the
+        repository's row first, then the image's: the lock order of every writer); None
+        when the repository or the image does not exist (nothing is created)."""
+        repo_id = await session.scalar(
+            select(Repository.id)
+            .where(Repository.name == repo)
+            .with_for_update(read=True, key_share=True)
+        )
+        if repo_id is None:
+            return None
         return await session.scalar(
             select(Image.id)
-            .join(Repository, Repository.id == Image.repository_id)
-            .where(Repository.name == repo, Image.name == image)
+            .where(Image.repository_id == repo_id, Image.name == image)
             .with_for_update(read=True, key_share=True)
         )
 
