@@ -52,6 +52,20 @@ def manifest_of(http: httpx.Client, name: str, reference: str) -> tuple[dict[str
     return response.json(), response.headers["docker-content-digest"]
 
 
+def assert_pulls_as_containerdisk(http: httpx.Client, name: str, tag: str, disk: bytes) -> None:
+    """A pull of ``name:tag`` is a bootable containerDisk: an image manifest whose config is
+    an image config and whose one layer holds exactly ``disk`` under ``disk/``."""
+    manifest, _ = manifest_of(http, name, tag)
+    assert manifest["mediaType"] == OCI_MANIFEST, manifest
+    config = http.get(f"/v2/{name}/blobs/{manifest['config']['digest']}")
+    assert config.status_code == 200
+    assert {"architecture", "os", "rootfs"} <= set(config.json()), config.text
+    (layer,) = manifest["layers"]
+    got = http.get(f"/v2/{name}/blobs/{layer['digest']}")
+    assert got.status_code == 200
+    assert disk_in_layer(got.content)[0] == disk
+
+
 def disk_in_layer(layer: bytes) -> tuple[bytes, tarfile.TarInfo]:
     """The bytes of ``disk/disk.img`` in a containerDisk layer (plain or compressed tar)."""
     with tarfile.open(fileobj=io.BytesIO(layer), mode="r:*") as archive:

@@ -43,12 +43,31 @@ def test_0006_gives_kept_manifests_their_role_and_checks_clean(
     upgrade_database(url, "0005")
     _add_0005_manifest(url, "1" * 64, "")  # an index's child no index took yet
     _add_0005_manifest(url, "2" * 64, "a" * 64)  # an artifact a tag push kept
-    upgrade_database(url)
+    upgrade_database(url, "0006")
     assert current_revision(url) == "0006"
     rows = query(url, "SELECT digest, role, layer_blob, config_blob FROM oci_manifests")
     assert sorted(rows) == [("1" * 64, "pending", None, None), ("2" * 64, "top", None, None)]
+    upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)
     command.downgrade(alembic_config(url), "0005")
     assert len(query(url, "SELECT digest FROM oci_manifests")) == 2
+    upgrade_database(url)
+    cli("db", "check", "--data-root", str(root), check=0)
+
+
+def test_0007_leaves_kept_pushes_untagged_and_checks_clean(
+    fresh_catalog: tuple[Path, str],
+) -> None:
+    """Rows kept before 0007 know no tag: their tags pull as the generated containerDisk
+    and the pushed manifests by digest; down and up again keeps them."""
+    root, url = fresh_catalog
+    upgrade_database(url, "0005")
+    _add_0005_manifest(url, "2" * 64, "a" * 64)
+    upgrade_database(url)
+    assert current_revision(url) == "0007"
+    assert query(url, "SELECT digest, role, tag FROM oci_manifests") == [("2" * 64, "top", None)]
+    cli("db", "check", "--data-root", str(root), check=0)
+    command.downgrade(alembic_config(url), "0006")
+    assert len(query(url, "SELECT digest FROM oci_manifests")) == 1
     upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)

@@ -28,6 +28,7 @@ from tests.oci_support import (
     LAYER_TYPES,
     artifact_manifest,
     assert_oci_error,
+    assert_pulls_as_containerdisk,
     container_manifest,
     index_manifest,
     manifest_of,
@@ -79,8 +80,9 @@ def test_a_chunked_disk_artifact_push_is_the_reg_image(
     assert disk_file in new
     assert new <= {disk_file, blob_path(server.data_root, blake3_hex(EMPTY))}
     assert (server.data_root / "blobs" / "blake3" / blake3_hex(qcow2)[:2]).is_dir()
-    # Pulls return what was pushed, by tag and by its digest; the layer is the disk.
-    assert client.get(f"/v2/{name}/manifests/v1").content == body
+    # By its digest the push pulls as it was pushed (the layer is the disk); by tag,
+    # as every tag, the generated containerDisk of that disk: KubeVirt boots it.
+    assert_pulls_as_containerdisk(client, name, "v1", qcow2)
     assert client.get(f"/v2/{name}/manifests/{sha256_digest(body)}").content == body
     assert client.get(f"/v2/{name}/blobs/{sha256_digest(qcow2)}").content == qcow2
     assert client.get(f"/v2/{name}/blobs/{sha256_digest(EMPTY)}").content == EMPTY

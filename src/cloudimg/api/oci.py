@@ -174,10 +174,13 @@ class OciController(Controller):
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
                 ref = await catalog.resolve_oci(*names, "manifest", hex_digest)
             else:
-                ref = await catalog.resolve(*names, oci_tag(reference))
-                # What was pushed for these bytes is served as it was pushed.
-                pushed = await catalog.pushed_manifest(*names, blob=ref.digest)
-                if pushed is not None:
+                tag = oci_tag(reference)
+                ref = await catalog.resolve(*names, tag)
+                # A container image or index pushed to this tag is served as pushed; any
+                # other tag (a /reg write, a retag, a disk artifact) pulls as the
+                # generated containerDisk of its disk, which KubeVirt and CDI boot.
+                pushed = await catalog.pushed_manifest(*names, blob=ref.digest, tag=tag)
+                if pushed is not None and pushed.is_container_image:
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
             disk = await disks.of(ref)
         except NotFoundError as exc:

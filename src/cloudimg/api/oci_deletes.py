@@ -1,8 +1,9 @@
 """``DELETE`` of a manifest by digest and of a blob over ``/v2``, kept safe by the
 catalog's reference counting.
 
-- A manifest by digest: every tag of the repository whose pull returns that manifest
-  is deleted as ``DELETE /reg/...`` deletes it (recorded in its history, whose retained
+- A manifest by digest: every tag of the repository whose pull returns that manifest,
+  or that it was pushed to over ``/v2`` and that still names its disk, is deleted as
+  ``DELETE /reg/...`` deletes it (recorded in its history, whose retained
   entries keep the bytes, and with them the manifest, pullable by digest until
   retention lets them go: no other tag's or image's bytes are touched), all in one
   catalog transaction: an immutable tag among them refuses the whole delete, and
@@ -26,16 +27,20 @@ from cloudimg.oci.digests import ContainerDisks
 __all__ = ["delete_blob", "delete_manifest_digest"]
 
 
-async def _served_manifest(catalog: Catalog, disks: ContainerDisks, tag: TagInfo) -> str:
-    """The sha256 of the manifest a pull of ``tag`` returns."""
-    pushed = await catalog.pushed_manifest(tag.repo, tag.image, blob=tag.digest)
+async def _manifests_of(catalog: Catalog, disks: ContainerDisks, tag: TagInfo) -> set[str]:
+    """The sha256 of the manifest a pull of ``tag`` returns, and of the one pushed to it
+    over ``/v2`` (a disk artifact pulls by tag as its generated containerDisk)."""
+    found: set[str] = set()
+    pushed = await catalog.pushed_manifest(tag.repo, tag.image, blob=tag.digest, tag=tag.tag)
     if pushed is not None:
-        return pushed.digest
+        found.add(pushed.digest)
+        if pushed.is_container_image:
+            return found
     stored = await catalog.oci_digests(tag.digest)
     if stored is not None:
-        return stored[2]
+        return found | {stored[2]}
     ref = await catalog.resolve(tag.repo, tag.image, tag.tag)
-    return hashlib.sha256((await disks.of(ref)).manifest).hexdigest()
+    return found | {hashlib.sha256((await disks.of(ref)).manifest).hexdigest()}
 
 
 async def delete_manifest_digest(
@@ -45,14 +50,12 @@ async def delete_manifest_digest(
     sha256_hex: str,
     options: WriteOptions,
 ) -> None:
-    """Delete the tags of ``names`` that pull as manifest ``sha256_hex``."""
+    """Delete the tags of ``names`` that pull as manifest ``sha256_hex`` or were pushed so."""
     try:
         tags = await catalog.list_tag_infos(*names)
     except NotFoundError:
         tags = []
-    matching = [
-        tag.tag for tag in tags if await _served_manifest(catalog, disks, tag) == sha256_hex
-    ]
+    matching = [tag.tag for tag in tags if sha256_hex in await _manifests_of(catalog, disks, tag)]
     if matching and await catalog.delete_tags(*names, matching, options):
         return
     context = {"digest": f"sha256:{sha256_hex}"}

@@ -153,7 +153,9 @@ async def put_tagged_manifest(
             await _inspect_children(blobs, parts, settings, children, disk_layer)
         options = WriteOptions(actor=actor_of(request))
         disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
-        await catalog.keep_pushed(repo, image, [replace(kept, blob=disk) for kept in plan])
+        tag = names[2]  # the top manifest (or index) answers a pull of this tag
+        kept = [replace(part, blob=disk, tag=tag if part.role == "top" else None) for part in plan]
+        await catalog.keep_pushed(repo, image, kept)
     finally:
         await parts.done()
 

@@ -239,3 +239,7 @@ class OciManifest(Base):
     another index child's disk); holds one reference in ``Blob.refcount``."""
     config_blob: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     """blake3 of the pushed config in the blob store; holds one reference."""
+    tag: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The tag a ``top`` row was pushed to, while that tag was last written by this push
+    (a ``/reg`` write of the tag clears it); a pull of that tag returns the row when it
+    is a container image or an index. NULL: served by digest only."""

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, select
+from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
@@ -24,12 +24,14 @@ from cloudimg.catalog.reads import held_by_image, servable
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError
+from cloudimg.oci.media_types import INDEX_MEDIA_TYPES
 
 __all__ = [
     "KeptPart",
     "OciManifests",
     "PushedManifest",
     "drop_unheld_manifests",
+    "release_tag",
 ]
 
 KeptPart = StagedBlob | str
@@ -54,6 +56,15 @@ class PushedManifest:
     """The pushed layer when it is not the disk itself; kept in the blob store."""
     config_part: KeptPart | None = None
     """The pushed config, kept in the blob store (None: ``config`` inline)."""
+    tag: str | None = None
+    """The tag a ``top`` manifest was pushed to (None: pulled by digest only)."""
+
+    @property
+    def is_container_image(self) -> bool:
+        """An image index, or a manifest whose layer is kept apart from its disk (a
+        containerDisk's tar): what a pull by its tag returns as pushed. A disk artifact
+        (its layer is the disk) pulls by tag as the generated containerDisk instead."""
+        return self.media_type in INDEX_MEDIA_TYPES or self.layer is not None
 
 
 def _pushed(row: OciManifest) -> PushedManifest:
@@ -67,6 +78,7 @@ def _pushed(row: OciManifest) -> PushedManifest:
         row.role,
         row.layer_blob,
         row.config_blob,
+        row.tag,
     )
 
 
@@ -103,6 +115,20 @@ async def drop_unheld_manifests(session: AsyncSession, repo: str, image: str) ->
         await session.execute(delete(OciManifest).where(OciManifest.id.in_([r.id for r in rows])))
         await session.flush()
     return released
+
+
+async def release_tag(session: AsyncSession, repo: str, image: str, tag: str) -> None:
+    """A tag written by anything but its ``/v2`` push no longer pulls as that push: the
+    kept rows stay (pulled by digest while their disk is held) without the tag."""
+    await session.execute(
+        update(OciManifest)
+        .where(
+            OciManifest.repository == repo,
+            OciManifest.image == image,
+            OciManifest.tag == tag,
+        )
+        .values(tag=None)
+    )
 
 
 class OciManifests(CatalogBase):
@@ -154,18 +180,25 @@ class OciManifests(CatalogBase):
     async def _kept_already(
         self, db: AsyncSession, repo: str, image: str, manifest: PushedManifest
     ) -> bool:
-        found = await db.scalar(
-            select(OciManifest.id)
-            .where(
-                OciManifest.repository == repo,
-                OciManifest.image == image,
-                OciManifest.digest == manifest.digest,
-                OciManifest.blob == manifest.blob,
-                OciManifest.role == manifest.role,
+        """Whether the push is kept already; a ``top`` row of the same push that no tag
+        names any more (a ``/reg`` write took its tag) is given this push's tag."""
+        rows = (
+            await db.scalars(
+                select(OciManifest).where(
+                    OciManifest.repository == repo,
+                    OciManifest.image == image,
+                    OciManifest.digest == manifest.digest,
+                    OciManifest.blob == manifest.blob,
+                    OciManifest.role == manifest.role,
+                )
             )
-            .limit(1)
-        )
-        return found is not None
+        ).all()
+        if manifest.role != "top" or any(row.tag == manifest.tag for row in rows):
+            return bool(rows)
+        untagged = next((row for row in rows if row.tag is None), None)
+        if untagged is not None:
+            untagged.tag = manifest.tag
+        return untagged is not None
 
     async def _hold(
         self, db: AsyncSession, part: KeptPart | None, effects: FileEffects
@@ -268,12 +301,16 @@ class OciManifests(CatalogBase):
         blob: str | None = None,
         digest: str | None = None,
         config: str | None = None,
+        tag: str | None = None,
     ) -> PushedManifest | None:
         """The newest served kept manifest of ``repo/image``: the one a tag push made for
-        disk ``blob``, or any with manifest ``digest``, or with inline config ``config``."""
+        disk ``blob`` (to ``tag``, when given), or any with manifest ``digest``, or with
+        inline config ``config``."""
         query = select(OciManifest).where(_live(repo, image))
         if blob is not None:
             query = query.where(OciManifest.blob == blob, OciManifest.role == "top")
+        if tag is not None:
+            query = query.where(OciManifest.tag == tag)
         if digest is not None:
             query = query.where(OciManifest.digest == digest)
         if config is not None:
@@ -305,4 +342,5 @@ def _row(
         role=role,
         layer_blob=layer,
         config_blob=config,
+        tag=manifest.tag if role == "top" else None,
     )

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci_manifests import drop_unheld_manifests
+from cloudimg.catalog.oci_manifests import drop_unheld_manifests, release_tag
 from cloudimg.catalog.reads import kept_references
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
@@ -150,6 +150,8 @@ class TagWrites(TagHistoryLog):
         )
         await self._check(session, names, current, options)
         self._refuse_immutable(names, current, "overwritten")
+        # The tag now pulls as its disk's containerDisk; a /v2 push names it again after.
+        await release_tag(session, *names)
         now = utcnow()
         if current is None:
             refuse_probed_tag_name(names[2])

@@ -31,6 +31,7 @@ import zstandard
 
 from cloudimg.blobstore import BlobReader
 from cloudimg.errors import ImageRefusedError, InvalidArgumentError, PayloadTooLargeError
+from cloudimg.oci.media_types import INDEX_MEDIA_TYPES
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -58,10 +59,7 @@ _TAR_TYPES: dict[str, Literal["tar", "gzip", "zstd"]] = {
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
     "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
 }
-_INDEX_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
+_INDEX_TYPES = INDEX_MEDIA_TYPES
 _CHUNK: Final = 1024 * 1024
 _FORMAT_ROOM: Final = 64 * 1024 * 1024
 """Room, besides 1/32 of ``--max-virtual-size``, for a format's own tables in a disk file."""
