@@ -12,6 +12,7 @@ from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.client import UsageError
 from cloudimg.client.download import check_destination, has_digest, wanted_blake3
 from cloudimg.client.download import pull as pull_image
+from cloudimg.client.preflight import check_before_push
 from cloudimg.client.resumable import push_resumable
 from cloudimg.client.upload import push as push_image
 from cloudimg.units import human_bytes
@@ -73,6 +74,7 @@ def push(
         ProgressDisplay(quiet=quiet, interval=progress_interval) as progress,
     ):
         session.ensure_registry()  # before any byte goes: --server must name a registry
+        check_before_push(session, file, target, image_format)
         resumed = 0
         if image_format is None:
             result, resumed = push_resumable(
