@@ -90,7 +90,9 @@ def test_hostile_push_is_refused_and_tags_nothing(
         manifest = container_manifest(layer, _LAYER_GZIP, _CONFIG.encode())
     response = put_manifest(client, name, "v1", manifest)
     assert 400 <= response.status_code < 500, response.text
-    assert rule in response.text
+    (error,) = response.json()["errors"]
+    assert error["detail"]["rule"] == rule
+    assert f"(rule {rule})" in error["message"]
     assert client.get(f"/v2/{name}/manifests/v1").status_code == 404
     assert client.get(f"/reg/{name}/v1").status_code == 404
 

@@ -93,7 +93,11 @@ def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Respon
     status = status_of(exc)
     if status >= 500:
         log.warning("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
-    return oci_error_response(status, _code_of(exc), exc.message, exc.context)
+    message = exc.message
+    rule = (exc.context or {}).get("rule") if isinstance(exc, ImageRefusedError) else None
+    if rule is not None:  # the spec's code says little: the message names the rule too
+        message = f"{message} (rule {rule})"
+    return oci_error_response(status, _code_of(exc), message, exc.context)
 
 
 _ENDPOINT = re.compile(r"/v2/(.+)/(?:manifests/[^/]+|blobs/[^/]+|blobs/uploads/.*|tags/list)")
