@@ -227,3 +227,11 @@ def test_hostile_headers_are_accepted_or_refused_never_crash(
 def test_random_bytes_are_raw() -> None:
     data = random.Random(10).randbytes(2 * MIB)  # seeded: no chance of a magic number
     assert inspect(data) == Inspection("raw", len(data), None)
+
+
+def test_every_rule_is_documented_with_its_reason() -> None:
+    """docs/security.md's table names every rule a refusal can carry."""
+    table = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert set(RULES) <= rows, sorted(set(RULES) - rows)
