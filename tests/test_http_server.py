@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -137,3 +138,39 @@ def test_openapi_describes_image_inspection(client: httpx.Client) -> None:
     properties = document["components"]["schemas"][ref]["properties"]
     assert {"format", "virtual_size", "digest", "size"} <= set(properties)
     assert "qemu-img -f" in properties["format"]["description"]
+
+
+@pytest.mark.parametrize("document", ["openapi.json", "openapi-3.1.json"])
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_openapi_describes_the_upload_query_as_the_upload_parses_it(
+    client: httpx.Client, document: str, method: str
+) -> None:
+    """``digest`` repeats (an array, one ``digest=`` per value); ``format`` is one name.
+
+    Both are described by hand (cloudimg.api.openapi.UPLOAD_QUERY): every name the
+    document lists is one the upload takes, and its pattern is the digest parser's.
+    """
+    from cloudimg.digest import parse_digest
+    from cloudimg.images import normalize_format
+
+    operation = client.get(f"/docs/{document}").json()["paths"]["/reg/{repo}/{image}/{tag}"][method]
+    query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert set(query) == {"digest", "format"}
+    digest, format_ = query["digest"], query["format"]
+    assert not digest["required"]
+    assert not format_["required"]
+    assert (digest["style"], digest["explode"]) == ("form", True)
+    assert digest["schema"]["type"] == "array"
+    pattern = re.compile(digest["schema"]["items"]["pattern"])
+    for text in ("blake3:" + "0" * 64, "sha256:" + "f" * 64):
+        assert pattern.search(text)
+        parse_digest(text)
+    for text in ("md5:" + "0" * 32, "sha256:" + "0" * 63, "blake3:" + "A" * 64):
+        assert not pattern.search(text)
+        with pytest.raises(ValueError, match="digest"):
+            parse_digest(text)
+    assert format_["schema"]["type"] == "string"
+    names = format_["schema"]["enum"]
+    assert {"raw", "qcow2", "vmdk", "vhd", "vpc", "vhdx", "vdi", "iso"} <= set(names)
+    assert all(normalize_format(name) for name in names)
+    assert "qemu-img" in format_["description"]

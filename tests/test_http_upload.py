@@ -982,6 +982,56 @@ def test_connection_serves_the_next_request_after_a_refused_upload(
         connection.close()
 
 
+BAD_QUERIES: dict[str, tuple[str, str, dict[str, str] | None]] = {
+    # name: (query string, how the error message starts, the error's context)
+    "malformed digest": ("digest=sha256:" + "0" * 63, "query parameter 'digest': ", None),
+    "one of two digests malformed": (
+        "digest=blake3:" + "0" * 64 + "&digest=md5:" + "0" * 32,
+        "query parameter 'digest': ",
+        None,
+    ),
+    "unknown format": (
+        "format=floppy",
+        "query parameter 'format': unknown image format 'floppy'",
+        {"format": "floppy"},
+    ),
+    "format given twice": ("format=raw&format=qcow2", "query parameter 'format' is given", None),
+}
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.parametrize("case", sorted(BAD_QUERIES))
+def test_a_bad_query_parameter_is_the_uploads_400_and_the_connection_serves_on(
+    server: RunningServer, client: httpx.Client, repo: str, before: State, method: str, case: str
+) -> None:
+    """The upload parses ``digest`` and ``format`` itself (cloudimg.api.upload.UploadQuery):
+    a bad one is the project's error body, and the refused body is drained first, so the
+    connection answers the next request. Litestar's own validation would answer before
+    the handler, with its own message, and leave the body unread (Granian then closes)."""
+    query, message, context = BAD_QUERIES[case]
+    image = random_image(300_000)
+    if method == "POST":
+        body, content_type = multipart_body([meta_part({}), img_part(image)]), MULTIPART
+    else:
+        body, content_type = image, "application/octet-stream"
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request(
+            method, f"/reg/{repo}/img/t1?{query}", body=body, headers={"content-type": content_type}
+        )
+        refused = connection.getresponse()
+        assert (refused.getheader("content-type") or "").startswith("application/json")
+        error = assert_error_body(refused.status, refused.read(), 400, "INVALID_ARGUMENT")
+        assert error["error"].startswith(message), error
+        assert error.get("context") == context, error
+        assert (refused.getheader("connection") or "").lower() != "close"
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    assert_unchanged(server, client, before)
+
+
 def test_a_refusal_before_the_body_does_not_wait_for_an_expected_body(
     server: RunningServer,
 ) -> None:

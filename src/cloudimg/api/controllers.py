@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put, route
 from litestar.datastructures import State
-from litestar.params import Parameter, SkipValidation
+from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.conditional import meta_etag_of, write_options
@@ -47,17 +47,6 @@ Blobs = SkipValidation[BlobStore]
 
 def _ok(data: Any) -> Envelope:
     return {"success": True, "data": data}
-
-
-DeclaredFormat = Annotated[
-    str | None,
-    Parameter(
-        query="format",
-        description="The image format the upload declares (qemu-img's name; vhd is "
-        "vpc): the image is refused (422) unless inspection finds that format",
-    ),
-]
-"""The ``?format=`` parameter of both upload routes (read by ``Receiver``)."""
 
 
 async def _upload(
@@ -300,8 +289,6 @@ class RegistryController(Controller):
         repo: str,
         image: str,
         tag: str,
-        digest: str | None = None,  # documents the parameter; see Receiver.receive
-        declared_format: DeclaredFormat = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
         return await _upload(
             request, catalog, blobs, settings, disks, (repo, image, tag), raw=False
@@ -329,8 +316,6 @@ class RegistryController(Controller):
         repo: str,
         image: str,
         tag: str,
-        digest: str | None = None,  # documents the parameter; see Receiver.receive
-        declared_format: DeclaredFormat = None,  # documents the parameter; see Receiver.receive
     ) -> Response[Envelope]:
         return await _upload(request, catalog, blobs, settings, disks, (repo, image, tag), raw=True)
 

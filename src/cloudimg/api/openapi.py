@@ -1,6 +1,7 @@
 """OpenAPI details the handlers' signatures cannot express.
 
-The uploads read the raw stream (their multipart and raw bodies are declared here), the download
+The uploads read the raw stream (their multipart and raw bodies are declared here) and
+parse their query parameters themselves (``UPLOAD_QUERY``), the download
 answers with bytes, and every error has the JSON error shape of ``ErrorBody``: each
 handler lists the error statuses it can answer with (``error_responses``), so a
 client generated from the document, or schemathesis, knows every response.
@@ -24,9 +25,14 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import KwargDefinition
 
+from cloudimg.api.upload import DIGEST_PARAMETER, FORMAT_PARAMETER
+from cloudimg.digest import ALGORITHMS
+from cloudimg.images import KNOWN_FORMATS
+
 __all__ = [
     "BINARY_RESPONSES",
     "CREATED_HEADERS",
+    "UPLOAD_QUERY",
     "BlockedView",
     "ErrorBody",
     "ImageDetailsView",
@@ -215,12 +221,45 @@ _UPLOAD_BODY = RequestBody(
 )
 
 
+UPLOAD_QUERY = [
+    Parameter(
+        name=DIGEST_PARAMETER,
+        param_in=ParamType.QUERY,
+        required=False,
+        description="The digest the uploaded bytes must have, blake3:<hex> or sha256:<hex> "
+        "(400 and nothing stored when they do not); it may repeat "
+        "(?digest=blake3:<hex>&digest=sha256:<hex>), and every one given must match",
+        schema=Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(
+                type=OpenAPIType.STRING,
+                pattern=f"^({'|'.join(ALGORITHMS)}):[0-9a-f]{{64}}$",
+            ),
+        ),
+        style="form",
+        explode=True,
+    ),
+    Parameter(
+        name=FORMAT_PARAMETER,
+        param_in=ParamType.QUERY,
+        required=False,
+        description="The image format the upload declares (qemu-img's name; vhd is vpc): "
+        "the image is refused (422, rule format-mismatch) unless inspection finds that "
+        "format; at most once",
+        schema=Schema(type=OpenAPIType.STRING, enum=sorted(KNOWN_FORMATS | {"vhd"})),
+    ),
+]
+"""The query parameters of both uploads, parsed by ``cloudimg.api.upload.UploadQuery``
+(not handler parameters: a bad one must be the upload's own 400, after its body guard)."""
+
+
 @dataclass
 class UploadOperation(Operation):
-    """The PostImage operation, with its multipart request body."""
+    """The PostImage operation, with its multipart request body and query parameters."""
 
     def __post_init__(self) -> None:
         self.request_body = _UPLOAD_BODY
+        self.parameters = [*(self.parameters or []), *UPLOAD_QUERY]
 
 
 _RAW_UPLOAD_BODY = RequestBody(
@@ -249,7 +288,7 @@ class RawUploadOperation(Operation):
 
     def __post_init__(self) -> None:
         self.request_body = _RAW_UPLOAD_BODY
-        self.parameters = [*(self.parameters or []), _META_HEADER]
+        self.parameters = [*(self.parameters or []), *UPLOAD_QUERY, _META_HEADER]
 
 
 _RETAG_BODY = RequestBody(

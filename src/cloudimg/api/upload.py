@@ -4,8 +4,9 @@
 handler validates its names, calls :meth:`Receiver.receive` and then
 :meth:`Receiver.commit`; the context manager does the rest:
 
-- pre-checks before any byte is read: the ``digest`` query parameters, a Content-Length
-  over the image size limit (413) or over the free space (507);
+- pre-checks before any byte is read: the query parameters (:class:`UploadQuery`, the
+  one parser of ``digest`` and ``format``), a Content-Length over the image size limit
+  (413) or over the free space (507);
 - reading: one of two body forms feeds the blob store's staging writer, which hashes
   and writes the image bytes and feeds them to the image inspector
   (:mod:`cloudimg.images`) off the event loop. A multipart body (``POST``,
@@ -53,11 +54,14 @@ from cloudimg.ingest import TagNames, commit_staged
 from cloudimg.meta import MAX_META_BYTES, parse_meta
 
 __all__ = [
+    "DIGEST_PARAMETER",
     "ENVELOPE_ALLOWANCE",
+    "FORMAT_PARAMETER",
     "MAX_META_BYTES",
     "META_HEADER",
     "Receiver",
     "Upload",
+    "UploadQuery",
     "parse_meta",
     "receiving",
 ]
@@ -81,6 +85,46 @@ class Upload:
     staged: StagedBlob
     meta: dict[str, str]
     inspection: Inspection
+
+
+DIGEST_PARAMETER = "digest"
+FORMAT_PARAMETER = "format"
+"""The names of the upload's query parameters (:class:`UploadQuery`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadQuery:
+    """The query parameters of both upload routes, parsed here and nowhere else.
+
+    They are no handler parameters: Litestar would refuse a bad one before the handler
+    runs, with its own error body and ahead of :func:`receiving`, which drains a refused
+    body (else the connection dies with it). :data:`cloudimg.api.openapi.UPLOAD_QUERY`
+    describes them in the OpenAPI document.
+    """
+
+    digests: tuple[Digest, ...] = ()
+    """Every ``digest`` given (it may repeat, e.g. one per algorithm): each must match the bytes."""
+    declared_format: str | None = None
+    """The ``format`` given, normalized (``vhd`` is ``vpc``): inspection must find it."""
+
+    @classmethod
+    def of(cls, request: Request[Any, Any, Any]) -> UploadQuery:
+        """The parameters of ``request``.
+
+        Raises:
+            InvalidArgumentError: a ``digest`` that is no digest, a ``format`` that names
+                no image format or is given more than once.
+        """
+        params = request.query_params
+        formats = params.getall(FORMAT_PARAMETER, [])
+        if len(formats) > 1:
+            raise InvalidArgumentError("query parameter 'format' is given more than once")
+        declared = _format_name(formats[0], "query parameter 'format'") if formats else None
+        try:
+            digests = tuple(parse_digest(text) for text in params.getall(DIGEST_PARAMETER, []))
+        except ValueError as exc:
+            raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
+        return cls(digests, declared)
 
 
 @dataclass
@@ -242,9 +286,9 @@ class Receiver:
                 data volume filled up while the image streamed.
             RequestTimeoutError: the body stalled (see :func:`cloudimg.api.body.body_of`).
         """
-        declared = _declared_format(self._request)
+        query = UploadQuery.of(self._request)
         content_type = self._request.headers.get("content-type")
-        return await self._receive(_Multipart(content_type, declared), declared)
+        return await self._receive(_Multipart(content_type, query.declared_format), query)
 
     async def receive_raw(self) -> Upload:
         """Check the request, then read its body, the image itself, into a staging file.
@@ -259,23 +303,22 @@ class Receiver:
             ImageRefusedError, PayloadTooLargeError, InsufficientStorageError,
             RequestTimeoutError: as :meth:`receive`.
         """
-        declared = _declared_format(self._request)
+        query = UploadQuery.of(self._request)
         mime, _options = parse_options_header(self._request.headers.get("content-type", ""))
         if mime not in _RAW_CONTENT_TYPES:
             raise InvalidArgumentError(
                 "the body of a PUT is the image itself: Content-Type application/octet-stream",
                 {"content_type": mime[:64]},
             )
-        return await self._receive(_Raw(_meta_header(self._request)), declared)
+        return await self._receive(_Raw(_meta_header(self._request)), query)
 
-    async def _receive(self, form: _BodyForm, declared: str | None) -> Upload:
-        expected = _expected_digests(self._request.query_params.getall("digest", []))
-        inspector = ImageInspector(self._policy, declared)
+    async def _receive(self, form: _BodyForm, query: UploadQuery) -> Upload:
+        inspector = ImageInspector(self._policy, query.declared_format)
         await self._refuse_declared_length(form.envelope)
         self._body = body_of(self._request.receive, self._idle_timeout)
         image = _Image(self._blobs, inspector, self._max_image_size)
         try:
-            self._upload = await _stage(form, self._body, image, expected)
+            self._upload = await _stage(form, self._body, image, query.digests)
         except CloudimgError as exc:
             if exc is inspector.refusal:  # answer now; the connection lingers, then closes
                 linger_after(self._request.scope)
@@ -351,21 +394,6 @@ async def receiving(
         raise
     finally:
         await receiver.close()
-
-
-def _expected_digests(texts: Sequence[str]) -> list[Digest]:
-    try:
-        return [parse_digest(text) for text in texts]
-    except ValueError as exc:
-        raise InvalidArgumentError(f"query parameter 'digest': {exc}") from None
-
-
-def _declared_format(request: Request[Any, Any, Any]) -> str | None:
-    """The ``format`` query parameter, normalized (``vhd`` is ``vpc``), if given."""
-    texts = request.query_params.getall("format", [])
-    if len(texts) > 1:
-        raise InvalidArgumentError("query parameter 'format' is given more than once")
-    return _format_name(texts[0], "query parameter 'format'") if texts else None
 
 
 def _format_name(text: str, where: str) -> str:
