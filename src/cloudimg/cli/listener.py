@@ -176,7 +176,10 @@ def _hand_over(server: Any, fd: int) -> None:
 
     This is Granian's own path on platforms where it does not bind one socket per
     worker with ``SO_REUSEPORT`` (``AbstractServer._init_shared_socket``): no socket
-    spec, a ``SocketHolder`` of the descriptor. tests/test_listener.py guards it.
+    spec, a ``SocketHolder`` of the descriptor. Granian offers no supported way to take
+    a bound socket, so these private names hold for the pinned version only: what to
+    check on an upgrade, and the test that guards it, are in docs/development.md
+    ("Granian is pinned").
     """
     holder: Any = SocketHolder  # its stub declares no constructor arguments
     server._ssp = None
