@@ -376,6 +376,7 @@ class ReadinessController(Controller):
                 else None
             )
             problems["catalog"] = str(reason or type(exc).__name__)
+        free: int | None = None
         try:
             await blobs.probe_writable()
             free = await blobs.free_space()

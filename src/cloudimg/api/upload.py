@@ -200,9 +200,11 @@ class _BodyForm(Protocol):
     @property
     def envelope(self) -> int:
         """How far a Content-Length may pass the image size limit (the body's framing)."""
+        ...
 
     async def read(self, body: AsyncIterator[bytes], image: _Image) -> dict[str, str]:
         """Feed ``body``'s image bytes to ``image`` (opened here); the upload's metadata."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -269,8 +269,9 @@ class CatalogMaintenance(CatalogBase):
             block = blob_block(blob.blocked_rule, blob.blocked_at)
             if block is not None:
                 return block
-            blob.blocked_rule, blob.blocked_at = rule, utcnow()
-            return BlobBlock(rule, blob.blocked_at)
+            now = utcnow()
+            blob.blocked_rule, blob.blocked_at = rule, now
+            return BlobBlock(rule, now)
 
         block = await self._write(change)
         log.warning("blocked blob blake3:%s for the image safety rule %s", digest, block.rule)

@@ -354,7 +354,11 @@ def _inspect_match(inspector: fi.FileInspector, size: int) -> Inspection:
     if isinstance(inspector, fi.VMDKInspector) and not inspector.has_region("header"):
         refuse("vmdk-descriptor-only", RULES["vmdk-descriptor-only"], format="vmdk")
     if isinstance(inspector, fi.LUKSInspector):
-        payload = inspector.header_items["payload_offset"] * 512
+        # oslo types the header as a partial TypedDict; no offset is a malformed header.
+        offset = inspector.header_items.get("payload_offset")
+        if offset is None:
+            refuse("malformed-header", "a luks header without a payload offset", format=name)
+        payload = offset * 512
         if payload > size:
             refuse("malformed-header", "a luks header whose payload starts past the end")
         return Inspection("luks", size - payload, None)
