@@ -12,6 +12,8 @@ rounds (``benchmarks/README.md`` has the details; ``docs/performance.md`` the re
    sendfile, whole and ranged (>= 1.2x) (``fig_download``); peak RSS during a 4 GiB
    upload (< 150 MiB, ``fig_rss``); what 200 slow downloads cost (``fig_latency``);
 3. listing and ``/meta`` p99 under 8 downloads (< 50 ms) and 200 slow ones (< 250 ms);
+   probes and listings, each on a new connection, while 1,000 idle connections and 300
+   paused downloads are held (p99 < 1 s, issue 8) (``fig_crowd``);
 4. upload, delete, ``/meta`` and listings on a 10,000 x 20 catalog vs a small one
    (<= 1.5x), and ``GET /reg`` (``fig_scale``).
 
@@ -40,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from fig_crowd import run_crowd
 from fig_download import run_downloads
 from fig_latency import run_latency
 from fig_rss import run_rss
@@ -66,7 +69,7 @@ from servers import (
     start_registry,
 )
 
-FIGURES = ("upload", "download", "latency", "rss", "scale")
+FIGURES = ("upload", "download", "latency", "crowd", "rss", "scale")
 
 
 @dataclass
@@ -79,6 +82,9 @@ class Options:
     slow_clients: int
     slow_rate: str
     slow_seconds: float
+    crowd_idle: int
+    crowd_downloads: int
+    crowd_rounds: int
     scale_repos: int
     figures: list[str]
     server: str
@@ -165,6 +171,15 @@ def run(children: Children, options: Options, workdir: Path) -> list[Row]:
     if not options.keep:
         shutil.rmtree(data_root, ignore_errors=True)
         shutil.rmtree(workdir / "registry", ignore_errors=True)
+    if "crowd" in options.figures:
+        log(
+            f"figure 3: probes under {options.crowd_idle} idle connections and "
+            f"{options.crowd_downloads} paused downloads, server of its own"
+        )
+        rows += run_crowd(
+            children, options.server, workdir, options.crowd_idle, options.crowd_downloads,
+            options.crowd_rounds,
+        )  # fmt: skip
     if "rss" in options.figures and options.rss_size == 0:
         rows.append(skipped("rss_post", "2 peak RSS during an upload", "< 150 MiB", "--rss-size 0"))
     if "rss" in options.figures and options.rss_size > 0:
@@ -254,7 +269,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--quick",
         action="store_true",
         help="smoke run: 32M image, 64M RSS upload, one round, 20 slow clients for 3 s, "
-        "500 x 20 big catalog (other options still override)",
+        "a crowd of 100 idle + 30 paused downloads, 500 x 20 big catalog (other options "
+        "still override)",
     )
     add(
         "--size",
@@ -296,6 +312,24 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         type=float,
         default=None,
         help="how long latency is measured while the slow downloads run (default 15)",
+    )
+    add(
+        "--crowd-idle",
+        type=int,
+        default=None,
+        help="connections that never send a byte, held while probes are timed (default 1000)",
+    )
+    add(
+        "--crowd-downloads",
+        type=int,
+        default=None,
+        help="downloads paused after their response head, held with the idle ones (default 300)",
+    )
+    add(
+        "--crowd-rounds",
+        type=int,
+        default=None,
+        help="rounds of the four probes, idle and under the crowd (default 50)",
     )
     add(
         "--scale-repos",
@@ -342,6 +376,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         slow_clients=pick(args.slow_clients, 200, 20),
         slow_rate=args.slow_rate,
         slow_seconds=pick(args.slow_seconds, 15.0, 3.0),
+        crowd_idle=pick(args.crowd_idle, 1_000, 100),
+        crowd_downloads=pick(args.crowd_downloads, 300, 30),
+        crowd_rounds=pick(args.crowd_rounds, 50, 5),
         scale_repos=pick(args.scale_repos, 10_000, 500),
         figures=figures,
         server=args.server,
@@ -353,8 +390,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     if options.size < MiB:
         parser.error("--size must be at least 1M")
-    if min(options.rounds, options.download_rounds, options.slow_clients) < 1:
-        parser.error("--rounds, --download-rounds and --slow-clients must be positive")
+    if min(options.rounds, options.download_rounds, options.slow_clients, options.crowd_rounds) < 1:
+        parser.error(
+            "--rounds, --download-rounds, --slow-clients and --crowd-rounds must be positive"
+        )
+    if min(options.crowd_idle, options.crowd_downloads) < 0:
+        parser.error("--crowd-idle and --crowd-downloads cannot be negative")
     return options
 
 

@@ -61,13 +61,16 @@ def _start(
     return Server(name, process, port, log_path, root)
 
 
-def start_cloudimg(children: Children, kind: str, data_root: Path, workdir: Path) -> Server:
-    """``cloudimg serve`` (kind ``granian``) or uvicorn with ``uvicorn_app.py``."""
+def start_cloudimg(
+    children: Children, kind: str, data_root: Path, workdir: Path, *serve_args: str
+) -> Server:
+    """``cloudimg serve`` (kind ``granian``, with ``serve_args``) or uvicorn with
+    ``uvicorn_app.py`` (which has no such flags)."""
     port = free_port()
     if kind == "granian":
         command = [
             sys.executable, "-m", "cloudimg", "serve",
-            "--listener-addr", f"127.0.0.1:{port}", "--data-root", str(data_root),
+            "--listener-addr", f"127.0.0.1:{port}", "--data-root", str(data_root), *serve_args,
         ]  # fmt: skip
     else:
         command = [

@@ -33,6 +33,7 @@ TARGETS = {
     r"2 cost of \d+ concurrent slow downloads": "info",
     r"3 listing\+meta p99, 8 whole-file downloads": "verdict",
     r"3 listing\+meta p99, \d+ slow downloads": "verdict",
+    r"3 probes\+listings p99, [\d,]+ idle connections \+ \d+ paused downloads": "verdict",
     r"4 upload, [\d,]+ x 20 tags vs 10 x 20": "verdict",
     r"4 delete, ": "verdict",
     r"4 meta, ": "verdict",

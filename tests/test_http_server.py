@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from collections.abc import Callable
 
 import httpx
@@ -73,11 +72,10 @@ def test_slow_headers_are_cut_off(server_factory: Callable[..., RunningServer]) 
     running = server_factory("--read-header-timeout-secs", "1")
     with socket.create_connection(("127.0.0.1", running.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finish
-        sock.settimeout(15)
-        started = time.monotonic()
+        # A bound on a hang, not a timing: a server that never cuts the headers off makes
+        # this recv raise TimeoutError; one that does closes the connection (EOF).
+        sock.settimeout(60)
         assert sock.recv(1024) == b""  # the server closed the connection
-        # Only a bound to tell "closed by the timeout" from "closed by the test's own limit".
-        assert time.monotonic() - started < 10
 
 
 def test_bad_listener_addr_is_refused_before_starting(server: RunningServer) -> None:
