@@ -22,11 +22,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.databases import BACKENDS, catalog_database, catalog_url, registered_url
 from tests.support import listening_port
 
 _START_TIMEOUT = 30.0
+
+# No timing in a test, Hypothesis's included: its per-example deadline (200 ms by default)
+# and its "too slow" health check (data generation past a second) fail whenever the
+# machine is busy, as it is with pytest-xdist's workers beside servers. A test's own
+# ``@settings(suppress_health_check=[...])`` replaces this list: name too_slow there too.
+settings.register_profile("cloudimg", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cloudimg")
 
 
 def free_port() -> int:

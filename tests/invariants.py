@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import RunningServer
 from tests.databases import read_snapshot
-from tests.support import blake3_hex, blob_path, poll, sha256_hex
+from tests.support import POLL_SECS, blake3_hex, blob_path, poll, sha256_hex
 
 __all__ = [
     "CatalogSnapshot",
@@ -80,7 +80,7 @@ def _leftovers(server: RunningServer, name: str) -> list[Path]:
     return sorted(directory.iterdir()) if directory.exists() else []
 
 
-def wait_for_no_staging(server: RunningServer, timeout: float = 5.0) -> list[Path]:
+def wait_for_no_staging(server: RunningServer, timeout: float = POLL_SECS) -> list[Path]:
     """Poll until the staging directory is empty; return what is left at the deadline."""
     poll(lambda: not server.staging_files(), timeout)
     return server.staging_files()

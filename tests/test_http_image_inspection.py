@@ -240,7 +240,9 @@ def test_bad_inspection_flag_is_refused_at_start(tmp_path: Path, flag: str, valu
 
 @pytest.mark.slow
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     magic=st.sampled_from(MAGICS),

@@ -250,7 +250,7 @@ def test_a_disconnect_mid_body_leaves_nothing(
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
         sock.sendall(head.encode() + random_image(5 << 20))
-        wait_until(server.staging_files, "the server starts staging the upload", timeout=5.0)
+        wait_until(server.staging_files, "the server starts staging the upload")
     finally:
         close_abruptly(sock, "reset")
     assert repo not in listing(client)

@@ -871,7 +871,7 @@ def test_disconnect_mid_upload_leaves_nothing(
 ) -> None:
     sock = open_partial_upload(server, f"/reg/{repo}/img/t1", sent)
     try:
-        wait_until(server.staging_files, "the server starts staging the upload", timeout=5.0)
+        wait_until(server.staging_files, "the server starts staging the upload")
     finally:
         close_abruptly(sock, close_how)
     assert wait_for_no_staging(server) == []
@@ -884,7 +884,7 @@ def test_disconnect_mid_chunked_upload_leaves_nothing(
 ) -> None:
     sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 2 * 1024 * 1024, chunked=True)
     try:
-        wait_until(server.staging_files, "the server starts staging the upload", timeout=5.0)
+        wait_until(server.staging_files, "the server starts staging the upload")
     finally:
         close_abruptly(sock, close_how)
     assert wait_for_no_staging(server) == []
@@ -898,7 +898,7 @@ def test_disconnect_keeps_the_existing_tag(
     assert upload(client, f"/reg/{repo}/img/t1", old).status_code == 201
     sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 2 * 1024 * 1024)
     try:
-        wait_until(server.staging_files, "the server starts staging the upload", timeout=5.0)
+        wait_until(server.staging_files, "the server starts staging the upload")
     finally:
         close_abruptly(sock, close_how)
     assert wait_for_no_staging(server) == []
@@ -911,7 +911,7 @@ def test_server_serves_after_a_disconnect(
 ) -> None:
     sock = open_partial_upload(server, f"/reg/{repo}/img/t1", 1024 * 1024)
     try:
-        wait_until(server.staging_files, "the server starts staging the upload", timeout=5.0)
+        wait_until(server.staging_files, "the server starts staging the upload")
     finally:
         close_abruptly(sock, close_how)
     assert client.get("/healthz").status_code == 200

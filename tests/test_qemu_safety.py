@@ -120,7 +120,9 @@ _PADS = st.sampled_from([b"", b"\0" * 700])
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     prefix=st.lists(_LINES, max_size=4), version=_VERSIONS, pad=st.sampled_from([b"", b"\0" * 700])
