@@ -24,6 +24,7 @@ from tests.conftest import upload
 from tests.support import listening_port
 
 ROOT = Path(__file__).resolve().parent.parent
+_NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.egg-info")
 _START_TIMEOUT = 60.0
 _README_PORT = 8080
 
@@ -248,8 +249,14 @@ def test_readme_quick_start_from_an_install(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "src", "migrations"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name)
+        if (ROOT / name).is_dir():
+            # Not the bytecode caches (nor the editable install's metadata, rebuilt by
+            # the build anyway): other test processes, pytest-xdist's workers and the
+            # servers they start, write them meanwhile, and a file listed here may be
+            # gone (renamed into place) by the time it is copied.
+            shutil.copytree(ROOT / name, source / name, ignore=_NOT_SOURCES)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+_NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
 
 def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
@@ -16,8 +17,14 @@ def test_wheel_contains_package_and_migrations(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "src", "migrations"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name)
+        if (ROOT / name).is_dir():
+            # Not the bytecode caches (nor the editable install's metadata, rebuilt by
+            # the build anyway): other test processes, pytest-xdist's workers and the
+            # servers they start, write them meanwhile, and a file listed here may be
+            # gone (renamed into place) by the time it is copied.
+            shutil.copytree(ROOT / name, source / name, ignore=_NOT_SOURCES)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
