@@ -14,7 +14,7 @@ from tests.support import random_image
 
 KIB = 1024
 MIB = 1024 * KIB
-SIZES = [0, 1, 64, 510, 511, 512, 513, 4 * KIB, 32 * KIB + 6, 64 * KIB, MIB - 1, MIB, MIB + 1]
+SIZES = [1, 64, 510, 511, 512, 513, 4 * KIB, 32 * KIB + 6, 64 * KIB, MIB - 1, MIB, MIB + 1]
 
 
 def inspect(data: bytes) -> Inspection:
@@ -27,7 +27,15 @@ def inspect(data: bytes) -> Inspection:
 def test_random_image_of_any_size_is_raw(size: int) -> None:
     data = random_image(size)
     assert len(data) == size
-    assert inspect(data) == Inspection("raw", size, None)
+    # qemu-img counts a raw disk in whole 512-byte sectors: so does inspection.
+    assert inspect(data) == Inspection("raw", -(-size // 512) * 512, None)
+
+
+def test_an_empty_random_image_is_no_disk() -> None:
+    assert random_image(0) == b""
+    with pytest.raises(ImageRefusedError) as caught:
+        inspect(b"")
+    assert caught.value.context["rule"] == "empty-image"
 
 
 def test_random_image_never_carries_an_mbr_signature() -> None:
