@@ -66,6 +66,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             hashing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hashing
+            await disks.close()  # no catalog write after the close below
             await registry.close()
 
     # The pages carry the same guard as the API: read auth applies to both alike.

@@ -56,6 +56,18 @@ class ContainerDisks:
         """New blobs were committed: let the background task hash their layers."""
         self._wake.set()
 
+    async def close(self) -> None:
+        """Wait for the layers being hashed now to be stored, before the catalog closes.
+
+        Cancelling ``run`` leaves a computation it started going (callers wait for it
+        shielded, and a hash cannot stop mid-read: its thread holds the blob open). One
+        that finished after the catalog closed wrote through a connection nobody closed
+        any more, so a stopped server left SQLite's WAL behind.
+        """
+        running = list(self._running.values())
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
     async def run(self) -> None:
         """Hash the layers of blobs that have none, whenever woken (or every minute)."""
         while True:
