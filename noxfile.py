@@ -10,16 +10,17 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite (real servers on real sockets, real SQLite files)."""
+    """Run the whole test suite (real servers on real sockets, real SQLite files), in the
+    three pytest-xdist workers CI uses (``-- -n 0`` runs it in one process)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", "3", *session.posargs)
 
 
 @nox.session(name="tests-fast")
 def tests_fast(session: nox.Session) -> None:
     """The suite without the tests marked ``slow`` (long races, stateful runs, kill -9)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not slow", *session.posargs)
+    session.run("pytest", "-n", "3", "-m", "not slow", *session.posargs)
 
 
 @nox.session
