@@ -287,3 +287,22 @@ async def test_a_session_that_is_over_or_lost_its_bytes_does_not_resume(
     await store.drop_session(session)
     with pytest.raises(ValueError, match="session"):
         await store.resume_staging("../../etc", lambda: _recorded(0))
+
+
+async def test_staged_sessions_name_the_sessions_whose_bytes_are_staged(
+    store: MaintenanceBlobStore,
+) -> None:
+    """What gc asks before it drops a session's catalog row: are its bytes still there?"""
+    session = "ef" * 16
+    assert await store.staged_sessions() == set()
+    writer = await store.resume_staging(session, lambda: _recorded(0))
+    assert writer is not None
+    await writer.write(b"some bytes")
+
+    async def record(_size: int) -> bool:
+        return True
+
+    assert await store.pause_staging(session, writer, record)
+    assert session in await store.staged_sessions()
+    await store.drop_session(session)
+    assert session not in await store.staged_sessions()

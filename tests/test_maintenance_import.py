@@ -8,7 +8,7 @@ import os
 import secrets
 import stat
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from cloudimg.catalog import Catalog, upgrade_database
-from cloudimg.catalog.database import SchemaVersionError, current_revision
+from cloudimg.catalog.database import NoCatalogError, SchemaVersionError, current_revision
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
-from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from cloudimg.maintenance.import_legacy import preview_import
 from cloudimg.meta import MAX_META_BYTES
+from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url
 from tests.maintenance_support import (
     catalog_state,
@@ -43,6 +44,18 @@ DEBIAN = random_image(200_000)
 async def catalog(tmp_path: Path, backend: str) -> AsyncIterator[Catalog]:
     async with open_test_catalog(tmp_path / "data", backend) as opened:
         yield opened
+
+
+@asynccontextmanager
+async def open_catalog_read_only(settings: Settings) -> AsyncIterator[Catalog | None]:
+    """The catalog as the dry run opens it (read only), or None when there is none yet."""
+    try:
+        registry = open_registry(settings, migrate=False, read_only=True)
+    except NoCatalogError:
+        yield None
+        return
+    async with registry:
+        yield registry.catalog
 
 
 def entry(root: Path, rel: str, data: bytes | None, meta: object = None) -> Path:

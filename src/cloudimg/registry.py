@@ -1,10 +1,12 @@
 """The one way to open a registry: its blob store, catalog engine and catalog.
 
-Used by the app (``api/app.py``) and by the maintenance commands (``cli/output.py``),
-so both honour the SQLite busy timeout and the same schema rule: only ``serve``,
-``db upgrade`` and ``import-legacy`` (which may start a new data root) migrate;
-``gc``, ``fsck``, ``du`` and ``unblock`` refuse a catalog that is behind, naming
-``cloudimg db upgrade``.
+Used by the app (``api/app.py``), by the maintenance commands (``cli/output.py``) and by
+``import-legacy --dry-run`` (read only), so all honour the SQLite busy timeout and the
+same schema rule: only ``serve``, ``db upgrade`` and ``import-legacy`` (which may start
+a new data root) migrate; ``gc``, ``fsck``, ``du``, ``unblock`` and the dry run refuse a
+catalog that is behind, naming ``cloudimg db upgrade``. Nothing here knows the database
+library: the engine is the catalog's opaque ``CatalogEngine``
+(``tests/test_architecture.py`` keeps it so).
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TypeVar
 
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
-from cloudimg.catalog.database import check_schema, dispose_engine
+from cloudimg.catalog.database import (
+    CatalogEngine,
+    check_schema,
+    dispose_engine,
+    readable_url,
+)
 from cloudimg.config import Settings
 
 __all__ = ["Registry", "open_registry"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class Registry:
     """An open registry; ``close()`` (or leaving ``async with``) releases its connections."""
 
     blobs: FilesystemBlobStore
-    engine: AsyncEngine
+    engine: CatalogEngine
     catalog: Catalog
 
     async def close(self) -> None:
@@ -49,7 +57,7 @@ class Registry:
         await self.close()
 
 
-def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
+def open_registry(settings: Settings, *, migrate: bool | None, read_only: bool = False) -> Registry:
     """Open the registry of ``settings``; connections are made on first use.
 
     ``migrate``: True creates the data root and its layout and brings the catalog
@@ -60,20 +68,33 @@ def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
     database is away (it answers 503 until it is back). Blocking (the schema step
     runs an event loop of its own): from inside a running loop it runs in a thread.
 
+    ``read_only`` (with ``migrate=False``; ``import-legacy --dry-run``): the catalog is
+    opened for reading only, creating nothing (not the data root, not a SQLite file or
+    its ``-wal``/``-shm``, no migration lock file, no schema), and its connections
+    refuse writes.
+
     Raises:
         SchemaVersionError: the schema is behind (run ``cloudimg db upgrade``) or ahead
             of this code.
+        NoCatalogError: ``read_only`` and there is no catalog yet (no SQLite file, or a
+            database without the schema).
     """
     url = settings.resolved_database_url
     blobs = FilesystemBlobStore(settings.data_root)
-    if migrate:
+    if read_only:
+        if migrate is not False:
+            raise ValueError("a registry opened read only is not migrated: migrate=False")
+        url = _blocking(readable_url, url)
+    elif migrate:
         settings.data_root.mkdir(parents=True, exist_ok=True)
         _blocking(upgrade_database, url)
         blobs.ensure_layout()
     elif migrate is False:
         _blocking(check_schema, url)
     engine = create_engine(
-        url, sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000)
+        url,
+        sqlite_busy_timeout_ms=round(settings.sqlite_busy_timeout_secs * 1000),
+        read_only=read_only,
     )
     catalog = Catalog(
         engine,
@@ -84,12 +105,11 @@ def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
     return Registry(blobs, engine, catalog)
 
 
-def _blocking(step: Callable[[str], None], url: str) -> None:
+def _blocking(step: Callable[[str], T], url: str) -> T:
     """Run ``step(url)``; in a thread when an event loop runs here (asyncio.run cannot nest)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        step(url)
-        return
+        return step(url)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(step, url).result()
+        return pool.submit(step, url).result()

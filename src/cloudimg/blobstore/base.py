@@ -212,6 +212,9 @@ class MaintenanceBlobStore(BlobStore, Protocol):
     async def list_staging(self) -> list[StoredFile]:
         """Every staged upload (in progress, or left by a crash)."""
 
+    async def staged_sessions(self) -> set[str]:
+        """The resumable uploads (``resume_staging``'s sessions) whose bytes are staged."""
+
     async def remove_stale_staging(
         self, key: str, cutoff: float, *, dry_run: bool = False
     ) -> StagingRemoval:

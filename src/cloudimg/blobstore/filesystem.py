@@ -641,6 +641,14 @@ class FilesystemBlobStore:
     async def list_staging(self) -> list[StoredFile]:
         return await asyncio.to_thread(self._list_area, self.staging_dir, None)
 
+    async def staged_sessions(self) -> set[str]:
+        entries = await self.list_staging()
+        return {
+            entry.name.removesuffix(STAGING_SUFFIX)
+            for entry in entries
+            if entry.name.endswith(STAGING_SUFFIX)
+        }
+
     def _list_area(self, directory: Path, pattern: re.Pattern[str] | None) -> list[StoredFile]:
         found: list[StoredFile] = []
         if not directory.is_dir():

@@ -13,13 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
+from urllib.parse import quote
 from weakref import WeakKeyDictionary
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import create_engine as create_blocking_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -31,7 +33,10 @@ __all__ = [
     "MIGRATION_LOCK_KEY",
     "RESERVE_BYTES",
     "WRITE",
+    "CatalogEngine",
     "CatalogUrlError",
+    "ModelMismatchError",
+    "NoCatalogError",
     "SchemaVersionError",
     "alembic_config",
     "async_url",
@@ -41,10 +46,12 @@ __all__ = [
     "create_engine",
     "current_revision",
     "describe_database_error",
+    "display_url",
     "dispose_engine",
     "head_revision",
     "keep_room",
     "lock_migrations",
+    "readable_url",
     "sqlite_path",
     "upgrade_database",
 ]
@@ -65,8 +72,21 @@ _BLOCKING_READERS: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
 """The blocking twin of each SQLite engine ``create_engine`` made (``blocking_reader``)."""
 
 
+CatalogEngine: TypeAlias = AsyncEngine
+"""The catalog's connections as the layers above it hold them: made by ``create_engine``,
+closed by ``dispose_engine``, handed to the catalog; nothing above the catalog looks inside."""
+
+
 class SchemaVersionError(RuntimeError):
     """The catalog's schema revision is not the one this code was written for."""
+
+
+class ModelMismatchError(RuntimeError):
+    """The catalog's schema differs from the models (``check_models``; Alembic's words)."""
+
+
+class NoCatalogError(LookupError):
+    """There is no catalog to read yet: no SQLite file, or a database without the schema."""
 
 
 class CatalogUrlError(ValueError):
@@ -116,20 +136,89 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def display_url(url: str) -> str:
+    """``url`` as it may be shown to an operator: its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def create_engine(
-    url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any
+    url: str,
+    *,
+    sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    read_only: bool = False,
+    **kwargs: Any,
 ) -> AsyncEngine:
-    """Create the async engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Create the async engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
+
+    ``read_only``: every connection refuses writes (SQLite ``PRAGMA query_only``,
+    PostgreSQL ``READ ONLY`` transactions); open such a catalog by ``readable_url``.
+    """
     url = async_url(url)
     engine = create_async_engine(url, **kwargs)
     database = sqlite_path(url)
-    if make_url(url).get_backend_name() == "sqlite":
+    sqlite = make_url(url).get_backend_name() == "sqlite"
+    if sqlite:
         _configure_sqlite(engine.sync_engine, sqlite_busy_timeout_ms, database)
     if database is not None:
         twin = create_blocking_engine(make_url(url).set(drivername="sqlite+pysqlite"))
         _configure_sqlite(twin, sqlite_busy_timeout_ms, database)
         _BLOCKING_READERS[engine.sync_engine] = twin
+        if read_only:
+            event.listen(twin, "connect", _sqlite_query_only)
+    if read_only and sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_query_only)
+    elif read_only:
+        engine = engine.execution_options(postgresql_readonly=True)  # READ ONLY transactions
     return engine
+
+
+def readable_url(url: str) -> str:
+    """The URL that opens the catalog at ``url`` for reading, leaving its files as they were.
+
+    Creates and migrates nothing: not a SQLite file or its ``-wal``/``-shm``, no
+    migration lock file, no schema. Blocking (runs event loops of its own).
+
+    Raises:
+        NoCatalogError: no catalog file, or an empty database: nothing to read yet.
+        SchemaVersionError: the catalog exists at another schema revision than this
+            code's (``cloudimg db upgrade`` first: a reader must not migrate).
+    """
+    readable = _read_only_url(url)
+    if readable is None or current_revision(readable) is None:
+        raise NoCatalogError("there is no catalog yet")
+    check_schema(readable)
+    return readable
+
+
+def _read_only_url(url: str) -> str | None:
+    """``url`` opened so that reading leaves the files as they were; None: no SQLite file.
+
+    A SQLite catalog that has a ``-wal`` file (a server has it open, or crashed) is
+    opened ``mode=ro``. Without one, ``mode=ro`` would create ``-wal`` and ``-shm`` and
+    leave them behind (a read-only connection cannot remove them), so the file is
+    opened as usual with ``PRAGMA query_only`` and the last connection to close
+    removes what it created, as SQLite always does.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    path = Path(database)
+    if not path.is_file():
+        return None
+    if not path.with_name(path.name + "-wal").exists():
+        return url
+    readonly = parsed.set(database=f"file:{quote(str(path.resolve()))}")
+    readonly = readonly.update_query_dict({"mode": "ro", "uri": "true"})
+    return readonly.render_as_string(hide_password=False)
+
+
+def _sqlite_query_only(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
 
 
 def blocking_reader(engine: AsyncEngine) -> Engine | None:
@@ -280,9 +369,12 @@ def _refuse_unknown(current: str | None) -> None:
 
 
 def check_models(url: str) -> None:
-    """Raise Alembic's ``CommandError`` when the catalog's schema differs from the models."""
-    with _quiet_alembic():
-        command.check(alembic_config(url))
+    """Raise ``ModelMismatchError`` when the catalog's schema differs from the models."""
+    try:
+        with _quiet_alembic():
+            command.check(alembic_config(url))
+    except CommandError as exc:
+        raise ModelMismatchError(str(exc)) from None
 
 
 def check_schema(url: str) -> None:

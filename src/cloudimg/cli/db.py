@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import click
-from alembic.util.exc import CommandError
 
-from cloudimg.catalog.database import check_models, current_revision, head_revision
+from cloudimg.catalog.database import (
+    ModelMismatchError,
+    check_models,
+    current_revision,
+    head_revision,
+)
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.storage import catalog_errors, prepare_storage
 
@@ -43,5 +47,5 @@ def check(**values: object) -> None:
     try:
         with catalog_errors(url):
             check_models(url)
-    except CommandError as exc:
+    except ModelMismatchError as exc:
         raise click.ClickException(str(exc)) from None

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cloudimg.blobstore import MaintenanceBlobStore
-from cloudimg.catalog import Catalog, StorageTotals
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import history_hint, human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.gc_record import record_gc_run
-from cloudimg.maintenance import GcKind, GcReport, collect_garbage, parse_duration
+from cloudimg.maintenance import GcKind, GcReport, collect_garbage_and_totals, parse_duration
 
 __all__ = ["Duration", "gc", "print_report"]
 
@@ -70,15 +69,10 @@ def gc(
     """
     settings = settings_from(**values)
     with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
-
-        async def work(
-            catalog: Catalog, blobs: MaintenanceBlobStore
-        ) -> tuple[GcReport, StorageTotals]:
-            report = await collect_garbage(
-                catalog, blobs, grace=grace, dry_run=dry_run, progress=progress
-            )
-            return report, await catalog.storage_totals()  # what history still holds
-
+        # A maintenance function, not a callback of this module: run() calls it directly.
+        work = functools.partial(
+            collect_garbage_and_totals, grace=grace, dry_run=dry_run, progress=progress
+        )
         report, totals = run(settings, work)
     if not dry_run:
         _record(settings.data_root, report)

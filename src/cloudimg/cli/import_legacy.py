@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from pathlib import Path
 
 import click
 
+from cloudimg.catalog.database import NoCatalogError
 from cloudimg.cli.options import inspection_options, settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.cli.storage import catalog_errors, catalog_url
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
-from cloudimg.maintenance.import_legacy import open_catalog_read_only, preview_import
+from cloudimg.maintenance.import_legacy import preview_import
 from cloudimg.progress import Progress
+from cloudimg.registry import open_registry
 
 __all__ = ["import_legacy_command"]
 
@@ -95,15 +98,20 @@ async def _preview(
     settings: Settings, source: Path, move: bool, progress: Progress | None
 ) -> ImportReport:
     """The dry run: the catalog opened for reading only, or none before the first start."""
-    async with open_catalog_read_only(settings) as catalog:
-        return await preview_import(
-            catalog,
-            source,
-            move=move,
-            data_root=settings.data_root,
-            progress=progress,
-            policy=settings.inspection_policy,
-        )
+    preview = functools.partial(
+        preview_import,
+        source=source,
+        move=move,
+        data_root=settings.data_root,
+        progress=progress,
+        policy=settings.inspection_policy,
+    )
+    try:
+        registry = open_registry(settings, migrate=False, read_only=True)
+    except NoCatalogError:
+        return await preview(None)  # nothing imported yet: every valid entry is new
+    async with registry:
+        return await preview(registry.catalog)
 
 
 def _print(report: ImportReport) -> None:

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from sqlalchemy.engine import make_url
 
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import upgrade_database
@@ -24,6 +23,7 @@ from cloudimg.catalog.database import (
     async_url,
     current_revision,
     describe_database_error,
+    display_url,
     sqlite_path,
 )
 from cloudimg.config import Settings
@@ -183,7 +183,7 @@ def _require_catalog(url: str) -> None:
             f" {_CREATORS}"
         )
     if current_revision(url) is None:
-        shown = database or make_url(url).render_as_string(hide_password=True)
+        shown = database or display_url(url)
         raise click.ClickException(
             f"the catalog {shown} is empty (no cloudimg schema): is --database-url"
             f" (CLOUDIMG_DATABASE_URL) the registry's? {_CREATORS.replace('one', 'it')}"

@@ -7,7 +7,14 @@ transactions, so these run safely while servers serve.
 
 from cloudimg.maintenance.du import DuReport, RepoUsage, disk_usage
 from cloudimg.maintenance.fsck import FsckProblem, FsckReport, check
-from cloudimg.maintenance.gc import GcAction, GcKind, GcReport, collect_garbage, parse_duration
+from cloudimg.maintenance.gc import (
+    GcAction,
+    GcKind,
+    GcReport,
+    collect_garbage,
+    collect_garbage_and_totals,
+    parse_duration,
+)
 from cloudimg.maintenance.import_legacy import ImportReport, LegacyEntry, import_legacy
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "RepoUsage",
     "check",
     "collect_garbage",
+    "collect_garbage_and_totals",
     "disk_usage",
     "import_legacy",
     "parse_duration",

@@ -31,14 +31,21 @@ from enum import StrEnum
 from typing import Final, TypeVar
 
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
-from cloudimg.blobstore.filesystem import STAGING_SUFFIX
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, StorageTotals
 from cloudimg.errors import CloudimgError
 from cloudimg.progress import Progress, ProgressMeter
 
 T = TypeVar("T")
 
-__all__ = ["KINDS", "GcAction", "GcKind", "GcReport", "collect_garbage", "parse_duration"]
+__all__ = [
+    "KINDS",
+    "GcAction",
+    "GcKind",
+    "GcReport",
+    "collect_garbage",
+    "collect_garbage_and_totals",
+    "parse_duration",
+]
 
 
 class GcKind(StrEnum):
@@ -181,41 +188,68 @@ async def collect_garbage(
             ``upload sessions``, ``refcounts``, ``orphans``; items).
     """
     started = time.monotonic()
-    cutoff = time.time() - grace
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
+    run = _Run(catalog, blobs, time.time() - grace, report, progress)
     for step in (_trash, _staging, _upload_sessions, _pushed_manifests, _refcounts, _orphans):
-        await step(catalog, blobs, cutoff, report, progress)
+        await step(run)
     report.duration_seconds = time.monotonic() - started
     return report
 
 
-def _old_enough(entry: StoredFile, cutoff: float, report: GcReport) -> bool:
-    if entry.mtime <= cutoff:
-        return True
-    report.skipped_young += 1
-    return False
-
-
-async def _trash(
+async def collect_garbage_and_totals(
     catalog: Catalog,
     blobs: MaintenanceBlobStore,
-    cutoff: float,
-    report: GcReport,
-    progress: Progress | None,
-) -> None:
-    entries = await blobs.list_trash()
-    meter = ProgressMeter(progress, len(entries), "trash", "items")
-    for entry in _counted(entries, meter):
+    *,
+    grace: float = 3600.0,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> tuple[GcReport, StorageTotals]:
+    """``collect_garbage``, then the catalog's storage totals: what tag history still
+    holds once the run is done (``cloudimg gc`` names it)."""
+    report = await collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run, progress=progress)
+    return report, await catalog.storage_totals()
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every step of one gc run works with."""
+
+    catalog: Catalog
+    blobs: MaintenanceBlobStore
+    cutoff: float
+    """Files last modified after this (seconds since the epoch) are left alone."""
+    report: GcReport
+    progress: Progress | None
+
+    def counted(self, items: Sequence[T], task: str) -> Iterator[T]:
+        """``items``, counting each one handled as ``task`` (the step's body runs between
+        two counts)."""
+        meter = ProgressMeter(self.progress, len(items), task, "items")
+        for item in items:
+            yield item
+            meter.add()
+        meter.finish()
+
+    def old_enough(self, entry: StoredFile) -> bool:
+        if entry.mtime <= self.cutoff:
+            return True
+        self.report.skipped_young += 1
+        return False
+
+
+async def _trash(run: _Run) -> None:
+    report = run.report
+    for entry in run.counted(await run.blobs.list_trash(), "trash"):
         # A trash file the catalog still needs goes back whatever its age (rename keeps
         # the blob's mtime, so age says nothing about when the delete crashed).
-        old = entry.mtime <= cutoff
+        old = entry.mtime <= run.cutoff
         try:
             if entry.digest is None:  # not a name we give; only we write here
                 if old and not report.dry_run:
-                    await blobs.purge(entry.key)
+                    await run.blobs.purge(entry.key)
                 outcome = "removed" if old else "kept"
             else:
-                outcome = await catalog.settle_trash(
+                outcome = await run.catalog.settle_trash(
                     entry.key, entry.digest, remove=old, dry_run=report.dry_run
                 )
         except (CloudimgError, OSError) as exc:
@@ -230,18 +264,13 @@ async def _trash(
             report.skipped_young += 1
 
 
-async def _staging(
-    catalog: Catalog,
-    blobs: MaintenanceBlobStore,
-    cutoff: float,
-    report: GcReport,
-    progress: Progress | None,
-) -> None:
-    entries = await blobs.list_staging()
-    meter = ProgressMeter(progress, len(entries), "staging", "items")
-    for entry in _counted(entries, meter):
+async def _staging(run: _Run) -> None:
+    report = run.report
+    for entry in run.counted(await run.blobs.list_staging(), "staging"):
         try:
-            outcome = await blobs.remove_stale_staging(entry.key, cutoff, dry_run=report.dry_run)
+            outcome = await run.blobs.remove_stale_staging(
+                entry.key, run.cutoff, dry_run=report.dry_run
+            )
         except OSError as exc:
             report.problems.append(f"staging file {entry.name}: {exc}")
             continue
@@ -253,53 +282,35 @@ async def _staging(
             report.skipped_young += 1
 
 
-async def _upload_sessions(
-    catalog: Catalog,
-    blobs: MaintenanceBlobStore,
-    cutoff: float,
-    report: GcReport,
-    progress: Progress | None,
-) -> None:
+async def _upload_sessions(run: _Run) -> None:
     """OCI upload sessions idle past the grace whose file the staging step removed (or
     that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
-    present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
-    stale = await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
-    meter = ProgressMeter(progress, len(stale), "upload sessions", "items")
-    for session in _counted(stale, meter):
+    present = await run.blobs.staged_sessions()
+    stale = await run.catalog.stale_uploads(datetime.fromtimestamp(run.cutoff, UTC))
+    for session in run.counted(stale, "upload sessions"):
         if session in present:
             continue
-        if not report.dry_run:
-            await catalog.drop_upload(session)
-        report.actions.append(GcAction(GcKind.UPLOAD_SESSION, session, 0))
+        if not run.report.dry_run:
+            await run.catalog.drop_upload(session)
+        run.report.actions.append(GcAction(GcKind.UPLOAD_SESSION, session, 0))
 
 
-async def _pushed_manifests(
-    catalog: Catalog,
-    _blobs: MaintenanceBlobStore,
-    cutoff: float,
-    report: GcReport,
-    _progress: Progress | None,
-) -> None:
+async def _pushed_manifests(run: _Run) -> None:
     """Kept ``/v2`` manifests nothing holds any more: tag writes drop them as they go, a
     push that raced a write may leave one; children no index took within the grace."""
-    if report.dry_run:
+    if run.report.dry_run:
         return
-    released, pending = await catalog.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
+    since = datetime.fromtimestamp(run.cutoff, UTC)
+    released, pending = await run.catalog.sweep_pushed_manifests(since)
     if released or pending:
         detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"
-        report.actions.append(GcAction(GcKind.PUSHED_MANIFEST, "", 0, detail))
+        run.report.actions.append(GcAction(GcKind.PUSHED_MANIFEST, "", 0, detail))
 
 
-async def _refcounts(
-    catalog: Catalog,
-    _blobs: MaintenanceBlobStore,
-    _cutoff: float,
-    report: GcReport,
-    progress: Progress | None,
-) -> None:
-    snapshot = await catalog.snapshot()
-    meter = ProgressMeter(progress, len(snapshot.blobs), "refcounts", "items")
-    for record in _counted(list(snapshot.blobs.values()), meter):
+async def _refcounts(run: _Run) -> None:
+    report = run.report
+    snapshot = await run.catalog.snapshot()
+    for record in run.counted(list(snapshot.blobs.values()), "refcounts"):
         references = record.references  # tags plus retained history entries
         if references == record.refcount and references > 0:
             continue
@@ -307,7 +318,7 @@ async def _refcounts(
             was, now, size, removed = record.refcount, references, record.size, references == 0
         else:
             try:
-                repair = await catalog.repair_refcount(record.digest)
+                repair = await run.catalog.repair_refcount(record.digest)
             except CloudimgError as exc:
                 report.problems.append(f"blob {record.digest}: refcount repair failed: {exc}")
                 continue
@@ -322,41 +333,27 @@ async def _refcounts(
             report.actions.append(GcAction(GcKind.REFCOUNT, record.digest, 0, detail))
 
 
-async def _orphans(
-    catalog: Catalog,
-    blobs: MaintenanceBlobStore,
-    cutoff: float,
-    report: GcReport,
-    progress: Progress | None,
-) -> None:
-    files = [f for f in await blobs.list_blobs() if f.digest is not None]
+async def _orphans(run: _Run) -> None:
+    report = run.report
+    files = [f for f in await run.blobs.list_blobs() if f.digest is not None]
     # Read the catalog after listing the files: a file committed before the listing has
     # its row in this view; anything else is checked again under the lock.
-    known = (await catalog.snapshot()).blobs
-    meter = ProgressMeter(progress, len(files), "orphans", "items")
-    for entry in _counted(files, meter):
+    known = (await run.catalog.snapshot()).blobs
+    for entry in run.counted(files, "orphans"):
         digest = entry.digest
-        if digest is None or digest in known or not _old_enough(entry, cutoff, report):
+        if digest is None or digest in known or not run.old_enough(entry):
             continue
         if report.dry_run:
             freed: int | None = entry.size
         else:
             try:
-                freed = await catalog.reclaim_orphan_file(digest)
+                freed = await run.catalog.reclaim_orphan_file(digest)
             except (CloudimgError, OSError) as exc:
                 report.problems.append(f"blob file {digest}: {exc}")
                 continue
         if freed is not None:
             detail = "no blob row names this file"
             report.actions.append(GcAction(GcKind.ORPHAN_BLOB, digest, freed, detail))
-
-
-def _counted(items: Sequence[T], meter: ProgressMeter) -> Iterator[T]:
-    """``items``, counting each one handled (the step's body runs between two counts)."""
-    for item in items:
-        yield item
-        meter.add()
-    meter.finish()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")

@@ -21,9 +21,10 @@ only when they are regular files, never through a symbolic link and never in a w
 that blocks (a FIFO), and ``meta.json`` is held to an upload's limit and parser
 (``cloudimg.meta``), so nothing outside the tree becomes a tag's metadata or bytes.
 
-``preview_import`` decides the same way and does nothing: with the catalog from
-``open_catalog_read_only`` it creates, writes and removes nothing, so an operator can
-look before the first server has even created the data root.
+``preview_import`` decides the same way and does nothing: with the catalog of
+``open_registry(settings, migrate=False, read_only=True)`` (or none before the first
+start) it creates, writes and removes nothing, so an operator can look before the
+first server has even created the data root.
 """
 
 from __future__ import annotations
@@ -36,22 +37,15 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import quote
+from typing import BinaryIO
 
 import blake3
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import ConnectionPoolEntry
 
-from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, StagedBlob
-from cloudimg.catalog import Catalog, TagInfo, create_engine
-from cloudimg.catalog.database import check_schema, current_revision
-from cloudimg.config import Settings
+from cloudimg.blobstore import MaintenanceBlobStore, StagedBlob
+from cloudimg.catalog import Catalog, TagInfo
 from cloudimg.errors import (
     BlobCorruptError,
     CloudimgError,
@@ -70,7 +64,6 @@ __all__ = [
     "ImportReport",
     "LegacyEntry",
     "import_legacy",
-    "open_catalog_read_only",
     "preview_import",
 ]
 
@@ -178,8 +171,8 @@ async def preview_import(
     catalog already has its tag (to tell ``unchanged`` from a conflict).
 
     Args:
-        catalog: the catalog to compare with (see ``open_catalog_read_only``); None when
-            there is none yet, so every valid entry would be imported.
+        catalog: the catalog to compare with (opened ``read_only`` by ``open_registry``);
+            None when there is none yet, so every valid entry would be imported.
         source, move, data_root, progress, policy: as for ``import_legacy``.
     """
     policy = policy or InspectionPolicy()
@@ -211,64 +204,6 @@ async def _run(
     report.entries.sort(key=lambda e: e.path)
     report.duration_seconds = time.monotonic() - started
     return report
-
-
-@asynccontextmanager
-async def open_catalog_read_only(settings: Settings) -> AsyncIterator[Catalog | None]:
-    """The catalog of ``settings`` for reading, or None when there is none yet.
-
-    Creates and migrates nothing (unlike ``open_registry(migrate=True)``): not the data root, not a
-    SQLite file or its ``-wal``/``-shm``, no migration lock file, no schema.
-
-    Raises:
-        SchemaVersionError: the catalog exists at another schema revision than this
-            code's (``cloudimg db upgrade`` first: a dry run must not migrate).
-    """
-    url = _read_only_url(settings.resolved_database_url)
-    if url is None or await asyncio.to_thread(current_revision, url) is None:
-        yield None  # no catalog file, or an empty database: nothing imported yet
-        return
-    await asyncio.to_thread(check_schema, url)
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_query_only)
-    else:
-        engine = engine.execution_options(postgresql_readonly=True)  # READ ONLY transactions
-    try:
-        yield Catalog(engine, FilesystemBlobStore(settings.data_root))
-    finally:
-        await engine.dispose()
-
-
-def _read_only_url(url: str) -> str | None:
-    """``url`` opened so that reading leaves the files as they were; None: no SQLite file.
-
-    A SQLite catalog that has a ``-wal`` file (a server has it open, or crashed) is
-    opened ``mode=ro``. Without one, ``mode=ro`` would create ``-wal`` and ``-shm`` and
-    leave them behind (a read-only connection cannot remove them), so the file is
-    opened as usual with ``PRAGMA query_only`` and the last connection to close
-    removes what it created, as SQLite always does.
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return url
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return url
-    path = Path(database)
-    if not path.is_file():
-        return None
-    if not path.with_name(path.name + "-wal").exists():
-        return url
-    readonly = parsed.set(database=f"file:{quote(str(path.resolve()))}")
-    readonly = readonly.update_query_dict({"mode": "ro", "uri": "true"})
-    return readonly.render_as_string(hide_password=False)
-
-
-def _sqlite_query_only(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA query_only=ON")
-    cursor.close()
 
 
 def _sizes(candidates: list[_Candidate]) -> list[int]:
