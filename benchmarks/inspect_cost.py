@@ -31,7 +31,7 @@ import blake3
 from cloudimg.config import parse_size
 from cloudimg.images import ImageInspector, InspectionPolicy
 
-BATCH = 4 * 1024 * 1024  # the staging writer's batch (cloudimg.blobstore.filesystem)
+BATCH = 4 * 1024 * 1024  # the staging writer's batch (cloudimg.blobstore.staging)
 GIB = 1024**3
 
 

@@ -13,26 +13,25 @@ between them is a rename: atomic, and no byte is copied twice.
 An upload holds an exclusive ``flock`` on its staging file from creation until the
 file is placed or discarded, so garbage collection (which only takes files it can
 lock) never removes the staging file of an upload that is still running.
+
+This module is the store: its layout, placing, opening, trash and the resumable
+uploads. The staging writer and its hashing pipeline are in ``staging.py``, the blob
+reader in ``reader.py``, and what only maintenance asks (listings, checksums, a legacy
+link) in ``maintenance.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
-import hashlib
 import os
 import re
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import blake3
-
+from cloudimg.blobstore import maintenance
 from cloudimg.blobstore.base import (
     PlaceOutcome,
     StagedBlob,
@@ -41,8 +40,17 @@ from cloudimg.blobstore.base import (
     StoredFile,
     Tap,
 )
-from cloudimg.blobstore.pipeline import Pipeline, StageCosts, Work
-from cloudimg.errors import InsufficientStorageError
+from cloudimg.blobstore.reader import FilesystemBlobReader
+from cloudimg.blobstore.staging import (
+    HEADROOM_BYTES,
+    FilesystemStagingWriter,
+    StageCosts,
+    _cut,
+    _free_bytes,
+    _hash_prefix,
+    _HashState,
+    _StagingLock,
+)
 
 __all__ = [
     "HEADROOM_BYTES",
@@ -53,26 +61,7 @@ __all__ = [
 ]
 
 STAGING_SUFFIX = ".part"
-HEADROOM_BYTES = 8 * 1024 * 1024
-"""Free space uploads leave on the data volume, so a SQLite catalog there can still
-commit the deletes that free space (see ``cloudimg.catalog.database.keep_room``)."""
-# Writes are batched to this size and handed to the pipeline's threads, so the event
-# loop never waits on the disk or the hash, and a thread hop is paid per MiB, not per
-# packet. At most _BATCHES_IN_FLIGHT of them wait for the slowest stage (memory stays flat).
-_WRITE_BATCH = 4 * 1024 * 1024
-_BATCHES_IN_FLIGHT = 3
-_IOV_MAX: int = os.sysconf("SC_IOV_MAX")
-_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_READ_BLOCK = 16 * 1024 * 1024
-_HEX2 = re.compile(r"[0-9a-f]{2}")
-_HEX62 = re.compile(r"[0-9a-f]{62}")
 _SESSION = re.compile(r"[0-9a-f]{32}")
-_TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
-_NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
-
-
-def _free_bytes(st: os.statvfs_result) -> int:
-    return st.f_bavail * st.f_frsize
 
 
 def _fsync_dir(path: Path) -> None:
@@ -93,269 +82,6 @@ def _names_file(path: Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-class _StagingLock:
-    """An open descriptor of a staging file holding the exclusive ``flock`` on it."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-
-def _stored(path: Path, digest: str | None) -> StoredFile | None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    return StoredFile(str(path), path.name, st.st_size, st.st_mtime, st.st_ino, digest)
-
-
-class FilesystemBlobReader:
-    """A blob file open for reading; the descriptor keeps the bytes even if it is deleted."""
-
-    __slots__ = ("_fd", "size")
-
-    def __init__(self, fd: int, size: int) -> None:
-        self._fd = fd
-        self.size = size
-
-    def fileno(self) -> int | None:
-        return self._fd if self._fd >= 0 else None
-
-    def read_nowait(self, size: int, offset: int) -> bytes | None:
-        buffer = bytearray(size)
-        try:
-            length = os.preadv(self._fd, [buffer], offset, _NO_WAIT)
-        except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without RWF_NOWAIT
-            return None
-        return bytes(memoryview(buffer)[:length])
-
-    def read(self, size: int, offset: int) -> bytes:
-        return os.pread(self._fd, size, offset)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-
-def _cut(fd: int, offset: int) -> None:
-    os.ftruncate(fd, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-
-
-def _hash_prefix(fd: int, size: int) -> _HashState:
-    """Hashes of the first ``size`` bytes of ``fd`` (a resumed upload read again)."""
-    state = _HashState(0, blake3.blake3(max_threads=blake3.blake3.AUTO), hashlib.sha256())
-    while state.size < size:
-        piece = os.pread(fd, min(_READ_BLOCK, size - state.size), state.size)
-        if not piece:
-            raise OSError(errno.EIO, "a resumed upload's file is shorter than recorded")
-        state.blake3.update(piece)
-        state.sha256.update(piece)
-        state.size += len(piece)
-    return state
-
-
-def _hash_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[str, str, int]:
-    """blake3, sha256 and size of what ``fd`` reads, in large reads."""
-    b3 = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    sha = hashlib.sha256()
-    size = 0
-    buffer = bytearray(_READ_BLOCK)
-    view = memoryview(buffer)
-    while n := os.readv(fd, [buffer]):
-        b3.update(view[:n])
-        sha.update(view[:n])
-        size += n
-        if on_bytes is not None:
-            on_bytes(n)
-    return b3.hexdigest(), sha.hexdigest(), size
-
-
-@dataclass
-class _HashState:
-    """Hashes of the first ``size`` bytes of a staging file, to go on from."""
-
-    size: int
-    blake3: Any
-    sha256: Any
-
-
-def _each(take: Callable[[memoryview], object]) -> Work:
-    """A stage's work: ``take`` each piece of a batch in turn."""
-
-    def work(pieces: Sequence[bytes]) -> None:
-        for piece in pieces:
-            take(memoryview(piece))
-
-    return work
-
-
-def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
-    """Write ``pieces`` in order, as few ``writev`` calls as the kernel allows."""
-    views = [memoryview(piece) for piece in pieces]
-    first = 0
-    while first < len(views):
-        written = os.writev(fd, views[first : first + _IOV_MAX])
-        while first < len(views) and written >= len(views[first]):
-            written -= len(views[first])
-            first += 1
-        if written:  # a short write ended inside this piece
-            views[first] = views[first][written:]
-
-
-class FilesystemStagingWriter:
-    """Streams an upload into a staging file while computing blake3 and sha256.
-
-    The event loop gathers the bytes into batches; each batch is written, hashed with
-    blake3 and with sha256, and shown to the tap by a :class:`Pipeline` of one thread
-    per stage (started at the first batch, ended by ``sync``, ``finish`` or
-    ``abort``). ``costs`` is told each stage's CPU seconds and bytes, and the event
-    loop's as ``receive``.
-
-    The file stays open (and locked) after ``finish``: the lock goes with the
-    ``StagedBlob`` and ends when the blob is placed or discarded.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        fd: int,
-        tap: Tap | None = None,
-        resumed: _HashState | None = None,
-        costs: StageCosts | None = None,
-    ) -> None:
-        self.path = path
-        self._fd = fd
-        self._tap = tap
-        self._costs = costs
-        self._lock = _StagingLock(fd)
-        if resumed is None:
-            # One thread: the blake3 stage has a thread of its own, single-threaded blake3
-            # (~5 GB/s) outruns sha256, and the stage's thread_time() then counts all of it.
-            resumed = _HashState(0, blake3.blake3(), hashlib.sha256())
-        self._size = resumed.size
-        self._blake3 = resumed.blake3
-        self._sha256 = resumed.sha256
-        # The batch being gathered: the body's own pieces, kept rather than copied.
-        self._pieces: list[bytes] = []
-        self._gathered = 0
-        self._pipeline: Pipeline | None = None
-        self._closed = False
-        # The event loop's share: its thread's CPU time while this writer takes bytes.
-        self._loop_cpu = time.thread_time()
-        self._received = 0
-
-    @property
-    def size(self) -> int:
-        return self._size + self._gathered
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        # bytes cannot change, so the event loop keeps a reference instead of copying
-        # each piece of the body into a batch; anything else may be reused by its owner.
-        piece = data if isinstance(data, bytes) else bytes(data)
-        if piece:
-            self._pieces.append(piece)
-            self._gathered += len(piece)
-        if self._gathered >= _WRITE_BATCH:
-            await self._flush_buffer()
-
-    async def finish(self) -> StagedBlob:
-        await self._drain()
-        await asyncio.to_thread(self._sync)
-        return StagedBlob(
-            blake3=self._blake3.hexdigest(),
-            sha256=self._sha256.hexdigest(),
-            size=self._size,
-            key=str(self.path),
-            lease=self._lock,
-        )
-
-    async def sync(self) -> _HashState:
-        """Make what was written durable (the file stays); the hash state so far."""
-        await self._drain()
-        await asyncio.to_thread(self._sync)
-        return _HashState(self._size, self._blake3.copy(), self._sha256.copy())
-
-    def release(self) -> None:
-        """Let the file go (kept, unlocked) for a later resume."""
-        self._close()
-
-    async def abort(self) -> None:
-        # The upload is failing anyway; a write error of the last batches changes nothing.
-        with contextlib.suppress(Exception):
-            await self._end_pipeline()
-        if not self._closed:
-            self.path.unlink(missing_ok=True)
-        self._close()
-
-    async def _flush_buffer(self) -> None:
-        if not self._pieces:
-            return
-        pieces, size = self._pieces, self._gathered
-        self._pieces, self._gathered = [], 0
-        self._size += size
-        if self._pipeline is None:
-            self._pipeline = Pipeline(self._stages(), _BATCHES_IN_FLIGHT, self._costs)
-        await self._pipeline.put(pieces, size)
-
-    async def _drain(self) -> None:
-        """Every byte given so far written and hashed; the pipeline's threads ended."""
-        await self._flush_buffer()
-        await self._end_pipeline()
-        if self._costs is not None:
-            cpu, self._loop_cpu = time.thread_time() - self._loop_cpu, time.thread_time()
-            self._costs("receive", cpu, self._size - self._received)
-            self._received = self._size
-
-    async def _end_pipeline(self) -> None:
-        pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            await pipeline.close()
-
-    def _stages(self) -> list[tuple[str, Work]]:
-        stages: list[tuple[str, Work]] = [
-            ("write", self._write),
-            ("blake3", _each(self._blake3.update)),
-            ("sha256", _each(self._sha256.update)),
-        ]
-        if self._tap is not None:
-            stages.append(("inspect", _each(self._tap)))
-        return stages
-
-    def _write(self, pieces: Sequence[bytes]) -> None:
-        try:
-            size = sum(len(piece) for piece in pieces)
-            if _free_bytes(os.fstatvfs(self._fd)) < size + HEADROOM_BYTES:
-                raise OSError(errno.ENOSPC, "the headroom is reached")
-            _write_all(self._fd, pieces)
-        except OSError as exc:
-            if exc.errno in _FULL_DISK_ERRNOS:
-                raise InsufficientStorageError("the data volume is full") from None
-            raise
-
-    def _sync(self) -> None:
-        try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            self.path.unlink(missing_ok=True)
-            self._close()
-            if exc.errno in _FULL_DISK_ERRNOS:
-                raise InsufficientStorageError("the data volume is full") from None
-            raise
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._lock.release()
-
-
 class FilesystemBlobStore:
     """The blob store on the data root."""
 
@@ -366,7 +92,7 @@ class FilesystemBlobStore:
         self.root = data_root
         self.stage_costs: StageCosts | None = None
         """Told the CPU seconds and bytes of each stage of every staging writer (the
-        server's ``/metrics``: see :mod:`cloudimg.blobstore.pipeline`)."""
+        server's ``/metrics``: see :mod:`cloudimg.blobstore.staging`)."""
         self.blobs_dir = data_root / "blobs" / "blake3"
         self.staging_dir = data_root / "staging"
         self.trash_dir = data_root / "trash"
@@ -504,16 +230,7 @@ class FilesystemBlobStore:
         return await asyncio.to_thread(self._stage_link, source)
 
     def _stage_link(self, source: Path) -> StagedBlob:
-        path, fd = self._new_staging(source)
-        lock = _StagingLock(fd)
-        try:
-            b3, sha, size = _hash_fd(fd)
-            os.fsync(fd)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            lock.release()
-            raise
-        return StagedBlob(blake3=b3, sha256=sha, size=size, key=str(path), lease=lock)
+        return maintenance.stage_in_place(*self._new_staging(source))
 
     def _in_area(self, key: str, *areas: Path) -> Path:
         """The file a key names, refusing keys outside ``areas`` (they are not ours)."""
@@ -605,7 +322,9 @@ class FilesystemBlobStore:
         return str(trash)
 
     async def list_trash(self) -> list[StoredFile]:
-        return await asyncio.to_thread(self._list_area, self.trash_dir, _TRASH_NAME)
+        return await asyncio.to_thread(
+            maintenance.list_area, self.trash_dir, maintenance.TRASH_NAME
+        )
 
     async def restore_from_trash(self, key: str, blake3_hex: str) -> bool:
         path = self._in_area(key, self.trash_dir, self.quarantine_dir)
@@ -618,28 +337,13 @@ class FilesystemBlobStore:
         path = self._in_area(key, self.trash_dir)
         await asyncio.to_thread(path.unlink, True)
 
-    # -- maintenance -------------------------------------------------------------
+    # -- maintenance (the listings and hashing: cloudimg.blobstore.maintenance) ----
 
     async def list_blobs(self) -> list[StoredFile]:
-        return await asyncio.to_thread(self._list_blobs)
-
-    def _list_blobs(self) -> list[StoredFile]:
-        found: list[StoredFile] = []
-        if not self.blobs_dir.is_dir():
-            return found
-        for fan in sorted(self.blobs_dir.iterdir()):
-            if not fan.is_dir() or fan.is_symlink() or not _HEX2.fullmatch(fan.name):
-                entry = _stored(fan, None)
-                found += [entry] if entry else []
-                continue
-            for path in sorted(fan.iterdir()):
-                looks_like_blob = bool(_HEX62.fullmatch(path.name)) and path.is_file()
-                entry = _stored(path, fan.name + path.name if looks_like_blob else None)
-                found += [entry] if entry else []
-        return found
+        return await asyncio.to_thread(maintenance.list_blobs, self.blobs_dir)
 
     async def list_staging(self) -> list[StoredFile]:
-        return await asyncio.to_thread(self._list_area, self.staging_dir, None)
+        return await asyncio.to_thread(maintenance.list_area, self.staging_dir, None)
 
     async def staged_sessions(self) -> set[str]:
         entries = await self.list_staging()
@@ -649,16 +353,6 @@ class FilesystemBlobStore:
             if entry.name.endswith(STAGING_SUFFIX)
         }
 
-    def _list_area(self, directory: Path, pattern: re.Pattern[str] | None) -> list[StoredFile]:
-        found: list[StoredFile] = []
-        if not directory.is_dir():
-            return found
-        for path in sorted(directory.iterdir()):
-            match = pattern.fullmatch(path.name) if pattern else None
-            entry = _stored(path, match.group(1) if match else None)
-            found += [entry] if entry else []
-        return found
-
     async def remove_stale_staging(
         self, key: str, cutoff: float, *, dry_run: bool = False
     ) -> StagingRemoval:
@@ -666,6 +360,7 @@ class FilesystemBlobStore:
         return await asyncio.to_thread(self._remove_stale_staging, path, cutoff, dry_run)
 
     def _remove_stale_staging(self, path: Path, cutoff: float, dry_run: bool) -> StagingRemoval:
+        # gc's side of the staging lock whose upload side is _new_staging: kept beside it.
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -688,20 +383,8 @@ class FilesystemBlobStore:
     async def checksum(
         self, blake3_hex: str, on_bytes: Callable[[int], None] | None = None
     ) -> tuple[str, int] | None:
-        return await asyncio.to_thread(self._checksum, blake3_hex, on_bytes)
-
-    def _checksum(
-        self, blake3_hex: str, on_bytes: Callable[[int], None] | None
-    ) -> tuple[str, int] | None:
-        try:
-            fd = os.open(self.blob_path(blake3_hex), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            digest, _sha256, _size = _hash_fd(fd, on_bytes)
-            return digest, os.fstat(fd).st_ino
-        finally:
-            os.close(fd)
+        path = self.blob_path(blake3_hex)
+        return await asyncio.to_thread(maintenance.checksum, path, on_bytes)
 
     async def quarantine(self, blake3_hex: str, version: int | None = None) -> str | None:
         return await asyncio.to_thread(self._quarantine, blake3_hex, version)
