@@ -200,9 +200,9 @@ async def collect_garbage_and_totals(
     catalog: Catalog,
     blobs: MaintenanceBlobStore,
     *,
-    grace: float = 3600.0,
-    dry_run: bool = False,
-    progress: Progress | None = None,
+    grace: float,
+    dry_run: bool,
+    progress: Progress,
 ) -> tuple[GcReport, StorageTotals]:
     """``collect_garbage``, then the catalog's storage totals: what tag history still
     holds once the run is done (``cloudimg gc`` names it)."""

@@ -16,10 +16,11 @@ place), and the entry is removed from the old tree once it is committed. An
 ``image.bin`` with another hard link (a name outside the entry, maybe outside the
 tree) is copied instead: the blob must be a file no one else can write.
 
-The old tree is read as untrusted input: ``meta.json`` and ``image.bin`` are opened
-only when they are regular files, never through a symbolic link and never in a way
-that blocks (a FIFO), and ``meta.json`` is held to an upload's limit and parser
-(``cloudimg.meta``), so nothing outside the tree becomes a tag's metadata or bytes.
+The old tree is read as untrusted input (``cloudimg.maintenance.legacy_tree``):
+``meta.json`` and ``image.bin`` are opened only when they are regular files, never
+through a symbolic link and never in a way that blocks (a FIFO), and ``meta.json`` is
+held to an upload's limit and parser (``cloudimg.meta``), so nothing outside the tree
+becomes a tag's metadata or bytes.
 
 ``preview_import`` decides the same way and does nothing: with the catalog of
 ``open_registry(settings, migrate=False, read_only=True)`` (or none before the first
@@ -30,19 +31,14 @@ first server has even created the data root.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
-import mmap
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-
-import blake3
 
 from cloudimg.blobstore import MaintenanceBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, TagInfo
@@ -53,11 +49,21 @@ from cloudimg.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
 from cloudimg.ingest import commit_staged
-from cloudimg.meta import MAX_META_BYTES, parse_meta
-from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.maintenance.legacy_tree import (
+    IMAGE_FILE,
+    META_FILE,
+    Candidate,
+    blake3_of,
+    image_sizes,
+    link_count,
+    open_image,
+    open_regular,
+    read_meta,
+    remove_entry,
+    walk,
+)
 from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = [
@@ -67,13 +73,8 @@ __all__ = [
     "preview_import",
 ]
 
-IMAGE_FILE = "image.bin"
-META_FILE = "meta.json"
 _COPY_CHUNK = 4 * 1024 * 1024
 _NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP}
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-# When the old tree is the data root itself (an in-place migration), these are ours.
-_STORE_NAMES = {"blobs", "staging", "trash", "quarantine"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +119,6 @@ class ImportReport:
     def ok(self) -> bool:
         """Every entry was imported or was there already."""
         return all(e.outcome in ("imported", "unchanged") for e in self.entries)
-
-
-_Skip = Callable[[Path, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    rel: str
-    directory: Path
-    names: tuple[str, str, str]
 
 
 async def import_legacy(
@@ -191,8 +182,9 @@ async def _run(
 ) -> ImportReport:
     started = time.monotonic()
     report = ImportReport(source=str(source), move=move, dry_run=dry_run)
-    candidates = await asyncio.to_thread(_walk, source, data_root, report)
-    sizes = await asyncio.to_thread(_sizes, candidates)
+    candidates, skipped = await asyncio.to_thread(walk, source, data_root)
+    report.entries += [LegacyEntry(s.rel, "skipped", s.reason) for s in skipped]
+    sizes = await asyncio.to_thread(image_sizes, candidates)
     meter = ProgressMeter(progress, sum(sizes), "checked" if dry_run else "imported")
     for candidate in candidates:
         try:
@@ -206,156 +198,6 @@ async def _run(
     return report
 
 
-def _sizes(candidates: list[_Candidate]) -> list[int]:
-    sizes = []
-    for candidate in candidates:
-        try:
-            sizes.append((candidate.directory / IMAGE_FILE).stat().st_size)
-        except OSError:
-            sizes.append(0)
-    return sizes
-
-
-def _walk(source: Path, data_root: Path | None, report: ImportReport) -> list[_Candidate]:
-    """Entries that look like ``repo/image/tag`` directories; the rest is reported skipped."""
-    if not source.is_dir():
-        raise NotFoundError(f"{source} is not a directory")
-    in_place = data_root is not None and source.resolve() == data_root.resolve()
-    own = data_root.resolve() if data_root is not None else None
-    candidates: list[_Candidate] = []
-
-    def skip(path: Path, reason: str) -> None:
-        report.entries.append(LegacyEntry(str(path.relative_to(source)), "skipped", reason))
-
-    for repo_dir in sorted(source.iterdir()):
-        name = repo_dir.name
-        if repo_dir.resolve() == own or (
-            in_place
-            and (name in _STORE_NAMES or name.startswith(("catalog.sqlite3", GC_RECORD_NAME)))
-        ):
-            continue
-        if not _is_dir(repo_dir, skip) or not _valid(repo_dir, validate_repo_name, skip):
-            continue
-        for image_dir in sorted(repo_dir.iterdir()):
-            if not _is_dir(image_dir, skip) or not _valid(image_dir, validate_image_name, skip):
-                continue
-            for tag_dir in sorted(image_dir.iterdir()):
-                if not _is_dir(tag_dir, skip) or not _valid(tag_dir, validate_tag_name, skip):
-                    continue
-                names = (repo_dir.name, image_dir.name, tag_dir.name)
-                candidates.append(_Candidate(str(tag_dir.relative_to(source)), tag_dir, names))
-    return candidates
-
-
-def _is_dir(path: Path, skip: _Skip) -> bool:
-    if path.is_dir() and not path.is_symlink():
-        return True
-    skip(path, "not a directory (the old layout is <repo>/<image>/<tag>/image.bin)")
-    return False
-
-
-def _valid(path: Path, validate: Callable[[str], str], skip: _Skip) -> bool:
-    try:
-        validate(path.name)
-    except InvalidArgumentError as exc:
-        skip(path, exc.message)
-        return False
-    return True
-
-
-class _NotRegularFileError(InvalidArgumentError):
-    """A file of the entry is a link, a FIFO, a device, a socket or a directory."""
-
-
-def _open_regular(path: Path) -> int:
-    """A descriptor of ``path`` for reading, when it is a regular file of its own.
-
-    Nothing else is opened: a symbolic link is not followed (it could name any file
-    of the host), and a FIFO, a device or a socket is refused from ``lstat`` before
-    any open (opening one can block forever or act on a device). The open itself does
-    not follow a link nor block, and ``fstat`` checks what was opened, so a file
-    swapped for something else in between is refused too.
-
-    Raises:
-        FileNotFoundError: no such file.
-        _NotRegularFileError: not a regular file (the message says what it is).
-    """
-    _check_regular(path, os.lstat(path).st_mode)
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # became a link since the lstat
-            raise _NotRegularFileError(_not_regular(path, stat.S_IFLNK)) from None
-        raise
-    try:
-        _check_regular(path, os.fstat(fd).st_mode)
-        os.set_blocking(fd, True)  # a regular file: reads never wait for a writer
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _check_regular(path: Path, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        raise _NotRegularFileError(_not_regular(path, stat.S_IFMT(mode)))
-
-
-def _not_regular(path: Path, kind: int) -> str:
-    what = {
-        stat.S_IFLNK: "a symbolic link (not followed: it may name a file outside the tree)",
-        stat.S_IFIFO: "a FIFO",
-        stat.S_IFDIR: "a directory",
-        stat.S_IFSOCK: "a socket",
-        stat.S_IFCHR: "a character device",
-        stat.S_IFBLK: "a block device",
-    }.get(kind, "not a regular file")
-    return f"{path.name} is {what}; only a regular file is imported"
-
-
-def _read_meta(path: Path) -> dict[str, str]:
-    """The entry's metadata, held to the rules of an upload's (``cloudimg.meta``).
-
-    Reads at most ``MAX_META_BYTES`` + 1 bytes of a regular file (``_open_regular``).
-
-    Raises:
-        InvalidArgumentError: no ``meta.json``, not a regular file, too large, or not
-            what an upload accepts as metadata (the message says which).
-    """
-    try:
-        fd = _open_regular(path)
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"no {META_FILE}") from None
-    try:
-        raw = _read_at_most(fd, MAX_META_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_META_BYTES:
-        raise InvalidArgumentError(
-            f"{META_FILE} is larger than {MAX_META_BYTES} bytes, the limit of an upload's metadata"
-        )
-    try:
-        return parse_meta(raw, META_FILE)
-    except InvalidArgumentError as exc:
-        reason = exc.message if exc.message.startswith(META_FILE) else f"{META_FILE}: {exc.message}"
-        keys = (exc.context or {}).get("keys")
-        if keys:
-            reason += " (" + ", ".join(repr(key) for key in keys) + ")"
-        raise InvalidArgumentError(reason) from None
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
 async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | None:
     try:
         return await catalog.get_tag(*names)
@@ -363,29 +205,8 @@ async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | 
         return None
 
 
-def _blake3_of(path: Path) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    fd = _open_regular(path)
-    try:
-        if os.fstat(fd).st_size:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-                hasher.update(mapped)
-    finally:
-        os.close(fd)
-    return hasher.hexdigest()
-
-
-def _remove_entry(directory: Path) -> None:
-    """Drop an imported entry from the old tree, and its parents once they are empty."""
-    (directory / IMAGE_FILE).unlink(missing_ok=True)
-    (directory / META_FILE).unlink(missing_ok=True)
-    for parent in (directory, directory.parent, directory.parent.parent):
-        with contextlib.suppress(OSError):
-            parent.rmdir()
-
-
 async def _decide(
-    catalog: Catalog | None, candidate: _Candidate, meter: ProgressMeter
+    catalog: Catalog | None, candidate: Candidate, meter: ProgressMeter
 ) -> tuple[LegacyEntry, dict[str, str]]:
     """What to do with ``candidate``, reading only, and its metadata.
 
@@ -394,7 +215,7 @@ async def _decide(
     rel, directory = candidate.rel, candidate.directory
     image_path = directory / IMAGE_FILE
     try:
-        meta = await asyncio.to_thread(_read_meta, directory / META_FILE)
+        meta = await asyncio.to_thread(read_meta, directory / META_FILE)
     except InvalidArgumentError as exc:
         return LegacyEntry(rel, "skipped", exc.message), {}
     existing = None if catalog is None else await _existing(catalog, candidate.names)
@@ -407,7 +228,7 @@ async def _decide(
     if existing is None:
         return LegacyEntry(rel, "imported", "", None, size), meta
     same = existing.meta == meta and existing.size == size
-    if same and await asyncio.to_thread(_blake3_of, image_path) == existing.digest:
+    if same and await asyncio.to_thread(blake3_of, image_path) == existing.digest:
         meter.add(size)
         reason = "the catalog has it already"
         return LegacyEntry(rel, "unchanged", reason, existing.digest, size), meta
@@ -418,7 +239,7 @@ async def _decide(
 async def _import_one(
     catalog: Catalog | None,
     blobs: MaintenanceBlobStore | None,
-    candidate: _Candidate,
+    candidate: Candidate,
     move: bool,
     dry_run: bool,
     meter: ProgressMeter,
@@ -432,14 +253,14 @@ async def _import_one(
                 await asyncio.to_thread(_inspect_file, image_path, policy, meter.add)
             except ImageRefusedError as exc:
                 return _unsafe(entry, exc)
-            links = await asyncio.to_thread(_links, image_path) if move else 0
+            links = await asyncio.to_thread(link_count, image_path) if move else 0
             if links > 1:
                 return dataclasses.replace(entry, reason=_shared_note(links, dry_run=True))
         return entry
     assert catalog is not None, "only a dry run goes without a catalog"
     assert blobs is not None, "only a dry run goes without a blob store"
     if entry.outcome == "unchanged" and move:
-        await asyncio.to_thread(_remove_entry, candidate.directory)
+        await asyncio.to_thread(remove_entry, candidate.directory)
     if entry.outcome != "imported":
         return entry
     try:
@@ -454,7 +275,7 @@ async def _import_one(
     except ImageRefusedError as exc:
         return _unsafe(entry, exc)
     if move:
-        await asyncio.to_thread(_remove_entry, candidate.directory)
+        await asyncio.to_thread(remove_entry, candidate.directory)
     return LegacyEntry(entry.path, "imported", note, staged.blake3, staged.size, linked)
 
 
@@ -471,7 +292,7 @@ def _inspect_file(
     """Read ``path`` through the inspector (blocking: on a thread)."""
     inspector = ImageInspector(policy)
     size = 0
-    with os.fdopen(_open_regular(path), "rb") as source:
+    with os.fdopen(open_regular(path), "rb") as source:
         while chunk := source.read(_COPY_CHUNK):
             inspector.feed(chunk)
             size += len(chunk)
@@ -497,7 +318,7 @@ async def _stage(
     placing the blob makes it read-only for every name. Such a file is copied.
     """
     note = ""
-    links = await asyncio.to_thread(_links, image_path) if move else 0
+    links = await asyncio.to_thread(link_count, image_path) if move else 0
     if links > 1:
         note = _shared_note(links)
     elif move:
@@ -512,7 +333,7 @@ async def _stage(
         else:
             # Ours alone: the entry's name and the staging name. A link made since the
             # check above makes it a copy after all.
-            links = await asyncio.to_thread(_links, Path(staged.key))
+            links = await asyncio.to_thread(link_count, Path(staged.key))
             if links == 2:
                 meter.add(staged.size)
                 return staged, True, "", inspection
@@ -534,16 +355,6 @@ def _shared_note(links: int, *, dry_run: bool = False) -> str:
     )
 
 
-def _links(path: Path) -> int:
-    """How many names the regular file ``path`` has (0: not a regular file of its own)."""
-    status = os.lstat(path)
-    return status.st_nlink if stat.S_ISREG(status.st_mode) else 0
-
-
-def _open_image(path: Path) -> BinaryIO:
-    return os.fdopen(_open_regular(path), "rb")
-
-
 async def _copy(
     blobs: MaintenanceBlobStore, image_path: Path, meter: ProgressMeter, policy: InspectionPolicy
 ) -> tuple[StagedBlob, Inspection]:
@@ -558,7 +369,7 @@ async def _copy(
 
     writer = await blobs.open_staging()
     try:
-        with await asyncio.to_thread(_open_image, image_path) as source:
+        with await asyncio.to_thread(open_image, image_path) as source:
             while chunk := await asyncio.to_thread(read, source):
                 await writer.write(chunk)
                 meter.add(len(chunk))
