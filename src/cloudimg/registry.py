@@ -1,4 +1,5 @@
-"""The one way to open a registry: its blob store, catalog engine and catalog.
+"""The one way to open a registry: its blob store, catalog engine, catalog and the OCI
+slice's store (whose hooks every tag write of the catalog runs).
 
 Used by the app (``api/app.py``) and by the maintenance commands (``cli/output.py``),
 so both honour the SQLite busy timeout and the same schema rule: only ``serve``,
@@ -21,6 +22,7 @@ from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
 from cloudimg.catalog.database import check_schema, dispose_engine
 from cloudimg.config import Settings
+from cloudimg.oci.store import OciStore
 
 __all__ = ["Registry", "open_registry"]
 
@@ -32,6 +34,8 @@ class Registry:
     blobs: FilesystemBlobStore
     engine: AsyncEngine
     catalog: Catalog
+    oci: OciStore
+    """The OCI slice's tables (upload sessions, kept pushes, containerDisk digests)."""
 
     async def close(self) -> None:
         """Close the catalog's pooled connections (in the event loop that used them)."""
@@ -81,7 +85,9 @@ def open_registry(settings: Settings, *, migrate: bool | None) -> Registry:
         keep_history=settings.keep_history,
         immutable_rules=settings.immutable_tags,
     )
-    return Registry(blobs, engine, catalog)
+    oci = OciStore(engine, blobs)
+    oci.hook_into(catalog.hooks)
+    return Registry(blobs, engine, catalog, oci)
 
 
 def _blocking(step: Callable[[str], None], url: str) -> None:

@@ -34,6 +34,7 @@ from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.blobstore.filesystem import STAGING_SUFFIX
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
+from cloudimg.oci.store import OciStore
 from cloudimg.progress import Progress, ProgressMeter
 
 T = TypeVar("T")
@@ -263,13 +264,14 @@ async def _upload_sessions(
     """OCI upload sessions idle past the grace whose file the staging step removed (or
     that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
     present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
-    stale = await catalog.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
+    oci = OciStore.beside(catalog)
+    stale = await oci.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
     meter = ProgressMeter(progress, len(stale), "upload sessions", "items")
     for session in _counted(stale, meter):
         if session in present:
             continue
         if not report.dry_run:
-            await catalog.drop_upload(session)
+            await oci.drop_upload(session)
         report.actions.append(GcAction(GcKind.UPLOAD_SESSION, session, 0))
 
 
@@ -284,7 +286,8 @@ async def _pushed_manifests(
     push that raced a write may leave one; children no index took within the grace."""
     if report.dry_run:
         return
-    released, pending = await catalog.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
+    oci = OciStore.beside(catalog)
+    released, pending = await oci.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
     if released or pending:
         detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"
         report.actions.append(GcAction(GcKind.PUSHED_MANIFEST, "", 0, detail))

@@ -12,7 +12,6 @@ as ``/reg`` answers them.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -24,23 +23,22 @@ from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import Representation, prepare_representation
 from cloudimg.api.observer import TRANSFER_OPT
-from cloudimg.api.oci_errors import OciError
 from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import BlobRef, Catalog
 from cloudimg.digest import Digest
-from cloudimg.errors import InvalidArgumentError, NotFoundError
-from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.errors import NotFoundError
 from cloudimg.oci.containerdisk import MANIFEST_MEDIA_TYPE, ContainerDisk, LayerReader
 from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
+from cloudimg.oci.store import OciStore
 
-__all__ = ["API_VERSION_HEADER", "MemoryReader", "OciController"]
+__all__ = ["API_VERSION_HEADER", "Blobs", "Disks", "MemoryReader", "Oci", "OciPullController"]
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
-_DIGEST_SYNTAX = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _MAX_PAGE = 10_000
 Blobs = SkipValidation[BlobStore]
 Disks = SkipValidation[ContainerDisks]
+Oci = SkipValidation[OciStore]
 
 
 class MemoryReader:
@@ -61,31 +59,6 @@ class MemoryReader:
 
     def close(self) -> None:
         pass
-
-
-def oci_names(repo: str, image: str) -> tuple[str, str]:
-    """``repo`` and ``image`` under the ``/reg`` rules, else ``NAME_INVALID``."""
-    try:
-        return validate_repo_name(repo), validate_image_name(image)
-    except InvalidArgumentError as exc:
-        raise OciError(400, "NAME_INVALID", exc.message, exc.context) from None
-
-
-def oci_tag(tag: str) -> str:
-    try:
-        return validate_tag_name(tag)
-    except InvalidArgumentError as exc:
-        raise OciError(400, "TAG_INVALID", exc.message, exc.context) from None
-
-
-def parse_oci_digest(text: str, code: str = "DIGEST_INVALID") -> str:
-    """The hex of a ``sha256:`` digest; other algorithms are ``UNSUPPORTED``."""
-    match = _SHA256.fullmatch(text)
-    if match:
-        return match.group(1)
-    if _DIGEST_SYNTAX.fullmatch(text) and not text.startswith("sha256:"):
-        raise OciError(400, "UNSUPPORTED", "only sha256 digests are served", {"digest": text[:200]})
-    raise OciError(400, code, "not a digest: sha256:<64 lower-case hex>", {"digest": text[:200]})
 
 
 def _page_size(request: Request[Any, Any, Any]) -> tuple[int, str | None]:
@@ -111,7 +84,7 @@ def _next_link(
     return {"Link": f'<{request.url.path}?{query}>; rel="next"'}
 
 
-class OciController(Controller):
+class OciPullController(Controller):
     """``/v2``: version check, catalog, tags, manifests and blobs (pull side)."""
 
     path = "/v2"
@@ -122,11 +95,11 @@ class OciController(Controller):
 
     @get("/_catalog", include_in_schema=False)
     async def list_repositories(
-        self, request: Request[Any, Any, Any], catalog: Catalog
+        self, request: Request[Any, Any, Any], oci: Oci
     ) -> Response[dict[str, Any]]:
         # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
         n, last = _page_size(request)
-        paths = await catalog.list_image_paths(n + 1, last)
+        paths = await oci.list_image_paths(n + 1, last)
         page = paths[:n]
         return Response(
             {"repositories": page}, headers=_next_link(request, n, page, len(paths) > n)
@@ -158,6 +131,7 @@ class OciController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        oci: Oci,
         disks: Disks,
         repo: str,
         image: str,
@@ -168,18 +142,18 @@ class OciController(Controller):
         try:
             if by_digest:
                 hex_digest = parse_oci_digest(reference)
-                pushed = await catalog.pushed_manifest(*names, digest=hex_digest)
+                pushed = await oci.pushed_manifest(*names, digest=hex_digest)
                 if pushed is not None:
                     ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
-                ref = await catalog.resolve_oci(*names, "manifest", hex_digest)
+                ref = await oci.resolve_oci(*names, "manifest", hex_digest)
             else:
                 tag = oci_tag(reference)
                 ref = await catalog.resolve(*names, tag)
                 # A container image or index pushed to this tag is served as pushed; any
                 # other tag (a /reg write, a retag, a disk artifact) pulls as the
                 # generated containerDisk of its disk, which KubeVirt and CDI boot.
-                pushed = await catalog.pushed_manifest(*names, blob=ref.digest, tag=tag)
+                pushed = await oci.pushed_manifest(*names, blob=ref.digest, tag=tag)
                 if pushed is not None and pushed.is_container_image:
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
             disk = await disks.of(ref)
@@ -199,6 +173,7 @@ class OciController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        oci: Oci,
         blobs: Blobs,
         disks: Disks,
         repo: str,
@@ -208,26 +183,26 @@ class OciController(Controller):
         names = oci_names(repo, image)
         hex_digest = parse_oci_digest(digest)
         try:
-            return await _send_layer(request, catalog, blobs, names, hex_digest)
+            return await _send_layer(request, oci, blobs, names, hex_digest)
         except NotFoundError:
             pass
-        kept = await catalog.kept_blob(*names, hex_digest)
+        kept = await oci.kept_blob(*names, hex_digest)
         if kept is not None:  # a pushed layer or config, kept as it was pushed
             return await prepare_representation(
                 request, _representation(kept, hex_digest, kept.size), _opener(blobs, kept.digest)
             )
         try:
-            ref = await catalog.resolve_oci(*names, "config", hex_digest)
+            ref = await oci.resolve_oci(*names, "config", hex_digest)
             disk = await disks.of(ref)
         except NotFoundError:
             pass
         else:
             return await _send_bytes(request, ref, disk.config, "application/octet-stream", True)
-        pushed = await catalog.pushed_manifest(*names, config=hex_digest)
+        pushed = await oci.pushed_manifest(*names, config=hex_digest)
         if pushed is not None:
             ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
             return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
-        finished = await _finished_upload(request, catalog, blobs, hex_digest)
+        finished = await _finished_upload(request, oci, blobs, hex_digest)
         if finished is not None:
             return finished
         try:
@@ -265,10 +240,10 @@ def _opener(blobs: BlobStore, digest: str) -> Callable[[], Awaitable[BlobReader 
 
 
 async def _finished_upload(
-    request: Request[Any, Any, Any], catalog: Catalog, blobs: BlobStore, hex_digest: str
+    request: Request[Any, Any, Any], oci: OciStore, blobs: BlobStore, hex_digest: str
 ) -> ASGIResponse | None:
     """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
-    found = await catalog.finished_upload(hex_digest)
+    found = await oci.finished_upload(hex_digest)
     if found is None or found.blake3 is None:
         return None
     staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)
@@ -291,12 +266,12 @@ async def _finished_upload(
 
 async def _send_layer(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
+    oci: OciStore,
     blobs: BlobStore,
     names: tuple[str, str],
     hex_digest: str,
 ) -> ASGIResponse:
-    ref = await catalog.resolve_oci(*names, "layer", hex_digest)
+    ref = await oci.resolve_oci(*names, "layer", hex_digest)
     size = ContainerDisk.of(hex_digest, ref.size).layer_size
 
     async def open_layer() -> BlobReader | None:
