@@ -41,7 +41,7 @@ async def test_a_pull_that_read_nothing_stored_before_another_finished_does_not_
     digest = await put(catalog, "vms/race/v1", data)
     ref = BlobRef(digest, "", len(data), datetime.now(UTC))
     read_nothing, go_on = asyncio.Event(), asyncio.Event()
-    oci = OciStore.beside(catalog)
+    oci = OciStore(catalog.engine, catalog.blobs)
     stored_digests = oci.oci_digests
     stores: list[str] = []
     store_digests = oci.set_oci_digests

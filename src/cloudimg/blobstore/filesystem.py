@@ -68,6 +68,7 @@ _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _HEX62 = re.compile(r"[0-9a-f]{62}")
+_SESSION = re.compile(r"[0-9a-f]{32}")
 _TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
 _NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -414,22 +415,32 @@ class FilesystemBlobStore:
     # -- resumable staging (cloudimg.blobstore.resumable) ------------------------
 
     def _session_path(self, session: str) -> Path:
-        from cloudimg.blobstore.resumable import resumable_path  # it builds on this module
-
-        return resumable_path(self.staging_dir, session)
+        if not _SESSION.fullmatch(session):
+            raise ValueError("not a session id")
+        return self.staging_dir / f"{session}{STAGING_SUFFIX}"
 
     async def lock_resumable(self, key: str) -> FilesystemResumable:
         """The resumable staging file ``key``, created if missing and locked: the steps
         the caller drives from there are :mod:`cloudimg.blobstore.resumable`'s."""
-        from cloudimg.blobstore.resumable import FilesystemResumable, lock_resumable_file
+        # Imported here: that module builds on this one's staging writer.
+        from cloudimg.blobstore.resumable import FilesystemResumable
 
         path = self._session_path(key)
-        fd = await asyncio.to_thread(lock_resumable_file, path)
+        fd = await asyncio.to_thread(self._lock_session, path)
         try:
-            return FilesystemResumable(key, path, fd, self._paused, self.stage_costs)
+            length = (await asyncio.to_thread(os.fstat, fd)).st_size
         except BaseException:
             os.close(fd)
             raise
+        return FilesystemResumable(key, path, fd, length, self._paused, self.stage_costs)
+
+    def _lock_session(self, path: Path) -> int:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another request of it writes
+            if _names_file(path, fd):
+                return fd
+            os.close(fd)  # gc removed it meanwhile: a new, empty file
 
     async def claim_staging(
         self, session: str, blake3_hex: str, sha256_hex: str, size: int

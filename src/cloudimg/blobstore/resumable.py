@@ -25,41 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import re
 from pathlib import Path
 
 from cloudimg.blobstore.filesystem import (
-    STAGING_SUFFIX,
     FilesystemStagingWriter,
     _cut,
     _hash_prefix,
     _HashState,
-    _names_file,
 )
 from cloudimg.blobstore.pipeline import StageCosts
 
-__all__ = ["FilesystemResumable", "lock_resumable_file", "resumable_path"]
-
-_KEY = re.compile(r"[0-9a-f]{32}")
-
-
-def resumable_path(staging_dir: Path, key: str) -> Path:
-    """The staging file of resumable key ``key``; ``ValueError`` for a key that is not one."""
-    if not _KEY.fullmatch(key):
-        raise ValueError("not a session id")
-    return staging_dir / f"{key}{STAGING_SUFFIX}"
-
-
-def lock_resumable_file(path: Path) -> int:
-    """Open (create) and lock ``path``; blocks while another request of it writes."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another request of it writes
-        if _names_file(path, fd):
-            return fd
-        os.close(fd)  # gc removed it meanwhile: a new, empty file
+__all__ = ["FilesystemResumable"]
 
 
 class FilesystemResumable:
@@ -70,6 +47,7 @@ class FilesystemResumable:
         key: str,
         path: Path,
         fd: int,
+        length: int,
         paused: dict[str, _HashState],
         costs: StageCosts | None,
     ) -> None:
@@ -80,7 +58,7 @@ class FilesystemResumable:
         self._costs = costs
         self._writer: FilesystemStagingWriter | None = None
         self._state: _HashState | None = None
-        self.length = os.fstat(fd).st_size
+        self.length = length
         """The file's length when it was locked."""
 
     async def resume(self, offset: int) -> FilesystemStagingWriter:

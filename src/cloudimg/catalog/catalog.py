@@ -36,5 +36,5 @@ class Catalog(CatalogReads, CatalogSummaries, TagWrites, CatalogMaintenance):
         immutable_rules: Sequence[str] = (),
     ) -> None:
         super().__init__(engine, blobs)
-        self.hooks = TagHooks()
+        self.hooks = TagHooks([], [], [])
         self.configure_history(keep_history, immutable_rules)

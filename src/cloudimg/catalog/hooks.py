@@ -11,7 +11,7 @@ catalog's: a hook says which references its rows held, and the catalog releases 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,10 +29,10 @@ TagWritten = Callable[[], None]
 """A tag write that may name new bytes committed (an upload's commit, a retag)."""
 
 
-@dataclass
-class TagHooks:
-    """The callbacks registered with one catalog, run in the order they were added."""
+class TagHooks(NamedTuple):
+    """The callbacks registered with one catalog, run in the order they were added (each
+    catalog makes its own lists: ``TagHooks([], [], [])``)."""
 
-    tag_pointed: list[TagPointed] = field(default_factory=list)
-    image_changed: list[ImageChanged] = field(default_factory=list)
-    tag_written: list[TagWritten] = field(default_factory=list)
+    tag_pointed: list[TagPointed]
+    image_changed: list[ImageChanged]
+    tag_written: list[TagWritten]

@@ -264,7 +264,7 @@ async def _upload_sessions(
     """OCI upload sessions idle past the grace whose file the staging step removed (or
     that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
     present = {entry.name.removesuffix(STAGING_SUFFIX) for entry in await blobs.list_staging()}
-    oci = OciStore.beside(catalog)
+    oci = OciStore(catalog.engine, catalog.blobs)
     stale = await oci.stale_uploads(datetime.fromtimestamp(cutoff, UTC))
     meter = ProgressMeter(progress, len(stale), "upload sessions", "items")
     for session in _counted(stale, meter):
@@ -286,7 +286,7 @@ async def _pushed_manifests(
     push that raced a write may leave one; children no index took within the grace."""
     if report.dry_run:
         return
-    oci = OciStore.beside(catalog)
+    oci = OciStore(catalog.engine, catalog.blobs)
     released, pending = await oci.sweep_pushed_manifests(datetime.fromtimestamp(cutoff, UTC))
     if released or pending:
         detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cloudimg.blobstore import BlobStore
@@ -57,6 +58,11 @@ class ContainerDisks:
     def wake(self) -> None:
         """New blobs were committed: let the background task hash their layers."""
         self._wake.set()
+
+    def waker(self) -> Callable[[], None]:
+        """What :meth:`wake` does, for a hook run after every tag write: the event's own
+        ``set``, so a write does not call into this module for it."""
+        return self._wake.set
 
     async def close(self) -> None:
         """Wait for the layers being hashed now to be stored, before the catalog closes.

@@ -26,9 +26,7 @@ from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
-from cloudimg.oci.http.pulls import Disks, Oci
-from cloudimg.oci.http.uploads import Sessions
-from cloudimg.oci.sessions import UploadSessions
+from cloudimg.oci.http.face import MANIFEST_PATH, Face, OciFace
 from cloudimg.oci.store import OciStore
 
 __all__ = ["OciDeleteController"]
@@ -40,34 +38,21 @@ class OciDeleteController(Controller):
     path = "/v2"
 
     @delete("/{repo:str}/{image:str}/blobs/{digest:str}", include_in_schema=False, status_code=202)
-    async def delete_blob(
-        self, catalog: Catalog, sessions: Sessions, repo: str, image: str, digest: str
-    ) -> None:
-        await _delete_blob(catalog, sessions, oci_names(repo, image), parse_oci_digest(digest))
+    async def delete_blob(self, face: Face, repo: str, image: str, digest: str) -> None:
+        await _delete_blob(face, oci_names(repo, image), parse_oci_digest(digest))
 
-    @delete(
-        "/{repo:str}/{image:str}/manifests/{reference:str}",
-        include_in_schema=False,
-        status_code=202,
-    )
+    @delete(MANIFEST_PATH, include_in_schema=False, status_code=202)
     async def delete_manifest(
-        self,
-        request: Request[Any, Any, Any],
-        catalog: Catalog,
-        oci: Oci,
-        disks: Disks,
-        repo: str,
-        image: str,
-        reference: str,
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
     ) -> None:
         names = oci_names(repo, image)
         options = WriteOptions(actor=actor_of(request))
         if ":" in reference:
             hex_digest = parse_oci_digest(reference)
-            await _delete_manifest_digest(catalog, oci, disks, names, hex_digest, options)
+            await _delete_manifest_digest(face, names, hex_digest, options)
             return
         try:
-            await catalog.delete_tag(*names, oci_tag(reference), options)
+            await face.catalog.delete_tag(*names, oci_tag(reference), options)
         except NotFoundError:
             raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
 
@@ -91,14 +76,10 @@ async def _manifests_of(
 
 
 async def _delete_manifest_digest(
-    catalog: Catalog,
-    oci: OciStore,
-    disks: ContainerDisks,
-    names: tuple[str, str],
-    sha256_hex: str,
-    options: WriteOptions,
+    face: OciFace, names: tuple[str, str], sha256_hex: str, options: WriteOptions
 ) -> None:
     """Delete the tags of ``names`` that pull as manifest ``sha256_hex`` or were pushed so."""
+    catalog, oci, disks = face.catalog, face.store, face.disks
     try:
         tags = await catalog.list_tag_infos(*names)
     except NotFoundError:
@@ -130,11 +111,9 @@ async def _pullable(oci: OciStore, names: tuple[str, str], sha256_hex: str) -> b
     return True
 
 
-async def _delete_blob(
-    catalog: Catalog, sessions: UploadSessions, names: tuple[str, str], sha256_hex: str
-) -> None:
+async def _delete_blob(face: OciFace, names: tuple[str, str], sha256_hex: str) -> None:
     """Drop a finished upload of ``names`` no manifest took; refuse a blob in use."""
-    reason = await _referred(catalog, sessions.store, names, sha256_hex)
+    reason = await _referred(face.catalog, face.store, names, sha256_hex)
     if reason is not None:
         raise OciError(
             405,
@@ -143,7 +122,7 @@ async def _delete_blob(
             " tags) first; the bytes go with the last reference",
             {"digest": f"sha256:{sha256_hex}"},
         )
-    dropped = await sessions.drop_finished(*names, sha256_hex)
+    dropped = await face.sessions.drop_finished(*names, sha256_hex)
     if not dropped:
         raise OciError(
             404,

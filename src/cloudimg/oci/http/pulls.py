@@ -18,27 +18,21 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, route
-from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import Representation, prepare_representation
 from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.blobstore import BlobReader, BlobStore
-from cloudimg.catalog import BlobRef, Catalog
+from cloudimg.catalog import BlobRef
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.oci.containerdisk import MANIFEST_MEDIA_TYPE, ContainerDisk, LayerReader
-from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
-from cloudimg.oci.store import OciStore
+from cloudimg.oci.http.face import API_VERSION_HEADER, MANIFEST_PATH, Face, OciFace
 
-__all__ = ["API_VERSION_HEADER", "Blobs", "Disks", "MemoryReader", "Oci", "OciPullController"]
+__all__ = ["MemoryReader", "OciPullController"]
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _MAX_PAGE = 10_000
-Blobs = SkipValidation[BlobStore]
-Disks = SkipValidation[ContainerDisks]
-Oci = SkipValidation[OciStore]
 
 
 class MemoryReader:
@@ -95,11 +89,11 @@ class OciPullController(Controller):
 
     @get("/_catalog", include_in_schema=False)
     async def list_repositories(
-        self, request: Request[Any, Any, Any], oci: Oci
+        self, request: Request[Any, Any, Any], face: Face
     ) -> Response[dict[str, Any]]:
         # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
         n, last = _page_size(request)
-        paths = await oci.list_image_paths(n + 1, last)
+        paths = await face.store.list_image_paths(n + 1, last)
         page = paths[:n]
         return Response(
             {"repositories": page}, headers=_next_link(request, n, page, len(paths) > n)
@@ -107,11 +101,11 @@ class OciPullController(Controller):
 
     @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)
     async def list_tags(
-        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str
     ) -> Response[dict[str, Any]]:
         names = oci_names(repo, image)
         try:
-            tags = sorted(await catalog.list_tags(*names))
+            tags = sorted(await face.catalog.list_tags(*names))
         except NotFoundError:
             raise OciError(
                 404, "NAME_UNKNOWN", "no such repository", {"name": f"{repo}/{image}"}
@@ -122,22 +116,11 @@ class OciPullController(Controller):
         body = {"name": f"{repo}/{image}", "tags": page}
         return Response(body, headers=_next_link(request, n, page, len(after) > n))
 
-    @route(
-        "/{repo:str}/{image:str}/manifests/{reference:str}",
-        http_method=["GET", "HEAD"],
-        include_in_schema=False,
-    )
+    @route(MANIFEST_PATH, http_method=["GET", "HEAD"], include_in_schema=False)
     async def get_manifest(
-        self,
-        request: Request[Any, Any, Any],
-        catalog: Catalog,
-        oci: Oci,
-        disks: Disks,
-        repo: str,
-        image: str,
-        reference: str,
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
     ) -> ASGIResponse:
-        names = oci_names(repo, image)
+        catalog, oci, names = face.catalog, face.store, oci_names(repo, image)
         by_digest = ":" in reference
         try:
             if by_digest:
@@ -156,7 +139,7 @@ class OciPullController(Controller):
                 pushed = await oci.pushed_manifest(*names, blob=ref.digest, tag=tag)
                 if pushed is not None and pushed.is_container_image:
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
-            disk = await disks.of(ref)
+            disk = await face.disks.of(ref)
         except NotFoundError as exc:
             raise OciError(
                 404, "MANIFEST_UNKNOWN", exc.message, {"reference": reference[:200]}
@@ -170,20 +153,12 @@ class OciPullController(Controller):
         opt={TRANSFER_OPT: "download"},
     )
     async def get_blob(
-        self,
-        request: Request[Any, Any, Any],
-        catalog: Catalog,
-        oci: Oci,
-        blobs: Blobs,
-        disks: Disks,
-        repo: str,
-        image: str,
-        digest: str,
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, digest: str
     ) -> ASGIResponse:
-        names = oci_names(repo, image)
-        hex_digest = parse_oci_digest(digest)
+        catalog, oci, blobs = face.catalog, face.store, face.blobs
+        names, hex_digest = oci_names(repo, image), parse_oci_digest(digest)
         try:
-            return await _send_layer(request, oci, blobs, names, hex_digest)
+            return await _send_layer(request, face, names, hex_digest)
         except NotFoundError:
             pass
         kept = await oci.kept_blob(*names, hex_digest)
@@ -193,7 +168,7 @@ class OciPullController(Controller):
             )
         try:
             ref = await oci.resolve_oci(*names, "config", hex_digest)
-            disk = await disks.of(ref)
+            disk = await face.disks.of(ref)
         except NotFoundError:
             pass
         else:
@@ -202,7 +177,7 @@ class OciPullController(Controller):
         if pushed is not None:
             ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
             return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
-        finished = await _finished_upload(request, oci, blobs, hex_digest)
+        finished = await _finished_upload(request, face, hex_digest)
         if finished is not None:
             return finished
         try:
@@ -240,10 +215,11 @@ def _opener(blobs: BlobStore, digest: str) -> Callable[[], Awaitable[BlobReader 
 
 
 async def _finished_upload(
-    request: Request[Any, Any, Any], oci: OciStore, blobs: BlobStore, hex_digest: str
+    request: Request[Any, Any, Any], face: OciFace, hex_digest: str
 ) -> ASGIResponse | None:
     """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
-    found = await oci.finished_upload(hex_digest)
+    blobs = face.blobs
+    found = await face.store.finished_upload(hex_digest)
     if found is None or found.blake3 is None:
         return None
     staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)
@@ -265,13 +241,10 @@ async def _finished_upload(
 
 
 async def _send_layer(
-    request: Request[Any, Any, Any],
-    oci: OciStore,
-    blobs: BlobStore,
-    names: tuple[str, str],
-    hex_digest: str,
+    request: Request[Any, Any, Any], face: OciFace, names: tuple[str, str], hex_digest: str
 ) -> ASGIResponse:
-    ref = await oci.resolve_oci(*names, "layer", hex_digest)
+    blobs = face.blobs
+    ref = await face.store.resolve_oci(*names, "layer", hex_digest)
     size = ContainerDisk.of(hex_digest, ref.size).layer_size
 
     async def open_layer() -> BlobReader | None:

@@ -19,11 +19,10 @@ from cloudimg.config import Settings
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.http.deletes import OciDeleteController
 from cloudimg.oci.http.errors import oci_exception_handlers, with_unrouted_oci
-from cloudimg.oci.http.manifests import OciManifestController
+from cloudimg.oci.http.face import OciFace
 from cloudimg.oci.http.pulls import OciPullController
-from cloudimg.oci.http.uploads import OciUploadController, chunk_of
+from cloudimg.oci.http.pushes import OciPushController, chunk_of
 from cloudimg.oci.keep import KeepContext
-from cloudimg.oci.sessions import UploadSessions
 from cloudimg.registry import Registry
 
 __all__ = ["OciRoutes", "oci_routes"]
@@ -54,22 +53,19 @@ def oci_routes(registry: Registry, settings: Settings, guards: list[Guard]) -> O
     """The ``/v2`` face over ``registry``; every tag write that commits wakes its
     containerDisk hasher (a hook of the catalog: ``cloudimg.catalog.hooks``)."""
     disks = ContainerDisks(registry.oci, registry.blobs)
-    registry.catalog.hooks.tag_written.append(disks.wake)
-    sessions = UploadSessions(registry.oci, registry.blobs, settings.max_image_size)
+    registry.catalog.hooks.tag_written.append(disks.waker())
     keeping = KeepContext(registry.catalog, registry.oci, registry.blobs, settings)
     router = Router(
         path="/",
         route_handlers=[
             OciPullController,
-            OciUploadController,
-            OciManifestController,
+            OciPushController,
             OciDeleteController,
         ],
         guards=guards,
         exception_handlers=oci_exception_handlers,
         dependencies={
-            "sessions": _provide(sessions),
-            "keeping": _provide(keeping),
+            "face": _provide(OciFace.over(keeping, disks)),
             "chunk": Provide(chunk_of, sync_to_thread=False),
         },
         include_in_schema=False,

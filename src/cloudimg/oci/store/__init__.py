@@ -12,7 +12,6 @@ base, and tag writes drop them through the hooks ``OciStore.hook_into`` register
 
 from __future__ import annotations
 
-from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.oci.store.manifests import KeptPart, OciManifests, PushedManifest
 from cloudimg.oci.store.reads import OciDigests, OciKind, OciReads
 from cloudimg.oci.store.uploads import OciUploads, UploadSession
@@ -28,10 +27,6 @@ __all__ = [
 
 
 class OciStore(OciReads, OciUploads, OciManifests):
-    """The OCI slice's tables over the same engine and blob store as the catalog."""
-
-    @classmethod
-    def beside(cls, catalog: CatalogBase) -> OciStore:
-        """A store over ``catalog``'s engine and blob store (for the maintenance
-        commands, which are handed the catalog)."""
-        return cls(catalog.engine, catalog.blobs)
+    """The OCI slice's tables over the same engine and blob store as the catalog
+    (``OciStore(catalog.engine, catalog.blobs)``: the blocking twin of a SQLite engine
+    is shared, ``cloudimg.catalog.database.blocking_reader``)."""
