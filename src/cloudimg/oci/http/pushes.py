@@ -52,18 +52,11 @@ def _progress(repo: str, image: str, session: str, size: int, status: int) -> Re
     return Response(None, status_code=status, headers=headers)
 
 
-def _created(repo: str, image: str, sha256_hex: str) -> Response[None]:
+def _created(repo: str, image: str, sha256_hex: str, kind: str = "blobs") -> Response[None]:
+    """201 naming the pushed blob (or, ``kind`` "manifests", the pushed manifest)."""
     headers = {
-        "Location": f"/v2/{repo}/{image}/blobs/sha256:{sha256_hex}",
+        "Location": f"/v2/{repo}/{image}/{kind}/sha256:{sha256_hex}",
         "Docker-Content-Digest": f"sha256:{sha256_hex}",
-    }
-    return Response(None, status_code=201, headers=headers)
-
-
-def _pushed(repo: str, image: str, hex_digest: str) -> Response[None]:
-    headers = {
-        "Location": f"/v2/{repo}/{image}/manifests/sha256:{hex_digest}",
-        "Docker-Content-Digest": f"sha256:{hex_digest}",
     }
     return Response(None, status_code=201, headers=headers)
 
@@ -196,7 +189,7 @@ class OciPushController(Controller):
             await put_tagged_manifest(face.keeping, (*names, tag), body, content_type, options)
         except ManifestRefused as exc:
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
-        return _pushed(repo, image, hashlib.sha256(body).hexdigest())
+        return _created(repo, image, hashlib.sha256(body).hexdigest(), "manifests")
 
 
 async def _complete(
@@ -241,7 +234,7 @@ async def _put_child(
         hex_digest, str(media_type), body, "", layer.config_sha256, b"", "pending"
     )
     await oci.add_pending_manifest(*names, pending)
-    return _pushed(*names, hex_digest)
+    return _created(*names, hex_digest, "manifests")
 
 
 async def _small_body(
