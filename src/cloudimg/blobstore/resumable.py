@@ -17,7 +17,7 @@ stands (its durable length) and drives each step itself, under the file's lock:
    far instead of reading the bytes again. A finished writer's file goes with its
    ``StagedBlob`` instead (``claim_staging`` takes it again later).
 
-Nothing here knows who resumes the file or why (the OCI slice's upload sessions do);
+Nothing here knows who resumes the file or why (an upload protocol of a caller does);
 gc removes such a file, like any staging file, once it is left alone past its grace.
 """
 
