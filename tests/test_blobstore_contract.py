@@ -228,40 +228,29 @@ async def test_stale_staging_is_removed_unless_an_upload_holds_it(
 # -- resumable uploads (OCI sessions) ----------------------------------------------------
 
 
-async def _recorded(value: int | None) -> int | None:
-    return value
-
-
 @pytest.mark.parametrize("same_store", [True, False], ids=["paused-here", "another-process"])
 async def test_a_resumed_session_hashes_all_its_bytes_and_drops_unrecorded_ones(
     store: MaintenanceBlobStore, tmp_path: Path, same_store: bool
 ) -> None:
     session = "ab" * 16
     first, lost, second = os.urandom(5 * 1024 * 1024), os.urandom(1000), os.urandom(3000)
-    writer = await store.resume_staging(session, lambda: _recorded(0))
-    assert writer is not None
+    lock = await store.lock_resumable(session)
+    assert lock.length == 0
+    writer = await lock.resume(0)
     await writer.write(first)
-    recorded: list[int] = []
-
-    async def record(size: int) -> bool:
-        recorded.append(size)
-        return True
-
-    assert await store.pause_staging(session, writer, record)
-    assert recorded == [len(first)]
+    assert await lock.pause() == len(first)
+    lock.release(keep=True)  # recorded
     # A chunk that dies half-way: written, never recorded.
-    writer = await store.resume_staging(session, lambda: _recorded(len(first)))
-    assert writer is not None
+    lock = await store.lock_resumable(session)
+    writer = await lock.resume(len(first))
     await writer.write(lost)
-
-    async def refuse(_size: int) -> bool:
-        return False
-
-    assert not await store.pause_staging(session, writer, refuse)
+    assert await lock.pause() == len(first) + len(lost)
+    lock.release(keep=False)
     # Resumed at the recorded length (here or in a store that never saw the session).
     other = store if same_store else FilesystemBlobStore(tmp_path / "data")
-    writer = await other.resume_staging(session, lambda: _recorded(len(first)))
-    assert writer is not None
+    lock = await other.lock_resumable(session)
+    assert lock.length == len(first) + len(lost)
+    writer = await lock.resume(len(first))
     assert writer.size == len(first)
     await writer.write(second)
     staged = await writer.finish()
@@ -279,14 +268,17 @@ async def test_a_session_that_is_over_or_lost_its_bytes_does_not_resume(
     store: MaintenanceBlobStore,
 ) -> None:
     session = "cd" * 16
-    assert await store.resume_staging(session, lambda: _recorded(None)) is None
-    # The catalog says 100 bytes, the file has none (gc took it): gone.
-    assert await store.resume_staging(session, lambda: _recorded(100)) is None
+    # The caller's record says the session is over: let go without resuming.
+    (await store.lock_resumable(session)).release()
+    # The record says 100 bytes, the file has none (gc took it): gone.
+    lock = await store.lock_resumable(session)
+    assert lock.length < 100
+    lock.release()
     assert await store.claim_staging(session, "0" * 64, "0" * 64, 100) is None
     assert await store.list_staging() == []  # no debris of the attempts
     await store.drop_session(session)
     with pytest.raises(ValueError, match="session"):
-        await store.resume_staging("../../etc", lambda: _recorded(0))
+        await store.lock_resumable("../../etc")
 
 
 async def test_staged_sessions_name_the_sessions_whose_bytes_are_staged(
@@ -295,14 +287,11 @@ async def test_staged_sessions_name_the_sessions_whose_bytes_are_staged(
     """What gc asks before it drops a session's catalog row: are its bytes still there?"""
     session = "ef" * 16
     assert await store.staged_sessions() == set()
-    writer = await store.resume_staging(session, lambda: _recorded(0))
-    assert writer is not None
+    lock = await store.lock_resumable(session)
+    writer = await lock.resume(0)
     await writer.write(b"some bytes")
-
-    async def record(_size: int) -> bool:
-        return True
-
-    assert await store.pause_staging(session, writer, record)
+    assert await lock.pause() == len(b"some bytes")
+    lock.release(keep=True)
     assert session in await store.staged_sessions()
     await store.drop_session(session)
     assert session not in await store.staged_sessions()

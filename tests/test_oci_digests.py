@@ -14,6 +14,7 @@ import pytest
 from cloudimg.catalog import BlobRef, Catalog
 from cloudimg.config import Settings
 from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.store import OciStore
 from cloudimg.registry import open_registry
 from tests.conftest import start_server, upload
 from tests.databases import database_url
@@ -40,9 +41,10 @@ async def test_a_pull_that_read_nothing_stored_before_another_finished_does_not_
     digest = await put(catalog, "vms/race/v1", data)
     ref = BlobRef(digest, "", len(data), datetime.now(UTC))
     read_nothing, go_on = asyncio.Event(), asyncio.Event()
-    stored_digests = catalog.oci_digests
+    oci = OciStore(catalog.engine, catalog.blobs)
+    stored_digests = oci.oci_digests
     stores: list[str] = []
-    store_digests = catalog.set_oci_digests
+    store_digests = oci.set_oci_digests
 
     async def first_read_waits(blake3: str) -> tuple[str, str, str] | None:
         found = await stored_digests(blake3)
@@ -55,9 +57,9 @@ async def test_a_pull_that_read_nothing_stored_before_another_finished_does_not_
         stores.append(blake3)
         await store_digests(blake3, digests)
 
-    monkeypatch.setattr(catalog, "oci_digests", first_read_waits)
-    monkeypatch.setattr(catalog, "set_oci_digests", counted_store)
-    disks = ContainerDisks(catalog, catalog.blobs)
+    monkeypatch.setattr(oci, "oci_digests", first_read_waits)
+    monkeypatch.setattr(oci, "set_oci_digests", counted_store)
+    disks = ContainerDisks(oci, catalog.blobs)
     late = asyncio.ensure_future(disks.of(ref))
     await read_nothing.wait()
     early = await disks.of(ref)  # computes, stores and leaves the in-flight table

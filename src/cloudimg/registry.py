@@ -1,4 +1,5 @@
-"""The one way to open a registry: its blob store, catalog engine and catalog.
+"""The one way to open a registry: its blob store, catalog engine, catalog and the OCI
+slice's store (whose hooks every tag write of the catalog runs).
 
 Used by the app (``api/app.py``), by the maintenance commands (``cli/output.py``) and by
 ``import-legacy --dry-run`` (read only), so all honour the SQLite busy timeout and the
@@ -27,6 +28,7 @@ from cloudimg.catalog.database import (
     readable_url,
 )
 from cloudimg.config import Settings
+from cloudimg.oci.store import OciStore
 
 __all__ = ["Registry", "open_registry"]
 
@@ -40,6 +42,8 @@ class Registry:
     blobs: FilesystemBlobStore
     engine: CatalogEngine
     catalog: Catalog
+    oci: OciStore
+    """The OCI slice's tables (upload sessions, kept pushes, containerDisk digests)."""
 
     async def close(self) -> None:
         """Close the catalog's pooled connections (in the event loop that used them)."""
@@ -102,7 +106,9 @@ def open_registry(settings: Settings, *, migrate: bool | None, read_only: bool =
         keep_history=settings.keep_history,
         immutable_rules=settings.immutable_tags,
     )
-    return Registry(blobs, engine, catalog)
+    oci = OciStore(engine, blobs)
+    oci.hook_into(catalog.hooks)
+    return Registry(blobs, engine, catalog, oci)
 
 
 def _blocking(step: Callable[[str], T], url: str) -> T:

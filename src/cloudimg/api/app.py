@@ -24,15 +24,12 @@ from cloudimg.api.history import TagHistoryController
 from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.observer import RequestObserver
-from cloudimg.api.oci import OciController
-from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
-from cloudimg.api.oci_push import OciPushController
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
 from cloudimg.api.web import template_config, web_routes, with_page_errors
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.errors import CloudimgError
-from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.http.routes import oci_routes
 from cloudimg.registry import open_registry
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
@@ -51,8 +48,16 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     """
     registry = open_registry(settings, migrate=None)
     blobs, catalog = registry.blobs, registry.catalog
-
-    disks = ContainerDisks(catalog, blobs)
+    # The pages carry the same guard as the API: read auth applies to both alike.
+    guards: list[Guard] = [] if auth is None else [auth]
+    oci = oci_routes(
+        registry,
+        settings,
+        []
+        if auth is None
+        else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],
+    )
+    disks = oci.disks
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -69,25 +74,12 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             await disks.close()  # no catalog write after the close below
             await registry.close()
 
-    # The pages carry the same guard as the API: read auth applies to both alike.
-    guards: list[Guard] = [] if auth is None else [auth]
     api = Router(
         path=settings.api_base,
         route_handlers=[RegistryController, TagHistoryController],
         guards=guards,
     )
     web = web_routes(settings, guards) if settings.web else []
-    # Registry clients cannot use a path prefix: /v2 sits at the root whatever
-    # --www-prefix says, with the spec's error shape and Basic challenges.
-    oci = Router(
-        path="/",
-        route_handlers=[OciController, OciPushController],
-        guards=[]
-        if auth is None
-        else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],
-        exception_handlers=oci_exception_handlers,
-        include_in_schema=False,
-    )
     # The pages answer their errors as HTML pages, the API as JSON (docs/web.md).
     handlers = (
         with_page_errors(exception_handlers, settings) if settings.web else exception_handlers
@@ -97,7 +89,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     app = Litestar(
         route_handlers=[
             api,
-            oci,
+            oci.router,
             HealthController,
             ReadinessController,
             metrics_route(metrics, catalog, blobs.root),
@@ -108,9 +100,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-            "disks": Provide(lambda: disks, use_cache=True, sync_to_thread=False),
+            **oci.dependencies,
         },
-        exception_handlers=with_unrouted_oci(handlers),
+        exception_handlers=oci.exception_handlers(handlers),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="cloudimg",

@@ -35,6 +35,7 @@ from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError
 from cloudimg.meta import parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.store import OciStore
 
 __all__ = ["RETAG_MAX_BYTES", "TagHistoryController"]
 
@@ -137,6 +138,7 @@ class TagHistoryController(Controller):
         catalog: Catalog,
         blobs: SkipValidation[BlobStore],
         disks: SkipValidation[ContainerDisks],
+        oci: SkipValidation[OciStore],
         settings: Settings,
         repo: str,
         image: str,
@@ -149,7 +151,7 @@ class TagHistoryController(Controller):
         # The sha256 of a finished /v2 upload to this image: a push's commit, its bytes
         # and metadata in one write, recorded as an upload (cloudimg.api.retag_upload).
         pushed = await commit_finished_upload(
-            catalog, blobs, settings, names, digest, meta, options
+            catalog, oci, blobs, settings, names, digest, meta, options
         )
         if pushed is None:
             ref = await catalog.retag(*names, digest, meta, options)

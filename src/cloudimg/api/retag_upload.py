@@ -21,12 +21,14 @@ from cloudimg.config import Settings
 from cloudimg.digest import Digest
 from cloudimg.images import Inspection, InspectionPolicy, inspect_reader
 from cloudimg.ingest import TagNames, commit_staged
+from cloudimg.oci.store import OciStore
 
 __all__ = ["commit_finished_upload"]
 
 
 async def commit_finished_upload(
     catalog: Catalog,
+    oci: OciStore,
     blobs: BlobStore,
     settings: Settings,
     names: TagNames,
@@ -47,8 +49,8 @@ async def commit_finished_upload(
     if digest.algorithm != "sha256":
         return None
     repo, image, _tag = names
-    for session in await catalog.finished_uploads_of(repo, image, digest.hex):
-        found = await catalog.get_upload(session)
+    for session in await oci.finished_uploads_of(repo, image, digest.hex):
+        found = await oci.get_upload(session)
         if found is None or found.blake3 is None:
             continue
         staged = await blobs.claim_staging(found.id, found.blake3, digest.hex, found.size)
@@ -69,7 +71,7 @@ async def commit_finished_upload(
             )
         finally:
             await blobs.discard(staged)  # placed by the commit, or refused: gone either way
-            await catalog.drop_upload(found.id)
+            await oci.drop_upload(found.id)
         return BlobRef(staged.blake3, staged.sha256, staged.size, utcnow())
     return None
 

@@ -7,7 +7,7 @@ serving needs; ``MaintenanceBlobStore`` adds what only ``cloudimg.maintenance`` 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -17,6 +17,7 @@ __all__ = [
     "BlobStore",
     "MaintenanceBlobStore",
     "PlaceOutcome",
+    "ResumableStaging",
     "StagedBlob",
     "StagingLease",
     "StagingRemoval",
@@ -115,6 +116,30 @@ class StagingWriter(Protocol):
         """Drop the staged bytes; safe to call more than once and after ``finish``."""
 
 
+class ResumableStaging(Protocol):
+    """A resumable staging file, locked: its bytes grow over several requests (and
+    replicas, and restarts) while the caller records their durable length.
+
+    The caller drives each step (``cloudimg.blobstore.resumable`` tells them): it asks
+    its own record where the file stands, then ``resume`` at that length or
+    ``release``; ``pause`` gives the durable length to record, then ``release``.
+    """
+
+    @property
+    def length(self) -> int:
+        """The file's length when it was locked."""
+
+    async def resume(self, offset: int) -> StagingWriter:
+        """The file's writer at ``offset`` (at most ``length``); bytes past it are cut off."""
+
+    async def pause(self) -> int:
+        """Make the resumed writer's bytes durable (the lock is kept); their length."""
+
+    def release(self, *, keep: bool = False) -> None:
+        """Let the file go for a later resume (``keep``: the length ``pause`` gave was
+        recorded, so the hashes so far may be kept); a never-resumed empty file goes."""
+
+
 class BlobStore(Protocol):
     """Blobs written once under their blake3 digest; existing digests are never rewritten.
 
@@ -125,18 +150,10 @@ class BlobStore(Protocol):
         """Start a new upload, staged where placing it moves no byte; ``tap`` sees every
         byte written, as the hash does."""
 
-    async def resume_staging(
-        self, session: str, recorded: Callable[[], Awaitable[int | None]]
-    ) -> StagingWriter | None:
-        """The writer of resumable upload ``session`` (32 hex digits), locked, at the
-        length ``recorded()`` says (asked under the lock; None: the session is over);
-        None when its bytes are gone (gc). Bytes past that length are cut off."""
-
-    async def pause_staging(
-        self, session: str, writer: StagingWriter, record: Callable[[int], Awaitable[bool]]
-    ) -> bool:
-        """Make a resumed session's bytes durable, ``record`` their length while still
-        locked, and let them go for a later resume; what ``record`` returned."""
+    async def lock_resumable(self, key: str) -> ResumableStaging:
+        """Resumable staging file ``key`` (32 hex digits), created if missing, locked
+        until released (a second lock of it waits): the caller resumes it at the length
+        it recorded, or releases it (see :class:`ResumableStaging`)."""
 
     async def claim_staging(
         self, session: str, blake3_hex: str, sha256_hex: str, size: int

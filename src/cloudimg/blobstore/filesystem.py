@@ -23,12 +23,11 @@ link) in ``maintenance.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from cloudimg.blobstore import maintenance
@@ -36,18 +35,16 @@ from cloudimg.blobstore.base import (
     PlaceOutcome,
     StagedBlob,
     StagingRemoval,
-    StagingWriter,
     StoredFile,
     Tap,
 )
 from cloudimg.blobstore.reader import FilesystemBlobReader
+from cloudimg.blobstore.resumable import FilesystemResumable
 from cloudimg.blobstore.staging import (
     HEADROOM_BYTES,
     FilesystemStagingWriter,
     StageCosts,
-    _cut,
     _free_bytes,
-    _hash_prefix,
     _HashState,
     _StagingLock,
 )
@@ -136,45 +133,24 @@ class FilesystemBlobStore:
                 return path, fd
             os.close(fd)
 
-    # -- resumable uploads (OCI blob upload sessions) ------------------------------
+    # -- resumable staging (cloudimg.blobstore.resumable) ------------------------
 
     def _session_path(self, session: str) -> Path:
         if not _SESSION.fullmatch(session):
             raise ValueError("not a session id")
         return self.staging_dir / f"{session}{STAGING_SUFFIX}"
 
-    async def resume_staging(
-        self, session: str, recorded: Callable[[], Awaitable[int | None]]
-    ) -> FilesystemStagingWriter | None:
-        """The staging writer of resumable upload ``session``, or None when it is gone.
-
-        The file is locked first (created if missing), then ``recorded()`` says where the
-        session stands (its durable length as the caller recorded it; None: the session
-        is over): every change of a session happens under the lock, so what it says
-        cannot move meanwhile. Bytes past that length (a request that never finished)
-        are cut off. The hashes go on from where this process paused the session, or
-        are computed again from the file (after a restart, or on another replica). gc
-        removes the file, like any staging file, once left alone longer than its grace.
-        """
-        path = self._session_path(session)
+    async def lock_resumable(self, key: str) -> FilesystemResumable:
+        """The resumable staging file ``key``, created if missing and locked: the steps
+        the caller drives from there are :mod:`cloudimg.blobstore.resumable`'s."""
+        path = self._session_path(key)
         fd = await asyncio.to_thread(self._lock_session, path)
         try:
-            offset = await recorded()
-            size = (await asyncio.to_thread(os.fstat, fd)).st_size
-            if offset is None or size < offset:
-                if size == 0:  # made by our lock just now: leave no debris
-                    path.unlink(missing_ok=True)
-                os.close(fd)
-                return None
-            state = self._paused.pop(session, None)
-            if state is None or state.size != offset:
-                state = await asyncio.to_thread(_hash_prefix, fd, offset)
-            await asyncio.to_thread(_cut, fd, offset)
+            length = (await asyncio.to_thread(os.fstat, fd)).st_size
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            os.close(fd)
             raise
-        return FilesystemStagingWriter(path, fd, None, state, self.stage_costs)
+        return FilesystemResumable(key, path, fd, length, self._paused, self.stage_costs)
 
     def _lock_session(self, path: Path) -> int:
         while True:
@@ -183,21 +159,6 @@ class FilesystemBlobStore:
             if _names_file(path, fd):
                 return fd
             os.close(fd)  # gc removed it meanwhile: a new, empty file
-
-    async def pause_staging(
-        self, session: str, writer: StagingWriter, record: Callable[[int], Awaitable[bool]]
-    ) -> bool:
-        """Make a resumed session's bytes durable, ``record`` their length (still under
-        the lock), then let the file go for a later resume; what ``record`` said."""
-        assert isinstance(writer, FilesystemStagingWriter), "a writer of this store"
-        try:
-            state = await writer.sync()
-            recorded = await record(state.size)
-            if recorded:
-                self._paused[session] = state
-            return recorded
-        finally:
-            writer.release()
 
     async def claim_staging(
         self, session: str, blake3_hex: str, sha256_hex: str, size: int
@@ -222,7 +183,7 @@ class FilesystemBlobStore:
         return FilesystemBlobReader(fd, staged.size)
 
     async def drop_session(self, session: str) -> None:
-        """Remove upload ``session``'s file (cancelled, or gc found it abandoned)."""
+        """Remove resumable staging file ``session`` (cancelled, or found abandoned)."""
         self._paused.pop(session, None)
         await asyncio.to_thread(self._session_path(session).unlink, True)
 

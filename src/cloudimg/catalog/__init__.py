@@ -8,8 +8,6 @@ from cloudimg.catalog.history import (
     Precondition,
     WriteOptions,
 )
-from cloudimg.catalog.oci import UploadSession
-from cloudimg.catalog.oci_manifests import KeptPart, PushedManifest
 from cloudimg.catalog.paging import ALL, SORTS, Page, Sort
 from cloudimg.catalog.records import (
     BlobBlock,
@@ -38,10 +36,8 @@ __all__ = [
     "CatalogSnapshot",
     "HistoryEntry",
     "ImageDetails",
-    "KeptPart",
     "Page",
     "Precondition",
-    "PushedManifest",
     "RefcountRepair",
     "RepositoryDetails",
     "Sort",
@@ -49,7 +45,6 @@ __all__ = [
     "TagDetails",
     "TagInfo",
     "TagRecord",
-    "UploadSession",
     "WriteOptions",
     "create_engine",
     "upgrade_database",

@@ -8,9 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog.history import DEFAULT_KEEP_HISTORY
+from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.maintenance import CatalogMaintenance
-from cloudimg.catalog.oci import OciPushes, OciReads
-from cloudimg.catalog.oci_manifests import OciManifests
 from cloudimg.catalog.reads import CatalogReads
 from cloudimg.catalog.summaries import CatalogSummaries
 from cloudimg.catalog.tags import TagWrites
@@ -18,21 +17,14 @@ from cloudimg.catalog.tags import TagWrites
 __all__ = ["Catalog"]
 
 
-class Catalog(
-    CatalogReads,
-    CatalogSummaries,
-    TagWrites,
-    CatalogMaintenance,
-    OciReads,
-    OciPushes,
-    OciManifests,
-):
+class Catalog(CatalogReads, CatalogSummaries, TagWrites, CatalogMaintenance):
     """The names-to-digests catalog over a blob store.
 
     API reads (``reads``), the web pages' summary listings (``summaries``), tag writes
     (``tags``), maintenance primitives (``maintenance``) over the transaction plumbing
-    (``transaction``); tag history and retention (``history``) under the tag writes;
-    the OCI view (``oci``) and the pushes it keeps (``oci_manifests``).
+    (``transaction``); tag history and retention (``history``) under the tag writes,
+    which run the ``hooks`` a slice beside the catalog registers (``hooks``: the OCI
+    slice's kept pushes, ``cloudimg.oci.store``).
     """
 
     def __init__(
@@ -44,4 +36,5 @@ class Catalog(
         immutable_rules: Sequence[str] = (),
     ) -> None:
         super().__init__(engine, blobs)
+        self.hooks = TagHooks([], [], [])
         self.configure_history(keep_history, immutable_rules)

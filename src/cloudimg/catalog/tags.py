@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
+from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.oci_manifests import drop_unheld_manifests, release_tag
 from cloudimg.catalog.reads import kept_references
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
@@ -26,8 +26,11 @@ class TagWrites(TagHistoryLog):
     """Name bytes with a tag, drop a tag; lock order repository, image, tag, blob.
 
     Every write records the change in the tag's history and sets which history entries
-    hold their bytes (``cloudimg.catalog.history``), in the same transaction.
+    hold their bytes (``cloudimg.catalog.history``), in the same transaction, and runs
+    the ``hooks`` registered with the catalog (``cloudimg.catalog.hooks``).
     """
+
+    hooks: TagHooks
 
     async def commit_upload(
         self,
@@ -67,6 +70,7 @@ class TagWrites(TagHistoryLog):
             await self._ensure_blob_file(staged, displace=displace)
 
         await self._write(change)
+        self._tag_written()
 
     async def retag(
         self,
@@ -116,7 +120,13 @@ class TagWrites(TagHistoryLog):
             )
             return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
-        return await self._write(change)
+        ref = await self._write(change)
+        self._tag_written()
+        return ref
+
+    def _tag_written(self) -> None:
+        for written in self.hooks.tag_written:
+            written()
 
     async def _last_meta(self, session: AsyncSession, names: Names, blob: Blob) -> dict[str, str]:
         repo, image, tag = names
@@ -151,7 +161,8 @@ class TagWrites(TagHistoryLog):
         await self._check(session, names, current, options)
         self._refuse_immutable(names, current, "overwritten")
         # The tag now pulls as its disk's containerDisk; a /v2 push names it again after.
-        await release_tag(session, *names)
+        for pointed in self.hooks.tag_pointed:
+            await pointed(session, *names)
         now = utcnow()
         if current is None:
             refuse_probed_tag_name(names[2])
@@ -192,9 +203,10 @@ class TagWrites(TagHistoryLog):
         self, session: AsyncSession, names: Names, effects: FileEffects
     ) -> None:
         """Kept ``/v2`` pushes whose disk the image stopped holding go in the same
-        transaction, with the references on their layers and configs."""
-        for digest in await drop_unheld_manifests(session, names[0], names[1]):
-            await self._release(session, digest, effects)
+        transaction (the hooks' rows), with the references on their layers and configs."""
+        for changed in self.hooks.image_changed:
+            for digest in await changed(session, names[0], names[1]):
+                await self._release(session, digest, effects)
 
     async def delete_tag(
         self,

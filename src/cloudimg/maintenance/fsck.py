@@ -30,6 +30,7 @@ from cloudimg.catalog import BlobRecord, Catalog
 from cloudimg.errors import CloudimgError, ImageRefusedError, NotFoundError
 from cloudimg.images import ImageInspector, InspectionPolicy, inspect_reader
 from cloudimg.oci.push import disk_layer_of, unpack_disk
+from cloudimg.oci.store import OciStore
 from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["KINDS", "FsckProblem", "FsckReport", "Inspect", "check"]
@@ -188,7 +189,8 @@ async def _inspection(
     if inspect is not None:
         skip = bad | {r.digest for r in records if r.blocked is not None or r.quarantined}
         by_digest = {record.digest: record for record in records}
-        for layer, body, media_type in await catalog.kept_child_layers():
+        kept = await OciStore(catalog.engine, catalog.blobs).kept_child_layers()
+        for layer, body, media_type in kept:
             if layer in by_digest and layer not in skip:
                 skip.add(layer)
                 await _inspect_child(catalog, blobs, by_digest[layer], body, media_type,

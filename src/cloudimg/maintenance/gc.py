@@ -33,6 +33,7 @@ from typing import Final, TypeVar
 from cloudimg.blobstore import MaintenanceBlobStore, StoredFile
 from cloudimg.catalog import Catalog, StorageTotals
 from cloudimg.errors import CloudimgError
+from cloudimg.oci.store import OciStore
 from cloudimg.progress import Progress, ProgressMeter
 
 T = TypeVar("T")
@@ -189,7 +190,8 @@ async def collect_garbage(
     """
     started = time.monotonic()
     report = GcReport(dry_run=dry_run, grace_seconds=grace)
-    run = _Run(catalog, blobs, time.time() - grace, report, progress)
+    oci = OciStore(catalog.engine, catalog.blobs)  # the OCI slice's sessions and pushes
+    run = _Run(catalog, oci, blobs, time.time() - grace, report, progress)
     for step in (_trash, _staging, _upload_sessions, _pushed_manifests, _refcounts, _orphans):
         await step(run)
     report.duration_seconds = time.monotonic() - started
@@ -215,6 +217,7 @@ class _Run:
     """What every step of one gc run works with."""
 
     catalog: Catalog
+    oci: OciStore
     blobs: MaintenanceBlobStore
     cutoff: float
     """Files last modified after this (seconds since the epoch) are left alone."""
@@ -286,12 +289,12 @@ async def _upload_sessions(run: _Run) -> None:
     """OCI upload sessions idle past the grace whose file the staging step removed (or
     that lost it otherwise); a session whose file stays (in use, young) keeps its row."""
     present = await run.blobs.staged_sessions()
-    stale = await run.catalog.stale_uploads(datetime.fromtimestamp(run.cutoff, UTC))
+    stale = await run.oci.stale_uploads(datetime.fromtimestamp(run.cutoff, UTC))
     for session in run.counted(stale, "upload sessions"):
         if session in present:
             continue
         if not run.report.dry_run:
-            await run.catalog.drop_upload(session)
+            await run.oci.drop_upload(session)
         run.report.actions.append(GcAction(GcKind.UPLOAD_SESSION, session, 0))
 
 
@@ -301,7 +304,7 @@ async def _pushed_manifests(run: _Run) -> None:
     if run.report.dry_run:
         return
     since = datetime.fromtimestamp(run.cutoff, UTC)
-    released, pending = await run.catalog.sweep_pushed_manifests(since)
+    released, pending = await run.oci.sweep_pushed_manifests(since)
     if released or pending:
         detail = f"{released} layer/config reference(s) released, {pending} pending child(ren)"
         run.report.actions.append(GcAction(GcKind.PUSHED_MANIFEST, "", 0, detail))

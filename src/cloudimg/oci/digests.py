@@ -2,8 +2,9 @@
 
 The layer's sha256 costs one read of the blob (see docs/oci.md for the measured rate),
 so it is computed once, by :meth:`ContainerDisks.run` in the background after an
-upload commits (the server wakes it), or by the first pull that finds it missing; the
-catalog keeps it (``blobs.oci_layer``) and every later pull reads it from there. Two
+upload commits (every committed tag write wakes it), or by the first pull that finds
+it missing; the catalog keeps it (``blobs.oci_layer``, through
+:class:`cloudimg.oci.store.OciStore`) and every later pull reads it from there. Two
 pulls in one process wait for one computation; two replicas may both compute it and
 store the same value. The computation itself first looks in the catalog again: a pull
 that read "nothing stored" just before another computation stored its digests and left
@@ -16,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cloudimg.blobstore import BlobStore
-from cloudimg.catalog import BlobRef, Catalog
+from cloudimg.catalog import BlobRef
 from cloudimg.errors import CloudimgError, NotFoundError
 from cloudimg.oci.containerdisk import ContainerDisk, hash_layer
+from cloudimg.oci.store import OciStore
 
 __all__ = ["ContainerDisks"]
 
@@ -34,15 +37,15 @@ _IDLE_POLL_SECS = 60.0
 class ContainerDisks:
     """Generated containerDisks of stored blobs, for one process."""
 
-    def __init__(self, catalog: Catalog, blobs: BlobStore) -> None:
-        self._catalog = catalog
+    def __init__(self, store: OciStore, blobs: BlobStore) -> None:
+        self._store = store
         self._blobs = blobs
         self._running: dict[str, asyncio.Future[ContainerDisk]] = {}
         self._wake = asyncio.Event()
 
     async def of(self, ref: BlobRef) -> ContainerDisk:
         """The containerDisk of ``ref``'s bytes; computed now only if no one did before."""
-        stored = await self._catalog.oci_digests(ref.digest)
+        stored = await self._store.oci_digests(ref.digest)
         if stored is not None:
             return ContainerDisk.of(stored[0], ref.size)
         running = self._running.get(ref.digest)
@@ -55,6 +58,11 @@ class ContainerDisks:
     def wake(self) -> None:
         """New blobs were committed: let the background task hash their layers."""
         self._wake.set()
+
+    def waker(self) -> Callable[[], None]:
+        """What :meth:`wake` does, for a hook run after every tag write: the event's own
+        ``set``, so a write does not call into this module for it."""
+        return self._wake.set
 
     async def close(self) -> None:
         """Wait for the layers being hashed now to be stored, before the catalog closes.
@@ -72,7 +80,7 @@ class ContainerDisks:
         """Hash the layers of blobs that have none, whenever woken (or every minute)."""
         while True:
             try:
-                pending = await self._catalog.blobs_without_oci()
+                pending = await self._store.blobs_without_oci()
             except (CloudimgError, OSError) as exc:
                 log.warning("could not list blobs without containerDisk digests: %s", exc)
                 pending = []
@@ -88,7 +96,7 @@ class ContainerDisks:
     async def _compute(self, digest: str, size: int) -> ContainerDisk:
         # Read again: a computation that finished after our caller's read stored them,
         # and the in-flight entry is gone only once they are stored.
-        stored = await self._catalog.oci_digests(digest)
+        stored = await self._store.oci_digests(digest)
         if stored is not None:
             return ContainerDisk.of(stored[0], size)
         reader = await self._blobs.open(digest)
@@ -101,9 +109,7 @@ class ContainerDisks:
             reader.close()
         secs = time.monotonic() - started
         disk = ContainerDisk.of(layer, size)
-        await self._catalog.set_oci_digests(
-            digest, (layer, disk.config_sha256, disk.manifest_sha256)
-        )
+        await self._store.set_oci_digests(digest, (layer, disk.config_sha256, disk.manifest_sha256))
         log.info(
             "containerDisk layer of blake3:%s hashed: %d bytes in %.3f s (%.0f MiB/s)",
             digest,

@@ -42,6 +42,7 @@ from cloudimg.config import Settings, is_host_port, normalize_prefix, parse_publ
 from cloudimg.errors import InvalidArgumentError, NotFoundError
 from cloudimg.gc_record import read_gc_record
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.oci.store import OciStore
 from cloudimg.units import human_bytes
 
 __all__ = ["PAGE_HEADERS", "template_config", "web_context", "web_routes", "web_ui_base"]
@@ -291,9 +292,9 @@ async def _history(catalog: Catalog, info: TagInfo) -> list[HistoryEntry]:
         return []
 
 
-async def _container_disk(catalog: Catalog, info: TagInfo, host: str) -> ContainerDisk | None:
+async def _container_disk(oci: OciStore, info: TagInfo, host: str) -> ContainerDisk | None:
     """The containerDisk by digest; None until the background task computed the manifest."""
-    digests = await catalog.oci_digests(info.digest)
+    digests = await oci.oci_digests(info.digest)
     if digests is None:
         return None
     return container_disk(info, host, manifest_sha256=digests[2])
@@ -315,6 +316,7 @@ def _download_name(info: TagInfo, format_known: bool) -> str:
 async def tag_page(
     request: Request[Any, Any, Any],
     catalog: Catalog,
+    oci: OciStore,
     settings: Settings,
     repo: str,
     image: str,
@@ -337,7 +339,7 @@ async def tag_page(
         host_placeholder=HOST_PLACEHOLDER,
         address=address,
         download=_download_name(info, panel.format_known),
-        container_disk=await _container_disk(catalog, info, address.host),
+        container_disk=await _container_disk(oci, info, address.host),
         history=history,
         rollbacks=rollbacks,
         rule=catalog.immutable_by_rule(names),

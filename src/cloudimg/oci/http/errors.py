@@ -3,7 +3,7 @@
 ``{"errors": [{"code": ..., "message": ..., "detail": ...}]}``: registry clients (skopeo,
 podman, oras) read that shape; ``/reg`` keeps its own (:mod:`cloudimg.api.errors`).
 Domain errors keep their status; their code becomes the spec's where one fits, else
-stays ours.
+stays ours. The slice's own refusals are :class:`cloudimg.oci.errors.OciError`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from cloudimg.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from cloudimg.oci.errors import OciError
 
 __all__ = [
-    "OciError",
     "oci_error_response",
     "oci_exception_handlers",
     "unrouted_oci_error",
@@ -35,25 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class OciError(Exception):
-    """An answer of the ``/v2`` routes with one of the spec's error codes."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        detail: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-        self.headers = headers or {}
 
 
 def oci_error_response(

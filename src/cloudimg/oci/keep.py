@@ -6,7 +6,7 @@ into a new blob; either way through the inspection and commit of ``/reg`` upload
 Then what was pushed is kept as it was pushed (the manifest, or the index and all its
 children, their configs and the layers that are not the disk itself), so a pull by tag
 or by any pushed digest returns exactly those bytes. Each kept layer and config is a
-blob in the blob store holding one reference (``cloudimg.catalog.oci``); the kept rows
+blob in the blob store holding one reference (``cloudimg.oci.store``); the kept rows
 go, and those references with them, in the tag write that lets the image stop holding
 the disk.
 """
@@ -16,13 +16,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Any
 
-from litestar import Request
-
-from cloudimg.api.auth import actor_of
 from cloudimg.blobstore import BlobReader, BlobStore, StagedBlob
-from cloudimg.catalog import Catalog, KeptPart, PushedManifest, WriteOptions
+from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
 from cloudimg.digest import Digest
 from cloudimg.images import Inspection, inspect_reader
@@ -35,8 +31,9 @@ from cloudimg.oci.push import (
     manifest_json,
     unpack_disk,
 )
+from cloudimg.oci.store import KeptPart, OciStore, PushedManifest
 
-__all__ = ["EMPTY_CONFIG", "Parts", "put_tagged_manifest"]
+__all__ = ["EMPTY_CONFIG", "KeepContext", "Parts", "put_tagged_manifest"]
 
 EMPTY_CONFIG = hashlib.sha256(b"{}").hexdigest()
 _MAX_CONFIG = 1024 * 1024
@@ -54,8 +51,8 @@ class Parts:
     """The pushed blobs a manifest ``PUT`` uses: finished uploads (each claimed once and
     locked until :meth:`done`) or blobs stored already (a mount, a re-push)."""
 
-    def __init__(self, catalog: Catalog, blobs: BlobStore) -> None:
-        self._catalog = catalog
+    def __init__(self, store: OciStore, blobs: BlobStore) -> None:
+        self._store = store
         self._blobs = blobs
         self._claimed: dict[str, StagedBlob] = {}
         self._sessions: dict[str, str] = {}
@@ -64,14 +61,14 @@ class Parts:
         """The upload or stored blob with this sha256; None when there is neither."""
         if sha256_hex in self._claimed:
             return self._claimed[sha256_hex]
-        found = await self._catalog.finished_upload(sha256_hex)
+        found = await self._store.finished_upload(sha256_hex)
         if found is not None and found.blake3 is not None:
             staged = await self._blobs.claim_staging(found.id, found.blake3, sha256_hex, found.size)
             if staged is not None:
                 self._claimed[sha256_hex] = staged
                 self._sessions[sha256_hex] = found.id
                 return staged
-        stored = await self._catalog.sha256_stored(sha256_hex)
+        stored = await self._store.sha256_stored(sha256_hex)
         return None if stored is None else stored.digest
 
     async def needed(self, sha256_hex: str, what: str) -> KeptPart:
@@ -99,16 +96,26 @@ class Parts:
             # Only the session claimed: other finished uploads of the same bytes (a client
             # that pushed a blob twice) keep their rows, so gc reclaims their files after
             # the grace instead of finding staging files that no row names.
-            await self._catalog.drop_upload(self._sessions[sha256_hex])
+            await self._store.drop_upload(self._sessions[sha256_hex])
+
+
+@dataclass(frozen=True, slots=True)
+class KeepContext:
+    """What keeping a push works over: the catalog (the tag's commit), the OCI store (the
+    uploads, the kept rows), the blob store and the server's limits."""
+
+    catalog: Catalog
+    store: OciStore
+    blobs: BlobStore
+    settings: Settings
 
 
 async def put_tagged_manifest(
-    request: Request[Any, Any, Any],
-    catalog: Catalog,
-    blobs: BlobStore,
-    settings: Settings,
+    ctx: KeepContext,
     names: tuple[str, str, str],
     body: bytes,
+    content_type: str | None,
+    options: WriteOptions,
 ) -> None:
     """Commit the disk ``body`` describes under the tag ``names`` and keep the push.
 
@@ -116,7 +123,7 @@ async def put_tagged_manifest(
     fails inspection (the tag's, or that of any child of an index: each is served by
     digest to the nodes of its platform), and the domain errors of a tag write.
     """
-    content_type = request.headers.get("content-type")
+    store, blobs = ctx.store, ctx.blobs
     repo, image, _tag = names
     index = chosen_child(body, content_type)
     children: list[_Child] = []
@@ -125,10 +132,10 @@ async def put_tagged_manifest(
         disk_layer = disk_layer_of(body, content_type)
     else:
         chosen, every = index
-        children = [await _child(catalog, repo, image, digest) for digest in every]
+        children = [await _child(store, repo, image, digest) for digest in every]
         disk_layer = next(child.layer for child in children if child.digest == chosen)
     media_type = str(_media_type(body, content_type))  # valid JSON by now
-    parts = Parts(catalog, blobs)
+    parts = Parts(store, blobs)
     try:
         # Every part is found before the tag moves: a push refused for a missing blob
         # changes nothing.
@@ -150,12 +157,11 @@ async def put_tagged_manifest(
                     )
                 )
         if index is not None:
-            await _inspect_children(blobs, parts, settings, children, disk_layer)
-        options = WriteOptions(actor=actor_of(request))
-        disk = await _commit_disk(catalog, blobs, settings, names, disk_layer, parts, options)
+            await _inspect_children(blobs, parts, ctx.settings, children, disk_layer)
+        disk = await _commit_disk(ctx, names, disk_layer, parts, options)
         tag = names[2]  # the top manifest (or index) answers a pull of this tag
         kept = [replace(part, blob=disk, tag=tag if part.role == "top" else None) for part in plan]
-        await catalog.keep_pushed(repo, image, kept)
+        await store.keep_pushed(repo, image, kept)
     finally:
         await parts.done()
 
@@ -164,11 +170,11 @@ def _media_type(body: bytes, content_type: str | None) -> object:
     return manifest_json(body).get("mediaType") or content_type or ""
 
 
-async def _child(catalog: Catalog, repo: str, image: str, digest: str) -> _Child:
+async def _child(store: OciStore, repo: str, image: str, digest: str) -> _Child:
     """An index's child: pushed by digest before it, or kept from an earlier push."""
-    body = await catalog.pending_manifest(repo, image, digest)
+    body = await store.pending_manifest(repo, image, digest)
     if body is None:
-        kept = await catalog.pushed_manifest(repo, image, digest=digest)
+        kept = await store.pushed_manifest(repo, image, digest=digest)
         body = None if kept is None else kept.body
     if body is None:
         raise ManifestRefused(
@@ -234,9 +240,7 @@ async def _inspect_children(
 
 
 async def _commit_disk(
-    catalog: Catalog,
-    blobs: BlobStore,
-    settings: Settings,
+    ctx: KeepContext,
     names: tuple[str, str, str],
     layer: DiskLayer,
     parts: Parts,
@@ -244,10 +248,11 @@ async def _commit_disk(
 ) -> str:
     """Point the tag at the disk ``layer`` holds (inspected as ``/reg`` uploads are);
     the disk's blake3."""
+    catalog, blobs, settings = ctx.catalog, ctx.blobs, ctx.settings
     source = await parts.needed(layer.sha256, "layer")
     if layer.packing == "disk" and isinstance(source, str):
         # Stored already (a mount, a re-push): name it, as retag does, once inspected.
-        if not await catalog.is_inspected(source):
+        if not await ctx.store.is_inspected(source):
             reader = await parts.reader(source)
             try:
                 inspection = await _inspect(reader, settings)

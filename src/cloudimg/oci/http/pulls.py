@@ -12,35 +12,27 @@ as ``/reg`` answers them.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, route
-from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import Representation, prepare_representation
 from cloudimg.api.observer import TRANSFER_OPT
-from cloudimg.api.oci_errors import OciError
 from cloudimg.blobstore import BlobReader, BlobStore
-from cloudimg.catalog import BlobRef, Catalog
+from cloudimg.catalog import BlobRef
 from cloudimg.digest import Digest
-from cloudimg.errors import InvalidArgumentError, NotFoundError
-from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.errors import NotFoundError
 from cloudimg.oci.containerdisk import MANIFEST_MEDIA_TYPE, ContainerDisk, LayerReader
-from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
+from cloudimg.oci.http.face import API_VERSION_HEADER, MANIFEST_PATH, Face, OciFace
 
-__all__ = ["API_VERSION_HEADER", "MemoryReader", "OciController"]
+__all__ = ["MemoryReader", "OciPullController"]
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
-_DIGEST_SYNTAX = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _MAX_PAGE = 10_000
-Blobs = SkipValidation[BlobStore]
-Disks = SkipValidation[ContainerDisks]
 
 
 class MemoryReader:
@@ -61,31 +53,6 @@ class MemoryReader:
 
     def close(self) -> None:
         pass
-
-
-def oci_names(repo: str, image: str) -> tuple[str, str]:
-    """``repo`` and ``image`` under the ``/reg`` rules, else ``NAME_INVALID``."""
-    try:
-        return validate_repo_name(repo), validate_image_name(image)
-    except InvalidArgumentError as exc:
-        raise OciError(400, "NAME_INVALID", exc.message, exc.context) from None
-
-
-def oci_tag(tag: str) -> str:
-    try:
-        return validate_tag_name(tag)
-    except InvalidArgumentError as exc:
-        raise OciError(400, "TAG_INVALID", exc.message, exc.context) from None
-
-
-def parse_oci_digest(text: str, code: str = "DIGEST_INVALID") -> str:
-    """The hex of a ``sha256:`` digest; other algorithms are ``UNSUPPORTED``."""
-    match = _SHA256.fullmatch(text)
-    if match:
-        return match.group(1)
-    if _DIGEST_SYNTAX.fullmatch(text) and not text.startswith("sha256:"):
-        raise OciError(400, "UNSUPPORTED", "only sha256 digests are served", {"digest": text[:200]})
-    raise OciError(400, code, "not a digest: sha256:<64 lower-case hex>", {"digest": text[:200]})
 
 
 def _page_size(request: Request[Any, Any, Any]) -> tuple[int, str | None]:
@@ -111,7 +78,7 @@ def _next_link(
     return {"Link": f'<{request.url.path}?{query}>; rel="next"'}
 
 
-class OciController(Controller):
+class OciPullController(Controller):
     """``/v2``: version check, catalog, tags, manifests and blobs (pull side)."""
 
     path = "/v2"
@@ -122,11 +89,11 @@ class OciController(Controller):
 
     @get("/_catalog", include_in_schema=False)
     async def list_repositories(
-        self, request: Request[Any, Any, Any], catalog: Catalog
+        self, request: Request[Any, Any, Any], face: Face
     ) -> Response[dict[str, Any]]:
         # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
         n, last = _page_size(request)
-        paths = await catalog.list_image_paths(n + 1, last)
+        paths = await face.store.list_image_paths(n + 1, last)
         page = paths[:n]
         return Response(
             {"repositories": page}, headers=_next_link(request, n, page, len(paths) > n)
@@ -134,11 +101,11 @@ class OciController(Controller):
 
     @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)
     async def list_tags(
-        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str
     ) -> Response[dict[str, Any]]:
         names = oci_names(repo, image)
         try:
-            tags = sorted(await catalog.list_tags(*names))
+            tags = sorted(await face.catalog.list_tags(*names))
         except NotFoundError:
             raise OciError(
                 404, "NAME_UNKNOWN", "no such repository", {"name": f"{repo}/{image}"}
@@ -149,40 +116,30 @@ class OciController(Controller):
         body = {"name": f"{repo}/{image}", "tags": page}
         return Response(body, headers=_next_link(request, n, page, len(after) > n))
 
-    @route(
-        "/{repo:str}/{image:str}/manifests/{reference:str}",
-        http_method=["GET", "HEAD"],
-        include_in_schema=False,
-    )
+    @route(MANIFEST_PATH, http_method=["GET", "HEAD"], include_in_schema=False)
     async def get_manifest(
-        self,
-        request: Request[Any, Any, Any],
-        catalog: Catalog,
-        disks: Disks,
-        repo: str,
-        image: str,
-        reference: str,
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
     ) -> ASGIResponse:
-        names = oci_names(repo, image)
+        catalog, oci, names = face.catalog, face.store, oci_names(repo, image)
         by_digest = ":" in reference
         try:
             if by_digest:
                 hex_digest = parse_oci_digest(reference)
-                pushed = await catalog.pushed_manifest(*names, digest=hex_digest)
+                pushed = await oci.pushed_manifest(*names, digest=hex_digest)
                 if pushed is not None:
                     ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
-                ref = await catalog.resolve_oci(*names, "manifest", hex_digest)
+                ref = await oci.resolve_oci(*names, "manifest", hex_digest)
             else:
                 tag = oci_tag(reference)
                 ref = await catalog.resolve(*names, tag)
                 # A container image or index pushed to this tag is served as pushed; any
                 # other tag (a /reg write, a retag, a disk artifact) pulls as the
                 # generated containerDisk of its disk, which KubeVirt and CDI boot.
-                pushed = await catalog.pushed_manifest(*names, blob=ref.digest, tag=tag)
+                pushed = await oci.pushed_manifest(*names, blob=ref.digest, tag=tag)
                 if pushed is not None and pushed.is_container_image:
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, False)
-            disk = await disks.of(ref)
+            disk = await face.disks.of(ref)
         except NotFoundError as exc:
             raise OciError(
                 404, "MANIFEST_UNKNOWN", exc.message, {"reference": reference[:200]}
@@ -196,38 +153,31 @@ class OciController(Controller):
         opt={TRANSFER_OPT: "download"},
     )
     async def get_blob(
-        self,
-        request: Request[Any, Any, Any],
-        catalog: Catalog,
-        blobs: Blobs,
-        disks: Disks,
-        repo: str,
-        image: str,
-        digest: str,
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, digest: str
     ) -> ASGIResponse:
-        names = oci_names(repo, image)
-        hex_digest = parse_oci_digest(digest)
+        catalog, oci, blobs = face.catalog, face.store, face.blobs
+        names, hex_digest = oci_names(repo, image), parse_oci_digest(digest)
         try:
-            return await _send_layer(request, catalog, blobs, names, hex_digest)
+            return await _send_layer(request, face, names, hex_digest)
         except NotFoundError:
             pass
-        kept = await catalog.kept_blob(*names, hex_digest)
+        kept = await oci.kept_blob(*names, hex_digest)
         if kept is not None:  # a pushed layer or config, kept as it was pushed
             return await prepare_representation(
                 request, _representation(kept, hex_digest, kept.size), _opener(blobs, kept.digest)
             )
         try:
-            ref = await catalog.resolve_oci(*names, "config", hex_digest)
-            disk = await disks.of(ref)
+            ref = await oci.resolve_oci(*names, "config", hex_digest)
+            disk = await face.disks.of(ref)
         except NotFoundError:
             pass
         else:
             return await _send_bytes(request, ref, disk.config, "application/octet-stream", True)
-        pushed = await catalog.pushed_manifest(*names, config=hex_digest)
+        pushed = await oci.pushed_manifest(*names, config=hex_digest)
         if pushed is not None:
             ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
             return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
-        finished = await _finished_upload(request, catalog, blobs, hex_digest)
+        finished = await _finished_upload(request, face, hex_digest)
         if finished is not None:
             return finished
         try:
@@ -265,10 +215,11 @@ def _opener(blobs: BlobStore, digest: str) -> Callable[[], Awaitable[BlobReader 
 
 
 async def _finished_upload(
-    request: Request[Any, Any, Any], catalog: Catalog, blobs: BlobStore, hex_digest: str
+    request: Request[Any, Any, Any], face: OciFace, hex_digest: str
 ) -> ASGIResponse | None:
     """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
-    found = await catalog.finished_upload(hex_digest)
+    blobs = face.blobs
+    found = await face.store.finished_upload(hex_digest)
     if found is None or found.blake3 is None:
         return None
     staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)
@@ -290,13 +241,10 @@ async def _finished_upload(
 
 
 async def _send_layer(
-    request: Request[Any, Any, Any],
-    catalog: Catalog,
-    blobs: BlobStore,
-    names: tuple[str, str],
-    hex_digest: str,
+    request: Request[Any, Any, Any], face: OciFace, names: tuple[str, str], hex_digest: str
 ) -> ASGIResponse:
-    ref = await catalog.resolve_oci(*names, "layer", hex_digest)
+    blobs = face.blobs
+    ref = await face.store.resolve_oci(*names, "layer", hex_digest)
     size = ContainerDisk.of(hex_digest, ref.size).layer_size
 
     async def open_layer() -> BlobReader | None:

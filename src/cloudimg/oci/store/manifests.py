@@ -1,12 +1,13 @@
-"""Pushes kept as they were pushed over ``/v2``: manifests, indexes, their children.
+"""The OCI store's kept pushes: manifests, indexes, their children, as pushed over ``/v2``.
 
 A kept manifest is served (by tag for a ``top`` one, by digest for every one) while its
 image holds the disk the tag push named, by a tag or a retained history entry. Its
 pushed layer (when it is not the disk itself) and config are blobs of the blob store,
 each holding one reference in ``Blob.refcount``; the tag write that lets the image stop
 holding the disk drops the kept rows and releases those references in the same
-transaction (``drop_unheld_manifests``); ``cloudimg gc`` sweeps what a write racing a
-push left.
+transaction (``drop_unheld_manifests``, which the store registers as a hook of the
+catalog's tag writes: ``cloudimg.catalog.hooks``); ``cloudimg gc`` sweeps what a write
+racing a push left.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
+from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, OciManifest, utcnow
 from cloudimg.catalog.reads import held_by_image, servable
 from cloudimg.catalog.records import BlobRef
@@ -133,6 +135,15 @@ async def release_tag(session: AsyncSession, repo: str, image: str, tag: str) ->
 
 class OciManifests(CatalogBase):
     """Manifests pushed by digest until an index takes them, and kept pushes."""
+
+    @staticmethod
+    def hook_into(hooks: TagHooks) -> None:
+        """Have every tag write of the catalog keep the kept pushes true, in its
+        transaction: a tag written by anything but its push stops pulling as that push
+        (``release_tag``); manifests whose disk the image stopped holding go, and the
+        catalog releases the references they held (``drop_unheld_manifests``)."""
+        hooks.tag_pointed.append(release_tag)
+        hooks.image_changed.append(drop_unheld_manifests)
 
     async def add_pending_manifest(self, repo: str, image: str, manifest: PushedManifest) -> None:
         """Record a manifest pushed by digest (an index's child) until an index takes it."""

@@ -16,50 +16,81 @@ catalog's reference counting.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
-from cloudimg.api.oci_errors import OciError
-from cloudimg.blobstore import BlobStore
+from litestar import Controller, Request, delete
+
+from cloudimg.api.auth import actor_of
 from cloudimg.catalog import Catalog, TagInfo, WriteOptions
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.oci.digests import ContainerDisks
+from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
+from cloudimg.oci.http.face import MANIFEST_PATH, Face, OciFace
+from cloudimg.oci.store import OciStore
 
-__all__ = ["delete_blob", "delete_manifest_digest"]
+__all__ = ["OciDeleteController"]
 
 
-async def _manifests_of(catalog: Catalog, disks: ContainerDisks, tag: TagInfo) -> set[str]:
+class OciDeleteController(Controller):
+    """``/v2`` deletes: a manifest (by tag or digest), a blob."""
+
+    path = "/v2"
+
+    @delete("/{repo:str}/{image:str}/blobs/{digest:str}", include_in_schema=False, status_code=202)
+    async def delete_blob(self, face: Face, repo: str, image: str, digest: str) -> None:
+        await _delete_blob(face, oci_names(repo, image), parse_oci_digest(digest))
+
+    @delete(MANIFEST_PATH, include_in_schema=False, status_code=202)
+    async def delete_manifest(
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
+    ) -> None:
+        names = oci_names(repo, image)
+        options = WriteOptions(actor=actor_of(request))
+        if ":" in reference:
+            hex_digest = parse_oci_digest(reference)
+            await _delete_manifest_digest(face, names, hex_digest, options)
+            return
+        try:
+            await face.catalog.delete_tag(*names, oci_tag(reference), options)
+        except NotFoundError:
+            raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
+
+
+async def _manifests_of(
+    catalog: Catalog, oci: OciStore, disks: ContainerDisks, tag: TagInfo
+) -> set[str]:
     """The sha256 of the manifest a pull of ``tag`` returns, and of the one pushed to it
     over ``/v2`` (a disk artifact pulls by tag as its generated containerDisk)."""
     found: set[str] = set()
-    pushed = await catalog.pushed_manifest(tag.repo, tag.image, blob=tag.digest, tag=tag.tag)
+    pushed = await oci.pushed_manifest(tag.repo, tag.image, blob=tag.digest, tag=tag.tag)
     if pushed is not None:
         found.add(pushed.digest)
         if pushed.is_container_image:
             return found
-    stored = await catalog.oci_digests(tag.digest)
+    stored = await oci.oci_digests(tag.digest)
     if stored is not None:
         return found | {stored[2]}
     ref = await catalog.resolve(tag.repo, tag.image, tag.tag)
     return found | {hashlib.sha256((await disks.of(ref)).manifest).hexdigest()}
 
 
-async def delete_manifest_digest(
-    catalog: Catalog,
-    disks: ContainerDisks,
-    names: tuple[str, str],
-    sha256_hex: str,
-    options: WriteOptions,
+async def _delete_manifest_digest(
+    face: OciFace, names: tuple[str, str], sha256_hex: str, options: WriteOptions
 ) -> None:
     """Delete the tags of ``names`` that pull as manifest ``sha256_hex`` or were pushed so."""
+    catalog, oci, disks = face.catalog, face.store, face.disks
     try:
         tags = await catalog.list_tag_infos(*names)
     except NotFoundError:
         tags = []
-    matching = [tag.tag for tag in tags if sha256_hex in await _manifests_of(catalog, disks, tag)]
+    matching = [
+        tag.tag for tag in tags if sha256_hex in await _manifests_of(catalog, oci, disks, tag)
+    ]
     if matching and await catalog.delete_tags(*names, matching, options):
         return
     context = {"digest": f"sha256:{sha256_hex}"}
-    if await _pullable(catalog, names, sha256_hex):
+    if await _pullable(oci, names, sha256_hex):
         raise OciError(
             405,
             "UNSUPPORTED",
@@ -70,21 +101,19 @@ async def delete_manifest_digest(
     raise OciError(404, "MANIFEST_UNKNOWN", "no such manifest in this repository", context)
 
 
-async def _pullable(catalog: Catalog, names: tuple[str, str], sha256_hex: str) -> bool:
-    if await catalog.pushed_manifest(*names, digest=sha256_hex) is not None:
+async def _pullable(oci: OciStore, names: tuple[str, str], sha256_hex: str) -> bool:
+    if await oci.pushed_manifest(*names, digest=sha256_hex) is not None:
         return True
     try:
-        await catalog.resolve_oci(*names, "manifest", sha256_hex)
+        await oci.resolve_oci(*names, "manifest", sha256_hex)
     except NotFoundError:
         return False
     return True
 
 
-async def delete_blob(
-    catalog: Catalog, blobs: BlobStore, names: tuple[str, str], sha256_hex: str
-) -> None:
+async def _delete_blob(face: OciFace, names: tuple[str, str], sha256_hex: str) -> None:
     """Drop a finished upload of ``names`` no manifest took; refuse a blob in use."""
-    reason = await _referred(catalog, names, sha256_hex)
+    reason = await _referred(face.catalog, face.store, names, sha256_hex)
     if reason is not None:
         raise OciError(
             405,
@@ -93,11 +122,8 @@ async def delete_blob(
             " tags) first; the bytes go with the last reference",
             {"digest": f"sha256:{sha256_hex}"},
         )
-    sessions = await catalog.finished_uploads_of(*names, sha256_hex)
-    for session in sessions:
-        await catalog.drop_upload(session)
-        await blobs.drop_session(session)
-    if not sessions:
+    dropped = await face.sessions.drop_finished(*names, sha256_hex)
+    if not dropped:
         raise OciError(
             404,
             "BLOB_UNKNOWN",
@@ -106,15 +132,17 @@ async def delete_blob(
         )
 
 
-async def _referred(catalog: Catalog, names: tuple[str, str], sha256_hex: str) -> str | None:
+async def _referred(
+    catalog: Catalog, oci: OciStore, names: tuple[str, str], sha256_hex: str
+) -> str | None:
     """What refers to the blob in ``names``, if anything does."""
-    if await catalog.kept_blob(*names, sha256_hex) is not None:
+    if await oci.kept_blob(*names, sha256_hex) is not None:
         return "a pushed manifest"
-    if await catalog.pushed_manifest(*names, config=sha256_hex) is not None:
+    if await oci.pushed_manifest(*names, config=sha256_hex) is not None:
         return "a pushed manifest"
     for kind in ("layer", "config"):
         try:
-            await catalog.resolve_oci(*names, kind, sha256_hex)
+            await oci.resolve_oci(*names, kind, sha256_hex)
             return "a tag's containerDisk manifest"
         except NotFoundError:
             pass

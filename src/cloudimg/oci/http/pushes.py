@@ -1,0 +1,249 @@
+"""The OCI Distribution face under ``/v2``: pushes (blob uploads, manifests).
+
+Blob uploads (sessions and mounts): the handlers translate HTTP to the steps of
+:class:`cloudimg.oci.sessions.UploadSessions` (the session's life) and its results to
+the spec's answers: where the upload stands (``Location``, ``Range``), or where the
+finished blob is.
+
+A manifest ``PUT`` by tag makes the tag name the disk (:mod:`cloudimg.oci.push` says
+which layer is the disk): the disk layer of an artifact is committed as it is, the disk
+in a containerDisk's tar is unpacked into a new blob; either way the bytes pass the
+image inspection of ``/reg`` uploads and go through :func:`cloudimg.ingest.commit_staged`,
+and the push is kept as it was pushed (:mod:`cloudimg.oci.keep`). A manifest ``PUT`` by
+digest is an index's child, kept until the index's tag takes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+
+from cloudimg.api.auth import actor_of
+from cloudimg.api.body import body_of, declared_length, drain
+from cloudimg.api.observer import TRANSFER_OPT
+from cloudimg.catalog import WriteOptions
+from cloudimg.config import Settings
+from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
+from cloudimg.oci.http.face import API_VERSION_HEADER, MANIFEST_PATH, Face, OciFace
+from cloudimg.oci.keep import EMPTY_CONFIG, put_tagged_manifest
+from cloudimg.oci.push import ManifestRefused, disk_layer_of, manifest_json
+from cloudimg.oci.sessions import ChunkRange, UploadSessions, upload_location
+from cloudimg.oci.store import PushedManifest, UploadSession
+
+__all__ = ["Chunk", "OciPushController", "chunk_of"]
+
+_MAX_MANIFEST = 4 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)(?:/.*)?")
+_SESSION_PATH = "/{repo:str}/{image:str}/blobs/uploads/{session:str}"
+
+
+def _progress(repo: str, image: str, session: str, size: int, status: int) -> Response[None]:
+    headers = {
+        "Location": upload_location(repo, image, session),
+        "Docker-Upload-UUID": session,
+        # What the registry holds: bytes 0 to size-1 (a Range header, as the spec has it).
+        "Range": f"0-{max(size - 1, 0)}",
+        **API_VERSION_HEADER,
+    }
+    return Response(None, status_code=status, headers=headers)
+
+
+def _created(repo: str, image: str, sha256_hex: str, kind: str = "blobs") -> Response[None]:
+    """201 naming the pushed blob (or, ``kind`` "manifests", the pushed manifest)."""
+    headers = {
+        "Location": f"/v2/{repo}/{image}/{kind}/sha256:{sha256_hex}",
+        "Docker-Content-Digest": f"sha256:{sha256_hex}",
+    }
+    return Response(None, status_code=201, headers=headers)
+
+
+def _content_range(request: Request[Any, Any, Any]) -> ChunkRange | None:
+    """The bytes a chunk says it holds (``Content-Range: <first>-<last>``, inclusive), if
+    it says."""
+    text = request.headers.get("content-range")
+    if text is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(text.strip())
+    if match is None:
+        raise OciError(400, "BLOB_UPLOAD_INVALID", "Content-Range is <first>-<last>")
+    return int(match[1]), int(match[2])
+
+
+class Chunk:
+    """A request's chunk: its body as it arrives, its length, the digest it states and
+    its ``Content-Range`` (read when asked: a monolithic ``POST`` has none)."""
+
+    def __init__(self, request: Request[Any, Any, Any], settings: Settings) -> None:
+        self._request = request
+        self.params = request.query_params
+        self.body: AsyncIterator[bytes] = body_of(request.receive, settings.read_body_timeout_secs)
+        self.declared = declared_length(request)
+        self.digest = self.params.get("digest")
+
+    def range(self) -> ChunkRange | None:
+        return _content_range(self._request)
+
+    async def refused(self, exc: OciError) -> None:
+        """A 416 left the rest of the chunk unread: read (and drop) it so the client
+        sees the answer."""
+        if exc.status == 416:
+            await drain(self.body)
+
+
+def chunk_of(request: Request[Any, Any, Any], settings: Settings) -> Chunk:
+    """The ``chunk`` dependency of the upload handlers."""
+    return Chunk(request, settings)
+
+
+class OciPushController(Controller):
+    """``/v2`` pushes: blob uploads (start or mount, chunks, status, finish, cancel) and
+    manifests."""
+
+    path = "/v2"
+
+    @post(
+        "/{repo:str}/{image:str}/blobs/uploads",
+        include_in_schema=False,
+        request_max_body_size=None,
+        opt={TRANSFER_OPT: "upload"},
+    )
+    async def start_upload(self, face: Face, chunk: Chunk, repo: str, image: str) -> Response[None]:
+        names = oci_names(repo, image)
+        params = chunk.params
+        mount, source = params.get("mount"), params.get("from")
+        if mount is not None:
+            hex_digest = parse_oci_digest(mount)
+            if await face.sessions.mountable(hex_digest, source):
+                return _created(*names, hex_digest)
+        session = await face.sessions.start(*names)
+        if chunk.digest is None:
+            await drain(chunk.body)
+            return _progress(*names, session, 0, 202)
+        found = await face.sessions.session(*names, session)
+        return await _complete(face.sessions, found, chunk, None)
+
+    @patch(
+        _SESSION_PATH,
+        include_in_schema=False,
+        request_max_body_size=None,
+        opt={TRANSFER_OPT: "upload"},
+    )
+    async def upload_chunk(
+        self, face: Face, chunk: Chunk, repo: str, image: str, session: str
+    ) -> Response[None]:
+        names = oci_names(repo, image)
+        found = await face.sessions.session(*names, session)
+        try:
+            size = await face.sessions.chunk(found, chunk.body, chunk.declared, chunk.range())
+        except OciError as exc:
+            await chunk.refused(exc)
+            raise
+        return _progress(*names, session, size, 202)
+
+    @get(_SESSION_PATH, include_in_schema=False)
+    async def upload_status(
+        self, face: Face, repo: str, image: str, session: str
+    ) -> Response[None]:
+        names = oci_names(repo, image)
+        found = await face.sessions.session(*names, session)
+        return _progress(*names, session, found.size, 204)
+
+    @put(
+        _SESSION_PATH,
+        include_in_schema=False,
+        request_max_body_size=None,
+        status_code=201,
+        opt={TRANSFER_OPT: "upload"},
+    )
+    async def finish_upload(
+        self, face: Face, chunk: Chunk, repo: str, image: str, session: str
+    ) -> Response[None]:
+        names = oci_names(repo, image)
+        if chunk.digest is None:
+            raise OciError(400, "DIGEST_INVALID", "PUT needs ?digest=sha256:<hex>")
+        parse_oci_digest(chunk.digest)
+        found = await face.sessions.session(*names, session)
+        return await _complete(face.sessions, found, chunk, chunk.range())
+
+    @delete(_SESSION_PATH, include_in_schema=False, status_code=204)
+    async def cancel_upload(self, face: Face, repo: str, image: str, session: str) -> None:
+        names = oci_names(repo, image)
+        await face.sessions.cancel(await face.sessions.session(*names, session))
+
+    @put(MANIFEST_PATH, include_in_schema=False, status_code=201)
+    async def put_manifest(
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
+    ) -> Response[None]:
+        names = oci_names(repo, image)
+        if ":" in reference:
+            return await _put_child(request, face, names, reference)
+        tag = oci_tag(reference)
+        body = await _small_body(request, face.settings, _MAX_MANIFEST, "MANIFEST_INVALID")
+        options = WriteOptions(actor=actor_of(request))
+        content_type = request.headers.get("content-type")
+        try:
+            await put_tagged_manifest(face.keeping, (*names, tag), body, content_type, options)
+        except ManifestRefused as exc:
+            raise OciError(400, exc.spec_code, exc.message, exc.context) from None
+        return _created(repo, image, hashlib.sha256(body).hexdigest(), "manifests")
+
+
+async def _complete(
+    sessions: UploadSessions, found: UploadSession, chunk: Chunk, content_range: ChunkRange | None
+) -> Response[None]:
+    """The last chunk and the digest check (``PUT``, a monolithic ``POST``): 201."""
+    assert chunk.digest is not None
+    try:
+        await sessions.complete(found, chunk.body, chunk.declared, content_range, chunk.digest)
+    except OciError as exc:
+        await chunk.refused(exc)
+        raise
+    return _created(found.repo, found.image, parse_oci_digest(chunk.digest))
+
+
+async def _put_child(
+    request: Request[Any, Any, Any], face: OciFace, names: tuple[str, str], reference: str
+) -> Response[None]:
+    """A manifest pushed by digest: an index's child, kept until the index's tag takes it.
+
+    It must describe a VM disk whose blobs were uploaded; nothing is committed yet (no
+    tag would hold it), and gc's grace reclaims its uploads if no index follows.
+    """
+    oci, hex_digest = face.store, parse_oci_digest(reference)
+    body = await _small_body(request, face.settings, _MAX_MANIFEST, "MANIFEST_INVALID")
+    if hashlib.sha256(body).hexdigest() != hex_digest:
+        raise OciError(400, "DIGEST_INVALID", "the manifest does not have the digest of its URL")
+    try:
+        layer = disk_layer_of(body, request.headers.get("content-type"))
+        for needed in (layer.sha256, layer.config_sha256):
+            uploaded = await oci.finished_upload(needed) is not None
+            if needed != EMPTY_CONFIG and not uploaded and not await oci.sha256_stored(needed):
+                raise ManifestRefused(
+                    "MANIFEST_BLOB_UNKNOWN",
+                    "a blob was not uploaded",
+                    {"digest": f"sha256:{needed}"},
+                )
+    except ManifestRefused as exc:
+        raise OciError(400, exc.spec_code, exc.message, exc.context) from None
+    media_type = manifest_json(body).get("mediaType") or request.headers.get("content-type", "")
+    pending = PushedManifest(
+        hex_digest, str(media_type), body, "", layer.config_sha256, b"", "pending"
+    )
+    await oci.add_pending_manifest(*names, pending)
+    return _created(*names, hex_digest, "manifests")
+
+
+async def _small_body(
+    request: Request[Any, Any, Any], settings: Settings, limit: int, code: str
+) -> bytes:
+    body = bytearray()
+    async for chunk in body_of(request.receive, settings.read_body_timeout_secs):
+        body += chunk
+        if len(body) > limit:
+            await drain(body_of(request.receive, settings.read_body_timeout_secs))
+            raise OciError(413, code, f"larger than {limit} bytes")
+    return bytes(body)
