@@ -141,7 +141,10 @@ class CatalogMaintenance(CatalogBase):
                 blob.refcount = count
             return repair
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def reclaim_orphan_file(self, digest: str) -> int | None:
         """Remove a blob file that no blob row names; its size, None when nothing went.
@@ -167,7 +170,10 @@ class CatalogMaintenance(CatalogBase):
             effects.trashed.append((trash_key, digest))
             return size or 0
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def restore_trashed(self) -> list[str]:
         """Put back every trashed file the catalog still needs (``restore_blob``).
@@ -211,7 +217,9 @@ class CatalogMaintenance(CatalogBase):
                 return "restored" if restored else "kept"
             return "removed" if remove and not missing else "kept"
 
-        outcome = await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                outcome = await change(session, effects)
         if outcome == "removed" and not dry_run:
             await self.blobs.purge(trash_key)
         return outcome
@@ -236,7 +244,10 @@ class CatalogMaintenance(CatalogBase):
             blob.quarantined_at = utcnow()
             return True
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def record_inspection(self, digest: str, inspection: Inspection) -> bool:
         """Write what an inspection of the stored bytes found (``fsck --inspect``).
@@ -252,7 +263,10 @@ class CatalogMaintenance(CatalogBase):
             self._record_inspection(blob, inspection)
             return True
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def block_blob(self, digest: str, rule: str) -> BlobBlock:
         """Refuse every download of the blob, naming ``rule``; its tags stay listed.
@@ -273,7 +287,9 @@ class CatalogMaintenance(CatalogBase):
             blob.blocked_rule, blob.blocked_at = rule, now
             return BlobBlock(rule, now)
 
-        block = await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                block = await change(session, effects)
         log.warning("blocked blob blake3:%s for the image safety rule %s", digest, block.rule)
         return block
 
@@ -290,7 +306,9 @@ class CatalogMaintenance(CatalogBase):
             blob.blocked_rule = blob.blocked_at = None
             return block
 
-        block = await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                block = await change(session, effects)
         if block is not None:
             log.warning(
                 "unblocked blob blake3:%s (blocked for the image safety rule %s since %s):"

@@ -69,7 +69,9 @@ class TagWrites(TagHistoryLog):
             await session.flush()
             await self._ensure_blob_file(staged, displace=displace)
 
-        await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                await change(session, effects)
         self._tag_written()
 
     async def retag(
@@ -120,7 +122,9 @@ class TagWrites(TagHistoryLog):
             )
             return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
-        ref = await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                ref = await change(session, effects)
         self._tag_written()
         return ref
 
@@ -244,7 +248,9 @@ class TagWrites(TagHistoryLog):
             await self._drop_if_empty(session, image_id)
             await self._drop_unheld_manifests(session, names, effects)
 
-        await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                await change(session, effects)
 
     async def delete_tags(
         self, repo: str, image: str, tags: Sequence[str], options: WriteOptions = WriteOptions()
@@ -277,7 +283,10 @@ class TagWrites(TagHistoryLog):
                 await self._drop_unheld_manifests(session, (repo, image, ""), effects)
             return len(current)
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def _drop_tag(
         self,
@@ -342,7 +351,10 @@ class TagWrites(TagHistoryLog):
             await self._record(session, names, action, blob, dict(current.meta), options.actor)
             return True
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def _lock_image_for_delete(
         self, session: AsyncSession, repo: str, image: str

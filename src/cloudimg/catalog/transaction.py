@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TypeVar
 
 from sqlalchemy import Engine, select
@@ -26,7 +27,7 @@ from cloudimg.catalog.models import Blob, utcnow
 from cloudimg.errors import CloudimgError, UnavailableError
 from cloudimg.images import Inspection
 
-__all__ = ["CatalogBase", "FileEffects"]
+__all__ = ["CatalogBase", "FileEffects", "WriteAttempt"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,58 @@ def _query_threads() -> ThreadPoolExecutor:
 def _run_query(engine: Engine, query: Callable[[Session], T]) -> T:
     with Session(engine, expire_on_commit=False) as session:
         return query(session)
+
+
+class WriteAttempt:
+    """One try of a write transaction: a session in a transaction that takes the write
+    lock, and the file moves made in it (undone on rollback, finished on commit)."""
+
+    def __init__(self, base: CatalogBase, number: int) -> None:
+        self._base = base
+        self._number = number
+        self._stack = AsyncExitStack()
+        self.effects = FileEffects()
+        self.committed = False
+
+    async def begin(self) -> None:
+        self.session = await self._stack.enter_async_context(self._base._sessions())
+        await self._stack.enter_async_context(self.session.begin())
+        await self.session.connection(execution_options=WRITE)
+
+    async def __aenter__(self) -> tuple[AsyncSession, FileEffects]:
+        return self.session, self.effects
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> bool:
+        """Commit (or roll back); True when the attempt lost a race and another follows."""
+        error = exc
+        try:
+            await self._stack.__aexit__(exc_type, exc, _traceback)
+        except BaseException as raised:  # the commit failed, or the rollback
+            error = raised
+        if error is None:
+            self.committed = True
+            for trash_key, _digest in self.effects.trashed:
+                await self._base.blobs.purge(trash_key)
+            return False
+        await self._base._undo(self.effects)
+        if isinstance(error, Exception) and not isinstance(error, CloudimgError):
+            if self._number < _WRITE_ATTEMPTS and is_retryable(error):
+                log.info(
+                    "catalog write lost a race (attempt %d), retrying: %s", self._number, error
+                )
+                await asyncio.sleep(0.01 * self._number)
+                return True
+            domain = translate(error)
+            if domain is not None:
+                raise domain from error
+        if error is exc:
+            return False
+        raise error
 
 
 class CatalogBase:
@@ -112,37 +165,28 @@ class CatalogBase:
                 raise
             raise domain from exc
 
-    async def _write(self, change: Callable[[AsyncSession, FileEffects], Awaitable[T]]) -> T:
-        """Run ``change`` in a write transaction, retrying lost races between writers.
+    async def _writes(self) -> AsyncIterator[WriteAttempt]:
+        """The tries of one write transaction, until one commits; the caller's change runs
+        in each: ``async for attempt in self._writes(): async with attempt as (session,
+        effects): ...``.
 
-        Returns what ``change`` returned in the attempt that committed.
+        A lost race between writers (a retryable driver error, at the BEGIN, in the
+        change or at the commit) rolls back, undoes the file moves and tries again, up to
+        ``_WRITE_ATTEMPTS`` times; the caller's change is code of its own module, called
+        by it, not a callback handed down here.
         """
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            effects = FileEffects()
+        for number in range(1, _WRITE_ATTEMPTS + 1):
+            attempt = WriteAttempt(self, number)
             try:
-                async with self._sessions() as session, session.begin():
-                    await session.connection(execution_options=WRITE)
-                    result = await change(session, effects)
-            except CloudimgError:
-                await self._undo(effects)
+                await attempt.begin()
+            except BaseException as exc:
+                if await attempt.__aexit__(type(exc), exc, exc.__traceback__):
+                    continue
                 raise
-            except Exception as exc:
-                await self._undo(effects)
-                if attempt == _WRITE_ATTEMPTS or not is_retryable(exc):
-                    domain = translate(exc)
-                    if domain is None:
-                        raise
-                    raise domain from exc
-                log.info("catalog write lost a race (attempt %d), retrying: %s", attempt, exc)
-                await asyncio.sleep(0.01 * attempt)
-                continue
-            except BaseException:
-                await self._undo(effects)
-                raise
-            for trash_key, _digest in effects.trashed:
-                await self.blobs.purge(trash_key)
-            return result
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            yield attempt
+            if attempt.committed:
+                return
+        raise AssertionError("unreachable: the last attempt commits or raises")
 
     async def _undo(self, effects: FileEffects) -> None:
         for key, digest in effects.trashed + effects.quarantined:
@@ -226,7 +270,9 @@ class CatalogBase:
                         return True
             return False
 
-        restored = await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                restored = await change(session, effects)
         if restored:
             log.warning(
                 "put blob %s back from trash: its delete never committed (a crash?)", digest

@@ -12,7 +12,6 @@ racing a push left.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -151,7 +150,9 @@ class OciManifests(CatalogBase):
         async def change(db: AsyncSession, _effects: FileEffects) -> None:
             db.add(_row(repo, image, manifest, "pending", None, None))
 
-        await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                await change(session, effects)
 
     async def keep_pushed(self, repo: str, image: str, manifests: list[PushedManifest]) -> bool:
         """Keep what a tag push sent (a manifest, or an index and its children), each
@@ -186,7 +187,10 @@ class OciManifests(CatalogBase):
             )
             return True
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                written = await change(session, effects)
+        return written
 
     async def _kept_already(
         self, db: AsyncSession, repo: str, image: str, manifest: PushedManifest
@@ -244,16 +248,13 @@ class OciManifests(CatalogBase):
             )
             return None if blob is None else servable(blob)
 
-    def _dropping_unheld(
-        self, repo: str, image: str
-    ) -> Callable[[AsyncSession, FileEffects], Awaitable[int]]:
-        async def change(db: AsyncSession, effects: FileEffects) -> int:
-            released = await drop_unheld_manifests(db, repo, image)
-            for ref in released:
-                await self._release(db, ref, effects)
-            return len(released)
-
-        return change
+    async def _drop_unheld(
+        self, db: AsyncSession, effects: FileEffects, repo: str, image: str
+    ) -> int:
+        released = await drop_unheld_manifests(db, repo, image)
+        for ref in released:
+            await self._release(db, ref, effects)
+        return len(released)
 
     async def sweep_pushed_manifests(self, cutoff: datetime) -> tuple[int, int]:
         """Drop kept manifests whose disk their image no longer holds (a write that raced
@@ -265,7 +266,10 @@ class OciManifests(CatalogBase):
             ).all()
         dropped = 0
         for repo, image in names:
-            dropped += await self._write(self._dropping_unheld(str(repo), str(image)))
+            async for attempt in self._writes():
+                async with attempt as (session, effects):
+                    written = await self._drop_unheld(session, effects, str(repo), str(image))
+            dropped += written
 
         async def stale(db: AsyncSession, _effects: FileEffects) -> int:
             done = await db.execute(
@@ -275,7 +279,10 @@ class OciManifests(CatalogBase):
             )
             return int(done.rowcount)  # type: ignore[attr-defined]
 
-        return dropped, await self._write(stale)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                pending = await stale(session, effects)
+        return dropped, pending
 
     async def pending_manifest(self, repo: str, image: str, digest: str) -> bytes | None:
         """The body of a manifest pushed to ``repo/image`` by digest (an index's child),

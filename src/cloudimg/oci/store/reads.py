@@ -71,7 +71,9 @@ class OciReads(CatalogBase):
                 .values(oci_layer=layer, oci_config=config, oci_manifest=manifest)
             )
 
-        await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (session, effects):
+                await change(session, effects)
 
     async def blobs_without_oci(self, limit: int = 100) -> list[tuple[str, int]]:
         """Blobs in use whose containerDisk digests are not computed yet: (blake3, size)."""

@@ -53,7 +53,9 @@ class OciUploads(CatalogBase):
                 )
             )
 
-        await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (db, effects):
+                await change(db, effects)
 
     async def get_upload(self, session: str) -> UploadSession | None:
         async with self._read() as db:
@@ -73,7 +75,10 @@ class OciUploads(CatalogBase):
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (db, effects):
+                written = await change(db, effects)
+        return written
 
     async def finish_upload(
         self, session: str, offset: int, blake3_hex: str, sha256_hex: str, size: int
@@ -90,14 +95,20 @@ class OciUploads(CatalogBase):
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (db, effects):
+                written = await change(db, effects)
+        return written
 
     async def drop_upload(self, session: str) -> bool:
         async def change(db: AsyncSession, _effects: FileEffects) -> bool:
             done = await db.execute(delete(OciUpload).where(OciUpload.id == session))
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
-        return await self._write(change)
+        async for attempt in self._writes():
+            async with attempt as (db, effects):
+                written = await change(db, effects)
+        return written
 
     async def finished_upload(self, sha256_hex: str) -> UploadSession | None:
         """A finished upload of bytes with this sha256, newest first (any repository: a
