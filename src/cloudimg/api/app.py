@@ -1,4 +1,4 @@
-"""Application factory: wires settings, blob store and catalog into a Litestar app."""
+"""Application factory: wires settings, blob store, catalog and registry core into the app."""
 
 from __future__ import annotations
 
@@ -17,20 +17,20 @@ from litestar.types import Guard
 
 from cloudimg import __version__
 from cloudimg.api.auth import OciAuth, RegistryAuth, load_registry_auth
-from cloudimg.api.body import Linger
-from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
-from cloudimg.api.history import TagHistoryController
-from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
-from cloudimg.api.observer import RequestObserver
+from cloudimg.api.middleware import HeaderLimit, Linger, RequestObserver
 from cloudimg.api.oci import OciController
 from cloudimg.api.oci_errors import oci_exception_handlers, with_unrouted_oci
 from cloudimg.api.oci_push import OciPushController
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
+from cloudimg.api.probes import HealthController, ReadinessController
+from cloudimg.api.reg.controllers import RegistryController
+from cloudimg.api.reg.history import TagHistoryController
 from cloudimg.api.web import template_config, web_routes, with_page_errors
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
+from cloudimg.core import RegistryCore
 from cloudimg.errors import CloudimgError
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.registry import open_registry
@@ -53,6 +53,12 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     blobs, catalog = registry.blobs, registry.catalog
 
     disks = ContainerDisks(catalog, blobs)
+    # The write use cases of /reg over their collaborators; what inspection accepts
+    # (qemu-img found on PATH or not) is settled here, once per app.
+    core = RegistryCore.over(
+        catalog, blobs, settings.inspection_policy, max_image_size=settings.max_image_size
+    )
+    api_base = settings.api_base
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -72,7 +78,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     # The pages carry the same guard as the API: read auth applies to both alike.
     guards: list[Guard] = [] if auth is None else [auth]
     api = Router(
-        path=settings.api_base,
+        path=api_base,
         route_handlers=[RegistryController, TagHistoryController],
         guards=guards,
     )
@@ -109,6 +115,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "disks": Provide(lambda: disks, use_cache=True, sync_to_thread=False),
+            "core": Provide(lambda: core, use_cache=True, sync_to_thread=False),
+            # Where /reg is mounted, for the Location of a write's 201.
+            "api_base": Provide(lambda: api_base, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=with_unrouted_oci(handlers),
         lifespan=[lifespan],

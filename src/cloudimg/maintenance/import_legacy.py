@@ -52,6 +52,7 @@ from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, Staged
 from cloudimg.catalog import Catalog, TagInfo, create_engine
 from cloudimg.catalog.database import check_schema, current_revision
 from cloudimg.config import Settings
+from cloudimg.core import commit_staged
 from cloudimg.errors import (
     BlobCorruptError,
     CloudimgError,
@@ -61,7 +62,6 @@ from cloudimg.errors import (
 )
 from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
-from cloudimg.ingest import commit_staged
 from cloudimg.meta import MAX_META_BYTES, parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.progress import Progress, ProgressMeter
