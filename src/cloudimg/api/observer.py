@@ -4,9 +4,9 @@ The outermost ASGI middleware (:class:`cloudimg.api.middleware.RequestObserver`,
 routing and exception handling, so 404s, 405s and errors are seen too) makes one per
 request and hands the app its ``receive`` and ``send``; the exchange:
 
-- takes the ``X-Request-ID`` header when it is a sane id, or makes one, sets it in
-  ``cloudimg.logs.request_id_var`` (error logs of the request carry it) and sends it
-  back in the ``X-Request-ID`` response header;
+- takes the ``X-Request-ID`` header when it is a sane id, or makes one (the middleware
+  sets it in ``cloudimg.logs.request_id_var``: error logs of the request carry it) and
+  sends it back in the ``X-Request-ID`` response header;
 - counts body bytes in both directions as they pass (so a long transfer shows in the
   byte counters while it runs), and the uploads and downloads in flight;
 - at the end, counts the request by method, route template and status, observes its
