@@ -19,7 +19,7 @@ from typing import Any
 from cloudimg.blobstore import FilesystemBlobStore, StagedBlob
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
-from cloudimg.ingest import commit_staged
+from cloudimg.core import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url, query, registered_url
 

@@ -13,10 +13,10 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog import Catalog, Page, TagInfo, create_engine
 from cloudimg.catalog.models import Blob
 from cloudimg.config import Settings
+from cloudimg.core import commit_staged
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
 from cloudimg.images import Inspection
-from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import stage, store_of

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, event
 from cloudimg.catalog import Catalog, create_engine
 from cloudimg.catalog.database import blocking_reader, sqlite_path
 from cloudimg.config import Settings
+from cloudimg.core import commit_staged
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError, UnavailableError
-from cloudimg.ingest import commit_staged
 from cloudimg.registry import open_registry
 from tests.databases import sqlite_url
 from tests.maintenance_support import stage

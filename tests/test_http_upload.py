@@ -1004,7 +1004,7 @@ BAD_QUERIES: dict[str, tuple[str, str, dict[str, str] | None]] = {
 def test_a_bad_query_parameter_is_the_uploads_400_and_the_connection_serves_on(
     server: RunningServer, client: httpx.Client, repo: str, before: State, method: str, case: str
 ) -> None:
-    """The upload parses ``digest`` and ``format`` itself (cloudimg.api.upload.UploadQuery):
+    """The upload parses ``digest`` and ``format`` itself (cloudimg.api.reg.uploads.UploadQuery):
     a bad one is the project's error body, and the refused body is drained first, so the
     connection answers the next request. Litestar's own validation would answer before
     the handler, with its own message, and leave the body unread (Granian then closes)."""

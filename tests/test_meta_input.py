@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from cloudimg.api.upload import parse_meta
+from cloudimg.api.reg.uploads import parse_meta
 from cloudimg.errors import InvalidArgumentError
 from tests.conftest import RunningServer
 from tests.invariants import assert_invariants, wait_for_no_staging

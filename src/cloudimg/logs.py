@@ -1,7 +1,7 @@
 """Log output: one JSON object per line, or plain text, on stderr.
 
 Every record can carry the id of the request it belongs to: the access log middleware
-(``cloudimg.api.observer``) sets it in a context variable for the duration of the
+(``cloudimg.api.middleware``) sets it in a context variable for the duration of the
 request, so an error logged while handling a request names the same ``request_id``
 as that request's access line.
 

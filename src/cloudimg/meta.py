@@ -1,7 +1,7 @@
 """A tag's metadata: a flat JSON object of strings, at most ``MAX_META_BYTES`` of UTF-8 JSON.
 
 Pure functions over bytes, below the API and maintenance layers (maintenance must not
-import the API): the uploads (``cloudimg.api.upload``: the ``meta`` part, the
+import the API): the uploads (``cloudimg.api.reg.uploads``: the ``meta`` part, the
 ``Cloudimg-Meta`` header), retags and ``import-legacy`` (an old tree's ``meta.json``)
 parse metadata with the same ``parse_meta``; the uploads and the import hold the raw
 bytes to ``MAX_META_BYTES`` before parsing.

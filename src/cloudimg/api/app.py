@@ -1,4 +1,4 @@
-"""Application factory: wires settings, blob store and catalog into a Litestar app."""
+"""Application factory: wires settings, blob store, catalog and registry core into the app."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from litestar.types import Guard
 
 from cloudimg import __version__
 from cloudimg.api.auth import OciAuth, RegistryAuth, load_registry_auth
-from cloudimg.api.body import Linger
-from cloudimg.api.controllers import HealthController, ReadinessController, RegistryController
 from cloudimg.api.errors import exception_handlers
-from cloudimg.api.history import TagHistoryController
-from cloudimg.api.limits import HeaderLimit
 from cloudimg.api.metrics import Metrics, metrics_route
-from cloudimg.api.observer import RequestObserver
+from cloudimg.api.middleware import HeaderLimit, Linger, RequestObserver
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
+from cloudimg.api.probes import HealthController, ReadinessController
+from cloudimg.api.reg.controllers import RegistryController
+from cloudimg.api.reg.history import TagHistoryController
 from cloudimg.api.web import template_config, web_routes, with_page_errors
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
+from cloudimg.core import RegistryCore
 from cloudimg.errors import CloudimgError
 from cloudimg.oci.http.routes import oci_routes
 from cloudimg.registry import open_registry
@@ -58,6 +58,16 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],
     )
     disks = oci.disks
+    # The write use cases of /reg over their collaborators; what inspection accepts
+    # (qemu-img found on PATH or not) is settled here, once per app.
+    core = RegistryCore.over(
+        catalog,
+        blobs,
+        settings.inspection_policy,
+        registry.oci,
+        max_image_size=settings.max_image_size,
+    )
+    api_base = settings.api_base
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -75,7 +85,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             await registry.close()
 
     api = Router(
-        path=settings.api_base,
+        path=api_base,
         route_handlers=[RegistryController, TagHistoryController],
         guards=guards,
     )
@@ -101,6 +111,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             **oci.dependencies,
+            "core": Provide(lambda: core, use_cache=True, sync_to_thread=False),
+            # Where /reg is mounted, for the Location of a write's 201.
+            "api_base": Provide(lambda: api_base, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=oci.exception_handlers(handlers),
         lifespan=[lifespan],

@@ -9,11 +9,11 @@ refused request (the write-token guard's, an upload's pre-checks) behave alike:
   ``MAX_DRAIN_BYTES``) before the error goes out. Granian closes a connection whose
   body was not read without saying so in a ``Connection: close`` header, so a client's
   next request on it would fail;
-- :func:`linger_after` and :class:`Linger`: an upload refused by what its first MiB
-  holds answers at once, reads no more of the image, and then lingers (RFC 9112
-  section 9.6): a little more of the body is read and dropped after the answer went
-  out, so a client still sending reads the 422 before the connection closes, instead
-  of a reset that could discard it.
+- :func:`linger_after`: an upload refused by what its first MiB holds answers at
+  once, reads no more of the image, and then lingers (RFC 9112 section 9.6): the
+  middleware :class:`cloudimg.api.middleware.Linger` reads and drops a little more of
+  the body after the answer went out, so a client still sending reads the 422 before
+  the connection closes, instead of a reset that could discard it.
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Receive, Scope
 
 from cloudimg.errors import ClientDisconnectedError, RequestTimeoutError
 
 __all__ = [
-    "LINGER_BYTES",
-    "LINGER_SECONDS",
+    "LINGER_KEY",
     "MAX_DRAIN_BYTES",
-    "Linger",
     "body_of",
     "declared_length",
     "drain",
@@ -43,11 +40,8 @@ __all__ = [
 
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
 """The most of a refused body read before answering; past it the connection is closed."""
-LINGER_SECONDS = 2.0
-"""How long a lingering close reads on after its answer (the client sees it and stops)."""
-LINGER_BYTES = 8 * 1024 * 1024
-"""The most a lingering close reads: well short of an image, a few socket buffers."""
-_LINGER_KEY = "cloudimg.linger"
+LINGER_KEY = "cloudimg.linger"
+"""The key of the request's scope state by which :func:`linger_after` marks it."""
 _MAX_LENGTH_DIGITS = 19
 """More digits than this (over 9.9 EB) announce a body larger than any the server takes."""
 _BEYOND_ANY_BODY = 10**_MAX_LENGTH_DIGITS
@@ -117,21 +111,6 @@ async def drain_refused(
 
 
 def linger_after(scope: Scope) -> None:
-    """Have :class:`Linger` read a little more of this request's body after its answer."""
-    scope.setdefault("state", {})[_LINGER_KEY] = True
-
-
-class Linger:
-    """ASGI wrapper: after the answer to a request marked by :func:`linger_after`, read and
-    drop up to ``LINGER_BYTES`` more of its body for up to ``LINGER_SECONDS``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-        state: Any = scope.get("state") or {}
-        if scope["type"] == ScopeType.HTTP and state.get(_LINGER_KEY):
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(LINGER_SECONDS):
-                    await drain(body_of(receive, LINGER_SECONDS), LINGER_BYTES)
+    """Have :class:`cloudimg.api.middleware.Linger` read a little more of this request's
+    body after its answer."""
+    scope.setdefault("state", {})[LINGER_KEY] = True

@@ -1,11 +1,12 @@
-"""The access log and the live request metrics: one ASGI middleware sees every request.
+"""The access log and the live request metrics of one request: :class:`Exchange`.
 
-It wraps the whole Litestar handler (``Litestar.asgi_handler``), outside routing and
-exception handling, so 404s, 405s and errors are seen too. Per request it:
+The outermost ASGI middleware (:class:`cloudimg.api.middleware.RequestObserver`, outside
+routing and exception handling, so 404s, 405s and errors are seen too) makes one per
+request and hands the app its ``receive`` and ``send``; the exchange:
 
-- takes the ``X-Request-ID`` header when it is a sane id, or makes one, sets it in
-  ``cloudimg.logs.request_id_var`` (error logs of the request carry it) and sends it
-  back in the ``X-Request-ID`` response header;
+- takes the ``X-Request-ID`` header when it is a sane id, or makes one (the middleware
+  sets it in ``cloudimg.logs.request_id_var``: error logs of the request carry it) and
+  sends it back in the ``X-Request-ID`` response header;
 - counts body bytes in both directions as they pass (so a long transfer shows in the
   byte counters while it runs), and the uploads and downloads in flight;
 - at the end, counts the request by method, route template and status, observes its
@@ -15,6 +16,10 @@ exception handling, so 404s, 405s and errors are seen too. Per request it:
 
 No other request header is ever logged, and the query string is not either: the
 ``Authorization`` header (tokens) never reaches a log line.
+
+The ``receive`` and ``send`` it hands over are called from deep inside the app (the
+body readers, the responses); they live here, apart from the middleware below every
+request, so those calls go one way and never come back into a module under them.
 """
 
 from __future__ import annotations
@@ -25,13 +30,11 @@ import time
 import uuid
 from typing import Any, Final
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 
 from cloudimg.api.metrics import UNMATCHED_ROUTE, Metrics
-from cloudimg.logs import request_id_var
 
-__all__ = ["REQUEST_ID_HEADER", "TRANSFER_OPT", "RequestObserver"]
+__all__ = ["REQUEST_ID_HEADER", "TRANSFER_OPT", "Exchange"]
 
 access_log = logging.getLogger("cloudimg.access")
 
@@ -61,22 +64,9 @@ def _transfer(scope: Scope) -> str | None:
     return opt.get(TRANSFER_OPT)
 
 
-class RequestObserver:
-    """ASGI middleware writing the access log and the live metrics (``metrics`` optional)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        await _Exchange(scope, self.metrics).run(self.app, receive, send)
-
-
-class _Exchange:
-    """What is observed of one request while it runs."""
+class Exchange:
+    """What is observed of one request while it runs: the middleware hands the app
+    :meth:`receiver` and :meth:`sender`, and calls :meth:`finish` at the end."""
 
     def __init__(self, scope: Scope, metrics: Metrics | None) -> None:
         self.scope = scope
@@ -98,19 +88,9 @@ class _Exchange:
         template = self.scope.get("path_template")
         return str(template) if template else UNMATCHED_ROUTE
 
-    async def run(self, app: ASGIApp, receive: Receive, send: Send) -> None:
-        token = request_id_var.set(self.request_id)
-        failed = False
-        try:
-            await app(self.scope, self._receiver(receive), self._sender(send))
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            self._finish(failed)
-            request_id_var.reset(token)
+    def receiver(self, receive: Receive) -> Receive:
+        """``receive``, counting the body bytes it brings and the uploads in flight."""
 
-    def _receiver(self, receive: Receive) -> Receive:
         async def observed_receive() -> Any:
             if not self.uploading and self.metrics is not None and self._is_upload():
                 self.uploading = True
@@ -126,7 +106,9 @@ class _Exchange:
 
         return observed_receive
 
-    def _sender(self, send: Send) -> Send:
+    def sender(self, send: Send) -> Send:
+        """``send``, taking the status, adding ``X-Request-ID`` and counting what goes out."""
+
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = int(message["status"])
@@ -169,7 +151,8 @@ class _Exchange:
             and _transfer(self.scope) == "download"
         )
 
-    def _finish(self, failed: bool) -> None:
+    def finish(self, failed: bool) -> None:
+        """Count the request and write its access log record (``failed``: the app raised)."""
         duration = time.perf_counter() - self.started
         # No response started: an error, or a client that left before the answer.
         fallback = 500 if failed else _CLIENT_CLOSED

@@ -25,7 +25,7 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import KwargDefinition
 
-from cloudimg.api.upload import DIGEST_PARAMETER, FORMAT_PARAMETER
+from cloudimg.api.reg.uploads import DIGEST_PARAMETER, FORMAT_PARAMETER
 from cloudimg.digest import ALGORITHMS
 from cloudimg.images import KNOWN_FORMATS
 
@@ -249,7 +249,7 @@ UPLOAD_QUERY = [
         schema=Schema(type=OpenAPIType.STRING, enum=sorted(KNOWN_FORMATS | {"vhd"})),
     ),
 ]
-"""The query parameters of both uploads, parsed by ``cloudimg.api.upload.UploadQuery``
+"""The query parameters of both uploads, parsed by ``cloudimg.api.reg.uploads.UploadQuery``
 (not handler parameters: a bad one must be the upload's own 400, after its body guard)."""
 
 

@@ -29,7 +29,7 @@ __all__ = ["META_HEADER", "PushResult", "file_blake3", "push"]
 
 _HASH_CHUNK = 64 * 1024 * 1024
 META_HEADER = "Cloudimg-Meta"
-"""The header the raw upload carries the metadata in (the server's ``api.upload`` names it too:
+"""The header the raw upload carries the metadata in (the server's ``api.reg.uploads`` names it too:
 the client does not import the server)."""
 
 

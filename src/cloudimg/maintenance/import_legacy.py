@@ -42,6 +42,7 @@ from typing import BinaryIO
 
 from cloudimg.blobstore import MaintenanceBlobStore, StagedBlob
 from cloudimg.catalog import Catalog, TagInfo
+from cloudimg.core import commit_staged
 from cloudimg.errors import (
     BlobCorruptError,
     CloudimgError,
@@ -50,7 +51,6 @@ from cloudimg.errors import (
     NotFoundError,
 )
 from cloudimg.images import ImageInspector, Inspection, InspectionPolicy
-from cloudimg.ingest import commit_staged
 from cloudimg.maintenance.legacy_tree import (
     IMAGE_FILE,
     META_FILE,

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from cloudimg.blobstore import BlobReader, BlobStore, StagedBlob
 from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
+from cloudimg.core import commit_staged
 from cloudimg.digest import Digest
 from cloudimg.images import Inspection, inspect_reader
-from cloudimg.ingest import commit_staged
 from cloudimg.oci.push import (
     DiskLayer,
     ManifestRefused,

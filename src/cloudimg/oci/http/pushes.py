@@ -8,7 +8,7 @@ finished blob is.
 A manifest ``PUT`` by tag makes the tag name the disk (:mod:`cloudimg.oci.push` says
 which layer is the disk): the disk layer of an artifact is committed as it is, the disk
 in a containerDisk's tar is unpacked into a new blob; either way the bytes pass the
-image inspection of ``/reg`` uploads and go through :func:`cloudimg.ingest.commit_staged`,
+image inspection of ``/reg`` uploads and go through :func:`cloudimg.core.commit_staged`,
 and the push is kept as it was pushed (:mod:`cloudimg.oci.keep`). A manifest ``PUT`` by
 digest is an index's child, kept until the index's tag takes it.
 """

@@ -1,4 +1,13 @@
-"""Checks of the request head made before routing: its size (431) and its transfer coding (501).
+"""The ASGI wrappers around the app, outermost first: observation, head checks, lingering.
+
+- :class:`RequestObserver`: the access log and the live request metrics of every
+  request (an :class:`cloudimg.api.observer.Exchange` each);
+- :class:`HeaderLimit`: checks of the request head made before routing, its size (431)
+  and its transfer coding (501);
+- :class:`Linger`: after the answer to an upload refused by its first MiB, read a
+  little more of its body (:func:`cloudimg.api.body.linger_after`).
+
+The head checks:
 
 Granian's HTTP/1 read buffer (about 408 KiB) is an outer bound it does not always
 enforce the same way: depending on how the bytes arrive, a larger head was sometimes
@@ -16,18 +25,65 @@ not read, and for a coding the server cannot decode it cannot be.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from cloudimg.api.body import LINGER_KEY, body_of, drain
 from cloudimg.api.errors import error_body
+from cloudimg.api.metrics import Metrics
+from cloudimg.api.observer import Exchange
+from cloudimg.logs import request_id_var
 
-__all__ = ["MAX_HEADER_BYTES", "HeaderLimit", "unsupported_transfer_codings"]
+__all__ = [
+    "LINGER_BYTES",
+    "LINGER_SECONDS",
+    "MAX_HEADER_BYTES",
+    "HeaderLimit",
+    "Linger",
+    "RequestObserver",
+    "unsupported_transfer_codings",
+]
 
 MAX_HEADER_BYTES = 64 * 1024
 """Request target plus every header name and value, in bytes."""
+LINGER_SECONDS = 2.0
+"""How long a lingering close reads on after its answer (the client sees it and stops)."""
+LINGER_BYTES = 8 * 1024 * 1024
+"""The most a lingering close reads: well short of an image, a few socket buffers."""
+
+
+class RequestObserver:
+    """ASGI middleware writing the access log and the live metrics (``metrics`` optional).
+
+    It wraps the whole Litestar handler (``Litestar.asgi_handler``), outside routing and
+    exception handling. The request's :class:`cloudimg.api.observer.Exchange` counts
+    through the ``receive`` and ``send`` the app is given.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        exchange = Exchange(scope, self.metrics)
+        token = request_id_var.set(exchange.request_id)
+        failed = False
+        try:
+            await self.app(scope, exchange.receiver(receive), exchange.sender(send))
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            exchange.finish(failed)
+            request_id_var.reset(token)
 
 
 class HeaderLimit:
@@ -94,3 +150,20 @@ async def _refuse(
 def _head_size(scope: Scope) -> int:
     target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
     return target + sum(len(name) + len(value) for name, value in scope["headers"])
+
+
+class Linger:
+    """ASGI wrapper: after the answer to a request marked by
+    :func:`cloudimg.api.body.linger_after`, read and drop up to ``LINGER_BYTES`` more of
+    its body for up to ``LINGER_SECONDS``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+        state: Any = scope.get("state") or {}
+        if scope["type"] == ScopeType.HTTP and state.get(LINGER_KEY):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(LINGER_SECONDS):
+                    await drain(body_of(receive, LINGER_SECONDS), LINGER_BYTES)
