@@ -61,9 +61,9 @@ async def test_upload_creates_names_and_lists_them_sorted(catalog: Catalog) -> N
     await put(catalog, "alpha/img-b/v1", b"b")
     await put(catalog, "alpha/img-a/v2", b"c")
     await put(catalog, "alpha/img-a/v1", b"d")
-    assert await catalog.list_repositories() == ["alpha", "zeta"]
-    assert await catalog.list_images("alpha") == ["img-a", "img-b"]
-    assert await catalog.list_tags("alpha", "img-a") == ["v1", "v2"]
+    assert await catalog.reads.list_repositories() == ["alpha", "zeta"]
+    assert await catalog.reads.list_images("alpha") == ["img-a", "img-b"]
+    assert await catalog.reads.list_tags("alpha", "img-a") == ["v1", "v2"]
 
 
 async def test_pages_of_a_listing_follow_each_other_in_name_order(catalog: Catalog) -> None:
@@ -73,15 +73,15 @@ async def test_pages_of_a_listing_follow_each_other_in_name_order(catalog: Catal
     seen: list[str] = []
     after = None
     while True:
-        page = await catalog.list_repositories(Page(after=after, limit=2))
+        page = await catalog.reads.list_repositories(Page(after=after, limit=2))
         if not page:
             break
         assert len(page) <= 2
         seen += page
         after = page[-1]
     assert seen == names
-    assert await catalog.list_images("rep-c", Page(after="img")) == []
-    assert await catalog.list_images("rep-c", Page(limit=5)) == ["img"]
+    assert await catalog.reads.list_images("rep-c", Page(after="img")) == []
+    assert await catalog.reads.list_images("rep-c", Page(limit=5)) == ["img"]
 
 
 async def test_a_filter_matches_names_and_tag_metadata_literally(catalog: Catalog) -> None:
@@ -93,41 +93,41 @@ async def test_a_filter_matches_names_and_tag_metadata_literally(catalog: Catalo
     def tags(infos: list[TagInfo]) -> list[str]:
         return [info.tag for info in infos]
 
-    assert await catalog.list_repositories(Page(contains="OLD")) == ["lab-old"]
-    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="UBUNTU"))) == [
+    assert await catalog.reads.list_repositories(Page(contains="OLD")) == ["lab-old"]
+    assert tags(await catalog.reads.list_tag_infos("lab", "ubuntu", Page(contains="UBUNTU"))) == [
         "v22",
         "v24",
     ]
-    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="v2"))) == [
+    assert tags(await catalog.reads.list_tag_infos("lab", "ubuntu", Page(contains="v2"))) == [
         "v20",
         "v22",
         "v24",
     ]
     # LIKE's wildcards are matched as themselves.
-    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="%"))) == ["v22"]
-    assert tags(await catalog.list_tag_infos("lab", "ubuntu", Page(contains="_"))) == ["v20"]
-    infos = await catalog.list_tag_infos("lab", "ubuntu", Page(after="v20", limit=1))
+    assert tags(await catalog.reads.list_tag_infos("lab", "ubuntu", Page(contains="%"))) == ["v22"]
+    assert tags(await catalog.reads.list_tag_infos("lab", "ubuntu", Page(contains="_"))) == ["v20"]
+    infos = await catalog.reads.list_tag_infos("lab", "ubuntu", Page(after="v20", limit=1))
     assert [(i.tag, i.meta, i.size, i.quarantined) for i in infos] == [
         ("v22", {"os": "Ubuntu", "note": "50% off"}, 1, False)
     ]
-    assert infos[0] == await catalog.get_tag("lab", "ubuntu", "v22")
+    assert infos[0] == await catalog.reads.get_tag("lab", "ubuntu", "v22")
     with pytest.raises(NotFoundError):
-        await catalog.list_tag_infos("lab", "debian")
+        await catalog.reads.list_tag_infos("lab", "debian")
 
 
 async def test_unknown_names_are_not_found(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v1", b"a")
     with pytest.raises(NotFoundError):
-        await catalog.list_images("nope")
+        await catalog.reads.list_images("nope")
     with pytest.raises(NotFoundError):
-        await catalog.list_tags("repo", "nope")
+        await catalog.reads.list_tags("repo", "nope")
     with pytest.raises(NotFoundError):
-        await catalog.get_tag("repo", "img", "v2")
+        await catalog.reads.get_tag("repo", "img", "v2")
 
 
 async def test_get_tag_carries_digests_size_and_meta(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"hello", os="debian")
-    info = await catalog.get_tag("repo", "img", "v1")
+    info = await catalog.reads.get_tag("repo", "img", "v1")
     assert (info.digest, info.sha256, info.size) == (staged.blake3, staged.sha256, 5)
     assert info.meta == {"os": "debian"}
     assert info.created.tzinfo is not None
@@ -137,7 +137,7 @@ async def test_get_tag_carries_digests_size_and_meta(catalog: Catalog) -> None:
 async def test_resolve_by_tag_and_by_either_digest(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"hello")
     for reference in ("v1", Digest("blake3", staged.blake3), Digest("sha256", staged.sha256)):
-        ref = await catalog.resolve("repo", "img", reference)
+        ref = await catalog.reads.resolve("repo", "img", reference)
         assert ref.digest == staged.blake3
 
 
@@ -145,7 +145,7 @@ async def test_digest_reference_needs_a_tag_of_that_image(catalog: Catalog) -> N
     staged = await put(catalog, "repo/img/v1", b"hello")
     await put(catalog, "repo/other/v1", b"other")
     with pytest.raises(NotFoundError):
-        await catalog.resolve("repo", "other", Digest("blake3", staged.blake3))
+        await catalog.reads.resolve("repo", "other", Digest("blake3", staged.blake3))
 
 
 async def test_same_bytes_share_one_blob(catalog: Catalog) -> None:
@@ -162,7 +162,7 @@ async def test_overwrite_moves_the_tag_and_frees_the_old_blob(
     catalog = catalog_without_history
     old = await put(catalog, "repo/img/v1", b"old bytes")
     new = await put(catalog, "repo/img/v1", b"new bytes", k="v")
-    assert (await catalog.get_tag("repo", "img", "v1")).digest == new.blake3
+    assert (await catalog.reads.get_tag("repo", "img", "v1")).digest == new.blake3
     assert await refcounts(catalog) == {new.blake3: 1}
     assert await catalog.blobs.size_of(old.blake3) is None
 
@@ -170,7 +170,7 @@ async def test_overwrite_moves_the_tag_and_frees_the_old_blob(
 async def test_overwrite_with_same_bytes_updates_meta_only(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"bytes", k="1")
     await put(catalog, "repo/img/v1", b"bytes", k="2")
-    info = await catalog.get_tag("repo", "img", "v1")
+    info = await catalog.reads.get_tag("repo", "img", "v1")
     assert info.meta == {"k": "2"}
     assert info.updated > info.created
     assert await refcounts(catalog) == {staged.blake3: 1}
@@ -182,10 +182,10 @@ async def test_delete_keeps_shared_blob_until_last_reference(
     catalog = catalog_without_history
     staged = await put(catalog, "repo/img/v1", b"shared")
     await put(catalog, "repo/img/v2", b"shared")
-    await catalog.delete_tag("repo", "img", "v1")
+    await catalog.tags.delete_tag("repo", "img", "v1")
     assert await refcounts(catalog) == {staged.blake3: 1}
     assert await catalog.blobs.size_of(staged.blake3) == 6
-    await catalog.delete_tag("repo", "img", "v2")
+    await catalog.tags.delete_tag("repo", "img", "v2")
     assert await refcounts(catalog) == {}
     assert await catalog.blobs.size_of(staged.blake3) is None
     assert list((catalog.blobs.root / "trash").iterdir()) == []  # type: ignore[attr-defined]
@@ -194,25 +194,25 @@ async def test_delete_keeps_shared_blob_until_last_reference(
 async def test_deleting_last_tag_removes_image_and_repo(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v1", b"a")
     await put(catalog, "repo/keep/v1", b"b")
-    await catalog.delete_tag("repo", "img", "v1")
-    assert await catalog.list_images("repo") == ["keep"]
-    await catalog.delete_tag("repo", "keep", "v1")
-    assert await catalog.list_repositories() == []
+    await catalog.tags.delete_tag("repo", "img", "v1")
+    assert await catalog.reads.list_images("repo") == ["keep"]
+    await catalog.tags.delete_tag("repo", "keep", "v1")
+    assert await catalog.reads.list_repositories() == []
 
 
 async def test_delete_unknown_tag_is_not_found_and_changes_nothing(catalog: Catalog) -> None:
     staged = await put(catalog, "repo/img/v1", b"a")
     with pytest.raises(NotFoundError):
-        await catalog.delete_tag("repo", "img", "v9")
+        await catalog.tags.delete_tag("repo", "img", "v9")
     with pytest.raises(NotFoundError):
-        await catalog.delete_tag("nope", "img", "v1")
+        await catalog.tags.delete_tag("nope", "img", "v1")
     assert await refcounts(catalog) == {staged.blake3: 1}
 
 
 async def test_upload_after_blob_was_freed_puts_bytes_back(catalog: Catalog) -> None:
     data = random_image(4096)
     staged = await put(catalog, "repo/img/v1", data)
-    await catalog.delete_tag("repo", "img", "v1")
+    await catalog.tags.delete_tag("repo", "img", "v1")
     await put(catalog, "repo/img/v2", data)
     assert store_of(catalog).blob_path(staged.blake3).read_bytes() == data
 
@@ -232,11 +232,11 @@ async def test_upload_into_an_image_racing_the_delete_of_its_last_tag(
             await put(catalog, f"r{i}/img/old", random_image(64))
             staged = await stage(other, random_image(64))
             await asyncio.gather(
-                other.commit_upload(f"r{i}", "img", "new", staged, {}),
-                catalog.delete_tag(f"r{i}", "img", "old"),
+                other.tags.commit_upload(f"r{i}", "img", "new", staged, {}),
+                catalog.tags.delete_tag(f"r{i}", "img", "old"),
             )
-            assert await catalog.list_tags(f"r{i}", "img") == ["new"]
-            assert (await catalog.get_tag(f"r{i}", "img", "new")).digest == staged.blake3
+            assert await catalog.reads.list_tags(f"r{i}", "img") == ["new"]
+            assert (await catalog.reads.get_tag(f"r{i}", "img", "new")).digest == staged.blake3
         assert set((await refcounts(catalog)).values()) == {1}
     finally:
         await other.engine.dispose()
@@ -269,5 +269,5 @@ async def test_upload_records_inspection_on_a_blob_not_inspected_yet(catalog: Ca
     other = Inspection("iso", 1, None)
     await commit_staged(catalog, catalog.blobs, ("r", "img", "v3"), third, {}, inspection=other)
     assert await inspection_of(catalog, staged.blake3) == (fmt, size, table, inspected_at)
-    info = await catalog.get_tag("r", "img", "v1")
+    info = await catalog.reads.get_tag("r", "img", "v1")
     assert (info.format, info.virtual_size) == ("raw", 3000)

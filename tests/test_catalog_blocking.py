@@ -40,7 +40,7 @@ async def assert_blocked(catalog: Catalog, digest: str, data: bytes, *tags: str)
         ]
     for repo, image, reference in references:
         with pytest.raises(ImageBlockedError) as raised:
-            await catalog.resolve(repo, image, reference)
+            await catalog.reads.resolve(repo, image, reference)
         assert RULE in raised.value.message
         assert raised.value.context is not None
         assert raised.value.context["rule"] == RULE
@@ -56,36 +56,36 @@ async def test_a_blocked_blob_is_refused_by_tag_and_digest_and_meta_says_why(
     kept = await put(catalog, "repo/img/v2", random_image(5_000))
 
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
-        block = await catalog.block_blob(digest, RULE)
+        block = await catalog.maintenance.block_blob(digest, RULE)
     assert block.rule == RULE
     assert f"blocked blob blake3:{digest}" in caplog.text
     assert RULE in caplog.text
 
     await assert_blocked(catalog, digest, data, "repo/img/v1", "other/img/pinned")
-    assert await catalog.list_tags("repo", "img") == ["v1", "v2"]  # the tags stay listed
-    info = await catalog.get_tag("repo", "img", "v1")
+    assert await catalog.reads.list_tags("repo", "img") == ["v1", "v2"]  # the tags stay listed
+    info = await catalog.reads.get_tag("repo", "img", "v1")
     assert info.blocked == block
-    assert (await catalog.resolve("repo", "img", "v2")).digest == kept  # others are served
-    assert (await catalog.get_tag("repo", "img", "v2")).blocked is None
+    assert (await catalog.reads.resolve("repo", "img", "v2")).digest == kept  # others are served
+    assert (await catalog.reads.get_tag("repo", "img", "v2")).blocked is None
 
-    again = await catalog.block_blob(digest, "some-other-rule")
+    again = await catalog.maintenance.block_blob(digest, "some-other-rule")
     assert again == block  # blocked already: the first rule and time stay
 
 
 async def test_an_upload_of_the_same_bytes_does_not_unblock(catalog: Catalog) -> None:
     data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
-    await catalog.block_blob(digest, RULE)
+    await catalog.maintenance.block_blob(digest, RULE)
     await put(catalog, "repo/img/v1", data, os="again")  # the same tag, new metadata
     await put(catalog, "repo/img/v3", data)  # another tag of the same bytes
     await assert_blocked(catalog, digest, data, "repo/img/v1", "repo/img/v3")
-    assert (await catalog.get_tag("repo", "img", "v1")).meta == {"os": "again"}
+    assert (await catalog.reads.get_tag("repo", "img", "v1")).meta == {"os": "again"}
 
 
 async def test_healing_a_quarantined_blob_keeps_its_block(catalog: Catalog) -> None:
     data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
-    await catalog.block_blob(digest, RULE)
+    await catalog.maintenance.block_blob(digest, RULE)
     store = store_of(catalog)
     path = store.blob_path(digest)
     path.chmod(0o644)
@@ -93,7 +93,7 @@ async def test_healing_a_quarantined_blob_keeps_its_block(catalog: Catalog) -> N
     report = await check(catalog, store)
     assert [(p.kind, p.quarantined) for p in report.problems] == [("size", True)]
     with pytest.raises(BlobCorruptError):
-        await catalog.resolve("repo", "img", "v1")
+        await catalog.reads.resolve("repo", "img", "v1")
 
     await put(catalog, "repo/img/v2", data)  # heals the bytes (displace), not the block
     assert store.blob_path(digest).read_bytes() == data
@@ -105,39 +105,39 @@ async def test_unblock_serves_again_and_is_logged(
 ) -> None:
     data = random_image(10_000)
     digest = await put(catalog, "repo/img/v1", data)
-    block = await catalog.block_blob(digest, RULE)
+    block = await catalog.maintenance.block_blob(digest, RULE)
     with caplog.at_level(logging.WARNING, logger="cloudimg.catalog"):
-        lifted = await catalog.unblock_blob(digest)
+        lifted = await catalog.maintenance.unblock_blob(digest)
     assert lifted == block
     assert f"unblocked blob blake3:{digest}" in caplog.text
     assert RULE in caplog.text
-    assert (await catalog.resolve("repo", "img", "v1")).digest == digest
-    assert (await catalog.resolve("repo", "img", Digest("blake3", digest))).digest == digest
-    assert (await catalog.get_tag("repo", "img", "v1")).blocked is None
+    assert (await catalog.reads.resolve("repo", "img", "v1")).digest == digest
+    assert (await catalog.reads.resolve("repo", "img", Digest("blake3", digest))).digest == digest
+    assert (await catalog.reads.get_tag("repo", "img", "v1")).blocked is None
     assert sql(store_of(catalog).root, "SELECT blocked_rule, blocked_at FROM blobs") == [
         (None, None)
     ]
-    assert await catalog.unblock_blob(digest) is None  # not blocked: nothing to lift
+    assert await catalog.maintenance.unblock_blob(digest) is None  # not blocked: nothing to lift
 
 
 async def test_block_and_unblock_of_an_unknown_digest_change_nothing(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v1", b"stays served")
     unknown = "f" * 64
     with pytest.raises(NotFoundError):
-        await catalog.block_blob(unknown, RULE)
+        await catalog.maintenance.block_blob(unknown, RULE)
     with pytest.raises(NotFoundError):
-        await catalog.unblock_blob(unknown)
+        await catalog.maintenance.unblock_blob(unknown)
     assert sql(store_of(catalog).root, "SELECT blocked_rule FROM blobs") == [(None,)]
 
 
 async def test_the_snapshot_tells_inspected_and_blocked_blobs(catalog: Catalog) -> None:
     old = await put(catalog, "repo/img/old", random_image(1000))
     blocked = await put(catalog, "repo/img/bad", random_image(1000))
-    await catalog.block_blob(blocked, RULE)
+    await catalog.maintenance.block_blob(blocked, RULE)
     root = store_of(catalog).root
     sql(root, "UPDATE blobs SET inspected_at = NULL")
     sql(root, "UPDATE blobs SET inspected_at = created_at WHERE digest = ?", blocked)
-    snapshot = await catalog.snapshot()
+    snapshot = await catalog.maintenance.snapshot()
     assert snapshot.blobs[old].inspected is False
     assert snapshot.blobs[old].blocked is None
     record = snapshot.blobs[blocked]
@@ -151,7 +151,7 @@ async def test_fsck_counts_uninspected_and_lists_blocked_blobs(catalog: Catalog)
     blocked = await put(catalog, "repo/img/bad", random_image(1000))
     root = store_of(catalog).root
     sql(root, "UPDATE blobs SET inspected_at = NULL")  # stored before inspection existed
-    await catalog.block_blob(blocked, RULE)
+    await catalog.maintenance.block_blob(blocked, RULE)
     report = await check(catalog, store_of(catalog))
     assert report.ok  # neither is a problem without --inspect
     assert (report.inspect, report.inspected, report.uninspected) == (False, 0, 1)
@@ -169,7 +169,7 @@ def test_cli_unblock(tmp_path: Path, backend: str) -> None:
     async def fill() -> str:
         async with open_test_catalog(root, backend) as catalog:
             digest = await put(catalog, "repo/img/v1", data)
-            await catalog.block_blob(digest, RULE)
+            await catalog.maintenance.block_blob(digest, RULE)
             return digest
 
     with catalog_database(backend, root):

@@ -47,14 +47,14 @@ async def test_listings_meta_and_lookups_run_on_the_blocking_reader(catalog: Cat
     twin = blocking_reader(catalog.engine)
     assert twin is not None
     on_twin, on_aiosqlite = _statements(twin), _statements(catalog.engine.sync_engine)
-    info = await catalog.get_tag("repo", "img", "v1")
-    assert await catalog.list_repositories() == ["repo"]
-    assert await catalog.list_images("repo") == ["img"]
-    assert await catalog.list_tags("repo", "img") == ["v1"]
-    assert [t.tag for t in await catalog.list_tag_infos("repo", "img")] == ["v1"]
-    assert [t.tag for t in await catalog.list_tag_details("repo", "img", 10)] == ["v1"]
-    assert [i.image for i in await catalog.list_image_details("repo", 10)] == ["img"]
-    ref, reader = await catalog.open_blob("repo", "img", Digest("blake3", info.digest))
+    info = await catalog.reads.get_tag("repo", "img", "v1")
+    assert await catalog.reads.list_repositories() == ["repo"]
+    assert await catalog.reads.list_images("repo") == ["img"]
+    assert await catalog.reads.list_tags("repo", "img") == ["v1"]
+    assert [t.tag for t in await catalog.reads.list_tag_infos("repo", "img")] == ["v1"]
+    assert [t.tag for t in await catalog.reads.list_tag_details("repo", "img", 10)] == ["v1"]
+    assert [i.image for i in await catalog.reads.list_image_details("repo", 10)] == ["img"]
+    ref, reader = await catalog.reads.open_blob("repo", "img", Digest("blake3", info.digest))
     reader.close()
     assert ref.size == info.size == 4096
     assert any("FROM tags" in s for s in on_twin)
@@ -63,11 +63,11 @@ async def test_listings_meta_and_lookups_run_on_the_blocking_reader(catalog: Cat
 
 async def test_a_missing_name_is_not_found_on_the_blocking_reader(catalog: Catalog) -> None:
     with pytest.raises(NotFoundError):
-        await catalog.list_images("nope")
+        await catalog.reads.list_images("nope")
     with pytest.raises(NotFoundError):
-        await catalog.list_tags("repo", "nope")
+        await catalog.reads.list_tags("repo", "nope")
     with pytest.raises(NotFoundError):
-        await catalog.get_tag("repo", "img", "nope")
+        await catalog.reads.get_tag("repo", "img", "nope")
 
 
 async def test_a_read_of_a_damaged_catalog_is_unavailable(catalog: Catalog) -> None:
@@ -77,7 +77,7 @@ async def test_a_read_of_a_damaged_catalog_is_unavailable(catalog: Catalog) -> N
     with sqlite3.connect(database) as connection:
         connection.execute("DROP TABLE tags")
     with pytest.raises(UnavailableError):
-        await catalog.list_tags("repo", "img")
+        await catalog.reads.list_tags("repo", "img")
 
 
 def test_postgres_needs_no_blocking_reader() -> None:

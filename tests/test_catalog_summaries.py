@@ -59,20 +59,20 @@ async def test_repositories_carry_their_images_tags_size_and_last_update(
     await put(catalog, "alpha/one/v2", random_image(1000))
     await put(catalog, "alpha/two/v1", shared)  # the same bytes count again, as in /reg
     await put(catalog, "beta/solo/v1", random_image(500))
-    rows = await catalog.summarize_repositories()
+    rows = await catalog.summaries.summarize_repositories()
     assert [(r.repository, r.images, r.tags, r.size) for r in rows] == [
         ("alpha", 2, 3, 7000),
         ("beta", 1, 1, 500),
     ]
-    latest = await catalog.get_tag("alpha", "two", "v1")
+    latest = await catalog.reads.get_tag("alpha", "two", "v1")
     assert rows[0].updated == latest.updated
-    images = await catalog.summarize_images("alpha")
+    images = await catalog.summaries.summarize_images("alpha")
     assert [(i.image, i.tags, i.size) for i in images] == [("one", 2, 4000), ("two", 1, 3000)]
     assert images[1].updated == latest.updated
     # The same figures as the API's detailed listing of images.
-    assert images == await catalog.list_image_details("alpha", 10)
+    assert images == await catalog.reads.list_image_details("alpha", 10)
     with pytest.raises(NotFoundError):
-        await catalog.summarize_images("nope")
+        await catalog.summaries.summarize_images("nope")
 
 
 def _figure(row: RepositoryDetails | ImageDetails, sort: Sort) -> int | datetime:
@@ -90,7 +90,7 @@ async def _all_pages(
     pages: list[list[RepositoryDetails]] = []
     page = Page(limit=limit, sort=sort, contains=contains)
     while True:
-        rows = await catalog.summarize_repositories(page)
+        rows = await catalog.summaries.summarize_repositories(page)
         if not rows:
             return pages
         pages.append(rows)
@@ -107,7 +107,7 @@ async def test_each_order_pages_through_every_row_once(catalog: Catalog, sort: S
     sizes = {"r-a": 300, "r-b": 100, "r-c": 300, "r-d": 200, "r-e": 300, "other": 50}
     for name, size in sizes.items():
         await put(catalog, f"{name}/img/v1", random_image(size))
-    everything = await catalog.summarize_repositories(Page(sort=sort))
+    everything = await catalog.summaries.summarize_repositories(Page(sort=sort))
     if sort == "name":
         expected = sorted(sizes)
     elif sort == "size":
@@ -126,15 +126,15 @@ async def test_each_order_pages_through_every_row_once(catalog: Catalog, sort: S
 async def test_images_sort_and_page_as_repositories_do(catalog: Catalog) -> None:
     for name, size in [("big", 900), ("mid", 500), ("small", 100), ("mid2", 500)]:
         await put(catalog, f"repo/{name}/v1", random_image(size))
-    by_size = await catalog.summarize_images("repo", Page(sort="size"))
+    by_size = await catalog.summaries.summarize_images("repo", Page(sort="size"))
     assert [i.image for i in by_size] == ["big", "mid", "mid2", "small"]
-    second = await catalog.summarize_images(
+    second = await catalog.summaries.summarize_images(
         "repo", Page(sort="size", after="mid", after_value=500, limit=2)
     )
     assert [i.image for i in second] == ["mid2", "small"]
-    newest = await catalog.summarize_images("repo", Page(sort="updated", limit=1))
+    newest = await catalog.summaries.summarize_images("repo", Page(sort="updated", limit=1))
     assert [i.image for i in newest] == ["mid2"]
-    after = await catalog.summarize_images(
+    after = await catalog.summaries.summarize_images(
         "repo", Page(sort="updated", after="mid2", after_value=newest[0].updated)
     )
     assert [i.image for i in after] == ["small", "mid", "big"]
@@ -146,8 +146,10 @@ async def test_a_page_is_one_query_however_many_rows_it_shows(catalog: Catalog) 
         await put(catalog, f"repo00/img{n:02d}/v1", random_image(100 + n))
     for sort in ("name", "size", "updated"):
         seen = count_selects(catalog)
-        assert len(await catalog.summarize_repositories(Page(sort=sort, limit=50))) == 12
+        assert len(await catalog.summaries.summarize_repositories(Page(sort=sort, limit=50))) == 12
         assert len(seen) == 1, seen
         seen = count_selects(catalog)
-        assert len(await catalog.summarize_images("repo00", Page(sort=sort, limit=50))) == 13
+        assert (
+            len(await catalog.summaries.summarize_images("repo00", Page(sort=sort, limit=50))) == 13
+        )
         assert len(seen) == 2, seen  # the repository's id, then the page

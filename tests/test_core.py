@@ -77,7 +77,7 @@ async def test_an_upload_from_chunks_is_committed_with_its_metadata(core: Regist
     data = random_image(64 * 1024)
     upload = await _upload(core, data, Digest("sha256", sha256_hex(data)))
     assert upload.staged.blake3 == blake3_hex(data)
-    info = await _catalog(core).get_tag(*NAMES)
+    info = await _catalog(core).reads.get_tag(*NAMES)
     assert (info.digest, info.size, info.meta) == (blake3_hex(data), len(data), {"os": "test"})
     assert upload.inspection.format == "raw"
 
@@ -87,7 +87,7 @@ async def test_a_digest_mismatch_commits_nothing(core: RegistryCore) -> None:
     with pytest.raises(DigestMismatchError):
         await _upload(core, data, Digest("blake3", blake3_hex(b"other")))
     with pytest.raises(NotFoundError):
-        await _catalog(core).get_tag(*NAMES)
+        await _catalog(core).reads.get_tag(*NAMES)
 
 
 async def test_an_image_over_the_size_limit_stops_the_reading(core: RegistryCore) -> None:
@@ -137,4 +137,4 @@ async def test_a_retag_names_stored_bytes_and_the_tag_goes_with_a_delete(
     assert (retagged.ref.digest, retagged.pushed) == (blake3_hex(data), False)
     assert await core.tags.set_immutable(("repo", "img", "v2"), True, WriteOptions())
     await core.tags.delete(NAMES, WriteOptions(), purge_history=False)
-    assert await _catalog(core).list_tags("repo", "img") == ["v2"]
+    assert await _catalog(core).reads.list_tags("repo", "img") == ["v2"]

@@ -57,7 +57,7 @@ async def refcounts(catalog: Catalog) -> dict[str, int]:
 async def downloads(catalog: Catalog, image: str, digest: str) -> bool:
     """Whether ``digest`` resolves as a digest reference of ``repo/image`` with its file."""
     try:
-        ref = await catalog.resolve("repo", image, Digest("blake3", digest))
+        ref = await catalog.reads.resolve("repo", image, Digest("blake3", digest))
     except NotFoundError:
         return False
     return await catalog.blobs.size_of(ref.digest) == ref.size
@@ -71,12 +71,14 @@ async def test_every_change_is_recorded_newest_first(catalog: Catalog) -> None:
     first = await put(catalog, "repo/img/v1", b"one", os="a")
     second = await put(catalog, "repo/img/v1", b"two", os="b")
     ci = WriteOptions(actor="ci-pipeline")
-    await catalog.retag("repo", "img", "v1", Digest("blake3", first), None, ci)
-    assert await catalog.set_immutable("repo", "img", "v1", True, ci)
-    assert not await catalog.set_immutable("repo", "img", "v1", True, ci)  # no change, no entry
-    assert await catalog.set_immutable("repo", "img", "v1", False)
-    await catalog.delete_tag("repo", "img", "v1", ci)
-    entries = await catalog.tag_history("repo", "img", "v1")
+    await catalog.tags.retag("repo", "img", "v1", Digest("blake3", first), None, ci)
+    assert await catalog.tags.set_immutable("repo", "img", "v1", True, ci)
+    assert not await catalog.tags.set_immutable(
+        "repo", "img", "v1", True, ci
+    )  # no change, no entry
+    assert await catalog.tags.set_immutable("repo", "img", "v1", False)
+    await catalog.tags.delete_tag("repo", "img", "v1", ci)
+    entries = await catalog.tags.tag_history("repo", "img", "v1")
     assert [(e.action, e.digest, e.actor) for e in entries] == [
         ("deleted", first, "ci-pipeline"),
         ("released", first, None),
@@ -103,7 +105,7 @@ async def test_the_last_n_previous_digests_are_held_and_older_ones_freed(
     for digest in older:
         assert not await downloads(catalog, "img", digest)
         assert await catalog.blobs.size_of(digest) is None
-    entries = await catalog.tag_history("repo", "img", "v1")
+    entries = await catalog.tags.tag_history("repo", "img", "v1")
     assert len(entries) == 6  # the log is complete whatever N is
     assert [e.retained for e in entries] == [False, True, True, True, False, False]
 
@@ -123,9 +125,9 @@ async def test_keep_history_zero_frees_at_once_but_still_logs(open_catalog: Open
         new = await put(catalog, "repo/img/v1", b"new")
         assert await refcounts(catalog) == {new: 1}
         assert await catalog.blobs.size_of(old) is None
-        await catalog.delete_tag("repo", "img", "v1")
+        await catalog.tags.delete_tag("repo", "img", "v1")
         assert await refcounts(catalog) == {}
-        actions = [e.action for e in await catalog.tag_history("repo", "img", "v1")]
+        actions = [e.action for e in await catalog.tags.tag_history("repo", "img", "v1")]
         assert actions == ["deleted", "moved", "created"]
 
 
@@ -142,36 +144,36 @@ async def test_lowering_keep_history_releases_on_the_next_write(open_catalog: Op
 async def test_deleted_tag_keeps_history_and_bytes_until_purged(catalog: Catalog) -> None:
     old = await put(catalog, "repo/img/v1", b"old")
     last = await put(catalog, "repo/img/v1", b"last")
-    await catalog.delete_tag("repo", "img", "v1")
+    await catalog.tags.delete_tag("repo", "img", "v1")
     with pytest.raises(NotFoundError):
-        await catalog.list_images("repo")  # the image is gone from the listings
+        await catalog.reads.list_images("repo")  # the image is gone from the listings
     with pytest.raises(NotFoundError):
-        await catalog.get_tag("repo", "img", "v1")
+        await catalog.reads.get_tag("repo", "img", "v1")
     assert await downloads(catalog, "img", last)
     assert await downloads(catalog, "img", old)
     assert not await downloads(catalog, "other", last)
     assert await refcounts(catalog) == {old: 1, last: 1}
     # Pushing the tag again starts from its kept history.
     await put(catalog, "repo/img/v1", b"again")
-    await catalog.delete_tag("repo", "img", "v1", purge_history=True)
+    await catalog.tags.delete_tag("repo", "img", "v1", purge_history=True)
     assert await refcounts(catalog) == {}
     assert list((store_of(catalog).root / "trash").iterdir()) == []
     with pytest.raises(NotFoundError):
-        await catalog.tag_history("repo", "img", "v1")
+        await catalog.tags.tag_history("repo", "img", "v1")
 
 
 async def test_retag_points_a_tag_at_held_bytes_without_sending_them(catalog: Catalog) -> None:
     old = await put(catalog, "repo/img/v1", b"old", os="old")
     new = await put(catalog, "repo/img/v1", b"new")
-    ref = await catalog.retag("repo", "img", "v1", Digest("blake3", old), None)
+    ref = await catalog.tags.retag("repo", "img", "v1", Digest("blake3", old), None)
     assert ref.digest == old
-    info = await catalog.get_tag("repo", "img", "v1")
+    info = await catalog.reads.get_tag("repo", "img", "v1")
     assert (info.digest, info.meta) == (old, {"os": "old"})
     assert await refcounts(catalog) == {old: 1, new: 1}  # new is now a previous digest
     # By sha256, into another image, with explicit metadata.
-    sha = (await catalog.get_tag("repo", "img", "v1")).sha256
-    await catalog.retag("repo", "copy", "v1", Digest("sha256", sha), {"k": "v"})
-    assert (await catalog.get_tag("repo", "copy", "v1")).meta == {"k": "v"}
+    sha = (await catalog.reads.get_tag("repo", "img", "v1")).sha256
+    await catalog.tags.retag("repo", "copy", "v1", Digest("sha256", sha), {"k": "v"})
+    assert (await catalog.reads.get_tag("repo", "copy", "v1")).meta == {"k": "v"}
     assert await refcounts(catalog) == {old: 2, new: 1}
 
 
@@ -179,25 +181,25 @@ async def test_retag_to_unknown_bytes_changes_nothing(catalog: Catalog) -> None:
     await put(catalog, "repo/img/v1", b"x")
     before = await refcounts(catalog)
     with pytest.raises(NotFoundError):
-        await catalog.retag("repo", "img", "v1", Digest("blake3", "0" * 64), None)
+        await catalog.tags.retag("repo", "img", "v1", Digest("blake3", "0" * 64), None)
     assert await refcounts(catalog) == before
-    assert len(await catalog.tag_history("repo", "img", "v1")) == 1
+    assert len(await catalog.tags.tag_history("repo", "img", "v1")) == 1
 
 
 async def test_immutable_tag_refuses_overwrite_retag_and_delete(catalog: Catalog) -> None:
     first = await put(catalog, "repo/img/v1", b"first")
     other = await put(catalog, "repo/img/v2", b"other")
-    await catalog.set_immutable("repo", "img", "v1", True)
+    await catalog.tags.set_immutable("repo", "img", "v1", True)
     with pytest.raises(TagImmutableError):
         await put(catalog, "repo/img/v1", b"second")
     with pytest.raises(TagImmutableError):
-        await catalog.retag("repo", "img", "v1", Digest("blake3", other), None)
+        await catalog.tags.retag("repo", "img", "v1", Digest("blake3", other), None)
     with pytest.raises(TagImmutableError):
-        await catalog.delete_tag("repo", "img", "v1")
-    assert (await catalog.get_tag("repo", "img", "v1")).digest == first
+        await catalog.tags.delete_tag("repo", "img", "v1")
+    assert (await catalog.reads.get_tag("repo", "img", "v1")).digest == first
     assert await refcounts(catalog) == {first: 1, other: 1}
-    await catalog.set_immutable("repo", "img", "v1", False)
-    await catalog.delete_tag("repo", "img", "v1")
+    await catalog.tags.set_immutable("repo", "img", "v1", False)
+    await catalog.tags.delete_tag("repo", "img", "v1")
 
 
 async def test_immutable_by_rule_allows_creation_only(open_catalog: OpenRegistry) -> None:
@@ -213,7 +215,7 @@ async def test_immutable_by_rule_allows_creation_only(open_catalog: OpenRegistry
             "rule": "release/*/v*",
         }
         with pytest.raises(TagImmutableError):
-            await catalog.set_immutable("release", "img", "v1", False)
+            await catalog.tags.set_immutable("release", "img", "v1", False)
         await put(catalog, "release/img/latest", b"two")
         await put(catalog, "release/img/latest", b"three")
 
@@ -227,30 +229,30 @@ async def test_precondition_sees_the_locked_tag_and_can_refuse(catalog: Catalog)
 
     digest = await put(catalog, "repo/img/v1", b"x", k="v")
     with pytest.raises(PreconditionFailedError):
-        await catalog.delete_tag("repo", "img", "v1", WriteOptions(precondition=refuse))
+        await catalog.tags.delete_tag("repo", "img", "v1", WriteOptions(precondition=refuse))
     with pytest.raises(PreconditionFailedError):
-        await catalog.retag(
+        await catalog.tags.retag(
             "repo", "img", "new", Digest("blake3", digest), None, WriteOptions(precondition=refuse)
         )
     assert seen[0] is not None
     assert (seen[0].digest, seen[0].meta) == (digest, {"k": "v"})
     assert seen[1] is None
-    assert await catalog.list_tags("repo", "img") == ["v1"]
-    assert len(await catalog.tag_history("repo", "img", "v1")) == 1
+    assert await catalog.reads.list_tags("repo", "img") == ["v1"]
+    assert len(await catalog.tags.tag_history("repo", "img", "v1")) == 1
 
 
 async def test_a_tag_from_before_history_keeps_its_bytes_when_moved(catalog: Catalog) -> None:
     old = await put(catalog, "repo/img/v1", b"old")
     sql(store_of(catalog).root, "DELETE FROM tag_history")  # as a catalog upgraded to 0004
     await put(catalog, "repo/img/v1", b"new")
-    entries = await catalog.tag_history("repo", "img", "v1")
+    entries = await catalog.tags.tag_history("repo", "img", "v1")
     assert [(e.action, e.digest, e.retained) for e in entries][1] == ("created", old, True)
     assert await downloads(catalog, "img", old)
 
 
 async def test_gc_and_fsck_count_retained_entries(catalog: Catalog) -> None:
     digests = await push_versions(catalog, 3)
-    await catalog.delete_tag("repo", "img", "v1")
+    await catalog.tags.delete_tag("repo", "img", "v1")
     store = store_of(catalog)
     assert (await check(catalog, store)).problems == []
     report = await collect_garbage(catalog, store, grace=0)
@@ -271,5 +273,5 @@ async def test_retention_looks_past_a_long_run_of_one_digest(catalog: Catalog) -
         same = await put(catalog, "repo/img/v1", b"same", n=str(i))
     current = await put(catalog, "repo/img/v1", b"current")
     assert await refcounts(catalog) == {older: 1, same: 1, current: 1}
-    retained = [e for e in await catalog.tag_history("repo", "img", "v1") if e.retained]
+    retained = [e for e in await catalog.tags.tag_history("repo", "img", "v1") if e.retained]
     assert [(e.digest, e.meta) for e in retained] == [(same, {"n": "19"}), (older, {})]

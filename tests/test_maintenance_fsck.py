@@ -57,18 +57,18 @@ async def test_flipped_byte_is_found_by_checksum_and_quarantined(catalog: Catalo
     assert not store.blob_path(digest).exists()
     assert [p.name.split(".")[0] for p in store.quarantine_dir.iterdir()] == [digest]
     with pytest.raises(BlobCorruptError, match=digest):
-        await catalog.resolve("repo", "img", "v1")
+        await catalog.reads.resolve("repo", "img", "v1")
     with pytest.raises(BlobCorruptError, match=digest):
-        await catalog.resolve("repo", "img", Digest("blake3", digest))
+        await catalog.reads.resolve("repo", "img", Digest("blake3", digest))
     with pytest.raises(BlobCorruptError):
-        await catalog.get_tag("other", "img", "pinned")
+        await catalog.reads.get_tag("other", "img", "pinned")
 
     again = await check(catalog, store_of(catalog), checksum=True)
     assert [p.kind for p in again.problems] == ["quarantined"]
 
     await put(catalog, "repo/img/v1", data)  # uploading the image again heals it
     assert store.blob_path(digest).read_bytes() == data
-    assert (await catalog.resolve("other", "img", "pinned")).digest == digest
+    assert (await catalog.reads.resolve("other", "img", "pinned")).digest == digest
     assert (await check(catalog, store_of(catalog), checksum=True)).ok
 
 
@@ -81,7 +81,7 @@ async def test_truncated_blob_is_found_without_checksum(catalog: Catalog) -> Non
     assert [(p.kind, p.quarantined) for p in report.problems] == [("size", True)]
     assert "4000 bytes, the catalog says 10000" in report.problems[0].detail
     with pytest.raises(BlobCorruptError):
-        await catalog.resolve("repo", "img", "v1")
+        await catalog.reads.resolve("repo", "img", "v1")
 
 
 async def test_missing_blob_file_is_a_problem(catalog: Catalog) -> None:

@@ -77,10 +77,10 @@ async def test_running_upload_keeps_its_staging_file_whatever_the_grace(catalog:
     staged = await writer.finish()  # written, not committed yet: still held
     age(Path(staged.key))
     assert (await collect_garbage(catalog, store_of(catalog), grace=0)).skipped_live_staging == 1
-    await catalog.commit_upload("repo", "img", "v1", staged, {})
+    await catalog.tags.commit_upload("repo", "img", "v1", staged, {})
     await catalog.blobs.discard(staged)
     assert list(staging.iterdir()) == []
-    info = await catalog.get_tag("repo", "img", "v1")
+    info = await catalog.reads.get_tag("repo", "img", "v1")
     assert store_of(catalog).blob_path(info.digest).stat().st_size == 100_000
 
 
@@ -106,7 +106,7 @@ async def test_trash_of_a_rolled_back_delete_is_restored(catalog: Catalog) -> No
     assert kinds(report) == {"restored": 1}
     assert store.blob_path(digest).read_bytes() == data
     assert not trash.exists()
-    assert (await catalog.resolve("repo", "img", "v1")).digest == digest
+    assert (await catalog.reads.resolve("repo", "img", "v1")).digest == digest
 
 
 async def test_trash_of_a_committed_delete_is_removed(catalog: Catalog) -> None:
@@ -128,14 +128,14 @@ async def test_trash_copy_of_a_quarantined_blob_is_kept(catalog: Catalog) -> Non
     """The catalog still names the digest: gc never purges it, nor serves it again."""
     digest = await put(catalog, "repo/img/v1", b"suspect")
     store = store_of(catalog)
-    assert await catalog.quarantine_blob(store_of(catalog), digest, None)
+    assert await catalog.maintenance.quarantine_blob(store_of(catalog), digest, None)
     copy = store.trash_dir / f"{digest}.03"
     copy.write_bytes(b"suspect")
     age(copy)
     report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert kinds(report) == {}
     assert copy.exists()
-    assert await catalog.restore_trashed() == []
+    assert await catalog.maintenance.restore_trashed() == []
     assert not store.blob_path(digest).exists()
 
 
@@ -212,7 +212,7 @@ async def test_referenced_blobs_survive_gc(catalog: Catalog) -> None:
     report = await collect_garbage(catalog, store_of(catalog), grace=0)
     assert report.actions == []
     for ref, payload in data.items():
-        blob = await catalog.resolve(*ref.split("/"))
+        blob = await catalog.reads.resolve(*ref.split("/"))
         assert store_of(catalog).blob_path(blob.digest).read_bytes() == payload
 
 

@@ -107,12 +107,12 @@ async def test_import_copies_names_meta_and_bytes(catalog: Catalog, tmp_path: Pa
     assert "not a directory" in skipped["crownlabs/stray-file"]
     assert not report.ok
 
-    info = await catalog.get_tag("crownlabs", "ubuntu", "2204")
+    info = await catalog.reads.get_tag("crownlabs", "ubuntu", "2204")
     assert info.meta == {"os": "ubuntu", "arch": "amd64"}
     assert info.digest == blake3_hex(UBUNTU)
     assert store_of(catalog).blob_path(info.digest).read_bytes() == UBUNTU
-    assert (await catalog.get_tag("crownlabs", "ubuntu", "latest")).meta == {"os": "ubuntu"}
-    assert (await catalog.get_tag("teaching", "debian", "v12")).digest == blake3_hex(DEBIAN)
+    assert (await catalog.reads.get_tag("crownlabs", "ubuntu", "latest")).meta == {"os": "ubuntu"}
+    assert (await catalog.reads.get_tag("teaching", "debian", "v12")).digest == blake3_hex(DEBIAN)
     # Identical images are one blob with two references.
     root = store_of(catalog).root
     assert sorted(sql(root, "SELECT refcount FROM blobs")) == [(1,), (2,)]
@@ -170,7 +170,7 @@ async def test_tag_changed_since_is_not_overwritten(catalog: Catalog, tmp_path: 
     newer = await put(catalog, "crownlabs/ubuntu/2204", b"uploaded through the new API")
     report = await import_legacy(catalog, store_of(catalog), source)
     assert by_path(report)["crownlabs/ubuntu/2204"][0] == "skipped"
-    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == newer
+    assert (await catalog.reads.get_tag("crownlabs", "ubuntu", "2204")).digest == newer
 
 
 async def test_in_place_migration_skips_the_store_itself(catalog: Catalog) -> None:
@@ -180,7 +180,7 @@ async def test_in_place_migration_skips_the_store_itself(catalog: Catalog) -> No
     assert report.ok, report.entries
     assert [e.path for e in report.entries] == ["crownlabs/ubuntu/2204"]
     assert not (root / "crownlabs").exists()
-    assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).digest == blake3_hex(UBUNTU)
+    assert (await catalog.reads.get_tag("crownlabs", "ubuntu", "2204")).digest == blake3_hex(UBUNTU)
 
 
 def test_cli_json(tmp_path: Path) -> None:
@@ -278,11 +278,11 @@ async def test_the_read_only_catalog_refuses_writes(
         )
         async with open_catalog_read_only(settings) as catalog:
             assert catalog is not None
-            assert (await catalog.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
+            assert (await catalog.reads.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
             with pytest.raises(DBAPIError, match=r"read-?only"):
                 async with catalog.engine.begin() as connection:
                     await connection.execute(text("DELETE FROM tags"))
-        assert (await writer.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
+        assert (await writer.reads.get_tag("crownlabs", "ubuntu", "2204")).size == len(UBUNTU)
 
 
 def test_dry_run_does_not_migrate_an_old_catalog(catalog_root: Path, tmp_path: Path) -> None:

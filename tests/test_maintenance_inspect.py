@@ -78,9 +78,9 @@ async def test_inspect_records_format_and_lists_unsafe_images(
     assert not any(p.blocked for p in report.problems)
     assert report.uninspected == 2  # the unsafe ones stay uninspected: reported again
 
-    info = await catalog.get_tag("repo", "img", "clean")
+    info = await catalog.reads.get_tag("repo", "img", "clean")
     assert (info.digest, info.format, info.virtual_size) == (clean, "qcow2", 16 * MIB)
-    assert (await catalog.resolve("repo", "img", "backing")).digest == backing  # not blocked
+    assert (await catalog.reads.resolve("repo", "img", "backing")).digest == backing  # not blocked
 
     again = await check(catalog, store, inspect=Inspect(POLICY))
     assert again.inspected == 2  # the clean one is not read again
@@ -101,8 +101,8 @@ async def test_block_unsafe_refuses_downloads_and_lists_the_block(
     ]
     for reference in ("backing", Digest("blake3", backing)):
         with pytest.raises(ImageBlockedError, match="qcow2-backing-file"):
-            await catalog.resolve("repo", "img", reference)
-    assert (await catalog.resolve("repo", "img", "clean")).digest == clean
+            await catalog.reads.resolve("repo", "img", reference)
+    assert (await catalog.reads.resolve("repo", "img", "clean")).digest == clean
 
     after = await check(catalog, store, inspect=Inspect(POLICY, every=True, block_unsafe=True))
     assert after.ok  # blocked: a note, not a problem, and never read again
@@ -121,7 +121,7 @@ async def test_reinspect_applies_a_tighter_policy(catalog: Catalog, tmp_path: Pa
     report = await check(catalog, store, inspect=Inspect(tight, every=True, block_unsafe=True))
     assert [(p.digest, p.rule) for p in report.problems] == [(digest, "virtual-size-too-large")]
     with pytest.raises(ImageBlockedError, match="virtual-size-too-large"):
-        await catalog.resolve("repo", "img", "v1")
+        await catalog.reads.resolve("repo", "img", "v1")
 
 
 @pytest.mark.slow  # CLI runs
@@ -180,14 +180,14 @@ async def test_import_legacy_skips_unsafe_images_with_the_rule(
     assert {e.path: (e.outcome, e.rule) for e in preview.entries} == expected
     reasons = {e.path: e.reason for e in preview.entries}
     assert "unsafe image (rule qcow2-backing-file)" in reasons["repo/img/backing"]
-    assert await catalog.list_repositories() == []  # the dry run changed nothing
+    assert await catalog.reads.list_repositories() == []  # the dry run changed nothing
 
     store = store_of(catalog)
     report = await import_legacy(catalog, store, source, move=move, policy=POLICY)
     assert {e.path: (e.outcome, e.rule) for e in report.entries} == expected
     assert not report.ok
-    assert await catalog.list_tags("repo", "img") == ["clean"]
-    assert (await catalog.get_tag("repo", "img", "clean")).format == "qcow2"
+    assert await catalog.reads.list_tags("repo", "img") == ["clean"]
+    assert (await catalog.reads.get_tag("repo", "img", "clean")).format == "qcow2"
     assert list(store.staging_dir.iterdir()) == []  # nothing of the unsafe ones stayed
     # The unsafe entries stay in the old tree (--move removes only what it imported).
     left = ["backing", "data"] if move else ["backing", "clean", "data"]
@@ -255,7 +255,7 @@ async def test_import_legacy_skips_hostile_images_with_their_rule(
     assert {e.path: (e.outcome, e.rule) for e in report.entries} == {
         f"repo/img/{name}": ("skipped", rule) for name, (_, rule) in made.items()
     }
-    assert await catalog.list_repositories() == []
+    assert await catalog.reads.list_repositories() == []
 
 
 async def test_qemu_img_confirms_imports_and_reinspections(
@@ -270,7 +270,7 @@ async def test_qemu_img_confirms_imports_and_reinspections(
     legacy_entry(source, "repo/img/clean", made["clean"])
     report = await import_legacy(catalog, store_of(catalog), source, move=False, policy=policy)
     assert [(e.outcome, e.rule) for e in report.entries] == [("skipped", "qemu-img-disagrees")]
-    assert await catalog.list_repositories() == []
+    assert await catalog.reads.list_repositories() == []
     digest = await legacy_put(catalog, "repo/img/clean", made["clean"])
     checked = await check(catalog, store_of(catalog), inspect=Inspect(policy, every=True))
     assert [(p.digest, p.rule) for p in checked.problems] == [(digest, "qemu-img-disagrees")]

@@ -88,7 +88,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
             newest_first = newest_first[1:]
         window: list[bytes] = []
         for data in newest_first:
-            if len(window) >= self.catalog.keep_history:
+            if len(window) >= self.catalog.tags.keep_history:
                 break
             if data != current and data not in window:
                 window.append(data)
@@ -110,13 +110,13 @@ class MaintenanceMachine(RuleBasedStateMachine):
     async def _upload(self, ref: Ref, data: bytes) -> None:
         staged = await stage(self.catalog, data)
         try:
-            await self.catalog.commit_upload(*ref, staged, {"size": str(len(data))})
+            await self.catalog.tags.commit_upload(*ref, staged, {"size": str(len(data))})
         finally:
             await self.catalog.blobs.discard(staged)
 
     async def _delete(self, ref: Ref) -> bool:
         try:
-            await self.catalog.delete_tag(*ref)
+            await self.catalog.tags.delete_tag(*ref)
         except NotFoundError:
             return False
         return True
@@ -199,7 +199,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         async def finish() -> None:
             staged = await writer.finish()
             try:
-                await self.catalog.commit_upload(*ref, staged, {"size": str(len(data))})
+                await self.catalog.tags.commit_upload(*ref, staged, {"size": str(len(data))})
             finally:
                 await self.catalog.blobs.discard(staged)
 
@@ -237,7 +237,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
     def every_tag_names_its_bytes(self) -> None:
         store = store_of(self.catalog)
         for ref, data in self.model.items():
-            blob = self.run(self.catalog.resolve(*ref))
+            blob = self.run(self.catalog.reads.resolve(*ref))
             assert blob.digest == blake3_hex(data)
             assert store.blob_path(blob.digest).read_bytes() == data
         names = {
@@ -270,7 +270,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
         for (repo, image, _tag), held in expected.items():
             for data in held:
                 blob = self.run(
-                    self.catalog.resolve(repo, image, Digest("blake3", blake3_hex(data)))
+                    self.catalog.reads.resolve(repo, image, Digest("blake3", blake3_hex(data)))
                 )
                 assert store.blob_path(blob.digest).read_bytes() == data
 

@@ -143,7 +143,7 @@ async def _restore_trashed(catalog: Catalog) -> None:
     such a file back on demand too.
     """
     try:
-        await catalog.restore_trashed()
+        await catalog.maintenance.restore_trashed()
     except (CloudimgError, OSError) as exc:
         log.warning("could not check trash/ for blob files a crash left there: %s", exc)
 

@@ -93,13 +93,13 @@ async def write_options(
     precondition = write_precondition(request.headers)
     if early:
         try:
-            info: TagInfo | None = await catalog.get_tag(*names)
+            info: TagInfo | None = await catalog.reads.get_tag(*names)
         except NotFoundError:
             info = None
         except BlobCorruptError:  # an upload heals it: leave the checks to the catalog
             return WriteOptions(actor=actor_of(request), precondition=precondition)
         if info is not None:  # the catalog's own refusal, before the body is read
-            catalog.refuse_immutable(names, info.immutable, "overwritten")
+            catalog.tags.refuse_immutable(names, info.immutable, "overwritten")
         if precondition is not None:
             precondition(info)
     return WriteOptions(actor=actor_of(request), precondition=precondition)

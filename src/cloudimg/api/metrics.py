@@ -217,7 +217,7 @@ async def render(metrics: Metrics, catalog: Catalog, data_root: Path) -> bytes:
     """The text exposition of the live figures and of this scrape's catalog and gc figures."""
     totals: StorageTotals | None
     try:
-        totals = await catalog.storage_totals()
+        totals = await catalog.reads.storage_totals()
     except Exception:  # a scrape must still answer when the catalog does not
         log.warning("metrics: the catalog did not answer", exc_info=True)
         totals = None

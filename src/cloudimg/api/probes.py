@@ -48,7 +48,7 @@ class ReadinessController(Controller):
     async def readyz(self, catalog: Catalog, blobs: SkipValidation[BlobStore]) -> Response[Any]:
         problems: dict[str, str] = {}
         try:
-            await catalog.check_writable()
+            await catalog.reads.check_writable()
         except Exception as exc:  # readiness reports what is wrong, it never fails
             reason = (
                 exc.context.get("reason")

@@ -1,4 +1,10 @@
-"""The catalog: one object over the database and the blob store, composed by job."""
+"""The catalog: one repository object per concern over one database and blob store.
+
+Callers take the concern they use (``catalog.reads``, ``catalog.tags``, ...), not one
+object with every method. Each concern is a ``CatalogBase`` (``transaction.py``: its
+sessions, the write attempts and the row steps writers share) over the same engine,
+so they share its connection pools and the SQLite blocking reader.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +23,15 @@ from cloudimg.catalog.tags import TagWrites
 __all__ = ["Catalog"]
 
 
-class Catalog(CatalogReads, CatalogSummaries, TagWrites, CatalogMaintenance):
-    """The names-to-digests catalog over a blob store.
+class Catalog:
+    """The names-to-digests catalog over a blob store, by concern.
 
-    API reads (``reads``), the web pages' summary listings (``summaries``), tag writes
-    (``tags``), maintenance primitives (``maintenance``) over the transaction plumbing
-    (``transaction``); tag history and retention (``history``) under the tag writes,
-    which run the ``hooks`` a slice beside the catalog registers (``hooks``: the OCI
-    slice's kept pushes, ``cloudimg.oci.store``).
+    - ``reads``: what ``/reg`` and the web pages list and resolve, and a download's open;
+    - ``summaries``: the web pages' repository and image summaries;
+    - ``tags``: an upload's commit, a retag, a delete, immutability, and the tag history
+      and retention those writes go through (``history.py``); they run the ``hooks`` a
+      slice beside the catalog registers (the OCI slice's kept pushes);
+    - ``maintenance``: the primitives of gc, fsck, ``unblock`` and start-up.
     """
 
     def __init__(
@@ -35,6 +42,11 @@ class Catalog(CatalogReads, CatalogSummaries, TagWrites, CatalogMaintenance):
         keep_history: int = DEFAULT_KEEP_HISTORY,
         immutable_rules: Sequence[str] = (),
     ) -> None:
-        super().__init__(engine, blobs)
+        self.engine = engine
+        self.blobs = blobs
         self.hooks = TagHooks([], [], [])
-        self.configure_history(keep_history, immutable_rules)
+        self.reads = CatalogReads(engine, blobs)
+        self.summaries = CatalogSummaries(engine, blobs)
+        self.tags = TagWrites(engine, blobs, self.hooks)
+        self.tags.configure_history(keep_history, immutable_rules)
+        self.maintenance = CatalogMaintenance(engine, blobs)

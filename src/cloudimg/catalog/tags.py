@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, exists, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from cloudimg.blobstore import StagedBlob
+from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
 from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
@@ -30,7 +30,9 @@ class TagWrites(TagHistoryLog):
     the ``hooks`` registered with the catalog (``cloudimg.catalog.hooks``).
     """
 
-    hooks: TagHooks
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, hooks: TagHooks) -> None:
+        super().__init__(engine, blobs)
+        self.hooks = hooks
 
     async def commit_upload(
         self,

@@ -39,7 +39,7 @@ def unblock(digest: str, as_json: bool, **values: object) -> None:
     """
     settings = settings_from(**values)
     try:
-        block = run(settings, lambda catalog, _blobs: catalog.unblock_blob(digest))
+        block = run(settings, lambda catalog, _blobs: catalog.maintenance.unblock_blob(digest))
     except NotFoundError:
         raise click.ClickException(f"no blob has the digest blake3:{digest}") from None
     if as_json:

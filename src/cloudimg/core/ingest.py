@@ -253,7 +253,9 @@ async def commit_staged(
     try:
         if inspection is not None and qemu_img is not None:
             await _confirm(blobs, staged, inspection, qemu_img)
-        await catalog.commit_upload(*names, staged, meta, options=options, inspection=inspection)
+        await catalog.tags.commit_upload(
+            *names, staged, meta, options=options, inspection=inspection
+        )
     finally:
         await blobs.discard(staged)
 

@@ -90,16 +90,16 @@ class TagWrites:
         pushed = await self._commit_finished_upload(names, digest, meta, options)
         if pushed is not None:
             return Retagged(pushed, pushed=True)
-        return Retagged(await self.catalog.retag(*names, digest, meta, options), pushed=False)
+        return Retagged(await self.catalog.tags.retag(*names, digest, meta, options), pushed=False)
 
     async def delete(self, names: TagNames, options: WriteOptions, *, purge_history: bool) -> None:
         """Delete the tag (``purge_history``: its history too); its blob goes when no tag or
         retained history entry references it."""
-        await self.catalog.delete_tag(*names, options, purge_history=purge_history)
+        await self.catalog.tags.delete_tag(*names, options, purge_history=purge_history)
 
     async def set_immutable(self, names: TagNames, immutable: bool, options: WriteOptions) -> bool:
         """Make the tag immutable, or release it; whether that changed anything."""
-        return await self.catalog.set_immutable(*names, immutable, options)
+        return await self.catalog.tags.set_immutable(*names, immutable, options)
 
     async def _commit_finished_upload(
         self,

@@ -57,7 +57,7 @@ async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuRe
     registry) and how many repositories are summed (``repositories``; items).
     """
     reading = ProgressMeter(progress, 1, "catalog", "items")
-    snapshot = await catalog.snapshot()
+    snapshot = await catalog.maintenance.snapshot()
     reading.add()
     reading.finish()
     size_of = {digest: record.size for digest, record in snapshot.blobs.items()}

@@ -122,7 +122,7 @@ async def check(
     """
     started = time.monotonic()
     report = FsckReport(checksum=checksum, inspect=inspect is not None)
-    snapshot = await catalog.snapshot()
+    snapshot = await catalog.maintenance.snapshot()
     report.blobs, report.tags = len(snapshot.blobs), len(snapshot.tags)
     files: dict[str, StoredFile] = {}
     for entry in await blobs.list_blobs():
@@ -153,7 +153,7 @@ async def check(
     await _inspection(catalog, blobs, list(snapshot.blobs.values()), inspect, report, progress)
 
     for digest, entry in files.items():
-        if digest not in snapshot.blobs and await catalog.blob_state(digest) is None:
+        if digest not in snapshot.blobs and await catalog.maintenance.blob_state(digest) is None:
             detail = "no blob row names this file (gc reclaims it after the grace period)"
             report.unreferenced.append(FsckProblem("unreferenced", digest, detail, path=entry.key))
     report.problems.sort(key=lambda p: (KINDS.index(p.kind), p.digest or "", p.path or ""))
@@ -226,7 +226,9 @@ async def _check_record(
         report.problems.append(FsckProblem("quarantined", record.digest, detail, _tags(record)))
         return
     if record.refcount != record.references:
-        state = await catalog.blob_state(record.digest)  # confirm against the catalog now
+        state = await catalog.maintenance.blob_state(
+            record.digest
+        )  # confirm against the catalog now
         if state is not None and state.refcount != state.references:
             detail = (
                 f"refcount {state.refcount}, {state.references} tag(s) or retained history"
@@ -234,11 +236,13 @@ async def _check_record(
             )
             report.problems.append(FsckProblem("refcount", record.digest, detail, _tags(record)))
     if entry is None:
-        if await blobs.size_of(record.digest) is None and await catalog.blob_state(record.digest):
+        if await blobs.size_of(record.digest) is None and await catalog.maintenance.blob_state(
+            record.digest
+        ):
             detail = "the blob file is missing (gc restores it from trash if a copy is there)"
             report.problems.append(FsckProblem("missing", record.digest, detail, _tags(record)))
     elif entry.size != record.size:
-        quarantined = await catalog.quarantine_blob(blobs, record.digest, entry.version)
+        quarantined = await catalog.maintenance.quarantine_blob(blobs, record.digest, entry.version)
         if quarantined:
             detail = f"the file has {entry.size} bytes, the catalog says {record.size}"
             report.problems.append(
@@ -261,14 +265,14 @@ async def _hash_all(
             try:
                 result = await blobs.checksum(record.digest, meter.add)
                 if result is None:  # deleted meanwhile, or lost
-                    if await catalog.blob_state(record.digest) is not None:
+                    if await catalog.maintenance.blob_state(record.digest) is not None:
                         detail = "the blob file is missing"
                         report.problems.append(
                             FsckProblem("missing", record.digest, detail, _tags(record))
                         )
                     return
                 actual, version = result
-                if actual != record.digest and await catalog.quarantine_blob(
+                if actual != record.digest and await catalog.maintenance.quarantine_blob(
                     blobs, record.digest, version
                 ):
                     detail = f"the bytes hash to blake3:{actual}"
@@ -314,7 +318,7 @@ async def _inspect_all(
                 finally:
                     reader.close()
                 report.inspected += 1
-                if await catalog.record_inspection(record.digest, inspection):
+                if await catalog.maintenance.record_inspection(record.digest, inspection):
                     settled.add(record.digest)
             except ImageRefusedError as exc:
                 report.inspected += 1
@@ -379,9 +383,9 @@ async def _unsafe(
     blocked = False
     try:
         if inspect.block_unsafe:
-            await catalog.block_blob(record.digest, rule)
+            await catalog.maintenance.block_blob(record.digest, rule)
             blocked = True
-        elif await catalog.blob_state(record.digest) is None:
+        elif await catalog.maintenance.blob_state(record.digest) is None:
             return False  # its last tag went while we read it
     except NotFoundError:
         return False

@@ -209,7 +209,7 @@ async def collect_garbage_and_totals(
     """``collect_garbage``, then the catalog's storage totals: what tag history still
     holds once the run is done (``cloudimg gc`` names it)."""
     report = await collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run, progress=progress)
-    return report, await catalog.storage_totals()
+    return report, await catalog.reads.storage_totals()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +252,7 @@ async def _trash(run: _Run) -> None:
                     await run.blobs.purge(entry.key)
                 outcome = "removed" if old else "kept"
             else:
-                outcome = await run.catalog.settle_trash(
+                outcome = await run.catalog.maintenance.settle_trash(
                     entry.key, entry.digest, remove=old, dry_run=report.dry_run
                 )
         except (CloudimgError, OSError) as exc:
@@ -312,7 +312,7 @@ async def _pushed_manifests(run: _Run) -> None:
 
 async def _refcounts(run: _Run) -> None:
     report = run.report
-    snapshot = await run.catalog.snapshot()
+    snapshot = await run.catalog.maintenance.snapshot()
     for record in run.counted(list(snapshot.blobs.values()), "refcounts"):
         references = record.references  # tags plus retained history entries
         if references == record.refcount and references > 0:
@@ -321,7 +321,7 @@ async def _refcounts(run: _Run) -> None:
             was, now, size, removed = record.refcount, references, record.size, references == 0
         else:
             try:
-                repair = await run.catalog.repair_refcount(record.digest)
+                repair = await run.catalog.maintenance.repair_refcount(record.digest)
             except CloudimgError as exc:
                 report.problems.append(f"blob {record.digest}: refcount repair failed: {exc}")
                 continue
@@ -341,7 +341,7 @@ async def _orphans(run: _Run) -> None:
     files = [f for f in await run.blobs.list_blobs() if f.digest is not None]
     # Read the catalog after listing the files: a file committed before the listing has
     # its row in this view; anything else is checked again under the lock.
-    known = (await run.catalog.snapshot()).blobs
+    known = (await run.catalog.maintenance.snapshot()).blobs
     for entry in run.counted(files, "orphans"):
         digest = entry.digest
         if digest is None or digest in known or not run.old_enough(entry):
@@ -350,7 +350,7 @@ async def _orphans(run: _Run) -> None:
             freed: int | None = entry.size
         else:
             try:
-                freed = await run.catalog.reclaim_orphan_file(digest)
+                freed = await run.catalog.maintenance.reclaim_orphan_file(digest)
             except (CloudimgError, OSError) as exc:
                 report.problems.append(f"blob file {digest}: {exc}")
                 continue

@@ -200,7 +200,7 @@ async def _run(
 
 async def _existing(catalog: Catalog, names: tuple[str, str, str]) -> TagInfo | None:
     try:
-        return await catalog.get_tag(*names)
+        return await catalog.reads.get_tag(*names)
     except (NotFoundError, BlobCorruptError):  # a quarantined tag is imported again: healed
         return None
 

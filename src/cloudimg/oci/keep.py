@@ -258,8 +258,8 @@ async def _commit_disk(
                 inspection = await _inspect(reader, settings)
             finally:
                 reader.close()
-            await catalog.record_inspection(source, inspection)
-        await catalog.retag(*names, Digest("blake3", source), {}, options)
+            await catalog.maintenance.record_inspection(source, inspection)
+        await catalog.tags.retag(*names, Digest("blake3", source), {}, options)
         return source
     if layer.packing == "disk":
         assert isinstance(source, StagedBlob)

@@ -139,7 +139,7 @@ class RegistryController(Controller):
         },
     )
     async def get_repos(self, catalog: Catalog) -> Envelope:
-        return _ok(await catalog.list_repositories())
+        return _ok(await catalog.reads.list_repositories())
 
     @get(
         "/{repo:str}",
@@ -161,9 +161,9 @@ class RegistryController(Controller):
     ) -> Envelope:
         repo = validate_repo_name(repo)
         if not details:
-            return _ok(await catalog.list_images(repo))
+            return _ok(await catalog.reads.list_images(repo))
         page = _page_size(limit)
-        rows = await catalog.list_image_details(repo, page, after)
+        rows = await catalog.reads.list_image_details(repo, page, after)
         last = rows[-1].image if rows else None
         return _page([_image_details(row) for row in rows], page, last)
 
@@ -188,9 +188,9 @@ class RegistryController(Controller):
     ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image)
         if not details:
-            return _ok(await catalog.list_tags(*names))
+            return _ok(await catalog.reads.list_tags(*names))
         page = _page_size(limit)
-        rows = await catalog.list_tag_details(*names, page, after)
+        rows = await catalog.reads.list_tag_details(*names, page, after)
         last = rows[-1].tag if rows else None
         return _page([_tag_details(row) for row in rows], page, last)
 
@@ -215,7 +215,7 @@ class RegistryController(Controller):
         validate_repo_name(repo)
         validate_image_name(image)
         reference = _parse_reference(tag)
-        ref, reader = await catalog.open_blob(repo, image, reference)
+        ref, reader = await catalog.reads.open_blob(repo, image, reference)
         return await prepare_download(request, ref, reader, immutable=isinstance(reference, Digest))
 
     @route(
@@ -233,10 +233,10 @@ class RegistryController(Controller):
         self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
     ) -> Response[MetaView]:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-        info = await catalog.get_tag(*names)
+        info = await catalog.reads.get_tag(*names)
         image_path = request.url.path.removesuffix("/meta")
         # The ETag a conditional write (If-Match) may send to catch any change of the tag.
-        view = _meta_view(info, image_path, catalog.immutable_by_rule(names))
+        view = _meta_view(info, image_path, catalog.tags.immutable_by_rule(names))
         return Response(view, headers={"ETag": meta_etag_of(info)})
 
     # One function behind both routes, named so it sorts where ``post_image`` did:

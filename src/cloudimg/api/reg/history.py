@@ -116,7 +116,7 @@ class TagHistoryController(Controller):
         responses=error_responses(400, 404),
     )
     async def get_history(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
-        entries = await catalog.tag_history(*_names(repo, image, tag))
+        entries = await catalog.tags.tag_history(*_names(repo, image, tag))
         return {"success": True, "data": [_entry_view(entry) for entry in entries]}
 
     @post(

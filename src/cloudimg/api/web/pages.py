@@ -233,14 +233,14 @@ async def repositories_page(
     after_value: AfterValue = None,
 ) -> Template:
     page = _page(q, after, limit, sort, after_value)
-    rows = await catalog.summarize_repositories(page)
+    rows = await catalog.summaries.summarize_repositories(page)
     listing = _listing(rows, page, lambda row: row.repository, _figure(sort))
     return Template("repositories.html", context=web_context(settings, listing=listing))
 
 
 @get("/_storage", name="web-storage")
 async def storage_page(catalog: Catalog, settings: Settings) -> Template:
-    totals = await catalog.storage_totals()
+    totals = await catalog.reads.storage_totals()
     gc = await asyncio.to_thread(read_gc_record, settings.data_root)
     chart = storage_chart(totals, gc)
     return Template("storage.html", context=web_context(settings, chart=chart, width=WIDTH))
@@ -259,7 +259,7 @@ async def images_page(
 ) -> Template:
     validate_repo_name(repo)
     page = _page(q, after, limit, sort, after_value)
-    rows = await catalog.summarize_images(repo, page)
+    rows = await catalog.summaries.summarize_images(repo, page)
     listing = _listing(rows, page, lambda row: row.image, _figure(sort))
     return Template("images.html", context=web_context(settings, repo=repo, listing=listing))
 
@@ -277,9 +277,11 @@ async def tags_page(
     validate_repo_name(repo)
     validate_image_name(image)
     page = _page(q, after, limit)
-    infos = await catalog.list_tag_infos(repo, image, page)
+    infos = await catalog.reads.list_tag_infos(repo, image, page)
     listing = _listing(infos, page, lambda info: info.tag)
-    rules = {info.tag: catalog.immutable_by_rule((repo, image, info.tag)) for info in listing.rows}
+    rules = {
+        info.tag: catalog.tags.immutable_by_rule((repo, image, info.tag)) for info in listing.rows
+    }
     context = web_context(settings, repo=repo, image=image, listing=listing, rules=rules)
     return Template("tags.html", context=context)
 
@@ -287,7 +289,7 @@ async def tags_page(
 async def _history(catalog: Catalog, info: TagInfo) -> list[HistoryEntry]:
     """The tag's history, newest first; empty for a tag written before history was kept."""
     try:
-        return await catalog.tag_history(info.repo, info.image, info.tag)
+        return await catalog.tags.tag_history(info.repo, info.image, info.tag)
     except NotFoundError:
         return []
 
@@ -323,7 +325,7 @@ async def tag_page(
     tag: str,
 ) -> Template:
     names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
-    info = await catalog.get_tag(*names)
+    info = await catalog.reads.get_tag(*names)
     address = _address(request, settings)
     api_url = address.origin + settings.api_base
     panel = use_it(info, api_url, read_auth=settings.read_auth == "basic")
@@ -342,7 +344,7 @@ async def tag_page(
         container_disk=await _container_disk(oci, info, address.host),
         history=history,
         rollbacks=rollbacks,
-        rule=catalog.immutable_by_rule(names),
+        rule=catalog.tags.immutable_by_rule(names),
     )
     return Template("tag.html", context=context)
 

@@ -52,7 +52,7 @@ class OciDeleteController(Controller):
             await _delete_manifest_digest(face, names, hex_digest, options)
             return
         try:
-            await face.catalog.delete_tag(*names, oci_tag(reference), options)
+            await face.catalog.tags.delete_tag(*names, oci_tag(reference), options)
         except NotFoundError:
             raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
 
@@ -71,7 +71,7 @@ async def _manifests_of(
     stored = await oci.oci_digests(tag.digest)
     if stored is not None:
         return found | {stored[2]}
-    ref = await catalog.resolve(tag.repo, tag.image, tag.tag)
+    ref = await catalog.reads.resolve(tag.repo, tag.image, tag.tag)
     return found | {hashlib.sha256((await disks.of(ref)).manifest).hexdigest()}
 
 
@@ -81,13 +81,13 @@ async def _delete_manifest_digest(
     """Delete the tags of ``names`` that pull as manifest ``sha256_hex`` or were pushed so."""
     catalog, oci, disks = face.catalog, face.store, face.disks
     try:
-        tags = await catalog.list_tag_infos(*names)
+        tags = await catalog.reads.list_tag_infos(*names)
     except NotFoundError:
         tags = []
     matching = [
         tag.tag for tag in tags if sha256_hex in await _manifests_of(catalog, oci, disks, tag)
     ]
-    if matching and await catalog.delete_tags(*names, matching, options):
+    if matching and await catalog.tags.delete_tags(*names, matching, options):
         return
     context = {"digest": f"sha256:{sha256_hex}"}
     if await _pullable(oci, names, sha256_hex):
@@ -147,7 +147,7 @@ async def _referred(
         except NotFoundError:
             pass
     try:
-        await catalog.resolve(*names, Digest("sha256", sha256_hex))
+        await catalog.reads.resolve(*names, Digest("sha256", sha256_hex))
     except NotFoundError:
         return None
     return "a tag (or its retained history) holding the disk"

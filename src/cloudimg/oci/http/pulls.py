@@ -105,7 +105,7 @@ class OciPullController(Controller):
     ) -> Response[dict[str, Any]]:
         names = oci_names(repo, image)
         try:
-            tags = sorted(await face.catalog.list_tags(*names))
+            tags = sorted(await face.catalog.reads.list_tags(*names))
         except NotFoundError:
             raise OciError(
                 404, "NAME_UNKNOWN", "no such repository", {"name": f"{repo}/{image}"}
@@ -127,12 +127,12 @@ class OciPullController(Controller):
                 hex_digest = parse_oci_digest(reference)
                 pushed = await oci.pushed_manifest(*names, digest=hex_digest)
                 if pushed is not None:
-                    ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+                    ref = await catalog.reads.resolve(*names, Digest("blake3", pushed.blob))
                     return await _send_bytes(request, ref, pushed.body, pushed.media_type, True)
                 ref = await oci.resolve_oci(*names, "manifest", hex_digest)
             else:
                 tag = oci_tag(reference)
-                ref = await catalog.resolve(*names, tag)
+                ref = await catalog.reads.resolve(*names, tag)
                 # A container image or index pushed to this tag is served as pushed; any
                 # other tag (a /reg write, a retag, a disk artifact) pulls as the
                 # generated containerDisk of its disk, which KubeVirt and CDI boot.
@@ -175,14 +175,14 @@ class OciPullController(Controller):
             return await _send_bytes(request, ref, disk.config, "application/octet-stream", True)
         pushed = await oci.pushed_manifest(*names, config=hex_digest)
         if pushed is not None:
-            ref = await catalog.resolve(*names, Digest("blake3", pushed.blob))
+            ref = await catalog.reads.resolve(*names, Digest("blake3", pushed.blob))
             return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
         finished = await _finished_upload(request, face, hex_digest)
         if finished is not None:
             return finished
         try:
             # A disk pushed as an artifact layer is the stored blob itself.
-            ref = await catalog.resolve(*names, Digest("sha256", hex_digest))
+            ref = await catalog.reads.resolve(*names, Digest("sha256", hex_digest))
         except NotFoundError:
             raise OciError(
                 404, "BLOB_UNKNOWN", "no such blob in this repository", {"digest": digest}
