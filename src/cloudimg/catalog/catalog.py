@@ -47,6 +47,6 @@ class Catalog:
         self.hooks = TagHooks([], [], [])
         self.reads = CatalogReads(engine, blobs)
         self.summaries = CatalogSummaries(engine, blobs)
-        self.tags = TagWrites(engine, blobs, self.hooks)
-        self.tags.configure_history(keep_history, immutable_rules)
+        self.tags = TagWrites(engine, blobs)
+        self.tags.configure(keep_history, immutable_rules, self.hooks)
         self.maintenance = CatalogMaintenance(engine, blobs)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, Tag, TagHistory, utcnow
 from cloudimg.catalog.records import TagInfo
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
@@ -86,13 +87,17 @@ class TagHistoryLog(CatalogBase):
     keep_history: int = DEFAULT_KEEP_HISTORY
     immutable_rules: tuple[str, ...] = ()
     """Glob patterns over ``repo/image/tag``: an existing tag that matches is immutable."""
+    hooks: TagHooks
+    """What the slices beside the catalog run in and after every tag write (``hooks.py``)."""
 
-    def configure_history(self, keep_history: int, immutable_rules: Sequence[str] = ()) -> None:
-        """Set retention and the immutability rules (``Settings`` give them)."""
+    def configure(self, keep_history: int, immutable_rules: Sequence[str], hooks: TagHooks) -> None:
+        """Set retention and the immutability rules (``Settings`` give them), and the hooks
+        the tag writes run (the catalog's, which a slice registers with)."""
         if keep_history < 0:
             raise ValueError("keep_history must not be negative")
         self.keep_history = keep_history
         self.immutable_rules = tuple(immutable_rules)
+        self.hooks = hooks
 
     def immutable_by_rule(self, names: Names) -> str | None:
         """The first rule ``repo/image/tag`` matches, None when none does."""

@@ -9,8 +9,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.reads import kept_references
+from cloudimg.catalog.models import (
+    Blob,
+    Image,
+    Repository,
+    Tag,
+    TagHistory,
+    kept_references,
+    utcnow,
+)
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,

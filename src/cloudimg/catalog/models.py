@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the catalog. Alembic migrations in ``migrations/`` own the schema."""
+"""SQLAlchemy models of the catalog, and the expressions over them that several concerns
+build their queries with. Alembic migrations in ``migrations/`` own the schema."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -18,6 +20,9 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    or_,
+    select,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -31,6 +36,8 @@ __all__ = [
     "Repository",
     "Tag",
     "TagHistory",
+    "held_by_image",
+    "kept_references",
     "utcnow",
 ]
 
@@ -243,3 +250,28 @@ class OciManifest(Base):
     """The tag a ``top`` row was pushed to, while that tag was last written by this push
     (a ``/reg`` write of the tag clears it); a pull of that tag returns the row when it
     is a container image or an index. NULL: served by digest only."""
+
+
+def kept_references() -> ColumnElement[int]:
+    """The references kept manifests hold on the outer query's blob (layer, config)."""
+    layers = select(func.count()).where(OciManifest.layer_blob == Blob.digest)
+    configs = select(func.count()).where(OciManifest.config_blob == Blob.digest)
+    return layers.scalar_subquery() + configs.scalar_subquery()
+
+
+def held_by_image(repo: str, image: str) -> ColumnElement[bool]:
+    """The blobs a tag of ``repo/image``, or a retained history entry of one, references.
+
+    A retained history entry holds its bytes like a tag, also after the image's last
+    tag is gone.
+    """
+    by_tag = (
+        select(Tag.digest)
+        .join(Image, Image.id == Tag.image_id)
+        .join(Repository, Repository.id == Image.repository_id)
+        .where(Repository.name == repo, Image.name == image)
+    )
+    by_history = select(TagHistory.digest).where(
+        TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
+    )
+    return or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history))

@@ -2,81 +2,37 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, String, cast, exists, func, or_, select
+from sqlalchemy import String, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
 from cloudimg.catalog.database import WRITE
-from cloudimg.catalog.models import Blob, Image, OciManifest, Repository, Tag, TagHistory
+from cloudimg.catalog.models import (
+    Blob,
+    Image,
+    Repository,
+    Tag,
+    TagHistory,
+    held_by_image,
+    kept_references,
+)
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
-    BlobBlock,
     BlobRef,
     ImageDetails,
     StorageTotals,
     TagDetails,
     TagInfo,
     blob_block,
+    blocked_error,
+    corrupt_blob,
+    servable,
 )
 from cloudimg.catalog.transaction import CatalogBase
 from cloudimg.digest import Reference
-from cloudimg.errors import BlobCorruptError, ImageBlockedError, NotFoundError
+from cloudimg.errors import NotFoundError
 
-__all__ = ["CatalogReads", "corrupt_blob", "held_by_image", "kept_references", "servable"]
-
-
-def kept_references() -> ColumnElement[int]:
-    """The references kept manifests hold on the outer query's blob (layer, config)."""
-    layers = select(func.count()).where(OciManifest.layer_blob == Blob.digest)
-    configs = select(func.count()).where(OciManifest.config_blob == Blob.digest)
-    return layers.scalar_subquery() + configs.scalar_subquery()
-
-
-def held_by_image(repo: str, image: str) -> ColumnElement[bool]:
-    """The blobs a tag of ``repo/image``, or a retained history entry of one, references.
-
-    A retained history entry holds its bytes like a tag, also after the image's last
-    tag is gone.
-    """
-    by_tag = (
-        select(Tag.digest)
-        .join(Image, Image.id == Tag.image_id)
-        .join(Repository, Repository.id == Image.repository_id)
-        .where(Repository.name == repo, Image.name == image)
-    )
-    by_history = select(TagHistory.digest).where(
-        TagHistory.repository == repo, TagHistory.image == image, TagHistory.retained
-    )
-    return or_(Blob.digest.in_(by_tag), Blob.digest.in_(by_history))
-
-
-def corrupt_blob(digest: str) -> BlobCorruptError:
-    return BlobCorruptError(
-        f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
-        " upload the image again",
-        {"digest": f"blake3:{digest}"},
-    )
-
-
-def _blocked(digest: str, block: BlobBlock) -> ImageBlockedError:
-    # The message names the rule and says who can act: the bytes are fine as stored,
-    # so "upload again" (DATA_LOSS's advice) would not help.
-    return ImageBlockedError(
-        f"the image blake3:{digest} is blocked by the registry's operator: it breaks"
-        f" the image safety rule {block.rule!r}",
-        {"digest": f"blake3:{digest}", "rule": block.rule, "since": block.since.isoformat()},
-    )
-
-
-def servable(blob: Blob) -> BlobRef:
-    """What a download of ``blob`` needs, unless fsck quarantined it or an operator
-    blocked it (every face that serves bytes, ``/reg`` and ``/v2``, asks here)."""
-    if blob.quarantined_at is not None:
-        raise corrupt_blob(blob.digest)
-    block = blob_block(blob.blocked_rule, blob.blocked_at)
-    if block is not None:
-        raise _blocked(blob.digest, block)
-    return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+__all__ = ["CatalogReads"]
 
 
 def _tag_info(repo: str, image: str, tag: Tag, blob: Blob) -> TagInfo:
@@ -299,7 +255,7 @@ class CatalogReads(CatalogBase):
         if isinstance(reference, str):
             info = await self.get_tag(repo, image, reference)
             if info.blocked is not None:
-                raise _blocked(info.digest, info.blocked)
+                raise blocked_error(info.digest, info.blocked)
             return BlobRef(info.digest, info.sha256, info.size, info.updated)
         digest = reference
         column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256

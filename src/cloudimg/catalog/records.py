@@ -1,10 +1,16 @@
-"""What catalog reads return: plain frozen records, detached from the database session."""
+"""What catalog reads return: plain frozen records, detached from the database session,
+and the one check every face that serves bytes makes on a blob (:func:`servable`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cloudimg.errors import BlobCorruptError, ImageBlockedError
+
+if TYPE_CHECKING:
+    from cloudimg.catalog.models import Blob
 
 __all__ = [
     "BlobBlock",
@@ -20,6 +26,9 @@ __all__ = [
     "TagInfo",
     "TagRecord",
     "blob_block",
+    "blocked_error",
+    "corrupt_blob",
+    "servable",
 ]
 
 
@@ -215,3 +224,32 @@ class StorageTotals:
     def deduplicated_bytes(self) -> int:
         """Bytes not stored because identical images share one blob."""
         return self.logical_bytes - self.referenced_bytes
+
+
+def corrupt_blob(digest: str) -> BlobCorruptError:
+    return BlobCorruptError(
+        f"the stored bytes of blake3:{digest} failed an integrity check and are quarantined;"
+        " upload the image again",
+        {"digest": f"blake3:{digest}"},
+    )
+
+
+def blocked_error(digest: str, block: BlobBlock) -> ImageBlockedError:
+    # The message names the rule and says who can act: the bytes are fine as stored,
+    # so "upload again" (DATA_LOSS's advice) would not help.
+    return ImageBlockedError(
+        f"the image blake3:{digest} is blocked by the registry's operator: it breaks"
+        f" the image safety rule {block.rule!r}",
+        {"digest": f"blake3:{digest}", "rule": block.rule, "since": block.since.isoformat()},
+    )
+
+
+def servable(blob: Blob) -> BlobRef:
+    """What a download of ``blob`` needs, unless fsck quarantined it or an operator
+    blocked it (every face that serves bytes, ``/reg`` and ``/v2``, asks here)."""
+    if blob.quarantined_at is not None:
+        raise corrupt_blob(blob.digest)
+    block = blob_block(blob.blocked_rule, blob.blocked_at)
+    if block is not None:
+        raise blocked_error(blob.digest, block)
+    return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, exists, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloudimg.blobstore import BlobStore, StagedBlob
+from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.history import Action, Names, TagHistoryLog, WriteOptions
-from cloudimg.catalog.hooks import TagHooks
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory, utcnow
-from cloudimg.catalog.reads import kept_references
+from cloudimg.catalog.models import (
+    Blob,
+    Image,
+    Repository,
+    Tag,
+    TagHistory,
+    kept_references,
+    utcnow,
+)
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
 from cloudimg.digest import Digest
@@ -29,10 +35,6 @@ class TagWrites(TagHistoryLog):
     hold their bytes (``cloudimg.catalog.history``), in the same transaction, and runs
     the ``hooks`` registered with the catalog (``cloudimg.catalog.hooks``).
     """
-
-    def __init__(self, engine: AsyncEngine, blobs: BlobStore, hooks: TagHooks) -> None:
-        super().__init__(engine, blobs)
-        self.hooks = hooks
 
     async def commit_upload(
         self,

@@ -22,7 +22,7 @@ from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
 from cloudimg.core import commit_staged
 from cloudimg.digest import Digest
-from cloudimg.images import Inspection, inspect_reader
+from cloudimg.images import Inspection, InspectionPolicy, inspect_reader
 from cloudimg.oci.push import (
     DiskLayer,
     ManifestRefused,
@@ -102,12 +102,14 @@ class Parts:
 @dataclass(frozen=True, slots=True)
 class KeepContext:
     """What keeping a push works over: the catalog (the tag's commit), the OCI store (the
-    uploads, the kept rows), the blob store and the server's limits."""
+    uploads, the kept rows), the blob store, the server's limits and what inspection
+    accepts (``policy``: settled once, when the slice is built, as the core's is)."""
 
     catalog: Catalog
     store: OciStore
     blobs: BlobStore
     settings: Settings
+    policy: InspectionPolicy
 
 
 async def put_tagged_manifest(
@@ -157,7 +159,7 @@ async def put_tagged_manifest(
                     )
                 )
         if index is not None:
-            await _inspect_children(blobs, parts, ctx.settings, children, disk_layer)
+            await _inspect_children(blobs, parts, ctx, children, disk_layer)
         disk = await _commit_disk(ctx, names, disk_layer, parts, options)
         tag = names[2]  # the top manifest (or index) answers a pull of this tag
         kept = [replace(part, blob=disk, tag=tag if part.role == "top" else None) for part in plan]
@@ -212,7 +214,7 @@ async def _kept(
 
 
 async def _inspect_children(
-    blobs: BlobStore, parts: Parts, settings: Settings, children: list[_Child], disk: DiskLayer
+    blobs: BlobStore, parts: Parts, ctx: KeepContext, children: list[_Child], disk: DiskLayer
 ) -> None:
     """Every child's disk passes the inspection the tag's disk does (``ImageRefusedError``):
     the index serves each by digest, and a node of that platform runs it (an arm64 node's
@@ -228,13 +230,13 @@ async def _inspect_children(
         reader = await parts.reader(await parts.needed(layer.sha256, "layer"))
         if layer.packing == "disk":
             try:
-                await _inspect(reader, settings)
+                await _inspect(reader, ctx.policy)
             finally:
                 reader.close()
             continue
-        staged = await _unpack(blobs, reader, layer.packing, settings)
+        staged = await _unpack(blobs, reader, layer.packing, ctx.settings)
         try:
-            await _inspect_staged(blobs, staged, settings)
+            await _inspect_staged(blobs, staged, ctx.policy)
         finally:
             await blobs.discard(staged)
 
@@ -255,7 +257,7 @@ async def _commit_disk(
         if not await ctx.store.is_inspected(source):
             reader = await parts.reader(source)
             try:
-                inspection = await _inspect(reader, settings)
+                inspection = await _inspect(reader, ctx.policy)
             finally:
                 reader.close()
             await catalog.maintenance.record_inspection(source, inspection)
@@ -267,7 +269,7 @@ async def _commit_disk(
     else:
         staged = await _unpack(blobs, await parts.reader(source), layer.packing, settings)
     try:
-        inspection = await _inspect_staged(blobs, staged, settings)
+        inspection = await _inspect_staged(blobs, staged, ctx.policy)
         await commit_staged(
             catalog, blobs, names, staged, {}, options=options, inspection=inspection
         )
@@ -322,14 +324,16 @@ async def _unpack(
         reader.close()
 
 
-async def _inspect_staged(blobs: BlobStore, staged: StagedBlob, settings: Settings) -> Inspection:
+async def _inspect_staged(
+    blobs: BlobStore, staged: StagedBlob, policy: InspectionPolicy
+) -> Inspection:
     reader = await blobs.open_staged(staged)
     try:
-        return await _inspect(reader, settings)
+        return await _inspect(reader, policy)
     finally:
         reader.close()
 
 
-async def _inspect(reader: BlobReader, settings: Settings) -> Inspection:
+async def _inspect(reader: BlobReader, policy: InspectionPolicy) -> Inspection:
     """The pushed disk passes the same inspection as a ``/reg`` upload (ImageRefusedError)."""
-    return await asyncio.to_thread(inspect_reader, reader, settings.inspection_policy)
+    return await asyncio.to_thread(inspect_reader, reader, policy)

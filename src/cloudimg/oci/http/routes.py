@@ -54,7 +54,9 @@ def oci_routes(registry: Registry, settings: Settings, guards: list[Guard]) -> O
     containerDisk hasher (a hook of the catalog: ``cloudimg.catalog.hooks``)."""
     disks = ContainerDisks(registry.oci, registry.blobs)
     registry.catalog.hooks.tag_written.append(disks.waker())
-    keeping = KeepContext(registry.catalog, registry.oci, registry.blobs, settings)
+    keeping = KeepContext(
+        registry.catalog, registry.oci, registry.blobs, settings, settings.inspection_policy
+    )
     router = Router(
         path="/",
         route_handlers=[

@@ -20,9 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.catalog.hooks import TagHooks
-from cloudimg.catalog.models import Blob, OciManifest, utcnow
-from cloudimg.catalog.reads import held_by_image, servable
-from cloudimg.catalog.records import BlobRef
+from cloudimg.catalog.models import Blob, OciManifest, held_by_image, utcnow
+from cloudimg.catalog.records import BlobRef, servable
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError
 from cloudimg.oci.media_types import INDEX_MEDIA_TYPES

@@ -8,9 +8,8 @@ from typing import Literal
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloudimg.catalog.models import Blob, Image, Repository
-from cloudimg.catalog.reads import held_by_image, kept_references, servable
-from cloudimg.catalog.records import BlobRef
+from cloudimg.catalog.models import Blob, Image, Repository, held_by_image, kept_references
+from cloudimg.catalog.records import BlobRef, servable
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError
 
