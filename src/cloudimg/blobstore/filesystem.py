@@ -14,10 +14,11 @@ An upload holds an exclusive ``flock`` on its staging file from creation until t
 file is placed or discarded, so garbage collection (which only takes files it can
 lock) never removes the staging file of an upload that is still running.
 
-This module is the store: its layout, placing, opening, trash and the resumable
-uploads. The staging writer and its hashing pipeline are in ``staging.py``, the blob
-reader in ``reader.py``, and what only maintenance asks (listings, checksums, a legacy
-link) in ``maintenance.py``.
+This module is the store: its layout, placing, opening (the blob reader, whose
+descriptor keeps the bytes readable after the file is deleted, so a download goes on
+from it even when a delete frees the blob meanwhile), trash and the resumable uploads.
+The staging writer and its hashing pipeline are in ``staging.py``, and what only
+maintenance asks (listings, checksums, a legacy link) in ``maintenance.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from cloudimg.blobstore.base import (
     StoredFile,
     Tap,
 )
-from cloudimg.blobstore.reader import FilesystemBlobReader
 from cloudimg.blobstore.resumable import FilesystemResumable
 from cloudimg.blobstore.staging import (
     HEADROOM_BYTES,
@@ -77,6 +77,38 @@ def _names_file(path: Path, fd: int) -> bool:
         return False
     own = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+_NO_WAIT: int = getattr(os, "RWF_NOWAIT", 0)
+
+
+class FilesystemBlobReader:
+    """A blob file open for reading; the descriptor keeps the bytes even if it is deleted."""
+
+    __slots__ = ("_fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    def fileno(self) -> int | None:
+        return self._fd if self._fd >= 0 else None
+
+    def read_nowait(self, size: int, offset: int) -> bytes | None:
+        buffer = bytearray(size)
+        try:
+            length = os.preadv(self._fd, [buffer], offset, _NO_WAIT)
+        except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without RWF_NOWAIT
+            return None
+        return bytes(memoryview(buffer)[:length])
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class FilesystemBlobStore:
