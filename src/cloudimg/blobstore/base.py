@@ -230,7 +230,7 @@ class MaintenanceBlobStore(BlobStore, Protocol):
         """Every staged upload (in progress, or left by a crash)."""
 
     async def staged_sessions(self) -> set[str]:
-        """The resumable uploads (``resume_staging``'s sessions) whose bytes are staged."""
+        """The resumable staging keys (``lock_resumable``'s) whose bytes are staged."""
 
     async def remove_stale_staging(
         self, key: str, cutoff: float, *, dry_run: bool = False
