@@ -7,8 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from cloudimg.catalog.database import WRITE, create_engine, lock_migrations
+from cloudimg.catalog.database import WRITE, create_engine
 from cloudimg.catalog.models import Base
+from cloudimg.catalog.schema import lock_migrations
 
 config = context.config
 target_metadata = Base.metadata

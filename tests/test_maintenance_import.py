@@ -17,7 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from cloudimg.catalog import Catalog, upgrade_database
-from cloudimg.catalog.database import NoCatalogError, SchemaVersionError, current_revision
+from cloudimg.catalog.database import NoCatalogError
+from cloudimg.catalog.schema import SchemaVersionError, current_revision
 from cloudimg.config import Settings
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import preview_import

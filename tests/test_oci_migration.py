@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
-from cloudimg.catalog.database import alembic_config, current_revision, upgrade_database
+from cloudimg.catalog.schema import alembic_config, current_revision, upgrade_database
 from tests.databases import catalog_database, query
 from tests.maintenance_support import cli
 

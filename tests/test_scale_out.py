@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudimg.catalog.database import head_revision, upgrade_database
+from cloudimg.catalog.schema import head_revision, upgrade_database
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, catalog_held, query
 from tests.invariants import assert_invariants, read_catalog

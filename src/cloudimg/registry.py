@@ -21,12 +21,8 @@ from typing import TypeVar
 
 from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
-from cloudimg.catalog.database import (
-    CatalogEngine,
-    check_schema,
-    dispose_engine,
-    readable_url,
-)
+from cloudimg.catalog.database import CatalogEngine, dispose_engine
+from cloudimg.catalog.schema import check_schema, readable_url
 from cloudimg.config import Settings
 from cloudimg.oci.store import OciStore
 

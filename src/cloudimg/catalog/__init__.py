@@ -1,7 +1,7 @@
 """The catalog: names to digests, metadata and reference counts, in a SQL database."""
 
 from cloudimg.catalog.catalog import Catalog
-from cloudimg.catalog.database import create_engine, upgrade_database
+from cloudimg.catalog.database import create_engine
 from cloudimg.catalog.history import (
     DEFAULT_KEEP_HISTORY,
     HistoryEntry,
@@ -23,6 +23,7 @@ from cloudimg.catalog.records import (
     TagInfo,
     TagRecord,
 )
+from cloudimg.catalog.schema import upgrade_database
 
 __all__ = [
     "ALL",

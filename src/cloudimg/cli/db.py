@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cloudimg.catalog.database import (
+from cloudimg.catalog.schema import (
     ModelMismatchError,
     check_models,
     current_revision,

@@ -19,13 +19,12 @@ from cloudimg.blobstore import FilesystemBlobStore
 from cloudimg.catalog import upgrade_database
 from cloudimg.catalog.database import (
     CatalogUrlError,
-    SchemaVersionError,
     async_url,
-    current_revision,
     describe_database_error,
     display_url,
     sqlite_path,
 )
+from cloudimg.catalog.schema import SchemaVersionError, current_revision
 from cloudimg.config import Settings
 
 __all__ = ["catalog_errors", "catalog_url", "prepare_storage"]
