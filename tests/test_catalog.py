@@ -271,3 +271,23 @@ async def test_upload_records_inspection_on_a_blob_not_inspected_yet(catalog: Ca
     assert await inspection_of(catalog, staged.blake3) == (fmt, size, table, inspected_at)
     info = await catalog.reads.get_tag("r", "img", "v1")
     assert (info.format, info.virtual_size) == ("raw", 3000)
+
+
+async def test_gc_runs_add_up_in_the_catalog_even_when_they_overlap(catalog: Catalog) -> None:
+    assert await catalog.reads.gc_record() is None  # no run recorded yet
+    # Eight runs at once: the first ones race to create the row, every one is counted.
+    await asyncio.gather(
+        *(
+            catalog.maintenance.record_gc_run(
+                ok=n % 4 != 0, bytes_freed=n * 1000, duration_seconds=0.5
+            )
+            for n in range(8)
+        )
+    )
+    record = await catalog.reads.gc_record()
+    assert record is not None
+    assert record.runs_total == 8
+    assert record.failed_runs_total == 2
+    assert record.bytes_freed_total == sum(n * 1000 for n in range(8))
+    assert record.last_run_duration_seconds == 0.5
+    assert record.last_run_timestamp > 0

@@ -1,6 +1,6 @@
-"""Migration 0006 (kept ``/v2`` pushes) on both catalog backends: rows kept by 0005 get
-their role, ``cloudimg db check`` finds the schema and the models equal, and the
-migration goes down and up again."""
+"""Migrations 0006 and 0007 (kept ``/v2`` pushes) and 0008 (gc runs in the catalog) on
+both catalog backends: rows kept by 0005 get their role, ``cloudimg db check`` finds
+the schema and the models equal, and each migration goes down and up again."""
 
 from __future__ import annotations
 
@@ -63,11 +63,28 @@ def test_0007_leaves_kept_pushes_untagged_and_checks_clean(
     root, url = fresh_catalog
     upgrade_database(url, "0005")
     _add_0005_manifest(url, "2" * 64, "a" * 64)
-    upgrade_database(url)
-    assert current_revision(url) == "0007"
+    upgrade_database(url, "0007")
     assert query(url, "SELECT digest, role, tag FROM oci_manifests") == [("2" * 64, "top", None)]
+    upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)
     command.downgrade(alembic_config(url), "0006")
     assert len(query(url, "SELECT digest FROM oci_manifests")) == 1
+    upgrade_database(url)
+    cli("db", "check", "--data-root", str(root), check=0)
+
+
+def test_0008_counts_gc_runs_in_the_catalog_from_zero(fresh_catalog: tuple[Path, str]) -> None:
+    """A registry upgraded from 0007 reports no gc run until one runs (the record a gc
+    of an older release left on the data root is not read); down and up again."""
+    root, url = fresh_catalog
+    upgrade_database(url, "0007")
+    (root / "gc-last-run.json").write_text('{"runs_total": 7}')
+    upgrade_database(url)
+    assert current_revision(url) == "0008"
+    cli("db", "check", "--data-root", str(root), check=0)
+    assert query(url, "SELECT runs_total FROM gc_runs") == []
+    cli("gc", "--grace", "0", "--data-root", str(root), check=0)
+    assert query(url, "SELECT runs_total, last_run_ok FROM gc_runs") == [(1, True)]
+    command.downgrade(alembic_config(url), "0007")
     upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)

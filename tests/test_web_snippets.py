@@ -16,9 +16,8 @@ import yaml
 
 from cloudimg.api.web.chart import WIDTH, storage_chart
 from cloudimg.api.web.snippets import FORMAT_PLACEHOLDER, datavolume_name, rollback, use_it
-from cloudimg.catalog import StorageTotals, TagInfo
+from cloudimg.catalog import GcRecord, StorageTotals, TagInfo
 from cloudimg.config import Settings, SettingsError, is_host_port, parse_public_url
-from cloudimg.gc_record import GcRecord
 
 GIB = 1024**3
 SHA = "ab" * 32

@@ -102,7 +102,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             oci.router,
             HealthController,
             ReadinessController,
-            metrics_route(metrics, catalog, blobs.root),
+            metrics_route(metrics, catalog),
             *web,
         ],
         template_config=template_config() if settings.web else None,

@@ -9,8 +9,8 @@ Two kinds of figures:
 - **scrape-time** ones, read when ``/metrics`` is asked for, because another process
   or another server changes them: blobs and bytes stored and the bytes deduplication
   saved (aggregate queries on the catalog, which every server of a registry shares),
-  and the gc totals that ``cloudimg gc`` (a CronJob, another process) leaves in
-  ``<data-root>/gc-last-run.json`` (``cloudimg.gc_record``).
+  and the gc totals that ``cloudimg gc`` (a CronJob, another process) records in the
+  catalog too (``CatalogMaintenance.record_gc_run``).
 
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` names a directory (empty
 at start, writable, one per server), the live figures go through prometheus_client's
@@ -22,7 +22,6 @@ whichever worker answers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -42,8 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from cloudimg.catalog import Catalog, StorageTotals
-from cloudimg.gc_record import GcRecord, read_gc_record
+from cloudimg.catalog import Catalog, GcRecord, StorageTotals
 
 __all__ = ["METRICS_PATH", "Metrics", "metrics_route", "reset_multiprocess_dir"]
 
@@ -142,7 +140,8 @@ class Metrics:
 
 
 class _Snapshot:
-    """A collector over figures read once for one scrape."""
+    """A collector over figures read once for one scrape (None: the catalog did not
+    answer; a gc record of zeros: no gc run recorded yet)."""
 
     def __init__(self, totals: StorageTotals | None, gc: GcRecord | None) -> None:
         self.totals = totals
@@ -156,7 +155,8 @@ class _Snapshot:
         )
         if self.totals is not None:
             yield from _storage_families(self.totals)
-        yield from _gc_families(self.gc or GcRecord())
+        if self.gc is not None:  # counters left out, not reset, while the catalog is down
+            yield from _gc_families(self.gc)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -213,27 +213,28 @@ def _gc_families(gc: GcRecord) -> Iterable[Metric]:
     )
 
 
-async def render(metrics: Metrics, catalog: Catalog, data_root: Path) -> bytes:
+async def render(metrics: Metrics, catalog: Catalog) -> bytes:
     """The text exposition of the live figures and of this scrape's catalog and gc figures."""
     totals: StorageTotals | None
+    gc: GcRecord | None
     try:
         totals = await catalog.reads.storage_totals()
+        gc = await catalog.reads.gc_record() or GcRecord()
     except Exception:  # a scrape must still answer when the catalog does not
         log.warning("metrics: the catalog did not answer", exc_info=True)
-        totals = None
-    gc = await asyncio.to_thread(read_gc_record, data_root)
+        totals = gc = None
     scrape = CollectorRegistry()
     scrape.register(_Snapshot(totals, gc))
     # Family names differ between the two registries, so their texts concatenate.
     return generate_latest(metrics.live_registry()) + generate_latest(scrape)
 
 
-def metrics_route(metrics: Metrics, catalog: Catalog, data_root: Path) -> HTTPRouteHandler:
+def metrics_route(metrics: Metrics, catalog: Catalog) -> HTTPRouteHandler:
     """The ``GET /metrics`` handler (left out of the OpenAPI document: qlkube reads that)."""
 
     @get(METRICS_PATH, include_in_schema=False, media_type=MediaType.TEXT)
     async def prometheus_metrics() -> Response[Any]:
-        body = await render(metrics, catalog, data_root)
+        body = await render(metrics, catalog)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return prometheus_metrics

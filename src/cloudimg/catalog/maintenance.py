@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloudimg.blobstore import MaintenanceBlobStore
 from cloudimg.catalog.models import (
     Blob,
+    GcRuns,
     Image,
     Repository,
     Tag,
@@ -23,9 +24,11 @@ from cloudimg.catalog.records import (
     BlobRecord,
     BlobState,
     CatalogSnapshot,
+    GcRecord,
     RefcountRepair,
     TagRecord,
     blob_block,
+    gc_record,
 )
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError
@@ -274,6 +277,30 @@ class CatalogMaintenance(CatalogBase):
             async with attempt as (session, effects):
                 written = await change(session, effects)
         return written
+
+    async def record_gc_run(
+        self, *, ok: bool, bytes_freed: int, duration_seconds: float
+    ) -> GcRecord:
+        """Add one finished gc run to the figures every server's ``/metrics`` shows.
+
+        Overlapping runs add up: each takes the row's lock (the first one creates it;
+        a concurrent first insert fails and is retried as an update).
+        """
+        async for attempt in self._writes():
+            async with attempt as (session, _effects):
+                row = await session.scalar(select(GcRuns).where(GcRuns.id == 1).with_for_update())
+                if row is None:
+                    row = GcRuns(id=1, runs_total=0, failed_runs_total=0, bytes_freed_total=0)
+                    session.add(row)
+                row.runs_total += 1
+                row.failed_runs_total += 0 if ok else 1
+                row.bytes_freed_total += bytes_freed
+                row.last_run_at = utcnow()
+                row.last_run_duration_seconds = duration_seconds
+                row.last_run_bytes_freed = bytes_freed
+                row.last_run_ok = ok
+                record = gc_record(row)
+        return record
 
     async def block_blob(self, digest: str, rule: str) -> BlobBlock:
         """Refuse every download of the blob, naming ``rule``; its tags stay listed.

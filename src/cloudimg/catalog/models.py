@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "Blob",
+    "GcRuns",
     "Image",
     "OciManifest",
     "OciUpload",
@@ -187,6 +189,25 @@ class TagHistory(Base):
     actor: Mapped[str | None] = mapped_column(String(128), default=None)
     """The name of the write token used, when it has one."""
     retained: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class GcRuns(Base):
+    """What ``cloudimg gc`` runs added up to, for every server's ``/metrics`` and storage
+    page: one row (``id`` 1), updated by each run that changes things. In the catalog
+    because it is the one thing every server and every gc of a registry share (a bucket
+    backend has no shared volume)."""
+
+    __tablename__ = "gc_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    runs_total: Mapped[int] = mapped_column(Integer, default=0)
+    failed_runs_total: Mapped[int] = mapped_column(Integer, default=0)
+    """Runs that reported problems (``cloudimg gc`` exited 1)."""
+    bytes_freed_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_run_duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    last_run_bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_run_ok: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class OciUpload(Base):

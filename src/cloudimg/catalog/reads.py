@@ -9,6 +9,7 @@ from cloudimg.blobstore import BlobReader
 from cloudimg.catalog.database import WRITE
 from cloudimg.catalog.models import (
     Blob,
+    GcRuns,
     Image,
     Repository,
     Tag,
@@ -19,6 +20,7 @@ from cloudimg.catalog.models import (
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
     BlobRef,
+    GcRecord,
     ImageDetails,
     StorageTotals,
     TagDetails,
@@ -26,6 +28,7 @@ from cloudimg.catalog.records import (
     blob_block,
     blocked_error,
     corrupt_blob,
+    gc_record,
     servable,
 )
 from cloudimg.catalog.transaction import CatalogBase
@@ -186,6 +189,12 @@ class CatalogReads(CatalogBase):
             int(kept_blobs),
             int(kept_bytes),
         )
+
+    async def gc_record(self) -> GcRecord | None:
+        """What the gc runs recorded (``CatalogMaintenance.record_gc_run``); None when
+        none did."""
+        row = await self._query(lambda session: session.get(GcRuns, 1))
+        return None if row is None else gc_record(row)
 
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
         """The tag with its blob; ``NotFoundError`` naming what is missing (the repository,

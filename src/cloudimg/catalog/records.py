@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cloudimg.errors import BlobCorruptError, ImageBlockedError
 
 if TYPE_CHECKING:
-    from cloudimg.catalog.models import Blob
+    from cloudimg.catalog.models import Blob, GcRuns
 
 __all__ = [
     "BlobBlock",
@@ -18,6 +18,7 @@ __all__ = [
     "BlobRef",
     "BlobState",
     "CatalogSnapshot",
+    "GcRecord",
     "ImageDetails",
     "RefcountRepair",
     "RepositoryDetails",
@@ -28,6 +29,7 @@ __all__ = [
     "blob_block",
     "blocked_error",
     "corrupt_blob",
+    "gc_record",
     "servable",
 ]
 
@@ -198,6 +200,21 @@ class RefcountRepair:
 
 
 @dataclass(frozen=True, slots=True)
+class GcRecord:
+    """What the ``cloudimg gc`` runs that changed things added up to, and the last one."""
+
+    runs_total: int = 0
+    failed_runs_total: int = 0
+    """Runs that reported problems (``cloudimg gc`` exited 1)."""
+    bytes_freed_total: int = 0
+    last_run_timestamp: float = 0.0
+    """Unix time at which the last run finished."""
+    last_run_duration_seconds: float = 0.0
+    last_run_bytes_freed: int = 0
+    last_run_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class StorageTotals:
     """What the catalog holds, in a few numbers (``Catalog.storage_totals``)."""
 
@@ -253,3 +270,16 @@ def servable(blob: Blob) -> BlobRef:
     if block is not None:
         raise blocked_error(blob.digest, block)
     return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
+
+
+def gc_record(row: GcRuns) -> GcRecord:
+    """The figures of the catalog's gc runs row."""
+    return GcRecord(
+        runs_total=row.runs_total,
+        failed_runs_total=row.failed_runs_total,
+        bytes_freed_total=row.bytes_freed_total,
+        last_run_timestamp=row.last_run_at.timestamp(),
+        last_run_duration_seconds=row.last_run_duration_seconds,
+        last_run_bytes_freed=row.last_run_bytes_freed,
+        last_run_ok=row.last_run_ok,
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,7 +11,6 @@ import click
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import history_hint, human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
-from cloudimg.gc_record import record_gc_run
 from cloudimg.maintenance import GcKind, GcReport, collect_garbage_and_totals, parse_duration
 
 __all__ = ["Duration", "gc", "print_report"]
@@ -74,8 +72,6 @@ def gc(
             collect_garbage_and_totals, grace=grace, dry_run=dry_run, progress=progress
         )
         report, totals = run(settings, work)
-    if not dry_run:
-        _record(settings.data_root, report)
     if as_json:
         print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
     else:
@@ -84,19 +80,6 @@ def gc(
         if hint is not None:
             click.echo(hint)
     sys.exit(0 if report.ok else 1)
-
-
-def _record(data_root: Path, report: GcReport) -> None:
-    """Leave the run's figures on the data root for the servers' /metrics."""
-    try:
-        record_gc_run(
-            data_root,
-            ok=report.ok,
-            bytes_freed=report.bytes_freed,
-            duration_seconds=report.duration_seconds,
-        )
-    except OSError as exc:  # the figures are a convenience; the run itself is done
-        click.echo(f"warning: could not record the run for /metrics: {exc}", err=True)
 
 
 def print_report(report: GcReport) -> None:

@@ -206,9 +206,16 @@ async def collect_garbage_and_totals(
     dry_run: bool,
     progress: Progress,
 ) -> tuple[GcReport, StorageTotals]:
-    """``collect_garbage``, then the catalog's storage totals: what tag history still
-    holds once the run is done (``cloudimg gc`` names it)."""
+    """``collect_garbage``, recorded for the servers' ``/metrics`` unless a dry run, then
+    the catalog's storage totals: what tag history still holds once the run is done
+    (``cloudimg gc`` names it)."""
     report = await collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run, progress=progress)
+    if not dry_run:
+        await catalog.maintenance.record_gc_run(
+            ok=report.ok,
+            bytes_freed=report.bytes_freed,
+            duration_seconds=report.duration_seconds,
+        )
     return report, await catalog.reads.storage_totals()
 
 

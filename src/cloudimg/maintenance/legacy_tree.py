@@ -24,7 +24,6 @@ from typing import BinaryIO
 import blake3
 
 from cloudimg.errors import InvalidArgumentError, NotFoundError
-from cloudimg.gc_record import GC_RECORD_NAME
 from cloudimg.meta import MAX_META_BYTES, parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
@@ -48,6 +47,8 @@ META_FILE = "meta.json"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # When the old tree is the data root itself (an in-place migration), these are ours.
 _STORE_NAMES = {"blobs", "staging", "trash", "quarantine"}
+# gc's record of a release before 0008 (kept in the catalog since) and its temporary files.
+_OLD_GC_RECORD = "gc-last-run.json"
 
 
 _Skip = Callable[[Path, str], None]
@@ -102,7 +103,7 @@ def walk(source: Path, data_root: Path | None) -> tuple[list[Candidate], list[Sk
         name = repo_dir.name
         if repo_dir.resolve() == own or (
             in_place
-            and (name in _STORE_NAMES or name.startswith(("catalog.sqlite3", GC_RECORD_NAME)))
+            and (name in _STORE_NAMES or name.startswith(("catalog.sqlite3", _OLD_GC_RECORD)))
         ):
             continue
         if not _is_dir(repo_dir, skip) or not _valid(repo_dir, validate_repo_name, skip):

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloudimg.catalog import StorageTotals
-from cloudimg.gc_record import GcRecord
+from cloudimg.catalog import GcRecord, StorageTotals
 from cloudimg.units import human_bytes
 
 __all__ = ["WIDTH", "Bar", "Segment", "StorageChart", "storage_chart"]

@@ -12,7 +12,6 @@ Security Policy that allows the page's own stylesheet and script and nothing els
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +39,6 @@ from cloudimg.api.web.snippets import (
 from cloudimg.catalog import Catalog, HistoryEntry, ImageDetails, Page, RepositoryDetails, TagInfo
 from cloudimg.config import Settings, is_host_port, normalize_prefix, parse_public_url
 from cloudimg.errors import InvalidArgumentError, NotFoundError
-from cloudimg.gc_record import read_gc_record
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.oci.store import OciStore
 from cloudimg.units import human_bytes
@@ -241,7 +239,7 @@ async def repositories_page(
 @get("/_storage", name="web-storage")
 async def storage_page(catalog: Catalog, settings: Settings) -> Template:
     totals = await catalog.reads.storage_totals()
-    gc = await asyncio.to_thread(read_gc_record, settings.data_root)
+    gc = await catalog.reads.gc_record()
     chart = storage_chart(totals, gc)
     return Template("storage.html", context=web_context(settings, chart=chart, width=WIDTH))
 
