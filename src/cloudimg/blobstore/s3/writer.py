@@ -82,7 +82,8 @@ class ObjectUpload:
             self._held_size += len(piece)
         while self._held_size >= self._part_size:
             joined = b"".join(self._held)
-            self._send(joined[: self._part_size])
+            whole = len(joined) == self._part_size  # then no second copy for the slice
+            self._send(joined if whole else joined[: self._part_size])
             rest = joined[self._part_size :]
             self._held, self._held_size = ([rest] if rest else []), len(rest)
 
