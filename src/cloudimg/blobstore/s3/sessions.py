@@ -43,9 +43,8 @@ from botocore.exceptions import ClientError
 
 from cloudimg.blobstore.base import StagedBlob
 from cloudimg.blobstore.s3.client import Bucket, ObjectInfo, call, is_missing, is_precondition
-from cloudimg.blobstore.s3.reader import READ_BLOCK
+from cloudimg.blobstore.s3.compose import Composer, pieces
 from cloudimg.blobstore.s3.writer import (
-    COPY_PART,
     Lease,
     ObjectUpload,
     S3StagingWriter,
@@ -53,7 +52,7 @@ from cloudimg.blobstore.s3.writer import (
 from cloudimg.blobstore.staging import StageCosts, _HashState
 
 if TYPE_CHECKING:
-    from types_boto3_s3.type_defs import CompletedPartTypeDef
+    pass
 
 __all__ = ["LOCK_TTL", "SESSIONS", "S3Resumable", "SessionArea"]
 
@@ -65,7 +64,6 @@ than this may lose it to another (its writes still land in its own chunk)."""
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _CHUNK = re.compile(r"[0-9]{20}")
 _COMPOSED = "blob"
-_MIN_COPY_PART = 5 * 1024 * 1024
 _LOCK_POLL = 0.05
 
 
@@ -225,7 +223,7 @@ class SessionArea:
         return state
 
     def _read(self, key: str, start: int, end: int) -> Iterator[bytes]:
-        return _pieces(self.bucket, key, start, end)
+        return pieces(self.bucket, key, start, end)
 
     def cut(self, session: str, offset: int) -> None:
         """Drop the session's bytes past ``offset`` (blocking)."""
@@ -259,7 +257,9 @@ class SessionArea:
         if len(chunks) == 1:
             return chunks[0].info.key
         key = self.composed_key(session)
-        _Composer(self.bucket, key, self.part_size).build(chunks)
+        Composer(self.bucket, key, self.part_size).build(
+            [(chunk.info.key, chunk.info.size) for chunk in chunks]
+        )
         for chunk in self.chunks(session):
             self.bucket.delete(chunk.info.key)
         return key
@@ -279,92 +279,6 @@ class SessionArea:
             self.bucket.delete(item.key)
         for upload_key, upload_id, _started in self.bucket.uploads(self.prefix(session)):
             self.bucket.abort(upload_key, upload_id)
-
-
-def _pieces(bucket: Bucket, key: str, start: int, end: int) -> Iterator[bytes]:
-    """The bytes ``start`` to ``end`` of an object, streamed in pieces (blocking)."""
-    if end <= start:
-        return
-    got = bucket.client.get_object(Bucket=bucket.name, Key=key, Range=f"bytes={start}-{end - 1}")
-    body = got["Body"]
-    try:
-        while piece := body.read(READ_BLOCK):
-            yield piece
-    finally:
-        body.close()
-
-
-class _Composer:
-    """Builds one object from ranges of others: server-side copies of the ranges that
-    can be whole parts (5 MiB or more), the small ones read and uploaded again."""
-
-    def __init__(self, bucket: Bucket, key: str, part_size: int) -> None:
-        self.bucket = bucket
-        self.key = key
-        self.part_size = part_size
-        self.buffer = bytearray()
-        self.parts: list[CompletedPartTypeDef] = []
-        self.upload_id = ""
-
-    def build(self, chunks: list[_Chunk]) -> None:
-        client = self.bucket.client
-        self.upload_id = client.create_multipart_upload(Bucket=self.bucket.name, Key=self.key)[
-            "UploadId"
-        ]
-        try:
-            for chunk in chunks:
-                self._add(chunk.info.key, 0, chunk.info.size)
-            if self.buffer or not self.parts:
-                self._send()
-            client.complete_multipart_upload(
-                Bucket=self.bucket.name,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.bucket.abort(self.key, self.upload_id)
-            raise
-
-    def _add(self, source: str, start: int, end: int) -> None:
-        while start < end:
-            if not self.buffer and end - start >= _MIN_COPY_PART:
-                # The tail of a copied range must stay a whole part too, or go to the buffer.
-                stop = min(end, start + COPY_PART)
-                self._copy(source, start, stop)
-                start = stop
-                continue
-            stop = min(end, start + self.part_size - len(self.buffer))
-            for piece in _pieces(self.bucket, source, start, stop):
-                self.buffer += piece
-            start = stop
-            if len(self.buffer) >= self.part_size:
-                self._send()
-
-    def _copy(self, source: str, start: int, stop: int) -> None:
-        number = len(self.parts) + 1
-        copied = self.bucket.client.upload_part_copy(
-            Bucket=self.bucket.name,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            CopySource={"Bucket": self.bucket.name, "Key": source},
-            CopySourceRange=f"bytes={start}-{stop - 1}",
-        )
-        self.parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-
-    def _send(self) -> None:
-        number = len(self.parts) + 1
-        sent = self.bucket.client.upload_part(
-            Bucket=self.bucket.name,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=bytes(self.buffer),
-        )
-        self.parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-        self.buffer.clear()
 
 
 class S3Resumable:

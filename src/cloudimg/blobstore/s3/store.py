@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import re
 import secrets
@@ -55,13 +56,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import blake3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudimg.blobstore.base import PlaceOutcome, StagedBlob, StagingRemoval, StoredFile, Tap
+from cloudimg.blobstore.s3 import maintenance
 from cloudimg.blobstore.s3.client import (
     Bucket,
-    ObjectInfo,
     S3Location,
     S3StoreError,
     call,
@@ -69,7 +69,7 @@ from cloudimg.blobstore.s3.client import (
     code_of,
     is_missing,
 )
-from cloudimg.blobstore.s3.reader import READ_BLOCK, S3BlobReader
+from cloudimg.blobstore.s3.reader import S3BlobReader
 from cloudimg.blobstore.s3.sessions import S3Resumable, SessionArea
 from cloudimg.blobstore.s3.writer import (
     PART_SIZE,
@@ -83,7 +83,7 @@ from cloudimg.blobstore.staging import StageCosts
 __all__ = ["S3BlobStore"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_TRASH_NAME = re.compile(r"([0-9a-f]{64})\.[0-9a-f]+")
+_TRASH_NAME_DIGEST = maintenance.matching(re.compile(r"([0-9a-f]{64})\.[0-9a-f]+"))
 BLOBS = "blobs/blake3/"
 STAGING = "staging/"
 TRASH = "trash/"
@@ -145,13 +145,11 @@ class S3BlobStore:
     def _check(self) -> None:
         where = f"bucket {self.location.bucket!r} at {self.location.endpoint_url or 'AWS'}"
         quick = client_for(
-            S3Location(
-                **{
-                    **{f: getattr(self.location, f) for f in self.location.__slots__},
-                    "retries": 1,
-                    "connect_timeout": min(self.location.connect_timeout, 3.0),
-                    "read_timeout": min(self.location.read_timeout, 10.0),
-                }
+            dataclasses.replace(
+                self.location,
+                retries=1,
+                connect_timeout=min(self.location.connect_timeout, 3.0),
+                read_timeout=min(self.location.read_timeout, 10.0),
             )
         )
         try:
@@ -298,7 +296,8 @@ class S3BlobStore:
 
     def _list_trash(self) -> list[StoredFile]:
         purged = self._sweep()
-        return [entry for entry in self._list(TRASH, _TRASH_NAME) if entry.name not in purged]
+        listed = maintenance.list_area(self.bucket, self._key(TRASH), _TRASH_NAME_DIGEST)
+        return [entry for entry in listed if entry.name not in purged]
 
     def _sweep(self) -> set[str]:
         """Delete the purged copies older than ``reader_grace``; the names still waiting."""
@@ -346,50 +345,26 @@ class S3BlobStore:
 
         await asyncio.to_thread(call, purge)
 
-    # -- maintenance ---------------------------------------------------------------
-
-    def _list(self, area: str, pattern: re.Pattern[str] | None) -> list[StoredFile]:
-        found = []
-        top = self._key(area)
-        for item in self.bucket.list(top):
-            name = item.key.removeprefix(top)
-            match = pattern.fullmatch(name) if pattern else None
-            digest = (match.group(1) if match.groups() else name) if match else None
-            found.append(StoredFile(item.key, name, item.size, item.mtime, item.version, digest))
-        return found
+    # -- maintenance (listings, stale staging, checksums: maintenance.py) -----------
 
     async def list_blobs(self) -> list[StoredFile]:
+        top = self._key(BLOBS)
+
         def listing() -> list[StoredFile]:
-            entries = self._list("blobs/", None)
+            # Everything under blobs/, so that a stray object there is reported too.
+            found = maintenance.list_area(self.bucket, self._key("blobs/"), _blob_digest)
             return [
-                StoredFile(
-                    e.key,
-                    e.name.removeprefix("blake3/"),
-                    e.size,
-                    e.mtime,
-                    e.version,
-                    e.name.removeprefix("blake3/")
-                    if e.name.startswith("blake3/") and _DIGEST.fullmatch(e.name[7:])
-                    else None,
-                )
-                for e in entries
+                dataclasses.replace(entry, name=entry.key.removeprefix(top))
+                if entry.digest
+                else entry
+                for entry in found
             ]
 
         return await asyncio.to_thread(call, listing)
 
     async def list_staging(self) -> list[StoredFile]:
-        return await asyncio.to_thread(call, self._list_staging)
-
-    def _list_staging(self) -> list[StoredFile]:
-        entries = self._list(STAGING, None)
-        stored = {entry.key for entry in entries}
         top = self._key(STAGING)
-        for key, upload_id, started in self.bucket.uploads(top):
-            if key not in stored:
-                stored.add(key)
-                mtime = self.bucket.last_activity(key, upload_id, started)
-                entries.append(StoredFile(key, key.removeprefix(top), 0, mtime, 0, None))
-        return sorted(entries, key=lambda entry: entry.key)
+        return await asyncio.to_thread(call, lambda: maintenance.list_staging(self.bucket, top))
 
     async def staged_sessions(self) -> set[str]:
         entries = await self.list_staging()
@@ -408,56 +383,27 @@ class S3BlobStore:
         return await asyncio.to_thread(call, lambda: self._remove_stale(key, cutoff, dry_run))
 
     def _remove_stale(self, key: str, cutoff: float, dry_run: bool) -> StagingRemoval:
-        name = key.removeprefix(self._key(STAGING))
-        session = self.sessions.session_of(name)
+        session = self.sessions.session_of(key.removeprefix(self._key(STAGING)))
         if session is not None and self.sessions.is_locked(session):
-            return "in-use"
-        found = self.bucket.head(key)
-        uploads = [
-            (upload_id, started)
-            for upload_key, upload_id, started in self.bucket.uploads(key)
-            if upload_key == key
-        ]
-        if found is None and not uploads:
-            return "gone"
-        times = [found.mtime] if found is not None else []
-        times += [self.bucket.last_activity(key, uid, started) for uid, started in uploads]
-        if max(times) > cutoff:
-            return "young"
-        if not dry_run:
-            for upload_id, _started in uploads:
-                self.bucket.abort(key, upload_id)
-            if found is not None:
-                self.bucket.delete(key)
-        return "removed"
+            return "in-use"  # a request on some replica writes the session now
+        return maintenance.remove_stale(self.bucket, key, cutoff, dry_run)
 
     async def checksum(
         self, blake3_hex: str, on_bytes: Callable[[int], None] | None = None
     ) -> tuple[str, int] | None:
         key = self._blob_key(blake3_hex)
-        return await asyncio.to_thread(call, lambda: self._checksum(key, on_bytes))
-
-    def _checksum(self, key: str, on_bytes: Callable[[int], None] | None) -> tuple[str, int] | None:
-        try:
-            got = self.bucket.client.get_object(Bucket=self.bucket.name, Key=key)
-        except ClientError as exc:
-            if is_missing(exc):
-                return None
-            raise
-        info = ObjectInfo(key, got["ContentLength"], got["LastModified"].timestamp(), got["ETag"])
-        digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        body = got["Body"]
-        try:
-            while piece := body.read(READ_BLOCK):
-                digest.update(piece)
-                if on_bytes is not None:
-                    on_bytes(len(piece))
-        finally:
-            body.close()
-        return digest.hexdigest(), info.version
+        return await asyncio.to_thread(
+            call, lambda: maintenance.checksum(self.bucket, key, on_bytes)
+        )
 
     async def quarantine(self, blake3_hex: str, version: int | None = None) -> str | None:
         return await asyncio.to_thread(call, lambda: self._quarantine(blake3_hex, version))
 
     def _quarantine(self, blake3_hex: str, version: int | None) -> str | None:
         return self._move_aside(blake3_hex, QUARANTINE, version)
+
+
+def _blob_digest(name: str) -> str | None:
+    """The digest a name under ``blobs/`` gives (``blake3/<hex>``), else None."""
+    digest = name.removeprefix("blake3/")
+    return digest if digest != name and _DIGEST.fullmatch(digest) else None

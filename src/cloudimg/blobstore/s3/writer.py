@@ -147,7 +147,6 @@ class S3StagingWriter(HashingWriter):
         self.upload = upload
         self.lease = lease
         self._on_finish = on_finish
-        self._ended = False
 
     @property
     def key(self) -> str:
@@ -172,7 +171,6 @@ class S3StagingWriter(HashingWriter):
         except BaseException:
             await self.abort()
             raise
-        self._ended = True
 
     async def sync(self) -> _HashState:
         """Store what was written as the object (a resumable session's chunk); the hash
