@@ -216,9 +216,14 @@ class S3BlobStore:
         if displace:
             self._quarantine(staged.blake3, None)
         target = self._blob_key(staged.blake3)
-        placed = self.bucket.head(target) is None and copy_if_absent(
-            self.bucket, key, target, staged.size
-        )
+        try:
+            placed = self.bucket.head(target) is None and copy_if_absent(
+                self.bucket, key, target, staged.size
+            )
+        except ClientError as exc:
+            if is_missing(exc):
+                return "gone"  # placed or discarded since the HEAD: as above
+            raise
         self._drop_staging(key)
         return "placed" if placed else "present"
 
