@@ -17,6 +17,7 @@ import pytest
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.blobstore.s3 import S3BlobStore, S3StoreError
+from cloudimg.blobstore.s3 import sessions as s3_sessions
 from cloudimg.blobstore.s3 import writer as s3_writer
 from cloudimg.blobstore.s3.store import READER_GRACE
 from tests.object_store import SeaweedFS, s3_location
@@ -334,3 +335,28 @@ async def test_a_locked_sessions_chunks_are_in_use_for_gc(store: S3BlobStore) ->
         await asyncio.sleep(0.05)
     assert await other.remove_stale_staging(entry.key, time.time() + 60) == "removed"
     assert await store.staged_sessions() == set()
+
+
+async def test_a_writer_renews_its_session_lock_and_still_lets_it_go(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_sessions, "_RENEW_AFTER", 0.0)  # renew after every part
+    session = "9a" * 16
+    key = store.bucket.key(f"locks/{session}")
+
+    def lock_etag() -> str | None:
+        found = store.bucket.head(key)
+        return None if found is None else found.etag
+
+    lock = await store.lock_resumable(session)
+    taken = lock_etag()
+    writer = await lock.resume(0)
+    await writer.write(random_image(11 * MiB))  # two 5 MiB parts go up while writing
+    assert await lock.pause() == 11 * MiB
+    assert lock_etag() not in (None, taken)
+    lock.release(keep=True)
+    for _ in range(200):  # the release deletes the lock on a thread
+        if lock_etag() is None:
+            break
+        await asyncio.sleep(0.05)
+    assert lock_etag() is None  # deleted with the renewed ETag: it was still ours

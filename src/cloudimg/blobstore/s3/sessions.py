@@ -18,7 +18,8 @@ in 20 digits so that a listing gives the chunks in order:
   is not composed at all.
 
 **The lock** is an object, ``locks/<key>``, created with ``If-None-Match: *`` and
-holding its owner and an expiry (``LOCK_TTL`` after it was taken). A second request
+holding its owner and an expiry (``LOCK_TTL`` after it was taken or last renewed: its
+holder renews it every few minutes while it writes parts). A second request
 waits while it stands; an expired one (its holder crashed) is taken over with
 ``If-Match`` on its ETag, so two requests taking it over cannot both win; its holder
 deletes it with ``If-Match`` on its own ETag, so a lock taken over is never deleted by
@@ -58,9 +59,10 @@ __all__ = ["LOCK_TTL", "SESSIONS", "S3Resumable", "SessionArea"]
 
 SESSIONS = "staging/sessions/"
 LOCKS = "locks/"
-LOCK_TTL = 3600.0
-"""Seconds a session's lock holds without its holder: a request that writes longer
-than this may lose it to another (its writes still land in its own chunk)."""
+LOCK_TTL = 600.0
+"""Seconds a session's lock holds without word from its holder, which renews it while
+it writes (``_RENEW_AFTER``): a crashed holder's lock is taken over after this."""
+_RENEW_AFTER = LOCK_TTL / 3
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _CHUNK = re.compile(r"[0-9]{20}")
 _COMPOSED = "blob"
@@ -144,11 +146,24 @@ class SessionArea:
             self.unlock(key, etag)
             raise
         length = chunks[-1].end if chunks else 0
-        return S3Resumable(self, session, key, etag, length, costs)
+        return S3Resumable(self, session, key, (owner, etag), length, costs)
+
+    def renew(self, key: str, etag: str, owner: str) -> str | None:
+        """Push our lock's expiry on (only if it is still ours): its new ETag, or None
+        when it was taken over meanwhile (blocking)."""
+        body = _lock_body(owner)
+        try:
+            return self.bucket.client.put_object(
+                Bucket=self.bucket.name, Key=key, Body=body, IfMatch=etag
+            )["ETag"]
+        except ClientError as exc:
+            if is_precondition(exc) or is_missing(exc):
+                return None
+            raise
 
     def _try_lock(self, key: str, owner: str) -> str | None:
         """Take the lock: its ETag, or None while another holds it (blocking)."""
-        body = json.dumps({"owner": owner, "expires": time.time() + LOCK_TTL}).encode()
+        body = _lock_body(owner)
         client = self.bucket.client
         try:
             return client.put_object(Bucket=self.bucket.name, Key=key, Body=body, IfNoneMatch="*")[
@@ -281,6 +296,10 @@ class SessionArea:
             self.bucket.abort(upload_key, upload_id)
 
 
+def _lock_body(owner: str) -> bytes:
+    return json.dumps({"owner": owner, "expires": time.time() + LOCK_TTL}).encode()
+
+
 class S3Resumable:
     """A resumable session, locked by this request until :meth:`release`."""
 
@@ -289,14 +308,16 @@ class S3Resumable:
         area: SessionArea,
         session: str,
         lock_key: str,
-        etag: str,
+        held: tuple[str, str],
         length: int,
         costs: StageCosts | None,
     ) -> None:
         self._area = area
         self._session = session
         self._lock_key = lock_key
+        self._owner, etag = held
         self._etag: str | None = etag
+        self._renewed = time.monotonic()
         self._costs = costs
         self._writer: S3StagingWriter | None = None
         self._state: _HashState | None = None
@@ -316,7 +337,7 @@ class S3Resumable:
             self._unlock()
             raise
         key = area.chunk_key(session, offset)
-        upload = ObjectUpload(area.bucket, key, area.part_size)
+        upload = ObjectUpload(area.bucket, key, area.part_size, on_part=self._renew)
         self._writer = S3StagingWriter(
             upload,
             Lease(area.held, key),
@@ -349,6 +370,14 @@ class S3Resumable:
                 self._area.paused[self._session] = self._state
             self._writer.release()
         self._unlock()
+
+    def _renew(self) -> None:
+        """On the write stage's thread, after each part: keep the lock while writing."""
+        etag = self._etag
+        if etag is None or time.monotonic() - self._renewed < _RENEW_AFTER:
+            return
+        self._etag = self._area.renew(self._lock_key, etag, self._owner)
+        self._renewed = time.monotonic()
 
     def _unlock(self) -> None:
         etag, self._etag = self._etag, None

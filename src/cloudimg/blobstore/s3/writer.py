@@ -66,8 +66,15 @@ class Lease:
 class ObjectUpload:
     """One object written in order, a part at a time (blocking: call it on a thread)."""
 
-    def __init__(self, bucket: Bucket, key: str, part_size: int = PART_SIZE) -> None:
+    def __init__(
+        self,
+        bucket: Bucket,
+        key: str,
+        part_size: int = PART_SIZE,
+        on_part: Callable[[], None] | None = None,
+    ) -> None:
         self.bucket = bucket
+        self._on_part = on_part
         self.key = key
         self._part_size = part_size
         self._held: list[bytes] = []
@@ -101,6 +108,8 @@ class ObjectUpload:
             Body=body,
         )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        if self._on_part is not None:
+            self._on_part()
 
     def complete(self) -> None:
         """Store what was added as the object (a single PUT when it is under a part)."""
