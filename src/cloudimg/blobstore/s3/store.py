@@ -20,10 +20,11 @@ crosses the network twice and the blob's key is an ordinary object (a presigned 
 ``aws s3 cp``, replication all see it), but the store writes the bytes a second time:
 SeaweedFS copies them (its copy of 256 MiB ran at ~150 MB/s here), stores that copy by
 reference (Ceph RGW within a pool) pay less. Measured with ``benchmarks/s3_place.py
---size-mib 256 --rounds 3`` (SeaweedFS 4.48 on loopback, 2 shared cores, medians):
-staging 45.5 MB/s and staging + place 34.8 MB/s, against 38.8 MB/s for boto3's own
-multipart put of the same bytes (0.90x) and 63.7 MB/s for one plain ``PutObject`` of
-bytes held in memory (0.55x). The other way, recording the staging key in the catalog
+--size-mib 256 --rounds 3`` (SeaweedFS 4.48 on loopback, 2 shared cores, medians; two
+runs): staging 45.5 and 53.3 MB/s, staging + place 34.8 and 32.6 MB/s, against 38.8
+and 44.6 MB/s for boto3's own multipart put of the same bytes (0.90x, 0.73x) and 63.7
+and 69.3 MB/s for one plain ``PutObject`` of bytes held in memory.
+The other way, recording the staging key in the catalog
 as an indirection, needs no copy but makes every download, gc and fsck follow the
 catalog to find bytes and leaves content addressing to the catalog; left for later.
 
