@@ -23,10 +23,10 @@ reference (Ceph RGW within a pool) pay less. Measured with ``benchmarks/s3_place
 --size-mib 256 --rounds 3`` (SeaweedFS 4.48 on loopback, 2 shared cores, medians; two
 runs): staging 45.5 and 53.3 MB/s, staging + place 34.8 and 32.6 MB/s, against 38.8
 and 44.6 MB/s for boto3's own multipart put of the same bytes (0.90x, 0.73x) and 63.7
-and 69.3 MB/s for one plain ``PutObject`` of bytes held in memory.
-The other way, recording the staging key in the catalog
-as an indirection, needs no copy but makes every download, gc and fsck follow the
-catalog to find bytes and leaves content addressing to the catalog; left for later.
+and 69.3 MB/s for one plain ``PutObject`` of bytes held in memory. The other way,
+recording the staging key in the catalog as an indirection, needs no copy but makes
+every download, gc and fsck follow the catalog to find bytes and leaves content
+addressing to the catalog; left for later.
 
 **Write-once.** ``place`` asks first (HEAD: a digest already stored costs no copy),
 then copies with ``If-None-Match: *``, which S3 (since 2024) and SeaweedFS 4.48
