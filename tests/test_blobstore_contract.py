@@ -11,21 +11,39 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 import pytest
 
 from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, StagedBlob
+from cloudimg.blobstore.s3 import S3BlobStore
+from tests.object_store import SeaweedFS, s3_location
+from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
+
+Reopen = Callable[[], MaintenanceBlobStore]
+"""Another store over the same medium (another process's, or one after a restart)."""
 
 
-@pytest.fixture(params=["filesystem"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MaintenanceBlobStore]:
+@pytest.fixture(params=["filesystem", "s3"])
+def medium(request: pytest.FixtureRequest, tmp_path: Path) -> Reopen:
     if request.param == "filesystem":
-        fs = FilesystemBlobStore(tmp_path / "data")
-        fs.ensure_layout()
-        yield fs
+
+        def filesystem() -> MaintenanceBlobStore:
+            fs = FilesystemBlobStore(tmp_path / "data")
+            fs.ensure_layout()
+            return fs
+
+        return filesystem
+    server: SeaweedFS = request.getfixturevalue("seaweedfs")
+    location = s3_location(server, server.new_bucket())
+    return lambda: S3BlobStore(location)
+
+
+@pytest.fixture
+def store(medium: Reopen) -> MaintenanceBlobStore:
+    return medium()
 
 
 async def stage(store: MaintenanceBlobStore, data: bytes, chunk: int = 100_000) -> StagedBlob:
@@ -230,7 +248,7 @@ async def test_stale_staging_is_removed_unless_an_upload_holds_it(
 
 @pytest.mark.parametrize("same_store", [True, False], ids=["paused-here", "another-process"])
 async def test_a_resumed_session_hashes_all_its_bytes_and_drops_unrecorded_ones(
-    store: MaintenanceBlobStore, tmp_path: Path, same_store: bool
+    store: MaintenanceBlobStore, medium: Reopen, same_store: bool
 ) -> None:
     session = "ab" * 16
     first, lost, second = os.urandom(5 * 1024 * 1024), os.urandom(1000), os.urandom(3000)
@@ -247,7 +265,7 @@ async def test_a_resumed_session_hashes_all_its_bytes_and_drops_unrecorded_ones(
     assert await lock.pause() == len(first) + len(lost)
     lock.release(keep=False)
     # Resumed at the recorded length (here or in a store that never saw the session).
-    other = store if same_store else FilesystemBlobStore(tmp_path / "data")
+    other = store if same_store else medium()
     lock = await other.lock_resumable(session)
     assert lock.length == len(first) + len(lost)
     writer = await lock.resume(len(first))

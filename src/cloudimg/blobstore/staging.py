@@ -40,7 +40,14 @@ import blake3
 from cloudimg.blobstore.base import StagedBlob, Tap
 from cloudimg.errors import InsufficientStorageError
 
-__all__ = ["HEADROOM_BYTES", "FilesystemStagingWriter", "Pipeline", "StageCosts", "Work"]
+__all__ = [
+    "HEADROOM_BYTES",
+    "FilesystemStagingWriter",
+    "HashingWriter",
+    "Pipeline",
+    "StageCosts",
+    "Work",
+]
 
 HEADROOM_BYTES = 8 * 1024 * 1024
 """Free space uploads leave on the data volume, so a SQLite catalog there can still
@@ -220,32 +227,25 @@ def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
             views[first] = views[first][written:]
 
 
-class FilesystemStagingWriter:
-    """Streams an upload into a staging file while computing blake3 and sha256.
+class HashingWriter:
+    """Gathers an upload's bytes into batches and runs each through a :class:`Pipeline`:
+    the backend's own ``_write`` (where the bytes go), blake3, sha256 and the tap, one
+    thread per stage (started at the first batch, ended by ``_drain``). ``costs`` is
+    told each stage's CPU seconds and bytes, and the event loop's as ``receive``.
 
-    The event loop gathers the bytes into batches; each batch is written, hashed with
-    blake3 and with sha256, and shown to the tap by a :class:`Pipeline` of one thread
-    per stage (started at the first batch, ended by ``sync``, ``finish`` or
-    ``abort``). ``costs`` is told each stage's CPU seconds and bytes, and the event
-    loop's as ``receive``.
-
-    The file stays open (and locked) after ``finish``: the lock goes with the
-    ``StagedBlob`` and ends when the blob is placed or discarded.
+    A backend's writer (the file system's below, the object store's in
+    ``cloudimg.blobstore.s3``) adds what its medium needs: ``_write``, making the bytes
+    durable, and the ``StagedBlob`` it hands out.
     """
 
     def __init__(
         self,
-        path: Path,
-        fd: int,
         tap: Tap | None = None,
         resumed: _HashState | None = None,
         costs: StageCosts | None = None,
     ) -> None:
-        self.path = path
-        self._fd = fd
         self._tap = tap
         self._costs = costs
-        self._lock = _StagingLock(fd)
         if resumed is None:
             # One thread: the blake3 stage has a thread of its own, single-threaded blake3
             # (~5 GB/s) outruns sha256, and the stage's thread_time() then counts all of it.
@@ -257,7 +257,6 @@ class FilesystemStagingWriter:
         self._pieces: list[bytes] = []
         self._gathered = 0
         self._pipeline: Pipeline | None = None
-        self._closed = False
         # The event loop's share: its thread's CPU time while this writer takes bytes.
         self._loop_cpu = time.thread_time()
         self._received = 0
@@ -276,34 +275,9 @@ class FilesystemStagingWriter:
         if self._gathered >= _WRITE_BATCH:
             await self._flush_buffer()
 
-    async def finish(self) -> StagedBlob:
-        await self._drain()
-        await asyncio.to_thread(self._sync)
-        return StagedBlob(
-            blake3=self._blake3.hexdigest(),
-            sha256=self._sha256.hexdigest(),
-            size=self._size,
-            key=str(self.path),
-            lease=self._lock,
-        )
-
-    async def sync(self) -> _HashState:
-        """Make what was written durable (the file stays); the hash state so far."""
-        await self._drain()
-        await asyncio.to_thread(self._sync)
+    def _hash_state(self) -> _HashState:
+        """The hashes of what was drained so far, copied (to go on from later)."""
         return _HashState(self._size, self._blake3.copy(), self._sha256.copy())
-
-    def release(self) -> None:
-        """Let the file go (kept, unlocked) for a later resume."""
-        self._close()
-
-    async def abort(self) -> None:
-        # The upload is failing anyway; a write error of the last batches changes nothing.
-        with contextlib.suppress(Exception):
-            await self._end_pipeline()
-        if not self._closed:
-            self.path.unlink(missing_ok=True)
-        self._close()
 
     async def _flush_buffer(self) -> None:
         if not self._pieces:
@@ -338,6 +312,67 @@ class FilesystemStagingWriter:
         if self._tap is not None:
             stages.append(("inspect", _each(self._tap)))
         return stages
+
+    def _write(self, pieces: Sequence[bytes]) -> None:
+        """On the write stage's thread: put ``pieces`` (in order) where the bytes go."""
+        raise NotImplementedError
+
+
+class FilesystemStagingWriter(HashingWriter):
+    """Streams an upload into a staging file while computing blake3 and sha256.
+
+    The event loop gathers the bytes into batches; each batch is written, hashed with
+    blake3 and with sha256, and shown to the tap by a :class:`Pipeline` of one thread
+    per stage (started at the first batch, ended by ``sync``, ``finish`` or
+    ``abort``). ``costs`` is told each stage's CPU seconds and bytes, and the event
+    loop's as ``receive``.
+
+    The file stays open (and locked) after ``finish``: the lock goes with the
+    ``StagedBlob`` and ends when the blob is placed or discarded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        tap: Tap | None = None,
+        resumed: _HashState | None = None,
+        costs: StageCosts | None = None,
+    ) -> None:
+        super().__init__(tap, resumed, costs)
+        self.path = path
+        self._fd = fd
+        self._lock = _StagingLock(fd)
+        self._closed = False
+
+    async def finish(self) -> StagedBlob:
+        await self._drain()
+        await asyncio.to_thread(self._sync)
+        return StagedBlob(
+            blake3=self._blake3.hexdigest(),
+            sha256=self._sha256.hexdigest(),
+            size=self._size,
+            key=str(self.path),
+            lease=self._lock,
+        )
+
+    async def sync(self) -> _HashState:
+        """Make what was written durable (the file stays); the hash state so far."""
+        await self._drain()
+        await asyncio.to_thread(self._sync)
+        return self._hash_state()
+
+    def release(self) -> None:
+        """Let the file go (kept, unlocked) for a later resume."""
+        self._close()
+
+    async def abort(self) -> None:
+        # The upload is failing anyway; a write error of the last batches changes nothing.
+        with contextlib.suppress(Exception):
+            await self._end_pipeline()
+        if not self._closed:
+            self.path.unlink(missing_ok=True)
+        self._close()
 
     def _write(self, pieces: Sequence[bytes]) -> None:
         try:
