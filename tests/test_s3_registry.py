@@ -60,7 +60,7 @@ class BucketRegistry:
     env: dict[str, str]
     """The variables a maintenance command needs to open the same registry."""
 
-    def keys(self, area: str = "") -> list[str]:
+    def listed(self, area: str = "") -> list[str]:
         listed = self.store.client().list_objects_v2(Bucket=self.bucket, Prefix=PREFIX + area)
         return sorted(item["Key"].removeprefix(PREFIX) for item in listed.get("Contents", []))
 
@@ -142,9 +142,9 @@ def test_uploads_land_in_the_bucket_and_download_with_ranges_and_conditions(
     posted, put = random_image(3 * 1024 * 1024 + 17), random_image(40_000)
     assert upload(client, f"/reg/{repo}/disk/v1", posted, {"os": "a"}).status_code == 201
     assert upload_raw(client, f"/reg/{repo}/disk/v2", put, {"os": "b"}).status_code == 201
-    assert registry.blob_key(posted) in registry.keys("blobs/")
-    assert registry.blob_key(put) in registry.keys("blobs/")
-    assert registry.keys("staging/") == []
+    assert registry.blob_key(posted) in registry.listed("blobs/")
+    assert registry.blob_key(put) in registry.listed("blobs/")
+    assert registry.listed("staging/") == []
 
     whole = client.get(f"/reg/{repo}/disk/v1")
     assert whole.status_code == 200
@@ -184,20 +184,18 @@ def test_retag_delete_and_history_free_the_object_after_the_commit(
     assert upload_raw(client, f"/reg/{repo}/disk/v1", old).status_code == 201
     assert upload_raw(client, f"/reg/{repo}/disk/v1", new).status_code == 201
     # The tag's history holds the old bytes (--keep-history 3): still stored and served.
-    assert registry.blob_key(old) in registry.keys("blobs/")
+    assert registry.blob_key(old) in registry.listed("blobs/")
     assert client.get(f"/reg/{repo}/disk/blake3:{blake3_hex(old)}").content == old
-    retag = client.post(
-        f"/reg/{repo}/disk/v2/retag", json={"digest": f"blake3:{blake3_hex(old)}"}
-    )
+    retag = client.post(f"/reg/{repo}/disk/v2/retag", json={"digest": f"blake3:{blake3_hex(old)}"})
     assert retag.status_code == 201, retag.text
     assert client.get(f"/reg/{repo}/disk/v2").content == old
 
     assert client.delete(f"/reg/{repo}/disk/v2", params={"purge": "history"}).status_code == 200
     # v1's history still holds the old bytes.
-    assert registry.blob_key(old) in registry.keys("blobs/")
+    assert registry.blob_key(old) in registry.listed("blobs/")
     assert client.delete(f"/reg/{repo}/disk/v1", params={"purge": "history"}).status_code == 200
     assert_error(client.get(f"/reg/{repo}"), 404, "NOT_FOUND")  # the repository went too
-    blobs = registry.keys("blobs/")
+    blobs = registry.listed("blobs/")
     assert registry.blob_key(old) not in blobs
     assert registry.blob_key(new) not in blobs
     assert client.get(f"/reg/{repo}/disk/blake3:{blake3_hex(new)}").status_code == 404
@@ -217,10 +215,10 @@ def test_a_delete_cut_short_by_a_crash_is_undone_by_gc(
         Bucket=maintenance.bucket, Key=trashed, CopySource=f"{maintenance.bucket}/{PREFIX}{key}"
     )
     s3.delete_object(Bucket=maintenance.bucket, Key=PREFIX + key)
-    assert key not in maintenance.keys("blobs/")
+    assert key not in maintenance.listed("blobs/")
 
     report = cli_json("gc", "--data-root", root_of(maintenance), check=0)
-    assert key in maintenance.keys("blobs/"), report
+    assert key in maintenance.listed("blobs/"), report
     assert client.get(f"/reg/{repo}/disk/v1").content == data
 
 
@@ -242,14 +240,14 @@ def test_gc_finds_orphans_by_listing_the_bucket_and_aborts_abandoned_uploads(
 
     # Within the grace period nothing is touched.
     young = cli_json("gc", "--data-root", root_of(maintenance), check=0)
-    assert maintenance.blob_key(orphan) in maintenance.keys("blobs/"), young
+    assert maintenance.blob_key(orphan) in maintenance.listed("blobs/"), young
     uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=PREFIX).get("Uploads", [])
     assert abandoned in [u["Key"] for u in uploads]
 
     report = cli_json("gc", "--data-root", root_of(maintenance), "--grace", "0", check=0)
-    assert maintenance.blob_key(orphan) not in maintenance.keys("blobs/"), report
-    assert maintenance.blob_key(data) in maintenance.keys("blobs/")
-    assert stray.removeprefix(PREFIX) not in maintenance.keys("staging/")
+    assert maintenance.blob_key(orphan) not in maintenance.listed("blobs/"), report
+    assert maintenance.blob_key(data) in maintenance.listed("blobs/")
+    assert stray.removeprefix(PREFIX) not in maintenance.listed("staging/")
     uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=PREFIX).get("Uploads", [])
     assert abandoned not in [u["Key"] for u in uploads]
     assert client.get(f"/reg/{repo}/disk/v1").content == data
@@ -268,8 +266,8 @@ def test_fsck_checksum_streams_from_the_bucket_and_quarantines_bad_bytes(
     broken = cli_json("fsck", "--data-root", root_of(maintenance), "--checksum", check=1)
     assert not broken["ok"]
     assert blake3_hex(data) in json.dumps(broken)
-    assert maintenance.blob_key(data) not in maintenance.keys("blobs/")
-    assert any(k.startswith(f"quarantine/{blake3_hex(data)}.") for k in maintenance.keys())
+    assert maintenance.blob_key(data) not in maintenance.listed("blobs/")
+    assert any(k.startswith(f"quarantine/{blake3_hex(data)}.") for k in maintenance.listed())
     assert_error(client.get(f"/reg/{repo}/disk/v1"), 500, "DATA_LOSS")
     # The same bytes uploaded again heal it.
     assert upload_raw(client, f"/reg/{repo}/disk/v1", data).status_code == 201
@@ -301,7 +299,7 @@ def test_import_legacy_into_a_bucket(
         check=0,
     )  # fmt: skip
     assert report["counts"]["imported"] == 1, report
-    assert maintenance.blob_key(data) in maintenance.keys("blobs/")
+    assert maintenance.blob_key(data) in maintenance.listed("blobs/")
     assert client.get(f"/reg/{repo}/disk/v1").content == data
     assert client.get(f"/reg/{repo}/disk/v1/meta").json()["data"] == {"from": "go"}
     assert (tmp_path / "old" / repo / "disk" / "v1" / "image.bin").exists()  # a copy
@@ -365,7 +363,7 @@ def test_a_push_begun_on_one_replica_is_finished_on_another_with_no_shared_volum
             assert put_manifest(second, name, "v1", artifact_manifest(disk)).status_code == 201
         assert client.get(f"/reg/{repo}/disk/v1").content == disk
         assert client.get(f"/v2/{name}/blobs/{sha256_digest(disk)}").content == disk
-        assert registry.blob_key(disk) in registry.keys("blobs/")
+        assert registry.blob_key(disk) in registry.listed("blobs/")
         for root in (registry.server.data_root, other.server.data_root):
             assert sorted(p.name for p in root.iterdir()) == [], root
     finally:
@@ -456,12 +454,12 @@ def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
             assert upload_raw(http, "/reg/outage/disk/v2", fresh).status_code == 201
             assert http.get("/reg/outage/disk/v2").content == fresh
             assert http.delete("/reg/outage/disk/v1").status_code == 200
-        assert outage.blob_key(kept) not in outage.keys("blobs/")
+        assert outage.blob_key(kept) not in outage.listed("blobs/")
         # What the failed uploads staged goes with gc's grace, as a crash's would.
         report = cli_json(
             "gc", "--data-root", str(outage.server.data_root), "--grace", "0", check=0
         )  # fmt: skip
-        assert outage.keys("staging/") == [], report
+        assert outage.listed("staging/") == [], report
         uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         assert uploads == []
     finally:
