@@ -551,6 +551,42 @@ def test_helm_refuses_what_cannot_work_and_names_the_value(
     assert message in done.stderr, done.stderr
 
 
+def test_the_object_storage_values_of_the_scaling_docs_render_without_a_volume(
+    helm: Path,
+) -> None:
+    """Each values block of docs/scaling.md's "Replicas over object storage" renders,
+    with no claim, and its Secret and ConfigMap names reach the containers."""
+    text = section("scaling.md", "Replicas over object storage")
+    blocks = [body for language, body in fenced_blocks(text) if language == "yaml"]
+    documents_of = {body: [d for d in yaml.safe_load_all(body) if d] for body in blocks}
+    values = [  # a values file: one document, not a manifest
+        body
+        for body, documents in documents_of.items()
+        if len(documents) == 1 and "kind" not in documents[0]
+    ]
+    assert len(values) == 2
+    for body in values:
+        given = yaml.safe_load(body)["blobStore"]["s3"]
+        manifests = rendered(helm, body)
+        assert "PersistentVolumeClaim" not in kinds(manifests)
+        server = containers(manifests)["Deployment/cloudimg"]
+        refs = [v["valueFrom"] for v in server["env"] if "valueFrom" in v]
+        secrets_named = {r["secretKeyRef"]["name"] for r in refs if "secretKeyRef" in r}
+        maps_named = {r["configMapKeyRef"]["name"] for r in refs if "configMapKeyRef" in r}
+        assert given["existingSecret"] in secrets_named
+        if "bucketFromConfigMap" in given:
+            assert maps_named == {given["bucketFromConfigMap"]}
+    documents = [d for found in documents_of.values() for d in found]
+    claim = next(d for d in documents if d.get("kind") == "ObjectBucketClaim")
+    obc_values = next(yaml.safe_load(b) for b in values if "bucketFromConfigMap" in b)
+    assert obc_values["blobStore"]["s3"]["bucketFromConfigMap"] == claim["metadata"]["name"]
+    assert obc_values["blobStore"]["s3"]["existingSecret"] == claim["metadata"]["name"]
+    secret = next(d for d in documents if d.get("kind") == "Secret")
+    plain = next(yaml.safe_load(b) for b in values if "bucketFromConfigMap" not in b)
+    assert plain["blobStore"]["s3"]["existingSecret"] == secret["metadata"]["name"]
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
 def test_the_template_checks_refuse_what_the_schema_lets_through(helm: Path) -> None:
     """Both credential Secrets at once: the schema takes each, the template refuses the pair."""
     values = textwrap.dedent("""        blobStore:
