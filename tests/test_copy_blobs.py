@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 
-from cloudimg.blobstore import FilesystemBlobStore
+from cloudimg.blobstore import BlobReader, FilesystemBlobStore
 from cloudimg.blobstore.s3 import S3BlobStore, S3Location, parse_s3_url
+from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
 from cloudimg.core import commit_staged
+from cloudimg.maintenance import CopyReport, copy_blobs
 from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url
 from tests.maintenance_support import catalog_state
@@ -263,6 +265,43 @@ def test_an_object_of_another_size_under_the_digest_is_a_problem_not_a_rewrite(
     assert [p["digest"] for p in report["problems"]] == [digest]
     assert "the target holds it with 5 bytes" in report["problems"][0]["reason"]
     assert in_bucket(registry)[digest] == b"short"  # write-once: left for a person
+
+
+class DeletingSource(FilesystemBlobStore):
+    """The volume's store, where a tag is deleted (its history purged) just before its
+    blob is opened for the copy: a delete that commits while the copy runs."""
+
+    def __init__(self, root: Path, catalog: Catalog, digest: str, ref: str) -> None:
+        super().__init__(root)
+        self.catalog, self.digest, self.ref = catalog, digest, ref
+
+    async def open(self, blake3_hex: str) -> BlobReader | None:
+        if blake3_hex == self.digest:
+            repo, image, tag = self.ref.split("/")
+            await self.catalog.tags.delete_tag(repo, image, tag, purge_history=True)
+        return await super().open(blake3_hex)
+
+
+def test_a_blob_deleted_during_the_copy_is_no_problem_a_lost_file_is(registry: Registry) -> None:
+    """Each missing file is confirmed against the catalog as it is now, as fsck does."""
+    by_size = sorted(registry.digests, key=lambda d: len(registry.digests[d]))
+    deleted = next(d for d in by_size if len(registry.digests[d]) == 1_200_000)  # one tag
+    lost = by_size[-1]
+    blob_file(registry, lost).unlink()  # its row stays: a real loss
+
+    async def run() -> CopyReport:
+        settings = Settings(data_root=registry.root, database_url=catalog_url(registry.root))
+        async with open_registry(settings, migrate=False) as opened:
+            source = DeletingSource(registry.root, opened.catalog, deleted, "alpine/base/v2")
+            target = S3BlobStore(registry.location)
+            return await copy_blobs(opened.catalog, source, target, verify=True)
+
+    report = asyncio.run(run())
+    assert report.deleted == 1
+    assert [(p.digest, p.tags) for p in report.problems] == [(lost, ("debian/cloud:12",))]
+    assert "no blob file in the source" in report.problems[0].reason
+    assert (report.copied, report.verified) == (2, 2)  # the shared blob and the orphan
+    assert set(in_bucket(registry)) == {d for d in expected(registry) if d not in (deleted, lost)}
 
 
 @pytest.fixture

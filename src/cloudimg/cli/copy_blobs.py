@@ -120,6 +120,8 @@ def print_report(report: CopyReport, to: str) -> None:
     click.echo(f"already in the bucket: {report.present} ({human_bytes(report.present_bytes)})")
     if report.unreferenced:
         click.echo(f"of these, blob files no catalog row names: {report.unreferenced}")
+    if report.deleted:
+        click.echo(f"deleted while copying (nothing to copy): {report.deleted}")
     if report.quarantined:
         click.echo(f"quarantined blobs left behind (bad bytes): {report.quarantined}")
     if report.verified:

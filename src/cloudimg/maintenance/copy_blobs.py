@@ -51,6 +51,9 @@ class CopyReport:
     quarantined: int = 0
     """Blobs fsck quarantined: their bytes are bad, nothing to copy (as on the volume,
     their tags answer DATA_LOSS until uploaded again)."""
+    deleted: int = 0
+    """Blobs deleted while the copy ran (no catalog row any more, no file): nothing to
+    copy, as gc would have removed them from the bucket."""
     verified: int = 0
     verified_bytes: int = 0
     problems: list[CopyProblem] = field(default_factory=list)
@@ -63,6 +66,10 @@ class CopyReport:
 
 class _Refused(Exception):
     """One blob could not be copied; the message is the report's reason."""
+
+
+class _Missing(_Refused):
+    """The source has no file for the blob: a problem unless the catalog lost it too."""
 
 
 async def copy_blobs(
@@ -100,12 +107,22 @@ async def copy_blobs(
     total = sum(size if size is not None else files[d].size for d, size in wanted.items())
     meter = ProgressMeter(progress, total, "copied")
     limit = asyncio.Semaphore(max(1, jobs))
+    deleted: set[str] = set()
 
     async def one(digest: str, size: int | None) -> None:
         async with limit:
             tags = _tags(records.get(digest))
             try:
                 outcome, length = await _copy(source, target, digest, size, meter)
+            except _Missing as exc:
+                # Confirmed against the catalog as it is now (as fsck does): a blob
+                # whose last tag was deleted since the snapshot is gone, not lost.
+                if await catalog.maintenance.blob_state(digest) is None:
+                    report.deleted += 1
+                    deleted.add(digest)
+                else:
+                    report.problems.append(CopyProblem(digest, str(exc), tags))
+                return
             except _Refused as exc:
                 report.problems.append(CopyProblem(digest, str(exc), tags))
                 return
@@ -122,7 +139,7 @@ async def copy_blobs(
     await asyncio.gather(*(one(d, s) for d, s in sorted(wanted.items())))
     meter.finish()
     if verify:
-        failed = {problem.digest for problem in report.problems}
+        failed = {problem.digest for problem in report.problems} | deleted
         await _verify(
             target, sorted(d for d in wanted if d not in failed), records, report, jobs, progress
         )
@@ -148,7 +165,7 @@ async def _copy(
         return "present", held
     reader = await source.open(digest)
     if reader is None:
-        raise _Refused("no blob file in the source (run cloudimg gc, which puts back a"
+        raise _Missing("no blob file in the source (run cloudimg gc, which puts back a"
                        " trashed one, then copy again)")  # fmt: skip
     try:
         length = reader.size
