@@ -420,3 +420,19 @@ def test_parse_s3_url_refuses_what_is_not_a_bucket_and_prefix(url: str) -> None:
 def test_parse_s3_url_refuses_an_endpoint_that_is_not_http() -> None:
     with pytest.raises(ValueError, match="endpoint"):
         parse_s3_url("s3://images", endpoint="rgw:80")
+
+
+def test_a_data_root_that_is_not_there_is_one_line(registry: Registry, tmp_path: Path) -> None:
+    """A typo in --data-root copies nothing and reports no empty success."""
+    missing = tmp_path / "typo"
+    args = command(registry)
+    args[args.index("--data-root") + 1] = str(missing)
+    env = environment(registry)
+    env.pop("CLOUDIMG_DATABASE_URL")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "does not exist" in lines[0]
+    assert not missing.exists()
+    assert in_bucket(registry) == {}
