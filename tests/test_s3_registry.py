@@ -33,6 +33,7 @@ from tests.object_store import seaweedfs as seaweedfs  # the session fixture, pe
 from tests.oci_support import (
     artifact_manifest,
     assert_oci_error,
+    assert_pulls_as_containerdisk,
     put_manifest,
     sha256_digest,
     start_upload,
@@ -303,6 +304,19 @@ def test_import_legacy_into_a_bucket(
     assert client.get(f"/reg/{repo}/disk/v1").content == data
     assert client.get(f"/reg/{repo}/disk/v1/meta").json()["data"] == {"from": "go"}
     assert (tmp_path / "old" / repo / "disk" / "v1" / "image.bin").exists()  # a copy
+
+
+def test_a_reg_upload_pulls_as_a_containerdisk_from_the_bucket(
+    client: httpx.Client, repo: str
+) -> None:
+    """/v2 frames the blob as a tar layer read from the bucket (no descriptor to send)."""
+    disk = random_image(70_000)
+    assert upload_raw(client, f"/reg/{repo}/disk/v1", disk).status_code == 201
+    wait_until(
+        lambda: client.get(f"/v2/{repo}/disk/manifests/v1").status_code == 200,
+        "the containerDisk layer hashed",
+    )
+    assert_pulls_as_containerdisk(client, f"{repo}/disk", "v1", disk)
 
 
 def test_readyz_reports_the_blob_store(client: httpx.Client) -> None:
