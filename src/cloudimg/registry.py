@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from cloudimg.blobstore import FilesystemBlobStore
+from cloudimg.blobstore import FilesystemBlobStore, OpenedBlobStore
+from cloudimg.blobstore.s3 import S3BlobStore, S3Location
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
 from cloudimg.catalog.database import CatalogEngine, dispose_engine
 from cloudimg.catalog.schema import check_schema, readable_url
 from cloudimg.config import Settings
 from cloudimg.oci.store import OciStore
 
-__all__ = ["Registry", "open_registry"]
+__all__ = ["Registry", "open_blob_store", "open_registry"]
 
 T = TypeVar("T")
 
@@ -35,7 +36,8 @@ T = TypeVar("T")
 class Registry:
     """An open registry; ``close()`` (or leaving ``async with``) releases its connections."""
 
-    blobs: FilesystemBlobStore
+    blobs: OpenedBlobStore
+    """The store the settings name (``open_blob_store``): callers use its interface only."""
     engine: CatalogEngine
     catalog: Catalog
     oci: OciStore
@@ -80,13 +82,14 @@ def open_registry(settings: Settings, *, migrate: bool | None, read_only: bool =
             database without the schema).
     """
     url = settings.resolved_database_url
-    blobs = FilesystemBlobStore(settings.data_root)
+    blobs = open_blob_store(settings)
     if read_only:
         if migrate is not False:
             raise ValueError("a registry opened read only is not migrated: migrate=False")
         url = _blocking(readable_url, url)
     elif migrate:
-        settings.data_root.mkdir(parents=True, exist_ok=True)
+        if settings.uses_data_root:
+            settings.data_root.mkdir(parents=True, exist_ok=True)
         _blocking(upgrade_database, url)
         blobs.ensure_layout()
     elif migrate is False:
@@ -105,6 +108,29 @@ def open_registry(settings: Settings, *, migrate: bool | None, read_only: bool =
     oci = OciStore(engine, blobs)
     oci.hook_into(catalog.hooks)
     return Registry(blobs, engine, catalog, oci)
+
+
+def open_blob_store(settings: Settings) -> OpenedBlobStore:
+    """The blob store ``settings.blob_store`` names: a bucket, or the data root's files.
+
+    Nothing is reached yet (``S3BlobStore.check`` is the start-up's one attempt).
+    Credentials come from boto3's usual chain (``AWS_*`` variables, a shared credentials
+    file, a role), never from the settings.
+
+    Raises:
+        SettingsError: ``blob_store`` or ``s3_endpoint`` cannot be used.
+    """
+    where = settings.blob_store_url
+    if where is None:
+        return FilesystemBlobStore(settings.data_root)
+    location = S3Location(
+        bucket=where.bucket,
+        prefix=where.prefix,
+        endpoint_url=settings.s3_endpoint,
+        region=settings.s3_region,
+        path_style=settings.s3_path_style,
+    )
+    return S3BlobStore(location)
 
 
 def _blocking(step: Callable[[str], T], url: str) -> T:

@@ -2,7 +2,9 @@
 
 Callers name blobs by digest and hold opaque handles (``StagedBlob``, ``StoredFile``
 keys); where a backend keeps the bytes is its own business. ``BlobStore`` is what
-serving needs; ``MaintenanceBlobStore`` adds what only ``cloudimg.maintenance`` uses.
+serving needs; ``MaintenanceBlobStore`` adds what only ``cloudimg.maintenance`` uses;
+``OpenedBlobStore`` is what ``open_registry`` hands out: all of it, plus the layout's
+set-up and the staging writers' metrics sink, which the app and the CLI configure.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "MaintenanceBlobStore",
+    "OpenedBlobStore",
     "PlaceOutcome",
     "ResumableStaging",
+    "StageCosts",
     "StagedBlob",
     "StagingLease",
     "StagingRemoval",
@@ -30,6 +34,10 @@ Tap = Callable[[memoryview], None]
 """Called with each piece of an upload's bytes, in order, on a thread of the staging
 writer's (so it may block and spend CPU without stalling the event loop). It must not
 keep the view once it returns; what it raises fails the write."""
+
+StageCosts = Callable[[str, float, int], None]
+"""Told, for one stage of a staging writer, the CPU seconds its thread spent and the
+bytes it took (the server's ``/metrics``: see :mod:`cloudimg.blobstore.staging`)."""
 
 StagingRemoval = Literal["removed", "in-use", "young", "gone"]
 """What ``remove_stale_staging`` did with a staging file."""
@@ -254,3 +262,24 @@ class MaintenanceBlobStore(BlobStore, Protocol):
 
     async def quarantine(self, blake3_hex: str, version: int | None = None) -> str | None:
         """Move the blob aside (only if it is still ``version``); its key, None if nothing moved."""
+
+
+class OpenedBlobStore(MaintenanceBlobStore, Protocol):
+    """A store as ``open_registry`` hands it out, whichever backend the settings name."""
+
+    stage_costs: StageCosts | None
+    """Told the CPU seconds and bytes of each stage of every staging writer."""
+
+    @property
+    def directories(self) -> tuple[Path, ...]:
+        """Local directories the store writes into (none for a bucket)."""
+
+    def ensure_layout(self) -> None:
+        """Create what the store writes into, if it must (idempotent; a bucket needs nothing)."""
+
+    async def check(self) -> None:
+        """Reach the store once, for a start-up that fails fast.
+
+        Raises:
+            OSError: one line naming what cannot be used (never a secret).
+        """

@@ -137,6 +137,9 @@ class FilesystemBlobStore:
         for directory in self.directories:
             directory.mkdir(parents=True, exist_ok=True)
 
+    async def check(self) -> None:
+        """Nothing to reach: the CLI checks the data root itself, naming its owner."""
+
     def blob_path(self, blake3_hex: str) -> Path:
         return self.blobs_dir / blake3_hex[:2] / blake3_hex[2:]
 

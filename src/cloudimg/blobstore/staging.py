@@ -37,7 +37,7 @@ from typing import Any
 
 import blake3
 
-from cloudimg.blobstore.base import StagedBlob, Tap
+from cloudimg.blobstore.base import StageCosts, StagedBlob, Tap
 from cloudimg.errors import InsufficientStorageError
 
 __all__ = [
@@ -60,9 +60,6 @@ _BATCHES_IN_FLIGHT = 3
 _IOV_MAX: int = os.sysconf("SC_IOV_MAX")
 _FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READ_BLOCK = 16 * 1024 * 1024
-
-StageCosts = Callable[[str, float, int], None]
-"""Told, for one stage, the CPU seconds its thread spent and the bytes it took."""
 
 Work = Callable[[Sequence[bytes]], None]
 """What a stage does with one batch (its pieces, in order), on its own thread."""

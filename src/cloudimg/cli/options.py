@@ -31,7 +31,32 @@ _DEFAULTS = Settings()
 
 
 def storage_options(func: F) -> F:
-    """``--data-root`` and ``--database-url``: where the registry's state lives."""
+    """``--data-root``, ``--database-url`` and the blob store's: where the registry's
+    state lives. No credential flag: a secret on a command line shows in ``ps``; the
+    object store's credentials come from boto3's ``AWS_*`` variables or files."""
+    func = option(
+        "--s3-path-style/--no-s3-path-style",
+        default=_DEFAULTS.s3_path_style,
+        help="Address the bucket as endpoint/bucket (SeaweedFS, MinIO, Ceph RGW), "
+        "not bucket.endpoint",
+    )(func)
+    func = option(
+        "--s3-region",
+        default=None,
+        help="Region of the object store [default: us-east-1]",
+    )(func)
+    func = option(
+        "--s3-endpoint",
+        default=None,
+        help="http(s)://host[:port] of the object store [default: AWS's for the region]",
+    )(func)
+    func = option(
+        "--blob-store",
+        default=None,
+        help="s3://bucket[/prefix]: keep blobs in an S3-compatible object store (credentials: "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE) "
+        "[default: files in the data root]",
+    )(func)
     func = option(
         "--database-url",
         default=None,
@@ -41,7 +66,7 @@ def storage_options(func: F) -> F:
         "--data-root",
         type=click.Path(file_okay=False, path_type=Path),
         default=_DEFAULTS.data_root,
-        help="Directory of the blob store (and of the default SQLite catalog)",
+        help="Directory of the blob store (unless --blob-store) and of the default SQLite catalog",
     )(func)
 
 

@@ -8,6 +8,7 @@ registry.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cloudimg.blobstore import FilesystemBlobStore
+from cloudimg.blobstore import OpenedBlobStore
 from cloudimg.catalog import upgrade_database
 from cloudimg.catalog.database import (
     CatalogUrlError,
@@ -25,7 +26,9 @@ from cloudimg.catalog.database import (
     sqlite_path,
 )
 from cloudimg.catalog.schema import SchemaVersionError, current_revision
-from cloudimg.config import Settings
+from cloudimg.cli.options import flag_error
+from cloudimg.config import Settings, SettingsError
+from cloudimg.registry import open_blob_store
 
 __all__ = ["catalog_errors", "catalog_url", "prepare_storage"]
 
@@ -33,30 +36,47 @@ _CREATORS = "`cloudimg serve`, `cloudimg db upgrade` and `cloudimg import-legacy
 
 
 def prepare_storage(
-    settings: Settings, *, create: bool, writable: bool = True, migrate: bool = True
+    settings: Settings,
+    *,
+    create: bool,
+    writable: bool = True,
+    migrate: bool = True,
+    blobs: bool = True,
 ) -> str:
-    """Check (or, with ``create``, make) the data root and the catalog; returns the catalog URL.
+    """Check (or, with ``create``, make) the data root, the blob store and the catalog;
+    returns the catalog URL.
 
     ``writable``: the command writes, so this user must be able to write the data root
     and its directories. ``migrate``: bring the schema to this code's head (logged only
-    when a migration runs).
+    when a migration runs). ``blobs``: the command uses the blob store (not ``db``), so
+    a bucket it names must answer (one attempt, no retry loop at start).
+    The data root is neither made nor checked when nothing lives there (a bucket and a
+    catalog elsewhere).
 
     Raises:
         click.ClickException: one line saying what is wrong and what to do.
+        click.BadParameter: ``--blob-store`` or ``--s3-endpoint`` cannot be used.
     """
     url = catalog_url(settings)
+    try:
+        store = open_blob_store(settings)
+    except SettingsError as exc:
+        raise flag_error(exc) from None
     root = settings.data_root
+    if settings.uses_data_root:
+        if create:
+            _create(root)
+        elif not _is_dir(root):
+            raise click.ClickException(
+                f"the data root {root.absolute()} does not exist: check --data-root"
+                f" (CLOUDIMG_DATA_ROOT); {_CREATORS}"
+            )
+        if writable:
+            _check_writable(root, store)
+    if blobs:
+        _check_blob_store(store)
     if create:
-        _create(root)
-    elif not _is_dir(root):
-        raise click.ClickException(
-            f"the data root {root.absolute()} does not exist: check --data-root"
-            f" (CLOUDIMG_DATA_ROOT); {_CREATORS}"
-        )
-    if writable:
-        _check_writable(root)
-    if create:
-        _create_layout(root)
+        _create_layout(root, store)
     with catalog_errors(url):
         if not create:
             _require_catalog(url)
@@ -115,9 +135,22 @@ def _create(root: Path) -> None:
         ) from None
 
 
-def _create_layout(root: Path) -> None:
+def _check_blob_store(store: OpenedBlobStore) -> None:
+    """A bucket that is missing, refuses the credentials or does not answer: one line
+    naming the bucket and endpoint (never a secret). The file system store has nothing to
+    reach: its data root is checked (with its owner) by the steps here."""
     try:
-        FilesystemBlobStore(root).ensure_layout()
+        asyncio.run(store.check())
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot use the blob store: {exc.strerror or exc}: check --blob-store"
+            " (CLOUDIMG_BLOB_STORE), --s3-endpoint and the AWS_* credentials"
+        ) from None
+
+
+def _create_layout(root: Path, store: OpenedBlobStore) -> None:
+    try:
+        store.ensure_layout()
     except OSError as exc:
         where = Path(exc.filename) if exc.filename else root
         raise click.ClickException(
@@ -125,9 +158,10 @@ def _create_layout(root: Path) -> None:
         ) from None
 
 
-def _check_writable(root: Path) -> None:
-    """Every directory the command writes into: the root (catalog file) and the blob store's."""
-    for directory in (root, *FilesystemBlobStore(root).directories):
+def _check_writable(root: Path, store: OpenedBlobStore) -> None:
+    """Every directory the command writes into: the root (catalog file) and the blob
+    store's, when its blobs are files."""
+    for directory in (root, *store.directories):
         if not directory.exists():
             continue  # created later (serve) or by opening the catalog, in a writable root
         if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):

@@ -146,6 +146,14 @@ class S3BlobStore:
 
     # -- start-up ------------------------------------------------------------------
 
+    @property
+    def directories(self) -> tuple[Path, ...]:
+        return ()  # nothing local: staging is in the bucket too
+
+    def ensure_layout(self) -> None:
+        """Nothing to create: keys need no directories, and the bucket is the operator's
+        (``check`` says when it is missing)."""
+
     async def check(self) -> None:
         """Reach the bucket once (no retries): ``S3StoreError`` with a one-line reason
         when it is missing, the credentials are refused or the endpoint does not answer."""
