@@ -12,6 +12,7 @@ registry's, as in a cluster (see docs/configuration.md on why that matters).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -28,8 +29,10 @@ import blake3
 import httpx
 import pytest
 
+from cloudimg.blobstore.s3 import S3BlobStore
+from cloudimg.blobstore.s3.store import MAX_URL_EXPIRY
 from tests.conftest import RunningServer, start_server, upload
-from tests.object_store import SeaweedFS
+from tests.object_store import SeaweedFS, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import OCI_MANIFEST, container_manifest, push_blob, tar_layer
 from tests.proxy import RecordedRequest, RecordingProxy
@@ -447,3 +450,35 @@ def test_skopeo_copies_a_pushed_image_through_redirects(
     layer_sha = hashlib.sha256(layer).hexdigest()
     assert (out / layer_sha).read_bytes() == layer
     _assert_followed_without_credentials(store_proxy, since)
+
+
+# -- settings and the URL's life ---------------------------------------------------------
+
+
+def test_redirects_without_an_object_store_are_refused_at_start(tmp_path: Path) -> None:
+    done = _cloudimg(
+        "serve", "--listener-addr", "127.0.0.1:0", "--data-root", str(tmp_path / "data"),
+        cwd=tmp_path, env={"CLOUDIMG_REDIRECT_DOWNLOADS": "true"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "--redirect-downloads" in errors[0]
+    assert "--blob-store" in errors[0]
+    assert not (tmp_path / "data").exists()  # refused before anything was touched
+
+
+async def test_a_presigned_url_does_not_outlive_its_expiry(seaweedfs: SeaweedFS) -> None:
+    store = S3BlobStore(s3_location(seaweedfs, seaweedfs.new_bucket()))
+    writer = await store.open_staging()
+    await writer.write(b"expiring bytes")
+    staged = await writer.finish()
+    await store.place(staged)
+    url = await store.download_url(staged.blake3, 1)
+    assert url is not None
+    assert "X-Amz-Expires=1&" in url
+    await asyncio.sleep(2.5)  # past the expiry whatever the load: the store says so
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(url)).status_code == 403
+    with pytest.raises(ValueError, match="1 to"):
+        await store.download_url(staged.blake3, MAX_URL_EXPIRY + 1)
