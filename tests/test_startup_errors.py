@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import free_port, start_server
 from tests.databases import ADMIN_URL, catalog_database, postgres_unavailable
+from tests.object_store import SeaweedFS
+from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import refusing_port
 from tests.volumes import tmpfs
 
@@ -361,3 +363,76 @@ def test_data_root_on_a_read_only_volume(tmp_path: Path, command: list[str]) -> 
         assert remounted.returncode == 0, remounted.stderr
         args = serve_args() if command == ["serve"] else command
         refused(run(*args, "--data-root", str(root)), str(root), "read-only file system")
+
+
+# -- the blob store's bucket ----------------------------------------------------------------
+
+BUCKET_COMMANDS = [["serve"], ["gc"], ["fsck"], ["du"], ["import-legacy", "--from", "."]]
+"""The commands that use the blob store (``db`` is the catalog's alone)."""
+
+
+def bucket_env(
+    store: SeaweedFS, bucket: str, *, endpoint: str = "", secret: str = ""
+) -> dict[str, str]:
+    return {
+        "CLOUDIMG_BLOB_STORE": f"s3://{bucket}/images",
+        "CLOUDIMG_S3_ENDPOINT": endpoint or store.endpoint,
+        "CLOUDIMG_S3_PATH_STYLE": "true",
+        "AWS_ACCESS_KEY_ID": store.access_key,
+        "AWS_SECRET_ACCESS_KEY": secret or store.secret_key,
+    }
+
+
+def bucket_refused(
+    store: SeaweedFS, tmp_path: Path, command: list[str], env: dict[str, str], *words: str
+) -> None:
+    """``command`` on a registry whose catalog exists: one line naming ``words``, exit 1,
+    never a secret."""
+    root = tmp_path / "data"
+    assert run("db", "upgrade", "--data-root", str(root), env=env).returncode == 0
+    before = sorted(p.name for p in root.iterdir())
+    args = serve_args() if command == ["serve"] else command
+    done = run(*args, "--data-root", str(root), env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    line = refused(done, *words)
+    assert store.secret_key not in line
+    assert env["AWS_SECRET_ACCESS_KEY"] not in line
+    assert sorted(p.name for p in root.iterdir()) == before  # no blobs/, staging/ or trash/
+
+
+@pytest.mark.parametrize("command", BUCKET_COMMANDS, ids=" ".join)
+def test_missing_bucket(seaweedfs: SeaweedFS, tmp_path: Path, command: list[str]) -> None:
+    env = bucket_env(seaweedfs, "no-such-bucket-here")
+    bucket_refused(seaweedfs, tmp_path, command, env, "no-such-bucket-here", seaweedfs.endpoint)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["gc"]], ids=" ".join)
+def test_bucket_credentials_refused(
+    seaweedfs: SeaweedFS, tmp_path: Path, command: list[str]
+) -> None:
+    bucket = seaweedfs.new_bucket()
+    env = bucket_env(seaweedfs, bucket, secret=PASSWORD)
+    bucket_refused(seaweedfs, tmp_path, command, env, bucket, seaweedfs.endpoint, "credentials")
+
+
+@pytest.mark.parametrize("command", [["serve"], ["fsck"]], ids=" ".join)
+def test_object_store_unreachable(seaweedfs: SeaweedFS, tmp_path: Path, command: list[str]) -> None:
+    with refusing_port() as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        env = bucket_env(seaweedfs, "some-bucket", endpoint=endpoint)
+        bucket_refused(seaweedfs, tmp_path, command, env, "some-bucket", endpoint, "unreachable")
+
+
+@pytest.mark.postgres
+def test_a_bucket_and_postgres_need_no_data_root(
+    postgres: None, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """Replicas without a shared volume: a data root that does not exist stays so."""
+    root = tmp_path / "nowhere"
+    with catalog_database("postgresql", tmp_path / "catalog") as url:
+        env = {**bucket_env(seaweedfs, seaweedfs.new_bucket()), **db_env(url)}
+        assert run("db", "upgrade", "--data-root", str(root), env=env).returncode == 0
+        for command in (["gc"], ["fsck"], ["du"]):
+            done = run(*command, "--data-root", str(root), env=env)
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert not root.exists()

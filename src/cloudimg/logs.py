@@ -22,12 +22,14 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "LOG_FORMATS",
+    "QUIET_LOGGERS",
     "JsonFormatter",
     "LogFormat",
     "QuietGranian",
     "TextFormatter",
     "configure_logging",
     "granian_log_config",
+    "quiet_libraries",
     "redact",
     "request_id_var",
 ]
@@ -107,8 +109,20 @@ class QuietGranian(logging.Filter):
         return record.getMessage() not in self._NOISE
 
 
+QUIET_LOGGERS: Final = ("botocore",)
+"""Libraries whose INFO lines are noise: botocore tells where it found credentials at
+every client it makes, which would turn a start-up's one-line error into three."""
+
+
+def quiet_libraries() -> None:
+    """Keep the ``QUIET_LOGGERS`` to warnings and errors."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
     """Send every log record (ours, Litestar's, Granian's) to stderr in ``log_format``."""
+    quiet_libraries()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -143,5 +157,9 @@ def granian_log_config(log_format: LogFormat = "text") -> dict[str, Any]:
             "_granian": {"handlers": [], "level": "INFO", "propagate": True, "filters": ["quiet"]},
             # Our middleware writes the access log; Granian's own stays off.
             "granian.access": {"handlers": [], "level": "WARNING", "propagate": True},
+            **{
+                name: {"handlers": [], "level": "WARNING", "propagate": True}
+                for name in QUIET_LOGGERS
+            },
         },
     }

@@ -10,6 +10,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
+from cloudimg.blobstore import BlobStoreUnavailableError
 from cloudimg.errors import (
     AlreadyExistsError,
     BlobCorruptError,
@@ -27,7 +28,15 @@ from cloudimg.errors import (
     UnavailableError,
 )
 
-__all__ = ["error_body", "error_response", "exception_handlers", "status_of"]
+__all__ = [
+    "RETRY_AFTER_SECS",
+    "domain_error_of",
+    "error_body",
+    "error_response",
+    "exception_handlers",
+    "retry_headers",
+    "status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +97,42 @@ def status_of(exc: CloudimgError) -> int:
     return next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
 
 
+RETRY_AFTER_SECS = 10
+"""What a 503 asks a client to wait: the catalog's busy timeout and the object store
+client's retries have been spent on the request already, so a retry at once would
+most likely fail the same way."""
+
+
+def retry_headers(exc: CloudimgError) -> dict[str, str] | None:
+    """``Retry-After`` for an error a later retry may not meet (RFC 9110 15.6.4)."""
+    return {"Retry-After": str(RETRY_AFTER_SECS)} if isinstance(exc, UnavailableError) else None
+
+
+_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def domain_error_of(exc: OSError) -> CloudimgError | None:
+    """What an ``OSError`` reaching a face means to a client; None for a bug (500).
+
+    A full volume is 507; a read-only volume and a blob store that does not answer
+    (after its client's retries) are 503: the request changed nothing visible (the
+    catalog commits after the bytes are placed) and may succeed later.
+    """
+    if exc.errno in _FULL_DISK_ERRNOS:
+        return InsufficientStorageError("the data volume is full")
+    if exc.errno == errno.EROFS:
+        return UnavailableError("the data volume is read-only")
+    if isinstance(exc, BlobStoreUnavailableError):
+        reason = exc.strerror or type(exc).__name__
+        return UnavailableError("the blob store is unavailable; try again", {"reason": reason})
+    return None
+
+
 def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Response[Any]:
     status = status_of(exc)
     if isinstance(exc, UnavailableError) and exc.context:
         log.warning("unavailable on %s %s: %s", request.method, request.url.path, exc.context)
-    return error_response(status, exc.code, exc.message, exc.context)
+    return error_response(status, exc.code, exc.message, exc.context, retry_headers(exc))
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -112,15 +152,11 @@ def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return error_response(500, "INTERNAL", "internal error")
 
 
-_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
 def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[Any]:
-    if exc.errno in _FULL_DISK_ERRNOS:
-        return error_response(507, "RESOURCE_EXHAUSTED", "the data volume is full")
-    if exc.errno == errno.EROFS:
-        return error_response(503, "UNAVAILABLE", "the data volume is read-only")
-    return _unexpected_error(request, exc)
+    domain = domain_error_of(exc)
+    if domain is None:
+        return _unexpected_error(request, exc)
+    return _domain_error(request, domain)
 
 
 exception_handlers: ExceptionHandlersMap = {

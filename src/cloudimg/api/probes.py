@@ -9,9 +9,9 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.params import SkipValidation
 
-from cloudimg.api.errors import error_response
+from cloudimg.api.errors import RETRY_AFTER_SECS, error_response
 from cloudimg.api.openapi import error_responses
-from cloudimg.blobstore import BlobStore
+from cloudimg.blobstore import BlobStoreUnavailableError, OpenedBlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.errors import CloudimgError
 
@@ -35,17 +35,20 @@ class HealthController(Controller):
 
 
 class ReadinessController(Controller):
-    """Readiness, never behind a prefix: the catalog answers and the data root takes files."""
+    """Readiness, never behind a prefix: the catalog answers and the blob store (the data
+    root's files, or a bucket) takes new blobs."""
 
     path = "/readyz"
 
     @get(
         "/",
         operation_id="GetReadiness",
-        summary="Readiness probe: the catalog can begin a write and the data root is writable",
+        summary="Readiness probe: the catalog can begin a write and the blob store takes blobs",
         responses=error_responses(),
     )
-    async def readyz(self, catalog: Catalog, blobs: SkipValidation[BlobStore]) -> Response[Any]:
+    async def readyz(
+        self, catalog: Catalog, blobs: SkipValidation[OpenedBlobStore]
+    ) -> Response[Any]:
         problems: dict[str, str] = {}
         try:
             await catalog.reads.check_writable()
@@ -56,13 +59,27 @@ class ReadinessController(Controller):
                 else None
             )
             problems["catalog"] = str(reason or type(exc).__name__)
+        # The file system store is its data root (the name probes have always read);
+        # an object store is reported as the blob store.
+        store = "data_root" if blobs.directories else "blob_store"
         free: int | None = None
         try:
             await blobs.probe_writable()
             free = await blobs.free_space()
         except OSError as exc:
-            problems["data_root"] = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            # An object store's reason is its own line (never an address or a secret); a
+            # file's is its errno's text, never its path.
+            own = isinstance(exc, BlobStoreUnavailableError) and exc.strerror
+            problems[store] = (
+                own or (os.strerror(exc.errno) if exc.errno else None) or type(exc).__name__
+            )
         if problems:
             reasons = "; ".join(f"{what}: {why}" for what, why in problems.items())
-            return error_response(503, "UNAVAILABLE", f"not ready: {reasons}", problems)
-        return Response(_ok({"catalog": "ok", "data_root": "ok", "free_bytes": free}))
+            return error_response(
+                503,
+                "UNAVAILABLE",
+                f"not ready: {reasons}",
+                problems,
+                {"Retry-After": str(RETRY_AFTER_SECS)},
+            )
+        return Response(_ok({"catalog": "ok", store: "ok", "free_bytes": free}))

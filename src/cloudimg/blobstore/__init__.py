@@ -3,6 +3,7 @@
 from cloudimg.blobstore.base import (
     BlobReader,
     BlobStore,
+    BlobStoreUnavailableError,
     MaintenanceBlobStore,
     OpenedBlobStore,
     PlaceOutcome,
@@ -17,6 +18,7 @@ from cloudimg.blobstore.filesystem import FilesystemBlobStore
 __all__ = [
     "BlobReader",
     "BlobStore",
+    "BlobStoreUnavailableError",
     "FilesystemBlobStore",
     "MaintenanceBlobStore",
     "OpenedBlobStore",

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 __all__ = [
     "BlobReader",
     "BlobStore",
+    "BlobStoreUnavailableError",
     "MaintenanceBlobStore",
     "OpenedBlobStore",
     "PlaceOutcome",
@@ -34,6 +35,13 @@ Tap = Callable[[memoryview], None]
 """Called with each piece of an upload's bytes, in order, on a thread of the staging
 writer's (so it may block and spend CPU without stalling the event loop). It must not
 keep the view once it returns; what it raises fails the write."""
+
+
+class BlobStoreUnavailableError(OSError):
+    """The blob store did not answer, or refused, after its client's own retries (an
+    object store down, unreachable or refusing the credentials): retrying later may help.
+    Its ``strerror`` is one line for an operator, naming no secret."""
+
 
 StageCosts = Callable[[str, float, int], None]
 """Told, for one stage of a staging writer, the CPU seconds its thread spent and the

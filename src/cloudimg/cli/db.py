@@ -1,4 +1,5 @@
-"""``cloudimg db``: the catalog schema."""
+"""``cloudimg db``: the catalog schema (the blob store is not reached: a catalog can be
+prepared before its bucket exists)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def db() -> None:
 @storage_options
 def upgrade(**values: object) -> None:
     """Apply every pending migration (creates the data root and catalog when missing)."""
-    prepare_storage(settings_from(**values), create=True)
+    prepare_storage(settings_from(**values), create=True, blobs=False)
     click.echo("catalog schema is up to date")
 
 
@@ -33,7 +34,9 @@ def upgrade(**values: object) -> None:
 @storage_options
 def current(**values: object) -> None:
     """Print the schema revision of the catalog (exit 1 when there is no catalog)."""
-    url = prepare_storage(settings_from(**values), create=False, writable=False, migrate=False)
+    url = prepare_storage(
+        settings_from(**values), create=False, writable=False, migrate=False, blobs=False
+    )
     with catalog_errors(url):
         revision = current_revision(url)
     click.echo(f"{revision} (head)" if revision == head_revision() else str(revision))
@@ -43,7 +46,9 @@ def current(**values: object) -> None:
 @storage_options
 def check(**values: object) -> None:
     """Exit non-zero when the schema does not match the code's models."""
-    url = prepare_storage(settings_from(**values), create=False, writable=False, migrate=False)
+    url = prepare_storage(
+        settings_from(**values), create=False, writable=False, migrate=False, blobs=False
+    )
     try:
         with catalog_errors(url):
             check_models(url)

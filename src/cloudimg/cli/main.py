@@ -8,6 +8,7 @@ import logging
 import click
 
 from cloudimg import __version__
+from cloudimg.logs import quiet_libraries
 
 __all__ = ["cli", "main"]
 
@@ -54,6 +55,7 @@ def cli() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_libraries()
 
 
 def main() -> None:

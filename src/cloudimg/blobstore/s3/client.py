@@ -22,6 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloudimg.blobstore.base import BlobStoreUnavailableError
 from cloudimg.errors import InsufficientStorageError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ _DENIED_CODES = frozenset(
 _FULL_CODES = frozenset({"507", "InsufficientStorage", "QuotaExceeded", "XMinioStorageFull"})
 
 
-class S3StoreError(OSError):
+class S3StoreError(BlobStoreUnavailableError):
     """The object store cannot be used as configured (bucket, credentials, endpoint)."""
 
 
@@ -123,7 +124,9 @@ def is_precondition(exc: ClientError) -> bool:
 
 def translated(exc: BaseException) -> BaseException:
     """What callers expect instead of a botocore error: ``InsufficientStorageError`` when
-    the store says it is full, else an ``OSError`` with a one-line reason."""
+    the store says it is full, else a ``BlobStoreUnavailableError`` (an ``OSError``; the
+    faces answer it 503 with ``Retry-After``) with a one-line reason. botocore has retried
+    by then (``S3Location.retries``)."""
     if isinstance(exc, ClientError):
         code = code_of(exc)
         if code in _FULL_CODES:
@@ -132,9 +135,11 @@ def translated(exc: BaseException) -> BaseException:
             return S3StoreError(errno.EACCES, f"the object store refused the credentials ({code})")
         if code == "NoSuchBucket":
             return S3StoreError(errno.ENOENT, "the object store has no such bucket")
-        return OSError(errno.EIO, f"the object store answered {code}")
+        return BlobStoreUnavailableError(errno.EIO, f"the object store answered {code}")
     if isinstance(exc, BotoCoreError):
-        return OSError(errno.EIO, f"the object store is unreachable ({type(exc).__name__})")
+        return BlobStoreUnavailableError(
+            errno.EIO, f"the object store is unreachable ({type(exc).__name__})"
+        )
     return exc
 
 

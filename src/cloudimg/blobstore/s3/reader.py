@@ -65,7 +65,10 @@ class S3BlobReader:
                     raise translated(exc) from exc
             except BotoCoreError as exc:
                 raise translated(exc) from exc
-            moved = self._relocate()
+            try:
+                moved = self._relocate()
+            except (ClientError, BotoCoreError) as exc:
+                raise translated(exc) from exc
             if moved is None:
                 break
             self._key = moved

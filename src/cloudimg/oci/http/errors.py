@@ -16,7 +16,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
-from cloudimg.api.errors import status_of
+from cloudimg.api.errors import domain_error_of, retry_headers, status_of
 from cloudimg.errors import (
     CloudimgError,
     DigestMismatchError,
@@ -78,7 +78,16 @@ def _domain_error(request: Request[Any, Any, Any], exc: CloudimgError) -> Respon
     rule = (exc.context or {}).get("rule") if isinstance(exc, ImageRefusedError) else None
     if rule is not None:  # the spec's code says little: the message names the rule too
         message = f"{message} (rule {rule})"
-    return oci_error_response(status, _code_of(exc), message, exc.context)
+    return oci_error_response(
+        status, _code_of(exc), message, exc.context, headers=retry_headers(exc)
+    )
+
+
+def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[Any]:
+    domain = domain_error_of(exc)
+    if domain is None:
+        return _unexpected(request, exc)
+    return _domain_error(request, domain)
 
 
 _ENDPOINT = re.compile(r"/v2/(.+)/(?:manifests/[^/]+|blobs/[^/]+|blobs/uploads/.*|tags/list)")
@@ -136,5 +145,6 @@ oci_exception_handlers: ExceptionHandlersMap = {
     OciError: _oci_error,
     CloudimgError: _domain_error,
     HTTPException: _http_error,
+    OSError: _os_error,
     Exception: _unexpected,
 }
