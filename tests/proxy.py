@@ -179,6 +179,18 @@ _METHOD_NOT_ALLOWED = (
 )
 
 
+_EXPIRED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Request has expired</Message></Error>"
+)
+# What S3 answers a presigned URL past its expiry.
+_EXPIRED = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\n"
+    + f"content-length: {len(_EXPIRED_BODY)}\r\n\r\n".encode()
+    + _EXPIRED_BODY
+)
+
+
 def _refused(head: bytes, method: str, suffix: str | None) -> bool:
     """Whether the request ``head`` is one to answer 405: ``method``, and its path ends
     with ``suffix`` when one is given."""
@@ -254,6 +266,9 @@ class RecordingProxy:
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
+    expire_presigned: int = 0
+    """Answer this many of the next requests by a presigned URL (``X-Amz-Signature``)
+    with S3's 403 for an expired URL, without passing them on."""
     _listener: socket.socket = field(default_factory=socket.socket)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -295,7 +310,9 @@ class RecordingProxy:
                     pending += data
                 end = pending.index(_HEADER_END) + len(_HEADER_END)
                 head, pending = pending[:end], pending[end:]
-                self._record(head)
+                if self._record(head):
+                    client.sendall(_EXPIRED)
+                    continue
                 server.sendall(head)
                 remaining = _content_length(head)
                 while remaining > 0:
@@ -311,7 +328,8 @@ class RecordingProxy:
         finally:
             _close(server)
 
-    def _record(self, head: bytes) -> None:
+    def _record(self, head: bytes) -> bool:
+        """Record the request ``head``; whether to answer it as expired instead."""
         line, *fields = head.decode("latin-1").split("\r\n")
         method, _, rest = line.partition(" ")
         headers = {}
@@ -319,8 +337,13 @@ class RecordingProxy:
             name, colon, value = text.partition(":")
             if colon:
                 headers[name.strip().lower()] = value.strip()
+        target = rest.rpartition(" ")[0]
         with self._lock:
-            self.requests.append(RecordedRequest(method, rest.rpartition(" ")[0], headers))
+            self.requests.append(RecordedRequest(method, target, headers))
+            if self.expire_presigned > 0 and "X-Amz-Signature=" in target:
+                self.expire_presigned -= 1
+                return True
+        return False
 
     def _answers(self, server: socket.socket, client: socket.socket) -> None:
         try:

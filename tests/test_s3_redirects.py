@@ -409,6 +409,39 @@ def test_cloudimg_pull_follows_resumes_and_verifies(
     assert not (tmp_path / "bad.raw").exists()
 
 
+def test_cloudimg_pull_asks_the_registry_again_when_the_store_refuses_its_url(
+    server: RunningServer,
+    writer: httpx.Client,
+    store_proxy: RecordingProxy,
+    repo: str,
+    tmp_path: Path,
+) -> None:
+    data = random_image(MIB + 1)
+    assert upload(writer, f"/reg/{repo}/disk/v1", data).status_code == 201
+    env = {
+        "CLOUDIMG_SERVER": server.base_url,
+        "CLOUDIMG_USER": READ_USER,
+        "CLOUDIMG_PASSWORD": READ_PASSWORD,
+    }
+    since = len(store_proxy.recorded())
+    store_proxy.expire_presigned = 1  # as a URL that expired before the client came
+    done = _cloudimg("pull", f"{repo}/disk:v1", "again.raw", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "again.raw").read_bytes() == data
+    assert len(_store_requests(store_proxy, since)) == 2
+    # The retry asked the registry again (for a fresh URL), not the store with the old one.
+    asked = f"GET /reg/{repo}/disk/v1 307 "
+    assert server.log().count(asked) == 2
+    # Past its retries, the store's own error is the one line.
+    store_proxy.expire_presigned = 2
+    done = _cloudimg(
+        "pull", f"{repo}/disk:v1", "never.raw", "--retries", "1", cwd=tmp_path, env=env
+    )
+    assert done.returncode == 6, done.stderr
+    assert "403 AccessDenied: Request has expired" in done.stderr
+    assert not (tmp_path / "never.raw").exists()
+
+
 def test_skopeo_copies_a_pushed_image_through_redirects(
     server: RunningServer,
     writer: httpx.Client,
