@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudimg.config import Settings, parse_listener_addr
+from cloudimg.config import BlobStoreUrl, Settings, SettingsError, parse_listener_addr
 from cloudimg.digest import parse_digest
 from cloudimg.errors import InvalidArgumentError
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
@@ -89,3 +89,51 @@ def test_default_database_is_sqlite_in_data_root(tmp_path: Path) -> None:
     assert Settings(database_url="postgresql+asyncpg://x/y").resolved_database_url.startswith(
         "postgresql"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://images", "images", ""),
+        ("s3://images/", "images", ""),
+        ("s3://vm.images-1/cloudimg", "vm.images-1", "cloudimg/"),
+        ("s3://vm-images/cloudimg/", "vm-images", "cloudimg/"),
+        ("S3://vm-images//a/b", "vm-images", "a/b/"),
+    ],
+)
+def test_blob_store_url_normalised(url: str, bucket: str, prefix: str) -> None:
+    assert Settings(blob_store=url).blob_store_url == BlobStoreUrl(bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [
+        ({"blob_store": "https://bucket"}, "blob_store"),
+        ({"blob_store": "s3://"}, "blob_store"),
+        ({"blob_store": "s3://Upper"}, "blob_store"),
+        ({"blob_store": "s3://-leading"}, "blob_store"),
+        ({"blob_store": "s3://a..b"}, "blob_store"),
+        ({"blob_store": "s3://" + "a" * 64}, "blob_store"),
+        ({"blob_store": "s3://10.0.0.1"}, "blob_store"),
+        ({"blob_store": "s3://xn--bucket"}, "blob_store"),
+        ({"blob_store": "s3://bucket:9000"}, "blob_store"),
+        ({"blob_store": "s3://key:secret@bucket"}, "blob_store"),
+        ({"blob_store": "s3://bucket/a/../b"}, "blob_store"),
+        ({"blob_store": "s3://bucket/a b"}, "blob_store"),
+        ({"blob_store": "s3://bucket?versionId=1"}, "blob_store"),
+        ({"blob_store": "s3://bucket", "s3_endpoint": "minio:9000"}, "s3_endpoint"),
+        ({"blob_store": "s3://bucket", "s3_endpoint": "http://key:secret@minio"}, "s3_endpoint"),
+        ({"blob_store": "s3://bucket", "s3_endpoint": "http://minio/path"}, "s3_endpoint"),
+    ],
+)
+def test_blob_store_settings_refused(settings: dict[str, str], setting: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings(**settings).blob_store_url  # noqa: B018
+    assert refused.value.setting == setting
+    assert "secret" not in str(refused.value)
+
+
+def test_the_data_root_is_needed_unless_a_bucket_and_a_database_url() -> None:
+    assert Settings().uses_data_root
+    assert Settings(blob_store="s3://b").uses_data_root  # the SQLite catalog lives there
+    assert not Settings(blob_store="s3://b", database_url="postgresql://db/c").uses_data_root

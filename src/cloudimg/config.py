@@ -201,8 +201,11 @@ class Settings:
                 or parts.query
                 or parts.fragment
             ):
+                shown = "" if "@" in parts.netloc else f"{self.s3_endpoint!r} "  # a secret?
                 raise SettingsError(
-                    "s3_endpoint", f"{self.s3_endpoint!r} is not http(s)://host[:port]"
+                    "s3_endpoint",
+                    f"{shown}is not http(s)://host[:port] (credentials come from AWS_* "
+                    "variables or a credentials file)",
                 )
         if self.blob_store is None:
             return None
@@ -298,8 +301,9 @@ def parse_blob_store(text: str) -> BlobStoreUrl:
         raise ValueError(f"{text!r} has a query or fragment; give s3://bucket[/prefix]")
     bucket = parts.netloc
     if "@" in bucket or ":" in bucket:
+        # Not echoed: what stands before the "@" may be a secret.
         raise ValueError(
-            f"{text!r}: credentials and the endpoint are not part of the URL (the endpoint is "
+            "credentials and the endpoint are not part of the URL (the endpoint is "
             "s3_endpoint; credentials come from AWS_* variables or a credentials file)"
         )
     if (

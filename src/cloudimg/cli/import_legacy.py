@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 
 from cloudimg.catalog.database import NoCatalogError
-from cloudimg.cli.options import inspection_options, settings_from, storage_options
+from cloudimg.cli.options import flag_error, inspection_options, settings_from, storage_options
 from cloudimg.cli.output import human_bytes, print_json, run, shown
 from cloudimg.cli.progress import ProgressDisplay, progress_options
 from cloudimg.cli.storage import catalog_errors, catalog_url
-from cloudimg.config import Settings
+from cloudimg.config import Settings, SettingsError
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import preview_import
 from cloudimg.progress import Progress
@@ -64,6 +64,10 @@ def import_legacy_command(
     skipped or failed.
     """
     settings = settings_from(**values)
+    try:
+        settings.blob_store_url  # noqa: B018  (the dry run opens the store without the checks)
+    except SettingsError as exc:
+        raise flag_error(exc) from None
     with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
         if dry_run:
             with catalog_errors(catalog_url(settings)):

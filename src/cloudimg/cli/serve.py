@@ -133,6 +133,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
     try:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
         settings.check_web()
+        settings.blob_store_url  # noqa: B018  (refuses a bad --blob-store before the bind)
         settings.check_redirects()
         settings.inspection_policy  # noqa: B018  (refuses --qemu-img-check on without qemu-img)
     except SettingsError as exc:
