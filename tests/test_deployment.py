@@ -137,6 +137,13 @@ def test_the_old_charts_values_keep_working(validator: jsonschema.Draft7Validato
         {"gc": {"grace": "an hour"}},
         {"auth": {"readAuth": "basic"}},  # no credentials Secret
         {"unknownKey": True},
+        {"blobStore": {"type": "s3"}},  # no bucket, no ObjectBucketClaim's ConfigMap
+        {"blobStore": {"type": "gcs"}},
+        {"blobStore": {"type": "s3", "s3": {"bucket": "Not_A_Bucket"}}},
+        {"blobStore": {"type": "s3", "s3": {"bucket": "b", "endpoint": "rgw:80"}}},
+        {"blobStore": {"s3": {"redirectDownloads": True}}},  # redirects need the bucket
+        # several replicas on a bucket still need PostgreSQL: SQLite serves one pod
+        {"replicaCount": 2, "blobStore": {"type": "s3", "s3": {"bucket": "images"}}},
     ],
     ids=str,
 )
@@ -157,6 +164,22 @@ def test_scale_out_is_accepted_with_postgres_and_read_write_many(
         }
     )
     assert errors(validator, values) == []
+
+
+def test_scale_out_over_a_bucket_needs_no_read_write_many_volume(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    bucket = {"type": "s3", "s3": {"bucket": "images"}}
+    postgres = {"existingSecret": "pg"}
+    assert (
+        errors(validator, merged({"replicaCount": 3, "database": postgres, "blobStore": bucket}))
+        == []
+    )
+    claim = {"type": "s3", "s3": {"bucketFromConfigMap": "obc", "existingSecret": "obc"}}
+    assert (
+        errors(validator, merged({"replicaCount": 3, "database": postgres, "blobStore": claim}))
+        == []
+    )
 
 
 def test_the_hardened_security_context_is_the_default() -> None:
@@ -355,6 +378,227 @@ def test_the_image_safety_values_reach_the_server_as_its_variables(
     # What the server makes of them (its own parsers).
     assert parse_size(env["CLOUDIMG_MAX_VIRTUAL_SIZE"]) == 512 * 1024**3
     assert parse_allowed_formats(env["CLOUDIMG_ALLOWED_FORMATS"]) == {"raw", "qcow2", "vpc", "luks"}
+
+
+# -- the blob store: on the volume, or in a bucket with no volume at all ------------------
+
+
+@pytest.mark.parametrize(
+    "path", [None, *sorted((CHART / "ci").glob("*.yaml"))], ids=lambda p: p.name if p else "default"
+)
+def test_helm_lints_and_renders_every_example(helm: Path, path: Path | None) -> None:
+    """``helm lint`` and ``helm template`` of the defaults and each ``ci/`` file, every
+    manifest valid for Kubernetes 1.31."""
+    values = path.read_text() if path else ""
+    args = ["--values", str(path)] if path else []
+    linted = subprocess.run(
+        [str(helm), "lint", str(CHART), *args], capture_output=True, text=True, timeout=120
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    done = helm_template(helm, values)
+    assert done.returncode == 0, done.stderr
+    manifests = [manifest for manifest in yaml.safe_load_all(done.stdout) if manifest]
+    assert "Deployment" in kinds(manifests)
+    for manifest in manifests:
+        if manifest["kind"] != "ServiceMonitor":  # a CRD: not in Kubernetes' own schema
+            kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+
+
+def kinds(manifests: list[dict[str, Any]]) -> list[str]:
+    return [manifest["kind"] for manifest in manifests]
+
+
+def pod_specs(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pod spec of each workload, by ``<kind>``."""
+    found = {}
+    for manifest in manifests:
+        pod = manifest.get("spec", {})
+        pod = pod.get("jobTemplate", {}).get("spec", pod)
+        if "template" in pod:
+            found[manifest["kind"]] = pod["template"]["spec"]
+    return found
+
+
+def test_the_filesystem_store_is_the_default_and_passes_no_blob_store_setting(helm: Path) -> None:
+    manifests = rendered(helm)
+    assert "PersistentVolumeClaim" in kinds(manifests)
+    for name, container in containers(manifests).items():
+        env = env_of(container)
+        assert not {key for key in env if key.startswith(("CLOUDIMG_S3_", "AWS_"))}, name
+        assert "CLOUDIMG_BLOB_STORE" not in env, name
+        assert "CLOUDIMG_REDIRECT_DOWNLOADS" not in env, name
+
+
+OBJECT_BUCKET_CLAIM = (CHART / "ci" / "s3-replicas-values.yaml").read_text()
+
+
+def test_replicas_over_a_bucket_and_postgres_have_no_volume_claim(helm: Path) -> None:
+    """S3 + PostgreSQL: no PVC, no claim in any pod; the data root is an emptyDir, and
+    the server and gc get the bucket of the ObjectBucketClaim's ConfigMap and its keys."""
+    manifests = rendered(helm, OBJECT_BUCKET_CLAIM)
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    specs = pod_specs(manifests)
+    for kind, spec in specs.items():
+        volumes = spec.get("volumes", [])
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], kind
+        assert "podAffinity" not in spec.get("affinity", {}), kind  # no volume to follow
+    data = next(v for v in specs["Deployment"]["volumes"] if v["name"] == "data")
+    assert "emptyDir" in data
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    found = containers(manifests)
+    for name in ("Deployment/cloudimg", "CronJob/gc"):
+        container = found[name]
+        env = {variable["name"]: variable for variable in container["env"]}
+        names = list(env)
+        assert env["CLOUDIMG_BLOB_STORE"]["value"] == "s3://$(BUCKET_NAME)/cloudimg", name
+        assert env["CLOUDIMG_S3_ENDPOINT"]["value"] == "http://$(BUCKET_HOST):$(BUCKET_PORT)"
+        assert env["CLOUDIMG_S3_PATH_STYLE"]["value"] == "true"
+        # Kubernetes expands $(VAR) only for a variable defined earlier in the list.
+        for variable in ("BUCKET_NAME", "BUCKET_HOST", "BUCKET_PORT"):
+            ref = env[variable]["valueFrom"]["configMapKeyRef"]
+            assert ref == {"name": "cloudimg-blobs", "key": variable}
+            assert names.index(variable) < names.index("CLOUDIMG_BLOB_STORE")
+        for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "cloudimg-blobs", "key": variable}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
+        assert mount["mountPath"] == env["CLOUDIMG_DATA_ROOT"]["value"]  # it exists for gc
+    assert env_of(found["Deployment/cloudimg"])["CLOUDIMG_REDIRECT_DOWNLOADS"] == "false"
+    # The migrations never open the blob store: no object store credentials there.
+    assert not {k for k in env_of(found["Job/migrate"]) if k.startswith(("AWS_", "CLOUDIMG_S3"))}
+
+
+def test_a_plain_bucket_with_a_credentials_file_and_redirects(helm: Path) -> None:
+    values = textwrap.dedent("""        replicaCount: 2
+        database:
+          existingSecret: pg
+        blobStore:
+          type: s3
+          s3:
+            bucket: images
+            prefix: /registry/one/
+            endpoint: https://s3.eu-central-1.amazonaws.com
+            region: eu-central-1
+            pathStyle: false
+            credentialsSecret: cloudimg-s3
+            redirectDownloads: true
+            redirectExpirySeconds: 600
+        """)
+    manifests = rendered(helm, values)
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    found = containers(manifests)
+    server = env_of(found["Deployment/cloudimg"])
+    assert server["CLOUDIMG_BLOB_STORE"] == "s3://images/registry/one"
+    assert server["CLOUDIMG_S3_ENDPOINT"] == "https://s3.eu-central-1.amazonaws.com"
+    assert server["CLOUDIMG_S3_REGION"] == "eu-central-1"
+    assert server["CLOUDIMG_S3_PATH_STYLE"] == "false"
+    assert server["CLOUDIMG_REDIRECT_DOWNLOADS"] == "true"
+    assert server["CLOUDIMG_REDIRECT_EXPIRY_SECS"] == "600"
+    assert "AWS_ACCESS_KEY_ID" not in server
+    for name in ("Deployment/cloudimg", "CronJob/gc"):
+        env = env_of(found[name])
+        assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/etc/cloudimg/s3/credentials"
+        mount = next(m for m in found[name]["volumeMounts"] if m["name"] == "s3-credentials")
+        assert mount == {
+            "name": "s3-credentials",
+            "mountPath": "/etc/cloudimg/s3",
+            "readOnly": True,
+        }
+    for kind in ("Deployment", "CronJob"):
+        volumes = pod_specs(manifests)[kind]["volumes"]
+        secret = next(v for v in volumes if v["name"] == "s3-credentials")["secret"]
+        assert secret["secretName"] == "cloudimg-s3"
+    assert "CLOUDIMG_REDIRECT_DOWNLOADS" not in env_of(found["CronJob/gc"])  # gc serves nothing
+
+
+def test_a_bucket_with_sqlite_keeps_the_volume_for_the_catalog(helm: Path) -> None:
+    values = "blobStore:\n  type: s3\n  s3:\n    bucket: images\n    endpoint: http://minio:9000\n"
+    manifests = rendered(helm, values)
+    assert "PersistentVolumeClaim" in kinds(manifests)
+    specs = pod_specs(manifests)
+    data = next(v for v in specs["Deployment"]["volumes"] if v["name"] == "data")
+    assert "persistentVolumeClaim" in data
+    assert next(m for m in manifests if m["kind"] == "Deployment")["spec"]["strategy"] == {
+        "type": "Recreate"
+    }
+    server = env_of(containers(manifests)["Deployment/cloudimg"])
+    assert server["CLOUDIMG_BLOB_STORE"] == "s3://images"
+    assert "CLOUDIMG_S3_REGION" not in server
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("blobStore:\n  type: s3\n", "blobStore.s3"),
+        ("replicaCount: 2\ndatabase:\n  existingSecret: pg\n", "accessMode"),
+        ("replicaCount: 2\nblobStore:\n  type: s3\n  s3:\n    bucket: images\n", "existingSecret"),
+        ("blobStore:\n  s3:\n    redirectDownloads: true\n", "blobStore.type"),
+    ],
+    ids=[
+        "s3-without-bucket",
+        "replicas-on-read-write-once",
+        "replicas-on-sqlite",
+        "redirect-on-filesystem",
+    ],
+)
+def test_helm_refuses_what_cannot_work_and_names_the_value(
+    helm: Path, values: str, message: str
+) -> None:
+    done = helm_template(helm, values)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_the_object_storage_values_of_the_scaling_docs_render_without_a_volume(
+    helm: Path,
+) -> None:
+    """Each values block of docs/scaling.md's "Replicas over object storage" renders,
+    with no claim, and its Secret and ConfigMap names reach the containers."""
+    text = section("scaling.md", "Replicas over object storage")
+    blocks = [body for language, body in fenced_blocks(text) if language == "yaml"]
+    documents_of = {body: [d for d in yaml.safe_load_all(body) if d] for body in blocks}
+    values = [  # a values file: one document, not a manifest
+        body
+        for body, documents in documents_of.items()
+        if len(documents) == 1 and "kind" not in documents[0]
+    ]
+    assert len(values) == 2
+    for body in values:
+        given = yaml.safe_load(body)["blobStore"]["s3"]
+        manifests = rendered(helm, body)
+        assert "PersistentVolumeClaim" not in kinds(manifests)
+        server = containers(manifests)["Deployment/cloudimg"]
+        refs = [v["valueFrom"] for v in server["env"] if "valueFrom" in v]
+        secrets_named = {r["secretKeyRef"]["name"] for r in refs if "secretKeyRef" in r}
+        maps_named = {r["configMapKeyRef"]["name"] for r in refs if "configMapKeyRef" in r}
+        assert given["existingSecret"] in secrets_named
+        if "bucketFromConfigMap" in given:
+            assert maps_named == {given["bucketFromConfigMap"]}
+    documents = [d for found in documents_of.values() for d in found]
+    claim = next(d for d in documents if d.get("kind") == "ObjectBucketClaim")
+    obc_values = next(yaml.safe_load(b) for b in values if "bucketFromConfigMap" in b)
+    assert obc_values["blobStore"]["s3"]["bucketFromConfigMap"] == claim["metadata"]["name"]
+    assert obc_values["blobStore"]["s3"]["existingSecret"] == claim["metadata"]["name"]
+    secret = next(d for d in documents if d.get("kind") == "Secret")
+    plain = next(yaml.safe_load(b) for b in values if "bucketFromConfigMap" not in b)
+    assert plain["blobStore"]["s3"]["existingSecret"] == secret["metadata"]["name"]
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_the_template_checks_refuse_what_the_schema_lets_through(helm: Path) -> None:
+    """Both credential Secrets at once: the schema takes each, the template refuses the pair."""
+    values = textwrap.dedent("""        blobStore:
+          type: s3
+          s3:
+            bucket: images
+            existingSecret: keys
+            credentialsSecret: file
+        """)
+    done = helm_template(helm, values)
+    assert done.returncode != 0
+    assert "not both" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudimg.config import BlobStoreUrl, Settings, SettingsError, parse_listener_addr
+from cloudimg.blobstore.s3 import S3Location
+from cloudimg.config import Settings, SettingsError, parse_listener_addr
 from cloudimg.digest import parse_digest
 from cloudimg.errors import InvalidArgumentError
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
+from cloudimg.registry import blob_location
 
 
 @pytest.mark.parametrize("name", ["abc", "a-b", "r2d2", "a" * 63, "0ab"])
@@ -102,7 +104,10 @@ def test_default_database_is_sqlite_in_data_root(tmp_path: Path) -> None:
     ],
 )
 def test_blob_store_url_normalised(url: str, bucket: str, prefix: str) -> None:
-    assert Settings(blob_store=url).blob_store_url == BlobStoreUrl(bucket, prefix)
+    assert blob_location(Settings(blob_store=url)) == S3Location(bucket, prefix)
+    assert blob_location(Settings(blob_store="")) is None  # an unset chart value
+    found = blob_location(Settings(blob_store=url, s3_endpoint="", s3_path_style=True))
+    assert found == S3Location(bucket, prefix, path_style=True)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +133,7 @@ def test_blob_store_url_normalised(url: str, bucket: str, prefix: str) -> None:
 )
 def test_blob_store_settings_refused(settings: dict[str, str], setting: str) -> None:
     with pytest.raises(SettingsError) as refused:
-        Settings(**settings).blob_store_url  # noqa: B018
+        blob_location(Settings(**settings))
     assert refused.value.setting == setting
     assert "secret" not in str(refused.value)
 

@@ -21,12 +21,10 @@ from cloudimg.images import (
 __all__ = [
     "MAX_REDIRECT_EXPIRY_SECS",
     "READ_AUTH_MODES",
-    "BlobStoreUrl",
     "Settings",
     "SettingsError",
     "is_host_port",
     "normalize_prefix",
-    "parse_blob_store",
     "parse_listener_addr",
     "parse_public_url",
     "parse_size",
@@ -143,7 +141,8 @@ class Settings:
 
     blob_store: str | None = None
     """Where blobs live: ``s3://bucket`` or ``s3://bucket/prefix`` (an S3-compatible
-    object store, reached at ``s3_endpoint``); ``None``: the file system in ``data_root``."""
+    object store, reached at ``s3_endpoint``); ``None`` (or empty): the file system in
+    ``data_root``. Checked by ``cloudimg.registry.blob_location``."""
 
     s3_endpoint: str | None = None
     """``http(s)://host[:port]`` of the object store; ``None``: AWS's own for the region."""
@@ -177,7 +176,7 @@ class Settings:
             raise SettingsError(
                 "redirect_expiry_secs", f"is 1 to {MAX_REDIRECT_EXPIRY_SECS} (7 days)"
             )
-        if self.redirect_downloads and self.blob_store is None:
+        if self.redirect_downloads and not self.blob_store:  # empty: the file system too
             raise SettingsError(
                 "redirect_downloads",
                 "needs blob_store s3://...: the file system store has no address to send "
@@ -185,40 +184,10 @@ class Settings:
             )
 
     @property
-    def blob_store_url(self) -> BlobStoreUrl | None:
-        """``blob_store`` parsed, or None for the file system store.
-
-        Raises:
-            SettingsError: on ``blob_store`` or ``s3_endpoint``, saying what is wrong.
-        """
-        if self.s3_endpoint is not None:
-            parts = urlsplit(self.s3_endpoint)
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or "@" in parts.netloc
-                or parts.path not in ("", "/")
-                or parts.query
-                or parts.fragment
-            ):
-                shown = "" if "@" in parts.netloc else f"{self.s3_endpoint!r} "  # a secret?
-                raise SettingsError(
-                    "s3_endpoint",
-                    f"{shown}is not http(s)://host[:port] (credentials come from AWS_* "
-                    "variables or a credentials file)",
-                )
-        if self.blob_store is None:
-            return None
-        try:
-            return parse_blob_store(self.blob_store)
-        except ValueError as exc:
-            raise SettingsError("blob_store", str(exc)) from None
-
-    @property
     def uses_data_root(self) -> bool:
         """Whether anything lives in ``data_root``: the file system's blobs or the
         default SQLite catalog (a bucket and a catalog elsewhere need no local volume)."""
-        return self.blob_store is None or not self.database_url
+        return not self.blob_store or not self.database_url
 
     @property
     def resolved_database_url(self) -> str:
@@ -265,76 +234,6 @@ class Settings:
     def api_base(self) -> str:
         """Path at which the registry API is mounted, e.g. ``/reg`` or ``/mirror/reg``."""
         return normalize_prefix(self.www_prefix).rstrip("/") + "/" + self.repo_prefix.strip("/")
-
-
-@dataclass(frozen=True, slots=True)
-class BlobStoreUrl:
-    """A parsed ``s3://bucket[/prefix]``."""
-
-    bucket: str
-    prefix: str
-    """Empty (the bucket's top) or path segments ending in ``/``: ``cloudimg/``."""
-
-
-# S3's bucket naming rules (general purpose buckets): 3 to 63 lower-case letters, digits,
-# dots and hyphens, a letter or digit at each end, no "..", not an IPv4 address, and
-# none of the prefixes and suffixes AWS reserves.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3")
-# A prefix segment: S3's "safe characters" for keys, so no key needs escaping anywhere.
-_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9!_.*'()-]+")
-
-
-def parse_blob_store(text: str) -> BlobStoreUrl:
-    """``s3://bucket`` or ``s3://bucket/prefix``: the bucket checked against S3's naming
-    rules, the prefix normalised to end in ``/`` (``s3://b/images`` and ``s3://b/images/``
-    are the same store).
-
-    Raises:
-        ValueError: saying what is wrong.
-    """
-    parts = urlsplit(text.strip())
-    if parts.scheme.lower() != "s3":
-        raise ValueError(f"{text!r} is not an s3://bucket[/prefix] URL")
-    if parts.query or parts.fragment or "?" in text or "#" in text:
-        raise ValueError(f"{text!r} has a query or fragment; give s3://bucket[/prefix]")
-    bucket = parts.netloc
-    if "@" in bucket or ":" in bucket:
-        # Not echoed: what stands before the "@" may be a secret.
-        raise ValueError(
-            "credentials and the endpoint are not part of the URL (the endpoint is "
-            "s3_endpoint; credentials come from AWS_* variables or a credentials file)"
-        )
-    if (
-        not _BUCKET.fullmatch(bucket)
-        or ".." in bucket
-        or _is_ipv4(bucket)
-        or bucket.startswith(_RESERVED_PREFIXES)
-        or bucket.endswith(_RESERVED_SUFFIXES)
-    ):
-        raise ValueError(
-            f"{bucket!r} is not a valid bucket name (3 to 63 lower-case letters, digits, dots "
-            "and hyphens, a letter or digit at each end)"
-        )
-    segments = [segment for segment in parts.path.split("/") if segment]
-    for segment in segments:
-        if segment in (".", "..") or not _PREFIX_SEGMENT.fullmatch(segment):
-            raise ValueError(
-                f"prefix segment {segment!r} of {text!r}: use letters, digits and !_.*'()-"
-            )
-    prefix = "".join(segment + "/" for segment in segments)
-    if len(prefix) > 512:
-        raise ValueError(f"the prefix of {text!r} is longer than 512 characters")
-    return BlobStoreUrl(bucket, prefix)
-
-
-def _is_ipv4(name: str) -> bool:
-    try:
-        ipaddress.IPv4Address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def normalize_prefix(prefix: str) -> str:

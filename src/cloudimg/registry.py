@@ -20,14 +20,15 @@ from types import TracebackType
 from typing import TypeVar
 
 from cloudimg.blobstore import FilesystemBlobStore, OpenedBlobStore
-from cloudimg.blobstore.s3 import S3BlobStore, S3Location
+from cloudimg.blobstore.s3 import S3BlobStore, S3Location, parse_s3_url
+from cloudimg.blobstore.s3.url import check_endpoint
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
 from cloudimg.catalog.database import CatalogEngine, dispose_engine
 from cloudimg.catalog.schema import check_schema, readable_url
-from cloudimg.config import Settings
+from cloudimg.config import Settings, SettingsError
 from cloudimg.oci.store import OciStore
 
-__all__ = ["Registry", "open_blob_store", "open_registry"]
+__all__ = ["Registry", "blob_location", "open_blob_store", "open_registry"]
 
 T = TypeVar("T")
 
@@ -110,26 +111,43 @@ def open_registry(settings: Settings, *, migrate: bool | None, read_only: bool =
     return Registry(blobs, engine, catalog, oci)
 
 
-def open_blob_store(settings: Settings) -> OpenedBlobStore:
-    """The blob store ``settings.blob_store`` names: a bucket, or the data root's files.
+def blob_location(settings: Settings) -> S3Location | None:
+    """The bucket ``settings.blob_store`` names, or None for the data root's files.
 
-    Nothing is reached yet (``S3BlobStore.check`` is the start-up's one attempt).
     Credentials come from boto3's usual chain (``AWS_*`` variables, a shared credentials
     file, a role), never from the settings.
 
     Raises:
+        SettingsError: on ``s3_endpoint`` or ``blob_store``, saying what is wrong.
+    """
+    if not settings.blob_store:
+        return None
+    try:
+        check_endpoint(settings.s3_endpoint)
+    except ValueError as exc:
+        raise SettingsError("s3_endpoint", str(exc)) from None
+    try:
+        return parse_s3_url(
+            settings.blob_store,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            path_style=settings.s3_path_style,
+        )
+    except ValueError as exc:
+        raise SettingsError("blob_store", str(exc)) from None
+
+
+def open_blob_store(settings: Settings) -> OpenedBlobStore:
+    """The blob store ``settings.blob_store`` names: a bucket, or the data root's files.
+
+    Nothing is reached yet (``OpenedBlobStore.check`` is the start-up's one attempt).
+
+    Raises:
         SettingsError: ``blob_store`` or ``s3_endpoint`` cannot be used.
     """
-    where = settings.blob_store_url
-    if where is None:
+    location = blob_location(settings)
+    if location is None:
         return FilesystemBlobStore(settings.data_root)
-    location = S3Location(
-        bucket=where.bucket,
-        prefix=where.prefix,
-        endpoint_url=settings.s3_endpoint,
-        region=settings.s3_region,
-        path_style=settings.s3_path_style,
-    )
     return S3BlobStore(location)
 
 

@@ -18,7 +18,7 @@ from cloudimg.config import Settings, SettingsError
 from cloudimg.maintenance import ImportReport, import_legacy
 from cloudimg.maintenance.import_legacy import preview_import
 from cloudimg.progress import Progress
-from cloudimg.registry import open_registry
+from cloudimg.registry import blob_location, open_registry
 
 __all__ = ["import_legacy_command"]
 
@@ -65,7 +65,7 @@ def import_legacy_command(
     """
     settings = settings_from(**values)
     try:
-        settings.blob_store_url  # noqa: B018  (the dry run opens the store without the checks)
+        blob_location(settings)  # the dry run opens the store without the checks
     except SettingsError as exc:
         raise flag_error(exc) from None
     with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:

@@ -20,6 +20,7 @@ _COMMANDS = {
     "fsck": "cloudimg.cli.fsck:fsck",
     "import-legacy": "cloudimg.cli.import_legacy:import_legacy_command",
     "du": "cloudimg.cli.du:du",
+    "copy-blobs": "cloudimg.cli.copy_blobs:copy_blobs_command",
     "unblock": "cloudimg.cli.unblock:unblock",
     "push": "cloudimg.cli.transfer:push",
     "pull": "cloudimg.cli.transfer:pull",

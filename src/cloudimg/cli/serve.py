@@ -37,6 +37,7 @@ from cloudimg.cli.options import (
 from cloudimg.cli.storage import prepare_storage
 from cloudimg.config import MAX_REDIRECT_EXPIRY_SECS, Settings, SettingsError, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
+from cloudimg.registry import blob_location
 
 __all__ = ["serve"]
 
@@ -133,7 +134,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
     try:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
         settings.check_web()
-        settings.blob_store_url  # noqa: B018  (refuses a bad --blob-store before the bind)
+        blob_location(settings)  # a bad --blob-store is refused before the bind
         settings.check_redirects()
         settings.inspection_policy  # noqa: B018  (refuses --qemu-img-check on without qemu-img)
     except SettingsError as exc:

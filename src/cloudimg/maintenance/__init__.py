@@ -5,6 +5,7 @@ dataclasses; the CLI prints them. Every change goes through the catalog's
 transactions, so these run safely while servers serve.
 """
 
+from cloudimg.maintenance.copy_blobs import CopyProblem, CopyReport, copy_blobs
 from cloudimg.maintenance.du import DuReport, RepoUsage, disk_usage
 from cloudimg.maintenance.fsck import FsckProblem, FsckReport, check
 from cloudimg.maintenance.gc import (
@@ -18,6 +19,8 @@ from cloudimg.maintenance.gc import (
 from cloudimg.maintenance.import_legacy import ImportReport, LegacyEntry, import_legacy
 
 __all__ = [
+    "CopyProblem",
+    "CopyReport",
     "DuReport",
     "FsckProblem",
     "FsckReport",
@@ -30,6 +33,7 @@ __all__ = [
     "check",
     "collect_garbage",
     "collect_garbage_and_totals",
+    "copy_blobs",
     "disk_usage",
     "import_legacy",
     "parse_duration",
