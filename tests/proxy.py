@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-__all__ = ["Proxy", "proxy"]
+__all__ = ["Proxy", "RecordedRequest", "RecordingProxy", "proxy"]
 
 _HEADER_END = b"\r\n\r\n"
 
@@ -179,6 +179,18 @@ _METHOD_NOT_ALLOWED = (
 )
 
 
+_EXPIRED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Request has expired</Message></Error>"
+)
+# What S3 answers a presigned URL past its expiry.
+_EXPIRED = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\n"
+    + f"content-length: {len(_EXPIRED_BODY)}\r\n\r\n".encode()
+    + _EXPIRED_BODY
+)
+
+
 def _refused(head: bytes, method: str, suffix: str | None) -> bool:
     """Whether the request ``head`` is one to answer 405: ``method``, and its path ends
     with ``suffix`` when one is given."""
@@ -227,3 +239,118 @@ def proxy(upstream_port: int, **faults: int | None) -> Iterator[Proxy]:
         yield running
     finally:
         running.stop()
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request a :class:`RecordingProxy` passed on: its line and its header fields."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    """Names in lower case."""
+
+
+@dataclass
+class RecordingProxy:
+    """Passes bytes both ways unchanged (the ``Host`` a signature covers stays the
+    client's) and records every request's head, to check what clients send a server.
+
+    Requests follow one another on a connection, each with a ``Content-Length`` body or
+    none (what boto3 and the download clients send); ``Expect: 100-continue`` works, as
+    bodies are passed on as they come. ``host`` may be another loopback address than
+    the server's (127.0.0.2), so that clients see another host name.
+    """
+
+    upstream_port: int
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[RecordedRequest] = field(default_factory=list)
+    expire_presigned: int = 0
+    """Answer this many of the next requests by a presigned URL (``X-Amz-Signature``)
+    with S3's 403 for an expired URL, without passing them on."""
+    _listener: socket.socket = field(default_factory=socket.socket)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._listener.bind((self.host, 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stop(self) -> None:
+        self._listener.close()
+
+    def recorded(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        pending = b""
+        try:
+            while True:
+                while _HEADER_END not in pending:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                end = pending.index(_HEADER_END) + len(_HEADER_END)
+                head, pending = pending[:end], pending[end:]
+                if self._record(head):
+                    client.sendall(_EXPIRED)
+                    continue
+                server.sendall(head)
+                remaining = _content_length(head)
+                while remaining > 0:
+                    if not pending:
+                        pending = client.recv(65536)
+                        if not pending:
+                            return
+                    piece, pending = pending[:remaining], pending[remaining:]
+                    server.sendall(piece)
+                    remaining -= len(piece)
+        except OSError:
+            pass
+        finally:
+            _close(server)
+
+    def _record(self, head: bytes) -> bool:
+        """Record the request ``head``; whether to answer it as expired instead."""
+        line, *fields = head.decode("latin-1").split("\r\n")
+        method, _, rest = line.partition(" ")
+        headers = {}
+        for text in fields:
+            name, colon, value = text.partition(":")
+            if colon:
+                headers[name.strip().lower()] = value.strip()
+        target = rest.rpartition(" ")[0]
+        with self._lock:
+            self.requests.append(RecordedRequest(method, target, headers))
+            if self.expire_presigned > 0 and "X-Amz-Signature=" in target:
+                self.expire_presigned -= 1
+                return True
+        return False
+
+    def _answers(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(client)
+            _close(server)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+import httpx
 import pytest
 
 from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, StagedBlob
@@ -206,6 +207,30 @@ async def test_a_reader_reads_ranges_and_outlives_a_delete(store: MaintenanceBlo
     finally:
         reader.close()
         reader.close()  # idempotent
+
+
+async def test_a_download_url_is_none_or_gets_the_bytes_and_their_ranges_alone(
+    store: MaintenanceBlobStore,
+) -> None:
+    data = os.urandom(200_000)
+    staged = await stage(store, data)
+    await store.place(staged)
+    url = await store.download_url(staged.blake3, 60)
+    if url is None:  # a store without an address of its own: the server sends the bytes
+        return
+    # No credentials of ours go with it: the URL's own signature is the authorisation.
+    async with httpx.AsyncClient(timeout=30) as http:
+        whole = await http.get(url)
+        assert whole.status_code == 200, whole.text
+        assert whole.content == data
+        part = await http.get(url, headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206
+        assert part.content == data[1000:2000]
+        assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+        # Signed for GET only: a client cannot turn it into a write or a delete.
+        assert (await http.put(url, content=b"x")).status_code == 403
+        assert (await http.delete(url)).status_code == 403
+    assert await stored_bytes(store, staged.blake3) == data
 
 
 async def test_checksum_and_quarantine_by_version(store: MaintenanceBlobStore) -> None:

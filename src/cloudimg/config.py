@@ -19,6 +19,7 @@ from cloudimg.images import (
 )
 
 __all__ = [
+    "MAX_REDIRECT_EXPIRY_SECS",
     "READ_AUTH_MODES",
     "Settings",
     "SettingsError",
@@ -33,6 +34,8 @@ __all__ = [
 
 
 READ_AUTH_MODES = ("none", "basic")
+MAX_REDIRECT_EXPIRY_SECS = 7 * 24 * 3600
+"""The longest life of a presigned URL: S3's SigV4 query signing allows no more."""
 
 
 class SettingsError(ValueError):
@@ -152,6 +155,33 @@ class Settings:
     ``bucket.endpoint``. Credentials come from boto3's usual chain only (``AWS_*``
     variables, a shared credentials file, a role): never a setting, which a command line
     would show in ``ps``."""
+
+    redirect_downloads: bool = False
+    """A ``GET`` of stored image bytes (``/reg`` by tag or digest, ``/v2`` blobs) answers
+    ``307`` to a short-lived presigned URL of the object, after the same checks as a
+    download the server sends; clients then need a route to the object store. Only with
+    ``blob_store`` (the file system has no address to send a client to)."""
+
+    redirect_expiry_secs: int = 300
+    """How long a presigned URL of ``redirect_downloads`` is valid (1 s to 7 days): a
+    client must start its request within it; one that has started reads on."""
+
+    def check_redirects(self) -> None:
+        """Refuse redirects without an object store, and a URL life S3 cannot sign.
+
+        Raises:
+            SettingsError: on ``redirect_downloads`` or ``redirect_expiry_secs``.
+        """
+        if not 1 <= self.redirect_expiry_secs <= MAX_REDIRECT_EXPIRY_SECS:
+            raise SettingsError(
+                "redirect_expiry_secs", f"is 1 to {MAX_REDIRECT_EXPIRY_SECS} (7 days)"
+            )
+        if self.redirect_downloads and not self.blob_store:  # empty: the file system too
+            raise SettingsError(
+                "redirect_downloads",
+                "needs blob_store s3://...: the file system store has no address to send "
+                "a client to",
+            )
 
     @property
     def uses_data_root(self) -> bool:

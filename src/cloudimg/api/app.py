@@ -17,6 +17,7 @@ from litestar.types import Guard
 
 from cloudimg import __version__
 from cloudimg.api.auth import OciAuth, RegistryAuth, load_registry_auth
+from cloudimg.api.download import Redirects
 from cloudimg.api.errors import exception_handlers
 from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.middleware import HeaderLimit, Linger, RequestObserver
@@ -68,6 +69,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         max_image_size=settings.max_image_size,
     )
     api_base = settings.api_base
+    redirects = Redirects(blobs, settings.redirect_expiry_secs, settings.redirect_downloads)
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -109,6 +111,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         dependencies={
             "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
             "blobs": Provide(lambda: blobs, use_cache=True, sync_to_thread=False),
+            "redirects": Provide(lambda: redirects, use_cache=True, sync_to_thread=False),
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             **oci.dependencies,
             "core": Provide(lambda: core, use_cache=True, sync_to_thread=False),

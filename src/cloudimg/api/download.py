@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,18 +35,31 @@ from litestar.types import Receive, Scope, Send
 
 from cloudimg.api.errors import error_body
 from cloudimg.api.rfc9110 import ByteRange, evaluate
-from cloudimg.blobstore import BlobReader
+from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import BlobRef
 from cloudimg.errors import NotFoundError, PreconditionFailedError
 
 __all__ = [
     "BlobResponse",
+    "Redirect",
+    "Redirects",
     "Representation",
     "etag_of",
     "prepare_download",
     "prepare_representation",
     "repr_digest_of",
+    "representation_of",
 ]
+
+Redirect = Callable[[], Awaitable[str | None]]
+"""Gives the URL to send a GET of the bytes to (``BlobStore.download_url``), or None to
+send them from here."""
+
+# What a 307 to the object store keeps of the representation's fields: the client learns
+# from the registry which bytes to expect and how to verify them (the store's own ETag is
+# its MD5 or multipart checksum, never ours), and a client that follows the redirect
+# keeps none of them, so they are for those that look (cloudimg pull, curl -v).
+_REDIRECT_KEEPS = ("ETag", "Last-Modified", "Repr-Digest")
 
 _MAX_CHUNK = 1024 * 1024
 _MIN_CHUNK = 64 * 1024
@@ -206,18 +219,41 @@ async def prepare_download(
         taken = True
         return reader
 
-    rep = Representation(
+    try:
+        return await prepare_representation(request, representation_of(ref, immutable), take_reader)
+    finally:
+        if not taken:  # 304, 412, 416: no body to send
+            reader.close()
+
+
+def representation_of(ref: BlobRef, immutable: bool) -> Representation:
+    """The representation ``/reg`` serves of a blob (by tag, or ``immutable`` by digest)."""
+    return Representation(
         size=ref.size,
         etag=etag_of(ref.digest),
         last_modified=ref.last_modified,
         sha256=ref.sha256,
         immutable=immutable,
     )
-    try:
-        return await prepare_representation(request, rep, take_reader)
-    finally:
-        if not taken:  # 304, 412, 416: no body to send
-            reader.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Redirects:
+    """``--redirect-downloads``: where a GET of a stored blob's bytes is sent instead."""
+
+    blobs: BlobStore
+    expires_in: int
+    enabled: bool
+
+    def of(self, blake3_hex: str) -> Redirect | None:
+        """The redirect of a GET of stored blob ``blake3_hex``; None when they are off."""
+        if not self.enabled:
+            return None
+
+        async def url() -> str | None:
+            return await self.blobs.download_url(blake3_hex, self.expires_in)
+
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +274,16 @@ async def prepare_representation(
     request: Request[Any, Any, Any],
     rep: Representation,
     open_reader: Callable[[], Awaitable[BlobReader | None]],
+    redirect: Redirect | None = None,
 ) -> ASGIResponse:
     """Evaluate preconditions and Range for ``rep``; the body is read from ``open_reader``'s
-    reader (a blob, or bytes framed around one), opened only when bytes go out."""
+    reader (a blob, or bytes framed around one), opened only when bytes go out.
+
+    ``redirect`` (a stored blob, redirects on): a GET whose answer would be the bytes
+    (200, 206) and that the object store answers alike (:func:`_store_answers_alike`)
+    gets ``307`` to the URL it gives instead. Everything before (the caller's auth,
+    blocked and quarantine checks, the preconditions, 304, 412, 416) is decided here.
+    """
     headers = {
         "ETag": rep.etag,
         "Last-Modified": format_datetime(rep.last_modified, usegmt=True),
@@ -262,6 +305,13 @@ async def prepare_representation(
         return ASGIResponse(status_code=304, headers=headers)
     if byte_range is not None:
         headers["Content-Range"] = f"bytes {byte_range.first}-{byte_range.last}/{rep.size}"
+    if (
+        redirect is not None
+        and request.method == "GET"
+        and _store_answers_alike(request.headers, status)
+        and (url := await redirect()) is not None
+    ):
+        return _redirected(url, headers)
     headers["Content-Length"] = str(byte_range.length if byte_range else rep.size)
     reader = await open_reader()
     if reader is None:
@@ -274,6 +324,33 @@ async def prepare_representation(
         byte_range=byte_range,
         is_head_response=request.method == "HEAD",
     )
+
+
+def _store_answers_alike(h: Mapping[str, str], status: int) -> bool:
+    """Whether the object store, given this request's headers (a redirect keeps them, but
+    for credentials), answers what this server would: the same bytes or the same range.
+
+    The store's validators are not ours (its ETag is an MD5 or a multipart checksum, its
+    Last-Modified the object's), so a request whose answer depends on them is answered
+    here: ``If-Match`` (SeaweedFS answers 412 to ours), ``If-Unmodified-Since``,
+    ``If-Modified-Since``, and a ``Range`` this server does not honour (an ``If-Range``
+    that does not hold, several ranges: 200 here, maybe a 206 there). An ``If-Range``
+    that holds is safe: a store that ignores it (SeaweedFS 4.48 does) sends the range,
+    one that compares it with its own ETag sends all of the same bytes with 200. An
+    ``If-None-Match`` that did not match here matches no ETag of the store either.
+    """
+    if any(name in h for name in ("if-match", "if-unmodified-since", "if-modified-since")):
+        return False
+    return status == 206 or "range" not in h
+
+
+def _redirected(url: str, headers: dict[str, str]) -> ASGIResponse:
+    """``307 Temporary Redirect`` to ``url`` (same method, same headers: the client asks
+    the store for the same bytes or range). Never cached: the URL expires."""
+    kept = {name: headers[name] for name in _REDIRECT_KEEPS if name in headers}
+    kept.update({name: value for name, value in headers.items() if name.startswith("Docker-")})
+    kept.update({"Location": url, "Cache-Control": "no-store"})
+    return ASGIResponse(status_code=307, headers=kept, body=b"", media_type="text/plain")
 
 
 def _unsatisfiable(headers: dict[str, str], size: int, is_head: bool) -> ASGIResponse:

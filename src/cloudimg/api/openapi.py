@@ -170,6 +170,14 @@ BINARY_RESPONSES: dict[int, ResponseSpec] = {
         generate_examples=False,
     ),
     304: ResponseSpec(data_container=None, description="Not modified (If-None-Match matched)"),
+    # Documented so that a client generated from the document expects it; qlkube's
+    # GraphQL takes the 200 (docs/configuration.md, "Downloads from the object store").
+    307: ResponseSpec(
+        data_container=None,
+        description="With --redirect-downloads (GET only): the bytes are at Location, a "
+        "presigned URL of the object store valid for --redirect-expiry-secs; ETag and "
+        "Repr-Digest name them",
+    ),
 }
 
 CREATED_HEADERS = [

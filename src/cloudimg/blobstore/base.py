@@ -201,6 +201,16 @@ class BlobStore(Protocol):
     async def size_of(self, blake3_hex: str) -> int | None:
         """Size of the stored blob, or None when no such blob exists."""
 
+    async def download_url(self, blake3_hex: str, expires_in: int) -> str | None:
+        """A URL at which a client GETs the stored blob's bytes from the store itself
+        (``Range`` included), valid for ``expires_in`` seconds; None when the store has no
+        such address (the filesystem), and the caller sends the bytes.
+
+        The URL carries its own authorisation (a signature for one method, GET) and names
+        the store as the store is configured: only clients with a route to it can use it.
+        Nothing is checked here (the caller has resolved the digest in the catalog).
+        """
+
     async def free_space(self) -> int | None:
         """Bytes an upload can still write to the store now; None when it cannot tell."""
 

@@ -292,6 +292,9 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             return None
 
+    async def download_url(self, blake3_hex: str, expires_in: int) -> str | None:
+        return None  # the data volume has no address of its own: the server sends the bytes
+
     async def free_space(self) -> int | None:
         st = await asyncio.to_thread(os.statvfs, self.staging_dir)
         return max(0, _free_bytes(st) - HEADROOM_BYTES)

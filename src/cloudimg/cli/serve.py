@@ -35,7 +35,7 @@ from cloudimg.cli.options import (
     storage_options,
 )
 from cloudimg.cli.storage import prepare_storage
-from cloudimg.config import Settings, SettingsError, settings_to_json
+from cloudimg.config import MAX_REDIRECT_EXPIRY_SECS, Settings, SettingsError, settings_to_json
 from cloudimg.logs import LOG_FORMATS, LogFormat, configure_logging, granian_log_config
 from cloudimg.registry import blob_location
 
@@ -108,6 +108,20 @@ _SPARE_DESCRIPTORS = 256
     "match cannot be overwritten, retagged or deleted",
 )
 @option(
+    "--redirect-downloads/--no-redirect-downloads",
+    default=_DEFAULTS.redirect_downloads,
+    help="Answer a GET of stored image bytes (/reg, /v2 blobs) with 307 to a presigned URL "
+    "of the object store, after the same checks (needs --blob-store; clients must reach "
+    "the store)",
+)
+@option(
+    "--redirect-expiry-secs",
+    type=click.IntRange(min=1, max=MAX_REDIRECT_EXPIRY_SECS),
+    default=_DEFAULTS.redirect_expiry_secs,
+    help="Seconds a presigned URL of --redirect-downloads is valid (a client must start "
+    "its download within them)",
+)
+@option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -121,6 +135,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
         settings.check_web()
         blob_location(settings)  # a bad --blob-store is refused before the bind
+        settings.check_redirects()
         settings.inspection_policy  # noqa: B018  (refuses --qemu-img-check on without qemu-img)
     except SettingsError as exc:
         raise flag_error(exc) from None

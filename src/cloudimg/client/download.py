@@ -8,6 +8,10 @@ the whole new image (200) if a tag moved meanwhile, and the old partial is dropp
 At the end the whole file is hashed; only a file whose blake3 (and, for a sha256
 reference, sha256) is the expected one is renamed into place. Runs of zero bytes are
 not written but left as holes, so a raw image takes only the space of its data.
+
+A server that redirects downloads to its object store (``307``) names the digest in the
+redirect; the bytes come from the store, asked without the registry's credentials
+(``Session.follow``), and are verified against the redirect's digest as above.
 """
 
 from __future__ import annotations
@@ -133,27 +137,41 @@ class _Pull:
         if self.size is not None and self.offset == self.size:
             return  # a retry after the last byte arrived
         with self.session.stream("GET", self.ref.path, headers=headers) as response:
-            if response.status_code == 206 and self._continues(response):
-                self._receive(response, self.offset)
-            elif response.status_code == 200:
-                self._start_over(response)
-                self._receive(response, 0)
-            else:
-                raise ConnectionFailedError(
-                    f"GET {self.ref}: unexpected answer {response.status_code}"
-                )
+            if not response.is_redirect:
+                self._take(response, response.headers.get("ETag"))
+                return
+            # A server with --redirect-downloads sends the GET to the object store. Its
+            # answer carries the store's ETag, not the registry's: the bytes are verified
+            # against the ETag of the registry's 307. The store is asked for the same
+            # range, without If-Range: the registry evaluated it (206 only if it held), and
+            # the URL names those bytes and no others.
+            etag = response.headers.get("ETag")
+            same = "Range" in headers and etag == self.etag
+            # Other bytes than the partial's (a moved tag): all of them, from the start.
+            ranged = {"Range": headers["Range"]} if same else {}
+            with self.session.follow(response, ranged) as stored:
+                self._take(stored, etag)
 
-    def _continues(self, response: httpx.Response) -> bool:
+    def _take(self, response: httpx.Response, etag: str | None) -> None:
+        """Append a 206 that continues the partial, or start over with a 200."""
+        if response.status_code == 206 and self._continues(response, etag):
+            self._receive(response, self.offset)
+        elif response.status_code == 200:
+            self._start_over(response, etag)
+            self._receive(response, 0)
+        else:
+            raise ConnectionFailedError(f"GET {self.ref}: unexpected answer {response.status_code}")
+
+    def _continues(self, response: httpx.Response, etag: str | None) -> bool:
         content_range = response.headers.get("Content-Range", "")
         start = content_range.removeprefix("bytes ").partition("-")[0]
         total = content_range.rpartition("/")[2]
-        if start != str(self.offset) or response.headers.get("ETag") != self.etag:
+        if start != str(self.offset) or etag != self.etag:
             raise ConnectionFailedError(f"GET {self.ref}: the server sent another range")
         self.size = int(total) if total.isdigit() else None
         return True
 
-    def _start_over(self, response: httpx.Response) -> None:
-        etag = response.headers.get("ETag")
+    def _start_over(self, response: httpx.Response, etag: str | None) -> None:
         if self.dest is None and self.offset > 0:
             # Bytes went to stdout already and the image changed since: cannot take back.
             raise ConnectionFailedError(f"{self.ref} changed during the download; pull again")

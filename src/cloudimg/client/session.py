@@ -11,6 +11,7 @@ import base64
 import json
 import netrc
 import os
+import re
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ API_ROOT = "/reg"
 """Where the API lives when ``--server`` gives no path (the server's default prefixes)."""
 _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _TIMEOUT = httpx.Timeout(300.0, connect=10.0, pool=30.0)
+_MAX_HOPS = 5
+"""Redirects a download follows from the registry's (the store may send one of its own)."""
+_S3_ERROR = re.compile(r"<Code>([^<]{1,100})</Code>(?:.*?<Message>([^<]{0,300})</Message>)?", re.S)
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,30 @@ class Session:
                 self.checked(response)
             yield response
 
+    @contextmanager
+    def follow(self, redirect: httpx.Response, headers: dict[str, str]) -> Iterator[httpx.Response]:
+        """The answer to a GET of the ``Location`` of ``redirect`` (a registry's 307 to its
+        object store), streamed, without retries.
+
+        Nothing of the registry's goes with it, its ``Authorization`` least of all: a
+        presigned URL carries its own signature, S3 refuses a request that has both, and
+        the registry's credentials are no business of the store's. A store's error (an
+        expired URL's 403, a 5xx, a 404 after a delete) is transient here: the caller's
+        retry asks the registry again, for a fresh URL or its own answer.
+        """
+        url = redirect.url.join(redirect.headers["Location"])
+        for _hop in range(_MAX_HOPS):
+            with self._http.stream("GET", url, headers=headers, auth=None) as answer:
+                if answer.is_redirect and "Location" in answer.headers:
+                    url = answer.url.join(answer.headers["Location"])
+                    continue
+                if answer.status_code >= 400:
+                    answer.read()
+                    raise _TransientStatusError(answer)
+                yield answer
+                return
+        raise ConnectionFailedError(f"GET {redirect.url}: more than {_MAX_HOPS} redirects")
+
     def retrying(
         self,
         work: Callable[[], T],
@@ -376,6 +404,10 @@ def _describe(response: httpx.Response) -> str:
     errors = body.get("errors") if isinstance(body, dict) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         body = {"status": errors[0].get("code"), "error": errors[0].get("message")}  # OCI face
+    store_error = _S3_ERROR.search(response.text) if body is None else None
+    if store_error is not None:  # an object store's XML error (a redirected download)
+        code, detail = store_error.group(1), store_error.group(2)
+        return " ".join(f"{response.status_code} {code}: {detail or ''}".split()).rstrip(":")
     if isinstance(body, dict) and "error" in body:
         code = body.get("status", "")
         text = f"{response.status_code} {code}: {body['error']}"

@@ -14,7 +14,12 @@ from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.conditional import meta_etag_of, write_options
-from cloudimg.api.download import prepare_download
+from cloudimg.api.download import (
+    Redirects,
+    prepare_download,
+    prepare_representation,
+    representation_of,
+)
 from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
@@ -29,6 +34,7 @@ from cloudimg.api.openapi import (
     listing_response,
 )
 from cloudimg.api.reg.uploads import created, receiving
+from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import Catalog, ImageDetails, TagDetails, TagInfo
 from cloudimg.config import Settings
 from cloudimg.core import RegistryCore
@@ -41,6 +47,7 @@ __all__ = ["RegistryController"]
 Envelope = dict[str, Any]
 Core = SkipValidation[RegistryCore]
 """The registry core handlers are given (no validation of it on each request)."""
+Blobs = SkipValidation[BlobStore]
 _TAG_PATH = "/{repo:str}/{image:str}/{tag:str}"
 _UPLOAD_ROUTE: dict[str, Any] = {
     "request_max_body_size": None,
@@ -208,6 +215,8 @@ class RegistryController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        blobs: Blobs,
+        redirects: SkipValidation[Redirects],
         repo: str,
         image: str,
         tag: str,
@@ -215,8 +224,21 @@ class RegistryController(Controller):
         validate_repo_name(repo)
         validate_image_name(image)
         reference = _parse_reference(tag)
+        immutable = isinstance(reference, Digest)
+        if redirects.enabled and request.method == "GET":
+            # The same lookup as open_blob (blocked, quarantined, a crash's trash put
+            # back), without opening the bytes the store will most likely send itself.
+            ref = await catalog.reads.resolve(repo, image, reference)
+
+            async def open_reader() -> BlobReader | None:
+                return await blobs.open(ref.digest)
+
+            rep = representation_of(ref, immutable)
+            return await prepare_representation(
+                request, rep, open_reader, redirect=redirects.of(ref.digest)
+            )
         ref, reader = await catalog.reads.open_blob(repo, image, reference)
-        return await prepare_download(request, ref, reader, immutable=isinstance(reference, Digest))
+        return await prepare_download(request, ref, reader, immutable=immutable)
 
     @route(
         "/{repo:str}/{image:str}/{tag:str}/meta",

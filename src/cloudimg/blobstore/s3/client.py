@@ -82,9 +82,11 @@ class S3Location:
         )
 
 
-def client_for(location: S3Location) -> S3Client:
-    """A thread-safe client for ``location`` (one per store, shared by its threads)."""
+def client_for(location: S3Location, *, signature_version: str | None = None) -> S3Client:
+    """A thread-safe client for ``location`` (one per store, shared by its threads);
+    ``signature_version`` (``s3v4``) for one that presigns URLs."""
     config = Config(
+        signature_version=signature_version,
         connect_timeout=location.connect_timeout,
         read_timeout=location.read_timeout,
         retries={"max_attempts": location.retries, "mode": "standard"},

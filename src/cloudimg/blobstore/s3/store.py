@@ -83,7 +83,7 @@ from cloudimg.blobstore.s3.writer import (
 )
 from cloudimg.blobstore.staging import StageCosts
 
-__all__ = ["S3BlobStore"]
+__all__ = ["MAX_URL_EXPIRY", "S3BlobStore"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _TRASH_NAME_DIGEST = maintenance.matching(re.compile(r"([0-9a-f]{64})\.[0-9a-f]+"))
@@ -95,6 +95,8 @@ QUARANTINE = "quarantine/"
 READER_GRACE = 6 * 3600.0
 """Seconds a purged blob's bytes stay readable for the readers still open on them."""
 _SWEEP_EVERY = 60.0
+MAX_URL_EXPIRY = 7 * 24 * 3600
+"""The longest a presigned URL (SigV4 query signing) may live: S3 refuses longer."""
 
 
 def _digest(blake3_hex: str) -> str:
@@ -115,6 +117,10 @@ class S3BlobStore:
     ) -> None:
         self.location = location
         self.bucket = Bucket(client_for(location), location)
+        # Presigned URLs are SigV4 (``X-Amz-Expires`` bounds their life, at most 7 days):
+        # botocore presigns with the legacy SigV2 for some endpoints unless told, which
+        # newer stores and AWS regions refuse.
+        self._presigner = client_for(location, signature_version="s3v4")
         self.part_size = part_size
         self.reader_grace = reader_grace
         self.stage_costs: StageCosts | None = None
@@ -274,6 +280,23 @@ class S3BlobStore:
         key = self._blob_key(blake3_hex)
         found = await asyncio.to_thread(call, lambda: self.bucket.head(key))
         return None if found is None else found.size
+
+    async def download_url(self, blake3_hex: str, expires_in: int) -> str | None:
+        if not 1 <= expires_in <= MAX_URL_EXPIRY:
+            raise ValueError(f"a presigned URL lives 1 to {MAX_URL_EXPIRY} seconds")
+        key = self._blob_key(blake3_hex)
+
+        def presign() -> str:
+            # Signed locally (no request), but resolving credentials may reach a metadata
+            # service or an STS endpoint when they come from a role: hence the thread.
+            return self._presigner.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket.name, "Key": key},
+                ExpiresIn=expires_in,
+                HttpMethod="GET",
+            )
+
+        return await asyncio.to_thread(call, presign)
 
     async def free_space(self) -> int | None:
         return None  # a bucket has no size to tell; a full store answers its own error

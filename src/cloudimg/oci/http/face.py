@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from litestar.params import SkipValidation
 
+from cloudimg.api.download import Redirects
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
@@ -38,6 +39,8 @@ class OciFace:
     sessions: UploadSessions
     keeping: KeepContext
     settings: Settings
+    redirects: Redirects
+    """Where a GET of a stored blob goes instead (``--redirect-downloads``)."""
 
     @classmethod
     def over(cls, keeping: KeepContext, disks: ContainerDisks) -> OciFace:
@@ -50,6 +53,11 @@ class OciFace:
             sessions,
             keeping,
             keeping.settings,
+            Redirects(
+                keeping.blobs,
+                keeping.settings.redirect_expiry_secs,
+                keeping.settings.redirect_downloads,
+            ),
         )
 
 

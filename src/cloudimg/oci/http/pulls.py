@@ -164,7 +164,10 @@ class OciPullController(Controller):
         kept = await oci.kept_blob(*names, hex_digest)
         if kept is not None:  # a pushed layer or config, kept as it was pushed
             return await prepare_representation(
-                request, _representation(kept, hex_digest, kept.size), _opener(blobs, kept.digest)
+                request,
+                _representation(kept, hex_digest, kept.size),
+                _opener(blobs, kept.digest),
+                redirect=face.redirects.of(kept.digest),
             )
         try:
             ref = await oci.resolve_oci(*names, "config", hex_digest)
@@ -189,7 +192,10 @@ class OciPullController(Controller):
             ) from None
         blob_reader = _opener(blobs, ref.digest)
         return await prepare_representation(
-            request, _representation(ref, ref.sha256, ref.size), blob_reader
+            request,
+            _representation(ref, ref.sha256, ref.size),
+            blob_reader,
+            redirect=face.redirects.of(ref.digest),
         )
 
 
@@ -246,6 +252,8 @@ async def _send_layer(
     blobs = face.blobs
     ref = await face.store.resolve_oci(*names, "layer", hex_digest)
     size = ContainerDisk.of(hex_digest, ref.size).layer_size
+    # Never redirected: the layer is computed (tar headers around the blob), no object
+    # holds its bytes.
 
     async def open_layer() -> BlobReader | None:
         disk = await blobs.open(ref.digest)
