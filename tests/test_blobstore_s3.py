@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import pytest
@@ -186,6 +187,43 @@ async def test_a_reader_keeps_reading_after_another_replica_trashes_the_blob(
         assert reader.read(1000, 299_500) == data[299_500:]
     finally:
         reader.close()
+
+
+async def test_a_download_read_in_pieces_is_one_get_and_a_seek_opens_another(
+    store: S3BlobStore,
+) -> None:
+    """A ranged GET per piece ran at a tenth of one GET of the object: reads that follow
+    each other share one open body; a read elsewhere, or beside another, still works."""
+    data = random_image(3 * MiB + 123)
+    staged = await stage(store, data)
+    await store.place(staged)
+    gets: list[str] = []
+    store.bucket.client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: gets.append(params["headers"]["Range"])
+    )
+    reader = await store.open(staged.blake3)
+    assert reader is not None
+    try:
+        pieces, offset, piece = [], 100, 64 * 1024
+        while chunk := reader.read(piece, offset):
+            pieces.append(chunk)
+            offset += len(chunk)
+            piece = min(piece * 2, MiB)
+        assert b"".join(pieces) == data[100:]
+        assert gets == ["bytes=100-"]
+        assert reader.read(10, 5) == data[5:15]  # a seek back: the body opens there
+        assert gets == ["bytes=100-", "bytes=5-"]
+
+        def read_at(start: int) -> bytes:
+            return reader.read(50_000, start)
+
+        starts = list(range(0, len(data), 250_000))
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(read_at, starts)) == [data[s : s + 50_000] for s in starts]
+    finally:
+        reader.close()
+    with pytest.raises(ValueError, match="closed"):
+        reader.read(1, 0)
 
 
 async def test_purged_bytes_are_deleted_after_the_reader_grace(
