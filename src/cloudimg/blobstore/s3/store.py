@@ -35,7 +35,8 @@ replicas placing the same digest store one object. A store that ignored the cond
 would still be safe for the catalog: callers hold the catalog's lock for the digest
 when they place, and the HEAD before the copy sees a blob placed under that lock.
 
-**Readers** (``reader.py``) read by key, one open GET for reads that follow each other. A delete copies the blob to ``trash/``
+**Readers** (``reader.py``) read by key, one open GET for reads that follow each
+other. A delete copies the blob to ``trash/``
 and deletes its key; a purge writes a ``purged/`` marker and the trashed copy is
 deleted only once the marker is older than ``reader_grace`` (by the next
 ``list_trash``, which gc calls, or a later purge), so a reader that loses its key
