@@ -1,5 +1,5 @@
-"""Migrations 0006 and 0007 (kept ``/v2`` pushes) and 0008 (gc runs in the catalog) on
-both catalog backends: rows kept by 0005 get their role, ``cloudimg db check`` finds
+"""Migrations 0006 and 0007 (kept ``/v2`` pushes), 0008 (gc runs in the catalog) and
+0009 (the index of tags' metadata) on both catalog backends: rows kept by 0005 get their role, ``cloudimg db check`` finds
 the schema and the models equal, and each migration goes down and up again."""
 
 from __future__ import annotations
@@ -79,12 +79,56 @@ def test_0008_counts_gc_runs_in_the_catalog_from_zero(fresh_catalog: tuple[Path,
     root, url = fresh_catalog
     upgrade_database(url, "0007")
     (root / "gc-last-run.json").write_text('{"runs_total": 7}')
-    upgrade_database(url)
+    upgrade_database(url, "0008")
     assert current_revision(url) == "0008"
+    upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)
     assert query(url, "SELECT runs_total FROM gc_runs") == []
     cli("gc", "--grace", "0", "--data-root", str(root), check=0)
     assert query(url, "SELECT runs_total, last_run_ok FROM gc_runs") == [(1, True)]
     command.downgrade(alembic_config(url), "0007")
     upgrade_database(url)
+    cli("db", "check", "--data-root", str(root), check=0)
+
+
+def test_0009_indexes_the_metadata_of_existing_tags(fresh_catalog: tuple[Path, str]) -> None:
+    """Tags written before 0009 are found by the metadata index: a string value as is,
+    another JSON value as JSON, a value too long for the index as its key alone; down
+    (the metadata itself stays) and up again fills it the same way."""
+    root, url = fresh_catalog
+    upgrade_database(url, "0008")
+    now = datetime.now(UTC)
+    query(url, "INSERT INTO repositories (id, name, created_at) VALUES (1, 'vms', ?)", now)
+    query(
+        url,
+        "INSERT INTO images (id, repository_id, name, created_at) VALUES (1, 1, 'fedora', ?)",
+        now,
+    )
+    query(
+        url,
+        "INSERT INTO blobs (digest, size, sha256, refcount, created_at) VALUES (?, 1, ?, 1, ?)",
+        "a" * 64,
+        "b" * 64,
+        now,
+    )
+    meta = '{"os": "fedora", "gpu": 2, "notes": "%s"}' % ("x" * 300)
+    query(
+        url,
+        "INSERT INTO tags (id, image_id, name, digest, meta, created_at, updated_at, immutable)"
+        " VALUES (1, 1, 'v1', ?, ?, ?, ?, ?)",
+        "a" * 64,
+        meta,
+        now,
+        now,
+        False,
+    )
+    expected = [(1, "gpu", "2"), (1, "notes", None), (1, "os", "fedora")]
+    upgrade_database(url)
+    assert current_revision(url) == "0009"
+    assert sorted(query(url, "SELECT tag_id, key, value FROM tag_meta")) == expected
+    cli("db", "check", "--data-root", str(root), check=0)
+    command.downgrade(alembic_config(url), "0008")
+    assert len(query(url, "SELECT id FROM tags")) == 1
+    upgrade_database(url)
+    assert sorted(query(url, "SELECT tag_id, key, value FROM tag_meta")) == expected
     cli("db", "check", "--data-root", str(root), check=0)

@@ -3,6 +3,7 @@ build their queries with. Alembic migrations in ``migrations/`` own the schema."
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +39,10 @@ __all__ = [
     "Repository",
     "Tag",
     "TagHistory",
+    "TagMeta",
     "held_by_image",
     "kept_references",
+    "meta_index_rows",
     "utcnow",
 ]
 
@@ -162,6 +165,41 @@ class Tag(Base):
     """Set through the API: the tag cannot be overwritten, retagged or deleted."""
 
     blob: Mapped[Blob] = relationship()
+
+
+META_INDEX_CHARS = 256
+"""Longest metadata key or value the query index holds: a longer value is indexed as
+present (its key) without its value; a longer key is not indexed. A query names keys
+and values of at most this length (docs/architecture.md, "Queries over metadata")."""
+
+
+class TagMeta(Base):
+    """One key of a tag's metadata: the index the metadata query reads.
+
+    ``Tag.meta`` stays the record (generic JSON on every backend); these rows are
+    rewritten with it on every tag write (``catalog/tags.py``) and go with the tag
+    (``ON DELETE CASCADE``).
+    """
+
+    __tablename__ = "tag_meta"
+    __table_args__ = (Index("ix_tag_meta_key_value", "key", "value", "tag_id"),)
+
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(META_INDEX_CHARS), primary_key=True)
+    value: Mapped[str | None] = mapped_column(String(META_INDEX_CHARS))
+    """The value as text (JSON for a value that is not a string); None: too long."""
+
+
+def meta_index_rows(tag_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``tag_meta`` rows of a tag with metadata ``meta``."""
+    rows = []
+    for key, value in meta.items():
+        if len(key) > META_INDEX_CHARS:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        kept = text if len(text) <= META_INDEX_CHARS else None
+        rows.append({"tag_id": tag_id, "key": key, "value": kept})
+    return rows
 
 
 class TagHistory(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import delete, exists, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import StagedBlob
@@ -15,7 +15,9 @@ from cloudimg.catalog.models import (
     Repository,
     Tag,
     TagHistory,
+    TagMeta,
     kept_references,
+    meta_index_rows,
     utcnow,
 )
 from cloudimg.catalog.records import BlobRef
@@ -174,19 +176,19 @@ class TagWrites(TagHistoryLog):
         now = utcnow()
         if current is None:
             refuse_probed_tag_name(names[2])
-            session.add(
-                Tag(
-                    image_id=image_id,
-                    name=names[2],
-                    digest=blob.digest,
-                    meta=meta,
-                    created_at=now,
-                    updated_at=now,
-                    immutable=False,
-                )
+            created = Tag(
+                image_id=image_id,
+                name=names[2],
+                digest=blob.digest,
+                meta=meta,
+                created_at=now,
+                updated_at=now,
+                immutable=False,
             )
+            session.add(created)
             blob.refcount += 1
             await session.flush()  # a concurrent creator makes this an IntegrityError: retry
+            await _index_meta(session, created.id, meta, replace=False)
             # A new tag is "created" whatever made it, an upload or a retag (docs/api.md).
             await self._record(session, names, "created", blob, meta, options.actor, now)
             await self._retain(session, names, blob.digest, effects)
@@ -197,6 +199,7 @@ class TagWrites(TagHistoryLog):
         current.digest = blob.digest
         current.meta = meta
         current.updated_at = now
+        await _index_meta(session, current.id, meta, replace=True)
         if previous != blob.digest:
             blob.refcount += 1
         await session.flush()  # the tag lets go of the old blob row first
@@ -307,6 +310,8 @@ class TagWrites(TagHistoryLog):
         blob = await session.scalar(select(Blob).where(Blob.digest == digest))
         assert blob is not None, "a tag names a blob row (foreign key)"
         await self._record(session, names, "deleted", blob, dict(current.meta), options.actor)
+        # The foreign key cascades too; explicit, so the index never outlives its tag.
+        await session.execute(delete(TagMeta).where(TagMeta.tag_id == current.id))
         await session.delete(current)
         await session.flush()
         if purge_history:
@@ -449,3 +454,14 @@ async def _not_found(session: AsyncSession, names: Names) -> NotFoundError:
     if image_id is None:
         return NotFoundError("image not found", {"repo": repo, "image": image})
     return NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
+
+
+async def _index_meta(
+    session: AsyncSession, tag_id: int, meta: dict[str, str], *, replace: bool
+) -> None:
+    """Rewrite the query index (``tag_meta``) of a tag in the transaction that writes it."""
+    if replace:
+        await session.execute(delete(TagMeta).where(TagMeta.tag_id == tag_id))
+    rows = meta_index_rows(tag_id, meta)
+    if rows:
+        await session.execute(insert(TagMeta), rows)
