@@ -43,6 +43,8 @@ __all__ = [
     "RetagOperation",
     "TagDetailsView",
     "TagListView",
+    "TagMatchView",
+    "TagQueryView",
     "UploadOperation",
     "error_responses",
     "listing_response",
@@ -364,6 +366,27 @@ class TagDetailsView(TypedDict):
     created: str
     updated: str
     immutable: bool
+
+
+class TagMatchView(TagDetailsView):
+    """A tag of ``GET /reg/_query``: a detailed listing's fields, its names and metadata."""
+
+    repo: str
+    image: str
+    meta: Annotated[dict[str, str], _described("The metadata uploaded with the image")]
+
+
+class TagQueryView(TypedDict):
+    """What ``GET /reg/_query`` answers: a page of the tags the query matches."""
+
+    success: bool
+    data: Annotated[
+        list[TagMatchView], _described("The matching tags, sorted by repo, image and tag")
+    ]
+    next: Annotated[
+        str | None,
+        _described("The `after` of the next page (repo/image/tag); null on the last page"),
+    ]
 
 
 class _ImageListFields(TypedDict):

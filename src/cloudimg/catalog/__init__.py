@@ -10,6 +10,7 @@ from cloudimg.catalog.history import (
 )
 from cloudimg.catalog.paging import ALL, SORTS, Page, Sort
 from cloudimg.catalog.records import (
+    META_INDEX_CHARS,
     BlobBlock,
     BlobRecord,
     BlobRef,
@@ -17,6 +18,7 @@ from cloudimg.catalog.records import (
     CatalogSnapshot,
     GcRecord,
     ImageDetails,
+    MetaQuery,
     RefcountRepair,
     RepositoryDetails,
     StorageTotals,
@@ -29,6 +31,7 @@ from cloudimg.catalog.schema import upgrade_database
 __all__ = [
     "ALL",
     "DEFAULT_KEEP_HISTORY",
+    "META_INDEX_CHARS",
     "SORTS",
     "BlobBlock",
     "BlobRecord",
@@ -39,6 +42,7 @@ __all__ = [
     "GcRecord",
     "HistoryEntry",
     "ImageDetails",
+    "MetaQuery",
     "Page",
     "Precondition",
     "RefcountRepair",

@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from cloudimg.catalog.records import META_INDEX_CHARS
+
 __all__ = [
     "Base",
     "Blob",
@@ -165,12 +167,6 @@ class Tag(Base):
     """Set through the API: the tag cannot be overwritten, retagged or deleted."""
 
     blob: Mapped[Blob] = relationship()
-
-
-META_INDEX_CHARS = 256
-"""Longest metadata key or value the query index holds: a longer value is indexed as
-present (its key) without its value; a longer key is not indexed. A query names keys
-and values of at most this length (docs/architecture.md, "Queries over metadata")."""
 
 
 class TagMeta(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, cast, exists, func, select
+from sqlalchemy import String, cast, exists, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
@@ -14,6 +14,7 @@ from cloudimg.catalog.models import (
     Repository,
     Tag,
     TagHistory,
+    TagMeta,
     held_by_image,
     kept_references,
 )
@@ -22,6 +23,7 @@ from cloudimg.catalog.records import (
     BlobRef,
     GcRecord,
     ImageDetails,
+    MetaQuery,
     StorageTotals,
     TagDetails,
     TagInfo,
@@ -123,6 +125,42 @@ class CatalogReads(CatalogBase):
             if after is not None:
                 tags = tags.where(Tag.name > after)
             return [TagDetails(*row) for row in session.execute(tags)]
+
+        return await self._query(query)
+
+    async def query_tags(
+        self, wanted: MetaQuery, limit: int, after: tuple[str, str, str] | None = None
+    ) -> list[TagInfo]:
+        """Up to ``limit`` tags that ``wanted`` matches, sorted by (repository, image, tag),
+        after the tag ``after`` names: keyset pagination over the three names.
+
+        Each metadata condition is an ``EXISTS`` on the ``tag_meta`` index (key, value,
+        tag), so the database starts from the rarest condition's rows rather than from
+        every tag's JSON (docs/architecture.md, "Queries over metadata").
+        """
+        names = (Repository.name, Image.name, Tag.name)
+        tags = (
+            select(Repository.name, Image.name, Tag, Blob)
+            .join(Blob, Blob.digest == Tag.digest)
+            .join(Image, Image.id == Tag.image_id)
+            .join(Repository, Repository.id == Image.repository_id)
+        )
+        for key, value in wanted.equals:
+            tags = tags.where(
+                exists().where(TagMeta.tag_id == Tag.id, TagMeta.key == key, TagMeta.value == value)
+            )
+        for key in wanted.present:
+            tags = tags.where(exists().where(TagMeta.tag_id == Tag.id, TagMeta.key == key))
+        if wanted.repo_prefix:
+            tags = tags.where(Repository.name.startswith(wanted.repo_prefix, autoescape=True))
+        if wanted.image_prefix:
+            tags = tags.where(Image.name.startswith(wanted.image_prefix, autoescape=True))
+        if after is not None:
+            tags = tags.where(tuple_(*names) > tuple_(*after))
+        tags = tags.order_by(*names).limit(limit)
+
+        def query(session: Session) -> list[TagInfo]:
+            return [_tag_info(*row) for row in session.execute(tags)]
 
         return await self._query(query)
 

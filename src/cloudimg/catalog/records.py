@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from cloudimg.catalog.models import Blob, GcRuns
 
 __all__ = [
+    "META_INDEX_CHARS",
     "BlobBlock",
     "BlobRecord",
     "BlobRef",
@@ -20,6 +21,7 @@ __all__ = [
     "CatalogSnapshot",
     "GcRecord",
     "ImageDetails",
+    "MetaQuery",
     "RefcountRepair",
     "RepositoryDetails",
     "StorageTotals",
@@ -81,6 +83,26 @@ class TagInfo:
     immutable: bool = False
     """Made immutable by a write (``PUT …/immutable``); an operator's rule
     (``Catalog.immutable_by_rule``) protects a tag whatever this says."""
+
+
+META_INDEX_CHARS = 256
+"""Longest metadata key or value the query index holds: a longer value is indexed as
+present (its key) without its value; a longer key is not indexed. A query names keys
+and values of at most this length (docs/architecture.md, "Queries over metadata")."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaQuery:
+    """Which tags a metadata query answers: all conditions hold (AND)."""
+
+    equals: tuple[tuple[str, str], ...] = ()
+    """(key, value): the tag's metadata has ``key`` with exactly this (text) value."""
+    present: tuple[str, ...] = ()
+    """Keys the tag's metadata has, whatever their value."""
+    repo_prefix: str = ""
+    """Only repositories whose name starts with this."""
+    image_prefix: str = ""
+    """Only images whose name starts with this."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ their body forms (:mod:`cloudimg.api.reg.uploads`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put, route
@@ -29,13 +30,21 @@ from cloudimg.api.openapi import (
     RawUploadOperation,
     RepoListView,
     TagListView,
+    TagQueryView,
     UploadOperation,
     error_responses,
     listing_response,
 )
 from cloudimg.api.reg.uploads import created, receiving
 from cloudimg.blobstore import BlobReader, BlobStore
-from cloudimg.catalog import Catalog, ImageDetails, TagDetails, TagInfo
+from cloudimg.catalog import (
+    META_INDEX_CHARS,
+    Catalog,
+    ImageDetails,
+    MetaQuery,
+    TagDetails,
+    TagInfo,
+)
 from cloudimg.config import Settings
 from cloudimg.core import RegistryCore
 from cloudimg.digest import Digest, Reference, parse_digest
@@ -133,6 +142,90 @@ def _image_details(row: ImageDetails) -> Envelope:
     }
 
 
+MAX_QUERY_CONDITIONS = 16
+"""``meta`` and ``has`` conditions one metadata query may combine, together."""
+_QUERY_PARAMETERS = frozenset({"meta", "has", "repo_prefix", "image_prefix", "limit", "after"})
+_PREFIX = re.compile(r"[a-z0-9-]{0,63}")
+
+
+def _meta_query(request: Request[Any, Any, Any]) -> MetaQuery:
+    """The conditions of ``GET /reg/_query``, refused whole (400) at the first bad one.
+
+    Also refuses a parameter it does not know: a mistyped ``has`` or ``mta`` must not
+    widen the query to every tag.
+    """
+    params = request.query_params
+    unknown = sorted(set(params.keys()) - _QUERY_PARAMETERS)
+    if unknown:
+        raise InvalidArgumentError(
+            "unknown query parameter; the query takes meta=key=value, has=key, "
+            "repo_prefix, image_prefix, limit and after",
+            {"parameters": [name[:100] for name in unknown[:10]]},
+        )
+    equals: list[tuple[str, str]] = []
+    for condition in params.getall("meta", []):
+        key, sep, value = condition.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(
+                "query parameter 'meta' is key=value", {"meta": condition[:200]}
+            )
+        equals.append((_meta_text("key", key), _meta_text("value", value)))
+    present = [_meta_text("key", key) for key in params.getall("has", [])]
+    if any(not key for key in present):
+        raise InvalidArgumentError("query parameter 'has' names a key")
+    if len(equals) + len(present) > MAX_QUERY_CONDITIONS:
+        raise InvalidArgumentError(
+            f"a query combines at most {MAX_QUERY_CONDITIONS} meta and has conditions",
+            {"conditions": len(equals) + len(present)},
+        )
+    prefixes = [_prefix(params, name) for name in ("repo_prefix", "image_prefix")]
+    return MetaQuery(tuple(equals), tuple(present), *prefixes)
+
+
+def _meta_text(kind: str, text: str) -> str:
+    # The index holds keys and values up to this length; a longer one could match nothing.
+    if len(text) > META_INDEX_CHARS:
+        raise InvalidArgumentError(
+            f"a metadata {kind} in a query is at most {META_INDEX_CHARS} characters",
+            {kind: text[:200]},
+        )
+    return text
+
+
+def _prefix(params: Any, name: str) -> str:
+    values = params.getall(name, [])
+    if len(values) > 1 or (values and not _PREFIX.fullmatch(values[0])):
+        raise InvalidArgumentError(
+            f"query parameter '{name}' is one name prefix: up to 63 of a-z, 0-9 and -",
+            {name: [value[:100] for value in values[:3]]},
+        )
+    return str(values[0]) if values else ""
+
+
+def _query_cursor(after: str | None) -> tuple[str, str, str] | None:
+    """The ``after`` of a metadata query: the last ``repo/image/tag`` of the previous page."""
+    if after is None:
+        return None
+    parts = after.split("/")
+    if len(parts) != 3:
+        raise InvalidArgumentError(
+            "query parameter 'after' is repo/image/tag (the 'next' of the previous page)",
+            {"after": after[:200]},
+        )
+    return (
+        validate_repo_name(parts[0]),
+        validate_image_name(parts[1]),
+        validate_tag_name(parts[2]),
+    )
+
+
+def _tag_match(info: TagInfo) -> Envelope:
+    details = TagDetails(
+        info.tag, info.digest, info.sha256, info.size, info.created, info.updated, info.immutable
+    )
+    return {"repo": info.repo, "image": info.image, **_tag_details(details), "meta": info.meta}
+
+
 class RegistryController(Controller):
     """The ``/reg`` endpoints of the old server, as views over the catalog."""
 
@@ -147,6 +240,39 @@ class RegistryController(Controller):
     )
     async def get_repos(self, catalog: Catalog) -> Envelope:
         return _ok(await catalog.reads.list_repositories())
+
+    @get(
+        "/_query",
+        operation_id="QueryTags",
+        summary="Find tags by metadata (meta=key=value, has=key; repeatable, all must hold) "
+        "and name prefixes, paged by limit and after",
+        description="A path no repository can take (names start with a-z or 0-9). Each "
+        "`meta` is `key=value` (split at the first `=`), equal to the metadata's value; "
+        "each `has` a key the metadata holds. At most 16 conditions, keys and values of at "
+        "most 256 characters; any other parameter is a 400.",
+        responses={
+            **listing_response(TagQueryView, "A page of the matching tags, with details"),
+            **error_responses(400),
+        },
+    )
+    async def query_tags(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        meta: list[str] | None = None,
+        has: list[str] | None = None,
+        repo_prefix: str | None = None,
+        image_prefix: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Envelope:
+        # The declared parameters describe the query in OpenAPI (and qlkube's schema);
+        # the request's own parameters are read once more to refuse what is not declared.
+        wanted = _meta_query(request)
+        page = _page_size(limit)
+        rows = await catalog.reads.query_tags(wanted, page, _query_cursor(after))
+        last = f"{rows[-1].repo}/{rows[-1].image}/{rows[-1].tag}" if rows else None
+        return _page([_tag_match(row) for row in rows], page, last)
 
     @get(
         "/{repo:str}",
