@@ -6,13 +6,16 @@ and narrows its queries to it with ``repo_prefix``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import upload, upload_raw
+from tests.conftest import RunningServer, upload, upload_raw
 from tests.support import random_image
+from tests.test_client import client as cli
+from tests.test_client import ok
 
 
 def _query(client: httpx.Client, **params: Any) -> dict[str, Any]:
@@ -153,3 +156,21 @@ def test_openapi_describes_the_query(client: httpx.Client) -> None:
     params = {param["name"]: param for param in operation["parameters"]}
     assert set(params) == {"meta", "has", "repo_prefix", "image_prefix", "limit", "after"}
     assert params["meta"]["schema"]["type"] == "array" or "anyOf" in params["meta"]["schema"]
+
+
+def test_cloudimg_ls_meta(server: RunningServer, client: httpx.Client, repo: str) -> None:
+    """``cloudimg ls --meta`` across repositories and within one; a bad pair is a usage error."""
+    for image, meta in (("alpha", {"os": "ubuntu", "gpu": "1"}), ("beta", {"os": "ubuntu"})):
+        assert upload(client, f"/reg/{repo}/{image}/v1", random_image(512), meta).is_success
+    found = json.loads(ok(cli("ls", "--meta", "os=ubuntu", "--json", server=server.base_url)))
+    mine = [f"{tag['repo']}/{tag['image']}:{tag['tag']}" for tag in found if tag["repo"] == repo]
+    assert mine == [f"{repo}/alpha:v1", f"{repo}/beta:v1"]
+    table = ok(cli("ls", repo, "--meta", "os=ubuntu", "--has", "gpu", server=server.base_url))
+    assert f"{repo}/alpha:v1" in table
+    assert "beta" not in table
+    assert "gpu=1 os=ubuntu" in table
+    only = json.loads(
+        ok(cli("ls", f"{repo}/beta", "--meta", "os=ubuntu", "--json", server=server.base_url))
+    )
+    assert [tag["image"] for tag in only] == ["beta"]
+    assert "KEY=VALUE" in cli("ls", "--meta", "os", server=server.base_url).stderr.decode()

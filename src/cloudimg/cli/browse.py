@@ -20,6 +20,7 @@ from cloudimg.client.browse import (
     list_images,
     list_repositories,
     list_tags,
+    query_tags,
 )
 from cloudimg.units import human_bytes
 
@@ -28,17 +29,67 @@ __all__ = ["history_command", "inspect", "ls"]
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
+def _meta_pair(
+    _context: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        pairs.append((key, wanted))
+    return pairs
+
+
 @click.command()
 @click.argument("target", required=False, metavar="[REPO[/IMAGE]]")
+@click.option(
+    "--meta",
+    "meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_meta_pair,
+    help="Only tags whose metadata has KEY equal to VALUE (repeatable: all must hold); "
+    "lists tags across repositories, or within REPO[/IMAGE].",
+)
+@click.option(
+    "--has",
+    "has",
+    multiple=True,
+    metavar="KEY",
+    help="Only tags whose metadata has KEY, whatever its value (repeatable).",
+)
 @_json_option
 @client_options
 def ls(
-    target: str | None, as_json: bool, server: str, token_file: Path | None, retries: int
+    target: str | None,
+    meta: list[tuple[str, str]],
+    has: tuple[str, ...],
+    as_json: bool,
+    server: str,
+    token_file: Path | None,
+    retries: int,
 ) -> None:
-    """List repositories, the images of REPO, or the tags of REPO/IMAGE with their details."""
+    """List repositories, the images of REPO, or the tags of REPO/IMAGE with their details.
+
+    With --meta or --has: the tags (of every repository, or of REPO[/IMAGE]) whose
+    metadata matches, from one query of the server.
+    """
     with client_errors():
         repo, image = parse_listing_target(target)
     with open_session(server, token_file, retries) as session, client_errors():
+        if meta or has:
+            # The server matches prefixes; the exact names are kept here.
+            found = [
+                tag
+                for tag in query_tags(session, meta, has, repo or "", image or "")
+                if repo in (None, tag.get("repo")) and image in (None, tag.get("image"))
+            ]
+            if as_json:
+                _print_json(found)
+            else:
+                _print_matches(found)
+            return
         if repo is None:
             names, heading = list_repositories(session), "REPOSITORY"
         elif image is None:
@@ -139,6 +190,20 @@ def _print_tags(tags: list[dict[str, Any]]) -> None:
     ]
     headings = ["TAG", "SIZE", "FORMAT", "VIRTUAL SIZE", "DIGEST", "UPDATED (UTC)", "IMMUTABLE"]
     _print_table(headings, rows)
+
+
+def _print_matches(tags: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            f"{tag.get('repo')}/{tag.get('image')}:{tag.get('tag')}",
+            _size(tag.get("size")),
+            _short(tag.get("digest")),
+            (tag.get("updated") or "")[:19].replace("T", " "),
+            " ".join(f"{key}={value}" for key, value in sorted((tag.get("meta") or {}).items())),
+        ]
+        for tag in tags
+    ]
+    _print_table(["TAG", "SIZE", "DIGEST", "UPDATED (UTC)", "META"], rows)
 
 
 def _print_images(images: list[dict[str, Any]]) -> None:

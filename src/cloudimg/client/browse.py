@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cloudimg.client.errors import ConnectionFailedError
 from cloudimg.client.reference import ImageRef
 from cloudimg.client.session import Session, repr_sha256
 
-__all__ = ["describe", "history", "list_images", "list_repositories", "list_tags"]
+__all__ = [
+    "describe",
+    "history",
+    "list_images",
+    "list_repositories",
+    "list_tags",
+    "query_tags",
+]
 
 
 def list_repositories(session: Session) -> list[str]:
@@ -42,6 +50,41 @@ def list_tags(session: Session, repo: str, image: str) -> list[dict[str, Any]]:
         {"tag": tag, **describe(session, ImageRef(repo, image, tag=tag))}
         for tag in _names(session, f"/{repo}/{image}")
     ]
+
+
+def query_tags(
+    session: Session,
+    meta: Sequence[tuple[str, str]],
+    has: Sequence[str] = (),
+    repo_prefix: str = "",
+    image_prefix: str = "",
+) -> list[dict[str, Any]]:
+    """Every tag whose metadata has each ``meta`` key with that value and each ``has``
+    key, in repositories and images with those name prefixes (``GET /reg/_query``).
+
+    One request per page of up to 1,000 tags, each with the details of a detailed
+    listing, its names and its metadata; never one ``/meta`` request per tag.
+    """
+    params: dict[str, Any] = {
+        "meta": [f"{key}={value}" for key, value in meta],
+        "has": list(has),
+    }
+    if repo_prefix:
+        params["repo_prefix"] = repo_prefix
+    if image_prefix:
+        params["image_prefix"] = image_prefix
+    tags: list[dict[str, Any]] = []
+    while True:
+        body = _json(session, "/_query", params=params)
+        page = body.get("data")
+        if not isinstance(page, list):
+            session.ensure_registry()
+            raise ConnectionFailedError(f"GET {session.url('/_query')}: the answer is not a list")
+        tags += [item for item in page if isinstance(item, dict)]
+        after = body.get("next")
+        if not after:
+            return tags
+        params = {**params, "after": str(after)}
 
 
 def describe(session: Session, ref: ImageRef) -> dict[str, Any]:
