@@ -23,7 +23,15 @@ from harness import Children, Row, log, median, ratio_row, stamp_source
 from servers import Server, start_cloudimg
 from sqlalchemy import create_engine, func, insert, select, update
 
-from cloudimg.catalog.models import Blob, Image, Repository, Tag, TagHistory
+from cloudimg.catalog.models import (
+    Blob,
+    Image,
+    Repository,
+    Tag,
+    TagHistory,
+    TagMeta,
+    meta_index_rows,
+)
 from cloudimg.config import Settings
 
 SMALL_REPOS = 10
@@ -74,6 +82,14 @@ def _populate(data_root: Path, repositories: int) -> None:
                                 "meta": meta, "at": now})  # fmt: skip
         db.execute(insert(Tag), tags)
         db.execute(insert(TagHistory), history)
+        # The metadata query's index, as every tag write keeps it (catalog/tags.py).
+        index = [
+            row
+            for tag_id, meta in db.execute(select(Tag.id, Tag.meta)).all()
+            for row in meta_index_rows(tag_id, meta)
+        ]
+        if index:
+            db.execute(insert(TagMeta), index)
         counts = select(func.count()).where(Tag.digest == Blob.digest).scalar_subquery()
         db.execute(update(Blob).values(refcount=counts))
     engine.dispose()
@@ -129,6 +145,8 @@ def _operations(port: int, seed: Path, label: str) -> dict[str, Callable[[], flo
         "repository listing": read(f"/reg/{REPO}"),
         "image listing": read(f"/reg/{REPO}/{IMAGE}"),
         "GET /reg": read("/reg"),
+        # One tag per repository matches: the first page of 100 of 10,000 on the big one.
+        "metadata query": read("/reg/_query?meta=n%3D7&limit=100"),
     }
 
 
@@ -161,6 +179,14 @@ def run_scale(
         small_ms = median([s for s, _ in timed]) * 1000
         label = f"4 {operation}, {big_repos:,} x {TAGS} tags vs {SMALL_REPOS} x {TAGS}"
         key = "scale_" + operation.replace(" ", "_").replace("/", "").lower()
+        if operation == "metadata query":
+            # Issue 25's target is absolute (p99 under 50 ms at 10,000 x 20), not a ratio;
+            # benchmarks/meta_query.py measures it on both backends.
+            rows.append(
+                Row(key, label, f"{big_ms:.1f} ms", f"{small_ms:.1f} ms", median(ratios),
+                    "p99 < 50 ms: meta_query.py", info=True, details={"pair_ratios": ratios})
+            )  # fmt: skip
+            continue
         if operation == "GET /reg":
             rows.append(
                 Row(key, label, f"{big_ms:.1f} ms", f"{small_ms:.1f} ms", median(ratios),

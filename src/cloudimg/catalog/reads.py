@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import String, cast, exists, func, select, tuple_
+from sqlalchemy import ColumnElement, String, cast, exists, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
@@ -134,32 +134,42 @@ class CatalogReads(CatalogBase):
         """Up to ``limit`` tags that ``wanted`` matches, sorted by (repository, image, tag),
         after the tag ``after`` names: keyset pagination over the three names.
 
-        Each metadata condition is an ``EXISTS`` on the ``tag_meta`` index (key, value,
-        tag), so the database starts from the rarest condition's rows rather than from
-        every tag's JSON (docs/architecture.md, "Queries over metadata").
+        Two plans, picked per query (docs/architecture.md, "Queries over metadata"): when
+        the rarest metadata condition holds for at most ``DRIVE_FROM_INDEX`` tags, its
+        rows of the ``tag_meta`` index (key, value, tag) are the candidates and only they
+        are sorted; otherwise matches are dense enough that walking the tags in name
+        order, checking each condition by the tag's own index rows, fills a page soon.
+        SQLite's planner takes the name order whenever the query is sorted and limited,
+        which reads every tag when nothing matches: the choice is made here.
         """
         names = (Repository.name, Image.name, Tag.name)
-        tags = (
-            select(Repository.name, Image.name, Tag, Blob)
-            .join(Blob, Blob.digest == Tag.digest)
-            .join(Image, Image.id == Tag.image_id)
-            .join(Repository, Repository.id == Image.repository_id)
-        )
-        for key, value in wanted.equals:
-            tags = tags.where(
-                exists().where(TagMeta.tag_id == Tag.id, TagMeta.key == key, TagMeta.value == value)
-            )
-        for key in wanted.present:
-            tags = tags.where(exists().where(TagMeta.tag_id == Tag.id, TagMeta.key == key))
-        if wanted.repo_prefix:
-            tags = tags.where(Repository.name.startswith(wanted.repo_prefix, autoescape=True))
-        if wanted.image_prefix:
-            tags = tags.where(Image.name.startswith(wanted.image_prefix, autoescape=True))
-        if after is not None:
-            tags = tags.where(tuple_(*names) > tuple_(*after))
-        tags = tags.order_by(*names).limit(limit)
+        conditions = [
+            (TagMeta.key == key, TagMeta.value == value) for key, value in wanted.equals
+        ] + [(TagMeta.key == key,) for key in wanted.present]
 
         def query(session: Session) -> list[TagInfo]:
+            tags = (
+                select(Repository.name, Image.name, Tag, Blob)
+                .join(Blob, Blob.digest == Tag.digest)
+                .join(Image, Image.id == Tag.image_id)
+                .join(Repository, Repository.id == Image.repository_id)
+            )
+            rest = list(conditions)
+            if rest:
+                counts = [_rows_up_to(session, DRIVE_FROM_INDEX + 1, *c) for c in rest]
+                rarest = counts.index(min(counts))
+                if counts[rarest] <= DRIVE_FROM_INDEX:
+                    driving = select(TagMeta.tag_id).where(*rest.pop(rarest))
+                    tags = tags.where(Tag.id.in_(driving))
+            for condition in rest:
+                tags = tags.where(exists().where(TagMeta.tag_id == Tag.id, *condition))
+            if wanted.repo_prefix:
+                tags = tags.where(Repository.name.startswith(wanted.repo_prefix, autoescape=True))
+            if wanted.image_prefix:
+                tags = tags.where(Image.name.startswith(wanted.image_prefix, autoescape=True))
+            if after is not None:
+                tags = tags.where(tuple_(*names) > tuple_(*after))
+            tags = tags.order_by(*names).limit(limit)
             return [_tag_info(*row) for row in session.execute(tags)]
 
         return await self._query(query)
@@ -325,6 +335,18 @@ class CatalogReads(CatalogBase):
             await session.connection(execution_options=WRITE)
             await session.scalar(select(Blob.digest).limit(1))
         # Closing the session rolls the (empty) transaction back.
+
+
+DRIVE_FROM_INDEX = 10_000
+"""Matches of a query's rarest condition up to which the query starts from them (sorting
+those few) rather than walking every tag in name order (``query_tags``)."""
+
+
+def _rows_up_to(session: Session, cap: int, *condition: ColumnElement[bool]) -> int:
+    """How many ``tag_meta`` rows match ``condition``, counted up to ``cap`` (one range
+    of the (key, value) index, so a common value costs no more than ``cap`` rows)."""
+    found = select(TagMeta.tag_id).where(*condition).limit(cap).subquery()
+    return int(session.scalar(select(func.count()).select_from(found)) or 0)
 
 
 def _repository_id(session: Session, repo: str) -> int:
