@@ -92,6 +92,9 @@ def test_conditions_combine_with_and(client: httpx.Client, repo: str) -> None:
     assert _names(_query(client, meta="course=x=y", repo_prefix=repo)) == [f"{repo}/img-bb/bb1"]
     assert _names(_query(client, repo_prefix=repo, image_prefix="img-b")) == [f"{repo}/img-bb/bb1"]
     assert _names(_query(client, meta="os=Ubuntu", repo_prefix=repo)) == []  # exact
+    # Lists as openapi-to-graphql (qlkube) sends them.
+    indexed = _query(client, **{"meta[0]": "os=ubuntu", "has[0]": "gpu", "repo_prefix": repo})
+    assert _names(indexed) == [f"{repo}/img-aa/aa1"]
 
 
 def test_pages_follow_each_other_without_gaps_or_duplicates(
@@ -122,6 +125,7 @@ def test_pages_follow_each_other_without_gaps_or_duplicates(
     "params",
     [
         {"mta": "os=ubuntu"},
+        {"meta[x]": "os=ubuntu"},
         {"meta": "os"},
         {"meta": "=ubuntu"},
         {"has": ""},

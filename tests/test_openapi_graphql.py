@@ -171,6 +171,9 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
                 "/reg/gateway/ubuntu", params={"details": "true", "limit": "1"}
             ).json(),
             "meta": http.get("/reg/gateway/ubuntu/22.04/meta").json(),
+            "query": http.get(
+                "/reg/_query", params={"meta": "os=ubuntu", "repo_prefix": "gateway"}
+            ).json(),
         }
     meta_fields = (
         "success data imagePath digest sha256 size created updated format virtualSize "
@@ -189,6 +192,8 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
             "limit: 1) { success data next } }",
             "meta": '{ getImageMeta(repo: "gateway", image: "ubuntu", tag: "22.04") '
             f"{{ {meta_fields} }} }}",
+            "query": '{ queryTags(meta: ["os=ubuntu"], repoPrefix: "gateway") '
+            "{ success next data { repo image tag digest size meta } } }",
         },
     )
     answers = {name: next(iter(a["data"].values())) for name, a in result["answers"].items()}
@@ -204,6 +209,11 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
     assert answers["meta"] == {key: meta[key] for key in answers["meta"]}
     assert answers["meta"]["blocked"] is None  # a nullable field, not a failed query
     assert answers["meta"]["data"] == {"os": "ubuntu"}
+    # The metadata query, as a GraphQL query with its repeatable parameters as lists.
+    fields = ("repo", "image", "tag", "digest", "size", "meta")
+    wanted = [{key: row[key] for key in fields} for row in reg["query"]["data"]]
+    assert answers["query"] == {"success": True, "next": None, "data": wanted}
+    assert [row["tag"] for row in wanted] == ["20.04", "22.04"]
 
 
 def test_the_listings_are_graphql_types_not_a_json_scalar(

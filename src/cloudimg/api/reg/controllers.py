@@ -146,6 +146,7 @@ MAX_QUERY_CONDITIONS = 16
 """``meta`` and ``has`` conditions one metadata query may combine, together."""
 _QUERY_PARAMETERS = frozenset({"meta", "has", "repo_prefix", "image_prefix", "limit", "after"})
 _PREFIX = re.compile(r"[a-z0-9-]{0,63}")
+_LIST_ITEM = re.compile(r"^(meta|has)\[\d{1,3}\]$")
 
 
 def _meta_query(request: Request[Any, Any, Any]) -> MetaQuery:
@@ -154,8 +155,11 @@ def _meta_query(request: Request[Any, Any, Any]) -> MetaQuery:
     Also refuses a parameter it does not know: a mistyped ``has`` or ``mta`` must not
     widen the query to every tag.
     """
-    params = request.query_params
-    unknown = sorted(set(params.keys()) - _QUERY_PARAMETERS)
+    params: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        # openapi-to-graphql (qlkube) sends a list argument as meta[0]=…&meta[1]=…
+        params.setdefault(_LIST_ITEM.sub(r"\1", name), []).append(value)
+    unknown = sorted(set(params) - _QUERY_PARAMETERS)
     if unknown:
         raise InvalidArgumentError(
             "unknown query parameter; the query takes meta=key=value, has=key, "
@@ -163,14 +167,14 @@ def _meta_query(request: Request[Any, Any, Any]) -> MetaQuery:
             {"parameters": [name[:100] for name in unknown[:10]]},
         )
     equals: list[tuple[str, str]] = []
-    for condition in params.getall("meta", []):
+    for condition in params.get("meta", []):
         key, sep, value = condition.partition("=")
         if not sep or not key:
             raise InvalidArgumentError(
                 "query parameter 'meta' is key=value", {"meta": condition[:200]}
             )
         equals.append((_meta_text("key", key), _meta_text("value", value)))
-    present = [_meta_text("key", key) for key in params.getall("has", [])]
+    present = [_meta_text("key", key) for key in params.get("has", [])]
     if any(not key for key in present):
         raise InvalidArgumentError("query parameter 'has' names a key")
     if len(equals) + len(present) > MAX_QUERY_CONDITIONS:
@@ -192,8 +196,8 @@ def _meta_text(kind: str, text: str) -> str:
     return text
 
 
-def _prefix(params: Any, name: str) -> str:
-    values = params.getall(name, [])
+def _prefix(params: dict[str, list[str]], name: str) -> str:
+    values = params.get(name, [])
     if len(values) > 1 or (values and not _PREFIX.fullmatch(values[0])):
         raise InvalidArgumentError(
             f"query parameter '{name}' is one name prefix: up to 63 of a-z, 0-9 and -",
