@@ -7,12 +7,17 @@ reader sees and share no code with the server.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import RunningServer
 from tests.databases import read_snapshot
 from tests.support import POLL_SECS, blake3_hex, blob_path, poll, sha256_hex
+
+if TYPE_CHECKING:
+    from cloudimg.blobstore.s3 import S3BlobStore
 
 __all__ = [
     "CatalogSnapshot",
@@ -86,7 +91,7 @@ def wait_for_no_staging(server: RunningServer, timeout: float = POLL_SECS) -> li
     return server.staging_files()
 
 
-def assert_invariants(server: RunningServer) -> None:
+def assert_invariants(server: RunningServer, bucket: S3BlobStore | None = None) -> None:
     """Assert invariants 1, 2 and 5 of docs/architecture.md for a server with no request in flight.
 
     - every blob row's refcount equals the number of tags plus retained history entries
@@ -96,6 +101,10 @@ def assert_invariants(server: RunningServer) -> None:
     - every blob row has a blob file with the catalog's size, blake3 and sha256 (except
       quarantined blobs, whose file fsck moved away);
     - there is no blob file without a blob row, and no trash or staging file.
+
+    ``bucket``: the server's blobs are in a bucket, read through this store over it
+    (``list_blobs``, ``open``, ``list_trash``, ``list_staging``; trash is what gc has
+    not purged) instead of the data root.
     """
     snapshot = read_catalog(server)
     problems: list[str] = []
@@ -111,14 +120,21 @@ def assert_invariants(server: RunningServer) -> None:
     for digest in set(snapshot.retained_digests) - set(snapshot.blobs):
         problems.append(f"retained history digest {digest} has no blob row")
 
+    stored = _in_bucket(bucket) if bucket is not None else None
     for digest, (size, sha256, _refcount) in snapshot.blobs.items():
         if digest in snapshot.quarantined:
             continue
-        path = blob_path(server.data_root, digest)
-        if not path.is_file():
-            problems.append(f"blob {digest}: no file")
-            continue
-        data = path.read_bytes()
+        if stored is not None:
+            data = stored.blobs.get(digest)
+            if data is None:
+                problems.append(f"blob {digest}: no object")
+                continue
+        else:
+            path = blob_path(server.data_root, digest)
+            if not path.is_file():
+                problems.append(f"blob {digest}: no file")
+                continue
+            data = path.read_bytes()
         if len(data) != size:
             problems.append(f"blob {digest}: file has {len(data)} bytes, catalog says {size}")
         if blake3_hex(data) != digest:
@@ -126,10 +142,48 @@ def assert_invariants(server: RunningServer) -> None:
         if sha256_hex(data) != sha256:
             problems.append(f"blob {digest}: file content has another sha256")
 
-    on_disk = {path.parent.name + path.name for path in server.blob_files()}
+    if stored is not None:
+        problems += [f"object under blobs/ not a blob: {name}" for name in stored.strays]
+        on_disk = set(stored.blobs)
+        trash, staging = stored.trash, stored.staging
+    else:
+        on_disk = {path.parent.name + path.name for path in server.blob_files()}
+        trash = [path.name for path in _leftovers(server, "trash")]
+        staging = [path.name for path in _leftovers(server, "staging")]
     for digest in sorted(on_disk - set(snapshot.blobs)):
         problems.append(f"blob file {digest} has no blob row")
 
-    problems += [f"trash file left: {path.name}" for path in _leftovers(server, "trash")]
-    problems += [f"staging file left: {path.name}" for path in _leftovers(server, "staging")]
+    problems += [f"trash file left: {name}" for name in trash]
+    problems += [f"staging file left: {name}" for name in staging]
     assert not problems, "invariants broken:\n" + "\n".join(problems)
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    blobs: dict[str, bytes]
+    """Every blob object's bytes, by digest (the test's blobs are small)."""
+    strays: list[str]
+    trash: list[str]
+    staging: list[str]
+
+
+def _in_bucket(store: S3BlobStore) -> _Bucket:
+    async def read() -> _Bucket:
+        blobs: dict[str, bytes] = {}
+        strays: list[str] = []
+        for entry in await store.list_blobs():
+            if entry.digest is None:
+                strays.append(entry.name)
+                continue
+            reader = await store.open(entry.digest)
+            if reader is None:
+                continue  # deleted since the listing: the catalog check says if it matters
+            try:
+                blobs[entry.digest] = await asyncio.to_thread(reader.read, reader.size, 0)
+            finally:
+                reader.close()
+        trash = [entry.name for entry in await store.list_trash()]
+        staging = [entry.name for entry in await store.list_staging()]
+        return _Bucket(blobs, strays, trash, staging)
+
+    return asyncio.run(read())

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,10 +32,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MISSING_CODES",
+    "STORE_ERRORS",
     "Bucket",
     "ObjectInfo",
     "S3Location",
     "S3StoreError",
+    "call",
     "client_for",
     "code_of",
     "translated",
@@ -48,6 +52,17 @@ _DENIED_CODES = frozenset(
     {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 )
 _FULL_CODES = frozenset({"507", "InsufficientStorage", "QuotaExceeded", "XMinioStorageFull"})
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    ClientError,
+    BotoCoreError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+)
+"""What a call to the object store, or a read of a streamed body, raises besides an
+``OSError``: botocore's errors, and urllib3's and http.client's from a body that breaks
+mid-way (botocore wraps only a read timeout and a protocol error of a body; a decode or
+SSL error, or an ``IncompleteRead``, come through as they are). ``translated`` turns
+each into what callers expect."""
 
 
 class S3StoreError(BlobStoreUnavailableError):
@@ -140,6 +155,10 @@ def translated(exc: BaseException) -> BaseException:
         return BlobStoreUnavailableError(
             errno.EIO, f"the object store is unreachable ({type(exc).__name__})"
         )
+    if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException):
+        return BlobStoreUnavailableError(
+            errno.EIO, f"the object store broke off a response ({type(exc).__name__})"
+        )
     return exc
 
 
@@ -147,7 +166,7 @@ def call(work: Callable[[], T]) -> T:
     """Run ``work`` (blocking S3 calls), botocore's errors translated for callers."""
     try:
         return work()
-    except (ClientError, BotoCoreError) as exc:
+    except STORE_ERRORS as exc:
         raise translated(exc) from exc
 
 

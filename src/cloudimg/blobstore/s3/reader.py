@@ -8,8 +8,8 @@ the reader keeps one GET open from the first offset to the object's end and serv
 each read that continues where the last one stopped from that body. A read elsewhere
 (a seek, a second range) opens the body again there; a read while another thread
 holds the body (reads may overlap) is a ranged GET of its own; a body that fails
-mid-way is dropped and the read is retried as a ranged GET, whose errors are the
-store's translated ones.
+mid-way (an error, or an end before its length) is dropped and the read is retried as
+a ranged GET, whose errors (its body's too) are the store's translated ones.
 
 A delete moves the blob to ``trash/`` (a server-side copy, then a delete of the blob's
 key) and a purge deletes the trashed copy only after the store's ``reader_grace``
@@ -26,10 +26,10 @@ import errno
 import threading
 from collections.abc import Callable
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
-from cloudimg.blobstore.s3.client import Bucket, is_missing, translated
+from cloudimg.blobstore.s3.client import STORE_ERRORS, Bucket, is_missing, translated
 
 __all__ = ["READ_BLOCK", "S3BlobReader"]
 
@@ -72,7 +72,7 @@ class S3BlobReader:
         if end <= offset:
             return b""
         if not self._lock.acquire(blocking=False):
-            return self._get(f"bytes={offset}-{end - 1}").read()  # another read holds the body
+            return self._ranged(offset, end - offset)  # another read holds the body
         try:
             return self._streamed(offset, end - offset)
         finally:
@@ -93,11 +93,30 @@ class S3BlobReader:
             data = self._body.read(length)
         except Exception:  # the connection broke mid-way: one ranged GET says what is wrong
             self._drop_body()
-            return self._get(f"bytes={offset}-{offset + length - 1}").read()
-        if len(data) != length:  # the object ended early: not the bytes this reader is of
+            return self._ranged(offset, length)
+        if len(data) != length:
+            # A body cut off mid-way ends early without an error (botocore checks the
+            # length only of a read to the end): the ranged GET tells a broken
+            # connection (the store's error) from an object shorter than this reader's.
             self._drop_body()
-            raise OSError(errno.EIO, "the object store sent fewer bytes than the blob holds")
+            return self._ranged(offset, length)
         self._position += length
+        return data
+
+    def _ranged(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` from a GET of their own. Its body is read here,
+        after ``_get`` returned, so its errors (a connection that breaks mid-body) are
+        translated here too: the caller sees the store's ``OSError``, never urllib3's."""
+        body = self._get(f"bytes={offset}-{offset + length - 1}")
+        try:
+            data = body.read()  # to its end: botocore raises if it ends before its length
+        except STORE_ERRORS as exc:
+            raise translated(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+        if len(data) != length:  # the object ended early: not the bytes this reader is of
+            raise OSError(errno.EIO, "the object store sent fewer bytes than the blob holds")
         return data
 
     def _drop_body(self) -> None:
@@ -120,11 +139,11 @@ class S3BlobReader:
             except ClientError as exc:
                 if not is_missing(exc) or self._relocate is None:
                     raise translated(exc) from exc
-            except BotoCoreError as exc:
+            except STORE_ERRORS as exc:
                 raise translated(exc) from exc
             try:
                 moved = self._relocate()
-            except (ClientError, BotoCoreError) as exc:
+            except STORE_ERRORS as exc:
                 raise translated(exc) from exc
             if moved is None:
                 break

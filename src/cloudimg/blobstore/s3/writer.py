@@ -18,10 +18,10 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from cloudimg.blobstore.base import StagedBlob, Tap
-from cloudimg.blobstore.s3.client import Bucket, call, is_precondition, translated
+from cloudimg.blobstore.s3.client import Bucket, call, is_precondition
 from cloudimg.blobstore.staging import HashingWriter, StageCosts, _HashState
 
 if TYPE_CHECKING:
@@ -199,10 +199,10 @@ class S3StagingWriter(HashingWriter):
         self.lease.release()
 
     def _write(self, pieces: Sequence[bytes]) -> None:
-        try:
-            self.upload.add(pieces)
-        except (ClientError, BotoCoreError) as exc:
-            raise translated(exc) from exc
+        # On the write stage's thread; a part's upload (and a session's lock renewal
+        # after it, ``on_part``) fails as the store's OSError, which the pipeline hands
+        # to the event loop.
+        call(lambda: self.upload.add(pieces))
 
 
 def copy_if_absent(bucket: Bucket, source: str, target: str, size: int) -> bool:
