@@ -37,6 +37,7 @@ TARGETS = {
     r"4 upload, [\d,]+ x 20 tags vs 10 x 20": "verdict",
     r"4 delete, ": "verdict",
     r"4 meta, ": "verdict",
+    r"4 metadata query, ": "info",
     r"4 repository listing, ": "verdict",
     r"4 image listing, ": "verdict",
     r"4 GET /reg, ": "info",
