@@ -97,6 +97,18 @@ def test_conditions_combine_with_and(client: httpx.Client, repo: str) -> None:
     assert _names(indexed) == [f"{repo}/img-aa/aa1"]
 
 
+def test_values_with_nul_and_backslashes_are_found_exactly(client: httpx.Client, repo: str) -> None:
+    """NUL is valid JSON text that PostgreSQL's text columns refuse: the index escapes it
+    (and the escape character), so no two values meet and every one is found."""
+    metas = {"n1": {"k": "a\u0000b"}, "n2": {"k": "a\\0b"}, "n3": {"k\u0000": "\\"}}
+    for tag, meta in metas.items():
+        assert upload(client, f"/reg/{repo}/img/{tag}", random_image(512), meta).is_success
+    assert _names(_query(client, meta="k=a\u0000b", repo_prefix=repo)) == [f"{repo}/img/n1"]
+    assert _names(_query(client, meta="k=a\\0b", repo_prefix=repo)) == [f"{repo}/img/n2"]
+    assert _names(_query(client, has="k\u0000", repo_prefix=repo)) == [f"{repo}/img/n3"]
+    assert _names(_query(client, meta="k\u0000=\\", repo_prefix=repo)) == [f"{repo}/img/n3"]
+
+
 def test_pages_follow_each_other_without_gaps_or_duplicates(
     client: httpx.Client, repo: str
 ) -> None:

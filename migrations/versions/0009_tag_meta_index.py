@@ -30,6 +30,11 @@ _CHARS = 256
 _BATCH = 1000
 
 
+def _indexed(text: str) -> str:
+    """NUL (which PostgreSQL's text columns refuse) as ``\\0``, ``\\`` doubled."""
+    return text.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
 def _rows(tag_id: int, meta: Any) -> list[dict[str, Any]]:
     if isinstance(meta, str):  # a driver that hands JSON back as text
         meta = json.loads(meta)
@@ -38,7 +43,8 @@ def _rows(tag_id: int, meta: Any) -> list[dict[str, Any]]:
         if len(key) > _CHARS:
             continue
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        rows.append({"tag_id": tag_id, "key": key, "value": text if len(text) <= _CHARS else None})
+        value = _indexed(text) if len(text) <= _CHARS else None
+        rows.append({"tag_id": tag_id, "key": _indexed(key), "value": value})
     return rows
 
 
@@ -46,8 +52,8 @@ def upgrade() -> None:
     tag_meta = op.create_table(
         "tag_meta",
         sa.Column("tag_id", sa.Integer(), nullable=False),
-        sa.Column("key", sa.String(length=_CHARS), nullable=False),
-        sa.Column("value", sa.String(length=_CHARS), nullable=True),
+        sa.Column("key", sa.String(length=2 * _CHARS), nullable=False),
+        sa.Column("value", sa.String(length=2 * _CHARS), nullable=True),
         sa.ForeignKeyConstraint(
             ["tag_id"], ["tags.id"], name=op.f("fk_tag_meta_tag_id_tags"), ondelete="CASCADE"
         ),

@@ -45,6 +45,7 @@ __all__ = [
     "held_by_image",
     "kept_references",
     "meta_index_rows",
+    "meta_indexed",
     "utcnow",
 ]
 
@@ -181,9 +182,17 @@ class TagMeta(Base):
     __table_args__ = (Index("ix_tag_meta_key_value", "key", "value", "tag_id"),)
 
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
-    key: Mapped[str] = mapped_column(String(META_INDEX_CHARS), primary_key=True)
-    value: Mapped[str | None] = mapped_column(String(META_INDEX_CHARS))
-    """The value as text (JSON for a value that is not a string); None: too long."""
+    key: Mapped[str] = mapped_column(String(2 * META_INDEX_CHARS), primary_key=True)
+    value: Mapped[str | None] = mapped_column(String(2 * META_INDEX_CHARS))
+    """The value as text (JSON for a value that is not a string), ``meta_indexed``;
+    None: too long."""
+
+
+def meta_indexed(text: str) -> str:
+    """``text`` as ``tag_meta`` holds it: NUL (valid JSON text, which PostgreSQL's text
+    columns refuse) as ``\\0``, and ``\\`` doubled so that no two texts meet; at most
+    twice as long. Writes and the query both go through here."""
+    return text.replace("\\", "\\\\").replace("\x00", "\\0")
 
 
 def meta_index_rows(tag_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -193,8 +202,8 @@ def meta_index_rows(tag_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
         if len(key) > META_INDEX_CHARS:
             continue
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        kept = text if len(text) <= META_INDEX_CHARS else None
-        rows.append({"tag_id": tag_id, "key": key, "value": kept})
+        kept = meta_indexed(text) if len(text) <= META_INDEX_CHARS else None
+        rows.append({"tag_id": tag_id, "key": meta_indexed(key), "value": kept})
     return rows
 
 

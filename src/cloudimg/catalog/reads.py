@@ -17,6 +17,7 @@ from cloudimg.catalog.models import (
     TagMeta,
     held_by_image,
     kept_references,
+    meta_indexed,
 )
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
@@ -144,8 +145,9 @@ class CatalogReads(CatalogBase):
         """
         names = (Repository.name, Image.name, Tag.name)
         conditions = [
-            (TagMeta.key == key, TagMeta.value == value) for key, value in wanted.equals
-        ] + [(TagMeta.key == key,) for key in wanted.present]
+            (TagMeta.key == meta_indexed(key), TagMeta.value == meta_indexed(value))
+            for key, value in wanted.equals
+        ] + [(TagMeta.key == meta_indexed(key),) for key in wanted.present]
 
         def query(session: Session) -> list[TagInfo]:
             tags = (
