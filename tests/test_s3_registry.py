@@ -464,7 +464,17 @@ def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
 
             _restart(store)
             wait_until(lambda: http.get("/readyz").status_code == 200, "the store back")
-            assert http.get("/reg/outage/disk/v1").content == kept
+
+            # A restarted SeaweedFS takes writes (what /readyz probes) before it serves its
+            # old volumes again; a read that fails after the 200 went out can only drop the
+            # connection, so wait for the store's own readiness to read.
+            def reads_back() -> bool:
+                try:
+                    return http.get("/reg/outage/disk/v1").content == kept
+                except httpx.HTTPError:  # the connection dropped mid-body
+                    return False
+
+            wait_until(reads_back, "the old bytes readable")
             assert upload_raw(http, "/reg/outage/disk/v2", fresh).status_code == 201
             assert http.get("/reg/outage/disk/v2").content == fresh
             assert http.delete("/reg/outage/disk/v1").status_code == 200
