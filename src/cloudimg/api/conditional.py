@@ -1,4 +1,9 @@
-"""Conditional writes: ``If-Match`` and ``If-None-Match: *`` on uploads, retags and deletes.
+"""A tag's validators, and conditional writes: ``If-Match`` and ``If-None-Match: *`` on
+uploads, retags and deletes.
+
+The validators: a blob's strong ETag (:func:`etag_of`) and ``Repr-Digest``
+(:func:`repr_digest_of`), sent with its downloads and with the answer to the upload
+that stored it, and the ``/meta`` ETag (:func:`meta_etag_of`).
 
 The request's headers become a :data:`cloudimg.catalog.Precondition`, which the catalog
 calls with the tag as it is *inside* the write transaction, after it locked the tag row
@@ -7,7 +12,7 @@ calls with the tag as it is *inside* the write transaction, after it locked the 
 
 What ``If-Match`` compares: either ETag of the tag is accepted,
 
-- the download ETag ``"blake3:<hex>"`` (:func:`cloudimg.api.download.etag_of`): the
+- the download ETag ``"blake3:<hex>"`` (:func:`etag_of`): the
   bytes only, so a metadata-only change by another writer still matches;
 - the ``/meta`` ETag ``"meta-<hex>"`` (:func:`meta_etag_of`), which covers the digest
   and the metadata: a writer that must not miss any change sends this one.
@@ -17,6 +22,7 @@ What ``If-Match`` compares: either ETag of the tag is accepted,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -25,17 +31,24 @@ from typing import Any
 from litestar import Request
 
 from cloudimg.api.auth import actor_of
-from cloudimg.api.download import etag_of
 from cloudimg.api.rfc9110 import strong_match_any
 from cloudimg.catalog import Catalog, Precondition, TagInfo, WriteOptions
 from cloudimg.errors import (
-    BlobCorruptError,
     InvalidArgumentError,
-    NotFoundError,
     PreconditionFailedError,
 )
 
-__all__ = ["meta_etag_of", "write_options", "write_precondition"]
+__all__ = ["etag_of", "meta_etag_of", "repr_digest_of", "write_options", "write_precondition"]
+
+
+def etag_of(blake3_hex: str) -> str:
+    """The strong ETag of a blob's bytes, the same under every tag and digest reference."""
+    return f'"blake3:{blake3_hex}"'
+
+
+def repr_digest_of(sha256_hex: str) -> str:
+    """The ``Repr-Digest`` field (RFC 9530) of a blob: its sha-256 as a byte sequence."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
 
 
 def meta_etag_of(info: TagInfo) -> str:
@@ -92,11 +105,8 @@ async def write_options(
     its lock, where it counts)."""
     precondition = write_precondition(request.headers)
     if early:
-        try:
-            info: TagInfo | None = await catalog.reads.get_tag(*names)
-        except NotFoundError:
-            info = None
-        except BlobCorruptError:  # an upload heals it: leave the checks to the catalog
+        info = await catalog.reads.find_tag(*names)
+        if info is not None and info.quarantined:  # an upload heals it: the catalog checks
             return WriteOptions(actor=actor_of(request), precondition=precondition)
         if info is not None:  # the catalog's own refusal, before the body is read
             catalog.tags.refuse_immutable(names, info.immutable, "overwritten")

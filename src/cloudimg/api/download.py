@@ -20,7 +20,6 @@ exposes ``fileno()`` keeps such a zero-copy send possible.
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from litestar import Request
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
+from cloudimg.api.conditional import etag_of, repr_digest_of
 from cloudimg.api.errors import error_body
 from cloudimg.api.rfc9110 import ByteRange, evaluate
 from cloudimg.blobstore import BlobReader, BlobStore
@@ -44,10 +44,8 @@ __all__ = [
     "Redirect",
     "Redirects",
     "Representation",
-    "etag_of",
     "prepare_download",
     "prepare_representation",
-    "repr_digest_of",
     "representation_of",
 ]
 
@@ -195,16 +193,6 @@ async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> No
     except Exception:  # a server whose receive fails here gives no notice: stream on
         return
     disconnected.set()
-
-
-def etag_of(blake3_hex: str) -> str:
-    """The strong ETag of a blob's bytes, the same under every tag and digest reference."""
-    return f'"blake3:{blake3_hex}"'
-
-
-def repr_digest_of(sha256_hex: str) -> str:
-    """The ``Repr-Digest`` field (RFC 9530) of a blob: its sha-256 as a byte sequence."""
-    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
 
 
 async def prepare_download(

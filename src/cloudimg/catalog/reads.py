@@ -253,25 +253,23 @@ class CatalogReads(CatalogBase):
     async def get_tag(self, repo: str, image: str, tag: str) -> TagInfo:
         """The tag with its blob; ``NotFoundError`` naming what is missing (the repository,
         the image or the tag) if it does not exist."""
-        found = (
-            select(Tag, Blob)
-            .join(Blob, Blob.digest == Tag.digest)
-            .join(Image, Image.id == Tag.image_id)
-            .join(Repository, Repository.id == Image.repository_id)
-            .where(Repository.name == repo, Image.name == image, Tag.name == tag)
-        )
 
         def query(session: Session) -> TagInfo:
-            row = session.execute(found).one_or_none()
-            if row is None:
+            info = _find_tag(session, repo, image, tag)
+            if info is None:
                 _image_id(session, repo, image)  # says so when the repository or image is missing
                 raise NotFoundError("tag not found", {"repo": repo, "image": image, "tag": tag})
-            return _tag_info(repo, image, *row)
+            return info
 
         info = await self._query(query)
         if info.quarantined:
             raise corrupt_blob(info.digest)
         return info
+
+    async def find_tag(self, repo: str, image: str, tag: str) -> TagInfo | None:
+        """The tag with its blob as it is (also a quarantined one), or None: for a writer
+        that checks a tag it may be about to create."""
+        return await self._query(lambda session: _find_tag(session, repo, image, tag))
 
     async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
         """The blob a tag name or a digest names in an image, to download it.
@@ -353,6 +351,18 @@ def _rows_up_to(session: Session, cap: int, *condition: ColumnElement[bool]) -> 
     of the (key, value) index, so a common value costs no more than ``cap`` rows)."""
     found = select(TagMeta.tag_id).where(*condition).limit(cap).subquery()
     return int(session.scalar(select(func.count()).select_from(found)) or 0)
+
+
+def _find_tag(session: Session, repo: str, image: str, tag: str) -> TagInfo | None:
+    found = (
+        select(Tag, Blob)
+        .join(Blob, Blob.digest == Tag.digest)
+        .join(Image, Image.id == Tag.image_id)
+        .join(Repository, Repository.id == Image.repository_id)
+        .where(Repository.name == repo, Image.name == image, Tag.name == tag)
+    )
+    row = session.execute(found).one_or_none()
+    return None if row is None else _tag_info(repo, image, *row)
 
 
 def _repository_id(session: Session, repo: str) -> int:

@@ -39,7 +39,7 @@ from litestar import Request, Response
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from cloudimg.api.body import body_of, declared_length, drain, drain_refused, linger_after
-from cloudimg.api.download import etag_of, repr_digest_of
+from cloudimg.api.conditional import etag_of, repr_digest_of
 from cloudimg.core import BodyDetails, ImageBody, Reception, Uploads
 from cloudimg.digest import Digest, parse_digest
 from cloudimg.errors import CloudimgError, InvalidArgumentError, PayloadTooLargeError
