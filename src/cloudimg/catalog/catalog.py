@@ -9,6 +9,7 @@ so they share its connection pools and the SQLite blocking reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,11 +43,31 @@ class Catalog:
         keep_history: int = DEFAULT_KEEP_HISTORY,
         immutable_rules: Sequence[str] = (),
     ) -> None:
+        if keep_history < 0:
+            raise ValueError("keep_history must not be negative")
         self.engine = engine
         self.blobs = blobs
         self.hooks = TagHooks([], [], [])
-        self.reads = CatalogReads(engine, blobs)
-        self.summaries = CatalogSummaries(engine, blobs)
-        self.tags = TagWrites(engine, blobs)
-        self.tags.configure(keep_history, immutable_rules, self.hooks)
-        self.maintenance = CatalogMaintenance(engine, blobs)
+        self._keep_history = keep_history
+        self._immutable_rules = tuple(immutable_rules)
+
+    # Each concern is built on first use: a command builds only what it uses (gc no
+    # tag writers, a download no summaries); they share the engine either way.
+
+    @cached_property
+    def reads(self) -> CatalogReads:
+        return CatalogReads(self.engine, self.blobs)
+
+    @cached_property
+    def summaries(self) -> CatalogSummaries:
+        return CatalogSummaries(self.engine, self.blobs)
+
+    @cached_property
+    def tags(self) -> TagWrites:
+        tags = TagWrites(self.engine, self.blobs)
+        tags.configure(self._keep_history, self._immutable_rules, self.hooks)
+        return tags
+
+    @cached_property
+    def maintenance(self) -> CatalogMaintenance:
+        return CatalogMaintenance(self.engine, self.blobs)
