@@ -264,3 +264,26 @@ def upload_raw(
     if meta is not None:
         sent["cloudimg-meta"] = json.dumps(meta)
     return http.put(path, content=data, params=params, headers=sent)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share a module-scoped fixture (a server, a SeaweedFS bucket, a
+    browser) on one pytest-xdist worker, with ``--dist loadgroup`` (``pyproject.toml``).
+
+    With plain ``load`` every worker that runs one of a module's tests starts the
+    module's servers again: up to three times per backend with ``-n 3``. The tests that
+    share nothing are still handed out one by one. ``backend`` alone is a parameter,
+    not shared state, and does not group.
+    """
+    for item in items:
+        # pytest keeps an item's fixture definitions on _fixtureinfo (no public accessor);
+        # without it the tests only lose the grouping, which is speed, not correctness.
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = getattr(info, "name2fixturedefs", {})
+        shared = any(
+            name != "backend" and defs[-1].scope in ("module", "package")
+            for name, defs in definitions.items()
+        )
+        if shared and isinstance(item, pytest.Function):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
