@@ -126,7 +126,8 @@ class Upstream:
                 total = start + int(response.headers.get("Content-Length") or 0)
                 meter.total, meter.done = total, start
                 with partial.open("ab" if append else "wb") as file:
-                    for chunk in response.iter_bytes(1024 * 1024):
+                    # As the bytes come: what arrived before a cut is kept for the resume.
+                    for chunk in response.iter_bytes():
                         file.write(chunk)
                         meter.add(len(chunk))
 

@@ -1,0 +1,317 @@
+"""``cloudimg sync``: upstream feeds into tags, against a real nginx serving an upstream
+tree built here (real qcow2 images, checksum files, signatures made with a test key), a
+simplestreams index and a distribution registry holding a containerDisk; on both
+catalog backends (the ``server`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer
+from tests.feeds_support import (
+    Keys,
+    distribution,
+    file_sha,
+    make_keys,
+    nginx,
+    publish,
+    push_containerdisk,
+    qcow2_image,
+)
+from tests.images import needs_qemu_img
+from tests.proxy import proxy
+from tests.test_client import client, failed, ok
+
+pytestmark = needs_qemu_img
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """nginx's URL and the directory it serves."""
+    with nginx(tmp_path_factory.mktemp("nginx")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def feed(upstream: tuple[str, Path]) -> tuple[str, Path]:
+    """A directory of the upstream tree no other test uses, and its URL."""
+    url, root = upstream
+    name = "f-" + secrets.token_hex(4)
+    (root / name).mkdir()
+    return f"{url}/{name}", root / name
+
+
+@pytest.fixture
+def target() -> str:
+    return f"r-{secrets.token_hex(4)}/cloud:latest"
+
+
+def sync(server: RunningServer, work: Path, *args: str) -> Any:
+    return client(
+        "sync", "--cache-dir", str(work / "cache"), *args, server=server.base_url, cwd=work
+    )
+
+
+def meta(server: RunningServer, target: str) -> dict[str, Any]:
+    repo_image, _, tag = target.partition(":")
+    with server.client() as http:
+        response = http.get(f"/reg/{repo_image}/{tag}/meta")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def history(server: RunningServer, target: str) -> list[dict[str, Any]]:
+    repo_image, _, tag = target.partition(":")
+    with server.client() as http:
+        data: list[dict[str, Any]] = http.get(f"/reg/{repo_image}/{tag}/history").json()["data"]
+    return data
+
+
+def sums(path: Path, name: str, marker: str = "*") -> str:
+    return f"{file_sha(path)} {marker}{name}\n"
+
+
+def test_a_signed_sha256sums_feed_imports_once_follows_and_refuses_bad_upstreams(
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], keys: Keys, target: str
+) -> None:
+    url, directory = feed
+    image = qcow2_image(tmp_path / "v1.qcow2", b"v1")
+    shutil.copy(image, directory / "cloud.qcow2")
+    publish(directory / "SHA256SUMS", sums(image, "cloud.qcow2").encode())
+    keys.detach_sign(directory / "SHA256SUMS")
+    args = (
+        "--checksums", f"{url}/SHA256SUMS", "--file", "cloud.qcow2",
+        "--signature", f"{url}/SHA256SUMS.gpg", "--key", str(keys.good), target,
+    )  # fmt: skip
+
+    out = ok(sync(server, tmp_path, *args))
+    assert out.startswith(f"synced {target} from {url}/cloud.qcow2"), out
+    first = meta(server, target)
+    assert first["sha256"] == f"sha256:{file_sha(image)}"
+    assert first["format"] == "qcow2"  # the server inspected it, as any push
+    recorded = first["data"]
+    assert recorded["source"] == f"{url}/cloud.qcow2"
+    assert recorded["upstream_checksum"] == f"sha256:{file_sha(image)}"
+    assert recorded["signed_by"] == keys.good_fingerprint
+    assert recorded["upstream_etag"]
+    assert not list((tmp_path / "cache").iterdir())  # pushed: the download is gone
+
+    # Nothing changed upstream: nothing downloaded, no new history entry.
+    out = ok(sync(server, tmp_path, *args))
+    assert out.startswith(f"unchanged {target}: {url}/SHA256SUMS is not modified"), out
+    assert len(history(server, target)) == 1
+
+    # Upstream moves: the tag follows, the old image stays in its history.
+    image2 = qcow2_image(tmp_path / "v2.qcow2", b"v2")
+    shutil.copy(image2, directory / "cloud.qcow2")
+    publish(directory / "SHA256SUMS", sums(image2, "cloud.qcow2").encode())
+    keys.detach_sign(directory / "SHA256SUMS")
+    ok(sync(server, tmp_path, *args))
+    assert meta(server, target)["sha256"] == f"sha256:{file_sha(image2)}"
+    entries = history(server, target)
+    assert len(entries) == 2
+    assert first["digest"] in json.dumps(entries)
+    moved = meta(server, target)
+
+    # A checksum file (well signed) whose sum the image does not have: nothing pushed.
+    image3 = qcow2_image(tmp_path / "v3.qcow2", b"v3")
+    shutil.copy(image3, directory / "cloud.qcow2")
+    publish(directory / "SHA256SUMS", f"{'ab' * 32} *cloud.qcow2\n".encode())
+    keys.detach_sign(directory / "SHA256SUMS")
+    line = failed(sync(server, tmp_path, *args), 5)
+    assert "not sha256:" + "ab" * 32 in line and "nothing was pushed" in line, line
+    assert meta(server, target) == moved
+    assert not list((tmp_path / "cache").iterdir())
+
+    # The right sum, signed by a key not given: nothing changes, and why is said.
+    publish(directory / "SHA256SUMS", sums(image3, "cloud.qcow2").encode())
+    keys.detach_sign(directory / "SHA256SUMS", uid="other@test")
+    line = failed(sync(server, tmp_path, *args), 5)
+    assert "not one of the keys given" in line, line
+    # Signed by the right key, then changed: a bad signature.
+    keys.detach_sign(directory / "SHA256SUMS")
+    publish(directory / "SHA256SUMS", sums(image3, "cloud.qcow2").encode() + b"\n")
+    line = failed(sync(server, tmp_path, *args), 5)
+    assert "bad signature" in line, line
+    assert meta(server, target) == moved
+    assert len(history(server, target)) == 2
+
+    # The feed disappears: the tag stays as it was.
+    shutil.rmtree(directory)
+    line = failed(sync(server, tmp_path, *args), 3)
+    assert "is gone (404" in line and "the tag is left as it was" in line, line
+    assert meta(server, target) == moved
+
+
+def test_a_clear_signed_fedora_checksum_from_a_feed_file(
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], keys: Keys, target: str
+) -> None:
+    """Fedora's CHECKSUM: BSD-style lines and comments, clear-signed; the key file's path
+    in the feed file is taken from the feed file's directory."""
+    url, directory = feed
+    image = qcow2_image(tmp_path / "fedora.qcow2", b"fedora")
+    name = "Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2"
+    shutil.copy(image, directory / name)
+    text = (
+        f"# {name}: {image.stat().st_size} bytes\n"
+        f"SHA256 ({name}) = {file_sha(image)}\n"
+        f"SHA256 (other.raw.xz) = {'cd' * 32}\n"
+    )
+    keys.clear_sign(text, directory / "CHECKSUM")
+    shutil.copy(keys.good, tmp_path / "fedora.asc")
+    (tmp_path / "fedora.yaml").write_text(
+        f"feeds:\n- target: {target}\n  checksums:\n    url: {url}/CHECKSUM\n"
+        f"    file: {name}\n  keys: [fedora.asc]\n  meta: {{os: fedora}}\n"
+    )
+    ok(sync(server, tmp_path, "-f", str(tmp_path / "fedora.yaml")))
+    recorded = meta(server, target)
+    assert recorded["sha256"] == f"sha256:{file_sha(image)}"
+    assert recorded["data"]["signed_by"] == keys.good_fingerprint
+    assert recorded["data"]["os"] == "fedora"
+    # A line added outside the signed text counts for nothing.
+    forged = qcow2_image(tmp_path / "forged.qcow2", b"forged")
+    shutil.copy(forged, directory / "evil.qcow2")
+    signed = (directory / "CHECKSUM").read_bytes()
+    publish(directory / "CHECKSUM", signed + f"SHA256 (evil.qcow2) = {file_sha(forged)}\n".encode())
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(
+        f"target: {target}\nchecksums: {{url: '{url}/CHECKSUM', file: evil.qcow2}}\n"
+        "keys: [fedora.asc]\n"
+    )
+    line = failed(sync(server, tmp_path, "-f", str(evil)), 5)
+    assert "lists no checksum of evil.qcow2" in line, line
+    assert meta(server, target) == recorded
+
+
+def test_an_unsigned_sha512sums_feed_compares_by_the_recorded_checksum(
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], target: str
+) -> None:
+    """Debian's SHA512SUMS: the registry knows sha256 only, the sync records the sha512."""
+    url, directory = feed
+    image = qcow2_image(tmp_path / "debian.qcow2", b"debian")
+    shutil.copy(image, directory / "debian-12-generic-amd64.qcow2")
+    listing = f"{file_sha(image, 'sha512')}  debian-12-generic-amd64.qcow2\n".encode()
+    publish(directory / "SHA512SUMS", listing)
+    args = ("--checksums", f"{url}/SHA512SUMS", "--file", "debian-12-generic-amd64.qcow2", target)
+    ok(sync(server, tmp_path, *args))
+    recorded = meta(server, target)["data"]
+    assert recorded["upstream_checksum"] == f"sha512:{file_sha(image, 'sha512')}"
+    assert "signed_by" not in recorded
+    # The checksum file is written again (a new ETag), with the same sums.
+    publish(directory / "SHA512SUMS", listing)
+    out = ok(sync(server, tmp_path, *args))
+    assert out.startswith(f"unchanged {target}: the tag already holds"), out
+    assert len(history(server, target)) == 1
+
+
+def test_a_simplestreams_feed_takes_the_newest_item_of_the_release_and_arch(
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], target: str
+) -> None:
+    url, directory = feed
+    images = {
+        version: qcow2_image(tmp_path / f"{version}.qcow2", version.encode())
+        for version in ("20240101", "20240201", "arm64", "jammy")
+    }
+
+    def product(release: str, arch: str, versions: dict[str, Path]) -> dict[str, Any]:
+        items = {}
+        for version, image in versions.items():
+            path = f"server/{release}/{version}/{arch}.img"
+            shutil.copy(image, _placed(directory, path))
+            items[version] = {"items": {"disk1.img": {
+                "ftype": "disk1.img", "path": path, "sha256": file_sha(image),
+                "size": image.stat().st_size}}}  # fmt: skip
+        return {"release": release, "arch": arch, "versions": items}
+
+    products = {
+        "com.example:server:24.04:amd64": product(
+            "noble", "amd64", {v: images[v] for v in ("20240101", "20240201")}
+        ),
+        "com.example:server:24.04:arm64": product("noble", "arm64", {"20240301": images["arm64"]}),
+        "com.example:server:22.04:amd64": product("jammy", "amd64", {"20240401": images["jammy"]}),
+    }
+    publish(
+        directory / "streams/v1/com.example:download.json",
+        json.dumps({"format": "products:1.0", "products": products}).encode(),
+    )
+    index = {"format": "index:1.0", "index": {"com.example:download": {
+        "datatype": "image-downloads", "path": "streams/v1/com.example:download.json",
+        "products": list(products)}}}  # fmt: skip
+    publish(directory / "streams/v1/index.json", json.dumps(index).encode())
+    args = ("--simplestreams", f"{url}/streams/v1/index.json", "--release", "noble", target)
+    ok(sync(server, tmp_path, *args))
+    recorded = meta(server, target)
+    assert recorded["sha256"] == f"sha256:{file_sha(images['20240201'])}"
+    assert recorded["data"]["upstream_version"] == "20240201"
+    out = ok(sync(server, tmp_path, *args))
+    assert out.startswith(f"unchanged {target}"), out
+    assert len(history(server, target)) == 1
+
+
+def _placed(directory: Path, path: str) -> Path:
+    destination = directory / path
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return destination
+
+
+def test_a_download_cut_in_the_middle_resumes(
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], target: str
+) -> None:
+    url, directory = feed
+    image = qcow2_image(tmp_path / "big.qcow2", b"big", size=4 * 1024 * 1024)
+    size = image.stat().st_size
+    shutil.copy(image, directory / "cloud.qcow2")
+    publish(directory / "SHA256SUMS", sums(image, "cloud.qcow2").encode())
+    port = int(httpx.URL(url).port or 80)
+    path = httpx.URL(url).path
+    with proxy(port, cut_after_body_bytes=1024 * 1024) as cutting:
+        base = f"{cutting.url}{path}"
+        args = ("--checksums", f"{base}/SHA256SUMS", "--file", "cloud.qcow2", target)
+        failed(sync(server, tmp_path, "--retries", "0", *args), 6)
+    partials = list((tmp_path / "cache").iterdir())
+    assert len(partials) == 1
+    kept = partials[0].stat().st_size
+    assert 0 < kept < size
+    with proxy(port) as whole:
+        base = f"{whole.url}{path}"
+        args = ("--checksums", f"{base}/SHA256SUMS", "--file", "cloud.qcow2", target)
+        out = ok(sync(server, tmp_path, "--retries", "0", *args))
+        # Only the rest of the image came again (and the small checksum file).
+        assert whole.sent_downstream <= size - kept + 4096, (whole.sent_downstream, kept)
+    assert ", resumed at " in out, out
+    assert meta(server, target)["sha256"] == f"sha256:{file_sha(image)}"
+
+
+def test_a_containerdisk_of_another_registry(
+    server: RunningServer, tmp_path: Path, target: str
+) -> None:
+    with distribution(tmp_path / "registry") as port:
+        source = f"127.0.0.1:{port}/containerdisks/cloud:v1"
+        disk = qcow2_image(tmp_path / "cd1.qcow2", b"cd1")
+        push_containerdisk(disk, tmp_path / "layout1", f"docker://{source}")
+        args = ("--oci", source, "--insecure", target)
+        ok(sync(server, tmp_path, *args))
+        recorded = meta(server, target)
+        assert recorded["sha256"] == f"sha256:{file_sha(disk)}"
+        assert recorded["data"]["upstream_digest"].startswith("sha256:")
+        out = ok(sync(server, tmp_path, *args))
+        assert out.startswith(f"unchanged {target}: {source} is still sha256:"), out
+        disk2 = qcow2_image(tmp_path / "cd2.qcow2", b"cd2")
+        push_containerdisk(disk2, tmp_path / "layout2", f"docker://{source}")
+        ok(sync(server, tmp_path, *args))
+        assert meta(server, target)["sha256"] == f"sha256:{file_sha(disk2)}"
+        assert len(history(server, target)) == 2
