@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.images import qemu_img
+from tests.images import QEMU_IMG, qemu_img
 from tests.oci_support import container_manifest, packed, sha256_digest, tar_layer
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -153,6 +153,8 @@ def make_keys(home: Path) -> Keys:
 def qcow2_image(path: Path, seed: bytes, size: int = 2 * 1024 * 1024) -> Path:
     """A real qcow2 file whose data is ``size`` bytes derived from ``seed`` (distinct
     seeds, distinct images; incompressible, so the file is about ``size``)."""
+    if QEMU_IMG is None:
+        pytest.skip("qemu-img not found (Debian: qemu-utils)")
     raw = path.with_suffix(".raw")
     data = bytearray()
     counter = 0

@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from cloudimg.client import UsageError, VerificationError
+from cloudimg.client.feeds.checksums import find_checksum
+from cloudimg.client.feeds.config import load_feeds
+from tests.conftest import RunningServer, upload
 from tests.feeds_support import (
     Keys,
     distribution,
@@ -26,11 +32,9 @@ from tests.feeds_support import (
     push_containerdisk,
     qcow2_image,
 )
-from tests.images import needs_qemu_img
 from tests.proxy import proxy
+from tests.support import sha256_hex
 from tests.test_client import client, failed, ok
-
-pytestmark = needs_qemu_img
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +321,108 @@ def test_a_containerdisk_of_another_registry(
         ok(sync(server, tmp_path, *args))
         assert meta(server, target)["sha256"] == f"sha256:{file_sha(disk2)}"
         assert len(history(server, target)) == 2
+
+
+def test_a_tag_written_while_the_sync_downloads_is_left_alone(
+    server: RunningServer, tmp_path: Path, target: str
+) -> None:
+    """The push is conditional on the tag the sync compared against (If-Match): someone's
+    push that lands during the download wins, and the sync says so (412, exit 4)."""
+    theirs = qcow2_image(tmp_path / "theirs.qcow2", b"theirs").read_bytes()
+    repo_image, _, tag = target.partition(":")
+
+    def meanwhile() -> None:
+        with server.client() as http:
+            assert upload(http, f"/reg/{repo_image}/{tag}", theirs).status_code == 201
+
+    image = qcow2_image(tmp_path / "ours.qcow2", b"ours")
+    files = {"/SHA256SUMS": sums(image, "cloud.qcow2").encode(), "/cloud.qcow2": image.read_bytes()}
+    with serving(files, before={"/cloud.qcow2": meanwhile}) as url:
+        args = ("--checksums", f"{url}/SHA256SUMS", "--file", "cloud.qcow2", target)
+        line = failed(sync(server, tmp_path, *args), 4)
+    assert "412" in line, line
+    assert meta(server, target)["sha256"] == f"sha256:{sha256_hex(theirs)}"
+    assert len(history(server, target)) == 1
+
+
+@contextmanager
+def serving(files: dict[str, bytes], before: dict[str, Callable[[], None]]) -> Iterator[str]:
+    """A plain HTTP server of ``files`` that runs ``before[path]`` once before answering
+    ``path`` (something that happens upstream or elsewhere during a sync)."""
+    pending = dict(before)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hook = pending.pop(self.path, None)
+            if hook is not None:
+                hook()
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "expected"),
+    [
+        # Ubuntu's SHA256SUMS: binary-mode marker.
+        (f"{'a' * 64} *noble-server-cloudimg-amd64.img\n{'b' * 64} *other.img\n",
+         "noble-server-cloudimg-amd64.img", f"sha256:{'a' * 64}"),
+        # Debian's SHA512SUMS: two spaces.
+        (f"{'C' * 128}  debian-12-generic-amd64.qcow2\n", "debian-12-generic-amd64.qcow2",
+         f"sha512:{'c' * 128}"),
+        # Fedora's CHECKSUM: comments and BSD lines.
+        (f"# f.qcow2: 5 bytes\nSHA256 (f.qcow2) = {'d' * 64}\nSHA256 (g.raw) = {'e' * 64}\n",
+         "f.qcow2", f"sha256:{'d' * 64}"),
+        # Both sums listed: the stronger is checked.
+        (f"SHA256 (f) = {'1' * 64}\nSHA512 (f) = {'2' * 128}\n", "f", f"sha512:{'2' * 128}"),
+    ],
+)  # fmt: skip
+def test_checksum_files_of_each_form(text: str, name: str, expected: str) -> None:
+    assert str(find_checksum(text, name, "SUMS")) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (f"{'a' * 64} *other.img\n", "lists no checksum of x.img"),
+        (f"{'a' * 63} *x.img\n", "lists no checksum of x.img"),  # not a sha256
+        (f"{'a' * 64} *x.img\n{'b' * 64} *x.img\n", "twice with different checksums"),
+    ],
+)
+def test_checksum_files_that_do_not_say_are_refused(text: str, why: str) -> None:
+    with pytest.raises(VerificationError, match=why):
+        find_checksum(text, "x.img", "SUMS")
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        ("target: team/app:v1\n", "exactly one of checksums, simplestreams, oci"),
+        ("target: team/app:v1\nchecksums: {url: u, file: f}\noci: {image: h/n:t}\n", "exactly one"),
+        ("target: team/app:v1\nchecksums: {url: u, file: f, signatur: s}\n", "unknown key"),
+        ("target: team/app:v1\nchecksums: {url: u}\n", "file must be a non-empty string"),
+        ("target: team/app\noci: {image: h/n:t}\n", "is not REPO/IMAGE:TAG"),
+        ("target: team/app:v1\noci: {image: h/n:t}\nmeta: {n: 1}\n", "meta maps strings"),
+        ("[1, 2", "is not YAML"),
+        ("feeds: []\n", "holds no feed"),
+    ],
+)
+def test_a_bad_feed_file_is_a_usage_error(tmp_path: Path, document: str, why: str) -> None:
+    path = tmp_path / "feed.yaml"
+    path.write_text(document)
+    with pytest.raises(UsageError, match=why):
+        load_feeds(path)
