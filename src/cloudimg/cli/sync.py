@@ -130,6 +130,18 @@ def _flag_source(
     given = [flag for flag in (checksums, simplestreams, oci_image) if flag]
     if len(given) != 1:
         raise UsageError("give one source: --checksums, --simplestreams or --oci (or -f)")
+    stray = [
+        name
+        for name, value, needs in (
+            ("--file", file_name, checksums),
+            ("--signature", signature, checksums),
+            ("--release", release, simplestreams),
+            ("--insecure", insecure, oci_image),
+        )
+        if value and not needs
+    ]
+    if stray:
+        raise UsageError(f"{', '.join(stray)} belong(s) to another source than the one given")
     if checksums:
         if not file_name:
             raise UsageError("--checksums needs --file NAME: the image's name in it")

@@ -85,8 +85,7 @@ def resolve_oci(source: OciSource, upstream: Upstream, current: Current | None) 
 
 
 def unpack_layer(layer: Path, packing: str) -> Path:
-    """The disk of the containerDisk layer at ``layer``, in a file beside it (the layer
-    file goes).
+    """The disk of the containerDisk layer at ``layer``, in a file beside it.
 
     Raises:
         RefusedError: the layer is not a containerDisk's (the server's rules).
@@ -97,9 +96,8 @@ def unpack_layer(layer: Path, packing: str) -> Path:
             unpack_from(raw, packing, out.write, max_virtual_size=_MAX_VIRTUAL)  # type: ignore[arg-type]
     except ManifestRefused as exc:
         disk.unlink(missing_ok=True)
-        layer.unlink()
+        layer.unlink()  # it will not become a containerDisk's by waiting
         raise RefusedError(f"{layer.name}: {exc.message}") from None
-    layer.unlink()
     return disk
 
 

@@ -66,7 +66,8 @@ def sync_feed(
     plan = _resolve(feed, upstream, current)
     if isinstance(plan, Unchanged):
         return SyncOutcome(feed, plan.reason)
-    path, resumed = fetch_verified(upstream, plan, cache_dir, progress)
+    downloaded, resumed = fetch_verified(upstream, plan, cache_dir, progress)
+    path = downloaded if plan.packing is None else unpack_layer(downloaded, plan.packing)
     check_before_push(session, path, feed.target, None)
     precondition = {"If-Match": current.etag} if current else {"If-None-Match": "*"}
     result = push(
@@ -77,7 +78,10 @@ def sync_feed(
         progress=progress,
         precondition=precondition,
     )
-    path.unlink(missing_ok=True)  # stored and verified by the server: the cache copy goes
+    # Stored and verified by the server: the cache's copies go. (A push that failed left
+    # them: the next run finds the download complete and pushes again.)
+    path.unlink(missing_ok=True)
+    downloaded.unlink(missing_ok=True)
     return SyncOutcome(feed, f"{plan.url} ({plan.checksum})", result, resumed)
 
 
@@ -99,6 +103,9 @@ def _resolve(feed: Feed, upstream: Upstream, current: Current | None) -> Candida
         return resolve_directory(source, feed.keys, upstream, current)
     if isinstance(source, SimplestreamsSource):
         return resolve_simplestreams(source, feed.keys, upstream, current)
+    if feed.keys:
+        # Refused rather than ignored: keys given mean a signature is expected.
+        raise UsageError(f"{feed}: an oci feed checks no OpenPGP signature; give no keys")
     return resolve_oci(source, upstream, current)
 
 
@@ -131,6 +138,4 @@ def fetch_verified(
             f"{plan.url} is {plan.checksum.algorithm}:{actual}, not {plan.checksum} as"
             " upstream's checksum says; nothing was pushed"
         )
-    if plan.packing is None:
-        return partial, resumed
-    return unpack_layer(partial, plan.packing), resumed
+    return partial, resumed
