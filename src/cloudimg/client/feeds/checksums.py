@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudimg.client.errors import VerificationError
+from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["Checksum", "file_checksum", "find_checksum"]
 
@@ -56,10 +57,13 @@ def find_checksum(text: str, name: str, where: str) -> Checksum:
     return max(found, key=lambda item: _LENGTHS[item.algorithm])
 
 
-def file_checksum(path: Path, algorithm: str) -> str:
+def file_checksum(path: Path, algorithm: str, progress: Progress | None = None) -> str:
     """The hex ``algorithm`` (``sha256``, ``sha512``) of the file at ``path``."""
     hasher = hashlib.new(algorithm)
+    meter = ProgressMeter(progress, path.stat().st_size, "checked")
     with path.open("rb") as file:
         while chunk := file.read(_CHUNK):
             hasher.update(chunk)
+            meter.add(len(chunk))
+    meter.finish()
     return hasher.hexdigest()

@@ -128,10 +128,10 @@ def fetch_verified(
         raise UsageError(f"cannot create the cache directory {cache_dir}: {exc}") from None
     partial = cache_dir / f"{plan.checksum.algorithm}-{plan.checksum.hex}.part"
     resumed = upstream.download(plan.url, partial, progress, plan.headers)
-    if resumed and file_checksum(partial, plan.checksum.algorithm) != plan.checksum.hex:
+    if resumed and file_checksum(partial, plan.checksum.algorithm, progress) != plan.checksum.hex:
         partial.unlink()
         resumed = upstream.download(plan.url, partial, progress, plan.headers)
-    actual = file_checksum(partial, plan.checksum.algorithm)
+    actual = file_checksum(partial, plan.checksum.algorithm, progress)
     if actual != plan.checksum.hex:
         partial.unlink()
         raise VerificationError(
