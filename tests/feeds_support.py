@@ -120,6 +120,7 @@ class Keys:
         plain.write_text(text)
         self.gpg("--clearsign", "--output", str(out), str(plain), uid=uid)
         plain.unlink()
+        publish(out, out.read_bytes())  # a new modification time: a new ETag
 
 
 def make_keys(home: Path) -> Keys:

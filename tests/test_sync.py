@@ -225,8 +225,9 @@ def test_an_unsigned_sha512sums_feed_compares_by_the_recorded_checksum(
 
 
 def test_a_simplestreams_feed_takes_the_newest_item_of_the_release_and_arch(
-    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], target: str
+    server: RunningServer, tmp_path: Path, feed: tuple[str, Path], keys: Keys, target: str
 ) -> None:
+    """Unsigned (``index.json``), and with keys the clear-signed ``.sjson`` twins."""
     url, directory = feed
     images = {
         version: qcow2_image(tmp_path / f"{version}.qcow2", version.encode())
@@ -250,14 +251,14 @@ def test_a_simplestreams_feed_takes_the_newest_item_of_the_release_and_arch(
         "com.example:server:24.04:arm64": product("noble", "arm64", {"20240301": images["arm64"]}),
         "com.example:server:22.04:amd64": product("jammy", "amd64", {"20240401": images["jammy"]}),
     }
-    publish(
-        directory / "streams/v1/com.example:download.json",
-        json.dumps({"format": "products:1.0", "products": products}).encode(),
-    )
+    product_text = json.dumps({"format": "products:1.0", "products": products})
+    publish(directory / "streams/v1/com.example:download.json", product_text.encode())
+    keys.clear_sign(product_text, directory / "streams/v1/com.example:download.sjson")
     index = {"format": "index:1.0", "index": {"com.example:download": {
         "datatype": "image-downloads", "path": "streams/v1/com.example:download.json",
         "products": list(products)}}}  # fmt: skip
     publish(directory / "streams/v1/index.json", json.dumps(index).encode())
+    keys.clear_sign(json.dumps(index), directory / "streams/v1/index.sjson")
     args = ("--simplestreams", f"{url}/streams/v1/index.json", "--release", "noble", target)
     ok(sync(server, tmp_path, *args))
     recorded = meta(server, target)
@@ -266,6 +267,15 @@ def test_a_simplestreams_feed_takes_the_newest_item_of_the_release_and_arch(
     out = ok(sync(server, tmp_path, *args))
     assert out.startswith(f"unchanged {target}"), out
     assert len(history(server, target)) == 1
+
+    signed = target.replace(":latest", ":signed")
+    ok(sync(server, tmp_path, *args[:-1], "--key", str(keys.good), signed))
+    assert meta(server, signed)["data"]["signed_by"] == keys.good_fingerprint
+    assert meta(server, signed)["sha256"] == recorded["sha256"]
+    # A product file signed by a key not given: refused, the tag stays.
+    keys.clear_sign(product_text, directory / "streams/v1/com.example:download.sjson", "other@test")
+    line = failed(sync(server, tmp_path, *args[:-1], "--key", str(keys.good), signed), 5)
+    assert "not one of the keys given" in line, line
 
 
 def _placed(directory: Path, path: str) -> Path:
