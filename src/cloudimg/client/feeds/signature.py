@@ -101,7 +101,13 @@ def _run(home: Path, args: list[str], where: str) -> str:
     status = [line.split() for line in done.stdout.decode("utf-8", "replace").splitlines()]
     words = [line[1:] for line in status if len(line) > 1 and line[0] == "[GNUPG:]"]
     bad = [word for word in words if word[0] in _BAD]
-    valid = [word[1] for word in words if word[0] == "VALIDSIG" and len(word) > 1]
+    # VALIDSIG <signing key's fingerprint> ... [<primary key's fingerprint>]: the primary
+    # key is the one an operator knows (a subkey may have made the signature).
+    valid = [
+        word[10] if len(word) > 10 else word[1]
+        for word in words
+        if word[0] == "VALIDSIG" and len(word) > 1
+    ]
     if bad:
         raise VerificationError(f"{where}: bad signature ({bad[0][0]} from key {bad[0][1]})")
     if not valid:
