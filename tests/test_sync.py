@@ -436,3 +436,19 @@ def test_a_bad_feed_file_is_a_usage_error(tmp_path: Path, document: str, why: st
     path.write_text(document)
     with pytest.raises(UsageError, match=why):
         load_feeds(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (("--oci", "h.example/n:t", "--file", "x", "team/app:v1"), "--file belong(s) to another"),
+        (("--checksums", "https://h/SUMS", "team/app:v1"), "--checksums needs --file"),
+        (("--oci", "h/n:t", "--simplestreams", "https://h/i.json", "team/app:v1"), "one source"),
+        (("--oci", "h.example/n:t"), "name the tag to sync"),
+    ],
+)
+def test_flags_that_make_no_feed_are_usage_errors(
+    tmp_path: Path, args: tuple[str, ...], why: str
+) -> None:
+    line = failed(client("sync", *args, server="http://127.0.0.1:9", cwd=tmp_path), 2)
+    assert why in line, line
