@@ -46,6 +46,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from cloudimg.client.feeds.config import load_feeds
 from cloudimg.config import parse_public_url, parse_size
 from cloudimg.images import parse_allowed_formats
 from tests.conftest import RunningServer, start_server
@@ -144,6 +145,15 @@ def test_the_old_charts_values_keep_working(validator: jsonschema.Draft7Validato
         {"blobStore": {"s3": {"redirectDownloads": True}}},  # redirects need the bucket
         # several replicas on a bucket still need PostgreSQL: SQLite serves one pod
         {"replicaCount": 2, "blobStore": {"type": "s3", "s3": {"bucket": "images"}}},
+        # a feed: a name no CronJob can have, two sources, no source, an unknown key
+        {"feeds": [{"name": "Bad_Name", "target": "a/b:c", "oci": {"image": "q.io/a:b"}}]},
+        {
+            "feeds": [
+                {"name": "x", "target": "a/b:c", "oci": {"image": "q.io/a:b"}, "checksums": {}}
+            ]
+        },
+        {"feeds": [{"name": "x", "target": "a/b:c"}]},
+        {"feeds": [{"name": "x", "target": "a/b:c", "oci": {"image": "q.io/a:b"}, "x": 1}]},
     ],
     ids=str,
 )
@@ -244,7 +254,8 @@ def test_containerfile() -> None:
 
 def test_the_image_carries_qemu_img_without_the_extra_block_drivers() -> None:
     """qemu-utils in the runtime stage, installed as root, its Recommends (qemu-block-extra:
-    curl, iSCSI, RBD and SSH drivers) left out: ``--qemu-img-check`` reads local files."""
+    curl, iSCSI, RBD and SSH drivers) left out: ``--qemu-img-check`` reads local files;
+    gpg beside it, for ``cloudimg sync``'s signature checks."""
     text = (ROOT / "Containerfile").read_text()
     runtime = text[text.rindex("\nFROM ") :]
     code = "\n".join(line for line in runtime.splitlines() if not line.lstrip().startswith("#"))
@@ -253,7 +264,7 @@ def test_the_image_carries_qemu_img_without_the_extra_block_drivers() -> None:
     assert len(installs) == 1, installs
     install = re.search(r"apt-get install ([^&;|]*)", installs[0])
     assert install is not None
-    assert install.group(1).split() == ["-y", "--no-install-recommends", "qemu-utils"]
+    assert install.group(1).split() == ["-y", "--no-install-recommends", "qemu-utils", "gpg"]
     assert "rm -rf /var/lib/apt/lists/*" in installs[0]
     assert "qemu-block-extra" not in code
     assert runtime.index("apt-get install") < runtime.index("\nUSER 2000:2000")
@@ -402,6 +413,41 @@ def test_helm_lints_and_renders_every_example(helm: Path, path: Path | None) -> 
     for manifest in manifests:
         if manifest["kind"] != "ServiceMonitor":  # a CRD: not in Kubernetes' own schema
             kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+
+
+def test_each_feed_is_a_cronjob_whose_feed_file_the_client_reads(
+    helm: Path, tmp_path: Path
+) -> None:
+    """``feeds``: a ConfigMap of feed files (read here by ``cloudimg sync``'s own loader)
+    and one CronJob per feed, with its schedule, the Service's URL and the token."""
+    values = (CHART / "ci" / "feeds-values.yaml").read_text()
+    manifests = rendered(helm, values)
+    feeds_map = next(m for m in manifests if m["metadata"]["name"] == "cloudimg-feeds")
+    given = yaml.safe_load(values)["feeds"]
+    assert sorted(feeds_map["data"]) == sorted(f"{feed['name']}.yaml" for feed in given)
+    for feed in given:
+        path = tmp_path / f"{feed['name']}.yaml"
+        path.write_text(feeds_map["data"][path.name])
+        (loaded,) = load_feeds(path)
+        assert str(loaded.target) == feed["target"]
+        assert [str(key) for key in loaded.keys] == feed.get("keys", [])
+    jobs = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "CronJob"}
+    debian = jobs["cloudimg-sync-debian-bookworm"]
+    assert debian["spec"]["schedule"] == "5 4 * * *"
+    assert jobs["cloudimg-sync-ubuntu-noble"]["spec"]["schedule"] == "41 */6 * * *"
+    pod = debian["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == [
+        "sync", "--feed-file", "/etc/cloudimg/feeds/debian-bookworm.yaml"
+    ]  # fmt: skip
+    env = {variable["name"]: variable for variable in container["env"]}
+    assert env["CLOUDIMG_SERVER"]["value"] == "http://cloudimg:80/reg"
+    assert env["CLOUDIMG_CACHE_DIR"]["value"] == "/cache"
+    assert env["CLOUDIMG_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "cloudimg-sync-token"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["keys"]["configMap"]["name"] == "cloudimg-feed-keys"
+    assert volumes["cache"]["emptyDir"]["sizeLimit"] == "10Gi"
+    assert not [m for m in rendered(helm) if m["metadata"]["name"].startswith("cloudimg-sync")]
 
 
 def kinds(manifests: list[dict[str, Any]]) -> list[str]:

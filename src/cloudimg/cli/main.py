@@ -30,6 +30,7 @@ _COMMANDS = {
     "tag": "cloudimg.cli.tagging:tag",
     "rm": "cloudimg.cli.tagging:rm",
     "immutable": "cloudimg.cli.tagging:immutable",
+    "sync": "cloudimg.cli.sync:sync",
 }
 """Each command's module is imported when the command runs (click's lazy group recipe):
 a client command does not load the server, the catalog or the image inspectors."""

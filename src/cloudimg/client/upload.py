@@ -51,8 +51,10 @@ def push(
     image_format: str | None = None,
     progress: Progress | None = None,
     on_restart: Callable[[], None] | None = None,
+    precondition: dict[str, str] | None = None,
 ) -> PushResult:
-    """Upload ``path`` as ``ref`` (a tag) with ``meta``.
+    """Upload ``path`` as ``ref`` (a tag) with ``meta``; ``precondition`` (``If-Match`` or
+    ``If-None-Match: *``) makes the write conditional (a 412 when the tag changed).
 
     Raises:
         VerificationError: the server stored other bytes than the client hashed.
@@ -65,14 +67,15 @@ def push(
         params["format"] = image_format
     meter = ProgressMeter(progress, size, "pushed")
     raw = [True]  # until the server answers that it has no raw upload (405)
+    extra = precondition or {}
 
     def attempt() -> PushResult:
         meter.done = 0
-        response = _send(session, path, ref, params, meta, meter, raw=raw[0])
+        response = _send(session, path, ref, params, meta, meter, raw=raw[0], extra=extra)
         if raw[0] and response.status_code == 405:
             raw[0] = False  # an older server: its multipart POST takes the same upload
             meter.done = 0
-            response = _send(session, path, ref, params, meta, meter, raw=False)
+            response = _send(session, path, ref, params, meta, meter, raw=False, extra=extra)
         if response.status_code == 400 and _digest_mismatch(response):
             raise VerificationError(
                 f"{ref}: the bytes the server received are not blake3:{digest}; nothing was stored"
@@ -93,13 +96,18 @@ def _send(
     meter: ProgressMeter,
     *,
     raw: bool,
+    extra: dict[str, str],
 ) -> httpx.Response:
     """One request of the upload: the raw ``PUT``, or the multipart ``POST`` (``raw`` False)."""
     with _CountingFile(path, meter) as image:
         # One attempt each time: push's attempt is the unit the session retries.
         if raw:
             # json.dumps escapes every non-ASCII character, so the header is ASCII.
-            headers = {"Content-Type": "application/octet-stream", META_HEADER: json.dumps(meta)}
+            headers = {
+                **extra,
+                "Content-Type": "application/octet-stream",
+                META_HEADER: json.dumps(meta),
+            }
             return session.raw(
                 "PUT", ref.path, write=True, absolute=False, params=params,
                 content=image, headers=headers,
@@ -107,7 +115,7 @@ def _send(
         return session.raw(
             "POST", ref.path, write=True, absolute=False, params=params,
             data={"meta": json.dumps(meta)},
-            files={"img": (path.name, image, "application/octet-stream")},
+            files={"img": (path.name, image, "application/octet-stream")}, headers=extra,
         )  # fmt: skip
 
 

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Final
+from cloudimg.containerdisk_layer import INDEX_MEDIA_TYPES
 
 __all__ = ["INDEX_MEDIA_TYPES"]
-
-INDEX_MEDIA_TYPES: Final = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
-"""An image index (a manifest list): a manifest of manifests, one per platform."""
