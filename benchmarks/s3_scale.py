@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
+import boto3
 from botocore.config import Config
 from clients import upload_raw
 from harness import Children, Row, log
@@ -53,8 +54,6 @@ def _blobs(count: int) -> list[tuple[str, str, bytes]]:
 
 
 def _put_all(store: SeaweedFS, bucket: str, blobs: list[tuple[str, str, bytes]]) -> None:
-    import boto3
-
     client = boto3.client(
         "s3",
         endpoint_url=store.endpoint,
