@@ -286,10 +286,14 @@ def run(children: Children, options: Options, workdir: Path) -> list[Row]:
             children, store, bucket, data_root, workdir, "--redirect-downloads"
         )
         peers = Peers(store, cloudimg, redirecting, registry, store.new_bucket())
-        log(f"uploads: {options.rounds} interleaved rounds of {human_size(options.size)}")
-        rows, digest = run_uploads(peers, source, options.rounds, reasons)
-        log(f"downloads: {options.rounds} interleaved rounds")
-        rows += run_downloads(peers, source, options.rounds, digest)
+        try:
+            log(f"uploads: {options.rounds} interleaved rounds of {human_size(options.size)}")
+            rows, digest = run_uploads(peers, source, options.rounds, reasons)
+            log(f"downloads: {options.rounds} interleaved rounds")
+            rows += run_downloads(peers, source, options.rounds, digest)
+        except Exception:
+            _tell_states(cloudimg, redirecting, registry)
+            raise
         for server in (cloudimg, redirecting, registry):
             if server is not None:
                 children.stop(server.process)
@@ -305,6 +309,15 @@ def run(children: Children, options: Options, workdir: Path) -> list[Row]:
         log(f"gc and fsck on a bucket of {options.objects:,} objects")
         rows += run_maintenance(children, store, workdir, seed, options.objects)
     return rows
+
+
+def _tell_states(*servers: Server | None) -> None:
+    """Which server had exited, and the end of its log: the temp dir goes at the end."""
+    for server in servers:
+        if server is not None:
+            tail = server.log_path.read_text(errors="replace")[-1500:]
+            log(f"{server.name} on port {server.port}: exit status {server.process.poll()}")
+            log(f"  its log ends:\n{tail}")
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
