@@ -83,10 +83,12 @@ def _populate(data_root: Path, repositories: int) -> None:
         db.execute(insert(Tag), tags)
         db.execute(insert(TagHistory), history)
         # The metadata query's index, as every tag write keeps it (catalog/tags.py).
+        repo_of = {image_id: repo for repo, image_id in image_ids}
+        every = select(Tag.id, Tag.image_id, Tag.name, Tag.meta)
         index = [
             row
-            for tag_id, meta in db.execute(select(Tag.id, Tag.meta)).all()
-            for row in meta_index_rows(tag_id, meta)
+            for tag_id, image_id, tag, meta in db.execute(every).all()
+            for row in meta_index_rows(tag_id, (repo_of[image_id], IMAGE, tag), meta)
         ]
         if index:
             db.execute(insert(TagMeta), index)
