@@ -180,9 +180,11 @@ class CatalogReads(CatalogBase):
             # the other conditions); only its rows then read their tag and blob.
             page = select(row.repo, row.image, row.tag, row.tag_id).where(*_holds(row, *walked))
             for condition in rest:
-                page = page.where(
-                    exists().where(TagMeta.tag_id == row.tag_id, *_holds(TagMeta, *condition))
-                )
+                # A scalar subquery, not EXISTS: PostgreSQL turns EXISTS into a semi-join
+                # that reads the whole other condition (50,000 rows, 50 ms for os=debian)
+                # rather than one index entry per row walked.
+                also = select(TagMeta.tag_id).where(*_same_tag(row), *_holds(TagMeta, *condition))
+                page = page.where(also.scalar_subquery().is_not(None))
             page = _within(page, (row.repo, row.image, row.tag), wanted, after)
             found = page.order_by(row.repo, row.image, row.tag).limit(limit).subquery()
             tags = (
@@ -392,6 +394,19 @@ def _holds(
     if value is None:
         return (row.key == meta_indexed(key),)
     return (row.key == meta_indexed(key), row.value == meta_indexed(value))
+
+
+def _same_tag(row: AliasedClass[TagMeta]) -> tuple[ColumnElement[bool], ...]:
+    """``TagMeta`` is an index row of the same tag as ``row`` (at most one per key):
+    spelled with the names and the id, so that after a condition's key (and value) the
+    whole of its index is given and PostgreSQL's check reads one index entry alone, not
+    the table's row (the primary key, (tag id, key), does not hold the value)."""
+    return (
+        TagMeta.repo == row.repo,
+        TagMeta.image == row.image,
+        TagMeta.tag == row.tag,
+        TagMeta.tag_id == row.tag_id,
+    )
 
 
 def _rarest_first(
