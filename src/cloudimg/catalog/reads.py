@@ -396,7 +396,9 @@ def _holds(
     return (row.key == meta_indexed(key), row.value == meta_indexed(value))
 
 
-def _same_tag(row: AliasedClass[TagMeta]) -> tuple[ColumnElement[bool], ...]:
+def _same_tag(
+    row: type[TagMeta] | AliasedClass[TagMeta],
+) -> tuple[ColumnElement[bool], ...]:
     """``TagMeta`` is an index row of the same tag as ``row`` (at most one per key):
     spelled with the names and the id, so that after a condition's key (and value) the
     whole of its index is given and PostgreSQL's check reads one index entry alone, not
