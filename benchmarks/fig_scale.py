@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clients import call, upload_multipart
-from harness import Children, Row, log, median, ratio_row, stamp_source
+from harness import Children, Row, log, median, percentile, ratio_row, stamp_source
 from servers import Server, start_cloudimg
 from sqlalchemy import create_engine, func, insert, select, update
 
@@ -83,10 +83,12 @@ def _populate(data_root: Path, repositories: int) -> None:
         db.execute(insert(Tag), tags)
         db.execute(insert(TagHistory), history)
         # The metadata query's index, as every tag write keeps it (catalog/tags.py).
+        repo_of = {image_id: repo for repo, image_id in image_ids}
+        every = select(Tag.id, Tag.image_id, Tag.name, Tag.meta)
         index = [
             row
-            for tag_id, meta in db.execute(select(Tag.id, Tag.meta)).all()
-            for row in meta_index_rows(tag_id, meta)
+            for tag_id, image_id, tag, meta in db.execute(every).all()
+            for row in meta_index_rows(tag_id, (repo_of[image_id], IMAGE, tag), meta)
         ]
         if index:
             db.execute(insert(TagMeta), index)
@@ -180,12 +182,7 @@ def run_scale(
         label = f"4 {operation}, {big_repos:,} x {TAGS} tags vs {SMALL_REPOS} x {TAGS}"
         key = "scale_" + operation.replace(" ", "_").replace("/", "").lower()
         if operation == "metadata query":
-            # Issue 25's target is absolute (p99 under 50 ms at 10,000 x 20), not a ratio;
-            # benchmarks/meta_query.py measures it on both backends.
-            rows.append(
-                Row(key, label, f"{big_ms:.1f} ms", f"{small_ms:.1f} ms", median(ratios),
-                    "p99 < 50 ms: meta_query.py", info=True, details={"pair_ratios": ratios})
-            )  # fmt: skip
+            rows.append(_query_row(key, label, timed, big_repos))
             continue
         if operation == "GET /reg":
             rows.append(
@@ -198,3 +195,25 @@ def run_scale(
                       maximum=FLAT_TARGET)
         )  # fmt: skip
     return rows
+
+
+QUERY_TARGET_MS = 50.0
+"""Issue 25: the metadata query's p99 at ``QUERY_TARGET_REPOS`` x 20 tags, absolute."""
+QUERY_TARGET_REPOS = 10_000
+
+
+def _query_row(key: str, label: str, timed: list[tuple[float, float]], big_repos: int) -> Row:
+    """The metadata query's row: its p99 on the big catalog against issue 25's 50 ms, a
+    verdict when the big catalog is the target's size (smaller, as ``--quick``: info).
+    ``benchmarks/meta_query.py`` measures more queries, on both backends."""
+    big = [b for _, b in timed]
+    p99 = percentile(big, 0.99) * 1000
+    measured = f"p99 {p99:.1f} ms (p50 {median(big) * 1000:.1f})"
+    reference = f"p50 {median([s for s, _ in timed]) * 1000:.1f} ms"
+    ratios = [b / s for s, b in timed]
+    details = {"pair_ratios": ratios, "big_ms": [b * 1000 for b in big]}
+    if big_repos < QUERY_TARGET_REPOS:
+        return Row(key, label, measured, reference, median(ratios), "p99 < 50 ms at 10,000",
+                   info=True, details=details)  # fmt: skip
+    return Row(key, label, measured, reference, median(ratios), f"p99 < {QUERY_TARGET_MS:g} ms",
+               p99 < QUERY_TARGET_MS, details=details)  # fmt: skip

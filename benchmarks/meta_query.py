@@ -99,17 +99,22 @@ async def _populate(url: str, repositories: int) -> None:
         for start in range(0, len(tags), 20_000):
             await db.execute(insert(Tag), tags[start : start + 20_000])
         rows: list[dict[str, Any]] = []
-        for tag_id, meta in (await db.execute(select(Tag.id, Tag.meta))).all():
-            rows += meta_index_rows(tag_id, meta)
+        repo_of = {image_id: name for name, image_id in image_ids.items()}
+        every = select(Tag.id, Tag.image_id, Tag.name, Tag.meta)
+        for tag_id, image_id, tag, meta in (await db.execute(every)).all():
+            rows += meta_index_rows(tag_id, (repo_of[image_id], IMAGE, tag), meta)
         for start in range(0, len(rows), 20_000):
             await db.execute(insert(TagMeta), rows[start : start + 20_000])
         counts = select(func.count()).where(Tag.digest == Blob.digest).scalar_subquery()
         await db.execute(update(Blob).values(refcount=counts))
     async with engine.connect() as db:
-        # Statistics for the planner, as autovacuum (PostgreSQL) or an operator's
-        # ANALYZE (SQLite) would have them on a catalog that grew over time.
-        await db.exec_driver_sql("ANALYZE")
-        await db.commit()
+        # Statistics for the planner, and on PostgreSQL the visibility map that lets an
+        # index be read alone, as autovacuum (PostgreSQL: it vacuums a table after
+        # inserts too) or an operator's ANALYZE (SQLite) leave a catalog that grew over
+        # time. VACUUM runs outside a transaction.
+        autocommit = await db.execution_options(isolation_level="AUTOCOMMIT")
+        postgresql = db.dialect.name == "postgresql"
+        await autocommit.exec_driver_sql("VACUUM ANALYZE" if postgresql else "ANALYZE")
     await engine.dispose()
 
 

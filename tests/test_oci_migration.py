@@ -124,9 +124,10 @@ def test_0009_indexes_the_metadata_of_existing_tags(fresh_catalog: tuple[Path, s
         False,
     )
     expected = [(1, "gpu", "2"), (1, "notes", None), (1, "os", "fedora")]
-    upgrade_database(url)
+    upgrade_database(url, "0009")
     assert current_revision(url) == "0009"
     assert sorted(query(url, "SELECT tag_id, key, value FROM tag_meta")) == expected
+    upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)
     command.downgrade(alembic_config(url), "0008")
     assert len(query(url, "SELECT id FROM tags")) == 1

@@ -1089,7 +1089,8 @@ def test_the_pages_and_their_errors_are_not_cached_and_the_static_files_may_be(
     http: httpx.Client, repo: str
 ) -> None:
     assert upload(http, f"/reg/{repo}/disk/v1", random_image(100)).status_code == 201
-    for path in ["/ui/", f"/ui/{repo}", f"/ui/{repo}/disk", f"/ui/{repo}/disk/v1", "/ui/_storage"]:
+    pages = [f"/ui/{repo}", f"/ui/{repo}/disk", f"/ui/{repo}/disk/v1", "/ui/_storage"]
+    for path in ["/ui/", *pages, "/ui/_query?q=has:os"]:
         assert http.get(path).headers["cache-control"] == "no-store", path
     assert http.get(f"/ui/{repo}/disk/v9").headers["cache-control"] == "no-store"
     assert "no-store" not in http.get("/ui/_static/style.css").headers.get("cache-control", "")
@@ -1233,6 +1234,7 @@ def test_read_auth_applies_to_the_pages(
             "/ui/lab/img",
             "/ui/lab/img/v1",
             "/ui/_storage",
+            "/ui/_query?q=has:os",
             "/ui/_static/app.js",
         ]:
             refused = client.get(path)

@@ -152,6 +152,7 @@ PAGES = [
     ("tags", "/ui/images/ubuntu"),
     ("tag", "/ui/images/ubuntu/22.04"),
     ("storage", "/ui/_storage"),
+    ("query", "/ui/_query?q=os%3Dubuntu+has%3Aarch"),
     ("error", "/ui/images/ubuntu/nope"),
 ]
 

@@ -175,17 +175,27 @@ class TagMeta(Base):
 
     ``Tag.meta`` stays the record (generic JSON on every backend); these rows are
     rewritten with it on every tag write (``catalog/tags.py``) and go with the tag
-    (``ON DELETE CASCADE``).
+    (``ON DELETE CASCADE``). They carry copies of the tag's names (names never change:
+    a tag, image or repository is only created and deleted) so that the two indexes
+    hand out a condition's tags already in the query's order, (repository, image, tag):
+    a page is one range of one index, with no join to sort, and the tag's id at the end
+    of each lets the walk read the index alone (docs/architecture.md).
     """
 
     __tablename__ = "tag_meta"
-    __table_args__ = (Index("ix_tag_meta_key_value", "key", "value", "tag_id"),)
+    __table_args__ = (
+        Index("ix_tag_meta_key_value_names", "key", "value", "repo", "image", "tag", "tag_id"),
+        Index("ix_tag_meta_key_names", "key", "repo", "image", "tag", "tag_id"),
+    )
 
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(2 * META_INDEX_CHARS), primary_key=True)
     value: Mapped[str | None] = mapped_column(String(2 * META_INDEX_CHARS))
     """The value as text (JSON for a value that is not a string), ``meta_indexed``;
     None: too long."""
+    repo: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str] = mapped_column(String(63))
+    tag: Mapped[str] = mapped_column(String(128))
 
 
 def meta_indexed(text: str) -> str:
@@ -195,15 +205,19 @@ def meta_indexed(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\x00", "\\0")
 
 
-def meta_index_rows(tag_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``tag_meta`` rows of a tag with metadata ``meta``."""
+def meta_index_rows(
+    tag_id: int, names: tuple[str, str, str], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The ``tag_meta`` rows of the tag ``names`` (repository, image, tag) with ``meta``."""
+    repo, image, tag = names
     rows = []
     for key, value in meta.items():
         if len(key) > META_INDEX_CHARS:
             continue
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         kept = meta_indexed(text) if len(text) <= META_INDEX_CHARS else None
-        rows.append({"tag_id": tag_id, "key": meta_indexed(key), "value": kept})
+        rows.append({"tag_id": tag_id, "key": meta_indexed(key), "value": kept,
+                     "repo": repo, "image": image, "tag": tag})  # fmt: skip
     return rows
 
 

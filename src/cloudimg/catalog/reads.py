@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, String, cast, exists, func, select, tuple_
+import functools
+
+from sqlalchemy import String, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
 from cloudimg.catalog.database import WRITE
+from cloudimg.catalog.meta_query import query_tags
 from cloudimg.catalog.models import (
     Blob,
     GcRuns,
@@ -14,10 +17,8 @@ from cloudimg.catalog.models import (
     Repository,
     Tag,
     TagHistory,
-    TagMeta,
     held_by_image,
     kept_references,
-    meta_indexed,
 )
 from cloudimg.catalog.paging import ALL, Page
 from cloudimg.catalog.records import (
@@ -133,52 +134,9 @@ class CatalogReads(CatalogBase):
         self, wanted: MetaQuery, limit: int, after: tuple[str, str, str] | None = None
     ) -> list[TagInfo]:
         """Up to ``limit`` tags that ``wanted`` matches, sorted by (repository, image, tag),
-        after the tag ``after`` names: keyset pagination over the three names.
-
-        Two plans, picked per query (docs/architecture.md, "Queries over metadata"): when
-        the rarest metadata condition holds for at most ``DRIVE_FROM_INDEX`` tags, its
-        rows of the ``tag_meta`` index (key, value, tag) are the candidates and only they
-        are sorted; otherwise matches are dense enough that walking the tags in name
-        order, checking each condition by the tag's own index rows, fills a page soon.
-        SQLite's planner takes the name order whenever the query is sorted and limited,
-        which reads every tag when nothing matches: the choice is made here.
-        """
-        names = (Repository.name, Image.name, Tag.name)
-        conditions = [
-            (TagMeta.key == meta_indexed(key), TagMeta.value == meta_indexed(value))
-            for key, value in wanted.equals
-        ] + [(TagMeta.key == meta_indexed(key),) for key in wanted.present]
-
-        def query(session: Session) -> list[TagInfo]:
-            tags = (
-                select(Repository.name, Image.name, Tag, Blob)
-                .join(Blob, Blob.digest == Tag.digest)
-                .join(Image, Image.id == Tag.image_id)
-                .join(Repository, Repository.id == Image.repository_id)
-            )
-            rest = list(conditions)
-            if rest:
-                counts = [_rows_up_to(session, DRIVE_FROM_INDEX + 1, *c) for c in rest]
-                rarest = counts.index(min(counts))
-                if counts[rarest] <= DRIVE_FROM_INDEX:
-                    driving = select(TagMeta.tag_id).where(*rest.pop(rarest))
-                    tags = tags.where(Tag.id.in_(driving))
-            for condition in rest:
-                tags = tags.where(exists().where(TagMeta.tag_id == Tag.id, *condition))
-            if wanted.repo_prefix:
-                tags = tags.where(Repository.name.startswith(wanted.repo_prefix, autoescape=True))
-            if wanted.image_prefix:
-                tags = tags.where(Image.name.startswith(wanted.image_prefix, autoescape=True))
-            if after is not None:
-                # The first bound is implied by the tuple's; spelled out, it lets the
-                # walk start at ``after`` in the repository index (PostgreSQL filtered
-                # every earlier tag by the row comparison: 119 ms halfway, 10,000 x 20).
-                tags = tags.where(Repository.name >= after[0])
-                tags = tags.where(tuple_(*names) > tuple_(*after))
-            tags = tags.order_by(*names).limit(limit)
-            return [_tag_info(*row) for row in session.execute(tags)]
-
-        return await self._query(query)
+        after the tag ``after`` names: keyset pagination over the three names
+        (``catalog/meta_query.py`` says how)."""
+        return await self._query(functools.partial(query_tags, wanted, limit, after))
 
     async def list_image_details(
         self, repo: str, limit: int, after: str | None = None
@@ -339,18 +297,6 @@ class CatalogReads(CatalogBase):
             await session.connection(execution_options=WRITE)
             await session.scalar(select(Blob.digest).limit(1))
         # Closing the session rolls the (empty) transaction back.
-
-
-DRIVE_FROM_INDEX = 10_000
-"""Matches of a query's rarest condition up to which the query starts from them (sorting
-those few) rather than walking every tag in name order (``query_tags``)."""
-
-
-def _rows_up_to(session: Session, cap: int, *condition: ColumnElement[bool]) -> int:
-    """How many ``tag_meta`` rows match ``condition``, counted up to ``cap`` (one range
-    of the (key, value) index, so a common value costs no more than ``cap`` rows)."""
-    found = select(TagMeta.tag_id).where(*condition).limit(cap).subquery()
-    return int(session.scalar(select(func.count()).select_from(found)) or 0)
 
 
 def _find_tag(session: Session, repo: str, image: str, tag: str) -> TagInfo | None:

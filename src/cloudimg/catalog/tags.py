@@ -188,7 +188,7 @@ class TagWrites(TagHistoryLog):
             session.add(created)
             blob.refcount += 1
             await session.flush()  # a concurrent creator makes this an IntegrityError: retry
-            await _index_meta(session, created.id, meta, replace=False)
+            await _index_meta(session, created.id, names, meta, replace=False)
             # A new tag is "created" whatever made it, an upload or a retag (docs/api.md).
             await self._record(session, names, "created", blob, meta, options.actor, now)
             await self._retain(session, names, blob.digest, effects)
@@ -199,7 +199,7 @@ class TagWrites(TagHistoryLog):
         current.digest = blob.digest
         current.meta = meta
         current.updated_at = now
-        await _index_meta(session, current.id, meta, replace=True)
+        await _index_meta(session, current.id, names, meta, replace=True)
         if previous != blob.digest:
             blob.refcount += 1
         await session.flush()  # the tag lets go of the old blob row first
@@ -457,11 +457,11 @@ async def _not_found(session: AsyncSession, names: Names) -> NotFoundError:
 
 
 async def _index_meta(
-    session: AsyncSession, tag_id: int, meta: dict[str, str], *, replace: bool
+    session: AsyncSession, tag_id: int, names: Names, meta: dict[str, str], *, replace: bool
 ) -> None:
     """Rewrite the query index (``tag_meta``) of a tag in the transaction that writes it."""
     if replace:
         await session.execute(delete(TagMeta).where(TagMeta.tag_id == tag_id))
-    rows = meta_index_rows(tag_id, meta)
+    rows = meta_index_rows(tag_id, names, meta)
     if rows:
         await session.execute(insert(TagMeta), rows)

@@ -21,6 +21,7 @@ from cloudimg.api.download import (
     prepare_representation,
     representation_of,
 )
+from cloudimg.api.meta_query import QUERY_PARAMETERS, meta_query, query_cursor
 from cloudimg.api.observer import TRANSFER_OPT
 from cloudimg.api.openapi import (
     BINARY_RESPONSES,
@@ -38,7 +39,6 @@ from cloudimg.api.openapi import (
 from cloudimg.api.reg.uploads import created, receiving
 from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import (
-    META_INDEX_CHARS,
     Catalog,
     ImageDetails,
     MetaQuery,
@@ -142,10 +142,6 @@ def _image_details(row: ImageDetails) -> Envelope:
     }
 
 
-MAX_QUERY_CONDITIONS = 16
-"""``meta`` and ``has`` conditions one metadata query may combine, together."""
-_QUERY_PARAMETERS = frozenset({"meta", "has", "repo_prefix", "image_prefix", "limit", "after"})
-_PREFIX = re.compile(r"[a-z0-9-]{0,63}")
 _LIST_ITEM = re.compile(r"^(meta|has)\[\d{1,3}\]$")
 
 
@@ -159,68 +155,14 @@ def _meta_query(request: Request[Any, Any, Any]) -> MetaQuery:
     for name, value in request.query_params.multi_items():
         # openapi-to-graphql (qlkube) sends a list argument as meta[0]=…&meta[1]=…
         params.setdefault(_LIST_ITEM.sub(r"\1", name), []).append(value)
-    unknown = sorted(set(params) - _QUERY_PARAMETERS)
+    unknown = sorted(set(params) - QUERY_PARAMETERS)
     if unknown:
         raise InvalidArgumentError(
             "unknown query parameter; the query takes meta=key=value, has=key, "
             "repo_prefix, image_prefix, limit and after",
             {"parameters": [name[:100] for name in unknown[:10]]},
         )
-    equals: list[tuple[str, str]] = []
-    for condition in params.get("meta", []):
-        key, sep, value = condition.partition("=")
-        if not sep or not key:
-            raise InvalidArgumentError(
-                "query parameter 'meta' is key=value", {"meta": condition[:200]}
-            )
-        equals.append((_meta_text("key", key), _meta_text("value", value)))
-    present = [_meta_text("key", key) for key in params.get("has", [])]
-    if any(not key for key in present):
-        raise InvalidArgumentError("query parameter 'has' names a key")
-    if len(equals) + len(present) > MAX_QUERY_CONDITIONS:
-        raise InvalidArgumentError(
-            f"a query combines at most {MAX_QUERY_CONDITIONS} meta and has conditions",
-            {"conditions": len(equals) + len(present)},
-        )
-    prefixes = [_prefix(params, name) for name in ("repo_prefix", "image_prefix")]
-    return MetaQuery(tuple(equals), tuple(present), *prefixes)
-
-
-def _meta_text(kind: str, text: str) -> str:
-    # The index holds keys and values up to this length; a longer one could match nothing.
-    if len(text) > META_INDEX_CHARS:
-        raise InvalidArgumentError(
-            f"a metadata {kind} in a query is at most {META_INDEX_CHARS} characters",
-            {kind: text[:200]},
-        )
-    return text
-
-
-def _prefix(params: dict[str, list[str]], name: str) -> str:
-    values = params.get(name, [])
-    if len(values) > 1 or (values and not _PREFIX.fullmatch(values[0])):
-        raise InvalidArgumentError(
-            f"query parameter '{name}' is one name prefix: up to 63 of a-z, 0-9 and -",
-            {name: [value[:100] for value in values[:3]]},
-        )
-    return str(values[0]) if values else ""
-
-
-def _query_cursor(after: str | None) -> tuple[str, str, str] | None:
-    """The ``after`` of a metadata query: the last ``repo/image/tag`` of the previous page."""
-    if after is None:
-        return None
-    parts = after.split("/")
-    if len(parts) != 3:
-        raise InvalidArgumentError(
-            "query parameter 'after' is repo/image/tag (the 'next' of the previous page)",
-            {"after": after[:200]},
-        )
-    return (
-        validate_repo_name(parts[0]),
-        validate_image_name(parts[1]),
-        validate_tag_name(parts[2]),
-    )
+    return meta_query(params)
 
 
 def _tag_match(info: TagInfo) -> Envelope:
@@ -274,7 +216,7 @@ class RegistryController(Controller):
         # the request's own parameters are read once more to refuse what is not declared.
         wanted = _meta_query(request)
         page = _page_size(limit)
-        rows = await catalog.reads.query_tags(wanted, page, _query_cursor(after))
+        rows = await catalog.reads.query_tags(wanted, page, query_cursor(after))
         last = f"{rows[-1].repo}/{rows[-1].image}/{rows[-1].tag}" if rows else None
         return _page([_tag_match(row) for row in rows], page, last)
 

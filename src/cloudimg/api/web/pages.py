@@ -27,6 +27,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from litestar.types import Guard
 
+from cloudimg.api.meta_query import meta_query, query_cursor, query_term, query_terms
 from cloudimg.api.web.chart import WIDTH, storage_chart
 from cloudimg.api.web.snippets import (
     FORMAT_PLACEHOLDER,
@@ -82,6 +83,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
         undefined=StrictUndefined,
     )
     environment.filters["bytes"] = human_bytes
+    environment.filters["query_term"] = query_term
     return TemplateConfig(engine=JinjaTemplateEngine.from_environment(environment))
 
 
@@ -284,6 +286,36 @@ async def tags_page(
     return Template("tags.html", context=context)
 
 
+Terms = Annotated[str, Parameter(max_length=2000, required=False)]
+
+
+@get("/_query", name="web-query")
+async def query_page(
+    catalog: Catalog,
+    settings: Settings,
+    q: Terms = "",
+    after: After = None,
+    limit: Limit = PAGE_SIZE,
+) -> Template:
+    """Tags of every repository found by metadata: the search box's terms (``key=value``,
+    ``has:key``, ``repo:prefix``, ``image:prefix``) are ``/reg/_query``'s conditions,
+    checked as there and answered by the same catalog query, a page at a time."""
+    wanted = meta_query(query_terms(q))
+    rows: list[TagInfo] = []
+    if q.strip():  # an empty box shows the form, not every tag of the registry
+        rows = await catalog.reads.query_tags(wanted, limit + 1, query_cursor(after or None))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    listing = _Listing(rows, after or None, None, q.strip(), limit)
+    if more:
+        last = rows[-1]
+        listing = _Listing(
+            rows, listing.after, listing.link(after=f"{last.repo}/{last.image}/{last.tag}"),
+            listing.query, limit,
+        )  # fmt: skip
+    return Template("query.html", context=web_context(settings, listing=listing))
+
+
 async def _history(catalog: Catalog, info: TagInfo) -> list[HistoryEntry]:
     """The tag's history, newest first; empty for a tag written before history was kept."""
     try:
@@ -358,7 +390,14 @@ def web_routes(settings: Settings, guards: list[Guard]) -> list[Router]:
 
     pages = Router(
         path=ui,
-        route_handlers=[repositories_page, storage_page, images_page, tags_page, tag_page],
+        route_handlers=[
+            repositories_page,
+            storage_page,
+            query_page,
+            images_page,
+            tags_page,
+            tag_page,
+        ],
         include_in_schema=False,
         response_headers=PAGE_HEADERS,
     )
