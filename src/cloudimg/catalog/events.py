@@ -172,6 +172,10 @@ class EventLog(CatalogBase):
 
     async def endpoint(self, name: str) -> EndpointState:
         """The delivery state of ``name``; a new endpoint starts at the oldest event kept."""
+        async with self._read() as session:
+            row = await session.scalar(select(EventEndpoint).where(EventEndpoint.name == name))
+            if row is not None:
+                return _state(row)
         async for attempt in self._writes():
             async with attempt as (session, _effects):
                 row = await self._endpoint(session, name)
