@@ -23,8 +23,8 @@ from typing import Any, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.events import tag_event
+from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, Tag, TagHistory, utcnow
 from cloudimg.catalog.outbox import queue_event
 from cloudimg.catalog.records import TagInfo
