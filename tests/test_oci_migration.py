@@ -1,7 +1,7 @@
-"""Migrations 0006 and 0007 (kept ``/v2`` pushes), 0008 (gc runs in the catalog) and
-0009 (the index of tags' metadata) and 0010 (change events) on both catalog backends: rows kept by 0005 get their
-role, ``cloudimg db check`` finds the schema and the models equal, and each migration goes
-down and up again."""
+"""Migrations 0006 and 0007 (kept ``/v2`` pushes), 0008 (gc runs in the catalog), 0009
+(the index of tags' metadata) and 0010 (change events) on both catalog backends: rows
+kept by 0005 get their role, ``cloudimg db check`` finds the schema and the models equal,
+and each migration goes down and up again."""
 
 from __future__ import annotations
 

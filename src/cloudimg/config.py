@@ -122,10 +122,6 @@ class Settings:
     """JSON file of the change events' webhook endpoints and delivery settings
     (``cloudimg.webhooks``, docs/events.md); ``None``: events are only pulled."""
 
-    event_retention_days: float = 7.0
-    """``cloudimg gc`` drops events older than this from the outbox (the pull endpoint
-    and a lagging endpoint see no older ones)."""
-
     def events(self) -> EventsConfig:
         """The events settings file read and checked (no file: no endpoints).
 

@@ -59,6 +59,8 @@ class Endpoint:
     """Glob patterns over event types; an event is sent when one matches."""
     subjects: tuple[str, ...] = ("*",)
     """Glob patterns over subjects (``repo/image:tag``, ``blake3:<hex>``, ``gc``)."""
+    dead_letter_after_secs: float | None = None
+    """This endpoint's own ``EventsConfig.dead_letter_after_secs`` (None: that one)."""
 
     def takes(self, type: str, subject: str) -> bool:
         """Whether the event passes both filters."""
@@ -105,7 +107,8 @@ def _secret(item: dict[str, Any], where: str, base: Path) -> bytes:
         try:
             return parse_secret(path.read_text(), f"{where}: secret_file {path}")
         except OSError as exc:
-            raise EventsConfigError(f"{where}: cannot read secret_file {path}: {exc.strerror}")
+            message = f"{where}: cannot read secret_file {path}: {exc.strerror}"
+            raise EventsConfigError(message) from None
     if "secret_env" in item:
         value = os.environ.get(str(item["secret_env"]))
         if value is None:
@@ -125,7 +128,15 @@ def _endpoint(item: Any, n: int, base: Path) -> Endpoint:
     where = f"endpoints[{n}]"
     if not isinstance(item, dict):
         raise EventsConfigError(f"{where}: must be an object")
-    unknown = set(item) - {"name", "url", "secret_file", "secret_env", "types", "subjects"}
+    unknown = set(item) - {
+        "name",
+        "url",
+        "secret_file",
+        "secret_env",
+        "types",
+        "subjects",
+        "dead_letter_after_secs",
+    }
     if unknown:
         raise EventsConfigError(f"{where}: unknown keys {sorted(unknown)}")
     name, url = item.get("name"), item.get("url")
@@ -134,7 +145,17 @@ def _endpoint(item: Any, n: int, base: Path) -> Endpoint:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise EventsConfigError(f"{where}: url must be http(s)://...")
     key = _secret(item, where, base)
-    return Endpoint(name, url, key, _globs(item, "types", where), _globs(item, "subjects", where))
+    dead_after = item.get("dead_letter_after_secs")
+    if dead_after is not None:
+        dead_after = _positive(dead_after, f"{where}: dead_letter_after_secs")
+    types, subjects = _globs(item, "types", where), _globs(item, "subjects", where)
+    return Endpoint(name, url, key, types, subjects, dead_after)
+
+
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise EventsConfigError(f"{where} must be a positive number")
+    return float(value)
 
 
 _NUMBERS = ("dead_letter_after_secs", "retry_initial_secs", "retry_max_secs", "timeout_secs")
@@ -174,10 +195,7 @@ def _config(document: Any, base: Path) -> EventsConfig:
     numbers: dict[str, float] = {}
     for key in (*_NUMBERS, "lease_secs"):
         if key in document:
-            value = document[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise EventsConfigError(f"{key} must be a positive number")
-            numbers[key] = float(value)
+            numbers[key] = _positive(document[key], key)
     source = document.get("source")
     if source is not None and (not isinstance(source, str) or not source):
         raise EventsConfigError("source must be a non-empty string")

@@ -60,13 +60,14 @@ def wake_readers() -> None:
         waiter.set()
 
 
-async def wait_for_events(timeout: float) -> None:
-    """Return when this process commits events, or after ``timeout`` seconds (another
-    replica's commits are seen only by reading again: callers recheck on return)."""
+async def wait_for_events(seconds: float) -> None:
+    """Return when this process commits events, or after ``seconds`` (another replica's
+    commits are seen only by reading again: callers recheck on return)."""
     waiter = asyncio.Event()
     _waiters.add(waiter)
     try:
-        await asyncio.wait_for(waiter.wait(), timeout)
+        async with asyncio.timeout(seconds):
+            await waiter.wait()
     except TimeoutError:
         pass
     finally:

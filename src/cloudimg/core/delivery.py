@@ -153,7 +153,9 @@ class Deliverer:
             self.config.retry_max_secs, self.config.retry_initial_secs * 2**state.attempts
         )
         retry_at = utcnow() + timedelta(seconds=backoff * random.uniform(0.5, 1.0))
-        dead_after = timedelta(seconds=self.config.dead_letter_after_secs)
+        dead_after = timedelta(
+            seconds=endpoint.dead_letter_after_secs or self.config.dead_letter_after_secs
+        )
         if await self.events.failed(endpoint.name, event, error, retry_at, dead_after):
             log.warning(
                 "events: endpoint %s dead-lettered event %d (%s): %s",
