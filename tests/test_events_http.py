@@ -326,5 +326,6 @@ def test_a_bad_events_config_stops_serve_before_it_listens(tmp_path: Path) -> No
     config.write_text(json.dumps({"endpoints": [{"name": "x", "url": "ftp://h/"}]}))
     done = cli("serve", "--data-root", str(tmp_path / "data"), "--events-config", str(config))
     assert done.returncode == 2
-    assert "--events-config" in done.stderr and "url must be http(s)" in done.stderr
+    assert "--events-config" in done.stderr
+    assert "url must be http(s)" in done.stderr
     assert not (tmp_path / "data").exists()
