@@ -99,6 +99,9 @@ class Deliverer:
         except CloudimgError as exc:  # the catalog is away: try again later
             log.warning("events: delivery paused: %s", exc)
             wait = self.config.lease_secs / 3
+        except Exception:  # a bug must not end delivery for the server's lifetime
+            log.exception("events: delivery round failed; trying again")
+            wait = self.config.lease_secs / 3
         await wait_for_events(wait)
 
     async def _lease(self) -> bool:
