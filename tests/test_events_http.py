@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,13 +96,13 @@ class Setup:
     receiver: Receiver
 
 
-def events_config(directory: Path, receiver: Receiver, secret: str) -> Path:
+def events_config(directory: Path, receiver: Receiver, secret: str, lease_secs: float = 3) -> Path:
     (directory / "hook-secret").write_text(secret + "\n")
     config = {
         "source": "https://registry.test",
         "retry_initial_secs": 0.1,
         "retry_max_secs": 0.5,
-        "lease_secs": 3,
+        "lease_secs": lease_secs,
         "endpoints": [
             {"name": "all", "url": f"{receiver.url}/all", "secret_file": "hook-secret"},
             {
@@ -329,3 +329,25 @@ def test_a_bad_events_config_stops_serve_before_it_listens(tmp_path: Path) -> No
     assert "--events-config" in done.stderr
     assert "url must be http(s)" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_several_workers_deliver_through_one_of_them(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """--workers 2: each worker runs a deliverer, the lease lets one send; every event
+    arrives, and exactly once (two senders would repeat them)."""
+    secret = new_secret()
+    receiver, httpd = start_receiver(secret)
+    try:
+        # A long lease: no hand-over (which may repeat an event) on a busy machine.
+        config = events_config(tmp_path, receiver, secret, lease_secs=60)
+        running = server_factory("--workers", "2", "--events-config", str(config))
+        with running.client() as http:
+            for n in range(6):
+                response = upload_raw(http, f"/reg/vms/fedora/t{n}", random_image(1000 + n))
+                assert response.status_code == 201
+        got = wait_for(receiver, "/all", "vms/", 6)
+        assert sorted(e["subject"] for e in got) == [f"vms/fedora:t{n}" for n in range(6)]
+        assert len({e["id"] for e in got}) == len(got)
+    finally:
+        httpd.shutdown()
