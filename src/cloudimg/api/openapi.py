@@ -399,7 +399,7 @@ class CloudEventView(TypedDict):
     source: Annotated[str, _described("The registry")]
     type: Annotated[str, _described("io.cloudimg.tag.created, io.cloudimg.gc.run, ...")]
     subject: Annotated[str, _described("repo/image:tag, blake3:<hex> of a blob, or gc")]
-    time: Annotated[str, _described("When the change committed (RFC 3339)")]
+    time: Annotated[str, _described("When the change was made (RFC 3339)")]
     datacontenttype: Annotated[str, _described("application/json")]
     sequence: Annotated[int, _described("The event's place in the registry's order")]
     data: Annotated[
