@@ -136,11 +136,6 @@ class Settings:
             raise SettingsError("events_config", str(exc)) from None
 
     @property
-    def event_source(self) -> str:
-        """The CloudEvents ``source`` of this registry's events."""
-        return self.events().source or self.public_url or "cloudimg"
-
-    @property
     def inspection_policy(self) -> InspectionPolicy:
         """What inspection accepts besides its safety rules (see ``cloudimg.images``).
 
