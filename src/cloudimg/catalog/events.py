@@ -200,9 +200,9 @@ class EventLog(CatalogBase):
             await session.flush()
         return row
 
-    async def advance(self, name: str, position: int, *, delivered: bool) -> None:
-        """Move ``name`` past ``position`` (never back): delivered, or skipped by its
-        filter; its failure count starts again."""
+    async def advance(self, name: str, position: int, *, delivered: int) -> None:
+        """Move ``name`` past ``position`` (never back), counting ``delivered`` events
+        it took (the others up to there its filter skipped); its failures start again."""
         async for attempt in self._writes():
             async with attempt as (session, _effects):
                 row = await self._endpoint(session, name)
@@ -210,7 +210,7 @@ class EventLog(CatalogBase):
                     row.position = position
                 row.attempts, row.failing_since, row.next_attempt_at = 0, None, None
                 row.last_error = None
-                row.delivered_total += 1 if delivered else 0
+                row.delivered_total += delivered
 
     async def failed(
         self, name: str, event: EventRecord, error: str, retry_at: datetime, dead_after: timedelta
