@@ -19,7 +19,7 @@ from cloudimg.digest import Digest
 from cloudimg.errors import PreconditionFailedError, TagImmutableError
 from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
-from tests.maintenance_support import put
+from tests.maintenance_support import cli_json, put
 from tests.support import random_image
 
 
@@ -181,3 +181,30 @@ async def test_prune_drops_old_events_only(catalog: Catalog) -> None:
     await put(catalog, "vms/fedora/v2", random_image(1001))
     # Ids go on from the counter, never reused after a prune.
     assert [e.sequence for e in await catalog.events.events_after(0, 10)] == [2]
+
+
+def test_gc_prunes_events_past_the_retention_and_announces_its_run(
+    tmp_path: Path, catalog_url: str
+) -> None:
+    root = tmp_path / "data"
+
+    async def write() -> None:
+        async with open_registry(
+            Settings(data_root=root, database_url=catalog_url), migrate=True
+        ) as r:
+            await put(r.catalog, "vms/fedora/v1", random_image(1000))
+
+    asyncio.run(write())
+    gc = ("gc", "--data-root", str(root), "--database-url", catalog_url, "--grace", "0")
+    kept = cli_json(*gc, check=0)
+    assert kept["events_pruned"] == 0
+    pruned = cli_json(*gc, "--event-retention", "0", check=0)
+    assert pruned["events_pruned"] == 2  # the tag's event and the first run's
+
+    async def left() -> list[str]:
+        async with open_registry(
+            Settings(data_root=root, database_url=catalog_url), migrate=False
+        ) as r:
+            return [e.type for e in await r.catalog.events.events_after(0, 10)]
+
+    assert asyncio.run(left()) == ["io.cloudimg.gc.run"]  # the second run's, after the prune
