@@ -1123,3 +1123,22 @@ def test_the_upgrade_steps_dry_look_changes_nothing_and_the_import_does_what_it_
     report = json.loads(done.stdout)
     assert report["counts"] == {"imported": 2, "unchanged": 0, "skipped": 1, "failed": 0}
     assert not (data / "crownlabs").exists()  # --move: the old entries left the tree
+
+
+def test_the_events_secret_reaches_the_server_as_its_settings_file(helm: Path) -> None:
+    """events.existingSecret: mounted read-only, its key passed as --events-config's
+    variable; unset, neither (docs/events.md, docs/helm.md)."""
+    values = "events:\n  existingSecret: registry-hooks\n  secretKey: hooks.json\n"
+    manifests = rendered(helm, values)
+    server = containers(manifests)["Deployment/cloudimg"]
+    assert env_of(server)["CLOUDIMG_EVENTS_CONFIG"] == "/etc/cloudimg/events/hooks.json"
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "events")
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/cloudimg/events", True)
+    [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
+    volume = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "events"
+    )
+    assert volume["secret"]["secretName"] == "registry-hooks"
+    plain = containers(rendered(helm))["Deployment/cloudimg"]
+    assert "CLOUDIMG_EVENTS_CONFIG" not in env_of(plain)
+    assert all(m["name"] != "events" for m in plain["volumeMounts"])

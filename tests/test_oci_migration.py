@@ -1,7 +1,7 @@
-"""Migrations 0006 and 0007 (kept ``/v2`` pushes), 0008 (gc runs in the catalog) and
-0009 (the index of tags' metadata) on both catalog backends: rows kept by 0005 get their
-role, ``cloudimg db check`` finds the schema and the models equal, and each migration goes
-down and up again."""
+"""Migrations 0006 and 0007 (kept ``/v2`` pushes), 0008 (gc runs in the catalog), 0009
+(the index of tags' metadata) and 0010 (change events) on both catalog backends: rows
+kept by 0005 get their role, ``cloudimg db check`` finds the schema and the models equal,
+and each migration goes down and up again."""
 
 from __future__ import annotations
 
@@ -126,6 +126,7 @@ def test_0009_indexes_the_metadata_of_existing_tags(fresh_catalog: tuple[Path, s
     expected = [(1, "gpu", "2"), (1, "notes", None), (1, "os", "fedora")]
     upgrade_database(url, "0009")
     assert current_revision(url) == "0009"
+    upgrade_database(url)
     assert sorted(query(url, "SELECT tag_id, key, value FROM tag_meta")) == expected
     upgrade_database(url)
     cli("db", "check", "--data-root", str(root), check=0)
@@ -133,4 +134,27 @@ def test_0009_indexes_the_metadata_of_existing_tags(fresh_catalog: tuple[Path, s
     assert len(query(url, "SELECT id FROM tags")) == 1
     upgrade_database(url)
     assert sorted(query(url, "SELECT tag_id, key, value FROM tag_meta")) == expected
+    cli("db", "check", "--data-root", str(root), check=0)
+
+
+def test_0011_adds_the_event_tables_empty_and_goes_down_and_up(
+    fresh_catalog: tuple[Path, str],
+) -> None:
+    """The outbox starts empty (changes before it are not announced); down drops the
+    tables with their rows, up makes them again, and the schema checks clean."""
+    root, url = fresh_catalog
+    upgrade_database(url, "0010")
+    upgrade_database(url, "0011")
+    assert current_revision(url) == "0011"
+    assert query(url, "SELECT id FROM events") == []
+    cli("db", "check", "--data-root", str(root), check=0)
+    query(
+        url,
+        "INSERT INTO events (id, uid, type, subject, time, data) VALUES (1, 'u', 't', 's', ?, ?)",
+        datetime.now(UTC),
+        "{}",
+    )
+    command.downgrade(alembic_config(url), "0010")
+    upgrade_database(url)
+    assert query(url, "SELECT id FROM events") == []
     cli("db", "check", "--data-root", str(root), check=0)

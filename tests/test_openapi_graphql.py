@@ -174,6 +174,7 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
             "query": http.get(
                 "/reg/_query", params={"meta": "os=ubuntu", "repo_prefix": "gateway"}
             ).json(),
+            "events": http.get("/reg/_events", params={"after": 0, "limit": 1000}).json(),
         }
     meta_fields = (
         "success data imagePath digest sha256 size created updated format virtualSize "
@@ -194,6 +195,8 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
             f"{{ {meta_fields} }} }}",
             "query": '{ queryTags(meta: ["os=ubuntu"], repoPrefix: "gateway") '
             "{ success next data { repo image tag digest size meta } } }",
+            "events": "{ getEvents(after: 0, limit: 1000) "
+            "{ success next data { id type subject sequence data } } }",
         },
     )
     answers = {name: next(iter(a["data"].values())) for name, a in result["answers"].items()}
@@ -214,6 +217,13 @@ def test_the_gateway_builds_its_schema_and_answers_as_reg(
     wanted = [{key: row[key] for key in fields} for row in reg["query"]["data"]]
     assert answers["query"] == {"success": True, "next": None, "data": wanted}
     assert [row["tag"] for row in wanted] == ["20.04", "22.04"]
+    # The change events' pull, typed: the envelope's fields, its data as JSON.
+    fields = ("id", "type", "subject", "sequence", "data")
+    events = [{key: event[key] for key in fields} for event in reg["events"]["data"]]
+    assert answers["events"] == {"success": True, "next": reg["events"]["next"], "data": events}
+    assert {"subject": "gateway/ubuntu:22.04", "type": "io.cloudimg.tag.created"}.items() <= (
+        events[-1].items()
+    )
 
 
 def test_the_listings_are_graphql_types_not_a_json_scalar(

@@ -17,6 +17,7 @@ from cloudimg.images import (
     InspectionPolicy,
     find_qemu_img,
 )
+from cloudimg.webhooks import EventsConfig, EventsConfigError, load_events_config
 
 __all__ = [
     "MAX_REDIRECT_EXPIRY_SECS",
@@ -116,6 +117,23 @@ class Settings:
     qemu_img_check: str = "auto"
     """``auto``: qemu-img confirms every accepted image when it is on ``PATH``; ``on``:
     it must be; ``off``: never (see docs/security.md)."""
+
+    events_config: Path | None = None
+    """JSON file of the change events' webhook endpoints and delivery settings
+    (``cloudimg.webhooks``, docs/events.md); ``None``: events are only pulled."""
+
+    def events(self) -> EventsConfig:
+        """The events settings file read and checked (no file: no endpoints).
+
+        Raises:
+            SettingsError: on ``events_config``, saying what is wrong in it.
+        """
+        if self.events_config is None:
+            return EventsConfig()
+        try:
+            return load_events_config(self.events_config)
+        except EventsConfigError as exc:
+            raise SettingsError("events_config", str(exc)) from None
 
     @property
     def inspection_policy(self) -> InspectionPolicy:

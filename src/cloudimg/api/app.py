@@ -24,11 +24,13 @@ from cloudimg.api.middleware import HeaderLimit, Linger, RequestObserver
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
 from cloudimg.api.probes import HealthController, ReadinessController
 from cloudimg.api.reg.controllers import RegistryController
+from cloudimg.api.reg.events import EventsController
 from cloudimg.api.reg.history import TagHistoryController
 from cloudimg.api.web import template_config, web_routes, with_page_errors
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings, settings_from_json
 from cloudimg.core import RegistryCore
+from cloudimg.core.delivery import Deliverer
 from cloudimg.errors import CloudimgError
 from cloudimg.oci.http.routes import oci_routes
 from cloudimg.registry import open_registry
@@ -69,6 +71,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         max_image_size=settings.max_image_size,
     )
     api_base = settings.api_base
+    events_config = settings.events()
+    event_source = events_config.source or settings.public_url or "cloudimg"
+    deliverer = Deliverer(catalog.events, events_config, event_source)
     redirects = Redirects(blobs, settings.redirect_expiry_secs, settings.redirect_downloads)
 
     @asynccontextmanager
@@ -77,18 +82,24 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         await _restore_trashed(catalog)
         # Hashes the containerDisk layers of blobs that have none yet (docs/oci.md).
         hashing = asyncio.ensure_future(disks.run())
+        # Sends the change events to the configured endpoints while this process holds
+        # the catalog's lease (docs/events.md); none configured: nothing runs.
+        delivering = asyncio.ensure_future(
+            deliverer.run() if events_config.endpoints else asyncio.sleep(0)
+        )
         try:
             yield
         finally:
-            hashing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hashing
+            for task in (hashing, delivering):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await disks.close()  # no catalog write after the close below
             await registry.close()
 
     api = Router(
         path=api_base,
-        route_handlers=[RegistryController, TagHistoryController],
+        route_handlers=[RegistryController, TagHistoryController, EventsController],
         guards=guards,
     )
     web = web_routes(settings, guards) if settings.web else []
@@ -117,6 +128,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "core": Provide(lambda: core, use_cache=True, sync_to_thread=False),
             # Where /reg is mounted, for the Location of a write's 201.
             "api_base": Provide(lambda: api_base, use_cache=True, sync_to_thread=False),
+            "event_source": Provide(lambda: event_source, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=oci.exception_handlers(handlers),
         lifespan=[lifespan],

@@ -42,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from cloudimg.catalog import Catalog, GcRecord, StorageTotals
+from cloudimg.catalog.events import EndpointState
 
 __all__ = ["METRICS_PATH", "Metrics", "metrics_route", "reset_multiprocess_dir"]
 
@@ -143,9 +144,15 @@ class _Snapshot:
     """A collector over figures read once for one scrape (None: the catalog did not
     answer; a gc record of zeros: no gc run recorded yet)."""
 
-    def __init__(self, totals: StorageTotals | None, gc: GcRecord | None) -> None:
+    def __init__(
+        self,
+        totals: StorageTotals | None,
+        gc: GcRecord | None,
+        endpoints: list[EndpointState] | None = None,
+    ) -> None:
         self.totals = totals
         self.gc = gc
+        self.endpoints = endpoints
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -157,6 +164,37 @@ class _Snapshot:
             yield from _storage_families(self.totals)
         if self.gc is not None:  # counters left out, not reset, while the catalog is down
             yield from _gc_families(self.gc)
+        if self.endpoints is not None:
+            yield from _event_families(self.endpoints)
+
+
+def _event_families(endpoints: list[EndpointState]) -> Iterable[Metric]:
+    """Delivery of the change events by endpoint (the catalog's state: every replica
+    and worker shows the same figures, whichever delivers)."""
+    pending = GaugeMetricFamily(
+        "cloudimg_events_pending",
+        "Events after the endpoint's position, not yet delivered or dead-lettered.",
+        labels=["endpoint"],
+    )
+    delivered = CounterMetricFamily(
+        "cloudimg_events_delivered", "Events the endpoint took (2xx).", labels=["endpoint"]
+    )
+    failed = CounterMetricFamily(
+        "cloudimg_events_failed",
+        "Failed delivery attempts (an error status or no answer).",
+        labels=["endpoint"],
+    )
+    dead = CounterMetricFamily(
+        "cloudimg_events_dead_lettered",
+        "Events the endpoint did not take in time: dead letters.",
+        labels=["endpoint"],
+    )
+    for state in endpoints:
+        pending.add_metric([state.name], state.pending)
+        delivered.add_metric([state.name], state.delivered_total)
+        failed.add_metric([state.name], state.failed_total)
+        dead.add_metric([state.name], state.dead_lettered_total)
+    yield from (pending, delivered, failed, dead)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -217,14 +255,16 @@ async def render(metrics: Metrics, catalog: Catalog) -> bytes:
     """The text exposition of the live figures and of this scrape's catalog and gc figures."""
     totals: StorageTotals | None
     gc: GcRecord | None
+    endpoints: list[EndpointState] | None
     try:
         totals = await catalog.reads.storage_totals()
         gc = await catalog.reads.gc_record() or GcRecord()
+        endpoints = await catalog.events.endpoint_states()
     except Exception:  # a scrape must still answer when the catalog does not
         log.warning("metrics: the catalog did not answer", exc_info=True)
-        totals = gc = None
+        totals = gc = endpoints = None
     scrape = CollectorRegistry()
-    scrape.register(_Snapshot(totals, gc))
+    scrape.register(_Snapshot(totals, gc, endpoints))
     # Family names differ between the two registries, so their texts concatenate.
     return generate_latest(metrics.live_registry()) + generate_latest(scrape)
 

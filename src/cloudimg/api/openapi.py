@@ -34,7 +34,9 @@ __all__ = [
     "CREATED_HEADERS",
     "UPLOAD_QUERY",
     "BlockedView",
+    "CloudEventView",
     "ErrorBody",
+    "EventListView",
     "ImageDetailsView",
     "ImageListView",
     "MetaView",
@@ -387,6 +389,30 @@ class TagQueryView(TypedDict):
         str | None,
         _described("The `after` of the next page (repo/image/tag); null on the last page"),
     ]
+
+
+class CloudEventView(TypedDict):
+    """One change event, CloudEvents 1.0 in structured mode (docs/events.md)."""
+
+    specversion: Annotated[str, _described("1.0")]
+    id: Annotated[str, _described("Unique per source (a UUID); receivers deduplicate by it")]
+    source: Annotated[str, _described("The registry")]
+    type: Annotated[str, _described("io.cloudimg.tag.created, io.cloudimg.gc.run, ...")]
+    subject: Annotated[str, _described("repo/image:tag, blake3:<hex> of a blob, or gc")]
+    time: Annotated[str, _described("When the change was made (RFC 3339)")]
+    datacontenttype: Annotated[str, _described("application/json")]
+    sequence: Annotated[int, _described("The event's place in the registry's order")]
+    data: Annotated[
+        dict[str, Any], _described("digest, sha256, size, format, metadata, actor, ...")
+    ]
+
+
+class EventListView(TypedDict):
+    """What ``GET /reg/_events`` answers: the events after the cursor, oldest first."""
+
+    success: bool
+    data: Annotated[list[CloudEventView], _described("The events, in their order")]
+    next: Annotated[int, _described("The `after` of the next request")]
 
 
 class _ImageListFields(TypedDict):

@@ -14,6 +14,7 @@ from functools import cached_property
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudimg.blobstore import BlobStore
+from cloudimg.catalog.events import EventLog
 from cloudimg.catalog.history import DEFAULT_KEEP_HISTORY
 from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.maintenance import CatalogMaintenance
@@ -32,7 +33,9 @@ class Catalog:
     - ``tags``: an upload's commit, a retag, a delete, immutability, and the tag history
       and retention those writes go through (``history.py``); they run the ``hooks`` a
       slice beside the catalog registers (the OCI slice's kept pushes);
-    - ``maintenance``: the primitives of gc, fsck, ``unblock`` and start-up.
+    - ``maintenance``: the primitives of gc, fsck, ``unblock`` and start-up;
+    - ``events``: the change events every write above queues in its transaction, each
+      endpoint's delivery state, the dead letters and the delivery lease (docs/events.md).
     """
 
     def __init__(
@@ -71,3 +74,7 @@ class Catalog:
     @cached_property
     def maintenance(self) -> CatalogMaintenance:
         return CatalogMaintenance(self.engine, self.blobs)
+
+    @cached_property
+    def events(self) -> EventLog:
+        return EventLog(self.engine, self.blobs)

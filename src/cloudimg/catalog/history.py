@@ -23,8 +23,10 @@ from typing import Any, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloudimg.catalog.events import tag_event
 from cloudimg.catalog.hooks import TagHooks
 from cloudimg.catalog.models import Blob, Tag, TagHistory, utcnow
+from cloudimg.catalog.outbox import queue_event
 from cloudimg.catalog.records import TagInfo
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
 from cloudimg.errors import NotFoundError, TagImmutableError
@@ -152,8 +154,14 @@ class TagHistoryLog(CatalogBase):
         meta: dict[str, Any],
         actor: str | None,
         at: datetime | None = None,
+        *,
+        announce: bool = True,
     ) -> None:
+        """Add the history entry of a change and, unless ``announce`` is off (an entry
+        that records an old state, not a change), queue its event (``outbox``)."""
         repo, image, tag = names
+        if announce:
+            queue_event(session, *tag_event(names, action, blob, meta, actor))
         session.add(
             TagHistory(
                 repository=repo,
@@ -180,7 +188,9 @@ class TagHistoryLog(CatalogBase):
             return
         blob = await session.scalar(select(Blob).where(Blob.digest == tag.digest))
         assert blob is not None, "a tag names a blob row (foreign key)"
-        await self._record(session, names, "created", blob, dict(tag.meta), None, tag.updated_at)
+        await self._record(
+            session, names, "created", blob, dict(tag.meta), None, tag.updated_at, announce=False
+        )
 
     async def _retain(
         self, session: AsyncSession, names: Names, current: str | None, effects: FileEffects

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudimg.blobstore import MaintenanceBlobStore
+from cloudimg.catalog.events import blob_event, gc_event
 from cloudimg.catalog.models import (
     Blob,
     GcRuns,
@@ -19,6 +20,7 @@ from cloudimg.catalog.models import (
     kept_references,
     utcnow,
 )
+from cloudimg.catalog.outbox import queue_event
 from cloudimg.catalog.records import (
     BlobBlock,
     BlobRecord,
@@ -300,6 +302,7 @@ class CatalogMaintenance(CatalogBase):
                 row.last_run_bytes_freed = bytes_freed
                 row.last_run_ok = ok
                 record = gc_record(row)
+                queue_event(session, *gc_event(ok, bytes_freed, duration_seconds))
         return record
 
     async def block_blob(self, digest: str, rule: str) -> BlobBlock:
@@ -319,6 +322,7 @@ class CatalogMaintenance(CatalogBase):
                 return block
             now = utcnow()
             blob.blocked_rule, blob.blocked_at = rule, now
+            queue_event(session, *await blob_event(session, True, blob, rule))
             return BlobBlock(rule, now)
 
         async for attempt in self._writes():
@@ -338,6 +342,8 @@ class CatalogMaintenance(CatalogBase):
             blob = await self._locked_blob(session, digest)
             block = blob_block(blob.blocked_rule, blob.blocked_at)
             blob.blocked_rule = blob.blocked_at = None
+            if block is not None:
+                queue_event(session, *await blob_event(session, False, blob, block.rule))
             return block
 
         async for attempt in self._writes():

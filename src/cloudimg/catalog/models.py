@@ -34,6 +34,11 @@ from cloudimg.catalog.records import META_INDEX_CHARS
 __all__ = [
     "Base",
     "Blob",
+    "Event",
+    "EventCounter",
+    "EventDeadLetter",
+    "EventEndpoint",
+    "EventLease",
     "GcRuns",
     "Image",
     "OciManifest",
@@ -265,6 +270,89 @@ class GcRuns(Base):
     last_run_duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     last_run_bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
     last_run_ok: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Event(Base):
+    """One change of the registry, in the outbox (``cloudimg.catalog.events``).
+
+    Written in the transaction of the change it records, so it commits or rolls back
+    with it. ``id`` is taken from ``EventCounter`` under its lock just before the
+    commit: ids are given in commit order on every backend, so a reader that saw id n
+    never later finds an n' < n committed (the pull cursor and each endpoint's position).
+    """
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    """The CloudEvents ``id`` (a UUID): unique across registries and restores."""
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(400))
+    """``repo/image:tag``, ``blake3:<hex>`` of a blob, or ``gc``."""
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventCounter(Base):
+    """The last event id given (one row, ``id`` 1), locked by every writer of an event."""
+
+    __tablename__ = "event_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EventEndpoint(Base):
+    """Where delivery to one configured endpoint stands (its ``name`` in the config)."""
+
+    __tablename__ = "event_endpoints"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    """The last event id delivered or dead-lettered: the next one sent is after it."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Failed attempts at the event after ``position``."""
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    delivered_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Failed attempts (each refused or unanswered request)."""
+    dead_lettered_total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EventDeadLetter(Base):
+    """An event one endpoint did not take within the configured time: kept (with its
+    envelope, so gc's pruning of the outbox does not lose it) until resent."""
+
+    __tablename__ = "event_dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(63), index=True)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(400))
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    uid: Mapped[str] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    """When it was dead-lettered."""
+    error: Mapped[str] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    resend: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by ``cloudimg events resend``: the deliverer sends it again (and drops the
+    row once the endpoint took it)."""
+
+
+class EventLease(Base):
+    """Which replica delivers events (``name`` ``delivery``): taken and renewed with a
+    conditional update, so one process at a time sends."""
+
+    __tablename__ = "event_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class OciUpload(Base):

@@ -24,6 +24,7 @@ from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog.database import WRITE, blocking_reader
 from cloudimg.catalog.errors import is_retryable, translate
 from cloudimg.catalog.models import Blob, utcnow
+from cloudimg.catalog.outbox import wake_readers, write_queued
 from cloudimg.errors import CloudimgError, UnavailableError
 from cloudimg.images import Inspection
 
@@ -91,14 +92,25 @@ class WriteAttempt:
         exc: BaseException | None,
         _traceback: TracebackType | None,
     ) -> bool:
-        """Commit (or roll back); True when the attempt lost a race and another follows."""
+        """Commit (or roll back); True when the attempt lost a race and another follows.
+
+        The events the change queued are written as its last statements (``outbox``).
+        """
         error = exc
+        announced = False
+        if exc is None:
+            try:
+                announced = await write_queued(self.session)
+            except BaseException as raised:  # rolls back below, like a failed change
+                error, exc_type, _traceback = raised, type(raised), raised.__traceback__
         try:
-            await self._stack.__aexit__(exc_type, exc, _traceback)
+            await self._stack.__aexit__(exc_type, error, _traceback)
         except BaseException as raised:  # the commit failed, or the rollback
             error = raised
         if error is None:
             self.committed = True
+            if announced:
+                wake_readers()
             for trash_key, _digest in self.effects.trashed:
                 await self._base.blobs.purge(trash_key)
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -49,11 +50,19 @@ class Duration(_ParamType):
     help="Touch only staging, trash and unreferenced blob files older than this "
     "(seconds, or 30s, 10m, 2h, 7d; 0 allowed).",
 )
+@click.option(
+    "--event-retention",
+    type=Duration(),
+    default="7d",
+    show_default=True,
+    help="Drop change events older than this from the outbox (docs/events.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @progress_options
 def gc(
     dry_run: bool,
     grace: float,
+    event_retention: float,
     as_json: bool,
     quiet: bool,
     progress_interval: float,
@@ -69,7 +78,11 @@ def gc(
     with ProgressDisplay(quiet=quiet, interval=progress_interval) as progress:
         # A maintenance function, not a callback of this module: run() calls it directly.
         work = functools.partial(
-            collect_garbage_and_totals, grace=grace, dry_run=dry_run, progress=progress
+            collect_garbage_and_totals,
+            grace=grace,
+            dry_run=dry_run,
+            progress=progress,
+            event_retention=timedelta(seconds=event_retention),
         )
         report, totals = run(settings, work)
     if as_json:
@@ -100,6 +113,8 @@ def print_report(report: GcReport) -> None:
             click.echo(f"  ... and {more} more")
     if report.skipped_live_staging:
         click.echo(f"staging files of running uploads left alone: {report.skipped_live_staging}")
+    if report.events_pruned:
+        click.echo(f"change events past their retention dropped: {report.events_pruned}")
     if report.skipped_young:
         click.echo(f"files younger than the grace period left alone: {report.skipped_young}")
     for problem in report.problems:

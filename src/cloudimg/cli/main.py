@@ -22,6 +22,7 @@ _COMMANDS = {
     "du": "cloudimg.cli.du:du",
     "copy-blobs": "cloudimg.cli.copy_blobs:copy_blobs_command",
     "unblock": "cloudimg.cli.unblock:unblock",
+    "events": "cloudimg.cli.events:events",
     "push": "cloudimg.cli.transfer:push",
     "pull": "cloudimg.cli.transfer:pull",
     "ls": "cloudimg.cli.browse:ls",

@@ -122,6 +122,13 @@ _SPARE_DESCRIPTORS = 256
     "its download within them)",
 )
 @option(
+    "--events-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file of the webhook endpoints the change events are delivered to "
+    "(docs/events.md) [default: none; events are pulled from <repo-prefix>/_events]",
+)
+@option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
@@ -136,6 +143,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
         settings.check_web()
         blob_location(settings)  # a bad --blob-store is refused before the bind
         settings.check_redirects()
+        settings.events()  # a bad --events-config is refused before the bind
         settings.inspection_policy  # noqa: B018  (refuses --qemu-img-check on without qemu-img)
     except SettingsError as exc:
         raise flag_error(exc) from None

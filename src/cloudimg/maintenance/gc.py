@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeVar
 
@@ -152,6 +152,8 @@ class GcReport:
     problems: list[str] = field(default_factory=list)
     """What gc could not do; a non-empty list means a non-zero exit."""
     duration_seconds: float = 0.0
+    events_pruned: int = 0
+    """Change events older than the retention dropped from the outbox (docs/events.md)."""
 
     @property
     def ok(self) -> bool:
@@ -205,12 +207,14 @@ async def collect_garbage_and_totals(
     grace: float,
     dry_run: bool,
     progress: Progress,
+    event_retention: timedelta = timedelta(days=7),
 ) -> tuple[GcReport, StorageTotals]:
     """``collect_garbage``, recorded for the servers' ``/metrics`` unless a dry run, then
     the catalog's storage totals: what tag history still holds once the run is done
-    (``cloudimg gc`` names it)."""
+    (``cloudimg gc`` names it). Change events older than ``event_retention`` go too."""
     report = await collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run, progress=progress)
     if not dry_run:
+        report.events_pruned = await catalog.events.prune(datetime.now(UTC) - event_retention)
         await catalog.maintenance.record_gc_run(
             ok=report.ok,
             bytes_freed=report.bytes_freed,
