@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 from cloudimg.blobstore.s3 import S3BlobStore
 from cloudimg.blobstore.s3.store import MAX_URL_EXPIRY
 from tests.conftest import RunningServer, start_server, upload
+from tests.databases import catalog_database, query
 from tests.object_store import SeaweedFS, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import OCI_MANIFEST, container_manifest, push_blob, tar_layer
@@ -44,12 +44,7 @@ WRITE_TOKEN = "redirect-write-" + secrets.token_hex(8)
 READ_USER, READ_PASSWORD = "reader", "read-" + secrets.token_hex(8)
 STORE_HOST = "127.0.0.2"
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def backend() -> str:
-    """Redirects are decided after the catalog's lookup: one catalog backend is enough."""
-    return "sqlite"
+PREFIX = "cloudimg"
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +62,43 @@ def store_proxy(seaweedfs: SeaweedFS) -> Iterator[RecordingProxy]:
 
 
 @pytest.fixture(scope="module")
+def bucket(backend: str, seaweedfs: SeaweedFS) -> str:
+    """The bucket of this backend's server (a test deletes objects behind its back)."""
+    return seaweedfs.new_bucket()
+
+
+@pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS, store_proxy: RecordingProxy
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: str,
+    bucket: str,
+    seaweedfs: SeaweedFS,
+    store_proxy: RecordingProxy,
 ) -> Iterator[RunningServer]:
+    """One server per backend (the redirect is decided after the catalog's lookup, which
+    differs between them), sharing the module's object store and proxy."""
     secrets_dir = tmp_path_factory.mktemp("secrets")
     (secrets_dir / "tokens").write_text(WRITE_TOKEN + "\n")
     (secrets_dir / "credentials").write_text(f"{READ_USER}:{READ_PASSWORD}\n")
-    bucket = seaweedfs.new_bucket()
-    running = start_server(
-        tmp_path_factory.mktemp("redirects") / "data",
-        *("--blob-store", f"s3://{bucket}/cloudimg"),
-        *("--s3-endpoint", store_proxy.url, "--s3-path-style"),
-        "--redirect-downloads",
-        *("--write-token-file", str(secrets_dir / "tokens")),
-        *("--read-auth", "basic", "--read-credentials-file", str(secrets_dir / "credentials")),
-        env={
-            "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
-            "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
-        },
-    )
-    yield running
-    running.stop()
+    root = tmp_path_factory.mktemp("redirects") / "data"
+    with catalog_database(backend, root):
+        running = start_server(
+            root,
+            *("--blob-store", f"s3://{bucket}/{PREFIX}"),
+            *("--s3-endpoint", store_proxy.url, "--s3-path-style"),
+            "--redirect-downloads",
+            *("--write-token-file", str(secrets_dir / "tokens")),
+            *("--read-auth", "basic"),
+            *("--read-credentials-file", str(secrets_dir / "credentials")),
+            env={
+                "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
+                "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
+            },
+        )
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture
@@ -214,8 +225,7 @@ def test_without_credentials_there_is_no_url(server: RunningServer, repo: str) -
 
 
 def _sql(server: RunningServer, statement: str, *args: str) -> None:
-    with sqlite3.connect(server.data_root / "catalog.sqlite3") as db:
-        db.execute(statement, args)
+    query(server.database_url, statement, *args)
 
 
 def test_a_blocked_or_quarantined_image_gets_its_refusal_never_a_url(
