@@ -418,11 +418,16 @@ def _all_at_once(calls: dict[str, Any]) -> dict[str, httpx.Response]:
 
 @pytest.mark.slow
 def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     store = start_seaweedfs(tmp_path / "weed")
     bucket = store.new_bucket()
-    outage = serve_bucket(tmp_path / "data", store, bucket, "--keep-history", "0")
+    with catalog_database(backend, tmp_path / "data"):
+        _outage_changes_nothing(store, bucket, tmp_path / "data")
+
+
+def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
+    outage = serve_bucket(root, store, bucket, "--keep-history", "0")
     try:
         with outage.server.client() as http:
             kept = random_image(20_000)
