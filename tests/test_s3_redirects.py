@@ -34,9 +34,15 @@ from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, query
 from tests.object_store import SeaweedFS, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
-from tests.oci_support import OCI_MANIFEST, container_manifest, push_blob, tar_layer
+from tests.oci_support import (
+    OCI_MANIFEST,
+    assert_oci_error,
+    container_manifest,
+    push_blob,
+    tar_layer,
+)
 from tests.proxy import RecordedRequest, RecordingProxy
-from tests.support import random_image
+from tests.support import assert_error, random_image
 
 pytestmark = pytest.mark.slow
 
@@ -275,6 +281,54 @@ def test_v2_stored_blobs_redirect_and_generated_layers_stay_local(
     assert reader.head(f"/v2/{name}/blobs/{sha}").status_code == 200
 
 
+def _push_container_image(writer: httpx.Client, name: str, disk: bytes) -> tuple[bytes, bytes]:
+    """Push a containerDisk over ``/v2`` as a client builds it: its layer and config are
+    kept as pushed (stored blobs, redirected). Gives (layer, config)."""
+    layer = tar_layer(disk)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
+    push_blob(writer, name, layer)
+    push_blob(writer, name, config)
+    pushed = writer.put(
+        f"/v2/{name}/manifests/v1",
+        content=container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert pushed.status_code == 201, pushed.text
+    return layer, config
+
+
+def test_an_object_lost_behind_the_registrys_back_is_its_own_404_never_the_stores(
+    reader: httpx.Client,
+    writer: httpx.Client,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    repo: str,
+) -> None:
+    """A listed blob whose object is gone (an operator's mistake, a store that lost it):
+    the redirect looks before it signs, so the client gets the registry's error in the
+    registry's shape rather than a 307 to the store's XML 404."""
+    disk, kept = random_image(70_000), random_image(80_000)
+    assert upload(writer, f"/reg/{repo}/disk/v1", disk).status_code == 201
+    layer, _config = _push_container_image(writer, f"{repo}/pushed", kept)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    disk_sha = "sha256:" + hashlib.sha256(disk).hexdigest()
+    # Both redirect while their objects are there.
+    assert reader.get(f"/v2/{repo}/pushed/blobs/{layer_digest}").status_code == 307
+    assert reader.get(f"/reg/{repo}/disk/v1").status_code == 307
+    store = seaweedfs.client()
+    for data in (disk, layer):
+        store.delete_object(Bucket=bucket, Key=f"{PREFIX}/blobs/blake3/{_digests(data)[0]}")
+
+    for path in (f"/reg/{repo}/disk/v1", f"/reg/{repo}/disk/{disk_sha}"):
+        lost = reader.get(path)
+        assert_error(lost, 404, "NOT_FOUND")
+        assert "Location" not in lost.headers
+    for path in (f"/v2/{repo}/pushed/blobs/{layer_digest}", f"/v2/{repo}/disk/blobs/{disk_sha}"):
+        lost = reader.get(path)
+        assert_oci_error(lost, 404, "BLOB_UNKNOWN")
+        assert "Location" not in lost.headers
+
+
 # -- the clients -------------------------------------------------------------------------
 
 
@@ -464,18 +518,8 @@ def test_skopeo_copies_a_pushed_image_through_redirects(
         pytest.skip("skopeo is not installed (apt-get install skopeo)")
     # A containerDisk pushed over /v2 is kept as pushed: its layer and config are stored
     # blobs, which redirect (a /reg tag would pull a generated layer, sent from here).
-    disk = random_image(MIB + 3)
-    layer = tar_layer(disk)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
     name = f"{repo}/disk"
-    push_blob(writer, name, layer)
-    push_blob(writer, name, config)
-    pushed = writer.put(
-        f"/v2/{name}/manifests/v1",
-        content=container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config),
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    assert pushed.status_code == 201, pushed.text
+    layer, _config = _push_container_image(writer, name, random_image(MIB + 3))
     since = len(store_proxy.recorded())
     out = tmp_path / "out"
     done = subprocess.run(
