@@ -333,7 +333,6 @@ async def test_a_lock_whose_release_the_store_missed_is_taken_back_here_at_once(
         await wait_for(lambda: not store.sessions.is_locked(session), "the lock released")
 
 
-
 async def wait_for(condition: Callable[[], object], what: str) -> None:
     """``wait_until`` on a thread: the condition makes blocking S3 calls."""
     await asyncio.to_thread(wait_until, condition, what)
