@@ -22,7 +22,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import blake3
 import httpx
@@ -32,7 +34,7 @@ from cloudimg.blobstore.s3 import S3BlobStore
 from cloudimg.blobstore.s3.store import MAX_URL_EXPIRY
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, query
-from tests.object_store import SeaweedFS, s3_location
+from tests.object_store import SeaweedFS, assert_secret_kept, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import (
     OCI_MANIFEST,
@@ -51,6 +53,8 @@ READ_USER, READ_PASSWORD = "reader", "read-" + secrets.token_hex(8)
 STORE_HOST = "127.0.0.2"
 MIB = 1024 * 1024
 PREFIX = "cloudimg"
+EXPIRY_SECS = 240
+"""``--redirect-expiry-secs`` of the module's servers (not the default, 300)."""
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +96,7 @@ def server(
             root,
             *("--blob-store", f"s3://{bucket}/{PREFIX}"),
             *("--s3-endpoint", store_proxy.url, "--s3-path-style"),
-            "--redirect-downloads",
+            *("--redirect-downloads", "--redirect-expiry-secs", str(EXPIRY_SECS)),
             *("--write-token-file", str(secrets_dir / "tokens")),
             *("--read-auth", "basic"),
             *("--read-credentials-file", str(secrets_dir / "credentials")),
@@ -170,7 +174,7 @@ def test_a_get_of_image_bytes_answers_307_to_the_object(
     assert answer.headers["Repr-Digest"].startswith("sha-256=:")
     assert answer.headers["Cache-Control"] == "no-store"
     assert answer.content == b""
-    assert "X-Amz-Expires=300" in location
+    assert f"X-Amz-Expires={EXPIRY_SECS}&" in location
     since = len(store_proxy.recorded())
     with httpx.Client(timeout=30) as anonymous:
         assert anonymous.get(location).content == data
@@ -537,6 +541,29 @@ def test_skopeo_copies_a_pushed_image_through_redirects(
     layer_sha = hashlib.sha256(layer).hexdigest()
     assert (out / layer_sha).read_bytes() == layer
     _assert_followed_without_credentials(store_proxy, since)
+
+
+def test_a_presigned_url_lives_as_set_and_shows_no_secret(
+    server: RunningServer, reader: httpx.Client, writer: httpx.Client, seaweedfs: SeaweedFS,
+    repo: str,
+) -> None:  # fmt: skip
+    """SigV4 query signing: the URL is valid from ``X-Amz-Date`` for ``X-Amz-Expires``
+    seconds, which must be the setting, signed when the client asked (not earlier, as a
+    cached URL would be); it names the access key id, never the secret."""
+    data = random_image(10_000)
+    assert upload(writer, f"/reg/{repo}/disk/v1", data).status_code == 201
+    for path in (f"/reg/{repo}/disk/v1", f"/reg/{repo}/disk/v1"):  # each GET signs anew
+        before = datetime.now(UTC).replace(microsecond=0)
+        answer = reader.get(path)
+        after = datetime.now(UTC)
+        assert answer.status_code == 307
+        signed = parse_qs(urlsplit(answer.headers["Location"]).query)
+        assert signed["X-Amz-Expires"] == [str(EXPIRY_SECS)]
+        assert signed["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+        issued = datetime.strptime(signed["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        assert before <= issued <= after
+        assert signed["X-Amz-Credential"][0].startswith(seaweedfs.access_key + "/")
+        assert_secret_kept(seaweedfs.secret_key, server.process.pid, reader, server.log(), answer)
 
 
 # -- settings and the URL's life ---------------------------------------------------------

@@ -13,6 +13,7 @@ before each 503).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 from tests.conftest import RunningServer, start_server, upload, upload_raw
 from tests.databases import catalog_database, registered_url
 from tests.maintenance_support import cli, cli_json
-from tests.object_store import SeaweedFS, start_seaweedfs
+from tests.object_store import SeaweedFS, assert_secret_kept, start_seaweedfs
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import (
     artifact_manifest,
@@ -325,6 +326,51 @@ def test_readyz_reports_the_blob_store(client: httpx.Client) -> None:
     assert ready.json()["data"] == {"catalog": "ok", "blob_store": "ok", "free_bytes": None}
 
 
+KEY_LAYOUT = re.compile(
+    r"(blobs/blake3/[0-9a-f]{64}"
+    r"|staging/[0-9a-f]{32}"
+    r"|staging/sessions/[0-9a-f]{32}/([0-9]{20}|blob)"
+    r"|locks/[0-9a-f]{32}"
+    r"|(trash|purged|quarantine)/[0-9a-f]{64}\.[0-9a-f]{16})"
+)
+"""Every key the store makes (store.py's layout): digests and random names only."""
+
+
+def test_keys_come_from_digests_and_random_names_never_from_the_request(
+    registry: BucketRegistry, client: httpx.Client
+) -> None:
+    """Names, tags, metadata and upload ids a client chooses, made to look like keys of
+    the layout or to climb out of it, reach no key: every object in the bucket (of every
+    test of the module so far, too) has a key of the layout."""
+    repo = "blobs-blake3-" + secrets.token_hex(4)
+    tricky = {"key": "../../locks/x", "path": "blobs/blake3/" + "0" * 64}
+    data = random_image(30_000)
+    posted = upload(client, f"/reg/{repo}/staging/v..1", data, tricky)
+    assert posted.status_code == 201, posted.text
+    put = upload_raw(client, f"/reg/{repo}/locks/trash.1", data, tricky)
+    assert put.status_code == 201, put.text
+    name = f"{repo}/quarantine"
+    session = start_upload(client, name)
+    for hostile in ("../../blobs/blake3/" + "0" * 64, "0" * 31 + "/", "%2e%2e%2fblobs"):
+        refused = client.patch(
+            session.rsplit("/", 1)[0] + "/" + hostile,
+            content=b"bytes",
+            headers={"Content-Range": "0-4", "Content-Type": "application/octet-stream"},
+        )
+        assert refused.status_code in (400, 404), (hostile, refused.status_code)
+    written = client.patch(
+        session,
+        content=data,
+        headers={"Content-Range": f"0-{len(data) - 1}", "Content-Type": "application/octet-stream"},
+    )
+    assert written.status_code == 202, written.text
+    keys = registry.listed()
+    assert registry.blob_key(data) in keys
+    strays = [key for key in keys if not KEY_LAYOUT.fullmatch(key)]
+    assert strays == []
+    assert not any(repo in key for key in keys)
+
+
 # -- replicas without a shared volume --------------------------------------------------------
 
 
@@ -483,6 +529,14 @@ def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
             assert upload_raw(http, "/reg/outage/disk/v2", fresh).status_code == 201
             assert http.get("/reg/outage/disk/v2").content == fresh
             assert http.delete("/reg/outage/disk/v1").status_code == 200
+            # The errors of the outage showed no credential anywhere.
+            assert_secret_kept(
+                store.secret_key,
+                outage.server.process.pid,
+                http,
+                outage.server.log(),
+                *answers.values(),
+            )
         assert outage.blob_key(kept) not in outage.listed("blobs/")
         # What the failed uploads staged goes with gc's grace, as a crash's would.
         report = cli_json(
