@@ -464,20 +464,24 @@ def _all_at_once(calls: dict[str, Any]) -> dict[str, httpx.Response]:
 
 @pytest.mark.slow
 def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = start_seaweedfs(tmp_path / "weed")
     bucket = store.new_bucket()
     with catalog_database(backend, tmp_path / "data"):
-        _outage_changes_nothing(store, bucket, tmp_path / "data")
+        _outage_changes_nothing(store, bucket, tmp_path / "data", monkeypatch)
 
 
-def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
+def _outage_changes_nothing(
+    store: SeaweedFS, bucket: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outage = serve_bucket(root, store, bucket, "--keep-history", "0")
     try:
         with outage.server.client() as http:
             kept = random_image(20_000)
             assert upload_raw(http, "/reg/outage/disk/v1", kept, {"k": "v"}).status_code == 201
+            dropped = random_image(20_001)
+            assert upload_raw(http, "/reg/outage/disk/v0", dropped).status_code == 201
             session = start_upload(http, "outage/disk")
             store.stop()
 
@@ -487,7 +491,7 @@ def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
                     "put": lambda: upload_raw(http, "/reg/outage/disk/v2", fresh),
                     "post": lambda: upload(http, "/reg/outage/disk/v3", fresh),
                     "get": lambda: http.get("/reg/outage/disk/v1"),
-                    "delete": lambda: http.delete("/reg/outage/disk/v1"),
+                    "delete": lambda: http.delete("/reg/outage/disk/v0"),
                     "ready": lambda: http.get("/readyz"),
                     "patch": lambda: http.patch(
                         session,
@@ -499,7 +503,10 @@ def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
                     ),
                 }
             )
-            for name in ("put", "post", "get", "delete"):
+            # A delete is the catalog's change alone: it commits, and the object it
+            # could not copy to trash stays, named by no row, until gc (below).
+            assert answers["delete"].status_code == 200, answers["delete"].text
+            for name in ("put", "post", "get"):
                 body = assert_error(answers[name], 503, "UNAVAILABLE")
                 assert answers[name].headers["retry-after"].isdigit(), name
                 assert store.secret_key not in answers[name].text
@@ -538,11 +545,15 @@ def _outage_changes_nothing(store: SeaweedFS, bucket: str, root: Path) -> None:
                 *answers.values(),
             )
         assert outage.blob_key(kept) not in outage.listed("blobs/")
+        assert outage.blob_key(dropped) in outage.listed("blobs/")  # v0's, for gc
         # What the failed uploads staged goes with gc's grace, as a crash's would.
+        for name, value in outage.env.items():  # gc opens the same bucket
+            monkeypatch.setenv(name, value)
         report = cli_json(
             "gc", "--data-root", str(outage.server.data_root), "--grace", "0", check=0
         )  # fmt: skip
         assert outage.listed("staging/") == [], report
+        assert outage.blob_key(dropped) not in outage.listed("blobs/"), report
         uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         assert uploads == []
     finally:
