@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
+import httpx
 import pytest
 from botocore.config import Config
 
@@ -233,3 +234,34 @@ def s3_location(server: SeaweedFS, bucket: str, **overrides: object) -> S3Locati
 def s3_store(seaweedfs: SeaweedFS) -> S3BlobStore:
     """A store over a bucket of its own (nothing shared between tests)."""
     return S3BlobStore(s3_location(seaweedfs, seaweedfs.new_bucket()))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's workers), from ``/proc``."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                queue += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def assert_secret_kept(
+    secret: str, pid: int, http: httpx.Client, log: str, *answers: httpx.Response
+) -> None:
+    """The object store's secret key, which the server ``http`` talks to (process
+    ``pid``, whose output is ``log``) holds in its environment, is in none of what it
+    shows: its log, ``/metrics``, the command lines ``ps`` lists for it and its workers,
+    and ``answers`` (headers and bodies it sent)."""
+    assert secret not in log
+    metrics = http.get("/metrics")
+    assert metrics.status_code == 200
+    assert secret not in metrics.text
+    for process in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError):  # a worker that exited meanwhile
+            assert secret.encode() not in Path(f"/proc/{process}/cmdline").read_bytes()
+    for answer in answers:
+        assert secret not in answer.text
+        assert all(secret not in value for value in answer.headers.values())

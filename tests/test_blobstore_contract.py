@@ -209,6 +209,32 @@ async def test_a_reader_reads_ranges_and_outlives_a_delete(store: MaintenanceBlo
         reader.close()  # idempotent
 
 
+async def test_a_copy_to_trash_keeps_the_blob_and_readers_outlive_forget(
+    store: MaintenanceBlobStore,
+) -> None:
+    """The two steps of a delete on a store whose trash is a copy (used by the catalog
+    when ``trash_copies``; both stores implement them alike)."""
+    data = os.urandom(200_000)
+    staged = await stage(store, data)
+    await store.place(staged)
+    reader = await store.open(staged.blake3)
+    assert reader is not None
+    try:
+        copy = await store.copy_to_trash(staged.blake3)
+        assert copy is not None
+        assert await stored_bytes(store, staged.blake3) == data  # still in service
+        assert [(f.key, f.digest) for f in await store.list_trash()] == [(copy, staged.blake3)]
+        await store.forget(staged.blake3)
+        await store.forget(staged.blake3)  # already gone is fine
+        await store.purge(copy)
+        assert await store.open(staged.blake3) is None
+        assert await store.list_trash() == []
+        assert reader.read(100, 150_000) == data[150_000:150_100]
+    finally:
+        reader.close()
+    assert await store.copy_to_trash(staged.blake3) is None
+
+
 async def test_a_download_url_is_none_or_gets_the_bytes_and_their_ranges_alone(
     store: MaintenanceBlobStore,
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import threading
@@ -29,10 +30,10 @@ import pytest
 
 from cloudimg.blobstore import StagedBlob
 from cloudimg.blobstore.base import BlobStoreUnavailableError
-from cloudimg.blobstore.s3 import S3BlobStore
+from cloudimg.blobstore.s3 import S3BlobStore, session_lock
 from tests.object_store import SeaweedFS, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
-from tests.support import random_image, refusing_port
+from tests.support import random_image, refusing_port, wait_until
 
 MiB = 1024 * 1024
 _QUICK: dict[str, Any] = {"retries": 1, "connect_timeout": 2.0, "read_timeout": 5.0}
@@ -166,6 +167,10 @@ class _Relay:
                 _reset(sock)
             self._open.clear()
 
+    def mend(self) -> None:
+        """Relay new connections again: the store is back."""
+        self._cut.clear()
+
     def close(self) -> None:
         self.cut()
         self._listener.close()
@@ -273,3 +278,61 @@ async def test_a_session_cut_mid_chunk_raises_the_stores_error(
             lock.release()
     # The bucket is reachable again (another client): nothing of the session completed.
     assert await store.claim_staging(session, "0" * 64, "0" * 64, 7 * MiB) is None
+
+
+async def test_a_lock_release_the_store_missed_is_retried_until_it_lands(
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    store: S3BlobStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store goes away just as a request lets its session's lock go: the lock stands
+    (another replica must wait), is retried, and goes once the store is back."""
+    monkeypatch.setattr(session_lock, "RELEASE_BACKOFF", (0.2,))
+    caplog.set_level(logging.INFO, logger=session_lock.__name__)
+    session = secrets.token_hex(16)
+    with relayed(seaweedfs, bucket) as (through, relay):
+        lock = await through.lock_resumable(session)
+        relay.cut()
+        lock.release()
+        key = through.sessions.lock_key(session)
+        await wait_for(lambda: key in through.sessions.locks.unreleased, "the release missed")
+        assert store.sessions.is_locked(session)  # seen from another replica: still held
+        relay.mend()
+        await wait_for(lambda: not store.sessions.is_locked(session), "the lock released")
+        await wait_for(lambda: not through.sessions.locks.unreleased, "nothing owed")
+    assert "releasing session lock" in caplog.text
+    assert "released session lock" in caplog.text
+
+
+async def test_a_lock_whose_release_the_store_missed_is_taken_back_here_at_once(
+    seaweedfs: SeaweedFS, bucket: str, store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client retrying on the same replica after the outage resumes its session without
+    waiting out the lock's expiry (LOCK_TTL): this process knows the lock is its own."""
+    monkeypatch.setattr(session_lock, "RELEASE_BACKOFF", (3600.0,))  # no retry lands first
+    session = secrets.token_hex(16)
+    with relayed(seaweedfs, bucket) as (through, relay):
+        lock = await through.lock_resumable(session)
+        writer = await lock.resume(0)
+        await writer.write(b"first bytes")
+        assert await lock.pause() == len(b"first bytes")
+        relay.cut()
+        lock.release(keep=True)
+        key = through.sessions.lock_key(session)
+        await wait_for(lambda: key in through.sessions.locks.unreleased, "the release missed")
+        relay.mend()
+        assert store.sessions.is_locked(session)
+        # Bounded only against a hang: without the take-back it waits LOCK_TTL (600 s).
+        again = await asyncio.wait_for(through.lock_resumable(session), 120)
+        assert again.length == len(b"first bytes")
+        assert key not in through.sessions.locks.unreleased
+        # The old ETag is dead: the sleeping retry, when it wakes, deletes nothing of ours.
+        again.release()
+        await wait_for(lambda: not store.sessions.is_locked(session), "the lock released")
+
+
+async def wait_for(condition: Callable[[], object], what: str) -> None:
+    """``wait_until`` on a thread: the condition makes blocking S3 calls."""
+    await asyncio.to_thread(wait_until, condition, what)

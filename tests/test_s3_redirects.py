@@ -19,11 +19,12 @@ import os
 import secrets
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import blake3
 import httpx
@@ -32,11 +33,18 @@ import pytest
 from cloudimg.blobstore.s3 import S3BlobStore
 from cloudimg.blobstore.s3.store import MAX_URL_EXPIRY
 from tests.conftest import RunningServer, start_server, upload
-from tests.object_store import SeaweedFS, s3_location
+from tests.databases import catalog_database, query
+from tests.object_store import SeaweedFS, assert_secret_kept, s3_location
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
-from tests.oci_support import OCI_MANIFEST, container_manifest, push_blob, tar_layer
+from tests.oci_support import (
+    OCI_MANIFEST,
+    assert_oci_error,
+    container_manifest,
+    push_blob,
+    tar_layer,
+)
 from tests.proxy import RecordedRequest, RecordingProxy
-from tests.support import random_image
+from tests.support import assert_error, random_image
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +52,9 @@ WRITE_TOKEN = "redirect-write-" + secrets.token_hex(8)
 READ_USER, READ_PASSWORD = "reader", "read-" + secrets.token_hex(8)
 STORE_HOST = "127.0.0.2"
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def backend() -> str:
-    """Redirects are decided after the catalog's lookup: one catalog backend is enough."""
-    return "sqlite"
+PREFIX = "cloudimg"
+EXPIRY_SECS = 240
+"""``--redirect-expiry-secs`` of the module's servers (not the default, 300)."""
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +72,43 @@ def store_proxy(seaweedfs: SeaweedFS) -> Iterator[RecordingProxy]:
 
 
 @pytest.fixture(scope="module")
+def bucket(backend: str, seaweedfs: SeaweedFS) -> str:
+    """The bucket of this backend's server (a test deletes objects behind its back)."""
+    return seaweedfs.new_bucket()
+
+
+@pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS, store_proxy: RecordingProxy
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: str,
+    bucket: str,
+    seaweedfs: SeaweedFS,
+    store_proxy: RecordingProxy,
 ) -> Iterator[RunningServer]:
+    """One server per backend (the redirect is decided after the catalog's lookup, which
+    differs between them), sharing the module's object store and proxy."""
     secrets_dir = tmp_path_factory.mktemp("secrets")
     (secrets_dir / "tokens").write_text(WRITE_TOKEN + "\n")
     (secrets_dir / "credentials").write_text(f"{READ_USER}:{READ_PASSWORD}\n")
-    bucket = seaweedfs.new_bucket()
-    running = start_server(
-        tmp_path_factory.mktemp("redirects") / "data",
-        *("--blob-store", f"s3://{bucket}/cloudimg"),
-        *("--s3-endpoint", store_proxy.url, "--s3-path-style"),
-        "--redirect-downloads",
-        *("--write-token-file", str(secrets_dir / "tokens")),
-        *("--read-auth", "basic", "--read-credentials-file", str(secrets_dir / "credentials")),
-        env={
-            "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
-            "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
-        },
-    )
-    yield running
-    running.stop()
+    root = tmp_path_factory.mktemp("redirects") / "data"
+    with catalog_database(backend, root):
+        running = start_server(
+            root,
+            *("--blob-store", f"s3://{bucket}/{PREFIX}"),
+            *("--s3-endpoint", store_proxy.url, "--s3-path-style"),
+            *("--redirect-downloads", "--redirect-expiry-secs", str(EXPIRY_SECS)),
+            *("--write-token-file", str(secrets_dir / "tokens")),
+            *("--read-auth", "basic"),
+            *("--read-credentials-file", str(secrets_dir / "credentials")),
+            env={
+                "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
+                "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
+            },
+        )
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture
@@ -153,7 +174,7 @@ def test_a_get_of_image_bytes_answers_307_to_the_object(
     assert answer.headers["Repr-Digest"].startswith("sha-256=:")
     assert answer.headers["Cache-Control"] == "no-store"
     assert answer.content == b""
-    assert "X-Amz-Expires=300" in location
+    assert f"X-Amz-Expires={EXPIRY_SECS}&" in location
     since = len(store_proxy.recorded())
     with httpx.Client(timeout=30) as anonymous:
         assert anonymous.get(location).content == data
@@ -214,8 +235,7 @@ def test_without_credentials_there_is_no_url(server: RunningServer, repo: str) -
 
 
 def _sql(server: RunningServer, statement: str, *args: str) -> None:
-    with sqlite3.connect(server.data_root / "catalog.sqlite3") as db:
-        db.execute(statement, args)
+    query(server.database_url, statement, *args)
 
 
 def test_a_blocked_or_quarantined_image_gets_its_refusal_never_a_url(
@@ -263,6 +283,54 @@ def test_v2_stored_blobs_redirect_and_generated_layers_stay_local(
     assert artifact.status_code == 307
     assert artifact.headers["Docker-Content-Digest"] == sha
     assert reader.head(f"/v2/{name}/blobs/{sha}").status_code == 200
+
+
+def _push_container_image(writer: httpx.Client, name: str, disk: bytes) -> tuple[bytes, bytes]:
+    """Push a containerDisk over ``/v2`` as a client builds it: its layer and config are
+    kept as pushed (stored blobs, redirected). Gives (layer, config)."""
+    layer = tar_layer(disk)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
+    push_blob(writer, name, layer)
+    push_blob(writer, name, config)
+    pushed = writer.put(
+        f"/v2/{name}/manifests/v1",
+        content=container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert pushed.status_code == 201, pushed.text
+    return layer, config
+
+
+def test_an_object_lost_behind_the_registrys_back_is_its_own_404_never_the_stores(
+    reader: httpx.Client,
+    writer: httpx.Client,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    repo: str,
+) -> None:
+    """A listed blob whose object is gone (an operator's mistake, a store that lost it):
+    the redirect looks before it signs, so the client gets the registry's error in the
+    registry's shape rather than a 307 to the store's XML 404."""
+    disk, kept = random_image(70_000), random_image(80_000)
+    assert upload(writer, f"/reg/{repo}/disk/v1", disk).status_code == 201
+    layer, _config = _push_container_image(writer, f"{repo}/pushed", kept)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    disk_sha = "sha256:" + hashlib.sha256(disk).hexdigest()
+    # Both redirect while their objects are there.
+    assert reader.get(f"/v2/{repo}/pushed/blobs/{layer_digest}").status_code == 307
+    assert reader.get(f"/reg/{repo}/disk/v1").status_code == 307
+    store = seaweedfs.client()
+    for data in (disk, layer):
+        store.delete_object(Bucket=bucket, Key=f"{PREFIX}/blobs/blake3/{_digests(data)[0]}")
+
+    for path in (f"/reg/{repo}/disk/v1", f"/reg/{repo}/disk/{disk_sha}"):
+        lost = reader.get(path)
+        assert_error(lost, 404, "NOT_FOUND")
+        assert "Location" not in lost.headers
+    for path in (f"/v2/{repo}/pushed/blobs/{layer_digest}", f"/v2/{repo}/disk/blobs/{disk_sha}"):
+        lost = reader.get(path)
+        assert_oci_error(lost, 404, "BLOB_UNKNOWN")
+        assert "Location" not in lost.headers
 
 
 # -- the clients -------------------------------------------------------------------------
@@ -454,18 +522,8 @@ def test_skopeo_copies_a_pushed_image_through_redirects(
         pytest.skip("skopeo is not installed (apt-get install skopeo)")
     # A containerDisk pushed over /v2 is kept as pushed: its layer and config are stored
     # blobs, which redirect (a /reg tag would pull a generated layer, sent from here).
-    disk = random_image(MIB + 3)
-    layer = tar_layer(disk)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
     name = f"{repo}/disk"
-    push_blob(writer, name, layer)
-    push_blob(writer, name, config)
-    pushed = writer.put(
-        f"/v2/{name}/manifests/v1",
-        content=container_manifest(layer, "application/vnd.oci.image.layer.v1.tar", config),
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    assert pushed.status_code == 201, pushed.text
+    layer, _config = _push_container_image(writer, name, random_image(MIB + 3))
     since = len(store_proxy.recorded())
     out = tmp_path / "out"
     done = subprocess.run(
@@ -483,6 +541,29 @@ def test_skopeo_copies_a_pushed_image_through_redirects(
     layer_sha = hashlib.sha256(layer).hexdigest()
     assert (out / layer_sha).read_bytes() == layer
     _assert_followed_without_credentials(store_proxy, since)
+
+
+def test_a_presigned_url_lives_as_set_and_shows_no_secret(
+    server: RunningServer, reader: httpx.Client, writer: httpx.Client, seaweedfs: SeaweedFS,
+    repo: str,
+) -> None:  # fmt: skip
+    """SigV4 query signing: the URL is valid from ``X-Amz-Date`` for ``X-Amz-Expires``
+    seconds, which must be the setting, signed when the client asked (not earlier, as a
+    cached URL would be); it names the access key id, never the secret."""
+    data = random_image(10_000)
+    assert upload(writer, f"/reg/{repo}/disk/v1", data).status_code == 201
+    for path in (f"/reg/{repo}/disk/v1", f"/reg/{repo}/disk/v1"):  # each GET signs anew
+        before = datetime.now(UTC).replace(microsecond=0)
+        answer = reader.get(path)
+        after = datetime.now(UTC)
+        assert answer.status_code == 307
+        signed = parse_qs(urlsplit(answer.headers["Location"]).query)
+        assert signed["X-Amz-Expires"] == [str(EXPIRY_SECS)]
+        assert signed["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+        issued = datetime.strptime(signed["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        assert before <= issued <= after
+        assert signed["X-Amz-Credential"][0].startswith(seaweedfs.access_key + "/")
+        assert_secret_kept(seaweedfs.secret_key, server.process.pid, reader, server.log(), answer)
 
 
 # -- settings and the URL's life ---------------------------------------------------------

@@ -13,6 +13,7 @@ before each 503).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 from tests.conftest import RunningServer, start_server, upload, upload_raw
 from tests.databases import catalog_database, registered_url
 from tests.maintenance_support import cli, cli_json
-from tests.object_store import SeaweedFS, start_seaweedfs
+from tests.object_store import SeaweedFS, assert_secret_kept, start_seaweedfs
 from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import (
     artifact_manifest,
@@ -325,6 +326,51 @@ def test_readyz_reports_the_blob_store(client: httpx.Client) -> None:
     assert ready.json()["data"] == {"catalog": "ok", "blob_store": "ok", "free_bytes": None}
 
 
+KEY_LAYOUT = re.compile(
+    r"(blobs/blake3/[0-9a-f]{64}"
+    r"|staging/[0-9a-f]{32}"
+    r"|staging/sessions/[0-9a-f]{32}/([0-9]{20}|blob)"
+    r"|locks/[0-9a-f]{32}"
+    r"|(trash|purged|quarantine)/[0-9a-f]{64}\.[0-9a-f]{16})"
+)
+"""Every key the store makes (store.py's layout): digests and random names only."""
+
+
+def test_keys_come_from_digests_and_random_names_never_from_the_request(
+    registry: BucketRegistry, client: httpx.Client
+) -> None:
+    """Names, tags, metadata and upload ids a client chooses, made to look like keys of
+    the layout or to climb out of it, reach no key: every object in the bucket (of every
+    test of the module so far, too) has a key of the layout."""
+    repo = "blobs-blake3-" + secrets.token_hex(4)
+    tricky = {"key": "../../locks/x", "path": "blobs/blake3/" + "0" * 64}
+    data = random_image(30_000)
+    posted = upload(client, f"/reg/{repo}/staging/v..1", data, tricky)
+    assert posted.status_code == 201, posted.text
+    put = upload_raw(client, f"/reg/{repo}/locks/trash.1", data, tricky)
+    assert put.status_code == 201, put.text
+    name = f"{repo}/quarantine"
+    session = start_upload(client, name)
+    for hostile in ("../../blobs/blake3/" + "0" * 64, "0" * 31 + "/", "%2e%2e%2fblobs"):
+        refused = client.patch(
+            session.rsplit("/", 1)[0] + "/" + hostile,
+            content=b"bytes",
+            headers={"Content-Range": "0-4", "Content-Type": "application/octet-stream"},
+        )
+        assert refused.status_code in (400, 404), (hostile, refused.status_code)
+    written = client.patch(
+        session,
+        content=data,
+        headers={"Content-Range": f"0-{len(data) - 1}", "Content-Type": "application/octet-stream"},
+    )
+    assert written.status_code == 202, written.text
+    keys = registry.listed()
+    assert registry.blob_key(data) in keys
+    strays = [key for key in keys if not KEY_LAYOUT.fullmatch(key)]
+    assert strays == []
+    assert not any(repo in key for key in keys)
+
+
 # -- replicas without a shared volume --------------------------------------------------------
 
 
@@ -418,15 +464,24 @@ def _all_at_once(calls: dict[str, Any]) -> dict[str, httpx.Response]:
 
 @pytest.mark.slow
 def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = start_seaweedfs(tmp_path / "weed")
     bucket = store.new_bucket()
-    outage = serve_bucket(tmp_path / "data", store, bucket, "--keep-history", "0")
+    with catalog_database(backend, tmp_path / "data"):
+        _outage_changes_nothing(store, bucket, tmp_path / "data", monkeypatch)
+
+
+def _outage_changes_nothing(
+    store: SeaweedFS, bucket: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = serve_bucket(root, store, bucket, "--keep-history", "0")
     try:
         with outage.server.client() as http:
             kept = random_image(20_000)
             assert upload_raw(http, "/reg/outage/disk/v1", kept, {"k": "v"}).status_code == 201
+            dropped = random_image(20_001)
+            assert upload_raw(http, "/reg/outage/disk/v0", dropped).status_code == 201
             session = start_upload(http, "outage/disk")
             store.stop()
 
@@ -436,7 +491,7 @@ def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
                     "put": lambda: upload_raw(http, "/reg/outage/disk/v2", fresh),
                     "post": lambda: upload(http, "/reg/outage/disk/v3", fresh),
                     "get": lambda: http.get("/reg/outage/disk/v1"),
-                    "delete": lambda: http.delete("/reg/outage/disk/v1"),
+                    "delete": lambda: http.delete("/reg/outage/disk/v0"),
                     "ready": lambda: http.get("/readyz"),
                     "patch": lambda: http.patch(
                         session,
@@ -448,7 +503,10 @@ def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
                     ),
                 }
             )
-            for name in ("put", "post", "get", "delete"):
+            # A delete is the catalog's change alone: it commits, and the object it
+            # could not copy to trash stays, named by no row, until gc (below).
+            assert answers["delete"].status_code == 200, answers["delete"].text
+            for name in ("put", "post", "get"):
                 body = assert_error(answers[name], 503, "UNAVAILABLE")
                 assert answers[name].headers["retry-after"].isdigit(), name
                 assert store.secret_key not in answers[name].text
@@ -478,12 +536,24 @@ def test_an_object_store_outage_is_503_with_retry_after_and_changes_nothing(
             assert upload_raw(http, "/reg/outage/disk/v2", fresh).status_code == 201
             assert http.get("/reg/outage/disk/v2").content == fresh
             assert http.delete("/reg/outage/disk/v1").status_code == 200
+            # The errors of the outage showed no credential anywhere.
+            assert_secret_kept(
+                store.secret_key,
+                outage.server.process.pid,
+                http,
+                outage.server.log(),
+                *answers.values(),
+            )
         assert outage.blob_key(kept) not in outage.listed("blobs/")
+        assert outage.blob_key(dropped) in outage.listed("blobs/")  # v0's, for gc
         # What the failed uploads staged goes with gc's grace, as a crash's would.
+        for name, value in outage.env.items():  # gc opens the same bucket
+            monkeypatch.setenv(name, value)
         report = cli_json(
             "gc", "--data-root", str(outage.server.data_root), "--grace", "0", check=0
         )  # fmt: skip
         assert outage.listed("staging/") == [], report
+        assert outage.blob_key(dropped) not in outage.listed("blobs/"), report
         uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         assert uploads == []
     finally:

@@ -233,12 +233,20 @@ class Redirects:
     expires_in: int
     enabled: bool
 
-    def of(self, blake3_hex: str) -> Redirect | None:
-        """The redirect of a GET of stored blob ``blake3_hex``; None when they are off."""
+    def of(self, blake3_hex: str, *, seen: bool) -> Redirect | None:
+        """The redirect of a GET of stored blob ``blake3_hex``; None when they are off.
+
+        ``seen``: the caller found the object a moment ago (``resolve(present=True)``).
+        Otherwise the redirect asks the store first (a HEAD) and, when the object is
+        missing, gives no URL: the caller's reader then finds it missing and answers the
+        registry's own 404, never the object store's (an XML body at another address).
+        """
         if not self.enabled:
             return None
 
         async def url() -> str | None:
+            if not seen and await self.blobs.size_of(blake3_hex) is None:
+                return None
             return await self.blobs.download_url(blake3_hex, self.expires_in)
 
         return url

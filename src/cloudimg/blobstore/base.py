@@ -221,8 +221,22 @@ class BlobStore(Protocol):
             OSError: when the store cannot take new blobs (read-only, gone, no permission).
         """
 
+    trash_copies: bool
+    """Whether moving a blob to trash copies its bytes (an object store: time in
+    proportion to its size) rather than renaming it. The catalog then never moves a
+    blob under its lock: it drops the row, and after the commit calls
+    ``copy_to_trash`` and, under the digest's lock again, ``forget``."""
+
     async def move_to_trash(self, blake3_hex: str) -> str | None:
         """Take the blob out of service; returns the trash key, None if absent."""
+
+    async def copy_to_trash(self, blake3_hex: str) -> str | None:
+        """A trashed copy of the blob, which stays in service: the copy's trash key (for
+        ``purge``), None if the blob is absent."""
+
+    async def forget(self, blake3_hex: str) -> None:
+        """Delete the blob (its trashed copy keeps the bytes for open readers); already
+        gone is fine."""
 
     async def list_trash(self) -> list[StoredFile]:
         """Everything in trash; ``digest`` is None for what is not a trashed blob."""

@@ -320,6 +320,19 @@ class FilesystemBlobStore:
             return None
         return str(trash)
 
+    trash_copies = False  # a rename: the catalog moves blobs to trash under its lock
+
+    async def copy_to_trash(self, blake3_hex: str) -> str | None:
+        trash = self.trash_dir / f"{blake3_hex}.{secrets.token_hex(8)}"
+        try:
+            await asyncio.to_thread(os.link, self.blob_path(blake3_hex), trash)
+        except FileNotFoundError:
+            return None
+        return str(trash)
+
+    async def forget(self, blake3_hex: str) -> None:
+        await asyncio.to_thread(self.blob_path(blake3_hex).unlink, True)
+
     async def list_trash(self) -> list[StoredFile]:
         return await asyncio.to_thread(
             maintenance.list_area, self.trash_dir, maintenance.TRASH_NAME

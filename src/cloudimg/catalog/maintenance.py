@@ -163,8 +163,12 @@ class CatalogMaintenance(CatalogBase):
 
         The check and the move to trash happen in one write transaction that holds
         the digest's lock (a placeholder row, gone at commit), so an upload committing
-        the same digest at the same time waits for us and then places its own file.
+        the same digest at the same time waits for us and then places its own file. A
+        store whose trash is a copy copies first, off the lock (``drop_unreferenced``).
         """
+        if self.blobs.trash_copies:
+            size = await self.blobs.size_of(digest)
+            return (size or 0) if await self.drop_unreferenced(digest) else None
 
         async def change(session: AsyncSession, effects: FileEffects) -> int | None:
             if await session.scalar(select(Blob.digest).where(Blob.digest == digest)):

@@ -229,17 +229,24 @@ class CatalogReads(CatalogBase):
         that checks a tag it may be about to create."""
         return await self._query(lambda session: _find_tag(session, repo, image, tag))
 
-    async def resolve(self, repo: str, image: str, reference: Reference) -> BlobRef:
+    async def resolve(
+        self, repo: str, image: str, reference: Reference, *, present: bool = False
+    ) -> BlobRef:
         """The blob a tag name or a digest names in an image, to download it.
 
         A digest reference is valid while a tag of this image, or a retained history
         entry of one of its tags (also of a deleted tag), holds that blob.
         The caller has validated the tag name. A blob an operator blocked raises
         ``ImageBlockedError`` naming the rule (its ``/meta`` still answers: ``get_tag``).
+        ``present``: the caller sends no reader that would find the bytes missing (a
+        redirect to the object store), so a blob whose bytes are gone raises
+        ``NotFoundError`` as ``open_blob`` does, instead of being named.
         """
         ref = await self._lookup(repo, image, reference)
         if await self.blobs.size_of(ref.digest) is None:
             ref = await self._recover(repo, image, reference, ref)
+            if present and await self.blobs.size_of(ref.digest) is None:
+                raise NotFoundError("image not found", {"repo": repo, "image": image})
         return ref
 
     async def open_blob(

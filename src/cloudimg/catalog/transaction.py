@@ -48,6 +48,9 @@ class FileEffects:
 
     trashed: list[tuple[str, str]] = field(default_factory=list)
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    """Digests whose blob row went and whose bytes a store that copies to trash removes
+    after the commit (``CatalogBase.drop_unreferenced``): nothing to undo."""
 
 
 def _query_threads() -> ThreadPoolExecutor:
@@ -113,6 +116,8 @@ class WriteAttempt:
                 wake_readers()
             for trash_key, _digest in self.effects.trashed:
                 await self._base.blobs.purge(trash_key)
+            for digest in self.effects.dropped:
+                await self._base.drop_after_commit(digest)
             return False
         await self._base._undo(self.effects)
         if isinstance(error, Exception) and not isinstance(error, CloudimgError):
@@ -254,12 +259,59 @@ class CatalogBase:
         await self._drop_blob(session, blob, effects)
 
     async def _drop_blob(self, session: AsyncSession, blob: Blob, effects: FileEffects) -> None:
-        """Delete the (locked) blob row and trash its file under the lock."""
+        """Delete the (locked) blob row and trash its file under the lock: a rename on a
+        file system. A store whose trash is a copy (an object store: time in proportion
+        to the blob's size) keeps the blob's bytes until after the commit instead
+        (``drop_unreferenced``), so no write waits for the copy."""
         await session.delete(blob)
         await session.flush()
+        if self.blobs.trash_copies:
+            effects.dropped.append(blob.digest)
+            return
         trash_key = await self.blobs.move_to_trash(blob.digest)
         if trash_key is not None:
             effects.trashed.append((trash_key, blob.digest))
+
+    async def drop_after_commit(self, digest: str) -> None:
+        """``drop_unreferenced`` for a committed change, which stands whatever happens
+        here: a store that fails leaves an orphan that gc removes, as a crash would."""
+        try:
+            await self.drop_unreferenced(digest)
+        except (CloudimgError, OSError) as exc:
+            log.warning("blob %s stays in the store until gc removes it: %s", digest, exc)
+
+    async def drop_unreferenced(self, digest: str) -> bool:
+        """Take the bytes of a blob no row names out of a store whose trash is a copy.
+
+        The copy to trash is made first, with no lock held (readers open on the blob
+        find its bytes there for the store's reader grace); then, under the digest's
+        lock (a placeholder row, gone at commit: an upload committing the same digest
+        waits for it), the blob's key is deleted if still no row names it, which takes
+        no time in proportion to its size. A crash in between leaves an unreferenced
+        blob and a trashed copy, both removed by gc after its grace; a blob named again
+        meanwhile keeps its key. True when the blob's key went.
+        """
+        copy = await self.blobs.copy_to_trash(digest)
+        if copy is None:
+            return False
+        async for attempt in self._writes():
+            async with attempt as (session, _effects):
+                forgotten = await self._forget_unnamed(session, digest)
+        await self.blobs.purge(copy)  # kept for readers until the grace, then deleted
+        return forgotten
+
+    async def _forget_unnamed(self, session: AsyncSession, digest: str) -> bool:
+        """Under the digest's lock: delete the blob's key unless a row names it."""
+        if await session.scalar(select(Blob.digest).where(Blob.digest == digest)):
+            return False
+        placeholder = Blob(digest=digest, size=0, sha256="0" * 64, refcount=0)
+        placeholder.created_at = utcnow()
+        session.add(placeholder)
+        await session.flush()
+        await self.blobs.forget(digest)
+        await session.delete(placeholder)
+        await session.flush()
+        return True
 
     async def restore_blob(self, digest: str) -> bool:
         """Put a trashed file of ``digest`` back if the catalog still needs it.

@@ -300,14 +300,14 @@ class RegistryController(Controller):
         if redirects.enabled and request.method == "GET":
             # The same lookup as open_blob (blocked, quarantined, a crash's trash put
             # back), without opening the bytes the store will most likely send itself.
-            ref = await catalog.reads.resolve(repo, image, reference)
+            ref = await catalog.reads.resolve(repo, image, reference, present=True)
 
             async def open_reader() -> BlobReader | None:
                 return await blobs.open(ref.digest)
 
             rep = representation_of(ref, immutable)
             return await prepare_representation(
-                request, rep, open_reader, redirect=redirects.of(ref.digest)
+                request, rep, open_reader, redirect=redirects.of(ref.digest, seen=True)
             )
         ref, reader = await catalog.reads.open_blob(repo, image, reference)
         return await prepare_download(request, ref, reader, immutable=immutable)

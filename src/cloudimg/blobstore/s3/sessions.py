@@ -17,34 +17,25 @@ in 20 digits so that a listing gives the chunks in order:
   read and uploaded again in parts of the store's part size. A session of one chunk
   is not composed at all.
 
-**The lock** is an object, ``locks/<key>``, created with ``If-None-Match: *`` and
-holding its owner and an expiry (``LOCK_TTL`` after it was taken or last renewed: its
-holder renews it every few minutes while it writes parts). A second request
-waits while it stands; an expired one (its holder crashed) is taken over with
-``If-Match`` on its ETag, so two requests taking it over cannot both win; its holder
-deletes it with ``If-Match`` on its own ETag, so a lock taken over is never deleted by
-its old holder. SeaweedFS 4.48 honours both conditions (tested).
+**The lock** is an object, ``locks/<key>`` (``session_lock.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import blake3
-from botocore.exceptions import ClientError
 
 from cloudimg.blobstore.base import StagedBlob
-from cloudimg.blobstore.s3.client import Bucket, ObjectInfo, call, is_missing, is_precondition
+from cloudimg.blobstore.s3.client import Bucket, ObjectInfo, call
 from cloudimg.blobstore.s3.compose import Composer, pieces
+from cloudimg.blobstore.s3.session_lock import LOCK_TTL, SessionLocks
 from cloudimg.blobstore.s3.writer import (
     Lease,
     ObjectUpload,
@@ -52,17 +43,12 @@ from cloudimg.blobstore.s3.writer import (
 )
 from cloudimg.blobstore.staging import StageCosts, _HashState
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = ["LOCK_TTL", "SESSIONS", "S3Resumable", "SessionArea"]
 
 SESSIONS = "staging/sessions/"
 LOCKS = "locks/"
-LOCK_TTL = 600.0
-"""Seconds a session's lock holds without word from its holder, which renews it while
-it writes (``_RENEW_AFTER``): a crashed holder's lock is taken over after this."""
 _RENEW_AFTER = LOCK_TTL / 3
+"""A writer renews its lock this long after it took or last renewed it."""
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _CHUNK = re.compile(r"[0-9]{20}")
 _COMPOSED = "blob"
@@ -86,6 +72,7 @@ class SessionArea:
         self.bucket = bucket
         self.held = held
         self.part_size = part_size
+        self.locks = SessionLocks(bucket)
         self.paused: dict[str, _HashState] = {}
         """Hash states of sessions this process paused: resumed here at that length,
         a session goes on without reading its bytes again."""
@@ -136,90 +123,21 @@ class SessionArea:
         key = self.lock_key(session)
         owner = secrets.token_hex(16)
         # Polled: the holder may be another replica, which can tell us nothing.
-        etag = await asyncio.to_thread(call, lambda: self._try_lock(key, owner))
+        etag = await asyncio.to_thread(call, lambda: self.locks.try_lock(key, owner))
         while etag is None:
             await asyncio.sleep(_LOCK_POLL)
-            etag = await asyncio.to_thread(call, lambda: self._try_lock(key, owner))
+            etag = await asyncio.to_thread(call, lambda: self.locks.try_lock(key, owner))
         try:
             chunks = await asyncio.to_thread(call, lambda: self.chunks(session))
         except BaseException:
-            self.unlock(key, etag)
+            self.locks.unlock(key, etag)
             raise
         length = chunks[-1].end if chunks else 0
         return S3Resumable(self, session, key, (owner, etag), length, costs)
 
-    def renew(self, key: str, etag: str, owner: str) -> str | None:
-        """Push our lock's expiry on (only if it is still ours): its new ETag, or None
-        when it was taken over meanwhile (blocking)."""
-        body = _lock_body(owner)
-        try:
-            return self.bucket.client.put_object(
-                Bucket=self.bucket.name, Key=key, Body=body, IfMatch=etag
-            )["ETag"]
-        except ClientError as exc:
-            if is_precondition(exc) or is_missing(exc):
-                return None
-            raise
-
-    def _try_lock(self, key: str, owner: str) -> str | None:
-        """Take the lock: its ETag, or None while another holds it (blocking)."""
-        body = _lock_body(owner)
-        client = self.bucket.client
-        try:
-            return client.put_object(Bucket=self.bucket.name, Key=key, Body=body, IfNoneMatch="*")[
-                "ETag"
-            ]
-        except ClientError as exc:
-            if not is_precondition(exc):
-                raise
-        try:
-            held = client.get_object(Bucket=self.bucket.name, Key=key)
-            expires = float(json.loads(held["Body"].read()).get("expires", 0))
-        except ClientError as exc:
-            if is_missing(exc):
-                return None  # let go meanwhile: try again
-            raise
-        except (ValueError, AttributeError):
-            expires = 0.0  # not a lock we wrote: take it
-        if expires > time.time():
-            return None
-        try:  # its holder is gone: take it over, unless another did first
-            return client.put_object(
-                Bucket=self.bucket.name, Key=key, Body=body, IfMatch=held["ETag"]
-            )["ETag"]
-        except ClientError as exc:
-            if is_precondition(exc) or is_missing(exc):
-                return None
-            raise
-
     def is_locked(self, session: str) -> bool:
         """Whether a request holds the session's lock now (blocking)."""
-        try:
-            key = self.lock_key(session)
-            held = self.bucket.client.get_object(Bucket=self.bucket.name, Key=key)
-            return float(json.loads(held["Body"].read()).get("expires", 0)) > time.time()
-        except ClientError as exc:
-            if is_missing(exc):
-                return False
-            raise
-        except (ValueError, AttributeError):
-            return False
-
-    def unlock(self, key: str, etag: str) -> None:
-        """Delete our lock (only if it is still ours); on a thread when a loop runs, since
-        ``release`` is synchronous."""
-
-        def delete() -> None:
-            with contextlib.suppress(Exception):  # expired and taken over, or gone
-                self.bucket.client.delete_object(Bucket=self.bucket.name, Key=key, IfMatch=etag)
-
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            delete()
-            return
-        # A waiting lock() polls, so it sees the lock gone as soon as the delete lands.
-        loop.run_in_executor(None, delete)
+        return self.locks.is_locked(self.lock_key(session))
 
     # -- bytes ---------------------------------------------------------------------------
 
@@ -294,10 +212,6 @@ class SessionArea:
             self.bucket.delete(item.key)
         for upload_key, upload_id, _started in self.bucket.uploads(self.prefix(session)):
             self.bucket.abort(upload_key, upload_id)
-
-
-def _lock_body(owner: str) -> bytes:
-    return json.dumps({"owner": owner, "expires": time.time() + LOCK_TTL}).encode()
 
 
 class S3Resumable:
@@ -376,13 +290,13 @@ class S3Resumable:
         etag = self._etag
         if etag is None or time.monotonic() - self._renewed < _RENEW_AFTER:
             return
-        self._etag = self._area.renew(self._lock_key, etag, self._owner)
+        self._etag = self._area.locks.renew(self._lock_key, etag, self._owner)
         self._renewed = time.monotonic()
 
     def _unlock(self) -> None:
         etag, self._etag = self._etag, None
         if etag is not None:
-            self._area.unlock(self._lock_key, etag)
+            self._area.locks.unlock(self._lock_key, etag)
 
 
 class _SessionLease(Lease):

@@ -36,8 +36,10 @@ would still be safe for the catalog: callers hold the catalog's lock for the dig
 when they place, and the HEAD before the copy sees a blob placed under that lock.
 
 **Readers** (``reader.py``) read by key, one open GET for reads that follow each
-other. A delete copies the blob to ``trash/``
-and deletes its key; a purge writes a ``purged/`` marker and the trashed copy is
+other. A delete copies the blob to ``trash/`` and deletes its key: the catalog calls
+``copy_to_trash`` after its commit, with no lock held, and ``forget`` under the
+digest's lock (``trash_copies``; ``move_to_trash`` does both, for quarantine); a purge
+writes a ``purged/`` marker and the trashed copy is
 deleted only once the marker is older than ``reader_grace`` (by the next
 ``list_trash``, which gc calls, or a later purge), so a reader that loses its key
 finds the bytes in the trashed copy for that long, on any replica.
@@ -313,10 +315,27 @@ class S3BlobStore:
 
     # -- trash ---------------------------------------------------------------------
 
+    trash_copies = True
+    """A move to trash is a server-side copy (SeaweedFS copies the bytes): the catalog
+    drops a blob with ``copy_to_trash`` after its commit and ``forget`` under its lock."""
+
     async def move_to_trash(self, blake3_hex: str) -> str | None:
         return await asyncio.to_thread(call, lambda: self._move_aside(blake3_hex, TRASH, None))
 
+    async def copy_to_trash(self, blake3_hex: str) -> str | None:
+        return await asyncio.to_thread(call, lambda: self._copy_aside(blake3_hex, TRASH, None))
+
+    async def forget(self, blake3_hex: str) -> None:
+        key = self._blob_key(blake3_hex)
+        await asyncio.to_thread(call, lambda: self.bucket.delete(key))
+
     def _move_aside(self, blake3_hex: str, area: str, version: int | None) -> str | None:
+        target = self._copy_aside(blake3_hex, area, version)
+        if target is not None:
+            self.bucket.delete(self._blob_key(blake3_hex))
+        return target
+
+    def _copy_aside(self, blake3_hex: str, area: str, version: int | None) -> str | None:
         source = self._blob_key(blake3_hex)
         found = self.bucket.head(source)
         if found is None or (version is not None and found.version != version):
@@ -328,7 +347,6 @@ class S3BlobStore:
             if is_missing(exc):
                 return None  # moved by someone else meanwhile
             raise
-        self.bucket.delete(source)
         return target
 
     async def list_trash(self) -> list[StoredFile]:

@@ -163,12 +163,16 @@ class OciPullController(Controller):
             pass
         kept = await oci.kept_blob(*names, hex_digest)
         if kept is not None:  # a pushed layer or config, kept as it was pushed
-            return await prepare_representation(
-                request,
-                _representation(kept, hex_digest, kept.size),
-                _opener(blobs, kept.digest),
-                redirect=face.redirects.of(kept.digest),
-            )
+            try:
+                return await prepare_representation(
+                    request,
+                    _representation(kept, hex_digest, kept.size),
+                    _opener(blobs, kept.digest),
+                    # Kept by a push's catalog rows alone: nothing looked at the object yet.
+                    redirect=face.redirects.of(kept.digest, seen=False),
+                )
+            except NotFoundError:  # its bytes are gone (fsck reports the blob)
+                raise _blob_unknown(digest) from None
         try:
             ref = await oci.resolve_oci(*names, "config", hex_digest)
             disk = await face.disks.of(ref)
@@ -185,18 +189,20 @@ class OciPullController(Controller):
             return finished
         try:
             # A disk pushed as an artifact layer is the stored blob itself.
-            ref = await catalog.reads.resolve(*names, Digest("sha256", hex_digest))
+            ref = await catalog.reads.resolve(*names, Digest("sha256", hex_digest), present=True)
         except NotFoundError:
-            raise OciError(
-                404, "BLOB_UNKNOWN", "no such blob in this repository", {"digest": digest}
-            ) from None
+            raise _blob_unknown(digest) from None
         blob_reader = _opener(blobs, ref.digest)
         return await prepare_representation(
             request,
             _representation(ref, ref.sha256, ref.size),
             blob_reader,
-            redirect=face.redirects.of(ref.digest),
+            redirect=face.redirects.of(ref.digest, seen=True),
         )
+
+
+def _blob_unknown(digest: str) -> OciError:
+    return OciError(404, "BLOB_UNKNOWN", "no such blob in this repository", {"digest": digest})
 
 
 def _representation(
