@@ -373,3 +373,13 @@ def test_a_malformed_policy_file_refuses_to_start(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # refused before touching the data root
     assert TOKENS["root"] not in result.stderr
+
+
+def test_the_policy_of_the_security_docs_is_valid() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    section = text.split("## Scopes: the policy file", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(example)
+    assert policy.grants("token", "ci-team-a").allows("push", "team-a", "ubuntu")
+    assert not policy.grants("token", "ci-team-a").allows("push", "team-b", "ubuntu")
+    assert policy.grants("user", "student").allows("pull", "course-7", "debian")
