@@ -207,6 +207,9 @@ def test_pulls_and_listings_show_only_what_may_be_pulled(http: httpx.Client, ima
         http.get(f"/reg/other/{image}/v1/meta", headers=student), "pull", f"other/{image}"
     )
     assert_denied(http.get(f"/reg/other/{image}", headers=student), "pull", f"other/{image}")
+    # The web page of one image is guarded as the API is (the pages' listings are not yet).
+    assert http.get(f"/ui/other/{image}", headers=student).status_code == 403
+    assert http.get(f"/ui/course-x/{image}", headers=student).status_code == 200
 
     repos = http.get("/reg", headers=student).json()["data"]
     assert "course-x" in repos
