@@ -581,12 +581,14 @@ def test_a_bucket_with_sqlite_keeps_the_volume_for_the_catalog(helm: Path) -> No
         ("replicaCount: 2\ndatabase:\n  existingSecret: pg\n", "accessMode"),
         ("replicaCount: 2\nblobStore:\n  type: s3\n  s3:\n    bucket: images\n", "existingSecret"),
         ("blobStore:\n  s3:\n    redirectDownloads: true\n", "blobStore.type"),
+        ("auth:\n  policy:\n    existingSecret: scopes\n", "auth.policy"),
     ],
     ids=[
         "s3-without-bucket",
         "replicas-on-read-write-once",
         "replicas-on-sqlite",
         "redirect-on-filesystem",
+        "policy-without-write-tokens",
     ],
 )
 def test_helm_refuses_what_cannot_work_and_names_the_value(
@@ -754,6 +756,22 @@ def test_the_schema_takes_the_image_safety_values_the_server_takes(
             parse_size(case["maxVirtualSize"])
         if case.get("allowedFormats") is not None:
             parse_allowed_formats(",".join(case["allowedFormats"]))
+
+
+def test_the_policy_secret_is_mounted_and_named_to_the_server(helm: Path) -> None:
+    values = (
+        "auth:\n  writeTokens:\n    existingSecret: tokens\n"
+        "  policy:\n    existingSecret: scopes\n    secretKey: policy.yaml\n"
+    )
+    manifests = rendered(helm, values)
+    server = containers(manifests)["Deployment/cloudimg"]
+    assert env_of(server)["CLOUDIMG_POLICY_FILE"] == "/etc/cloudimg/policy/policy.yaml"
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "policy")
+    assert mount == {"name": "policy", "mountPath": "/etc/cloudimg/policy", "readOnly": True}
+    volume = next(v for v in pod_specs(manifests)["Deployment"]["volumes"] if v["name"] == "policy")
+    assert volume["secret"]["secretName"] == "scopes"
+    without = containers(rendered(helm))["Deployment/cloudimg"]
+    assert "CLOUDIMG_POLICY_FILE" not in env_of(without)
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,9 @@ class Settings:
     read_credentials_file: Path | None = None
     """``user:password`` lines accepted for reads when ``read_auth`` is ``basic``."""
 
+    policy_file: Path | None = None
+    """Scopes of the named credentials (docs/security.md); ``None``: every credential may do all."""
+
     max_image_size: int | None = None
     """Largest ``img`` part an upload may carry, in bytes; ``None`` means no limit."""
 
@@ -229,6 +232,8 @@ class Settings:
             raise SettingsError("read_credentials_file", "is only used with read_auth basic")
         if basic and self.write_token_file is None:
             raise SettingsError("read_auth", "needs write_token_file: writes would be open")
+        if self.policy_file is not None and self.write_token_file is None:
+            raise SettingsError("policy_file", "needs write_token_file: writes would be open")
 
     def check_web(self) -> None:
         """Refuse a registry API mounted where the web pages are (``<www-prefix>ui``), and

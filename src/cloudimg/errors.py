@@ -16,6 +16,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PreconditionFailedError",
     "RequestTimeoutError",
     "UnavailableError",
@@ -53,6 +54,12 @@ class AlreadyExistsError(CloudimgError):
     """The thing to create exists already."""
 
     code = "ALREADY_EXISTS"
+
+
+class PermissionDeniedError(CloudimgError):
+    """Valid credentials without the scope for this action on this name (``--policy-file``)."""
+
+    code = "PERMISSION_DENIED"
 
 
 class PreconditionFailedError(CloudimgError):

@@ -118,6 +118,9 @@ Refuse the values that cannot work. Included by every workload template, so
 {{- fail "auth.readAuth basic needs auth.readCredentials.existingSecret and auth.writeTokens.existingSecret" }}
 {{- end }}
 {{- end }}
+{{- if and (.Values.auth.policy).existingSecret (not .Values.auth.writeTokens.existingSecret) }}
+{{- fail "auth.policy needs auth.writeTokens.existingSecret: writes would be open" }}
+{{- end }}
 {{- end }}
 
 {{/* Environment of every cloudimg container: where the data and the catalog are. */}}

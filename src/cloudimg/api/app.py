@@ -58,7 +58,14 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
         settings,
         []
         if auth is None
-        else [OciAuth(auth.write_tokens, auth.read_credentials, body_timeout=auth.body_timeout)],
+        else [
+            OciAuth(
+                auth.write_tokens,
+                auth.read_credentials,
+                body_timeout=auth.body_timeout,
+                policy=auth.policy,
+            )
+        ],
     )
     disks = oci.disks
     # The write use cases of /reg over their collaborators; what inspection accepts

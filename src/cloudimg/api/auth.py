@@ -41,19 +41,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
 from cloudimg.api.body import drain_refused
+from cloudimg.api.policy import Grants, Policy, actions_of, parse_policy, set_grants
 from cloudimg.api.secret_file import SecretFile
 from cloudimg.config import Settings, SettingsError
+from cloudimg.errors import PermissionDeniedError
 
 __all__ = [
     "CredentialSet",
@@ -65,12 +68,17 @@ __all__ = [
     "parse_tokens",
 ]
 
+log = logging.getLogger(__name__)
+
 REALM = "cloudimg"
 BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
 BASIC_CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # the safe methods that are routed
 _ACTOR = "cloudimg.actor"
 """Key in the request's scope state: the name of the write token the guard accepted."""
+
+
+T = TypeVar("T")
 
 
 def _digest(secret: str) -> bytes:
@@ -158,14 +166,16 @@ def parse_basic_credentials(text: str) -> CredentialSet:
         ValueError: when a line has no colon or an empty user or password, or none is left.
     """
     pairs: list[str] = []
+    users: list[str | None] = []
     for number, line in _meaningful_lines(text):
         user, colon, password = line.partition(":")
         if not colon or not user or not password:
             raise ValueError(f"line {number} is not user:password")
         pairs.append(f"{user}:{password}")
+        users.append(user)  # the name a policy gives scopes to (not a secret)
     if not pairs:
         raise ValueError("it holds no user:password line")
-    return CredentialSet.of(pairs)
+    return CredentialSet.of(pairs, users)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +212,23 @@ class RegistryAuth:
         read_credentials: SecretFile[CredentialSet] | None,
         *,
         body_timeout: float | None,
+        policy: SecretFile[Policy] | None = None,
     ) -> None:
         """``body_timeout``: how long a refused write's body may send nothing while it is
-        drained (``--read-body-timeout-secs``, as for every body the server reads)."""
+        drained (``--read-body-timeout-secs``, as for every body the server reads);
+        ``policy``: the scopes of ``--policy-file`` (None: every credential may do all)."""
         self.write_tokens = write_tokens
         self.read_credentials = read_credentials
         self.body_timeout = body_timeout
+        self.policy = policy
+
+    def _identify(self, presented: _Presented) -> tuple[str, str | None]:
+        """``("token", name)``, ``("user", name)`` or ``("", None)`` (not valid credentials)."""
+        writer, name = self._writer(presented)
+        if writer:
+            return "token", name
+        reader, user = self._reader(presented)
+        return ("user", user) if reader else ("", None)
 
     def _is_writer(self, presented: _Presented) -> bool:
         return self._writer(presented)[0]
@@ -219,10 +240,53 @@ class RegistryAuth:
         return self.write_tokens.get().match(presented.secret)
 
     def _is_reader(self, presented: _Presented) -> bool:
-        return (
-            self.read_credentials is not None
-            and presented.scheme == "basic"
-            and self.read_credentials.get().matches(presented.secret)
+        return self._reader(presented)[0]
+
+    def _reader(self, presented: _Presented) -> tuple[bool, str | None]:
+        """Whether read credentials were presented, and their user name."""
+        if self.read_credentials is None or presented.scheme != "basic":
+            return False, None
+        return self.read_credentials.get().match(presented.secret)
+
+    async def _authorize(
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        handler: BaseRouteHandler,
+        kind: str,
+        name: str | None,
+    ) -> None:
+        """Check the scopes of an authenticated credential (``--policy-file``) for the
+        names this route touches; listings filter by the grants kept in the scope state.
+
+        Raises:
+            PermissionDeniedError: the credential has no scope for the action on the name.
+        """
+        if self.policy is None:
+            return
+        grants = self.policy.get().grants(kind, name)
+        set_grants(connection, grants)
+        method = str(connection.scope.get("method", "GET"))
+        params = connection.path_params
+        repo, image = params.get("repo"), params.get("image")
+        if method == "OPTIONS" or not isinstance(repo, str) or not isinstance(image, str):
+            return  # no name to check here: a listing filters what it shows
+        for action in actions_of(connection, handler, method):
+            if not grants.allows(action, repo, image):
+                await self._refuse(connection, grants, action, f"{repo}/{image}")
+
+    async def _refuse(
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        grants: Grants,
+        action: str,
+        path: str,
+    ) -> NoReturn:
+        if connection.scope.get("method", "GET") not in READ_METHODS:
+            # The audit line of a refused write: the credential's name, never its secret.
+            log.warning("refused %s of %s to %s (no scope)", action, path, grants.credential)
+            await drain_refused(connection, self.body_timeout)
+        raise PermissionDeniedError(
+            f"these credentials may not {action} {path}", {"action": action, "name": path}
         )
 
     async def __call__(
@@ -232,9 +296,10 @@ class RegistryAuth:
         presented = _presented(connection.headers.get("authorization"))
         if connection.scope.get("method", "GET") in READ_METHODS:
             if self.read_credentials is None:
-                return
-            if self._is_reader(presented) or self._is_writer(presented):
-                return
+                return  # open reads: every caller may pull everything
+            kind, name = self._identify(presented)
+            if kind:
+                return await self._authorize(connection, _handler, kind, name)
             raise NotAuthorizedException(
                 detail="reading needs credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE}
             )
@@ -243,7 +308,7 @@ class RegistryAuth:
         writer, name = self._writer(presented)
         if writer:
             connection.scope.setdefault("state", {})[_ACTOR] = name
-            return
+            return await self._authorize(connection, _handler, "token", name)
         # Read and drop the body (as other refusals do) so the client sees the answer
         # and keeps its connection.
         await drain_refused(connection, self.body_timeout)
@@ -283,8 +348,12 @@ class OciAuth(RegistryAuth):
         writer, name = self._oci_writer(presented)
         challenge = {"WWW-Authenticate": BASIC_CHALLENGE}
         if connection.scope.get("method", "GET") in READ_METHODS:
-            if writer or self._is_reader(presented):
-                return
+            reader, user = self._reader(presented)
+            if writer or reader:
+                if self.read_credentials is None:
+                    return  # open reads: every caller may pull everything
+                kind, who = ("token", name) if writer else ("user", user)
+                return await self._authorize(connection, _handler, kind, who)
             version_check = connection.scope["path"].rstrip("/") == "/v2"
             if self.read_credentials is not None or version_check:
                 raise NotAuthorizedException(
@@ -295,7 +364,7 @@ class OciAuth(RegistryAuth):
             return
         if writer:
             connection.scope.setdefault("state", {})[_ACTOR] = name
-            return
+            return await self._authorize(connection, _handler, "token", name)
         await drain_refused(connection, self.body_timeout)
         if self._is_reader(presented):
             raise PermissionDeniedException(detail="these credentials may only read")
@@ -311,9 +380,7 @@ def actor_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return actor if isinstance(actor, str) else None
 
 
-def _secret_file(
-    setting: str, path: Path, parse: Callable[[str], CredentialSet], what: str
-) -> SecretFile[CredentialSet]:
+def _secret_file(setting: str, path: Path, parse: Callable[[str], T], what: str) -> SecretFile[T]:
     try:
         return SecretFile(path, parse, what=what)
     except ValueError as exc:
@@ -342,6 +409,9 @@ def load_registry_auth(settings: Settings) -> RegistryAuth | None:
             parse_basic_credentials,
             "read credentials",
         )
+    policy = None
+    if settings.policy_file is not None:
+        policy = _secret_file("policy_file", settings.policy_file, parse_policy, "policy")
     if write is None and read is None:
         return None
-    return RegistryAuth(write, read, body_timeout=settings.read_body_timeout_secs)
+    return RegistryAuth(write, read, body_timeout=settings.read_body_timeout_secs, policy=policy)

@@ -22,6 +22,7 @@ from cloudimg.errors import (
     InvalidArgumentError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     PreconditionFailedError,
     RequestTimeoutError,
     TagImmutableError,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 _STATUS: list[tuple[type[CloudimgError], int]] = [
     (ImageRefusedError, 422),  # before its base class InvalidArgumentError
     (ImageBlockedError, 403),
+    (PermissionDeniedError, 403),
     (InvalidArgumentError, 400),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),

@@ -83,6 +83,12 @@ _SPARE_DESCRIPTORS = 256
     help="File of user:password lines for --read-auth basic",
 )
 @option(
+    "--policy-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML or JSON file giving named credentials their scopes [default: no scopes]",
+)
+@option(
     "--web/--no-web",
     default=_DEFAULTS.web,
     help="Serve the web pages under <www-prefix>ui/ (and redirect <www-prefix> to them)",

@@ -36,6 +36,7 @@ from cloudimg.api.openapi import (
     error_responses,
     listing_response,
 )
+from cloudimg.api.policy import grants_of
 from cloudimg.api.reg.uploads import created, receiving
 from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import (
@@ -184,8 +185,9 @@ class RegistryController(Controller):
             **error_responses(),
         },
     )
-    async def get_repos(self, catalog: Catalog) -> Envelope:
-        return _ok(await catalog.reads.list_repositories())
+    async def get_repos(self, request: Request[Any, Any, Any], catalog: Catalog) -> Envelope:
+        grants = grants_of(request)  # only what the caller may pull (--policy-file)
+        return _ok([r for r in await catalog.reads.list_repositories() if grants.lists_repo(r)])
 
     @get(
         "/_query",
@@ -218,7 +220,10 @@ class RegistryController(Controller):
         page = _page_size(limit)
         rows = await catalog.reads.query_tags(wanted, page, query_cursor(after))
         last = f"{rows[-1].repo}/{rows[-1].image}/{rows[-1].tag}" if rows else None
-        return _page([_tag_match(row) for row in rows], page, last)
+        # Only what the caller may pull (--policy-file); ``next`` follows the rows read.
+        grants = grants_of(request)
+        shown = [_tag_match(row) for row in rows if grants.allows("pull", row.repo, row.image)]
+        return {**_ok(shown), "next": last if len(rows) == page else None}
 
     @get(
         "/{repo:str}",
@@ -232,6 +237,7 @@ class RegistryController(Controller):
     )
     async def get_images(
         self,
+        request: Request[Any, Any, Any],
         catalog: Catalog,
         repo: str,
         details: bool = False,
@@ -239,12 +245,15 @@ class RegistryController(Controller):
         after: str | None = None,
     ) -> Envelope:
         repo = validate_repo_name(repo)
+        grants = grants_of(request)  # only what the caller may pull (--policy-file)
         if not details:
-            return _ok(await catalog.reads.list_images(repo))
+            images = await catalog.reads.list_images(repo)
+            return _ok([name for name in images if grants.allows("pull", repo, name)])
         page = _page_size(limit)
         rows = await catalog.reads.list_image_details(repo, page, after)
         last = rows[-1].image if rows else None
-        return _page([_image_details(row) for row in rows], page, last)
+        shown = [_image_details(r) for r in rows if grants.allows("pull", repo, r.image)]
+        return {**_ok(shown), "next": last if len(rows) == page else None}
 
     @get(
         "/{repo:str}/{image:str}",

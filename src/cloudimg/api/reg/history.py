@@ -25,6 +25,7 @@ from litestar.params import SkipValidation
 from cloudimg.api.body import body_of, drain
 from cloudimg.api.conditional import write_options
 from cloudimg.api.openapi import CREATED_HEADERS, RetagOperation, error_responses
+from cloudimg.api.policy import SCOPE_OPT
 from cloudimg.api.reg.uploads import created
 from cloudimg.catalog import Catalog, HistoryEntry
 from cloudimg.config import Settings
@@ -174,6 +175,7 @@ class TagHistoryController(Controller):
         operation_id="SetTagImmutable",
         summary="Make the tag immutable: no overwrite, retag or delete until released",
         status_code=200,
+        opt={SCOPE_OPT: "admin"},
         responses=error_responses(400, 404, 412),
     )(immutability)
     release_immutable = delete(
@@ -181,5 +183,6 @@ class TagHistoryController(Controller):
         operation_id="ReleaseTagImmutable",
         summary="Release the tag's immutability (refused while an operator's rule holds it)",
         status_code=200,
+        opt={SCOPE_OPT: "admin"},
         responses=error_responses(400, 404, 409, 412),
     )(immutability)

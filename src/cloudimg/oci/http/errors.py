@@ -24,6 +24,7 @@ from cloudimg.errors import (
     InvalidArgumentError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
 )
 from cloudimg.oci.errors import OciError
 
@@ -67,6 +68,8 @@ def _code_of(exc: CloudimgError) -> str:
         return "NAME_UNKNOWN"
     if isinstance(exc, PayloadTooLargeError):
         return "SIZE_INVALID"
+    if isinstance(exc, PermissionDeniedError):
+        return "DENIED"  # a scope of --policy-file (docs/oci.md)
     return exc.code
 
 

@@ -22,6 +22,7 @@ from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import Representation, prepare_representation
 from cloudimg.api.observer import TRANSFER_OPT
+from cloudimg.api.policy import grants_of
 from cloudimg.blobstore import BlobReader, BlobStore
 from cloudimg.catalog import BlobRef
 from cloudimg.digest import Digest
@@ -95,8 +96,11 @@ class OciPullController(Controller):
         n, last = _page_size(request)
         paths = await face.store.list_image_paths(n + 1, last)
         page = paths[:n]
+        # Only what the caller may pull (--policy-file); the link goes on after the
+        # last name read, listed or not, so paging still reaches the end.
+        shown = [path for path in page if grants_of(request).lists(path)]
         return Response(
-            {"repositories": page}, headers=_next_link(request, n, page, len(paths) > n)
+            {"repositories": shown}, headers=_next_link(request, n, page, len(paths) > n)
         )
 
     @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)

@@ -25,6 +25,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from cloudimg.api.auth import actor_of
 from cloudimg.api.body import body_of, declared_length, drain
 from cloudimg.api.observer import TRANSFER_OPT
+from cloudimg.api.policy import SCOPE_OPT, grants_of
 from cloudimg.catalog import WriteOptions
 from cloudimg.config import Settings
 from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
@@ -111,11 +112,16 @@ class OciPushController(Controller):
         request_max_body_size=None,
         opt={TRANSFER_OPT: "upload"},
     )
-    async def start_upload(self, face: Face, chunk: Chunk, repo: str, image: str) -> Response[None]:
+    async def start_upload(
+        self, request: Request[Any, Any, Any], face: Face, chunk: Chunk, repo: str, image: str
+    ) -> Response[None]:
         names = oci_names(repo, image)
         params = chunk.params
         mount, source = params.get("mount"), params.get("from")
-        if mount is not None:
+        # With scopes, only a blob of a repository the caller may pull mounts; else the
+        # client uploads it (202), as the spec allows (docs/oci.md).
+        grants = grants_of(request)
+        if mount is not None and grants.lists(source or ""):
             hex_digest = parse_oci_digest(mount)
             if await face.sessions.mountable(hex_digest, source):
                 return _created(*names, hex_digest)
@@ -144,7 +150,7 @@ class OciPushController(Controller):
             raise
         return _progress(*names, session, size, 202)
 
-    @get(_SESSION_PATH, include_in_schema=False)
+    @get(_SESSION_PATH, include_in_schema=False, opt={SCOPE_OPT: "push"})
     async def upload_status(
         self, face: Face, repo: str, image: str, session: str
     ) -> Response[None]:
