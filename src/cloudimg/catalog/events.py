@@ -27,7 +27,7 @@ from cloudimg.catalog.models import (
     utcnow,
 )
 from cloudimg.catalog.transaction import CatalogBase, FileEffects
-from cloudimg.cloudevents import BLOB_BLOCKED, BLOB_UNBLOCKED, GC_RUN, TAG_TYPES
+from cloudimg.cloudevents import BLOB_BLOCKED, BLOB_UNBLOCKED, GC_RUN, TAG_TYPES, envelope
 
 __all__ = [
     "DeadLetter",
@@ -102,6 +102,18 @@ class EventRecord:
     subject: str
     time: datetime
     data: dict[str, Any]
+
+    def document(self, source: str) -> dict[str, Any]:
+        """The event as CloudEvents JSON, the same pulled and delivered."""
+        return envelope(
+            sequence=self.sequence,
+            uid=self.uid,
+            type=self.type,
+            subject=self.subject,
+            time=self.time,
+            data=self.data,
+            source=source,
+        )
 
 
 def _record(row: Event | EventDeadLetter) -> EventRecord:

@@ -28,7 +28,6 @@ import httpx
 from cloudimg.catalog.events import EndpointState, EventLog, EventRecord
 from cloudimg.catalog.models import utcnow
 from cloudimg.catalog.outbox import wait_for_events
-from cloudimg.cloudevents import envelope
 from cloudimg.errors import CloudimgError
 from cloudimg.webhooks import Endpoint, EventsConfig, sign
 
@@ -45,16 +44,7 @@ commits are not seen in this process."""
 
 def event_body(event: EventRecord, source: str) -> bytes:
     """The request body of one event: its CloudEvents JSON (structured mode)."""
-    document = envelope(
-        sequence=event.sequence,
-        uid=event.uid,
-        type=event.type,
-        subject=event.subject,
-        time=event.time,
-        data=event.data,
-        source=source,
-    )
-    return json.dumps(document, separators=(",", ":")).encode()
+    return json.dumps(event.document(source), separators=(",", ":")).encode()
 
 
 class Deliverer:

@@ -16,9 +16,7 @@ from litestar import Controller, get
 
 from cloudimg.api.openapi import EventListView, error_responses, listing_response
 from cloudimg.catalog import Catalog
-from cloudimg.catalog.events import EventRecord
 from cloudimg.catalog.outbox import wait_for_events
-from cloudimg.cloudevents import envelope
 from cloudimg.errors import InvalidArgumentError
 
 __all__ = ["MAX_EVENTS_PAGE", "MAX_EVENTS_WAIT_SECS", "EventsController"]
@@ -27,18 +25,6 @@ MAX_EVENTS_PAGE = 1000
 MAX_EVENTS_WAIT_SECS = 60
 """The longest long poll: below the usual proxies' idle timeouts."""
 _RECHECK_SECS = 1.0
-
-
-def event_view(event: EventRecord, source: str) -> dict[str, Any]:
-    return envelope(
-        sequence=event.sequence,
-        uid=event.uid,
-        type=event.type,
-        subject=event.subject,
-        time=event.time,
-        data=event.data,
-        source=source,
-    )
 
 
 class EventsController(Controller):
@@ -82,6 +68,6 @@ class EventsController(Controller):
             events = await catalog.events.events_after(after, limit)
         return {
             "success": True,
-            "data": [event_view(event, event_source) for event in events],
+            "data": [event.document(event_source) for event in events],
             "next": events[-1].sequence if events else after,
         }
