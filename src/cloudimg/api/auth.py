@@ -53,7 +53,15 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from cloudimg.api.body import drain_refused
-from cloudimg.api.policy import Grants, Policy, actions_of, parse_policy, set_grants
+from cloudimg.api.policy import (
+    Grants,
+    Policy,
+    actions_of,
+    credential_label,
+    grants_of,
+    parse_policy,
+    set_grants,
+)
 from cloudimg.api.secret_file import SecretFile
 from cloudimg.config import Settings, SettingsError
 from cloudimg.errors import PermissionDeniedError
@@ -63,6 +71,7 @@ __all__ = [
     "OciAuth",
     "RegistryAuth",
     "actor_of",
+    "audit_write",
     "load_registry_auth",
     "parse_basic_credentials",
     "parse_tokens",
@@ -262,6 +271,8 @@ class RegistryAuth:
             PermissionDeniedError: the credential has no scope for the action on the name.
         """
         if self.policy is None:
+            # Every credential may do everything; its name is kept for the audit lines.
+            set_grants(connection, Grants(unlimited=True, credential=credential_label(kind, name)))
             return
         grants = self.policy.get().grants(kind, name)
         set_grants(connection, grants)
@@ -282,8 +293,7 @@ class RegistryAuth:
         path: str,
     ) -> NoReturn:
         if connection.scope.get("method", "GET") not in READ_METHODS:
-            # The audit line of a refused write: the credential's name, never its secret.
-            log.warning("refused %s of %s to %s (no scope)", action, path, grants.credential)
+            audit_write(connection, action, path, refused="no scope")
             await drain_refused(connection, self.body_timeout)
         raise PermissionDeniedError(
             f"these credentials may not {action} {path}", {"action": action, "name": path}
@@ -371,6 +381,24 @@ class OciAuth(RegistryAuth):
         raise NotAuthorizedException(
             detail="pushing needs a write token as the password", headers=challenge
         )
+
+
+def audit_write(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    action: str,
+    name: str,
+    what: str = "",
+    *,
+    refused: str | None = None,
+) -> None:
+    """The audit line of a write: accepted (info, once the write is done; ``what`` says
+    what it did) or ``refused`` (warning, with the reason), naming the credential as
+    the guard identified it (``token ci-team-a``), never its secret."""
+    who = grants_of(connection).credential or "open writes (no credentials)"
+    if refused is not None:
+        log.warning("refused %s of %s to %s (%s)", action, name, who, refused)
+    else:
+        log.info("accepted %s of %s by %s%s", action, name, who, f": {what}" if what else "")
 
 
 def actor_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

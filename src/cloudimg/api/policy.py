@@ -42,6 +42,7 @@ __all__ = [
     "Policy",
     "Scope",
     "actions_of",
+    "credential_label",
     "grants_of",
     "parse_policy",
     "set_grants",
@@ -107,9 +108,14 @@ class Policy:
 
     def grants(self, kind: str, name: str | None) -> Grants:
         """The grants of a credential; none for a name (or an unnamed token) not listed."""
-        label = f"{kind} {name}" if name else f"unnamed {kind}"
         found = self.scopes.get((kind, name)) if name else None
-        return Grants(found or (), credential=label)
+        return Grants(found or (), credential=credential_label(kind, name))
+
+
+def credential_label(kind: str, name: str | None) -> str:
+    """How the audit lines name a credential (``token ci``, ``user alice``, ``unnamed
+    token``): its kind and name, never its secret."""
+    return f"{kind} {name}" if name else f"unnamed {kind}"
 
 
 def parse_policy(text: str) -> Policy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from sqlalchemy import String, cast, exists, func, select
+from sqlalchemy import String, cast, exists, func, or_, select, union
 from sqlalchemy.orm import Session
 
 from cloudimg.blobstore import BlobReader
@@ -14,6 +14,7 @@ from cloudimg.catalog.models import (
     Blob,
     GcRuns,
     Image,
+    OciManifest,
     Repository,
     Tag,
     TagHistory,
@@ -36,7 +37,7 @@ from cloudimg.catalog.records import (
     servable,
 )
 from cloudimg.catalog.transaction import CatalogBase
-from cloudimg.digest import Reference
+from cloudimg.digest import Digest, Reference
 from cloudimg.errors import NotFoundError
 
 __all__ = ["CatalogReads"]
@@ -293,6 +294,35 @@ class CatalogReads(CatalogBase):
                 {"repo": repo, "image": image, "digest": str(digest)},
             )
         return servable(blob)
+
+    async def names_holding(self, digest: Digest) -> list[tuple[str, str]]:
+        """``(repo, image)`` of every image that holds the bytes of ``digest``: a tag, a
+        retained history entry, or a kept ``/v2`` push (its layer or config), sorted.
+
+        What the scopes ask of a write that names bytes by digest (a retag's source, a
+        manifest's blob): may the writer pull one of these names.
+        """
+        column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
+        blobs = select(Blob.digest).where(column == digest.hex)
+        by_tag = (
+            select(Repository.name, Image.name)
+            .join(Image, Image.repository_id == Repository.id)
+            .join(Tag, Tag.image_id == Image.id)
+            .where(Tag.digest.in_(blobs))
+        )
+        by_history = select(TagHistory.repository, TagHistory.image).where(
+            TagHistory.retained.is_(True), TagHistory.digest.in_(blobs)
+        )
+        by_push = select(OciManifest.repository, OciManifest.image).where(
+            OciManifest.role != "pending",
+            or_(OciManifest.layer_blob.in_(blobs), OciManifest.config_blob.in_(blobs)),
+        )
+        query = union(by_tag, by_history, by_push)
+
+        def rows(session: Session) -> list[tuple[str, str]]:
+            return sorted((str(repo), str(image)) for repo, image in session.execute(query))
+
+        return await self._query(rows)
 
     async def check_writable(self) -> None:
         """Begin a write transaction, read one row, roll back: what readiness needs to know.

@@ -18,6 +18,7 @@ manifest's commit followed by a retag that sets the metadata.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -26,6 +27,7 @@ from cloudimg.blobstore import BlobStore, StagedBlob
 from cloudimg.catalog import BlobRef, Catalog, WriteOptions
 from cloudimg.core.ingest import TagNames, commit_staged
 from cloudimg.digest import Digest
+from cloudimg.errors import PermissionDeniedError
 from cloudimg.images import Inspection, InspectionPolicy, inspect_reader
 
 __all__ = ["FinishedUploads", "Retagged", "TagWrites"]
@@ -76,13 +78,24 @@ class TagWrites:
     uploads: FinishedUploads
 
     async def retag(
-        self, names: TagNames, digest: Digest, meta: dict[str, str] | None, options: WriteOptions
+        self,
+        names: TagNames,
+        digest: Digest,
+        meta: dict[str, str] | None,
+        options: WriteOptions,
+        readable: Callable[[str, str], bool] | None = None,
     ) -> Retagged:
         """Point ``names`` at the stored bytes of ``digest`` with ``meta`` (None: the metadata
         the tag last had with those bytes); the sha256 of a finished ``/v2`` upload to the
         image commits that upload instead, with ``meta`` (see the module docstring).
 
+        ``readable`` (scopes): whether the writer may pull ``repo, image``; the stored
+        bytes must then be held by a name it may pull (a finished upload to the tag's own
+        image needs nothing more: the writer pushes to it). None: any stored bytes.
+
         Raises:
+            PermissionDeniedError: no name the writer may pull holds the bytes (also when
+                none holds them: the answer tells nothing about other names);
             ImageRefusedError: a finished upload's bytes fail inspection; and the errors of
                 a tag write (``NotFoundError``, ``TagImmutableError``,
                 ``PreconditionFailedError``, ...).
@@ -90,6 +103,13 @@ class TagWrites:
         pushed = await self._commit_finished_upload(names, digest, meta, options)
         if pushed is not None:
             return Retagged(pushed, pushed=True)
+        if readable is not None:
+            holders = await self.catalog.reads.names_holding(digest)
+            if not any(readable(repo, image) for repo, image in holders):
+                raise PermissionDeniedError(
+                    f"these credentials may pull no image that holds {digest}",
+                    {"action": "pull", "digest": str(digest)},
+                )
         return Retagged(await self.catalog.tags.retag(*names, digest, meta, options), pushed=False)
 
     async def delete(self, names: TagNames, options: WriteOptions, *, purge_history: bool) -> None:

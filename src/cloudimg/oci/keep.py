@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from cloudimg.blobstore import BlobReader, BlobStore, StagedBlob
@@ -22,6 +23,7 @@ from cloudimg.catalog import Catalog, WriteOptions
 from cloudimg.config import Settings
 from cloudimg.core import commit_staged
 from cloudimg.digest import Digest
+from cloudimg.errors import PermissionDeniedError
 from cloudimg.images import Inspection, InspectionPolicy, inspect_reader
 from cloudimg.oci.push import (
     DiskLayer,
@@ -31,9 +33,9 @@ from cloudimg.oci.push import (
     manifest_json,
     unpack_disk,
 )
-from cloudimg.oci.store import KeptPart, OciStore, PushedManifest
+from cloudimg.oci.store import KeptPart, OciStore, PushedManifest, UploadSession
 
-__all__ = ["EMPTY_CONFIG", "KeepContext", "Parts", "put_tagged_manifest"]
+__all__ = ["EMPTY_CONFIG", "KeepContext", "Parts", "Reach", "put_tagged_manifest"]
 
 EMPTY_CONFIG = hashlib.sha256(b"{}").hexdigest()
 _MAX_CONFIG = 1024 * 1024
@@ -47,13 +49,66 @@ class _Child:
     layer: DiskLayer
 
 
+Pullable = Callable[[str], Awaitable[bool]]
+"""Whether the pusher may pull a name that holds the stored blob of this sha256."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The blobs a manifest pushed to ``names`` (repo, image) may name.
+
+    With scopes (``pullable`` given): the finished uploads to ``names`` and the stored
+    blobs ``pullable`` accepts (held by a name the pusher may pull), so a pusher cannot
+    name another team's bytes by their digest. Without (None): every finished upload
+    and every stored blob, as before scopes.
+    """
+
+    names: tuple[str, str]
+    pullable: Pullable | None = None
+
+    async def upload(self, store: OciStore, sha256_hex: str) -> UploadSession | None:
+        """A finished upload of these bytes the push may take."""
+        names = None if self.pullable is None else self.names
+        return await store.finished_upload(sha256_hex, names)
+
+    async def stored(self, store: OciStore, sha256_hex: str) -> str | None:
+        """The blake3 of a stored blob of these bytes the push may name."""
+        ref = await store.sha256_stored(sha256_hex)
+        if ref is None or (self.pullable is not None and not await self.pullable(sha256_hex)):
+            return None
+        return ref.digest
+
+    async def usable(self, store: OciStore, sha256_hex: str) -> bool:
+        """Whether the push may name these bytes (an upload or a stored blob)."""
+        found = await self.upload(store, sha256_hex)
+        return found is not None or await self.stored(store, sha256_hex) is not None
+
+    def refused(self, sha256_hex: str, what: str) -> Exception:
+        """What a push naming bytes it may not use gets: ``MANIFEST_BLOB_UNKNOWN``, or
+        with scopes a 403 that says the same whether the bytes exist or not (so it
+        tells nobody which digests another team stores)."""
+        digest = f"sha256:{sha256_hex}"
+        if self.pullable is None:
+            return ManifestRefused(
+                "MANIFEST_BLOB_UNKNOWN", f"the {what} blob was not uploaded", {"digest": digest}
+            )
+        repo, image = self.names
+        return PermissionDeniedError(
+            f"the {what} blob {digest} was not uploaded to {repo}/{image}, and no name these "
+            "credentials may pull holds it",
+            {"action": "pull", "digest": digest},
+        )
+
+
 class Parts:
     """The pushed blobs a manifest ``PUT`` uses: finished uploads (each claimed once and
-    locked until :meth:`done`) or blobs stored already (a mount, a re-push)."""
+    locked until :meth:`done`) or blobs stored already (a mount, a re-push), within the
+    push's ``reach``."""
 
-    def __init__(self, store: OciStore, blobs: BlobStore) -> None:
+    def __init__(self, store: OciStore, blobs: BlobStore, reach: Reach) -> None:
         self._store = store
         self._blobs = blobs
+        self._reach = reach
         self._claimed: dict[str, StagedBlob] = {}
         self._sessions: dict[str, str] = {}
 
@@ -61,24 +116,19 @@ class Parts:
         """The upload or stored blob with this sha256; None when there is neither."""
         if sha256_hex in self._claimed:
             return self._claimed[sha256_hex]
-        found = await self._store.finished_upload(sha256_hex)
+        found = await self._reach.upload(self._store, sha256_hex)
         if found is not None and found.blake3 is not None:
             staged = await self._blobs.claim_staging(found.id, found.blake3, sha256_hex, found.size)
             if staged is not None:
                 self._claimed[sha256_hex] = staged
                 self._sessions[sha256_hex] = found.id
                 return staged
-        stored = await self._store.sha256_stored(sha256_hex)
-        return None if stored is None else stored.digest
+        return await self._reach.stored(self._store, sha256_hex)
 
     async def needed(self, sha256_hex: str, what: str) -> KeptPart:
         part = await self.part(sha256_hex)
         if part is None:
-            raise ManifestRefused(
-                "MANIFEST_BLOB_UNKNOWN",
-                f"the {what} blob was not uploaded",
-                {"digest": f"sha256:{sha256_hex}"},
-            )
+            raise self._reach.refused(sha256_hex, what)
         return part
 
     async def reader(self, part: KeptPart) -> BlobReader:
@@ -118,8 +168,13 @@ async def put_tagged_manifest(
     body: bytes,
     content_type: str | None,
     options: WriteOptions,
+    pullable: Pullable | None = None,
 ) -> None:
     """Commit the disk ``body`` describes under the tag ``names`` and keep the push.
+
+    ``pullable``: with scopes, which stored blobs the pusher may name (:class:`Reach`);
+    a blob outside its reach refuses the push (``PermissionDeniedError``) before
+    anything is stored.
 
     ``ManifestRefused`` for what is not a VM disk, ``ImageRefusedError`` for a disk that
     fails inspection (the tag's, or that of any child of an index: each is served by
@@ -137,7 +192,7 @@ async def put_tagged_manifest(
         children = [await _child(store, repo, image, digest) for digest in every]
         disk_layer = next(child.layer for child in children if child.digest == chosen)
     media_type = str(_media_type(body, content_type))  # valid JSON by now
-    parts = Parts(store, blobs)
+    parts = Parts(store, blobs, Reach((repo, image), pullable))
     try:
         # Every part is found before the tag moves: a push refused for a missing blob
         # changes nothing.

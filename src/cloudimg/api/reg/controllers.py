@@ -14,6 +14,7 @@ from litestar import Controller, Request, Response, delete, get, post, put, rout
 from litestar.params import SkipValidation
 from litestar.response.base import ASGIResponse
 
+from cloudimg.api.auth import audit_write
 from cloudimg.api.conditional import meta_etag_of, write_options
 from cloudimg.api.download import (
     Redirects,
@@ -365,6 +366,8 @@ class RegistryController(Controller):
             upload = await reception.receive(body)
             await reception.commit(names, options)
         # The commit woke the containerDisk hashing of the new bytes (catalog hooks).
+        what = f"upload of blake3:{upload.staged.blake3} to tag {tag}"
+        audit_write(request, "push", f"{repo}/{image}", what)
         return created(api_base, repo, image, upload.staged.blake3, upload.staged.sha256)
 
     post_image = post(
@@ -407,4 +410,6 @@ class RegistryController(Controller):
             raise InvalidArgumentError("query parameter 'purge' takes only 'history'")
         options = await write_options(request, catalog, names, early=False)
         await core.tags.delete(names, options, purge_history=purge == "history")
+        what = f"tag {tag}" + (" and its history (purge)" if purge == "history" else "")
+        audit_write(request, "delete", f"{repo}/{image}", what)
         return _ok(None)

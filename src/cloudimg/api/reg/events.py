@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 
 from cloudimg.api.openapi import EventListView, error_responses, listing_response
+from cloudimg.api.policy import Grants, grants_of
 from cloudimg.catalog import Catalog
 from cloudimg.catalog.outbox import wait_for_events
 from cloudimg.errors import InvalidArgumentError
@@ -25,6 +26,24 @@ MAX_EVENTS_PAGE = 1000
 MAX_EVENTS_WAIT_SECS = 60
 """The longest long poll: below the usual proxies' idle timeouts."""
 _RECHECK_SECS = 1.0
+
+
+def _visible(document: dict[str, Any], grants: Grants) -> dict[str, Any] | None:
+    """The event as the caller may see it (``--policy-file``), None: not at all.
+
+    A tag's event needs ``pull`` on its image; a blob's event shows only the tags the
+    caller may pull (none: not shown); a gc run names no image.
+    """
+    if grants.unlimited:
+        return document
+    subject, data = str(document.get("subject", "")), document.get("data") or {}
+    if "/" in subject:
+        return document if grants.lists(subject.partition(":")[0]) else None
+    tags = data.get("tags")
+    if not isinstance(tags, list):
+        return document
+    shown = [tag for tag in tags if grants.lists(str(tag).partition(":")[0])]
+    return {**document, "data": {**data, "tags": shown}} if shown else None
 
 
 class EventsController(Controller):
@@ -45,6 +64,7 @@ class EventsController(Controller):
     )
     async def get_events(
         self,
+        request: Request[Any, Any, Any],
         catalog: Catalog,
         event_source: str,
         after: int = 0,
@@ -66,8 +86,11 @@ class EventsController(Controller):
         while not events and (left := deadline - time.monotonic()) > 0:
             await wait_for_events(min(left, _RECHECK_SECS))
             events = await catalog.events.events_after(after, limit)
+        # Only what the caller may pull; ``next`` follows the events read, shown or not.
+        grants = grants_of(request)
+        documents = [_visible(event.document(event_source), grants) for event in events]
         return {
             "success": True,
-            "data": [event.document(event_source) for event in events],
+            "data": [document for document in documents if document is not None],
             "next": events[-1].sequence if events else after,
         }

@@ -22,16 +22,17 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import SkipValidation
 
+from cloudimg.api.auth import audit_write
 from cloudimg.api.body import body_of, drain
 from cloudimg.api.conditional import write_options
 from cloudimg.api.openapi import CREATED_HEADERS, RetagOperation, error_responses
-from cloudimg.api.policy import SCOPE_OPT
+from cloudimg.api.policy import SCOPE_OPT, grants_of
 from cloudimg.api.reg.uploads import created
 from cloudimg.catalog import Catalog, HistoryEntry
 from cloudimg.config import Settings
 from cloudimg.core import RegistryCore
 from cloudimg.digest import Digest, parse_digest
-from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError
+from cloudimg.errors import InvalidArgumentError, PayloadTooLargeError, PermissionDeniedError
 from cloudimg.meta import parse_meta
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
@@ -149,7 +150,18 @@ class TagHistoryController(Controller):
         # The sha256 of a finished /v2 upload to this image: a push's commit, its bytes
         # and metadata in one write, recorded as an upload (cloudimg.core.tags).
         # Its commit wakes the containerDisk hashing, as every tag write does (catalog hooks).
-        retagged = await core.tags.retag(names, digest, meta, options)
+        # With scopes the source must be pullable: a name of another team's bytes is no
+        # way around its scope (docs/security.md).
+        grants = grants_of(request)
+        readable = None if grants.unlimited else lambda r, i: grants.allows("pull", r, i)
+        path = f"{repo}/{image}"
+        try:
+            retagged = await core.tags.retag(names, digest, meta, options, readable)
+        except PermissionDeniedError:
+            audit_write(request, "push", path, refused=f"may not pull the source {digest}")
+            raise
+        what = "committed upload" if retagged.pushed else "retag"
+        audit_write(request, "push", path, f"{what} of {digest} to tag {tag}")
         return created(api_base, repo, image, retagged.ref.digest, retagged.ref.sha256)
 
     # One function behind both routes, named so it sorts where ``release_immutable`` did:
@@ -168,6 +180,8 @@ class TagHistoryController(Controller):
         immutable = request.method == "PUT"
         options = await write_options(request, catalog, names, early=False)
         changed = await core.tags.set_immutable(names, immutable, options)
+        what = f"tag {tag} made immutable" if immutable else f"tag {tag} released"
+        audit_write(request, "admin", f"{repo}/{image}", what)
         return {"success": True, "data": {"immutable": immutable, "changed": changed}}
 
     set_immutable = put(

@@ -13,7 +13,7 @@ Security Policy that allows the page's own stylesheet and script and nothing els
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +28,7 @@ from litestar.template import TemplateConfig
 from litestar.types import Guard
 
 from cloudimg.api.meta_query import meta_query, query_cursor, query_term, query_terms
+from cloudimg.api.policy import grants_of
 from cloudimg.api.web.chart import WIDTH, storage_chart
 from cloudimg.api.web.snippets import (
     FORMAT_PLACEHOLDER,
@@ -222,8 +223,16 @@ def web_context(settings: Settings, **values: Any) -> dict[str, Any]:
     }
 
 
+def _shown(listing: _Listing, keep: Callable[[Any], bool]) -> _Listing:
+    """The listing's rows the caller may pull (``--policy-file``), as the API's listings
+    filter theirs: the next page still starts after the last row read, so paging
+    reaches the end (a page may show fewer rows than its limit)."""
+    return replace(listing, rows=[row for row in listing.rows if keep(row)])
+
+
 @get("/", name="web-repositories")
 async def repositories_page(
+    request: Request[Any, Any, Any],
     catalog: Catalog,
     settings: Settings,
     q: Filter = "",
@@ -235,6 +244,8 @@ async def repositories_page(
     page = _page(q, after, limit, sort, after_value)
     rows = await catalog.summaries.summarize_repositories(page)
     listing = _listing(rows, page, lambda row: row.repository, _figure(sort))
+    grants = grants_of(request)
+    listing = _shown(listing, lambda row: grants.lists_repo(row.repository))
     return Template("repositories.html", context=web_context(settings, listing=listing))
 
 
@@ -248,6 +259,7 @@ async def storage_page(catalog: Catalog, settings: Settings) -> Template:
 
 @get("/{repo:str}", name="web-images")
 async def images_page(
+    request: Request[Any, Any, Any],
     catalog: Catalog,
     settings: Settings,
     repo: str,
@@ -261,6 +273,8 @@ async def images_page(
     page = _page(q, after, limit, sort, after_value)
     rows = await catalog.summaries.summarize_images(repo, page)
     listing = _listing(rows, page, lambda row: row.image, _figure(sort))
+    grants = grants_of(request)
+    listing = _shown(listing, lambda row: grants.allows("pull", repo, row.image))
     return Template("images.html", context=web_context(settings, repo=repo, listing=listing))
 
 
@@ -291,6 +305,7 @@ Terms = Annotated[str, Parameter(max_length=2000, required=False)]
 
 @get("/_query", name="web-query")
 async def query_page(
+    request: Request[Any, Any, Any],
     catalog: Catalog,
     settings: Settings,
     q: Terms = "",
@@ -313,6 +328,8 @@ async def query_page(
             rows, listing.after, listing.link(after=f"{last.repo}/{last.image}/{last.tag}"),
             listing.query, limit,
         )  # fmt: skip
+    grants = grants_of(request)
+    listing = _shown(listing, lambda row: grants.allows("pull", row.repo, row.image))
     return Template("query.html", context=web_context(settings, listing=listing))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from litestar import Controller, Request, delete
 
-from cloudimg.api.auth import actor_of
+from cloudimg.api.auth import actor_of, audit_write
 from cloudimg.catalog import Catalog, TagInfo, WriteOptions
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError
@@ -38,8 +38,11 @@ class OciDeleteController(Controller):
     path = "/v2"
 
     @delete("/{repo:str}/{image:str}/blobs/{digest:str}", include_in_schema=False, status_code=202)
-    async def delete_blob(self, face: Face, repo: str, image: str, digest: str) -> None:
+    async def delete_blob(
+        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, digest: str
+    ) -> None:
         await _delete_blob(face, oci_names(repo, image), parse_oci_digest(digest))
+        audit_write(request, "delete", f"{repo}/{image}", f"blob {digest}")
 
     @delete(MANIFEST_PATH, include_in_schema=False, status_code=202)
     async def delete_manifest(
@@ -50,11 +53,12 @@ class OciDeleteController(Controller):
         if ":" in reference:
             hex_digest = parse_oci_digest(reference)
             await _delete_manifest_digest(face, names, hex_digest, options)
-            return
-        try:
-            await face.catalog.tags.delete_tag(*names, oci_tag(reference), options)
-        except NotFoundError:
-            raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
+        else:
+            try:
+                await face.catalog.tags.delete_tag(*names, oci_tag(reference), options)
+            except NotFoundError:
+                raise OciError(404, "MANIFEST_UNKNOWN", "no such tag", {"tag": reference}) from None
+        audit_write(request, "delete", f"{repo}/{image}", f"manifest {reference}")
 
 
 async def _manifests_of(

@@ -188,7 +188,7 @@ class OciPullController(Controller):
         if pushed is not None:
             ref = await catalog.reads.resolve(*names, Digest("blake3", pushed.blob))
             return await _send_bytes(request, ref, pushed.config, "application/octet-stream", True)
-        finished = await _finished_upload(request, face, hex_digest)
+        finished = await _finished_upload(request, face, names, hex_digest)
         if finished is not None:
             return finished
         try:
@@ -231,11 +231,13 @@ def _opener(blobs: BlobStore, digest: str) -> Callable[[], Awaitable[BlobReader 
 
 
 async def _finished_upload(
-    request: Request[Any, Any, Any], face: OciFace, hex_digest: str
+    request: Request[Any, Any, Any], face: OciFace, names: tuple[str, str], hex_digest: str
 ) -> ASGIResponse | None:
-    """A blob uploaded over ``/v2`` that no manifest took yet (clients check it is there)."""
+    """A blob uploaded over ``/v2`` to ``names`` that no manifest took yet (clients check
+    it is there). Only under the name it was uploaded to: a name a reader may pull must
+    not answer with bytes pushed to another (docs/security.md)."""
     blobs = face.blobs
-    found = await face.store.finished_upload(hex_digest)
+    found = await face.store.finished_upload(hex_digest, names)
     if found is None or found.blake3 is None:
         return None
     staged = await blobs.claim_staging(found.id, found.blake3, hex_digest, found.size)

@@ -22,15 +22,16 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
-from cloudimg.api.auth import actor_of
+from cloudimg.api.auth import actor_of, audit_write
 from cloudimg.api.body import body_of, declared_length, drain
 from cloudimg.api.observer import TRANSFER_OPT
-from cloudimg.api.policy import SCOPE_OPT, grants_of
+from cloudimg.api.policy import SCOPE_OPT, Grants, grants_of
 from cloudimg.catalog import WriteOptions
 from cloudimg.config import Settings
+from cloudimg.digest import Digest
 from cloudimg.oci.errors import OciError, oci_names, oci_tag, parse_oci_digest
 from cloudimg.oci.http.face import API_VERSION_HEADER, MANIFEST_PATH, Face, OciFace
-from cloudimg.oci.keep import EMPTY_CONFIG, put_tagged_manifest
+from cloudimg.oci.keep import EMPTY_CONFIG, Pullable, Reach, put_tagged_manifest
 from cloudimg.oci.push import ManifestRefused, disk_layer_of, manifest_json
 from cloudimg.oci.sessions import ChunkRange, UploadSessions, upload_location
 from cloudimg.oci.store import PushedManifest, UploadSession
@@ -123,7 +124,7 @@ class OciPushController(Controller):
         grants = grants_of(request)
         if mount is not None and grants.lists(source or ""):
             hex_digest = parse_oci_digest(mount)
-            if await face.sessions.mountable(hex_digest, source):
+            if await _mountable(face, grants, hex_digest, source or ""):
                 return _created(*names, hex_digest)
         session = await face.sessions.start(*names)
         if chunk.digest is None:
@@ -185,17 +186,22 @@ class OciPushController(Controller):
         self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
     ) -> Response[None]:
         names = oci_names(repo, image)
+        reach = Reach(names, _pullable(face, grants_of(request)))
         if ":" in reference:
-            return await _put_child(request, face, names, reference)
+            return await _put_child(request, face, reach, reference)
         tag = oci_tag(reference)
         body = await _small_body(request, face.settings, _MAX_MANIFEST, "MANIFEST_INVALID")
         options = WriteOptions(actor=actor_of(request))
         content_type = request.headers.get("content-type")
         try:
-            await put_tagged_manifest(face.keeping, (*names, tag), body, content_type, options)
+            await put_tagged_manifest(
+                face.keeping, (*names, tag), body, content_type, options, reach.pullable
+            )
         except ManifestRefused as exc:
             raise OciError(400, exc.spec_code, exc.message, exc.context) from None
-        return _created(repo, image, hashlib.sha256(body).hexdigest(), "manifests")
+        sha = hashlib.sha256(body).hexdigest()
+        audit_write(request, "push", f"{repo}/{image}", f"manifest sha256:{sha} tagged {tag}")
+        return _created(repo, image, sha, "manifests")
 
 
 async def _complete(
@@ -211,28 +217,52 @@ async def _complete(
     return _created(found.repo, found.image, parse_oci_digest(chunk.digest))
 
 
+def _pullable(face: OciFace, grants: Grants) -> Pullable | None:
+    """With scopes: whether the pusher may pull a name that holds a stored blob (a
+    manifest may name only such blobs and its own uploads); None without scopes."""
+    if grants.unlimited:
+        return None
+
+    async def pullable(sha256_hex: str) -> bool:
+        holders = await face.catalog.reads.names_holding(Digest("sha256", sha256_hex))
+        return any(grants.allows("pull", repo, image) for repo, image in holders)
+
+    return pullable
+
+
+async def _mountable(face: OciFace, grants: Grants, sha256_hex: str, source: str) -> bool:
+    """Whether a mount of these bytes from ``source`` (``repo/image``) takes place.
+
+    Without scopes the bytes mount from anywhere the registry holds them (names do not
+    own bytes). With scopes (the caller may pull ``source``), only a stored blob that
+    ``source`` holds mounts: what a manifest of the caller may then name.
+    """
+    if grants.unlimited:
+        return await face.sessions.mountable(sha256_hex, source)
+    if await face.store.sha256_stored(sha256_hex) is None:
+        return False
+    repo, _, image = source.partition("/")
+    return (repo, image) in await face.catalog.reads.names_holding(Digest("sha256", sha256_hex))
+
+
 async def _put_child(
-    request: Request[Any, Any, Any], face: OciFace, names: tuple[str, str], reference: str
+    request: Request[Any, Any, Any], face: OciFace, reach: Reach, reference: str
 ) -> Response[None]:
     """A manifest pushed by digest: an index's child, kept until the index's tag takes it.
 
-    It must describe a VM disk whose blobs were uploaded; nothing is committed yet (no
-    tag would hold it), and gc's grace reclaims its uploads if no index follows.
+    It must describe a VM disk whose blobs were uploaded (within the push's ``reach``);
+    nothing is committed yet (no tag would hold it), and gc's grace reclaims its uploads
+    if no index follows.
     """
-    oci, hex_digest = face.store, parse_oci_digest(reference)
+    oci, hex_digest, names = face.store, parse_oci_digest(reference), reach.names
     body = await _small_body(request, face.settings, _MAX_MANIFEST, "MANIFEST_INVALID")
     if hashlib.sha256(body).hexdigest() != hex_digest:
         raise OciError(400, "DIGEST_INVALID", "the manifest does not have the digest of its URL")
     try:
         layer = disk_layer_of(body, request.headers.get("content-type"))
-        for needed in (layer.sha256, layer.config_sha256):
-            uploaded = await oci.finished_upload(needed) is not None
-            if needed != EMPTY_CONFIG and not uploaded and not await oci.sha256_stored(needed):
-                raise ManifestRefused(
-                    "MANIFEST_BLOB_UNKNOWN",
-                    "a blob was not uploaded",
-                    {"digest": f"sha256:{needed}"},
-                )
+        for needed, what in ((layer.sha256, "layer"), (layer.config_sha256, "config")):
+            if needed != EMPTY_CONFIG and not await reach.usable(oci, needed):
+                raise reach.refused(needed, what)
     except ManifestRefused as exc:
         raise OciError(400, exc.spec_code, exc.message, exc.context) from None
     media_type = manifest_json(body).get("mediaType") or request.headers.get("content-type", "")
@@ -240,6 +270,7 @@ async def _put_child(
         hex_digest, str(media_type), body, "", layer.config_sha256, b"", "pending"
     )
     await oci.add_pending_manifest(*names, pending)
+    audit_write(request, "push", "/".join(names), f"manifest sha256:{hex_digest} (by digest)")
     return _created(*names, hex_digest, "manifests")
 
 

@@ -110,16 +110,17 @@ class OciUploads(CatalogBase):
                 written = await change(db, effects)
         return written
 
-    async def finished_upload(self, sha256_hex: str) -> UploadSession | None:
-        """A finished upload of bytes with this sha256, newest first (any repository: a
-        writer may read every image, as retag allows)."""
+    async def finished_upload(
+        self, sha256_hex: str, names: tuple[str, str] | None = None
+    ) -> UploadSession | None:
+        """A finished upload of bytes with this sha256, newest first: to ``names`` (repo,
+        image), or to any name when None (without scopes a writer may read every image,
+        as retag allows)."""
+        query = select(OciUpload).where(OciUpload.sha256 == sha256_hex)
+        if names is not None:
+            query = query.where(OciUpload.repository == names[0], OciUpload.image == names[1])
         async with self._read() as db:
-            row = await db.scalar(
-                select(OciUpload)
-                .where(OciUpload.sha256 == sha256_hex)
-                .order_by(OciUpload.updated_at.desc())
-                .limit(1)
-            )
+            row = await db.scalar(query.order_by(OciUpload.updated_at.desc()).limit(1))
             return None if row is None else _session(row)
 
     async def finished_uploads_of(self, repo: str, image: str, sha256_hex: str) -> list[str]:
