@@ -306,8 +306,11 @@ def test_a_mount_from_a_repository_the_caller_cannot_pull_does_not_mount(
     blob = random_image(4096)
     digest = sha256_digest(blob)
     with oci_client(server, "root") as root:
-        push_blob(root, f"other/{image}", blob)
-        push_blob(root, f"shared/{image}", blob)
+        for repo in ("other", "shared"):
+            push_blob(root, f"{repo}/{image}", blob)
+            put = put_manifest(root, f"{repo}/{image}", "v1", artifact_manifest(blob))
+            assert put.status_code == 201, put.text
+        push_blob(root, f"shared/{image}-untaken", DISK)  # uploaded, no manifest took it
     with oci_client(server, "team-a-ci") as ci:
         target = f"/v2/team-a/{image}/blobs/uploads/"
         hidden = ci.post(target, params={"mount": digest, "from": f"other/{image}"})
@@ -315,9 +318,229 @@ def test_a_mount_from_a_repository_the_caller_cannot_pull_does_not_mount(
         assert "/blobs/uploads/" in hidden.headers["location"]
         unnamed = ci.post(target, params={"mount": digest})
         assert unnamed.status_code == 202  # no 'from': nothing the caller may pull to check
+        # 'from' must hold the bytes: a pullable name is no key to every digest.
+        elsewhere = ci.post(target, params={"mount": digest, "from": "shared/nothing-here"})
+        assert elsewhere.status_code == 202
+        # Another name's finished upload is not the caller's, nor stored: no mount.
+        untaken = {"mount": sha256_digest(DISK), "from": f"shared/{image}-untaken"}
+        assert ci.post(target, params=untaken).status_code == 202
         pullable = ci.post(target, params={"mount": digest, "from": f"shared/{image}"})
         assert pullable.status_code == 201
         assert pullable.headers["docker-content-digest"] == digest
+        # What was mounted is what its manifest may name.
+        put = put_manifest(ci, f"team-a/{image}", "v1", artifact_manifest(blob))
+        assert put.status_code == 201, put.text
+
+
+# -- what a write may name by digest -----------------------------------------------------
+
+
+def test_a_manifest_names_only_blobs_its_pusher_may_pull_or_uploaded_itself(
+    server: RunningServer, image: str
+) -> None:
+    hidden, shared, theirs = random_image(8192), random_image(8192), random_image(8192)
+    with oci_client(server, "root") as root:
+        push_blob(root, f"other/{image}", hidden)
+        assert put_manifest(root, f"other/{image}", "v1", artifact_manifest(hidden)).is_success
+        push_blob(root, f"shared/{image}", shared)
+        assert put_manifest(root, f"shared/{image}", "v1", artifact_manifest(shared)).is_success
+        push_blob(root, f"other/{image}-b", theirs)  # finished, no manifest took it yet
+    blobs = server.blob_files()
+    target = f"team-a/{image}"
+    with oci_client(server, "team-a-ci") as ci:
+        for disk in (hidden, theirs, random_image(512)):  # stored, uploaded elsewhere, none
+            body = assert_oci_error(
+                put_manifest(ci, target, "v1", artifact_manifest(disk)), 403, "DENIED"
+            )
+            assert body["detail"] == {"action": "pull", "digest": sha256_digest(disk)}
+        # An index's child pushed by digest is held to the same rule.
+        child = artifact_manifest(hidden)
+        by_digest = ci.put(
+            f"/v2/{target}/manifests/{sha256_digest(child)}",
+            content=child,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert assert_oci_error(by_digest, 403, "DENIED")["detail"]["digest"] == sha256_digest(
+            hidden
+        )
+        with server.client() as http:
+            assert root_get(http, f"/reg/{target}").status_code == 404  # nothing stored
+        assert server.blob_files() == blobs
+        # A blob of a name it may pull, and one it uploaded to the name itself: both fine.
+        assert put_manifest(ci, target, "v1", artifact_manifest(shared)).status_code == 201
+        own = random_image(8192)
+        push_blob(ci, target, own)
+        assert put_manifest(ci, target, "v2", artifact_manifest(own)).status_code == 201
+    with oci_client(server, "root") as root:  # the other team's upload was left alone
+        assert put_manifest(root, f"other/{image}-b", "v1", artifact_manifest(theirs)).is_success
+    with server.client() as http:
+        assert root_get(http, f"/reg/{target}/v1").content == shared
+        assert root_get(http, f"/reg/{target}/v2").content == own
+
+
+def test_a_finished_upload_answers_only_under_its_own_name(
+    server: RunningServer, image: str
+) -> None:
+    blob = random_image(4096)
+    digest = sha256_digest(blob)
+    with oci_client(server, "team-a-ci") as ci:
+        push_blob(ci, f"team-a/{image}", blob)
+        assert ci.head(f"/v2/team-a/{image}/blobs/{digest}").status_code == 200
+        assert ci.get(f"/v2/team-a/{image}/blobs/{digest}").content == blob
+        assert ci.head(f"/v2/team-a/{image}-x/blobs/{digest}").status_code == 404
+    with oci_client(server, "root") as root:
+        assert_oci_error(root.get(f"/v2/shared/{image}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+    with server.client() as http:  # a reader of course-* does not get it by digest either
+        response = http.get(f"/v2/course-x/{image}/blobs/{digest}", headers=STUDENT_AUTH)
+        assert_oci_error(response, 404, "BLOB_UNKNOWN")
+
+
+def test_a_retag_source_needs_pull_on_a_name_that_holds_it(
+    server: RunningServer, http: httpx.Client, image: str
+) -> None:
+    hidden_disk, shared_disk = random_image(4096), random_image(4096)  # held by one name each
+    for repo, disk in (("other", hidden_disk), ("shared", shared_disk)):
+        assert upload_raw(http, f"/reg/{repo}/{image}/v1", disk, headers=bearer("root")).is_success
+    hidden = root_get(http, f"/reg/other/{image}/v1/meta").json()
+    pullable = root_get(http, f"/reg/shared/{image}/v1/meta").json()
+    ci = bearer("team-a-ci")
+    target = f"/reg/team-a/{image}/v1/retag"
+    for digest in (hidden["digest"], hidden["sha256"], "blake3:" + "0" * 64):
+        response = http.post(target, json={"digest": digest}, headers=ci)
+        assert response.status_code == 403, response.text
+        assert response.json()["context"] == {"action": "pull", "digest": digest}
+    assert root_get(http, f"/reg/team-a/{image}").status_code == 404  # nothing changed
+    assert f"refused push of team-a/{image} to token team-a-ci (may not pull the source" in (
+        server.log()
+    )
+    assert http.post(target, json={"digest": pullable["digest"]}, headers=ci).status_code == 201
+    assert root_get(http, f"/reg/team-a/{image}/v1").content == shared_disk
+    # A rollback within the image: only its own retained history holds the old bytes.
+    first, second = random_image(4096), random_image(4096)
+    assert upload_raw(http, f"/reg/team-a/{image}/v2", first, headers=ci).status_code == 201
+    old = http.get(f"/reg/team-a/{image}/v2/meta", headers=ci).json()["digest"]
+    assert upload_raw(http, f"/reg/team-a/{image}/v2", second, headers=ci).status_code == 201
+    rollback = {"digest": old}
+    assert http.post(f"/reg/team-a/{image}/v2/retag", json=rollback, headers=ci).status_code == 201
+    assert http.get(f"/reg/team-a/{image}/v2", headers=ci).content == first
+
+
+# -- the web pages -------------------------------------------------------------------------
+
+
+def test_the_pages_list_only_what_the_caller_may_pull(http: httpx.Client, image: str) -> None:
+    marker = {"page-scope": image}
+    for repo in ("course-x", "other"):
+        seed(http, f"/reg/{repo}/{image}/v1", marker)
+    student = STUDENT_AUTH
+    index = http.get("/ui/", headers=student)
+    assert index.status_code == 200
+    assert "course-x" in index.text
+    assert "/ui/other" not in index.text
+    assert "/ui/other" in root_get(http, "/ui/").text
+    images = http.get("/ui/other", headers=student)
+    assert images.status_code == 200
+    assert image not in images.text
+    assert image in http.get("/ui/course-x", headers=student).text
+    query = http.get("/ui/_query", params={"q": f"page-scope={image}"}, headers=student)
+    assert f"/ui/course-x/{image}/v1" in query.text
+    assert f"/ui/other/{image}" not in query.text
+    everything = root_get(http, f"/ui/_query?q=page-scope%3D{image}").text
+    assert f"/ui/other/{image}/v1" in everything
+    for page in (f"/ui/other/{image}", f"/ui/other/{image}/v1"):
+        assert http.get(page, headers=student).status_code == 403
+    # The history's digest references (the tag page's rollback and download links).
+    digest = root_get(http, f"/reg/other/{image}/v1/meta").json()["digest"]
+    assert_denied(
+        http.get(f"/reg/other/{image}/{digest}", headers=student), "pull", f"other/{image}"
+    )
+    assert_denied(
+        http.get(f"/reg/other/{image}/v1/history", headers=student), "pull", f"other/{image}"
+    )
+
+
+def test_events_show_only_what_the_caller_may_pull(http: httpx.Client, image: str) -> None:
+    seed(http, f"/reg/course-x/{image}/v1")
+    seed(http, f"/reg/other/{image}/v1")
+    newest = root_get(http, "/reg/_events?limit=1000").json()
+    subjects = {event["subject"] for event in newest["data"]}
+    assert {f"course-x/{image}:v1", f"other/{image}:v1"} <= subjects
+    seen = http.get("/reg/_events", params={"limit": 1000}, headers=STUDENT_AUTH).json()
+    shown = {event["subject"] for event in seen["data"]}
+    assert f"course-x/{image}:v1" in shown
+    assert not [s for s in shown if "/" in s and not s.startswith("course-")]
+    assert seen["next"] == newest["next"]
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+def test_every_accepted_write_is_logged_once_with_the_credential_name(
+    server: RunningServer, http: httpx.Client, image: str
+) -> None:
+    name, path = f"team-a/{image}", f"/reg/team-a/{image}"
+    admin = bearer("team-a-admin")
+    assert post_image(http, f"{path}/v1", admin).status_code == 201
+    assert upload_raw(http, f"{path}/v2", random_image(4096), headers=admin).status_code == 201
+    digest = http.get(f"{path}/v1/meta", headers=admin).json()["digest"]
+    assert http.post(f"{path}/v3/retag", json={"digest": digest}, headers=admin).status_code == 201
+    assert http.put(f"{path}/v1/immutable", headers=admin).status_code == 200
+    assert http.delete(f"{path}/v1/immutable", headers=admin).status_code == 200
+    assert http.delete(f"{path}/v2", headers=admin).status_code == 200
+    assert http.delete(f"{path}/v3", params={"purge": "history"}, headers=admin).status_code == 200
+    blob = random_image(4096)
+    with oci_client(server, "team-a-admin") as oci:
+        push_blob(oci, name, blob)
+        assert put_manifest(oci, name, "o1", artifact_manifest(blob)).status_code == 201
+        loose = random_image(1024)
+        push_blob(oci, name, loose)
+        assert oci.delete(f"/v2/{name}/blobs/{sha256_digest(loose)}").status_code == 202
+        assert oci.delete(f"/v2/{name}/manifests/o1").status_code == 202
+    history = {
+        tag: http.get(f"{path}/{tag}/history", headers=admin).json()["data"]
+        for tag in ("v1", "v2", "o1")
+    }
+    log = server.log()
+    expected = [
+        f"accepted push of {name} by token team-a-admin: upload of blake3:",  # v1, v2
+        f"accepted push of {name} by token team-a-admin: retag of {digest} to tag v3",
+        f"accepted admin of {name} by token team-a-admin: tag v1 made immutable",
+        f"accepted admin of {name} by token team-a-admin: tag v1 released",
+        f"accepted delete of {name} by token team-a-admin: tag v2",
+        f"accepted delete of {name} by token team-a-admin: tag v3 and its history (purge)",
+        f"accepted push of {name} by token team-a-admin: manifest sha256:",
+        f"accepted delete of {name} by token team-a-admin: blob {sha256_digest(loose)}",
+        f"accepted delete of {name} by token team-a-admin: manifest o1",
+    ]
+    for line, count in zip(expected, [2, 1, 1, 1, 1, 1, 1, 1, 1], strict=True):
+        assert log.count(line) == count, line
+    assert log.count(f"accepted push of {name} ") + log.count(f"accepted admin of {name} ") + (
+        log.count(f"accepted delete of {name} ")
+    ) == sum([2, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert all(token not in log for token in [*TOKENS.values(), UNNAMED])
+    # The history's actor of every write path is the token's name.
+    actors = {entry["actor"] for entries in history.values() for entry in entries}
+    assert actors == {"team-a-admin"}
+    actions = {entry["action"] for entry in history["v1"]}
+    assert {"created", "immutable", "released"} <= actions
+    assert {entry["action"] for entry in history["o1"]} == {"created", "deleted"}
+
+
+def test_a_committed_push_records_the_token_name(server: RunningServer, image: str) -> None:
+    """``cloudimg push``'s path: a /v2 upload committed by a retag of its sha256."""
+    blob = random_image(4096)
+    with oci_client(server, "team-a-ci") as ci:
+        push_blob(ci, f"team-a/{image}", blob)
+    with server.client() as http:
+        path = f"/reg/team-a/{image}/v1"
+        retag = http.post(
+            f"{path}/retag", json={"digest": sha256_digest(blob)}, headers=bearer("team-a-ci")
+        )
+        assert retag.status_code == 201, retag.text
+        entry = root_get(http, f"{path}/history").json()["data"][0]
+        assert (entry["action"], entry["actor"]) == ("created", "team-a-ci")
+    log = server.log()
+    assert f"accepted push of team-a/{image} by token team-a-ci: committed upload of" in log
 
 
 # -- the policy file ---------------------------------------------------------------------
