@@ -9,9 +9,9 @@ Each entry says what the route needs (``pull``, ``push``, ``delete``, ``admin`` 
 name, any credential for a listing, nothing for an open route) and how to make one real
 request to it (seeding what it needs first, as ``root``). Every request is then sent as
 
-- ``in-scope``: a token with every action on ``mx/*``, the names the requests touch;
+- ``in-scope``: a token with every action on ``mtx/*``, the names the requests touch;
 - ``out-of-scope``: a token with every action on ``elsewhere/*`` only;
-- ``read-only``: Basic read credentials with ``pull`` on ``mx/*``;
+- ``read-only``: Basic read credentials with ``pull`` on ``mtx/*``;
 - ``anonymous``: no credentials,
 
 refused ones first (so they run on the state the in-scope request then changes), and
@@ -44,11 +44,11 @@ READER = ("reader", "pw-" + secrets.token_hex(8))
 ALL = ["pull", "push", "delete", "admin"]
 POLICY = {
     "tokens": {
-        "in-scope": [{"names": ["mx/*"], "actions": ALL}],
+        "in-scope": [{"names": ["mtx/*"], "actions": ALL}],
         "out-of-scope": [{"names": ["elsewhere/*"], "actions": ALL}],
         "root": [{"names": ["*/*"], "actions": ALL}],
     },
-    "users": {READER[0]: [{"names": ["mx/*"], "actions": ["pull"]}]},
+    "users": {READER[0]: [{"names": ["mtx/*"], "actions": ["pull"]}]},
 }
 CALLERS = ("anonymous", "read-only", "out-of-scope", "in-scope")
 """In the order they ask: the refused ones first, the in-scope one (which may change
@@ -77,10 +77,10 @@ class Ctx:
 
     @property
     def name(self) -> str:
-        return f"mx/{self.image}"
+        return f"mtx/{self.image}"
 
     def seed(self, tag: str = "v1") -> dict[str, Any]:
-        """A tag of ``mx/<image>`` holding ``disk``; its ``/meta``."""
+        """A tag of ``mtx/<image>`` holding ``disk``; its ``/meta``."""
         response = self.root.put(
             f"/reg/{self.name}/{tag}",
             content=self.disk,
@@ -91,7 +91,7 @@ class Ctx:
         return meta
 
     def session(self) -> str:
-        """A new upload session of ``mx/<image>``: its path."""
+        """A new upload session of ``mtx/<image>``: its path."""
         response = self.root.post(f"/v2/{self.name}/blobs/uploads/")
         assert response.status_code == 202, response.text
         return str(response.headers["location"])
@@ -125,7 +125,7 @@ def _get(url: str) -> Callable[[Ctx], Request]:
 
 
 def _seeded(method: str, suffix: str = "", **kwargs: Any) -> Callable[[Ctx], Request]:
-    """``method`` on ``/reg/mx/<image>/v1<suffix>`` once the tag exists."""
+    """``method`` on ``/reg/mtx/<image>/v1<suffix>`` once the tag exists."""
 
     def make(ctx: Ctx) -> Request:
         ctx.seed()
@@ -135,7 +135,7 @@ def _seeded(method: str, suffix: str = "", **kwargs: Any) -> Callable[[Ctx], Req
 
 
 def _at(method: str, template: str) -> Callable[[Ctx], Request]:
-    """``method`` on ``template`` (``{name}``: ``mx/<image>``) once ``v1`` exists."""
+    """``method`` on ``template`` (``{name}``: ``mtx/<image>``) once ``v1`` exists."""
 
     def make(ctx: Ctx) -> Request:
         ctx.seed()
@@ -169,7 +169,7 @@ def _release(ctx: Ctx) -> Request:
 
 
 def _v2(suffix: str) -> Callable[[Ctx], Request]:
-    """GET of ``/v2/mx/<image>/<suffix>`` once ``v1`` exists (``{sha}``: its sha256)."""
+    """GET of ``/v2/mtx/<image>/<suffix>`` once ``v1`` exists (``{sha}``: its sha256)."""
 
     def make(ctx: Ctx) -> Request:
         sha = ctx.seed()["sha256"]
@@ -221,7 +221,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("/reg", "GET"): Case("listing", _get("/reg")),
     ("/reg/_query", "GET"): Case("listing", _get("/reg/_query?meta=k%3Dv")),
     ("/reg/_events", "GET"): Case("listing", _get("/reg/_events")),
-    ("/reg/{repo:str}", "GET"): Case("listing", _get("/reg/mx")),
+    ("/reg/{repo:str}", "GET"): Case("listing", _at("GET", "/reg/mtx")),
     ("/reg/{repo:str}/{image:str}", "GET"): Case("pull", _at("GET", "/reg/{name}")),
     (TAG, "GET"): Case("pull", _seeded("GET")),
     (TAG, "HEAD"): Case("pull", _seeded("HEAD")),
@@ -242,8 +242,8 @@ TABLE: dict[tuple[str, str], Case] = {
     (MANIFEST, "HEAD"): Case("pull", _head(_v2("manifests/v1"))),
     (MANIFEST, "PUT"): Case("push", _put_manifest, 201),
     (MANIFEST, "DELETE"): Case("delete", _at("DELETE", "/v2/{name}/manifests/v1"), 202),
-    (BLOB, "GET"): Case("pull", _v2("blobs/sha256:{sha}")),
-    (BLOB, "HEAD"): Case("pull", _head(_v2("blobs/sha256:{sha}"))),
+    (BLOB, "GET"): Case("pull", _v2("blobs/{sha}")),
+    (BLOB, "HEAD"): Case("pull", _head(_v2("blobs/{sha}"))),
     (BLOB, "DELETE"): Case("delete", _delete_blob, 202),
     ("/v2/{repo:str}/{image:str}/blobs/uploads", "POST"): Case(
         "push", lambda ctx: Request("POST", f"/v2/{ctx.name}/blobs/uploads/"), 202, audited=False
@@ -261,7 +261,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("/ui/_static/{file_path:path}", "HEAD"): Case(
         "signed-in", lambda _ctx: Request("HEAD", "/ui/_static/style.css")
     ),
-    ("/ui/{repo:str}", "GET"): Case("listing", _get("/ui/mx")),
+    ("/ui/{repo:str}", "GET"): Case("listing", _at("GET", "/ui/mtx")),
     ("/ui/{repo:str}/{image:str}", "GET"): Case("pull", _at("GET", "/ui/{name}")),
     ("/ui/{repo:str}/{image:str}/{tag:str}", "GET"): Case("pull", _at("GET", "/ui/{name}/v1")),
     # open: probes, metrics, the OpenAPI documents
@@ -293,9 +293,9 @@ def _options(url: str) -> Callable[[Ctx], Request]:
 
 
 def _concrete(path: str) -> str:
-    """A URL of a route's path (its parameters filled in with names under ``mx``)."""
+    """A URL of a route's path (its parameters filled in with names under ``mtx``)."""
     values = {
-        "repo": "mx", "image": "img", "tag": "v1", "reference": "v1", "session": "s1",
+        "repo": "mtx", "image": "img", "tag": "v1", "reference": "v1", "session": "s1",
         "digest": "sha256:" + "0" * 64, "file_path": "style.css", "path": "nothing-here",
     }  # fmt: skip
     for name, value in values.items():
@@ -379,5 +379,7 @@ def test_the_scope_matrix(server: RunningServer, path: str, method: str) -> None
     if case.needs in _ACTIONS and case.audited:
         line = f"accepted {case.needs} of {ctx.name} by token in-scope"
         assert server.log().count(line) == 1, line
+    # A refused write leaves its warning (a refused read does not: it writes nothing).
     refused = f"of {ctx.name} to token out-of-scope (no scope)"
-    assert (refused in server.log()) == (case.needs in _ACTIONS)
+    wrote = case.needs in _ACTIONS and method not in ("GET", "HEAD", "OPTIONS")
+    assert (refused in server.log()) == wrote
