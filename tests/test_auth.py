@@ -385,6 +385,9 @@ def test_each_listed_token_may_upload_and_reads_stay_open(
         assert http.get(f"/reg/{repo}/disk/v2/meta").status_code == 200
         # Wrong credentials on a read do not matter while reads are open.
         assert http.get("/reg", headers=bearer(WRONG_TOKEN)).status_code == 200
+    # Without a policy too, each accepted write is audited once, naming the credential.
+    audit = f"accepted push of {repo}/disk by unnamed token: upload of blake3:"
+    assert write_server.log().count(audit) == 2
     assert_no_secret_in_log(write_server)
 
 

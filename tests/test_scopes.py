@@ -484,6 +484,7 @@ def test_every_accepted_write_is_logged_once_with_the_credential_name(
     assert upload_raw(http, f"{path}/v2", random_image(4096), headers=admin).status_code == 201
     digest = http.get(f"{path}/v1/meta", headers=admin).json()["digest"]
     assert http.post(f"{path}/v3/retag", json={"digest": digest}, headers=admin).status_code == 201
+    retagged = http.get(f"{path}/v3/history", headers=admin).json()["data"]  # before its purge
     assert http.put(f"{path}/v1/immutable", headers=admin).status_code == 200
     assert http.delete(f"{path}/v1/immutable", headers=admin).status_code == 200
     assert http.delete(f"{path}/v2", headers=admin).status_code == 200
@@ -519,10 +520,11 @@ def test_every_accepted_write_is_logged_once_with_the_credential_name(
     ) == sum([2, 1, 1, 1, 1, 1, 1, 1, 1])
     assert all(token not in log for token in [*TOKENS.values(), UNNAMED])
     # The history's actor of every write path is the token's name.
-    actors = {entry["actor"] for entries in history.values() for entry in entries}
+    actors = {entry["actor"] for entries in [*history.values(), retagged] for entry in entries}
     assert actors == {"team-a-admin"}
     actions = {entry["action"] for entry in history["v1"]}
     assert {"created", "immutable", "released"} <= actions
+    assert [entry["action"] for entry in retagged] == ["created"]  # the retag made v3
     assert {entry["action"] for entry in history["o1"]} == {"created", "deleted"}
 
 
