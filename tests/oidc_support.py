@@ -95,7 +95,7 @@ class IssuerServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner.hits[self.path] += 1
                     if self.path == "/.well-known/openid-configuration":
