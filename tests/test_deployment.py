@@ -450,6 +450,35 @@ def test_each_feed_is_a_cronjob_whose_feed_file_the_client_reads(
     assert not [m for m in rendered(helm) if m["metadata"]["name"].startswith("cloudimg-sync")]
 
 
+def test_feeds_can_sign_in_with_a_projected_service_account_token(helm: Path) -> None:
+    """``sync.oidcToken``: each feed's pod mounts a service-account token of the registry's
+    audience (kubelet rotates it) and the client reads it as its token file; the pod's API
+    token stays unmounted. With a static token as well, the chart refuses to render."""
+    feeds = "feeds: [{name: deb, target: a/b:c, oci: {image: q.io/a:b}}]\n"
+    values = feeds + "sync: {oidcToken: {enabled: true, audience: registry.example}}\n"
+    manifests = rendered(helm, values)
+    (job,) = [m for m in manifests if m["kind"] == "CronJob" and "sync" in m["metadata"]["name"]]
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert env["CLOUDIMG_TOKEN_FILE"] == "/var/run/secrets/cloudimg/token"
+    assert "CLOUDIMG_TOKEN" not in env
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["registry-token"]["mountPath"] == "/var/run/secrets/cloudimg"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    (source,) = volumes["registry-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"] == {
+        "audience": "registry.example",
+        "expirationSeconds": 3600,
+        "path": "token",
+    }
+    both = feeds + "sync: {tokenSecret: s, oidcToken: {enabled: true}}\n"
+    refused = helm_template(helm, both)
+    assert refused.returncode != 0
+    assert "exclude each other" in refused.stderr
+
+
 def kinds(manifests: list[dict[str, Any]]) -> list[str]:
     return [manifest["kind"] for manifest in manifests]
 

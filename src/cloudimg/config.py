@@ -230,10 +230,12 @@ class Settings:
             raise SettingsError("read_auth", "'basic' needs read_credentials_file")
         if not basic and self.read_credentials_file is not None:
             raise SettingsError("read_credentials_file", "is only used with read_auth basic")
-        if basic and self.write_token_file is None:
-            raise SettingsError("read_auth", "needs write_token_file: writes would be open")
-        if self.policy_file is not None and self.write_token_file is None:
-            raise SettingsError("policy_file", "needs write_token_file: writes would be open")
+        if basic and self.write_token_file is None and self.policy_file is None:
+            raise SettingsError(
+                "read_auth", "needs write_token_file or policy_file: writes would be open"
+            )
+        # A policy_file without write_token_file must list an OIDC issuer: checked when
+        # the file is read (cloudimg.api.auth.load_registry_auth).
 
     def check_web(self) -> None:
         """Refuse a registry API mounted where the web pages are (``<www-prefix>ui``), and

@@ -64,6 +64,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
                 auth.read_credentials,
                 body_timeout=auth.body_timeout,
                 policy=auth.policy,
+                oidc=auth.oidc,
             )
         ],
     )

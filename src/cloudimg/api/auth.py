@@ -53,6 +53,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from cloudimg.api.body import drain_refused
+from cloudimg.api.oidc import OidcIdentity, OidcVerifier
 from cloudimg.api.policy import (
     Grants,
     Policy,
@@ -222,14 +223,36 @@ class RegistryAuth:
         *,
         body_timeout: float | None,
         policy: SecretFile[Policy] | None = None,
+        oidc: OidcVerifier | None = None,
     ) -> None:
         """``body_timeout``: how long a refused write's body may send nothing while it is
         drained (``--read-body-timeout-secs``, as for every body the server reads);
-        ``policy``: the scopes of ``--policy-file`` (None: every credential may do all)."""
+        ``policy``: the scopes of ``--policy-file`` (None: every credential may do all);
+        ``oidc``: the verifier of the policy's OIDC issuers (its key cache; shared by the
+        ``/reg`` and ``/v2`` guards; a new one when None and there is a policy)."""
         self.write_tokens = write_tokens
         self.read_credentials = read_credentials
         self.body_timeout = body_timeout
         self.policy = policy
+        self.oidc = oidc if oidc is not None or policy is None else OidcVerifier()
+
+    @property
+    def _writes_open(self) -> bool:
+        """No write token file and no policy (whose OIDC issuers would sign writers in)."""
+        return self.write_tokens is None and self.policy is None
+
+    async def _oidc_identity(self, presented: _Presented, *, basic: bool) -> OidcIdentity | None:
+        """The identity of an OIDC token sent as the bearer token (or, ``basic``, as the
+        Basic password): None when it is none, or does not verify (see cloudimg.api.oidc)."""
+        if self.oidc is None or self.policy is None:
+            return None
+        if presented.scheme == "bearer":
+            token = presented.secret
+        elif basic and presented.scheme == "basic":
+            token = presented.secret.partition(":")[2]
+        else:
+            return None
+        return await self.oidc.identify(token, self.policy.get().issuers)
 
     def _identify(self, presented: _Presented) -> tuple[str, str | None]:
         """``("token", name)``, ``("user", name)`` or ``("", None)`` (not valid credentials)."""
@@ -263,9 +286,11 @@ class RegistryAuth:
         handler: BaseRouteHandler,
         kind: str,
         name: str | None,
+        grants: Grants | None = None,
     ) -> None:
-        """Check the scopes of an authenticated credential (``--policy-file``) for the
-        names this route touches; listings filter by the grants kept in the scope state.
+        """Check the scopes of an authenticated credential (``--policy-file``; ``grants``:
+        an OIDC token's) for the names this route touches; listings filter by the grants
+        kept in the scope state.
 
         Raises:
             PermissionDeniedError: the credential has no scope for the action on the name.
@@ -274,7 +299,8 @@ class RegistryAuth:
             # Every credential may do everything; its name is kept for the audit lines.
             set_grants(connection, Grants(unlimited=True, credential=credential_label(kind, name)))
             return
-        grants = self.policy.get().grants(kind, name)
+        if grants is None:
+            grants = self.policy.get().grants(kind, name)
         set_grants(connection, grants)
         method = str(connection.scope.get("method", "GET"))
         params = connection.path_params
@@ -310,15 +336,22 @@ class RegistryAuth:
             kind, name = self._identify(presented)
             if kind:
                 return await self._authorize(connection, _handler, kind, name)
+            identity = await self._oidc_identity(presented, basic=False)
+            if identity is not None:
+                return await self._authorize(connection, _handler, "oidc", None, identity.grants)
             raise NotAuthorizedException(
                 detail="reading needs credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE}
             )
-        if self.write_tokens is None:
+        if self._writes_open:
             return
         writer, name = self._writer(presented)
         if writer:
             connection.scope.setdefault("state", {})[_ACTOR] = name
             return await self._authorize(connection, _handler, "token", name)
+        identity = await self._oidc_identity(presented, basic=False)
+        if identity is not None:
+            connection.scope.setdefault("state", {})[_ACTOR] = identity.name
+            return await self._authorize(connection, _handler, "oidc", None, identity.grants)
         # Read and drop the body (as other refusals do) so the client sees the answer
         # and keeps its connection.
         await drain_refused(connection, self.body_timeout)
@@ -364,17 +397,26 @@ class OciAuth(RegistryAuth):
                     return  # open reads: every caller may pull everything
                 kind, who = ("token", name) if writer else ("user", user)
                 return await self._authorize(connection, _handler, kind, who)
+            identity = await self._oidc_identity(presented, basic=True)
+            if identity is not None:
+                if self.read_credentials is None:
+                    return
+                return await self._authorize(connection, _handler, "oidc", None, identity.grants)
             version_check = connection.scope["path"].rstrip("/") == "/v2"
             if self.read_credentials is not None or version_check:
                 raise NotAuthorizedException(
                     detail="this registry needs credentials", headers=challenge
                 )
             return
-        if self.write_tokens is None:
+        if self._writes_open:
             return
         if writer:
             connection.scope.setdefault("state", {})[_ACTOR] = name
             return await self._authorize(connection, _handler, "token", name)
+        identity = await self._oidc_identity(presented, basic=True)
+        if identity is not None:
+            connection.scope.setdefault("state", {})[_ACTOR] = identity.name
+            return await self._authorize(connection, _handler, "oidc", None, identity.grants)
         await drain_refused(connection, self.body_timeout)
         if self._is_reader(presented):
             raise PermissionDeniedException(detail="these credentials may only read")
@@ -402,7 +444,8 @@ def audit_write(
 
 
 def actor_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    """The name of the write token a write was authenticated with (None: unnamed or open)."""
+    """The name of the write token a write was authenticated with, or the OIDC token's
+    subject (None: unnamed or open)."""
     state = connection.scope.get("state") or {}
     actor = state.get(_ACTOR)
     return actor if isinstance(actor, str) else None
@@ -440,6 +483,10 @@ def load_registry_auth(settings: Settings) -> RegistryAuth | None:
     policy = None
     if settings.policy_file is not None:
         policy = _secret_file("policy_file", settings.policy_file, parse_policy, "policy")
-    if write is None and read is None:
+    if policy is not None and write is None and not policy.get().issuers:
+        raise SettingsError(
+            "policy_file", "needs write_token_file or an oidc issuer: writes would be open"
+        )
+    if write is None and read is None and policy is None:
         return None
     return RegistryAuth(write, read, body_timeout=settings.read_body_timeout_secs, policy=policy)

@@ -20,6 +20,9 @@ valid glob, and ``*/*`` is everything. A credential the policy does not name (an
 token among them) has no scope at all: it may authenticate but its every write and
 scoped read is refused (fail closed). Actions are independent: ``push`` does not imply
 ``pull``.
+
+An ``oidc`` section lists trusted OIDC issuers and maps their tokens' claims to scopes
+(:mod:`cloudimg.api.oidc_config`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from typing import Any
 import yaml
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+
+from cloudimg.api.oidc_config import OidcIssuer, parse_issuers
 
 __all__ = [
     "ACTIONS",
@@ -105,6 +110,8 @@ class Policy:
     """The scopes of named credentials, by kind (``token`` or ``user``)."""
 
     scopes: Mapping[tuple[str, str], tuple[Scope, ...]]
+    issuers: tuple[OidcIssuer, ...] = ()
+    """The OIDC issuers whose tokens are accepted (the ``oidc`` section)."""
 
     def grants(self, kind: str, name: str | None) -> Grants:
         """The grants of a credential; none for a name (or an unnamed token) not listed."""
@@ -133,10 +140,12 @@ def parse_policy(text: str) -> Policy:
     if data is None:
         raise ValueError("it is empty")
     if not isinstance(data, dict):
-        raise ValueError("it is not a mapping of 'tokens' and 'users'")
-    unknown = sorted(str(key) for key in data if key not in _SECTIONS)
+        raise ValueError("it is not a mapping of 'tokens', 'users' and 'oidc'")
+    unknown = sorted(str(key) for key in data if key not in (*_SECTIONS, "oidc"))
     if unknown:
-        raise ValueError(f"unknown key {unknown[0][:64]!r} (the keys are 'tokens' and 'users')")
+        raise ValueError(
+            f"unknown key {unknown[0][:64]!r} (the keys are 'tokens', 'users' and 'oidc')"
+        )
     scopes: dict[tuple[str, str], tuple[Scope, ...]] = {}
     for section, kind in _SECTIONS.items():
         entries = data.get(section) or {}
@@ -148,7 +157,7 @@ def parse_policy(text: str) -> Policy:
             if kind == "user" and any(s.actions - {"pull"} for s in found):
                 raise ValueError(f"{where}: read credentials may only pull")
             scopes[(kind, str(name))] = found
-    return Policy(scopes)
+    return Policy(scopes, parse_issuers(data.get("oidc"), _scopes))
 
 
 def _scopes(where: str, listed: Any) -> tuple[Scope, ...]:

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import click
 
 from cloudimg.cli.flags import option
-from cloudimg.client import ClientError, Credentials, ImageRef, Session, parse_image_ref
+from cloudimg.client import ClientError, Credentials, ImageRef, Session, UsageError, parse_image_ref
 from cloudimg.client.session import default_netrc
+from cloudimg.client.token_source import CommandToken, FileToken, TokenSource
 
 __all__ = ["client_errors", "client_options", "open_session", "reference"]
 
@@ -23,7 +24,17 @@ DEFAULT_SERVER = "http://localhost:8080"
 
 
 def client_options(func: F) -> F:
-    """``--server``, ``--token-file`` and ``--retries`` (each with its ``CLOUDIMG_*``)."""
+    """``--server``, ``--token-file``, ``--token-command`` and ``--retries`` (each with its
+    ``CLOUDIMG_*``)."""
+    func = option(
+        "--token-command",
+        default=None,
+        expose_value=False,  # kept in the click context: the commands' signatures stay
+        callback=_keep_token_command,
+        help="A command that prints a bearer token (an OIDC token, e.g. 'kubectl create "
+        "token NAME --audience cloudimg'), run without a shell, again when the token "
+        "nears its expiry or is refused",
+    )(func)
     func = option(
         "--retries",
         type=click.IntRange(min=0),
@@ -35,7 +46,8 @@ def client_options(func: F) -> F:
         "--token-file",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="File holding the bearer token for writes [default: CLOUDIMG_TOKEN]",
+        help="File holding the bearer token for writes, re-read when it changes (a "
+        "projected service-account token) [default: CLOUDIMG_TOKEN]",
     )(func)
     return option(
         "--server",
@@ -43,6 +55,13 @@ def client_options(func: F) -> F:
         help="The registry's URL (HOST:PORT means http://HOST:PORT); a path in it is the "
         "API root [default path: /reg]",
     )(func)
+
+
+_TOKEN_COMMAND = "cloudimg.token_command"
+
+
+def _keep_token_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_TOKEN_COMMAND] = value
 
 
 @contextmanager
@@ -67,27 +86,26 @@ def open_session(server: str, token_file: Path | None, retries: int) -> Iterator
     # httpx logs every request at INFO; a person running the command sees progress instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with client_errors():
+        tokens = _tokens(token_file)
         credentials = Credentials(
-            token=_token(token_file),
+            token=os.environ.get("CLOUDIMG_TOKEN") or None if tokens is None else None,
             user=os.environ.get("CLOUDIMG_USER") or None,
             password=os.environ.get("CLOUDIMG_PASSWORD"),
             netrc_file=default_netrc(),
-            token_source="CLOUDIMG_TOKEN" if token_file is None else f"--token-file {token_file}",
+            token_source="CLOUDIMG_TOKEN" if tokens is None else tokens.description,
+            tokens=tokens,
         )
         with Session(server, credentials, attempts=retries + 1) as session:
             yield session
 
 
-def _token(token_file: Path | None) -> str | None:
-    """The token file's first word (lines starting with ``#`` skipped), else ``CLOUDIMG_TOKEN``."""
-    if token_file is None:
-        return os.environ.get("CLOUDIMG_TOKEN") or None
-    try:
-        lines = token_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClientError(f"cannot read --token-file {token_file}: {exc}") from None
-    for line in lines:
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            return words[-1]
-    raise ClientError(f"--token-file {token_file} holds no token")
+def _tokens(token_file: Path | None) -> TokenSource | None:
+    """The token's source: ``--token-command`` or ``--token-file`` (not both); None:
+    ``CLOUDIMG_TOKEN`` or no token."""
+    context = click.get_current_context(silent=True)
+    command = context.meta.get(_TOKEN_COMMAND) if context is not None else None
+    if command and token_file is not None:
+        raise UsageError("--token-file and --token-command exclude each other")
+    if command:
+        return CommandToken(command)
+    return FileToken(token_file) if token_file is not None else None

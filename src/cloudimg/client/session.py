@@ -28,6 +28,7 @@ from cloudimg.client.errors import (
     RefusedError,
     UsageError,
 )
+from cloudimg.client.token_source import TokenSource
 
 __all__ = [
     "API_ROOT",
@@ -60,6 +61,8 @@ class Credentials:
     """A netrc file to take the server host's Basic credentials from, when there is one."""
     token_source: str = "CLOUDIMG_TOKEN"
     """Where the token came from, for messages (``--token-file PATH``); never the token."""
+    tokens: TokenSource | None = None
+    """A token that may change (a file re-read, a command run again); wins over ``token``."""
 
     def read_auth(self, host: str) -> httpx.Auth | None:
         if self.user is not None and self.password is not None:
@@ -70,6 +73,8 @@ class Credentials:
         return self.write_auth()
 
     def write_auth(self) -> httpx.Auth | None:
+        if self.tokens is not None:
+            return _RenewedBearer(self.tokens)
         return _Bearer(self.token) if self.token else None
 
     def _netrc_entry(self, host: str) -> tuple[str, str] | None:
@@ -92,6 +97,24 @@ class _Bearer(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = self._header
         yield request
+
+
+class _RenewedBearer(httpx.Auth):
+    """The current token of a source; after a 401, once more with a renewed token when
+    the request can be sent again (its body is bytes, not a stream already sent)."""
+
+    def __init__(self, tokens: TokenSource) -> None:
+        self._tokens = tokens
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._tokens.token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401 or not isinstance(request.stream, httpx.ByteStream):
+            return
+        if self._tokens.renew(token):
+            request.headers["Authorization"] = f"Bearer {self._tokens.token()}"
+            yield request
 
 
 class _TransientStatusError(Exception):
