@@ -17,16 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cloudimg.blobstore import FilesystemBlobStore, OpenedBlobStore
-from cloudimg.blobstore.s3 import S3BlobStore, S3Location, parse_s3_url
-from cloudimg.blobstore.s3.url import check_endpoint
 from cloudimg.catalog import Catalog, create_engine, upgrade_database
 from cloudimg.catalog.database import CatalogEngine, dispose_engine
 from cloudimg.catalog.schema import check_schema, readable_url
 from cloudimg.config import Settings, SettingsError
 from cloudimg.oci.store import OciStore
+
+if TYPE_CHECKING:
+    from cloudimg.blobstore.s3 import S3Location
 
 __all__ = ["Registry", "blob_location", "open_blob_store", "open_registry"]
 
@@ -122,6 +123,9 @@ def blob_location(settings: Settings) -> S3Location | None:
     """
     if not settings.blob_store:
         return None
+    # Imported here: boto3 costs every start ~0.2 s of CPU, and only a bucket needs it.
+    from cloudimg.blobstore.s3.url import check_endpoint, parse_s3_url
+
     try:
         check_endpoint(settings.s3_endpoint)
     except ValueError as exc:
@@ -148,6 +152,8 @@ def open_blob_store(settings: Settings) -> OpenedBlobStore:
     location = blob_location(settings)
     if location is None:
         return FilesystemBlobStore(settings.data_root)
+    from cloudimg.blobstore.s3 import S3BlobStore  # boto3: see blob_location
+
     return S3BlobStore(location)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 
@@ -46,9 +47,27 @@ class _LazyGroup(click.Group):
         if target is None:
             return None
         module, _colon, name = target.partition(":")
-        command = getattr(importlib.import_module(module), name)
+        command = getattr(_import_for_good(module), name)
         assert isinstance(command, click.Command)
         return command
+
+
+def _import_for_good(module: str) -> object:
+    """Import a command's module with the garbage collector paused, then freeze what it made.
+
+    A server's imports make about 100,000 tracked objects that live as long as the
+    process: collections run during the import find nothing to free (~0.15 s of CPU),
+    and every later full collection would walk those objects again, the interpreter's
+    last ones at exit included (~0.5 s of CPU and wall time between a server's SIGTERM
+    and its exit). ``gc.freeze`` is CPython's way to leave them out of collections;
+    they are still freed by their reference counts.
+    """
+    gc.disable()
+    try:
+        return importlib.import_module(module)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 @click.group(cls=_LazyGroup)
