@@ -46,14 +46,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
 from cloudimg.api.body import drain_refused
-from cloudimg.api.oidc import OidcIdentity, OidcVerifier
 from cloudimg.api.policy import (
     Grants,
     Policy,
@@ -66,6 +65,9 @@ from cloudimg.api.policy import (
 from cloudimg.api.secret_file import SecretFile
 from cloudimg.config import Settings, SettingsError
 from cloudimg.errors import PermissionDeniedError
+
+if TYPE_CHECKING:
+    from cloudimg.api.oidc import OidcIdentity, OidcVerifier
 
 __all__ = [
     "CredentialSet",
@@ -213,6 +215,14 @@ def _presented(header: str | None) -> _Presented:
     return _Presented("other")
 
 
+def _verifier() -> OidcVerifier:
+    """A verifier for the policy's OIDC issuers. Imported only with a policy: its JOSE
+    library and HTTP client cost every start ~0.2 s of CPU."""
+    from cloudimg.api.oidc import OidcVerifier
+
+    return OidcVerifier()
+
+
 class RegistryAuth:
     """The guard of the registry router (see the module docstring for the rules)."""
 
@@ -234,7 +244,7 @@ class RegistryAuth:
         self.read_credentials = read_credentials
         self.body_timeout = body_timeout
         self.policy = policy
-        self.oidc = oidc if oidc is not None or policy is None else OidcVerifier()
+        self.oidc = oidc if oidc is not None or policy is None else _verifier()
 
     @property
     def _writes_open(self) -> bool:
