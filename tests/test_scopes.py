@@ -162,6 +162,27 @@ def test_a_token_pushes_inside_its_glob_and_nowhere_else(
     assert all(token not in log for token in [*TOKENS.values(), UNNAMED])
 
 
+def test_writes_refused_before_any_scope_are_logged_with_who_tried(
+    server: RunningServer, http: httpx.Client, image: str
+) -> None:
+    """Read credentials are named by their user; a missing or unknown token is named as
+    such (never the token it presented)."""
+    stranger = "tok-" + secrets.token_hex(12)
+    assert post_image(http, f"/reg/team-a/{image}/v1", STUDENT_AUTH).status_code == 403
+    assert post_image(http, f"/reg/team-a/{image}/v2", {}).status_code == 401
+    forged = {"Authorization": f"Bearer {stranger}"}
+    assert post_image(http, f"/reg/team-a/{image}/v3", forged).status_code == 401
+    oci = http.post(f"/v2/team-a/{image}/blobs/uploads/", headers=STUDENT_AUTH)
+    assert oci.status_code == 403
+    log = server.log()
+    read_only = "(read credentials may not write)"
+    assert f"refused push of team-a/{image} to user student {read_only}" in log
+    assert log.count(f"refused push of team-a/{image} to no valid credentials") == 2
+    assert log.count(f"refused push of team-a/{image} to user student") == 2  # /reg, /v2
+    assert stranger not in log and STUDENT[1] not in log
+    assert root_get(http, f"/reg/team-a/{image}").status_code == 404  # nothing stored
+
+
 def test_an_unnamed_token_has_no_scope(http: httpx.Client, image: str) -> None:
     response = post_image(http, f"/reg/team-a/{image}/v1", {"Authorization": f"Bearer {UNNAMED}"})
     assert_denied(response, "push", f"team-a/{image}")

@@ -335,6 +335,26 @@ class RegistryAuth:
             f"these credentials may not {action} {path}", {"action": action, "name": path}
         )
 
+    def _audit_unwritable(
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        handler: BaseRouteHandler,
+        presented: _Presented,
+    ) -> bool:
+        """Log the refusal of a write whose credentials may not write at all (read
+        credentials, named by their user) or are not valid; whether they were read
+        credentials."""
+        reader, user = self._reader(presented)
+        label = credential_label("user", user) if reader else "no valid credentials"
+        set_grants(connection, Grants(credential=label))
+        action = actions_of(connection, handler, str(connection.scope.get("method", "POST")))
+        repo, image = connection.path_params.get("repo"), connection.path_params.get("image")
+        named = isinstance(repo, str) and isinstance(image, str)
+        name = f"{repo}/{image}" if named else str(connection.scope.get("path", ""))
+        reason = "read credentials may not write" if reader else "not authenticated"
+        audit_write(connection, action[0], name, refused=reason)
+        return reader
+
     async def __call__(
         self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
     ) -> None:
@@ -364,8 +384,9 @@ class RegistryAuth:
             return await self._authorize(connection, _handler, "oidc", None, identity.grants)
         # Read and drop the body (as other refusals do) so the client sees the answer
         # and keeps its connection.
+        reader = self._audit_unwritable(connection, _handler, presented)
         await drain_refused(connection, self.body_timeout)
-        if self._is_reader(presented):
+        if reader:
             raise PermissionDeniedException(detail="these credentials may only read")
         if presented.scheme == "bearer":
             raise NotAuthorizedException(
@@ -427,8 +448,9 @@ class OciAuth(RegistryAuth):
         if identity is not None:
             connection.scope.setdefault("state", {})[_ACTOR] = identity.name
             return await self._authorize(connection, _handler, "oidc", None, identity.grants)
+        reader = self._audit_unwritable(connection, _handler, presented)
         await drain_refused(connection, self.body_timeout)
-        if self._is_reader(presented):
+        if reader:
             raise PermissionDeniedException(detail="these credentials may only read")
         raise NotAuthorizedException(
             detail="pushing needs a write token as the password", headers=challenge
