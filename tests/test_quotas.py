@@ -33,6 +33,7 @@ from tests.oci_support import (
     start_upload,
 )
 from tests.support import assert_error, blake3_hex, random_image, wait_until
+from tests.test_client import client as run_client
 
 LIMIT = 100_000
 QUOTAS = f"""
@@ -525,3 +526,26 @@ def test_two_replicas_whose_commits_all_passed_the_first_check_cannot_overshoot(
         finally:
             for replica in replicas:
                 replica.stop()
+
+
+def test_cloudimg_push_over_the_quota_fails_naming_it(
+    server: RunningServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    """The client's resumable push (a /v2 session, committed by a retag) is refused as
+    its chunk comes; the one-request push (--format) as its body does."""
+    repo = small()
+    (tmp_path / "one.raw").write_bytes(random_image(60_000))
+    (tmp_path / "two.raw").write_bytes(random_image(60_000))
+    done = run_client("push", "one.raw", f"{repo}/img:v1", server=server.base_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    before = server.blob_files()
+    for how in ((), ("--format", "raw")):
+        refused = run_client(
+            "push", "two.raw", f"{repo}/img:v2", *how, server=server.base_url, cwd=tmp_path
+        )
+        assert refused.returncode == 4, refused.stderr
+        errors = refused.stderr.decode()
+        assert "quota" in errors
+        assert repo in errors
+        nothing_stored(server, before)
+    assert tags_of(client, repo) == ["v1"]
