@@ -23,7 +23,7 @@ import pytest
 from cloudimg.core.quotas import Quota, Quotas, parse_quotas
 from tests.conftest import RunningServer, serve_module, start_server, upload, upload_raw
 from tests.databases import _dsn, catalog_database, catalog_url, query
-from tests.maintenance_support import cli_json
+from tests.maintenance_support import cli, cli_json
 from tests.oci_support import (
     artifact_manifest,
     assert_oci_error,
@@ -165,6 +165,18 @@ def test_a_malformed_quota_file_refuses_to_start(tmp_path: Path) -> None:
     assert "no '/'" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # refused before touching the data root
+
+
+def test_du_refuses_a_malformed_quota_file(tmp_path: Path) -> None:
+    quota_file = tmp_path / "quotas.yaml"
+    quota_file.write_text("quotas: [{repos: a, bytes: lots}]\n")
+    done = cli("du", "--data-root", str(tmp_path / "data"), "--quota-file", str(quota_file))
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, done.stderr
+    assert "--quota-file" in errors[0]
+    assert "quota 1: 'bytes'" in errors[0]
+    assert not (tmp_path / "data").exists()
 
 
 # -- uploads ------------------------------------------------------------------------------
