@@ -184,9 +184,9 @@ class Room:
 def _over_bytes(repo: str, quota: Quota, used: int, size: int) -> QuotaExceededError:
     assert quota.bytes is not None
     return QuotaExceededError(
-        f"repository {repo} is over its quota of {human_bytes(quota.bytes)} "
-        f"({quota.bytes} bytes, quota {quota.repos!r}) with this upload: it uses "
-        f"{human_bytes(used)} ({used} bytes) and the upload adds {size} bytes; "
+        f"this write would take repository {repo} past its quota of "
+        f"{human_bytes(quota.bytes)} ({quota.bytes} bytes, rule {quota.repos!r}): it uses "
+        f"{human_bytes(used)} ({used} bytes) and the write adds {size} bytes; "
         "nothing was stored",
         {
             "repo": repo,
@@ -200,8 +200,8 @@ def _over_bytes(repo: str, quota: Quota, used: int, size: int) -> QuotaExceededE
 
 def _over_tags(repo: str, quota: Quota, used: int) -> QuotaExceededError:
     return QuotaExceededError(
-        f"repository {repo} has {used} tags, its quota's limit (quota {quota.repos!r}); "
-        "delete a tag first",
+        f"this write would take repository {repo} past its quota of {quota.tags} tags "
+        f"(rule {quota.repos!r}): it has {used}; nothing was stored, delete a tag first",
         {"repo": repo, "quota": quota.repos, "quota_tags": quota.tags, "used_tags": used},
     )
 
