@@ -803,6 +803,19 @@ def test_the_policy_secret_is_mounted_and_named_to_the_server(helm: Path) -> Non
     assert "CLOUDIMG_POLICY_FILE" not in env_of(without)
 
 
+def test_the_quota_config_map_is_mounted_and_named_to_the_server(helm: Path) -> None:
+    values = "quotas:\n  existingConfigMap: limits\n  key: q.yaml\n"
+    manifests = rendered(helm, values)
+    server = containers(manifests)["Deployment/cloudimg"]
+    assert env_of(server)["CLOUDIMG_QUOTA_FILE"] == "/etc/cloudimg/quotas/q.yaml"
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "quotas")
+    assert mount == {"name": "quotas", "mountPath": "/etc/cloudimg/quotas", "readOnly": True}
+    volume = next(v for v in pod_specs(manifests)["Deployment"]["volumes"] if v["name"] == "quotas")
+    assert volume["configMap"]["name"] == "limits"
+    without = containers(rendered(helm))["Deployment/cloudimg"]
+    assert "CLOUDIMG_QUOTA_FILE" not in env_of(without)
+
+
 @pytest.mark.parametrize(
     ("written", "passed"),
     [

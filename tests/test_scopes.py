@@ -179,7 +179,8 @@ def test_writes_refused_before_any_scope_are_logged_with_who_tried(
     assert f"refused push of team-a/{image} to user student {read_only}" in log
     assert log.count(f"refused push of team-a/{image} to no valid credentials") == 2
     assert log.count(f"refused push of team-a/{image} to user student") == 2  # /reg, /v2
-    assert stranger not in log and STUDENT[1] not in log
+    assert stranger not in log
+    assert STUDENT[1] not in log
     assert root_get(http, f"/reg/team-a/{image}").status_code == 404  # nothing stored
 
 

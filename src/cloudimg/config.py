@@ -95,6 +95,9 @@ class Settings:
     policy_file: Path | None = None
     """Scopes of the named credentials (docs/security.md); ``None``: every credential may do all."""
 
+    quota_file: Path | None = None
+    """Per-repository limits on bytes and tags (docs/quotas.md); ``None``: no quotas."""
+
     max_image_size: int | None = None
     """Largest ``img`` part an upload may carry, in bytes; ``None`` means no limit."""
 

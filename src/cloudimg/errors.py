@@ -18,6 +18,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PreconditionFailedError",
+    "QuotaExceededError",
     "RequestTimeoutError",
     "UnavailableError",
 ]
@@ -76,6 +77,13 @@ class PayloadTooLargeError(CloudimgError):
 
 class InsufficientStorageError(CloudimgError):
     """The data volume has no room for the upload."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class QuotaExceededError(CloudimgError):
+    """The write would take a repository past its quota (``--quota-file``); ``context``
+    names the quota and the repository's use."""
 
     code = "RESOURCE_EXHAUSTED"
 

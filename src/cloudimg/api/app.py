@@ -23,6 +23,7 @@ from cloudimg.api.metrics import Metrics, metrics_route
 from cloudimg.api.middleware import HeaderLimit, Linger, RequestObserver
 from cloudimg.api.openapi30 import OPENAPI_31_PATH, OpenAPI30JsonPlugin
 from cloudimg.api.probes import HealthController, ReadinessController
+from cloudimg.api.quota_file import load_quotas
 from cloudimg.api.reg.controllers import RegistryController
 from cloudimg.api.reg.events import EventsController
 from cloudimg.api.reg.history import TagHistoryController
@@ -49,10 +50,22 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
     ``auth``: the guard of the registry API as ``load_registry_auth`` loaded it once for
     this process (None: no authentication configured).
     """
+    quotas = load_quotas(settings)  # before the catalog is opened: a bad file opens nothing
     registry = open_registry(settings, migrate=None)
     blobs, catalog = registry.blobs, registry.catalog
     # The pages carry the same guard as the API: read auth applies to both alike.
     guards: list[Guard] = [] if auth is None else [auth]
+    # The write use cases of /reg over their collaborators; what inspection accepts
+    # (qemu-img found on PATH or not) is settled here, once per app. The quotas hold
+    # for every tag write through this catalog, /v2's too.
+    core = RegistryCore.over(
+        catalog,
+        blobs,
+        settings.inspection_policy,
+        registry.oci,
+        max_image_size=settings.max_image_size,
+        quotas=quotas,
+    )
     oci = oci_routes(
         registry,
         settings,
@@ -67,17 +80,9 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
                 oidc=auth.oidc,
             )
         ],
+        core.quotas,
     )
     disks = oci.disks
-    # The write use cases of /reg over their collaborators; what inspection accepts
-    # (qemu-img found on PATH or not) is settled here, once per app.
-    core = RegistryCore.over(
-        catalog,
-        blobs,
-        settings.inspection_policy,
-        registry.oci,
-        max_image_size=settings.max_image_size,
-    )
     api_base = settings.api_base
     events_config = settings.events()
     event_source = events_config.source or settings.public_url or "cloudimg"
@@ -129,6 +134,7 @@ def create_app(settings: Settings, auth: RegistryAuth | None) -> Litestar:
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             **oci.dependencies,
             "core": Provide(lambda: core, use_cache=True, sync_to_thread=False),
+            "quotas": Provide(lambda: core.quotas, use_cache=True, sync_to_thread=False),
             # Where /reg is mounted, for the Location of a write's 201.
             "api_base": Provide(lambda: api_base, use_cache=True, sync_to_thread=False),
             "event_source": Provide(lambda: event_source, use_cache=True, sync_to_thread=False),

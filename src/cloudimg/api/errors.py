@@ -24,6 +24,7 @@ from cloudimg.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     PreconditionFailedError,
+    QuotaExceededError,
     RequestTimeoutError,
     TagImmutableError,
     UnavailableError,
@@ -45,6 +46,7 @@ _STATUS: list[tuple[type[CloudimgError], int]] = [
     (ImageRefusedError, 422),  # before its base class InvalidArgumentError
     (ImageBlockedError, 403),
     (PermissionDeniedError, 403),
+    (QuotaExceededError, 403),  # no retry helps: something must be deleted (docs/quotas.md)
     (InvalidArgumentError, 400),
     (NotFoundError, 404),
     (AlreadyExistsError, 409),

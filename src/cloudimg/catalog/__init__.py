@@ -27,6 +27,7 @@ from cloudimg.catalog.records import (
     TagRecord,
 )
 from cloudimg.catalog.schema import upgrade_database
+from cloudimg.catalog.usage import QuotaGuard, RepoUse
 
 __all__ = [
     "ALL",
@@ -45,7 +46,9 @@ __all__ = [
     "MetaQuery",
     "Page",
     "Precondition",
+    "QuotaGuard",
     "RefcountRepair",
+    "RepoUse",
     "RepositoryDetails",
     "Sort",
     "StorageTotals",

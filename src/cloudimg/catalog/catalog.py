@@ -21,6 +21,7 @@ from cloudimg.catalog.maintenance import CatalogMaintenance
 from cloudimg.catalog.reads import CatalogReads
 from cloudimg.catalog.summaries import CatalogSummaries
 from cloudimg.catalog.tags import TagWrites
+from cloudimg.catalog.usage import RepositoryUsage
 
 __all__ = ["Catalog"]
 
@@ -34,6 +35,7 @@ class Catalog:
       and retention those writes go through (``history.py``); they run the ``hooks`` a
       slice beside the catalog registers (the OCI slice's kept pushes);
     - ``maintenance``: the primitives of gc, fsck, ``unblock`` and start-up;
+    - ``usage``: what each repository uses, as its quota counts it (``usage.py``);
     - ``events``: the change events every write above queues in its transaction, each
       endpoint's delivery state, the dead letters and the delivery lease (docs/events.md).
     """
@@ -74,6 +76,10 @@ class Catalog:
     @cached_property
     def maintenance(self) -> CatalogMaintenance:
         return CatalogMaintenance(self.engine, self.blobs)
+
+    @cached_property
+    def usage(self) -> RepositoryUsage:
+        return RepositoryUsage(self.engine, self.blobs)
 
     @cached_property
     def events(self) -> EventLog:

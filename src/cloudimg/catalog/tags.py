@@ -22,6 +22,7 @@ from cloudimg.catalog.models import (
 )
 from cloudimg.catalog.records import BlobRef
 from cloudimg.catalog.transaction import FileEffects
+from cloudimg.catalog.usage import QuotaGuard, RepoUse, measure_use
 from cloudimg.digest import Digest
 from cloudimg.errors import NotFoundError, TagImmutableError, UnavailableError
 from cloudimg.images import Inspection
@@ -35,8 +36,31 @@ class TagWrites(TagHistoryLog):
 
     Every write records the change in the tag's history and sets which history entries
     hold their bytes (``cloudimg.catalog.history``), in the same transaction, and runs
-    the ``hooks`` registered with the catalog (``cloudimg.catalog.hooks``).
+    the ``hooks`` registered with the catalog (``cloudimg.catalog.hooks``). A write that may
+    grow a repository's use (an upload's commit, a retag) is checked against its quota
+    when the registry core registered one (``guard_quotas``; ``cloudimg.catalog.usage``).
     """
+
+    quota_guard: QuotaGuard | None = None
+
+    def guard_quotas(self, guard: QuotaGuard) -> None:
+        """Check every upload's commit and retag against ``guard``'s quotas, in the write's
+        transaction under the repository's lock."""
+        self.quota_guard = guard
+
+    def _guard_of(self, repo: str) -> QuotaGuard | None:
+        guard = self.quota_guard
+        return guard if guard is not None and guard.covers(repo) else None
+
+    async def _check_quota(
+        self, session: AsyncSession, guard: QuotaGuard | None, repo: str, before: RepoUse | None
+    ) -> None:
+        """Refuse (the guard raises) a change that takes ``repo`` past its quota; the
+        change is flushed, so the use measured is the one it would commit."""
+        if guard is None or before is None:
+            return
+        await session.flush()
+        guard.check(repo, before, await measure_use(session, repo))
 
     async def commit_upload(
         self,
@@ -61,13 +85,17 @@ class TagWrites(TagHistoryLog):
 
         async def change(session: AsyncSession, effects: FileEffects) -> None:
             # Lock order, as in delete_tag: repository, image, tag, blob.
-            image_id = await self._get_or_create_image(session, repo, image)
+            guard = self._guard_of(repo)
+            image_id = await self._get_or_create_image(session, repo, image, guard is not None)
+            before = None if guard is None else await measure_use(session, repo)
             blob = await self._lock_or_create_blob(session, staged)
             if inspection is not None and blob.inspected_at is None:
                 self._record_inspection(blob, inspection)
             await self._point_tag(
                 session, effects, (repo, image, tag), image_id, blob, meta, "moved", options
             )
+            # Before the bytes are placed: a refused commit stores nothing.
+            await self._check_quota(session, guard, repo, before)
             # Re-uploading heals: whatever sits under a quarantined digest is suspect, the
             # staged bytes have the digest. (A retry finds its own placed file: kept.)
             displace = blob.quarantined_at is not None
@@ -99,7 +127,9 @@ class TagWrites(TagHistoryLog):
         names = (repo, image, tag)
 
         async def change(session: AsyncSession, effects: FileEffects) -> BlobRef:
-            image_id = await self._get_or_create_image(session, repo, image)
+            guard = self._guard_of(repo)
+            image_id = await self._get_or_create_image(session, repo, image, guard is not None)
+            before = None if guard is None else await measure_use(session, repo)
             column = Blob.digest if digest.algorithm == "blake3" else Blob.sha256
             blob = await session.scalar(
                 select(Blob)
@@ -126,6 +156,7 @@ class TagWrites(TagHistoryLog):
             await self._point_tag(
                 session, effects, names, image_id, blob, chosen, "retagged", options
             )
+            await self._check_quota(session, guard, repo, before)
             return BlobRef(blob.digest, blob.sha256, blob.size, blob.created_at)
 
         async for attempt in self._writes():
@@ -403,13 +434,17 @@ class TagWrites(TagHistoryLog):
             .with_for_update(read=True, key_share=True)
         )
 
-    async def _get_or_create_image(self, session: AsyncSession, repo: str, image: str) -> int:
+    async def _get_or_create_image(
+        self, session: AsyncSession, repo: str, image: str, exclusive: bool = False
+    ) -> int:
         # FOR KEY SHARE: uploads into one image do not wait for each other, a delete that
-        # may drop the rows (FOR UPDATE) waits for them, and they for it.
+        # may drop the rows (FOR UPDATE) waits for them, and they for it. ``exclusive``
+        # (a repository under a quota): FOR UPDATE, so the writers of the repository
+        # measure and change its use one at a time (two creators of the row clash on
+        # its unique name, and the loser's retry waits for the winner's lock).
+        lock = select(Repository.id).where(Repository.name == repo)
         repo_id = await session.scalar(
-            select(Repository.id)
-            .where(Repository.name == repo)
-            .with_for_update(read=True, key_share=True)
+            lock.with_for_update() if exclusive else lock.with_for_update(read=True, key_share=True)
         )
         if repo_id is None:
             repository = Repository(name=repo, created_at=utcnow())

@@ -17,6 +17,7 @@ from cloudimg.api import create_app
 from cloudimg.api.app import SETTINGS_ENV
 from cloudimg.api.auth import RegistryAuth, load_registry_auth
 from cloudimg.api.metrics import reset_multiprocess_dir
+from cloudimg.api.quota_file import load_quotas
 from cloudimg.cli.flags import option
 from cloudimg.cli.listener import (
     ListenerError,
@@ -89,6 +90,13 @@ _SPARE_DESCRIPTORS = 256
     help="YAML or JSON file giving named credentials their scopes [default: no scopes]",
 )
 @option(
+    "--quota-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML or JSON file of per-repository limits on stored bytes and tags "
+    "(docs/quotas.md) [default: no quotas]",
+)
+@option(
     "--web/--no-web",
     default=_DEFAULTS.web,
     help="Serve the web pages under <www-prefix>ui/ (and redirect <www-prefix> to them)",
@@ -146,6 +154,7 @@ def serve(log_format: LogFormat, **values: object) -> None:
     settings = settings_from(**values)
     try:
         auth = load_registry_auth(settings)  # refuse bad credential files before migrating
+        load_quotas(settings)  # and a bad quota file
         settings.check_web()
         blob_location(settings)  # a bad --blob-store is refused before the bind
         settings.check_redirects()

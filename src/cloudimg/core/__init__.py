@@ -7,11 +7,14 @@ calls (byte iterators, names, options) and the results or domain errors into ans
 
 - :mod:`cloudimg.core.ingest`: an upload (receive, check, inspect, commit) and
   :func:`commit_staged`, the end of every write of new bytes (``import-legacy`` too);
-- :mod:`cloudimg.core.tags`: retag (and a push's commit by sha256), delete, immutability.
+- :mod:`cloudimg.core.tags`: retag (and a push's commit by sha256), delete, immutability;
+- :mod:`cloudimg.core.quotas`: the repositories' quotas, checked before an upload's bytes
+  are stored and in the catalog's transaction of every upload's commit and retag.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudimg.blobstore import BlobStore
@@ -25,6 +28,7 @@ from cloudimg.core.ingest import (
     Uploads,
     commit_staged,
 )
+from cloudimg.core.quotas import NO_QUOTAS, QuotaGate, Quotas
 from cloudimg.core.tags import FinishedUploads, Retagged, TagWrites
 from cloudimg.images import InspectionPolicy
 
@@ -32,6 +36,8 @@ __all__ = [
     "BodyDetails",
     "FinishedUploads",
     "ImageBody",
+    "QuotaGate",
+    "Quotas",
     "Reception",
     "RegistryCore",
     "Retagged",
@@ -49,6 +55,7 @@ class RegistryCore:
 
     uploads: Uploads
     tags: TagWrites
+    quotas: QuotaGate
 
     @classmethod
     def over(
@@ -59,11 +66,20 @@ class RegistryCore:
         uploads: FinishedUploads,
         *,
         max_image_size: int | None = None,
+        quotas: Callable[[], Quotas] = lambda: NO_QUOTAS,
     ) -> RegistryCore:
         """The core over ``catalog`` and ``blobs``: inspection accepts what ``policy`` does,
         a retag finds a push's finished uploads in ``uploads``, an upload is at most
-        ``max_image_size`` bytes (None: no limit)."""
+        ``max_image_size`` bytes (None: no limit), the repositories' quotas are what
+        ``quotas`` gives at the moment (the quota file's rules, reloaded by its owner).
+
+        The quotas are registered with the catalog's tag writes, so every upload's commit
+        and retag through this catalog (``/v2`` pushes too) is checked.
+        """
+        gate = QuotaGate(catalog, quotas)
+        catalog.tags.guard_quotas(gate)
         return cls(
-            Uploads(catalog, blobs, policy, max_image_size),
+            Uploads(catalog, blobs, policy, max_image_size, gate),
             TagWrites(catalog, blobs, policy, uploads),
+            gate,
         )

@@ -5,13 +5,14 @@ opens one :class:`Reception` per upload. A face (``/reg``, :mod:`cloudimg.api.re
 turns its request into an :class:`ImageBody` (the image's bytes as an async iterator,
 then what the body said besides) and hands it over; the reception does the rest:
 
-- before any byte is read, :meth:`Uploads.refuse_declared_length` refuses a body
-  announced over the image size limit (413) or over the free space (507);
+- before any byte is read, :meth:`Reception.admit` refuses a body announced over the
+  image size limit (413), over the free space (507) or over what the repository's
+  quota leaves (403, :mod:`cloudimg.core.quotas`);
 - receiving: the image's bytes go to the blob store's staging writer, which hashes and
   writes them and feeds them to the image inspector (:mod:`cloudimg.images`) off the
   event loop; an image over the size limit, or one the inspector refuses by its first
   MiB, stops the reading at once (:attr:`Reception.refusal`: the face answers without
-  reading the rest);
+  reading the rest); so does an image whose bytes pass what the quota leaves;
 - then the digests given are checked and the inspector gives its verdict, which
   refuses an unsafe image or one that is not the declared format (422 naming the
   rule); nothing is stored;
@@ -34,6 +35,7 @@ from typing import NamedTuple, Protocol
 
 from cloudimg.blobstore import BlobStore, StagedBlob, StagingWriter
 from cloudimg.catalog import Catalog, WriteOptions
+from cloudimg.core.quotas import QuotaGate, Room
 from cloudimg.digest import Digest
 from cloudimg.errors import (
     DigestMismatchError,
@@ -101,11 +103,16 @@ class Uploads:
     blobs: BlobStore
     policy: InspectionPolicy
     max_image_size: int | None = None
+    quotas: QuotaGate | None = None
+    """The repositories' quotas (None: none)."""
 
-    def reception(self, digests: tuple[Digest, ...], declared_format: str | None) -> Reception:
-        """One upload: every digest of ``digests`` must match its bytes, inspection must find
-        ``declared_format`` (normalized; None: any allowed format)."""
-        return Reception(self, ImageInspector(self.policy, declared_format), digests)
+    def reception(
+        self, digests: tuple[Digest, ...], declared_format: str | None, repo: str | None = None
+    ) -> Reception:
+        """One upload to ``repo`` (None: not checked against a quota): every digest of
+        ``digests`` must match its bytes, inspection must find ``declared_format``
+        (normalized; None: any allowed format)."""
+        return Reception(self, ImageInspector(self.policy, declared_format), digests, repo)
 
     async def refuse_declared_length(self, declared: int | None, envelope: int) -> None:
         """Refuse, before any byte of the body is read, a body announced larger than allowed.
@@ -137,14 +144,42 @@ class Reception:
     """One upload while it is received: :meth:`receive`, then :meth:`commit`; :meth:`close` last."""
 
     def __init__(
-        self, uploads: Uploads, inspector: ImageInspector, digests: tuple[Digest, ...]
+        self,
+        uploads: Uploads,
+        inspector: ImageInspector,
+        digests: tuple[Digest, ...],
+        repo: str | None = None,
     ) -> None:
         self._uploads = uploads
         self._inspector = inspector
         self._digests = digests
+        self._repo = repo
+        self._room: Room | None = None
         self._writer: StagingWriter | None = None
         self._upload: Upload | None = None
         self._committed = False
+
+    async def admit(self, declared: int | None, envelope: int) -> None:
+        """Refuse, before any byte of the body is read, a body announced larger than allowed,
+        and measure what the repository's quota leaves (the image is stopped once its
+        bytes pass it).
+
+        ``declared``: the body's announced length (None: not announced); ``envelope``: the
+        room the body's framing may take beside the image (a body of ``declared`` bytes
+        carries an image of at least ``declared - envelope``).
+
+        Raises:
+            PayloadTooLargeError: over the image size limit and ``envelope``.
+            InsufficientStorageError: over the data volume's free space.
+            QuotaExceededError: the image cannot fit in what the quota leaves.
+        """
+        uploads = self._uploads
+        await uploads.refuse_declared_length(declared, envelope)
+        if uploads.quotas is None or self._repo is None:
+            return
+        self._room = await uploads.quotas.room(self._repo)
+        if self._room is not None and declared is not None:
+            self._room.admit(max(declared - envelope, 0))
 
     @property
     def refusal(self) -> ImageRefusedError | None:
@@ -218,6 +253,8 @@ class Reception:
             raise PayloadTooLargeError(
                 f"the image is larger than the limit of {limit} bytes", {"limit": limit}
             )
+        if self._room is not None:  # stopped before a byte past what the quota leaves
+            self._room.admit(self._writer.size + len(chunk))
         await self._writer.write(chunk)
         if self._inspector.refusal is not None:  # decided by the first MiB: read no more
             raise self._inspector.refusal

@@ -1,10 +1,12 @@
-"""``du``: logical bytes (what the tags add up to) against physical bytes (unique blobs)."""
+"""``du``: logical bytes (what the tags add up to) against physical bytes (unique blobs),
+and each repository's use against its quota (``--quota-file``, ``cloudimg.core.quotas``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cloudimg.catalog import Catalog
+from cloudimg.catalog import Catalog, RepoUse
+from cloudimg.core.quotas import NO_QUOTAS, Quotas
 from cloudimg.progress import Progress, ProgressMeter
 
 __all__ = ["DuReport", "RepoUsage", "disk_usage"]
@@ -21,6 +23,12 @@ class RepoUsage:
     """Sum of the sizes of its tags: what a copy of every tag would take."""
     physical_bytes: int
     """Sum of the sizes of the distinct blobs its tags name."""
+    used_bytes: int = 0
+    """What its quota counts: the distinct blobs its tags and retained history reference."""
+    quota: str | None = None
+    """The glob of the quota file's rule that is its quota; None: it has none."""
+    quota_bytes: int | None = None
+    quota_tags: int | None = None
 
     @property
     def saved_bytes(self) -> int:
@@ -50,8 +58,11 @@ class DuReport:
         return self.logical_bytes - self.physical_bytes
 
 
-async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuReport:
-    """Usage from one consistent view of the catalog.
+async def disk_usage(
+    catalog: Catalog, progress: Progress | None = None, quotas: Quotas = NO_QUOTAS
+) -> DuReport:
+    """Usage from one consistent view of the catalog, with each repository's use against
+    its quota of ``quotas`` (the quota use is read right after that view).
 
     ``progress`` is told when the catalog is read (``catalog``, the long part on a big
     registry) and how many repositories are summed (``repositories``; items).
@@ -65,10 +76,14 @@ async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuRe
     for tag in snapshot.tags:
         per_repo.setdefault(tag.repo, []).append((tag.image, tag.digest))
     report = DuReport(stored_blobs=len(snapshot.blobs), stored_bytes=sum(size_of.values()))
-    meter = ProgressMeter(progress, len(per_repo), "repositories", "items")
-    for repo in sorted(per_repo):
+    # A repository whose retained history alone holds bytes is listed too (no tags).
+    uses = await catalog.usage.every()
+    repos = sorted(per_repo.keys() | {repo for repo, use in uses.items() if use.bytes})
+    meter = ProgressMeter(progress, len(repos), "repositories", "items")
+    for repo in repos:
         meter.add()
-        entries = per_repo[repo]
+        entries = per_repo.get(repo, [])
+        quota = quotas.of(repo)
         report.repositories.append(
             RepoUsage(
                 repo=repo,
@@ -76,6 +91,10 @@ async def disk_usage(catalog: Catalog, progress: Progress | None = None) -> DuRe
                 tags=len(entries),
                 logical_bytes=sum(size_of[digest] for _, digest in entries),
                 physical_bytes=sum(size_of[d] for d in {digest for _, digest in entries}),
+                used_bytes=uses.get(repo, RepoUse()).bytes,
+                quota=None if quota is None else quota.repos,
+                quota_bytes=None if quota is None else quota.bytes,
+                quota_tags=None if quota is None else quota.tags,
             )
         )
     meter.finish()

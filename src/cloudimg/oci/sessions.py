@@ -10,6 +10,13 @@ taken first, then the store says where the session stands, so it cannot move
 meanwhile. A finished upload has its sha256 verified against the digest the client
 stated and waits, unseen by ``/reg``, until a manifest takes it; ``cloudimg gc``
 removes sessions (finished or not) left alone longer than its grace.
+
+A session of a repository under a byte quota (:mod:`cloudimg.core.quotas`) is checked
+against what the quota leaves as it grows: a chunk whose announced length would take
+the session past it is refused unread, one that is not announced is stopped once its
+bytes do (403 ``DENIED``; the session stays as it was). A session's bytes are staged,
+not yet the repository's: the manifest ``PUT`` that names them is checked again, in the
+catalog's transaction, with what the repository holds then.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cloudimg.blobstore import BlobStore, ResumableStaging, StagingWriter
+from cloudimg.core.quotas import QuotaGate, Room
+from cloudimg.errors import QuotaExceededError
 from cloudimg.oci.errors import OciError, parse_oci_digest
 from cloudimg.oci.store import OciStore, UploadSession
 
@@ -63,10 +72,17 @@ class UploadSessions:
     (the caller reads it, so the client sees the answer).
     """
 
-    def __init__(self, store: OciStore, blobs: BlobStore, max_image_size: int | None) -> None:
+    def __init__(
+        self,
+        store: OciStore,
+        blobs: BlobStore,
+        max_image_size: int | None,
+        quotas: QuotaGate | None = None,
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.max_image_size = max_image_size
+        self.quotas = quotas
 
     async def start(self, repo: str, image: str) -> str:
         """A new session of ``repo/image``; its id."""
@@ -190,6 +206,9 @@ class UploadSessions:
         free = await self.blobs.free_space()
         if declared is not None and free is not None and declared > free:
             raise OciError(507, "SIZE_INVALID", "the data volume has no room for this chunk")
+        room = None if self.quotas is None else await self.quotas.room(found.repo)
+        if room is not None and declared is not None:
+            _admit(room, found.size + declared)
         chunk = await self._resume(found)
         try:
             expected = None
@@ -199,7 +218,7 @@ class UploadSessions:
             await _let_go(chunk.lock, keep=True)  # nothing written: the hash state stands
             raise
         try:
-            await self._stream(chunk, body, expected)
+            await self._stream(chunk, body, expected, room)
         except _RangeOverrun as exc:
             # Bytes past the recorded offset are cut off by the next resume.
             await _let_go(chunk.lock, keep=False)
@@ -235,7 +254,7 @@ class UploadSessions:
         return expected
 
     async def _stream(
-        self, chunk: _Chunk, body: AsyncIterator[bytes], expected: int | None
+        self, chunk: _Chunk, body: AsyncIterator[bytes], expected: int | None, room: Room | None
     ) -> None:
         writer, offset, limit = chunk.writer, chunk.offset, self.max_image_size
         async for piece in body:
@@ -245,6 +264,8 @@ class UploadSessions:
                 raise OciError(
                     413, "SIZE_INVALID", f"the blob is larger than the limit of {limit} bytes"
                 )
+            if room is not None:
+                _admit(room, writer.size + len(piece))
             await writer.write(piece)
         if expected is not None and writer.size - offset != expected:
             raise _RangeOverrun(writer.size - offset)
@@ -263,6 +284,15 @@ class UploadSessions:
                 "Location": upload_location(found.repo, found.image, found.id),
             },
         )
+
+
+def _admit(room: Room, size: int) -> None:
+    """Refuse a session that would hold more than the repository's quota leaves, as the
+    spec's ``DENIED`` (the handlers read the rest of the chunk so the client sees it)."""
+    try:
+        room.admit(size)
+    except QuotaExceededError as exc:
+        raise OciError(403, "DENIED", exc.message, exc.context) from None
 
 
 async def _let_go(lock: ResumableStaging, *, keep: bool) -> None:

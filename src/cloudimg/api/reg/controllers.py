@@ -360,9 +360,8 @@ class RegistryController(Controller):
         async with receiving(request, core.uploads, settings.read_body_timeout_secs) as receiver:
             names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
             options = await write_options(request, catalog, names)
-            reception, body = await (
-                receiver.raw() if request.method == "PUT" else receiver.multipart()
-            )
+            form = receiver.raw if request.method == "PUT" else receiver.multipart
+            reception, body = await form(names[0])
             upload = await reception.receive(body)
             await reception.commit(names, options)
         # The commit woke the containerDisk hashing of the new bytes (catalog hooks).

@@ -10,7 +10,8 @@ and its refusals into what HTTP needs:
 
 - pre-checks before any byte is read: the query parameters (:class:`UploadQuery`, the
   one parser of ``digest`` and ``format``), a Content-Length over the image size limit
-  (413) or over the free space (507), which the core decides;
+  (413), over the free space (507) or over what the repository's quota leaves (403),
+  which the core decides;
 - reading: one of two body forms hands the image bytes to the core, which stages,
   hashes and inspects them (:mod:`cloudimg.core.ingest`). A multipart body (``POST``,
   :meth:`Receiver.multipart`) is parsed as it arrives with ``multipart``'s push parser
@@ -243,8 +244,9 @@ class Receiver:
         self._form: _BodyForm | None = None
         self._reception: Reception | None = None
 
-    async def multipart(self) -> tuple[Reception, ImageBody]:
-        """Check the request, then give its multipart ``meta`` + ``img`` body to receive.
+    async def multipart(self, repo: str) -> tuple[Reception, ImageBody]:
+        """Check the request, then give its multipart ``meta`` + ``img`` body to receive
+        into ``repo`` (validated; its quota is checked).
 
         Every ``digest`` query parameter (one per algorithm may be given) must match the
         bytes; the bytes must pass inspection, as the declared format if one is given.
@@ -256,14 +258,15 @@ class Receiver:
         - PayloadTooLargeError: the Content-Length passed the image size limit, or the
           metadata 64 KiB;
         - InsufficientStorageError: the Content-Length is over the free space;
+        - QuotaExceededError: the image cannot fit in what ``repo``'s quota leaves;
         - RequestTimeoutError: the body stalled (see :func:`cloudimg.api.body.body_of`).
         """
         query = UploadQuery.of(self._request)
         content_type = self._request.headers.get("content-type")
         parts = _Parts(query.declared_format)
-        return await self._checked(_Multipart(self._body(), content_type, parts), query)
+        return await self._checked(_Multipart(self._body(), content_type, parts), query, repo)
 
-    async def raw(self) -> tuple[Reception, ImageBody]:
+    async def raw(self, repo: str) -> tuple[Reception, ImageBody]:
         """Check the request, then give its body, the image itself, to receive.
 
         The metadata is the ``Cloudimg-Meta`` header (absent: none), checked as the
@@ -278,7 +281,7 @@ class Receiver:
                 "the body of a PUT is the image itself: Content-Type application/octet-stream",
                 {"content_type": mime[:64]},
             )
-        return await self._checked(_Raw(self._body(), _meta_header(self._request)), query)
+        return await self._checked(_Raw(self._body(), _meta_header(self._request)), query, repo)
 
     async def refused(self, exc: CloudimgError) -> None:
         """``exc`` is on its way: read the body it comes ahead of, drain the rest of one it
@@ -298,10 +301,12 @@ class Receiver:
     def _body(self) -> AsyncIterator[bytes]:
         return body_of(self._request.receive, self._idle_timeout)
 
-    async def _checked(self, form: _BodyForm, query: UploadQuery) -> tuple[Reception, ImageBody]:
+    async def _checked(
+        self, form: _BodyForm, query: UploadQuery, repo: str
+    ) -> tuple[Reception, ImageBody]:
         uploads = self._uploads
-        reception = self._reception = uploads.reception(query.digests, query.declared_format)
-        await uploads.refuse_declared_length(declared_length(self._request), form.envelope)
+        reception = self._reception = uploads.reception(query.digests, query.declared_format, repo)
+        await reception.admit(declared_length(self._request), form.envelope)
         self._form = form  # from here a refusal drains the body, or lingers after it
         return reception, form
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from litestar import Request, Router, get
-from litestar.params import Parameter
+from litestar.params import Parameter, SkipValidation
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -40,6 +40,7 @@ from cloudimg.api.web.snippets import (
 )
 from cloudimg.catalog import Catalog, HistoryEntry, ImageDetails, Page, RepositoryDetails, TagInfo
 from cloudimg.config import Settings, is_host_port, normalize_prefix, parse_public_url
+from cloudimg.core import QuotaGate
 from cloudimg.errors import InvalidArgumentError, NotFoundError
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 from cloudimg.oci.store import OciStore
@@ -250,11 +251,20 @@ async def repositories_page(
 
 
 @get("/_storage", name="web-storage")
-async def storage_page(catalog: Catalog, settings: Settings) -> Template:
+async def storage_page(
+    request: Request[Any, Any, Any],
+    catalog: Catalog,
+    settings: Settings,
+    quotas: SkipValidation[QuotaGate],
+) -> Template:
     totals = await catalog.reads.storage_totals()
     gc = await catalog.reads.gc_record()
     chart = storage_chart(totals, gc)
-    return Template("storage.html", context=web_context(settings, chart=chart, width=WIDTH))
+    # Use against quota of the repositories the caller may list (--policy-file).
+    grants = grants_of(request)
+    rows = [row for row in await quotas.uses() if grants.lists_repo(row.repo)]
+    context = web_context(settings, chart=chart, width=WIDTH, quotas=rows)
+    return Template("storage.html", context=context)
 
 
 @get("/{repo:str}", name="web-images")

@@ -25,6 +25,7 @@ from cloudimg.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    QuotaExceededError,
 )
 from cloudimg.oci.errors import OciError
 
@@ -68,6 +69,8 @@ def _code_of(exc: CloudimgError) -> str:
         return "NAME_UNKNOWN"
     if isinstance(exc, PayloadTooLargeError):
         return "SIZE_INVALID"
+    if isinstance(exc, QuotaExceededError):
+        return "DENIED"  # a quota of --quota-file (docs/quotas.md)
     if isinstance(exc, PermissionDeniedError):
         return "DENIED"  # a scope of --policy-file (docs/oci.md)
     return exc.code

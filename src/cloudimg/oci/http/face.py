@@ -16,6 +16,7 @@ from cloudimg.api.download import Redirects
 from cloudimg.blobstore import BlobStore
 from cloudimg.catalog import Catalog
 from cloudimg.config import Settings
+from cloudimg.core import QuotaGate
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.keep import KeepContext
 from cloudimg.oci.sessions import UploadSessions
@@ -43,8 +44,12 @@ class OciFace:
     """Where a GET of a stored blob goes instead (``--redirect-downloads``)."""
 
     @classmethod
-    def over(cls, keeping: KeepContext, disks: ContainerDisks) -> OciFace:
-        sessions = UploadSessions(keeping.store, keeping.blobs, keeping.settings.max_image_size)
+    def over(
+        cls, keeping: KeepContext, disks: ContainerDisks, quotas: QuotaGate | None = None
+    ) -> OciFace:
+        sessions = UploadSessions(
+            keeping.store, keeping.blobs, keeping.settings.max_image_size, quotas
+        )
         return cls(
             keeping.catalog,
             keeping.store,

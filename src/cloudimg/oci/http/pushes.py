@@ -90,9 +90,9 @@ class Chunk:
         return _content_range(self._request)
 
     async def refused(self, exc: OciError) -> None:
-        """A 416 left the rest of the chunk unread: read (and drop) it so the client
-        sees the answer."""
-        if exc.status == 416:
+        """A 416, or a quota's refusal (403), left the rest of the chunk unread: read (and
+        drop) it so the client sees the answer."""
+        if exc.status in (403, 416):
             await drain(self.body)
 
 

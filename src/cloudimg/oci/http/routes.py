@@ -16,6 +16,7 @@ from litestar.di import Provide
 from litestar.types import ExceptionHandlersMap, Guard
 
 from cloudimg.config import Settings
+from cloudimg.core import QuotaGate
 from cloudimg.oci.digests import ContainerDisks
 from cloudimg.oci.http.deletes import OciDeleteController
 from cloudimg.oci.http.errors import oci_exception_handlers, with_unrouted_oci
@@ -49,9 +50,16 @@ class OciRoutes:
         return with_unrouted_oci(handlers)
 
 
-def oci_routes(registry: Registry, settings: Settings, guards: list[Guard]) -> OciRoutes:
+def oci_routes(
+    registry: Registry,
+    settings: Settings,
+    guards: list[Guard],
+    quotas: QuotaGate | None = None,
+) -> OciRoutes:
     """The ``/v2`` face over ``registry``; every tag write that commits wakes its
-    containerDisk hasher (a hook of the catalog: ``cloudimg.catalog.hooks``)."""
+    containerDisk hasher (a hook of the catalog: ``cloudimg.catalog.hooks``); upload
+    sessions are held to ``quotas`` (the core's, which the manifest's commit checks
+    again in the catalog)."""
     disks = ContainerDisks(registry.oci, registry.blobs)
     registry.catalog.hooks.tag_written.append(disks.waker())
     keeping = KeepContext(
@@ -67,7 +75,7 @@ def oci_routes(registry: Registry, settings: Settings, guards: list[Guard]) -> O
         guards=guards,
         exception_handlers=oci_exception_handlers,
         dependencies={
-            "face": _provide(OciFace.over(keeping, disks)),
+            "face": _provide(OciFace.over(keeping, disks, quotas)),
             "chunk": Provide(chunk_of, sync_to_thread=False),
         },
         include_in_schema=False,
