@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 
 from cloudimg.api.errors import RETRY_AFTER_SECS, error_response
@@ -47,7 +48,9 @@ class ReadinessController(Controller):
         responses=error_responses(),
     )
     async def readyz(
-        self, catalog: Catalog, blobs: SkipValidation[OpenedBlobStore]
+        self,
+        catalog: NamedDependency[Catalog],
+        blobs: NamedDependency[SkipValidation[OpenedBlobStore]],
     ) -> Response[Any]:
         problems: dict[str, str] = {}
         try:

@@ -11,7 +11,8 @@ import re
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put, route
-from litestar.params import SkipValidation
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, SkipValidation
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.auth import audit_write
@@ -186,7 +187,9 @@ class RegistryController(Controller):
             **error_responses(),
         },
     )
-    async def get_repos(self, request: Request[Any, Any, Any], catalog: Catalog) -> Envelope:
+    async def get_repos(
+        self, request: Request[Any, Any, Any], catalog: NamedDependency[Catalog]
+    ) -> Envelope:
         grants = grants_of(request)  # only what the caller may pull (--policy-file)
         return _ok([r for r in await catalog.reads.list_repositories() if grants.lists_repo(r)])
 
@@ -207,13 +210,13 @@ class RegistryController(Controller):
     async def query_tags(
         self,
         request: Request[Any, Any, Any],
-        catalog: Catalog,
-        meta: list[str] | None = None,
-        has: list[str] | None = None,
-        repo_prefix: str | None = None,
-        image_prefix: str | None = None,
-        limit: int | None = None,
-        after: str | None = None,
+        catalog: NamedDependency[Catalog],
+        meta: FromQuery[list[str] | None] = None,
+        has: FromQuery[list[str] | None] = None,
+        repo_prefix: FromQuery[str | None] = None,
+        image_prefix: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+        after: FromQuery[str | None] = None,
     ) -> Envelope:
         # The declared parameters describe the query in OpenAPI (and qlkube's schema);
         # the request's own parameters are read once more to refuse what is not declared.
@@ -239,11 +242,11 @@ class RegistryController(Controller):
     async def get_images(
         self,
         request: Request[Any, Any, Any],
-        catalog: Catalog,
-        repo: str,
-        details: bool = False,
-        limit: int | None = None,
-        after: str | None = None,
+        catalog: NamedDependency[Catalog],
+        repo: FromPath[str],
+        details: FromQuery[bool] = False,
+        limit: FromQuery[int | None] = None,
+        after: FromQuery[str | None] = None,
     ) -> Envelope:
         repo = validate_repo_name(repo)
         grants = grants_of(request)  # only what the caller may pull (--policy-file)
@@ -268,12 +271,12 @@ class RegistryController(Controller):
     )
     async def get_image_tags(
         self,
-        catalog: Catalog,
-        repo: str,
-        image: str,
-        details: bool = False,
-        limit: int | None = None,
-        after: str | None = None,
+        catalog: NamedDependency[Catalog],
+        repo: FromPath[str],
+        image: FromPath[str],
+        details: FromQuery[bool] = False,
+        limit: FromQuery[int | None] = None,
+        after: FromQuery[str | None] = None,
     ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image)
         if not details:
@@ -296,12 +299,12 @@ class RegistryController(Controller):
     async def get_image(
         self,
         request: Request[Any, Any, Any],
-        catalog: Catalog,
-        blobs: Blobs,
-        redirects: SkipValidation[Redirects],
-        repo: str,
-        image: str,
-        tag: str,
+        catalog: NamedDependency[Catalog],
+        blobs: NamedDependency[Blobs],
+        redirects: NamedDependency[SkipValidation[Redirects]],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
     ) -> ASGIResponse:
         validate_repo_name(repo)
         validate_image_name(image)
@@ -334,7 +337,12 @@ class RegistryController(Controller):
         responses=error_responses(400, 404),
     )
     async def get_image_meta(
-        self, request: Request[Any, Any, Any], catalog: Catalog, repo: str, image: str, tag: str
+        self,
+        request: Request[Any, Any, Any],
+        catalog: NamedDependency[Catalog],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
     ) -> Response[MetaView]:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
         info = await catalog.reads.get_tag(*names)
@@ -348,13 +356,13 @@ class RegistryController(Controller):
     async def upload(
         self,
         request: Request[Any, Any, Any],
-        core: Core,
-        catalog: Catalog,
-        settings: Settings,
-        api_base: str,
-        repo: str,
-        image: str,
-        tag: str,
+        core: NamedDependency[Core],
+        catalog: NamedDependency[Catalog],
+        settings: NamedDependency[Settings],
+        api_base: NamedDependency[str],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
     ) -> Response[Envelope]:
         """Both upload routes: the same use case, the body read as multipart (``POST``) or raw."""
         async with receiving(request, core.uploads, settings.read_body_timeout_secs) as receiver:
@@ -397,12 +405,12 @@ class RegistryController(Controller):
     async def delete_tag(
         self,
         request: Request[Any, Any, Any],
-        core: Core,
-        catalog: Catalog,
-        repo: str,
-        image: str,
-        tag: str,
-        purge: str | None = None,
+        core: NamedDependency[Core],
+        catalog: NamedDependency[Catalog],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
+        purge: FromQuery[str | None] = None,
     ) -> Envelope:
         names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
         if purge not in (None, "history"):

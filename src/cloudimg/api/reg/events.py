@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
 from cloudimg.api.openapi import EventListView, error_responses, listing_response
 from cloudimg.api.policy import Grants, grants_of
@@ -65,11 +67,11 @@ class EventsController(Controller):
     async def get_events(
         self,
         request: Request[Any, Any, Any],
-        catalog: Catalog,
-        event_source: str,
-        after: int = 0,
-        limit: int = 100,
-        wait: int = 0,
+        catalog: NamedDependency[Catalog],
+        event_source: NamedDependency[str],
+        after: FromQuery[int] = 0,
+        limit: FromQuery[int] = 100,
+        wait: FromQuery[int] = 0,
     ) -> dict[str, Any]:
         if after < 0:
             raise InvalidArgumentError("query parameter 'after' is 0 or more", {"after": after})

@@ -20,7 +20,8 @@ import json
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import SkipValidation
+from litestar.di import NamedDependency
+from litestar.params import FromPath, SkipValidation
 
 from cloudimg.api.auth import audit_write
 from cloudimg.api.body import body_of, drain
@@ -117,7 +118,13 @@ class TagHistoryController(Controller):
         summary="The changes of a tag, newest first (also of a deleted tag)",
         responses=error_responses(400, 404),
     )
-    async def get_history(self, catalog: Catalog, repo: str, image: str, tag: str) -> Envelope:
+    async def get_history(
+        self,
+        catalog: NamedDependency[Catalog],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
+    ) -> Envelope:
         entries = await catalog.tags.tag_history(*_names(repo, image, tag))
         return {"success": True, "data": [_entry_view(entry) for entry in entries]}
 
@@ -135,13 +142,13 @@ class TagHistoryController(Controller):
     async def retag(
         self,
         request: Request[Any, Any, Any],
-        core: Core,
-        catalog: Catalog,
-        settings: Settings,
-        api_base: str,
-        repo: str,
-        image: str,
-        tag: str,
+        core: NamedDependency[Core],
+        catalog: NamedDependency[Catalog],
+        settings: NamedDependency[Settings],
+        api_base: NamedDependency[str],
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
     ) -> Response[Envelope]:
         raw = await _small_body(request, settings)  # first: a refusal then leaves none unread
         names = _names(repo, image, tag)
@@ -169,11 +176,11 @@ class TagHistoryController(Controller):
     async def immutability(
         self,
         request: Request[Any, Any, Any],
-        repo: str,
-        image: str,
-        tag: str,
-        core: Core,
-        catalog: Catalog,
+        repo: FromPath[str],
+        image: FromPath[str],
+        tag: FromPath[str],
+        core: NamedDependency[Core],
+        catalog: NamedDependency[Catalog],
     ) -> Envelope:
         """Both immutability routes: ``PUT`` makes the tag immutable, ``DELETE`` releases it."""
         names = _names(repo, image, tag)

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from litestar import Request, Router, get
-from litestar.params import Parameter, SkipValidation
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter, SkipValidation
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -65,11 +66,11 @@ PAGE_HEADERS = {
 }
 """What every page answers with, its error pages too."""
 
-Filter = Annotated[str, Parameter(max_length=_MAX_QUERY, required=False)]
-After = Annotated[str | None, Parameter(max_length=_MAX_QUERY, required=False)]
-Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE, required=False)]
-SortParam = Annotated[Literal["name", "size", "updated"], Parameter(required=False)]
-AfterValue = Annotated[str | None, Parameter(max_length=_MAX_QUERY, required=False)]
+Filter = Annotated[str, QueryParameter(max_length=_MAX_QUERY, required=False)]
+After = Annotated[str | None, QueryParameter(max_length=_MAX_QUERY, required=False)]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, required=False)]
+SortParam = Annotated[Literal["name", "size", "updated"], QueryParameter(required=False)]
+AfterValue = Annotated[str | None, QueryParameter(max_length=_MAX_QUERY, required=False)]
 
 
 def web_ui_base(settings: Settings) -> str:
@@ -234,8 +235,8 @@ def _shown(listing: _Listing, keep: Callable[[Any], bool]) -> _Listing:
 @get("/", name="web-repositories")
 async def repositories_page(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
-    settings: Settings,
+    catalog: NamedDependency[Catalog],
+    settings: NamedDependency[Settings],
     q: Filter = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
@@ -253,9 +254,9 @@ async def repositories_page(
 @get("/_storage", name="web-storage")
 async def storage_page(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
-    settings: Settings,
-    quotas: SkipValidation[QuotaGate],
+    catalog: NamedDependency[Catalog],
+    settings: NamedDependency[Settings],
+    quotas: NamedDependency[SkipValidation[QuotaGate]],
 ) -> Template:
     totals = await catalog.reads.storage_totals()
     gc = await catalog.reads.gc_record()
@@ -270,9 +271,9 @@ async def storage_page(
 @get("/{repo:str}", name="web-images")
 async def images_page(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
-    settings: Settings,
-    repo: str,
+    catalog: NamedDependency[Catalog],
+    settings: NamedDependency[Settings],
+    repo: FromPath[str],
     q: Filter = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
@@ -290,10 +291,10 @@ async def images_page(
 
 @get("/{repo:str}/{image:str}", name="web-tags")
 async def tags_page(
-    catalog: Catalog,
-    settings: Settings,
-    repo: str,
-    image: str,
+    catalog: NamedDependency[Catalog],
+    settings: NamedDependency[Settings],
+    repo: FromPath[str],
+    image: FromPath[str],
     q: Filter = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
@@ -310,14 +311,14 @@ async def tags_page(
     return Template("tags.html", context=context)
 
 
-Terms = Annotated[str, Parameter(max_length=2000, required=False)]
+Terms = Annotated[str, QueryParameter(max_length=2000, required=False)]
 
 
 @get("/_query", name="web-query")
 async def query_page(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
-    settings: Settings,
+    catalog: NamedDependency[Catalog],
+    settings: NamedDependency[Settings],
     q: Terms = "",
     after: After = None,
     limit: Limit = PAGE_SIZE,
@@ -374,12 +375,12 @@ def _download_name(info: TagInfo, format_known: bool) -> str:
 @get("/{repo:str}/{image:str}/{tag:str}", name="web-tag")
 async def tag_page(
     request: Request[Any, Any, Any],
-    catalog: Catalog,
-    oci: OciStore,
-    settings: Settings,
-    repo: str,
-    image: str,
-    tag: str,
+    catalog: NamedDependency[Catalog],
+    oci: NamedDependency[OciStore],
+    settings: NamedDependency[Settings],
+    repo: FromPath[str],
+    image: FromPath[str],
+    tag: FromPath[str],
 ) -> Template:
     names = validate_repo_name(repo), validate_image_name(image), validate_tag_name(tag)
     info = await catalog.reads.get_tag(*names)

@@ -19,6 +19,8 @@ import hashlib
 from typing import Any
 
 from litestar import Controller, Request, delete
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from cloudimg.api.auth import actor_of, audit_write
 from cloudimg.catalog import Catalog, TagInfo, WriteOptions
@@ -39,14 +41,24 @@ class OciDeleteController(Controller):
 
     @delete("/{repo:str}/{image:str}/blobs/{digest:str}", include_in_schema=False, status_code=202)
     async def delete_blob(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, digest: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        digest: FromPath[str],
     ) -> None:
         await _delete_blob(face, oci_names(repo, image), parse_oci_digest(digest))
         audit_write(request, "delete", f"{repo}/{image}", f"blob {digest}")
 
     @delete(MANIFEST_PATH, include_in_schema=False, status_code=202)
     async def delete_manifest(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        reference: FromPath[str],
     ) -> None:
         names = oci_names(repo, image)
         options = WriteOptions(actor=actor_of(request))

@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, route
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
 from cloudimg.api.download import Representation, prepare_representation
@@ -90,7 +92,7 @@ class OciPullController(Controller):
 
     @get("/_catalog", include_in_schema=False)
     async def list_repositories(
-        self, request: Request[Any, Any, Any], face: Face
+        self, request: Request[Any, Any, Any], face: NamedDependency[Face]
     ) -> Response[dict[str, Any]]:
         # Old Docker registry semantics: every <repo>/<image>, sorted, paginated by n/last.
         n, last = _page_size(request)
@@ -105,7 +107,11 @@ class OciPullController(Controller):
 
     @get("/{repo:str}/{image:str}/tags/list", include_in_schema=False)
     async def list_tags(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
     ) -> Response[dict[str, Any]]:
         names = oci_names(repo, image)
         try:
@@ -122,7 +128,12 @@ class OciPullController(Controller):
 
     @route(MANIFEST_PATH, http_method=["GET", "HEAD"], include_in_schema=False)
     async def get_manifest(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        reference: FromPath[str],
     ) -> ASGIResponse:
         catalog, oci, names = face.catalog, face.store, oci_names(repo, image)
         by_digest = ":" in reference
@@ -157,7 +168,12 @@ class OciPullController(Controller):
         opt={TRANSFER_OPT: "download"},
     )
     async def get_blob(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, digest: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        digest: FromPath[str],
     ) -> ASGIResponse:
         catalog, oci, blobs = face.catalog, face.store, face.blobs
         names, hex_digest = oci_names(repo, image), parse_oci_digest(digest)

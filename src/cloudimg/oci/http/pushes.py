@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from cloudimg.api.auth import actor_of, audit_write
 from cloudimg.api.body import body_of, declared_length, drain
@@ -96,7 +98,7 @@ class Chunk:
             await drain(self.body)
 
 
-def chunk_of(request: Request[Any, Any, Any], settings: Settings) -> Chunk:
+def chunk_of(request: Request[Any, Any, Any], settings: NamedDependency[Settings]) -> Chunk:
     """The ``chunk`` dependency of the upload handlers."""
     return Chunk(request, settings)
 
@@ -114,7 +116,12 @@ class OciPushController(Controller):
         opt={TRANSFER_OPT: "upload"},
     )
     async def start_upload(
-        self, request: Request[Any, Any, Any], face: Face, chunk: Chunk, repo: str, image: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        chunk: NamedDependency[Chunk],
+        repo: FromPath[str],
+        image: FromPath[str],
     ) -> Response[None]:
         names = oci_names(repo, image)
         params = chunk.params
@@ -140,7 +147,12 @@ class OciPushController(Controller):
         opt={TRANSFER_OPT: "upload"},
     )
     async def upload_chunk(
-        self, face: Face, chunk: Chunk, repo: str, image: str, session: str
+        self,
+        face: NamedDependency[Face],
+        chunk: NamedDependency[Chunk],
+        repo: FromPath[str],
+        image: FromPath[str],
+        session: FromPath[str],
     ) -> Response[None]:
         names = oci_names(repo, image)
         found = await face.sessions.session(*names, session)
@@ -153,7 +165,11 @@ class OciPushController(Controller):
 
     @get(_SESSION_PATH, include_in_schema=False, opt={SCOPE_OPT: "push"})
     async def upload_status(
-        self, face: Face, repo: str, image: str, session: str
+        self,
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        session: FromPath[str],
     ) -> Response[None]:
         names = oci_names(repo, image)
         found = await face.sessions.session(*names, session)
@@ -167,7 +183,12 @@ class OciPushController(Controller):
         opt={TRANSFER_OPT: "upload"},
     )
     async def finish_upload(
-        self, face: Face, chunk: Chunk, repo: str, image: str, session: str
+        self,
+        face: NamedDependency[Face],
+        chunk: NamedDependency[Chunk],
+        repo: FromPath[str],
+        image: FromPath[str],
+        session: FromPath[str],
     ) -> Response[None]:
         names = oci_names(repo, image)
         if chunk.digest is None:
@@ -177,13 +198,24 @@ class OciPushController(Controller):
         return await _complete(face.sessions, found, chunk, chunk.range())
 
     @delete(_SESSION_PATH, include_in_schema=False, status_code=204)
-    async def cancel_upload(self, face: Face, repo: str, image: str, session: str) -> None:
+    async def cancel_upload(
+        self,
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        session: FromPath[str],
+    ) -> None:
         names = oci_names(repo, image)
         await face.sessions.cancel(await face.sessions.session(*names, session))
 
     @put(MANIFEST_PATH, include_in_schema=False, status_code=201)
     async def put_manifest(
-        self, request: Request[Any, Any, Any], face: Face, repo: str, image: str, reference: str
+        self,
+        request: Request[Any, Any, Any],
+        face: NamedDependency[Face],
+        repo: FromPath[str],
+        image: FromPath[str],
+        reference: FromPath[str],
     ) -> Response[None]:
         names = oci_names(repo, image)
         reach = Reach(names, _pullable(face, grants_of(request)))
