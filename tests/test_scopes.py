@@ -241,9 +241,12 @@ def test_pulls_and_listings_show_only_what_may_be_pulled(http: httpx.Client, ima
         "team-a",
         "shared",
     }
-    assert http.get("/reg/other", headers=student).json()["data"] == []
-    details = http.get("/reg/other", params={"details": "true"}, headers=student).json()
-    assert details["data"] == []
+    # A repository the caller may pull nothing of answers as one that does not exist.
+    for params in ({}, {"details": "true"}):
+        hidden = http.get("/reg/other", params=params, headers=student)
+        missing = http.get("/reg/no-such-repo", params=params, headers=student)
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json()["status"] == missing.json()["status"] == "NOT_FOUND"
     assert image in http.get("/reg/course-x", headers=student).json()["data"]
 
     query = {"meta": f"scope-test={image}"}
@@ -460,9 +463,9 @@ def test_the_pages_list_only_what_the_caller_may_pull(http: httpx.Client, image:
     assert "course-x" in index.text
     assert "/ui/other" not in index.text
     assert "/ui/other" in root_get(http, "/ui/").text
-    images = http.get("/ui/other", headers=student)
-    assert images.status_code == 200
-    assert image not in images.text
+    hidden = http.get("/ui/other", headers=student)
+    assert hidden.status_code == http.get("/ui/no-such-repo", headers=student).status_code == 404
+    assert image not in hidden.text
     assert image in http.get("/ui/course-x", headers=student).text
     query = http.get("/ui/_query", params={"q": f"page-scope={image}"}, headers=student)
     assert f"/ui/course-x/{image}/v1" in query.text

@@ -110,7 +110,9 @@ class Case:
 
     needs: str
     """``pull``, ``push``, ``delete``, ``admin`` (on the name), ``listing`` (any
-    credential; filtered, never refused), ``signed-in`` (any credential, no name) or
+    credential; filtered, never refused), ``repo-listing`` (a repository's images:
+    filtered for a credential that may pull something of it, 404 as a missing repository
+    for others), ``signed-in`` (any credential, no name) or
     ``open`` (nothing)."""
     make: Callable[[Ctx], Request]
     ok: int = 200
@@ -221,7 +223,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("/reg", "GET"): Case("listing", _get("/reg")),
     ("/reg/_query", "GET"): Case("listing", _get("/reg/_query?meta=k%3Dv")),
     ("/reg/_events", "GET"): Case("listing", _get("/reg/_events")),
-    ("/reg/{repo:str}", "GET"): Case("listing", _at("GET", "/reg/mtx")),
+    ("/reg/{repo:str}", "GET"): Case("repo-listing", _at("GET", "/reg/mtx")),
     ("/reg/{repo:str}/{image:str}", "GET"): Case("pull", _at("GET", "/reg/{name}")),
     (TAG, "GET"): Case("pull", _seeded("GET")),
     (TAG, "HEAD"): Case("pull", _seeded("HEAD")),
@@ -261,7 +263,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("/ui/_static/{file_path:path}", "HEAD"): Case(
         "signed-in", lambda _ctx: Request("HEAD", "/ui/_static/style.css")
     ),
-    ("/ui/{repo:str}", "GET"): Case("listing", _at("GET", "/ui/mtx")),
+    ("/ui/{repo:str}", "GET"): Case("repo-listing", _at("GET", "/ui/mtx")),
     ("/ui/{repo:str}/{image:str}", "GET"): Case("pull", _at("GET", "/ui/{name}")),
     ("/ui/{repo:str}/{image:str}/{tag:str}", "GET"): Case("pull", _at("GET", "/ui/{name}/v1")),
     # open: probes, metrics, the OpenAPI documents
@@ -357,6 +359,8 @@ def expected(case: Case, caller: str) -> int:
         return 401
     if case.needs in ("listing", "signed-in"):
         return case.ok  # any valid credential; listings are filtered, never refused
+    if case.needs == "repo-listing":
+        return 404 if caller == "out-of-scope" else case.ok  # no hint that it exists
     if case.needs == "pull" and caller == "read-only":
         return case.ok
     return _REFUSED[caller]

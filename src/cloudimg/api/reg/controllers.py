@@ -51,7 +51,7 @@ from cloudimg.catalog import (
 from cloudimg.config import Settings
 from cloudimg.core import RegistryCore
 from cloudimg.digest import Digest, Reference, parse_digest
-from cloudimg.errors import InvalidArgumentError
+from cloudimg.errors import InvalidArgumentError, NotFoundError
 from cloudimg.names import validate_image_name, validate_repo_name, validate_tag_name
 
 __all__ = ["RegistryController"]
@@ -250,6 +250,10 @@ class RegistryController(Controller):
     ) -> Envelope:
         repo = validate_repo_name(repo)
         grants = grants_of(request)  # only what the caller may pull (--policy-file)
+        if not grants.lists_repo(repo):
+            # As for a repository that does not exist: an empty list would tell a caller
+            # which names exist where it may pull nothing (the root listing hides them).
+            raise NotFoundError("repository not found", {"repo": repo})
         if not details:
             images = await catalog.reads.list_images(repo)
             return _ok([name for name in images if grants.allows("pull", repo, name)])

@@ -281,10 +281,12 @@ async def images_page(
     after_value: AfterValue = None,
 ) -> Template:
     validate_repo_name(repo)
+    grants = grants_of(request)
+    if not grants.lists_repo(repo):  # as the API: no hint that the repository exists
+        raise NotFoundError("repository not found", {"repo": repo})
     page = _page(q, after, limit, sort, after_value)
     rows = await catalog.summaries.summarize_images(repo, page)
     listing = _listing(rows, page, lambda row: row.image, _figure(sort))
-    grants = grants_of(request)
     listing = _shown(listing, lambda row: grants.allows("pull", repo, row.image))
     return Template("images.html", context=web_context(settings, repo=repo, listing=listing))
 
