@@ -133,7 +133,10 @@ class MetaView(TypedDict):
 
 _ERROR_DESCRIPTIONS = {
     400: "INVALID_ARGUMENT: a bad name, body, metadata, digest or reference",
-    403: "IMAGE_BLOCKED: an operator blocked the image for the safety rule context.rule",
+    403: "PERMISSION_DENIED: the credentials lack the scope for the action on the name "
+    "(--policy-file); IMAGE_BLOCKED: an operator blocked the image for the safety rule "
+    "context.rule; RESOURCE_EXHAUSTED: the write would take the repository past its "
+    "quota (--quota-file; context names the quota and the use)",
     404: "NOT_FOUND: no such repository, image, tag or digest reference",
     408: "DEADLINE_EXCEEDED: the request body stalled longer than the server waits",
     409: "TAG_IMMUTABLE: the tag is immutable (API or rule): no overwrite, retag or delete",

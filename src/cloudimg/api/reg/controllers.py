@@ -65,7 +65,7 @@ _UPLOAD_ROUTE: dict[str, Any] = {
     "request_max_body_size": None,
     "status_code": 201,
     "response_headers": CREATED_HEADERS,
-    "responses": error_responses(400, 408, 409, 412, 413, 422, 507),
+    "responses": error_responses(400, 403, 408, 409, 412, 413, 422, 507),
     "opt": {TRANSFER_OPT: "upload"},
 }
 """What both upload routes (multipart ``POST``, raw ``PUT``) declare alike."""
@@ -404,7 +404,7 @@ class RegistryController(Controller):
         summary="Delete a tag (its history stays unless purge=history); its blob goes when "
         "no tag or retained history entry references it",
         status_code=200,
-        responses=error_responses(400, 404, 409, 412, 507),
+        responses=error_responses(400, 403, 404, 409, 412, 507),
     )
     async def delete_tag(
         self,

@@ -137,7 +137,7 @@ class TagHistoryController(Controller):
         "a push: the sha256 of a finished /v2 upload to the image, inspected as an upload)",
         status_code=201,
         response_headers=CREATED_HEADERS,
-        responses=error_responses(400, 404, 409, 412, 413, 422, 507),
+        responses=error_responses(400, 403, 404, 409, 412, 413, 422, 507),
     )
     async def retag(
         self,
@@ -197,7 +197,7 @@ class TagHistoryController(Controller):
         summary="Make the tag immutable: no overwrite, retag or delete until released",
         status_code=200,
         opt={SCOPE_OPT: "admin"},
-        responses=error_responses(400, 404, 412),
+        responses=error_responses(400, 403, 404, 412),
     )(immutability)
     release_immutable = delete(
         "/{repo:str}/{image:str}/{tag:str}/immutable",
@@ -205,5 +205,5 @@ class TagHistoryController(Controller):
         summary="Release the tag's immutability (refused while an operator's rule holds it)",
         status_code=200,
         opt={SCOPE_OPT: "admin"},
-        responses=error_responses(400, 404, 409, 412),
+        responses=error_responses(400, 403, 404, 409, 412),
     )(immutability)
