@@ -110,6 +110,15 @@ class Keys:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
 
+    def stop_agent(self) -> None:
+        """End the gpg-agent that making and using the keys started (it outlives gpg)."""
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf is not None:
+            subprocess.run(
+                [gpgconf, "--homedir", str(self.home), "--kill", "gpg-agent"],
+                check=False, capture_output=True, timeout=30,
+            )  # fmt: skip
+
     def detach_sign(self, path: Path, uid: str = "feed@test") -> Path:
         signature = path.with_name(path.name + ".gpg")
         self.gpg("--detach-sign", "--output", str(signature), str(path), uid=uid)

@@ -45,8 +45,10 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return make_keys(tmp_path_factory.mktemp("keys"))
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    made = make_keys(tmp_path_factory.mktemp("keys"))
+    yield made
+    made.stop_agent()
 
 
 @pytest.fixture
