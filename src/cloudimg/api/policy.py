@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-import yaml
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from cloudimg.api.oidc_config import OidcIssuer, parse_issuers
+from cloudimg.yaml_files import yaml_document
 
 __all__ = [
     "ACTIONS",
@@ -131,14 +131,7 @@ def parse_policy(text: str) -> Policy:
     Raises:
         ValueError: naming the first thing that is wrong (never quoting more than a name).
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"not YAML or JSON{where}") from None
-    if data is None:
-        raise ValueError("it is empty")
+    data = yaml_document(text)
     if not isinstance(data, dict):
         raise ValueError("it is not a mapping of 'tokens', 'users' and 'oidc'")
     unknown = sorted(str(key) for key in data if key not in (*_SECTIONS, "oidc"))

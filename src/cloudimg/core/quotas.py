@@ -37,12 +37,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cloudimg.catalog import Catalog, RepoUse
 from cloudimg.config import parse_size
 from cloudimg.errors import QuotaExceededError
 from cloudimg.units import human_bytes
+from cloudimg.yaml_files import yaml_document
 
 __all__ = [
     "NO_QUOTAS",
@@ -91,14 +90,7 @@ def parse_quotas(text: str) -> Quotas:
     Raises:
         ValueError: naming the first thing that is wrong.
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"not YAML or JSON{where}") from None
-    if data is None:
-        raise ValueError("it is empty")
+    data = yaml_document(text)
     if not isinstance(data, dict) or set(data) != {"quotas"}:
         raise ValueError("it is not a mapping with the one key 'quotas'")
     listed = data["quotas"]
