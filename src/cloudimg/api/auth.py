@@ -335,6 +335,34 @@ class RegistryAuth:
             f"these credentials may not {action} {path}", {"action": action, "name": path}
         )
 
+    async def _admit_writer(
+        self,
+        connection: ASGIConnection[Any, Any, Any, Any],
+        handler: BaseRouteHandler,
+        presented: _Presented,
+        token: tuple[bool, str | None],
+        *,
+        basic: bool = False,
+    ) -> bool:
+        """Whether a write token (``token``: found, its name) or an OIDC token (as the
+        Basic password too when ``basic``) lets the write in, its name the write's actor.
+
+        Raises:
+            PermissionDeniedError: the credential has no scope for the write.
+        """
+        writer, name = token
+        identity = None if writer else await self._oidc_identity(presented, basic=basic)
+        if not writer and identity is None:
+            return False
+        state = connection.scope.setdefault("state", {})
+        if identity is None:
+            state[_ACTOR] = name
+            await self._authorize(connection, handler, "token", name)
+        else:
+            state[_ACTOR] = identity.name
+            await self._authorize(connection, handler, "oidc", None, identity.grants)
+        return True
+
     def _audit_unwritable(
         self,
         connection: ASGIConnection[Any, Any, Any, Any],
@@ -374,14 +402,8 @@ class RegistryAuth:
             )
         if self._writes_open:
             return
-        writer, name = self._writer(presented)
-        if writer:
-            connection.scope.setdefault("state", {})[_ACTOR] = name
-            return await self._authorize(connection, _handler, "token", name)
-        identity = await self._oidc_identity(presented, basic=False)
-        if identity is not None:
-            connection.scope.setdefault("state", {})[_ACTOR] = identity.name
-            return await self._authorize(connection, _handler, "oidc", None, identity.grants)
+        if await self._admit_writer(connection, _handler, presented, self._writer(presented)):
+            return
         # Read and drop the body (as other refusals do) so the client sees the answer
         # and keeps its connection.
         reader = self._audit_unwritable(connection, _handler, presented)
@@ -441,13 +463,8 @@ class OciAuth(RegistryAuth):
             return
         if self._writes_open:
             return
-        if writer:
-            connection.scope.setdefault("state", {})[_ACTOR] = name
-            return await self._authorize(connection, _handler, "token", name)
-        identity = await self._oidc_identity(presented, basic=True)
-        if identity is not None:
-            connection.scope.setdefault("state", {})[_ACTOR] = identity.name
-            return await self._authorize(connection, _handler, "oidc", None, identity.grants)
+        if await self._admit_writer(connection, _handler, presented, (writer, name), basic=True):
+            return
         reader = self._audit_unwritable(connection, _handler, presented)
         await drain_refused(connection, self.body_timeout)
         if reader:
