@@ -138,3 +138,13 @@ async def test_a_retag_names_stored_bytes_and_the_tag_goes_with_a_delete(
     assert await core.tags.set_immutable(("repo", "img", "v2"), True, WriteOptions())
     await core.tags.delete(NAMES, WriteOptions(), purge_history=False)
     assert await _catalog(core).reads.list_tags("repo", "img") == ["v2"]
+
+
+async def test_without_a_quota_file_no_write_consults_quotas(core: RegistryCore) -> None:
+    # No quota file: no gate, and nothing registered with the catalog's tag writes, so an
+    # upload's commit neither locks the repository row nor measures its use.
+    assert core.quotas is None
+    assert core.uploads.quotas is None
+    assert _catalog(core).tags.quota_guard is None
+    await _upload(core, random_image(4096))
+    assert await _catalog(core).reads.list_tags("repo", "img") == ["v1"]

@@ -13,20 +13,20 @@ from collections.abc import Callable
 from cloudimg.api.secret_file import SecretFile
 from cloudimg.config import Settings, SettingsError
 from cloudimg.core import Quotas
-from cloudimg.core.quotas import NO_QUOTAS, parse_quotas
+from cloudimg.core.quotas import parse_quotas
 
 __all__ = ["load_quotas"]
 
 
-def load_quotas(settings: Settings) -> Callable[[], Quotas]:
-    """The quotas of ``settings.quota_file`` as they are at each call (none without one).
+def load_quotas(settings: Settings) -> Callable[[], Quotas] | None:
+    """The quotas of ``settings.quota_file`` as they are at each call (None: no file).
 
     Raises:
         SettingsError: on ``quota_file``: missing, unreadable or malformed.
     """
     path = settings.quota_file
     if path is None:
-        return lambda: NO_QUOTAS
+        return None
     try:
         quotas = SecretFile(path, parse_quotas, what="quotas")
     except ValueError as exc:

@@ -83,11 +83,13 @@ def gc(
             dry_run=dry_run,
             progress=progress,
             event_retention=timedelta(seconds=event_retention),
+            totals=not as_json,
         )
         report, totals = run(settings, work)
     if as_json:
         print_json(report, ok=report.ok, totals=report.totals(), bytes_freed=report.bytes_freed)
     else:
+        assert totals is not None, "the human report reads the totals"
         print_report(report)
         hint = history_hint(totals.history_only_blobs, totals.history_only_bytes)
         if hint is not None:

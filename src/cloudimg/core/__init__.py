@@ -28,7 +28,7 @@ from cloudimg.core.ingest import (
     Uploads,
     commit_staged,
 )
-from cloudimg.core.quotas import NO_QUOTAS, QuotaGate, Quotas
+from cloudimg.core.quotas import QuotaGate, Quotas
 from cloudimg.core.tags import FinishedUploads, Retagged, TagWrites
 from cloudimg.images import InspectionPolicy
 
@@ -55,7 +55,8 @@ class RegistryCore:
 
     uploads: Uploads
     tags: TagWrites
-    quotas: QuotaGate
+    quotas: QuotaGate | None
+    """The repositories' quotas (None: no quota file, and no quota code on any write)."""
 
     @classmethod
     def over(
@@ -66,18 +67,21 @@ class RegistryCore:
         uploads: FinishedUploads,
         *,
         max_image_size: int | None = None,
-        quotas: Callable[[], Quotas] = lambda: NO_QUOTAS,
+        quotas: Callable[[], Quotas] | None = None,
     ) -> RegistryCore:
         """The core over ``catalog`` and ``blobs``: inspection accepts what ``policy`` does,
         a retag finds a push's finished uploads in ``uploads``, an upload is at most
         ``max_image_size`` bytes (None: no limit), the repositories' quotas are what
-        ``quotas`` gives at the moment (the quota file's rules, reloaded by its owner).
+        ``quotas`` gives at the moment (the quota file's rules, reloaded by its owner;
+        None: there is no quota file).
 
         The quotas are registered with the catalog's tag writes, so every upload's commit
-        and retag through this catalog (``/v2`` pushes too) is checked.
+        and retag through this catalog (``/v2`` pushes too) is checked. Without a quota
+        file nothing is registered: no write measures or locks anything for quotas.
         """
-        gate = QuotaGate(catalog, quotas)
-        catalog.tags.guard_quotas(gate)
+        gate = None if quotas is None else QuotaGate(catalog, quotas)
+        if gate is not None:
+            catalog.tags.guard_quotas(gate)
         return cls(
             Uploads(catalog, blobs, policy, max_image_size, gate),
             TagWrites(catalog, blobs, policy, uploads),

@@ -208,10 +208,12 @@ async def collect_garbage_and_totals(
     dry_run: bool,
     progress: Progress,
     event_retention: timedelta = timedelta(days=7),
-) -> tuple[GcReport, StorageTotals]:
-    """``collect_garbage``, recorded for the servers' ``/metrics`` unless a dry run, then
-    the catalog's storage totals: what tag history still holds once the run is done
-    (``cloudimg gc`` names it). Change events older than ``event_retention`` go too."""
+    totals: bool = True,
+) -> tuple[GcReport, StorageTotals | None]:
+    """``collect_garbage``, recorded for the servers' ``/metrics`` unless a dry run, then,
+    with ``totals``, the catalog's storage totals: what tag history still holds once the
+    run is done (``cloudimg gc``'s human report names it; its JSON report does not, and
+    spares the catalog that scan). Change events older than ``event_retention`` go too."""
     report = await collect_garbage(catalog, blobs, grace=grace, dry_run=dry_run, progress=progress)
     if not dry_run:
         report.events_pruned = await catalog.events.prune(datetime.now(UTC) - event_retention)
@@ -220,7 +222,7 @@ async def collect_garbage_and_totals(
             bytes_freed=report.bytes_freed,
             duration_seconds=report.duration_seconds,
         )
-    return report, await catalog.reads.storage_totals()
+    return report, (await catalog.reads.storage_totals() if totals else None)
 
 
 @dataclass(frozen=True, slots=True)

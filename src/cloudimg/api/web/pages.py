@@ -256,14 +256,15 @@ async def storage_page(
     request: Request[Any, Any, Any],
     catalog: NamedDependency[Catalog],
     settings: NamedDependency[Settings],
-    quotas: NamedDependency[SkipValidation[QuotaGate]],
+    quotas: NamedDependency[SkipValidation[QuotaGate | None]],
 ) -> Template:
     totals = await catalog.reads.storage_totals()
     gc = await catalog.reads.gc_record()
     chart = storage_chart(totals, gc)
     # Use against quota of the repositories the caller may list (--policy-file).
     grants = grants_of(request)
-    rows = [row for row in await quotas.uses() if grants.lists_repo(row.repo)]
+    uses = [] if quotas is None else await quotas.uses()
+    rows = [row for row in uses if grants.lists_repo(row.repo)]
     context = web_context(settings, chart=chart, width=WIDTH, quotas=rows)
     return Template("storage.html", context=context)
 
