@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloudimg.api.auth import CredentialSet, parse_basic_credentials, parse_tokens
+from cloudimg.api.credentials import CredentialSet, parse_basic_credentials, parse_tokens
 from cloudimg.api.secret_file import SecretFile
 from tests.conftest import RunningServer, start_server, upload
 from tests.support import random_image, wait_until
