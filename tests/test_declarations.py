@@ -14,6 +14,9 @@ app (``tests/test_scopes_matrix.py`` does).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -66,3 +69,32 @@ def test_building_the_app_warns_of_nothing(tmp_path: Path) -> None:
     assert "/www/ui/{repo:str}/{image:str}/{tag:str}" in paths
     assert "/v2/{repo:str}/{image:str}/blobs/uploads/{session:str}" in paths
     assert "/www/reg/{repo}/{image}/{tag}" in schema["paths"]
+
+
+_DOCUMENT = """
+import json, sys
+from pathlib import Path
+from cloudimg.api.app import create_app
+from cloudimg.config import Settings
+
+app = create_app(Settings(data_root=Path(sys.argv[1])), None)
+sys.stdout.write(json.dumps(app.openapi_schema.to_schema()))
+"""
+
+
+def test_the_openapi_document_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    # Clients are generated from it and it is diffed between releases: two processes
+    # with other hash seeds must write it alike (the 201's headers once followed them).
+    documents = []
+    for seed in ("1", "2", "3"):
+        result = subprocess.run(
+            [sys.executable, "-c", _DOCUMENT, str(tmp_path / "data")],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        documents.append(result.stdout)
+    assert documents[0] == documents[1] == documents[2]
+    created = json.loads(documents[0])["paths"]["/reg/{repo}/{image}/{tag}"]["put"]["responses"]
+    assert list(created["201"]["headers"]) == ["Location", "ETag", "Repr-Digest"]

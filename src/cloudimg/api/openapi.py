@@ -17,6 +17,7 @@ from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPIMediaType,
+    OpenAPIResponse,
     Operation,
     Parameter,
     RequestBody,
@@ -268,11 +269,31 @@ UPLOAD_QUERY = [
 (not handler parameters: a bad one must be the upload's own 400, after its body guard)."""
 
 
+_CREATED_ORDER = {header.name: number for number, header in enumerate(CREATED_HEADERS)}
+
+
 @dataclass
-class UploadOperation(Operation):
+class _CreatingOperation(Operation):
+    """An operation whose 201 carries ``CREATED_HEADERS``, listed in their declared order.
+
+    Litestar collects a route's response headers in a frozenset, so their order in the
+    document followed the hash seed and changed from one process to the next.
+    """
+
+    def __post_init__(self) -> None:
+        created = (self.responses or {}).get("201")
+        if isinstance(created, OpenAPIResponse) and created.headers:
+            created.headers = dict(
+                sorted(created.headers.items(), key=lambda item: _CREATED_ORDER.get(item[0], 99))
+            )
+
+
+@dataclass
+class UploadOperation(_CreatingOperation):
     """The PostImage operation, with its multipart request body and query parameters."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.request_body = _UPLOAD_BODY
         self.parameters = [*(self.parameters or []), *UPLOAD_QUERY]
 
@@ -298,10 +319,11 @@ _META_HEADER = Parameter(
 
 
 @dataclass
-class RawUploadOperation(Operation):
+class RawUploadOperation(_CreatingOperation):
     """The PutImage operation: the image as the body, the metadata in a header."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.request_body = _RAW_UPLOAD_BODY
         self.parameters = [*(self.parameters or []), *UPLOAD_QUERY, _META_HEADER]
 
@@ -332,10 +354,11 @@ _RETAG_BODY = RequestBody(
 
 
 @dataclass
-class RetagOperation(Operation):
+class RetagOperation(_CreatingOperation):
     """The RetagImage operation, with its JSON request body (read by the handler itself)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.request_body = _RETAG_BODY
 
 
