@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -26,6 +27,9 @@ from hypothesis import HealthCheck, settings
 
 from tests.databases import BACKENDS, catalog_database, catalog_url, registered_url
 from tests.support import listening_port
+
+if TYPE_CHECKING:
+    from tests.object_store import SeaweedFS
 
 _START_TIMEOUT = 30.0
 
@@ -159,6 +163,23 @@ def _healthy(server: RunningServer) -> bool:
         return httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS per pytest-xdist worker, for every module that asks for it.
+
+    Defined here, once: a module that imported the fixture function had a definition of
+    its own, and each such module started its own SeaweedFS, all left running until the
+    session ended (up to nine per worker, and their stops at the end).
+    """
+    from tests.object_store import start_seaweedfs  # boto3: only for a worker that needs it
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

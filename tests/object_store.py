@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +35,7 @@ from cloudimg.blobstore.s3 import S3BlobStore, S3Location
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
-__all__ = ["SeaweedFS", "s3_location", "s3_store", "seaweedfs", "weed_binary"]
+__all__ = ["SeaweedFS", "s3_location", "s3_store", "start_seaweedfs", "weed_binary"]
 
 _START_TIMEOUT = 60.0
 _PORT_FLAGS = (
@@ -204,16 +203,6 @@ def _start(binary: str, root: Path) -> SeaweedFS:
             raise (_Exited if exited else RuntimeError)(f"weed mini did not start:\n{tail}")
         time.sleep(0.2)
     return server
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One SeaweedFS per pytest-xdist worker (a session fixture runs once per worker)."""
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def s3_location(server: SeaweedFS, bucket: str, **overrides: object) -> S3Location:

@@ -21,7 +21,6 @@ import pytest
 from cloudimg.blobstore import FilesystemBlobStore, MaintenanceBlobStore, StagedBlob
 from cloudimg.blobstore.s3 import S3BlobStore
 from tests.object_store import SeaweedFS, s3_location
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 
 Reopen = Callable[[], MaintenanceBlobStore]
 """Another store over the same medium (another process's, or one after a restart)."""

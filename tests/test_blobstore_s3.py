@@ -22,7 +22,6 @@ from cloudimg.blobstore.s3 import sessions as s3_sessions
 from cloudimg.blobstore.s3 import writer as s3_writer
 from cloudimg.blobstore.s3.store import READER_GRACE
 from tests.object_store import SeaweedFS, s3_location
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import random_image, refusing_port
 
 MiB = 1024 * 1024

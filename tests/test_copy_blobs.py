@@ -33,7 +33,6 @@ from cloudimg.registry import open_registry
 from tests.databases import catalog_database, catalog_url
 from tests.maintenance_support import catalog_state
 from tests.object_store import SeaweedFS, s3_location
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import random_image
 
 PREFIX = "moved"

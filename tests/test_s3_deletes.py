@@ -29,7 +29,6 @@ from cloudimg.registry import open_registry
 from tests.databases import BACKENDS, database_url
 from tests.maintenance_support import put
 from tests.object_store import SeaweedFS
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import random_image
 
 

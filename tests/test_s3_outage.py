@@ -32,7 +32,6 @@ from cloudimg.blobstore import StagedBlob
 from cloudimg.blobstore.base import BlobStoreUnavailableError
 from cloudimg.blobstore.s3 import S3BlobStore, session_lock
 from tests.object_store import SeaweedFS, s3_location
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import random_image, refusing_port, wait_until
 
 MiB = 1024 * 1024

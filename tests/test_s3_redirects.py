@@ -35,7 +35,6 @@ from cloudimg.blobstore.s3.store import MAX_URL_EXPIRY
 from tests.conftest import RunningServer, start_server, upload
 from tests.databases import catalog_database, query
 from tests.object_store import SeaweedFS, assert_secret_kept, s3_location
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import (
     OCI_MANIFEST,
     assert_oci_error,

@@ -30,7 +30,6 @@ from tests.conftest import RunningServer, start_server, upload, upload_raw
 from tests.databases import catalog_database, registered_url
 from tests.maintenance_support import cli, cli_json
 from tests.object_store import SeaweedFS, assert_secret_kept, start_seaweedfs
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.oci_support import (
     artifact_manifest,
     assert_oci_error,

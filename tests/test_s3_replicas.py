@@ -26,7 +26,6 @@ from tests.databases import catalog_database, registered_url
 from tests.invariants import assert_invariants
 from tests.maintenance_support import cli
 from tests.object_store import SeaweedFS
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import blake3_hex, random_image, wait_until
 from tests.test_maintenance_servers import _SlowBody
 from tests.test_s3_registry import PREFIX, BucketRegistry, serve_bucket

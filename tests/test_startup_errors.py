@@ -22,7 +22,6 @@ from sqlalchemy.engine import make_url
 from tests.conftest import free_port, start_server
 from tests.databases import ADMIN_URL, catalog_database, postgres_unavailable
 from tests.object_store import SeaweedFS
-from tests.object_store import seaweedfs as seaweedfs  # the session fixture, per worker
 from tests.support import refusing_port
 from tests.volumes import tmpfs
 
