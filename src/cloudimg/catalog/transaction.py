@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TypeVar
@@ -63,6 +63,21 @@ def _query_threads() -> ThreadPoolExecutor:
     if _readers is None:
         _readers = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="cloudimg-catalog-read")
     return _readers
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Driver errors raised inside leave as the domain's (``translate``); the domain's own
+    errors, and what has no domain meaning, as they are."""
+    try:
+        yield
+    except CloudimgError:
+        raise
+    except Exception as exc:
+        domain = translate(exc)
+        if domain is None:
+            raise
+        raise domain from exc
 
 
 def _run_query(engine: Engine, query: Callable[[Session], T]) -> T:
@@ -147,16 +162,9 @@ class CatalogBase:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
         """A session for plain queries; driver errors leave it as domain errors."""
-        try:
+        with _domain_errors():
             async with self._sessions() as session:
                 yield session
-        except CloudimgError:
-            raise
-        except Exception as exc:
-            domain = translate(exc)
-            if domain is None:
-                raise
-            raise domain from exc
 
     async def _query(self, query: Callable[[Session], T]) -> T:
         """Run ``query``, reads in one session (one transaction), in one go.
@@ -172,15 +180,8 @@ class CatalogBase:
             async with self._read() as session:
                 return await session.run_sync(query)
         run = functools.partial(_run_query, self._blocking, query)
-        try:
+        with _domain_errors():
             return await asyncio.get_running_loop().run_in_executor(_query_threads(), run)
-        except CloudimgError:
-            raise
-        except Exception as exc:
-            domain = translate(exc)
-            if domain is None:
-                raise
-            raise domain from exc
 
     async def _writes(self) -> AsyncIterator[WriteAttempt]:
         """The tries of one write transaction, until one commits; the caller's change runs
