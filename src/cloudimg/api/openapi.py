@@ -284,7 +284,10 @@ class _CreatingOperation(Operation):
         created = (self.responses or {}).get("201")
         if isinstance(created, OpenAPIResponse) and created.headers:
             created.headers = dict(
-                sorted(created.headers.items(), key=lambda item: _CREATED_ORDER.get(item[0], 99))
+                sorted(
+                    created.headers.items(),
+                    key=lambda item: _CREATED_ORDER.get(item[0], len(_CREATED_ORDER)),
+                )
             )
 
 

@@ -79,8 +79,9 @@ class RegistryCore:
         and retag through this catalog (``/v2`` pushes too) is checked. Without a quota
         file nothing is registered: no write measures or locks anything for quotas.
         """
-        gate = None if quotas is None else QuotaGate(catalog, quotas)
-        if gate is not None:
+        gate = None
+        if quotas is not None:
+            gate = QuotaGate(catalog, quotas)
             catalog.tags.guard_quotas(gate)
         return cls(
             Uploads(catalog, blobs, policy, max_image_size, gate),
