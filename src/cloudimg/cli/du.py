@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from cloudimg.api.secret_file import SecretFile
 from cloudimg.cli.flags import option
 from cloudimg.cli.options import settings_from, storage_options
 from cloudimg.cli.output import FREE_HISTORY, human_bytes, print_json, run
 from cloudimg.cli.progress import ProgressDisplay, progress_options
-from cloudimg.core.quotas import NO_QUOTAS, Quotas, read_quota_file
+from cloudimg.core.quotas import NO_QUOTAS, Quotas, parse_quotas
 from cloudimg.maintenance import DuReport, disk_usage
 
 __all__ = ["du"]
@@ -54,7 +55,7 @@ def _quotas(path: Path | None) -> Quotas:
     if path is None:
         return NO_QUOTAS
     try:
-        return read_quota_file(path)
+        return SecretFile(path, parse_quotas, what="quotas").get()  # as serve reads it
     except ValueError as exc:
         raise click.BadParameter(f"{path}: {exc}", param_hint="--quota-file") from None
 

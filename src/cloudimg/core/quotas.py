@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 from cloudimg.catalog import Catalog, RepoUse
@@ -52,11 +51,9 @@ __all__ = [
     "Room",
     "parse_quotas",
     "quota_uses",
-    "read_quota_file",
 ]
 
 _KEYS = {"repos", "bytes", "tags"}
-_MAX_QUOTA_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,25 +126,6 @@ def _limit(at: str, key: str, value: Any) -> int | None:
             raise ValueError(f"{at}: 'bytes': {exc}") from None
     what = "a number of bytes like 1048576, 512M or 50GiB" if key == "bytes" else "a whole number"
     raise ValueError(f"{at}: '{key}' is not {what}")
-
-
-def read_quota_file(path: Path) -> Quotas:
-    """The quotas of the file at ``path``, read once (the maintenance commands').
-
-    Raises:
-        ValueError: the file cannot be read or is not a quota file.
-    """
-    try:
-        with path.open("rb") as file:
-            data = file.read(_MAX_QUOTA_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror}") from None
-    if len(data) > _MAX_QUOTA_FILE_BYTES:
-        raise ValueError(f"larger than {_MAX_QUOTA_FILE_BYTES} bytes")
-    try:
-        return parse_quotas(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
 
 
 @dataclass(frozen=True, slots=True)
